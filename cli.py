@@ -1,0 +1,180 @@
+"""The `lstm-engine` command line: parses options, calls lstm_engine.api, prints.
+
+Installed as lstm_engine.cli (lstm_engine/cli.py links here; see setup.cfg); nothing here computes anything.
+"""
+from __future__ import annotations
+
+import json
+import math
+import signal
+import sys
+
+import click
+
+from lstm_engine import api
+from lstm_engine.errors import UserError
+from lstm_engine.generation import bits
+from lstm_engine.train import TrainConfig
+
+
+def err(msg):
+    click.echo(msg, err=True)
+
+
+def _fmt_time(s):
+    s = int(max(s, 0))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+class Group(click.Group):
+    """Turns UserError into one line on stderr and exit status 2; Ctrl-C into status 130."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UserError as e:
+            err(f"error: {e}")
+            sys.exit(2)
+        except KeyboardInterrupt:
+            err("interrupted")
+            sys.exit(130)
+        except BrokenPipeError:
+            sys.exit(1)
+
+
+@click.group(cls=Group)
+@click.version_option(package_name="lstm-engine")
+def main():
+    """Character-level LSTM language models, written by hand."""
+
+
+def _print_event(kind, info):
+    if kind == "start":
+        m = info["model"]
+        err(f"backend {info['backend']}  model E{m['embed_size']} H{m['hidden_size']} L{m['layers']} "
+            f"dropout {m['dropout']} {m['dtype']}  {info['params']:,} parameters")
+        err(f"corpus: {info['train_chars']:,} train / {info['val_chars']:,} val chars, vocab {info['vocab']}, "
+            f"unigram entropy {info['entropy']:.3f} nats/char ({bits(info['entropy']):.3f} bits/char)")
+        err(f"writing checkpoints to {info['out']}" + (f" (resuming at step {info['step']})" if info["step"] else ""))
+    elif kind == "log":
+        err(f"step {info['step']:>6}/{info['steps']}  loss {info['loss']:.4f} ({bits(info['loss']):.3f} bits/char)"
+            f"  |g| {info['grad_norm']:.2f}  {info['chars_per_s']:,.0f} chars/s  ETA {_fmt_time(info['eta_s'])}")
+    elif kind == "eval":
+        err(f"step {info['step']:>6}  val loss {info['val_loss']:.4f} nats/char ({bits(info['val_loss']):.3f} bits/char,"
+            f" unigram entropy {info['entropy']:.3f})" + ("  * best" if info["best"] else ""))
+    elif kind == "sample":
+        err(f"--- sample at step {info['step']} ---\n{info['text']}\n---")
+    elif kind == "done":
+        best = info["best_val"]
+        err(f"done at step {info['step']}; latest checkpoint {info['path']}"
+            + (f"; best val loss {best:.4f}" if math.isfinite(best) else ""))
+
+
+@main.command()
+@click.option("--corpus", default="python-docs", show_default=True, help="built-in corpus name or path to a UTF-8 file")
+@click.option("--encoding", default="utf-8", show_default=True, help="text encoding of a corpus file")
+@click.option("--backend", default="auto", show_default=True, help="numpy | numba | cupy | auto")
+@click.option("--embed-size", default=64, show_default=True, type=int)
+@click.option("--hidden-size", default=128, show_default=True, type=int)
+@click.option("--layers", default=2, show_default=True, type=int)
+@click.option("--dropout", default=0.0, show_default=True, type=float)
+@click.option("--batch-size", default=32, show_default=True, type=int)
+@click.option("--seq-len", default=64, show_default=True, type=int)
+@click.option("--lr", default=2e-3, show_default=True, type=float)
+@click.option("--lr-decay/--no-lr-decay", default=False, show_default=True, help="cosine decay to 10% of --lr at --steps")
+@click.option("--grad-clip", default=5.0, show_default=True, type=float, help="global-norm clip (0: off)")
+@click.option("--steps", default=1000, show_default=True, type=int, help="total steps of the run (resume counts them)")
+@click.option("--eval-every", default=250, show_default=True, type=int)
+@click.option("--sample-every", default=250, show_default=True, type=int)
+@click.option("--save-every", default=250, show_default=True, type=int)
+@click.option("--log-every", default=10, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "float64"]))
+@click.option("--max-vocab", default=0, show_default=True, type=int, help="keep the N most frequent symbols (0: all)")
+@click.option("--val-fraction", default=0.1, show_default=True, type=float)
+@click.option("--out", default="", help="run directory (default runs/run-DATE-TIME)")
+@click.option("--resume", default=None, help="checkpoint to continue from")
+def train(resume, **opts):
+    """Train a model on a corpus; checkpoints go to --out."""
+    cfg = TrainConfig(**opts)
+    trainer = api.Trainer(cfg, resume=resume, on_event=_print_event)
+    api.remember_last_run(trainer.out)
+
+    def request_stop(signum, frame):
+        if trainer.stop_requested:          # second Ctrl-C: give up at once (checkpoints stay intact)
+            raise KeyboardInterrupt
+        trainer.stop_requested = True
+        err("stopping after this step and saving ...")
+
+    old = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        st = trainer.run()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    if trainer.stop_requested:
+        path = f"{trainer.out}/latest.safetensors"
+        err(f"interrupted at step {st.step}; checkpoint saved to {path}\n"
+            f"resume with: lstm-engine train --resume {path} --steps {cfg.steps} --out {trainer.out} "
+            f"--corpus {cfg.corpus}")
+        sys.exit(130)
+
+
+@main.command("eval")
+@click.argument("checkpoint")
+@click.option("--corpus", default=None, help="text to score (default: the val split of the training corpus)")
+@click.option("--encoding", default="utf-8", show_default=True)
+@click.option("--backend", default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="print one JSON line")
+def eval_cmd(checkpoint, corpus, encoding, backend, as_json):
+    """Score a text as one stream from a zero state: loss in nats/char and bits/char."""
+    from lstm_engine.data import load_corpus, split
+    model, vocab, meta = api.load_model(checkpoint, backend)
+    if corpus is None:
+        t = meta["train"]
+        ids = vocab.encode(load_corpus(t["corpus"], t.get("encoding", "utf-8")))
+        _, ids = split(ids, t.get("val_fraction", 0.1))
+        text = vocab.decode(ids)
+        corpus = f"{t['corpus']} (val split)"
+    else:
+        text = load_corpus(corpus, encoding)
+    r = api.evaluate(model, vocab, text)
+    if as_json:
+        click.echo(json.dumps(dict(r, corpus=corpus, checkpoint=checkpoint)))
+    else:
+        click.echo(f"{corpus}: {r['loss_nats']:.4f} nats/char, {r['bits_per_char']:.4f} bits/char "
+                   f"over {r['chars']:,} chars")
+
+
+@main.command()
+@click.argument("checkpoint", required=False)
+@click.option("--prime", default="", help="text to start from (echoed to stdout unless --no-echo)")
+@click.option("--length", default=500, show_default=True, type=int)
+@click.option("--temperature", default=1.0, show_default=True, type=float)
+@click.option("--top-k", default=None, type=int, help="sample among the K most likely (default: all)")
+@click.option("--top-p", default=1.0, show_default=True, type=float, help="nucleus sampling mass (1: off)")
+@click.option("--greedy", is_flag=True, help="always take the most likely character")
+@click.option("--seed", default=None, type=int, help="seed for reproducible sampling")
+@click.option("--backend", default="auto", show_default=True)
+@click.option("--echo/--no-echo", default=True, show_default=True, help="print the prime before the generated text")
+def generate(checkpoint, prime, length, temperature, top_k, top_p, greedy, seed, backend, echo):
+    """Generate text from a checkpoint (default: the latest of the last run), streamed to stdout."""
+    if top_k is not None and top_k < 1:
+        raise UserError(f"--top-k must be >= 1 (got {top_k}); leave it out to keep every symbol")
+    path = checkpoint or api.last_checkpoint()
+    model, vocab, _ = api.load_model(path, backend)
+    if not checkpoint:
+        err(f"using {path}")
+    if echo and prime:
+        click.echo(prime, nl=False)
+
+    def out(text):
+        click.echo(text, nl=False)
+        sys.stdout.flush()
+
+    api.generate(model, vocab, prime, length, temperature, top_k or 0, top_p, greedy, seed, on_text=out)
+    click.echo()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""Backend registry: the one place where a backend is chosen.
+
+Every backend module exposes the same names (Keras-3 style), so the model,
+trainer and sampler call `backend.lstm_forward(...)` and never branch on which
+backend runs:
+
+    NAME, xp, is_available(), asarray(a, dtype), to_numpy(a), synchronize()
+    embed_lstm_forward(tokens, Emb, W, b, h0, c0) -> hs, hT, cT, cache
+    embed_lstm_backward(dhs, dhT, dcT, cache)     -> dEmb, dW, db, dh0, dc0
+    lstm_forward(x, W, b, h0, c0)                  -> hs, hT, cT, cache
+    lstm_backward(dhs, dhT, dcT, cache)            -> dx, dW, db, dh0, dc0
+    softmax_xent(logits, targets, need_grad)       -> loss, dlogits
+    global_norm(grads)                             -> float
+    adam_update(params, grads, m, v, step, lr, beta1, beta2, eps, grad_scale)
+    generate(weights, state, token, n, temperature, top_k, top_p, greedy, rng) -> ids
+
+See numpy_backend.py (the reference) for shapes and meaning.
+"""
+from __future__ import annotations
+
+import importlib
+
+from ..errors import UserError
+
+# name -> module path; the order of AUTO_ORDER is the preference of --backend auto
+BACKENDS = {
+    "numpy": "lstm_engine.backends.numpy_backend",
+    "numba": "lstm_engine.backends.numba_backend",
+    "cupy": "lstm_engine.backends.cupy_backend",
+}
+AUTO_ORDER = ("cupy", "numba", "numpy")
+INTERFACE = (
+    "NAME", "xp", "is_available", "asarray", "to_numpy", "synchronize",
+    "embed_lstm_forward", "embed_lstm_backward", "lstm_forward", "lstm_backward",
+    "softmax_xent", "global_norm", "adam_update", "generate",
+)
+
+
+def _import(name):
+    try:
+        return importlib.import_module(BACKENDS[name])
+    except ImportError:
+        return None
+
+
+def available_backends():
+    """Names of the backends that can run on this machine, in preference order."""
+    out = []
+    for name in AUTO_ORDER:
+        mod = _import(name)
+        if mod is not None and mod.is_available()[0]:
+            out.append(name)
+    return out
+
+
+def get_backend(name="auto"):
+    """Return the backend module for `name` ('auto' picks the fastest available)."""
+    if name == "auto":
+        for cand in AUTO_ORDER:
+            mod = _import(cand)
+            if mod is not None and mod.is_available()[0]:
+                return mod
+        raise UserError("no backend is available; reinstall lstm-engine with `pip install lstm-engine`")
+    if name not in BACKENDS:
+        raise UserError(f"unknown backend {name!r}; choose one of: {', '.join(BACKENDS)}, auto")
+    mod = _import(name)
+    if mod is None:
+        raise UserError(f"backend {name!r} could not be imported; "
+                        f"install its dependencies (see README, e.g. `pip install lstm-engine[gpu]` for cupy)")
+    ok, why = mod.is_available()
+    if not ok:
+        raise UserError(f"backend {name!r} is not usable here: {why}")
+    return mod
