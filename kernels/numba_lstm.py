@@ -1,0 +1,180 @@
+"""Numba kernels for one LSTM layer over a window: forward and BPTT, one jitted call each.
+
+Dimension legend:
+    T time steps   B batch   I input size   H hidden size   G = 4H gates (i, f, g, o)
+    N = T*B rows   V vocabulary   E embedding size (I of layer 0)
+
+Private kernels only loop; the public wrappers in lstm_engine/backends/numba_backend.py
+validate and allocate.  Layout (as in numpy_backend): W (H+I, G) fused over
+[h_{t-1}, x_t], rows 0..H-1 are W_h, rows H.. are W_x; column block k*H..(k+1)*H is gate k.
+
+Forward per step t: acts[t] holds the input projection x_t @ W_x (written before the
+loop by one GEMM, or gathered from a V x G table for layer 0), the recurrent product
+h_{t-1} @ W_h is accumulated into it by BLAS (beta = 1), and `gates_forward` adds the
+bias, applies sigmoid/tanh in place and writes c_t and h_t.  Nothing is allocated
+inside the time loop.
+
+Backward per step t (in reverse): `gates_backward` turns dL/dh_t, dL/dc_t into the gate
+gradients dz_t (kept for all t in dzs) and dL/dc_{t-1}; BLAS gives dL/dh_{t-1} = dz_t W_h^T.
+After the loop each weight gradient is one product over all N rows.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from .numba_blas import gemm
+from .numba_math import fsigmoid, ftanh
+
+# error_model="numpy": no Python ZeroDivisionError checks, so the gate loops vectorise.
+JIT = dict(cache=True, error_model="numpy", fastmath={"contract"})
+
+
+@numba.njit(inline="always", **JIT)
+def gates_forward(z, b, c_prev, c, h):
+    """One step of the cell.  z (B,G) pre-activations without bias, in place -> activated
+    gates; b (G,); c_prev (B,H) -> c (B,H), h (B,H)."""
+    B, G = z.shape
+    H = G // 4
+    for r in range(B):
+        zr, cp, cr, hr = z[r], c_prev[r], c[r], h[r]
+        for j in range(H):
+            i = fsigmoid(zr[j] + b[j])
+            f = fsigmoid(zr[H + j] + b[H + j])
+            g = ftanh(zr[2 * H + j] + b[2 * H + j])
+            o = fsigmoid(zr[3 * H + j] + b[3 * H + j])
+            ct = f * cp[j] + i * g
+            zr[j], zr[H + j], zr[2 * H + j], zr[3 * H + j] = i, f, g, o
+            cr[j] = ct
+            hr[j] = o * ftanh(ct)
+
+
+@numba.njit(inline="always", **JIT)
+def gates_backward(dh_out, dh, dc, a, c, c_prev, dz):
+    """Backprop one step.  dh_out (B,H) from the layer above; dh (B,H) dL/dh_t from step t+1;
+    dc (B,H) dL/dc_t from step t+1, in place -> dL/dc_{t-1}; a (B,G) activated gates;
+    c, c_prev (B,H) -> dz (B,G) gate pre-activation gradients."""
+    B, G = a.shape
+    H = G // 4
+    for r in range(B):
+        ar, dzr, dcr, dor, dhr, cr, cpr = a[r], dz[r], dc[r], dh_out[r], dh[r], c[r], c_prev[r]
+        for j in range(H):
+            i, f, g, o = ar[j], ar[H + j], ar[2 * H + j], ar[3 * H + j]
+            dht = dor[j] + dhr[j]
+            tc = ftanh(cr[j])
+            dct = dcr[j] + dht * o * (1 - tc * tc)        # h = o tanh(c)
+            dzr[j] = dct * g * i * (1 - i)                # c = f c_prev + i g, through sigmoid
+            dzr[H + j] = dct * cpr[j] * f * (1 - f)
+            dzr[2 * H + j] = dct * i * (1 - g * g)        # through tanh
+            dzr[3 * H + j] = dht * tc * o * (1 - o)
+            dcr[j] = dct * f
+
+
+@numba.njit(**JIT)
+def forward_steps(Wh, b, h0, c0, hs, cs, acts):
+    """The time loop.  acts (T,B,G) holds x_t @ W_x on entry, activated gates on exit;
+    Wh (H,G), b (G,), h0, c0 (B,H) -> hs, cs (T,B,H)."""
+    for t in range(acts.shape[0]):
+        h_prev = h0 if t == 0 else hs[t - 1]
+        c_prev = c0 if t == 0 else cs[t - 1]
+        gemm(h_prev, Wh, acts[t], False, False, 1.0, 1.0)       # += h_{t-1} @ W_h (BLAS)
+        gates_forward(acts[t], b, c_prev, cs[t], hs[t])
+
+
+@numba.njit(**JIT)
+def lstm_forward_kernel(x, W, b, h0, c0, hs, cs, acts):
+    """x (T,B,I), W (H+I,G), b (G,), h0, c0 (B,H) -> hs, cs (T,B,H), acts (T,B,G)."""
+    T, B, I = x.shape
+    H = h0.shape[1]
+    gemm(x.reshape(T * B, I), W[H:], acts.reshape(T * B, 4 * H))   # all input projections at once
+    forward_steps(W[:H], b, h0, c0, hs, cs, acts)
+
+
+@numba.njit(**JIT)
+def embed_lstm_forward_kernel(tokens, Emb, W, b, h0, c0, hs, cs, acts, table):
+    """Layer 0 with the embedding folded in: x_t @ W_x = (Emb @ W_x)[token], one V x G table
+    per call, rows gathered.  tokens (T,B) int, Emb (V,E), table (V,G) scratch."""
+    T, B = tokens.shape
+    H = h0.shape[1]
+    gemm(Emb, W[H:], table)                                         # (V,G) = Emb @ W_x
+    gather_rows(tokens.reshape(T * B), table, acts.reshape(T * B, 4 * H))
+    forward_steps(W[:H], b, h0, c0, hs, cs, acts)
+
+
+@numba.njit(**JIT)
+def column_sums(X, out):
+    """out (n,) = X (m,n) summed over rows."""
+    out[:] = 0
+    for r in range(X.shape[0]):
+        for j in range(X.shape[1]):
+            out[j] += X[r, j]
+
+
+@numba.njit(**JIT)
+def gather_rows(ids, table, out):
+    """out[n] = table[ids[n]]: ids (N,) int, table (V,K) -> out (N,K) (embedding gather)."""
+    for n in range(ids.shape[0]):
+        src, dst = table[ids[n]], out[n]
+        for j in range(table.shape[1]):
+            dst[j] = src[j]
+
+
+@numba.njit(**JIT)
+def scatter_add_rows(ids, rows, out):
+    """out (V,K) = 0, then out[ids[n]] += rows[n] for every n, in order (ids repeat, so
+    this loop stays sequential)."""
+    out[:] = 0
+    for n in range(ids.shape[0]):
+        src, dst = rows[n], out[ids[n]]
+        for j in range(rows.shape[1]):
+            dst[j] += src[j]
+
+
+@numba.njit(**JIT)
+def backward_steps(dhs, Wh, c0, cs, acts, dzs, dh, dc):
+    """The reverse time loop.  dh, dc (B,H) hold dL/dh_T, dL/dc_T on entry and
+    dL/dh_0, dL/dc_0 on exit -> dzs (T,B,G) gate gradients."""
+    for t in range(acts.shape[0] - 1, -1, -1):
+        c_prev = c0 if t == 0 else cs[t - 1]
+        gates_backward(dhs[t], dh, dc, acts[t], cs[t], c_prev, dzs[t])
+        gemm(dzs[t], Wh, dh, False, True)                           # dh = dz_t @ W_h^T (BLAS)
+
+
+@numba.njit(**JIT)
+def recurrent_weight_grads(h0, hs, dzs, dW, db):
+    """dW[:H] = sum_t h_{t-1}^T dz_t as two products over all rows; db = sum of dz rows."""
+    T, B, G = dzs.shape
+    H = h0.shape[1]
+    dz2 = dzs.reshape(T * B, G)                                     # (N,G)
+    gemm(h0, dzs[0], dW[:H], True, False)                           # h_0^T dz_1
+    gemm(hs.reshape(T * B, H)[:(T - 1) * B], dz2[B:], dW[:H], True, False, 1.0, 1.0)
+    column_sums(dz2, db)
+
+
+@numba.njit(**JIT)
+def lstm_backward_kernel(dhs, x, W, h0, c0, hs, cs, acts, dzs, dh, dc, dx, dW, db):
+    """BPTT through one layer.  dhs (T,B,H); dh, dc (B,H) in: dhT, dcT, out: dh0, dc0
+    -> dx (T,B,I), dW (H+I,G), db (G,); dzs (T,B,G) scratch."""
+    T, B, I = x.shape
+    H = h0.shape[1]
+    backward_steps(dhs, W[:H], c0, cs, acts, dzs, dh, dc)
+    recurrent_weight_grads(h0, hs, dzs, dW, db)
+    dz2 = dzs.reshape(T * B, 4 * H)
+    gemm(x.reshape(T * B, I), dz2, dW[H:], True, False)             # dW_x = x^T dz  (I,G)
+    gemm(dz2, W[H:], dx.reshape(T * B, I), False, True)             # dx = dz W_x^T  (N,I)
+
+
+@numba.njit(**JIT)
+def embed_lstm_backward_kernel(dhs, tokens, Emb, W, h0, c0, hs, cs, acts, dzs, dh, dc, dEmb, dW, db, dtable):
+    """BPTT through layer 0 with the table trick: scatter-add dz rows into dtable (V,G) by
+    token, then dW_x = Emb^T dtable and dEmb = dtable W_x^T (two small products)."""
+    T, B = tokens.shape
+    H = h0.shape[1]
+    backward_steps(dhs, W[:H], c0, cs, acts, dzs, dh, dc)
+    recurrent_weight_grads(h0, hs, dzs, dW, db)
+    scatter_add_rows(tokens.reshape(T * B), dzs.reshape(T * B, 4 * H), dtable)
+    gemm(Emb, dtable, dW[H:], True, False)                          # (E,G)
+    gemm(dtable, W[H:], dEmb, False, True)                          # (V,E)
+
+
+KERNEL_VERSIONS = {}   # filled by numba_backend with the public wrappers of each version
