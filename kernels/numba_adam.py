@@ -6,6 +6,8 @@ parameter.  Adam mirrors the reference operation by operation in the parameter d
 """
 from __future__ import annotations
 
+from . import numba_cache  # noqa: F401  (first: the cache locator for everything below)
+
 import numba
 import numpy as np
 

@@ -13,6 +13,8 @@ row-major product C = op(A) op(B) is issued as C^T = op(B)^T op(A)^T.
 """
 from __future__ import annotations
 
+from . import numba_cache  # noqa: F401  (first: the cache locator for everything below)
+
 import numba
 from llvmlite import ir
 from numba import types

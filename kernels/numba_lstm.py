@@ -20,6 +20,8 @@ After the loop each weight gradient is one product over all N rows.
 """
 from __future__ import annotations
 
+from . import numba_cache  # noqa: F401  (first: the cache locator for everything below)
+
 import numba
 import numpy as np
 
@@ -33,40 +35,51 @@ JIT = dict(cache=True, error_model="numpy", fastmath={"contract"})
 @numba.njit(inline="always", **JIT)
 def gates_forward(z, b, c_prev, c, h):
     """One step of the cell.  z (B,G) pre-activations without bias, in place -> activated
-    gates; b (G,); c_prev (B,H) -> c (B,H), h (B,H)."""
+    gates; b (G,); c_prev (B,H) -> c (B,H), h (B,H).
+
+    Two loops per row, each touching few arrays, so that LLVM's run-time alias checks stay
+    under its limit and both loops vectorise (one fused loop with the gates written back
+    into z fell back to scalar code, 20x slower)."""
     B, G = z.shape
     H = G // 4
     for r in range(B):
         zr, cp, cr, hr = z[r], c_prev[r], c[r], h[r]
+        for j in range(2 * H):                          # i, f
+            zr[j] = fsigmoid(zr[j] + b[j])
+        for j in range(H):                              # g, o (offset form: a loop written as
+            zr[2 * H + j] = ftanh(zr[2 * H + j] + b[2 * H + j])          # range(3H, 4H) did
+        for j in range(H):                                               # not vectorise)
+            zr[3 * H + j] = fsigmoid(zr[3 * H + j] + b[3 * H + j])
         for j in range(H):
-            i = fsigmoid(zr[j] + b[j])
-            f = fsigmoid(zr[H + j] + b[H + j])
-            g = ftanh(zr[2 * H + j] + b[2 * H + j])
-            o = fsigmoid(zr[3 * H + j] + b[3 * H + j])
-            ct = f * cp[j] + i * g
-            zr[j], zr[H + j], zr[2 * H + j], zr[3 * H + j] = i, f, g, o
+            ct = zr[H + j] * cp[j] + zr[j] * zr[2 * H + j]    # c = f c_prev + i g
             cr[j] = ct
-            hr[j] = o * ftanh(ct)
+            hr[j] = zr[3 * H + j] * ftanh(ct)                 # h = o tanh(c)
 
 
 @numba.njit(inline="always", **JIT)
 def gates_backward(dh_out, dh, dc, a, c, c_prev, dz):
-    """Backprop one step.  dh_out (B,H) from the layer above; dh (B,H) dL/dh_t from step t+1;
-    dc (B,H) dL/dc_t from step t+1, in place -> dL/dc_{t-1}; a (B,G) activated gates;
-    c, c_prev (B,H) -> dz (B,G) gate pre-activation gradients."""
+    """Backprop one step.  dh_out (B,H) from the layer above; dh (B,H) dL/dh_t from step t+1,
+    clobbered; dc (B,H) dL/dc_t from step t+1, in place -> dL/dc_{t-1}; a (B,G) activated
+    gates; c, c_prev (B,H) -> dz (B,G) gate pre-activation gradients.  Split in three
+    loops for vectorisation (see gates_forward)."""
     B, G = a.shape
     H = G // 4
     for r in range(B):
-        ar, dzr, dcr, dor, dhr, cr, cpr = a[r], dz[r], dc[r], dh_out[r], dh[r], c[r], c_prev[r]
+        ar, dzr, dcr, dhr, cr, cpr = a[r], dz[r], dc[r], dh[r], c[r], c_prev[r]
+        dor = dh_out[r]
         for j in range(H):
-            i, f, g, o = ar[j], ar[H + j], ar[2 * H + j], ar[3 * H + j]
-            dht = dor[j] + dhr[j]
+            dhr[j] += dor[j]                                  # total dL/dh_t
+        for j in range(H):
+            o = ar[3 * H + j]
             tc = ftanh(cr[j])
-            dct = dcr[j] + dht * o * (1 - tc * tc)        # h = o tanh(c)
-            dzr[j] = dct * g * i * (1 - i)                # c = f c_prev + i g, through sigmoid
+            dcr[j] += dhr[j] * o * (1 - tc * tc)              # h = o tanh(c): total dL/dc_t
+            dzr[3 * H + j] = dhr[j] * tc * o * (1 - o)        # through sigmoid
+        for j in range(H):
+            i, f, g = ar[j], ar[H + j], ar[2 * H + j]
+            dct = dcr[j]
+            dzr[j] = dct * g * i * (1 - i)                    # c = f c_prev + i g
             dzr[H + j] = dct * cpr[j] * f * (1 - f)
-            dzr[2 * H + j] = dct * i * (1 - g * g)        # through tanh
-            dzr[3 * H + j] = dht * tc * o * (1 - o)
+            dzr[2 * H + j] = dct * i * (1 - g * g)            # through tanh
             dcr[j] = dct * f
 
 

@@ -15,6 +15,8 @@ code never widens to float64.  Accuracy against NumPy is checked in the tests.
 """
 from __future__ import annotations
 
+from . import numba_cache  # noqa: F401  (first: the cache locator for everything below)
+
 import numpy as np
 from llvmlite import ir
 from numba import types

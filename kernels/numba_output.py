@@ -8,6 +8,8 @@ gradient row), their sum, the log-sum-exp loss of the target, then the gradient
 """
 from __future__ import annotations
 
+from . import numba_cache  # noqa: F401  (first: the cache locator for everything below)
+
 import numba
 import numpy as np
 

@@ -11,6 +11,8 @@ seed into the same text.  Filtering follows numpy_backend.filter_probs step by s
 """
 from __future__ import annotations
 
+from . import numba_cache  # noqa: F401  (first: the cache locator for everything below)
+
 import numba
 import numpy as np
 
