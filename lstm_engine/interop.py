@@ -253,10 +253,11 @@ def import_torch(path, vocab_path, out_path):
     cfg, params = from_state_dict(sd, repr(path))
     vocab_path = vocab_path or vocab_path_for(path)
     vocab = read_vocab(vocab_path, cfg.vocab_size)
-    tcfg = TrainConfig(corpus="", embed_size=cfg.embed_size, hidden_size=cfg.hidden_size,
-                       layers=cfg.layers, dropout=0.0, dtype=cfg.dtype)
+    # no corpus, batch size or window length were used here: None lets `train --resume` take any
+    tcfg = TrainConfig(corpus="", embed_size=cfg.embed_size, hidden_size=cfg.hidden_size, layers=cfg.layers,
+                       dropout=0.0, dtype=cfg.dtype, batch_size=None, seq_len=None)
     zeros = {n: np.zeros_like(p) for n, p in params.items()}
-    state = [(np.zeros((tcfg.batch_size, cfg.hidden_size), cfg.dtype),) * 2 for _ in range(cfg.layers)]
+    state = [(np.zeros((1, cfg.hidden_size), cfg.dtype),) * 2 for _ in range(cfg.layers)]  # (1,H) broadcasts to (B,H)
     trainer = {"step": 0, "position": 0, "best_val": None, "elapsed": 0.0, "history": [],
                "rng": np.random.default_rng(tcfg.seed + 1).bit_generator.state}   # as Trainer.__init__ seeds it
     tensors, meta = checkpoint_contents(params, zeros, zeros, state, cfg, tcfg, vocab, None, trainer)

@@ -115,6 +115,21 @@ def test_imported_checkpoint_generates_and_evals_like_the_original(ckpt64, tmp_p
     assert r.exit_code == 2 and "--corpus" in r.stderr and r.stderr.count("\n") == 1
 
 
+def test_imported_checkpoint_trains_on_with_any_batch_shape(ckpt64, tmp_path):
+    path, _ = export(ckpt64, tmp_path / "m.safetensors")
+    imported = str(tmp_path / "imp.safetensors")
+    assert run(["import", path, "-o", imported]).exit_code == 0
+    corpus = os.path.join(os.path.dirname(os.path.dirname(ckpt64)), "corpus.txt")
+    r = run(["train", "--resume", imported, "--corpus", corpus, "--backend", "numpy", "--embed-size", "8",
+             "--hidden-size", "16", "--dtype", "float64", "--batch-size", "3", "--seq-len", "7", "--steps", "4",
+             "--eval-every", "0", "--sample-every", "0", "--out", str(tmp_path / "tuned")])
+    assert r.exit_code == 0, r.output
+    t0 = checkpoint.load(imported)[0]
+    t1, m1 = checkpoint.load(str(tmp_path / "tuned" / "latest.safetensors"))
+    assert m1["trainer"]["step"] == 4 and m1["train"]["batch_size"] == 3
+    assert not np.array_equal(t0["param.W0"], t1["param.W0"])               # it did train
+
+
 def test_import_adds_the_two_torch_biases(tmp_path):
     rng = np.random.default_rng(0)
     sd = {k: rng.standard_normal(s) for k, s in interop.expected_shapes(V=5, E=3, H=4, L=1).items()}
