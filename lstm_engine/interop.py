@@ -16,6 +16,7 @@ installed, with torch.save; the vocabulary goes beside it as a JSON list (FILE.v
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 
@@ -150,7 +151,6 @@ def _import_torch(why):
 def write_state_dict(path, sd):
     """name -> ndarray to PATH: torch.save when PATH ends in .pt, safetensors otherwise.  Atomic."""
     if path.endswith(".pt"):
-        import io
         torch = _import_torch(f"writing {path!r} (a .pt file)")
         buf = io.BytesIO()
         torch.save({k: torch.from_numpy(np.array(v)) for k, v in sd.items()}, buf)
@@ -163,7 +163,6 @@ def write_state_dict(path, sd):
 
 def _read_torch_file(raw, path):
     """A torch.save'd state dict, loaded with weights_only=True (no code runs) -> name -> ndarray."""
-    import io
     torch = _import_torch(f"reading {path!r} (a torch.save file)")
     try:
         obj = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)

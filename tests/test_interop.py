@@ -243,7 +243,8 @@ def test_docs_code_loads_export_strictly_and_scores_like_eval(ckpt, suffix, tmp_
     corpus = os.path.join(os.path.dirname(os.path.dirname(ckpt)), "corpus.txt")
     text = open(corpus, encoding="utf-8").read()
     ours, theirs = eval_loss(ckpt, corpus), ns["mean_loss"](ns["model"], text)
-    assert abs(ours - theirs) <= (1e-12 if dtype == "float64" else 2e-5) * ours, (ours, theirs)
+    print(f"eval {ours!r} vs torch {theirs!r} ({dtype}, {suffix})")
+    assert abs(ours - theirs) <= (1e-12 if dtype == "float64" else 2e-6) * ours, (ours, theirs)
 
 
 def test_greedy_text_matches_torch_argmax(ckpt64, tmp_path, monkeypatch, capsys):
