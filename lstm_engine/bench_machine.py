@@ -97,6 +97,7 @@ def machine_info(threads=None):
         "cores": os.cpu_count(),
         "cores_usable": usable,
         "threads": threads,
+        "load_avg": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
         "blas": blas,
         "blas_threads": blas_threads,
         "numba_threads": numba_threads,
@@ -115,7 +116,7 @@ def machine_line(m):
     peaks = [f"CPU {m['sgemm_cpu_gflops']:.1f}" if m.get("sgemm_cpu_gflops") else None,
              f"GPU {m['sgemm_gpu_gflops']:.0f}" if m.get("sgemm_gpu_gflops") else None]
     peak = ", ".join(p for p in peaks if p)
-    return (f"machine: {m['cpu']}, {m['cores']} cores ({m['cores_usable']} usable); "
+    return (f"machine: {m['cpu']}, {m['cores']} cores ({m['cores_usable']} usable, load {m['load_avg']}); "
             f"BLAS {m['blas']} (threads: {m['blas_threads']}); numba threads: {m['numba_threads']}; "
             f"numpy {m['numpy_version']}, numba {m['numba_version'] or '-'}, cupy {m['cupy_version'] or '-'}, "
             f"torch {m['torch_version'] or '-'}"

@@ -1,0 +1,7 @@
+"""Micro-benchmark of adam_update alone: python benchmarks/adam.py [--configs seed] [--seconds 1] (see micro.py)."""
+import sys
+
+from micro import main
+
+if __name__ == "__main__":
+    main(["--kernels", "adam_update", *sys.argv[1:]])

@@ -1,0 +1,7 @@
+"""Micro-benchmark of lstm_backward alone: python benchmarks/gate_backward.py [--configs seed] [--seconds 1] (see micro.py)."""
+import sys
+
+from micro import main
+
+if __name__ == "__main__":
+    main(["--kernels", "lstm_backward", *sys.argv[1:]])

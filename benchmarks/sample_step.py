@@ -1,0 +1,7 @@
+"""Micro-benchmark of generate alone: python benchmarks/sample_step.py [--configs seed] [--seconds 1] (see micro.py)."""
+import sys
+
+from micro import main
+
+if __name__ == "__main__":
+    main(["--kernels", "generate", *sys.argv[1:]])
