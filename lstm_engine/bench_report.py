@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import textwrap
 
 from .errors import UserError
 
@@ -115,15 +116,21 @@ def plot(rows, path, title=""):
                     xs.append(r["chars_per_s"])
                     hatches.append("" if r["valid"] else "//")
             bars = ax.barh(ys, xs, height=height, label=be)
-            for bar, h in zip(bars, hatches):
+            for bar, h, x in zip(bars, hatches, xs):
                 bar.set_hatch(h)
+                ax.annotate(_num(x), (x, bar.get_y() + bar.get_height() / 2), xytext=(3, 0),
+                            textcoords="offset points", va="center", fontsize="x-small")
         ax.set_xscale("log")
+        low = min(r["chars_per_s"] for r in timed if r["what"] == what)
+        high = max(r["chars_per_s"] for r in timed if r["what"] == what)
+        ax.set_xlim(10 ** math.floor(math.log10(low) - 0.3), high * 4)   # bars start at a power of ten
+        ax.invert_yaxis()                                # first config on top, as in the table
         ax.set_yticks([i + 0.4 - height / 2 for i in range(len(configs))], configs)
         ax.set_title(what)
         ax.set_xlabel("chars/s (log; hatched = invalid)")
     axes[0][0].legend(loc="best", fontsize="small")
     if title:
-        fig.suptitle(title, fontsize="small")
+        fig.suptitle("\n".join(textwrap.wrap(title, 60 * len(whats))), fontsize="small")
     fig.tight_layout()
     try:
         fig.savefig(path, dpi=110)
