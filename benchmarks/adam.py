@@ -1,4 +1,7 @@
-"""Micro-benchmark of adam_update alone: python benchmarks/adam.py [--configs seed] [--seconds 1] (see micro.py)."""
+"""Micro-benchmark of adam_update alone; options as micro.py:
+
+    python benchmarks/adam.py --configs seed --seconds 1
+"""
 import sys
 
 from micro import main

@@ -1,4 +1,7 @@
-"""Micro-benchmark of lstm_backward alone: python benchmarks/gate_backward.py [--configs seed] [--seconds 1] (see micro.py)."""
+"""Micro-benchmark of lstm_backward alone; options as micro.py:
+
+    python benchmarks/gate_backward.py --configs seed --seconds 1
+"""
 import sys
 
 from micro import main

@@ -1,4 +1,7 @@
-"""Micro-benchmark of lstm_forward alone: python benchmarks/gate_forward.py [--configs seed] [--seconds 1] (see micro.py)."""
+"""Micro-benchmark of lstm_forward alone; options as micro.py:
+
+    python benchmarks/gate_forward.py --configs seed --seconds 1
+"""
 import sys
 
 from micro import main

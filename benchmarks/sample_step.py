@@ -1,4 +1,7 @@
-"""Micro-benchmark of generate alone: python benchmarks/sample_step.py [--configs seed] [--seconds 1] (see micro.py)."""
+"""Micro-benchmark of generate alone; options as micro.py:
+
+    python benchmarks/sample_step.py --configs seed --seconds 1
+"""
 import sys
 
 from micro import main

@@ -1,4 +1,7 @@
-"""Micro-benchmark of softmax_xent alone: python benchmarks/softmax_xent.py [--configs seed] [--seconds 1] (see micro.py)."""
+"""Micro-benchmark of softmax_xent alone; options as micro.py:
+
+    python benchmarks/softmax_xent.py --configs seed --seconds 1
+"""
 import sys
 
 from micro import main

@@ -318,7 +318,8 @@ def bench_entry(entry, cfg, batch, ref, whats, seconds, repeats):
     for what in whats:
         valid, why = verdict[what]
         row = _row(name, cfg, what, runner.device, "ok" if valid else "invalid", bool(valid), why)
-        fn = {"train": runner.train_step, "forward": runner.forward, "sample": lambda: runner.sample(SAMPLE_CHUNK)}[what]
+        fn = {"train": runner.train_step, "forward": runner.forward,
+              "sample": lambda: runner.sample(SAMPLE_CHUNK)}[what]
         try:
             first, per_call, k = time_calls(fn, runner.sync, seconds, repeats)
         except Exception as e:

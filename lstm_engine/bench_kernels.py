@@ -217,7 +217,8 @@ def bench_kernel(kernel, cfg, backend_names, modules, seconds, repeats):
     rows = []
     for c in cands:
         row = {"kernel": kernel, "candidate": c.label, "backend": c.be.NAME, "shape": cfg.shape,
-               "max_abs_err": None, "max_rel_err": None, "valid": False, "status": "ok", "reason": "", "median_us": None,
+               "max_abs_err": None, "max_rel_err": None, "valid": False, "status": "ok", "reason": "",
+               "median_us": None,
                "spread_pct": None, "compile_s": None, "vs_numpy": None}
         try:
             call, result = make_call(kernel, c, inp, greedy=True)

@@ -64,7 +64,8 @@ def legend(rows):
     peers = sorted({r["torch_peer"] for r in rows if r.get("torch_peer")})
     return ("chars/s: median over repeats (spread: half the min-max range); GFLOP/s from the FLOP model "
             "(per char forward sum_l 2(I_l+H)4H + 2HV, train 3x forward); % peak: of the same device's "
-            "float32 sgemm peak measured in this run; compile s: first call minus a steady call (JIT compile, warm-up); "
+            "float32 sgemm peak measured in this run; "
+            "compile s: first call minus a steady call (JIT compile, warm-up); "
             + (f"vs torch: speed / the torch peer on the same device ({', '.join(peers)})" if peers
                else "vs torch: no torch peer in this run"))
 

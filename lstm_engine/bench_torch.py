@@ -38,6 +38,10 @@ def resolve(name, engine_devices, threads):
     """One requested torch name -> [(row name, factory or None, reason, device)]."""
     if importlib.util.find_spec("torch") is None:
         return [(name, None, "torch is not installed (pip install torch); no peer to compare with", None)]
+    try:
+        import torch  # noqa: F401
+    except Exception as e:                               # a broken install is a row, not a crash
+        return [(name, None, f"torch failed to import: {type(e).__name__}: {e}", None)]
     if name == "torch":
         devices = []
         if "cpu" in engine_devices:

@@ -82,3 +82,25 @@ def test_unknown_kernel_or_backend_is_a_user_error():
         run_micro(kernels="gates", modules=[], **FAST)
     with pytest.raises(UserError, match="unknown backend 'tpu'"):
         run_micro(kernels="adam", modules=[], configs="tiny", backends="tpu")
+
+
+def test_micro_script_prints_the_table_and_writes_json(tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    from click.testing import CliRunner
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "micro.py"
+    spec = importlib.util.spec_from_file_location("bench_micro_script", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "micro.jsonl"
+    res = CliRunner().invoke(script.main, ["--kernels", "softmax-xent,adam", "--configs", "tiny", "--backends",
+                                           "numpy", "--seconds", "0.02", "--repeats", "2", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    assert res.output.startswith("machine: ") and "softmax_xent  (E16,H32,L1,B1,T25)" in res.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["kernel"], r["candidate"]) for r in rows] == [("softmax_xent", "numpy"), ("adam_update", "numpy")]
+    assert all(r["valid"] and r["median_us"] > 0 and r["cpu"] for r in rows)
+    bad = CliRunner().invoke(script.main, ["--kernels", "nope"])
+    assert bad.exit_code == 2 and bad.stderr.startswith("error: unknown kernel 'nope'")
