@@ -18,6 +18,15 @@ from .numba_math import fexp
 JIT = dict(cache=True, error_model="numpy", fastmath={"contract"})
 
 
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+def row_sum(e):
+    """Sum in the row dtype, reassociated so that it vectorises."""
+    s = e[0] * 0
+    for j in range(e.shape[0]):
+        s += e[j]
+    return s
+
+
 @numba.njit(**JIT)
 def softmax_xent_kernel(logits, targets, dlogits, need_grad):
     """logits (N,V), targets (N,) int -> mean loss (float64); dlogits (N,V) filled when
@@ -30,11 +39,9 @@ def softmax_xent_kernel(logits, targets, dlogits, need_grad):
         m = z[0]
         for j in range(1, V):
             m = max(m, z[j])
-        e[0] = fexp(z[0] - m)
-        s = e[0]                                              # sum in the row dtype, like NumPy
-        for j in range(1, V):
+        for j in range(V):
             e[j] = fexp(z[j] - m)
-            s += e[j]
+        s = row_sum(e)
         total += np.log(np.float64(s)) - np.float64(z[targets[n]] - m)   # -log softmax_y
         if need_grad:
             inv = 1 / (s * N)                                 # d(-log p_y)/dz = (p - onehot) / N
