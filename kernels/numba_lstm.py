@@ -30,6 +30,7 @@ from .numba_math import fsigmoid, ftanh
 
 # error_model="numpy": no Python ZeroDivisionError checks, so the gate loops vectorise.
 JIT = dict(cache=True, error_model="numpy", fastmath={"contract"})
+PAR = dict(JIT, parallel=True)
 
 
 @numba.njit(inline="always", **JIT)
@@ -37,56 +38,93 @@ def gates_forward(z, b, c_prev, c, h):
     """One step of the cell.  z (B,G) pre-activations without bias, in place -> activated
     gates; b (G,); c_prev (B,H) -> c (B,H), h (B,H).
 
-    Two loops per row, each touching few arrays, so that LLVM's run-time alias checks stay
-    under its limit and both loops vectorise (one fused loop with the gates written back
-    into z fell back to scalar code, 20x slower)."""
+    Short loops, each touching few arrays, so that LLVM's run-time alias checks stay under
+    its limit and every loop vectorises.  Measured slips into scalar code (5-20x slower):
+    one fused loop writing the gates back into z (gates_forward_v1), a loop written as
+    range(3H, 4H) instead of 3H + range(H), and offsets that are not multiples of H."""
     B, G = z.shape
     H = G // 4
     for r in range(B):
         zr, cp, cr, hr = z[r], c_prev[r], c[r], h[r]
-        for j in range(2 * H):                          # i, f
+        for j in range(2 * H):                                        # i, f
             zr[j] = fsigmoid(zr[j] + b[j])
-        for j in range(H):                              # g, o (offset form: a loop written as
-            zr[2 * H + j] = ftanh(zr[2 * H + j] + b[2 * H + j])          # range(3H, 4H) did
-        for j in range(H):                                               # not vectorise)
+        for j in range(H):                                            # g
+            zr[2 * H + j] = ftanh(zr[2 * H + j] + b[2 * H + j])
+        for j in range(H):                                            # o
             zr[3 * H + j] = fsigmoid(zr[3 * H + j] + b[3 * H + j])
         for j in range(H):
-            ct = zr[H + j] * cp[j] + zr[j] * zr[2 * H + j]    # c = f c_prev + i g
+            ct = zr[H + j] * cp[j] + zr[j] * zr[2 * H + j]            # c = f c_prev + i g
             cr[j] = ct
-            hr[j] = zr[3 * H + j] * ftanh(ct)                 # h = o tanh(c)
+            hr[j] = zr[3 * H + j] * ftanh(ct)                         # h = o tanh(c)
 
 
 @numba.njit(inline="always", **JIT)
 def gates_backward(dh_out, dh, dc, a, c, c_prev, dz):
     """Backprop one step.  dh_out (B,H) from the layer above; dh (B,H) dL/dh_t from step t+1,
     clobbered; dc (B,H) dL/dc_t from step t+1, in place -> dL/dc_{t-1}; a (B,G) activated
-    gates; c, c_prev (B,H) -> dz (B,G) gate pre-activation gradients.  Split in three
-    loops for vectorisation (see gates_forward)."""
+    gates; c, c_prev (B,H) -> dz (B,G) gate pre-activation gradients.  One short loop per
+    quantity for vectorisation (see gates_forward): as three loops it ran 1.7x slower."""
     B, G = a.shape
     H = G // 4
     for r in range(B):
         ar, dzr, dcr, dhr, cr, cpr = a[r], dz[r], dc[r], dh[r], c[r], c_prev[r]
         dor = dh_out[r]
         for j in range(H):
-            dhr[j] += dor[j]                                  # total dL/dh_t
+            dhr[j] += dor[j]                                          # total dL/dh_t
+        for j in range(H):
+            dzr[3 * H + j] = ftanh(cr[j])                             # tanh(c_t), kept in the o slot
+        for j in range(H):
+            tc = dzr[3 * H + j]
+            dcr[j] += dhr[j] * ar[3 * H + j] * (1 - tc * tc)          # h = o tanh(c): total dL/dc_t
         for j in range(H):
             o = ar[3 * H + j]
-            tc = ftanh(cr[j])
-            dcr[j] += dhr[j] * o * (1 - tc * tc)              # h = o tanh(c): total dL/dc_t
-            dzr[3 * H + j] = dhr[j] * tc * o * (1 - o)        # through sigmoid
+            dzr[3 * H + j] = dhr[j] * dzr[3 * H + j] * o * (1 - o)    # do, through sigmoid
         for j in range(H):
-            i, f, g = ar[j], ar[H + j], ar[2 * H + j]
-            dct = dcr[j]
-            dzr[j] = dct * g * i * (1 - i)                    # c = f c_prev + i g
-            dzr[H + j] = dct * cpr[j] * f * (1 - f)
-            dzr[2 * H + j] = dct * i * (1 - g * g)            # through tanh
-            dcr[j] = dct * f
+            i, g = ar[j], ar[2 * H + j]
+            dzr[j] = dcr[j] * g * i * (1 - i)                         # c = f c_prev + i g
+        for j in range(H):
+            f = ar[H + j]
+            dzr[H + j] = dcr[j] * cpr[j] * f * (1 - f)
+        for j in range(H):
+            i, g = ar[j], ar[2 * H + j]
+            dzr[2 * H + j] = dcr[j] * i * (1 - g * g)                 # through tanh
+        for j in range(H):
+            dcr[j] = dcr[j] * ar[H + j]                               # dL/dc_{t-1}
 
+
+# ----------------------------------------------------------------------------
+# Products: one thread (BLAS single-threaded) or nt numba threads on column blocks
+# ----------------------------------------------------------------------------
+
+@numba.njit(**PAR)
+def pgemm(A, B, C, trans_a, trans_b, alpha, beta, nt):
+    """gemm split over nt column blocks of C, one numba thread and one BLAS call each."""
+    n = C.shape[1]
+    for k in numba.prange(nt):
+        j0, j1 = k * n // nt, (k + 1) * n // nt
+        Bk = B[j0:j1] if trans_b else B[:, j0:j1]
+        gemm(A, Bk, C[:, j0:j1], trans_a, trans_b, alpha, beta)
+
+
+@numba.njit(**JIT)
+def mm(A, B, C, trans_a, trans_b, alpha, beta, nt):
+    """C = alpha op(A) op(B) + beta C on nt threads (1: the calling thread only)."""
+    if nt > 1:
+        pgemm(A, B, C, trans_a, trans_b, alpha, beta, nt)
+    else:
+        gemm(A, B, C, trans_a, trans_b, alpha, beta)
+
+
+# ----------------------------------------------------------------------------
+# The time loops
+# ----------------------------------------------------------------------------
 
 @numba.njit(**JIT)
 def forward_steps(Wh, b, h0, c0, hs, cs, acts):
     """The time loop.  acts (T,B,G) holds x_t @ W_x on entry, activated gates on exit;
-    Wh (H,G), b (G,), h0, c0 (B,H) -> hs, cs (T,B,H)."""
+    Wh (H,G), b (G,), h0, c0 (B,H) -> hs, cs (T,B,H).  Any batch slice of these arrays
+    is a valid call: batch rows never interact."""
+    H = Wh.shape[0]
     for t in range(acts.shape[0]):
         h_prev = h0 if t == 0 else hs[t - 1]
         c_prev = c0 if t == 0 else cs[t - 1]
@@ -94,24 +132,75 @@ def forward_steps(Wh, b, h0, c0, hs, cs, acts):
         gates_forward(acts[t], b, c_prev, cs[t], hs[t])
 
 
+@numba.njit(**PAR)
+def forward_steps_par(Wh, b, h0, c0, hs, cs, acts, nt):
+    """forward_steps on nt threads, each running the whole time loop for its own slice of
+    the batch: no synchronisation inside the loop."""
+    B = h0.shape[0]
+    for k in numba.prange(nt):
+        r0, r1 = k * B // nt, (k + 1) * B // nt
+        forward_steps(Wh, b, h0[r0:r1], c0[r0:r1], hs[:, r0:r1], cs[:, r0:r1], acts[:, r0:r1])
+
+
 @numba.njit(**JIT)
-def lstm_forward_kernel(x, W, b, h0, c0, hs, cs, acts):
+def backward_steps(dhs, Wh, c0, cs, acts, dzs, dh, dc):
+    """The reverse time loop.  dh, dc (B,H) hold dL/dh_T, dL/dc_T on entry and
+    dL/dh_0, dL/dc_0 on exit -> dzs (T,B,G) gate gradients.  Batch slices are valid calls."""
+    H = Wh.shape[0]
+    for t in range(acts.shape[0] - 1, -1, -1):
+        c_prev = c0 if t == 0 else cs[t - 1]
+        gates_backward(dhs[t], dh, dc, acts[t], cs[t], c_prev, dzs[t])
+        gemm(dzs[t], Wh, dh, False, True)                           # dh = dz_t @ W_h^T (BLAS)
+
+
+@numba.njit(**PAR)
+def backward_steps_par(dhs, Wh, c0, cs, acts, dzs, dh, dc, nt):
+    """backward_steps on nt threads, one slice of the batch each."""
+    B = dh.shape[0]
+    for k in numba.prange(nt):
+        r0, r1 = k * B // nt, (k + 1) * B // nt
+        backward_steps(dhs[:, r0:r1], Wh, c0[r0:r1], cs[:, r0:r1], acts[:, r0:r1], dzs[:, r0:r1],
+                       dh[r0:r1], dc[r0:r1])
+
+
+# ----------------------------------------------------------------------------
+# Whole layers (the entry points of numba_backend)
+# ----------------------------------------------------------------------------
+
+@numba.njit(**JIT)
+def run_forward_steps(Wh, b, h0, c0, hs, cs, acts, nt):
+    if nt > 1:
+        forward_steps_par(Wh, b, h0, c0, hs, cs, acts, nt)
+    else:
+        forward_steps(Wh, b, h0, c0, hs, cs, acts)
+
+
+@numba.njit(**JIT)
+def run_backward_steps(dhs, Wh, c0, cs, acts, dzs, dh, dc, nt):
+    if nt > 1:
+        backward_steps_par(dhs, Wh, c0, cs, acts, dzs, dh, dc, nt)
+    else:
+        backward_steps(dhs, Wh, c0, cs, acts, dzs, dh, dc)
+
+
+@numba.njit(**JIT)
+def lstm_forward_kernel(x, W, b, h0, c0, hs, cs, acts, nt):
     """x (T,B,I), W (H+I,G), b (G,), h0, c0 (B,H) -> hs, cs (T,B,H), acts (T,B,G)."""
     T, B, I = x.shape
     H = h0.shape[1]
-    gemm(x.reshape(T * B, I), W[H:], acts.reshape(T * B, 4 * H))   # all input projections at once
-    forward_steps(W[:H], b, h0, c0, hs, cs, acts)
+    mm(x.reshape(T * B, I), W[H:], acts.reshape(T * B, 4 * H), False, False, 1.0, 0.0, nt)  # all x_t W_x
+    run_forward_steps(W[:H], b, h0, c0, hs, cs, acts, nt)
 
 
 @numba.njit(**JIT)
-def embed_lstm_forward_kernel(tokens, Emb, W, b, h0, c0, hs, cs, acts, table):
+def embed_lstm_forward_kernel(tokens, Emb, W, b, h0, c0, hs, cs, acts, table, nt):
     """Layer 0 with the embedding folded in: x_t @ W_x = (Emb @ W_x)[token], one V x G table
     per call, rows gathered.  tokens (T,B) int, Emb (V,E), table (V,G) scratch."""
     T, B = tokens.shape
     H = h0.shape[1]
     gemm(Emb, W[H:], table)                                         # (V,G) = Emb @ W_x
     gather_rows(tokens.reshape(T * B), table, acts.reshape(T * B, 4 * H))
-    forward_steps(W[:H], b, h0, c0, hs, cs, acts)
+    run_forward_steps(W[:H], b, h0, c0, hs, cs, acts, nt)
 
 
 @numba.njit(**JIT)
@@ -144,50 +233,37 @@ def scatter_add_rows(ids, rows, out):
 
 
 @numba.njit(**JIT)
-def backward_steps(dhs, Wh, c0, cs, acts, dzs, dh, dc):
-    """The reverse time loop.  dh, dc (B,H) hold dL/dh_T, dL/dc_T on entry and
-    dL/dh_0, dL/dc_0 on exit -> dzs (T,B,G) gate gradients."""
-    for t in range(acts.shape[0] - 1, -1, -1):
-        c_prev = c0 if t == 0 else cs[t - 1]
-        gates_backward(dhs[t], dh, dc, acts[t], cs[t], c_prev, dzs[t])
-        gemm(dzs[t], Wh, dh, False, True)                           # dh = dz_t @ W_h^T (BLAS)
-
-
-@numba.njit(**JIT)
-def recurrent_weight_grads(h0, hs, dzs, dW, db):
+def recurrent_weight_grads(h0, hs, dzs, dW, db, nt):
     """dW[:H] = sum_t h_{t-1}^T dz_t as two products over all rows; db = sum of dz rows."""
     T, B, G = dzs.shape
     H = h0.shape[1]
     dz2 = dzs.reshape(T * B, G)                                     # (N,G)
-    gemm(h0, dzs[0], dW[:H], True, False)                           # h_0^T dz_1
-    gemm(hs.reshape(T * B, H)[:(T - 1) * B], dz2[B:], dW[:H], True, False, 1.0, 1.0)
+    mm(h0, dzs[0], dW[:H], True, False, 1.0, 0.0, nt)               # h_0^T dz_1
+    mm(hs.reshape(T * B, H)[:(T - 1) * B], dz2[B:], dW[:H], True, False, 1.0, 1.0, nt)
     column_sums(dz2, db)
 
 
 @numba.njit(**JIT)
-def lstm_backward_kernel(dhs, x, W, h0, c0, hs, cs, acts, dzs, dh, dc, dx, dW, db):
+def lstm_backward_kernel(dhs, x, W, h0, c0, hs, cs, acts, dzs, dh, dc, dx, dW, db, nt):
     """BPTT through one layer.  dhs (T,B,H); dh, dc (B,H) in: dhT, dcT, out: dh0, dc0
     -> dx (T,B,I), dW (H+I,G), db (G,); dzs (T,B,G) scratch."""
     T, B, I = x.shape
     H = h0.shape[1]
-    backward_steps(dhs, W[:H], c0, cs, acts, dzs, dh, dc)
-    recurrent_weight_grads(h0, hs, dzs, dW, db)
+    run_backward_steps(dhs, W[:H], c0, cs, acts, dzs, dh, dc, nt)
+    recurrent_weight_grads(h0, hs, dzs, dW, db, nt)
     dz2 = dzs.reshape(T * B, 4 * H)
-    gemm(x.reshape(T * B, I), dz2, dW[H:], True, False)             # dW_x = x^T dz  (I,G)
-    gemm(dz2, W[H:], dx.reshape(T * B, I), False, True)             # dx = dz W_x^T  (N,I)
+    mm(x.reshape(T * B, I), dz2, dW[H:], True, False, 1.0, 0.0, nt)       # dW_x = x^T dz  (I,G)
+    mm(dz2, W[H:], dx.reshape(T * B, I), False, True, 1.0, 0.0, nt)       # dx = dz W_x^T  (N,I)
 
 
 @numba.njit(**JIT)
-def embed_lstm_backward_kernel(dhs, tokens, Emb, W, h0, c0, hs, cs, acts, dzs, dh, dc, dEmb, dW, db, dtable):
+def embed_lstm_backward_kernel(dhs, tokens, Emb, W, h0, c0, hs, cs, acts, dzs, dh, dc, dEmb, dW, db, dtable, nt):
     """BPTT through layer 0 with the table trick: scatter-add dz rows into dtable (V,G) by
     token, then dW_x = Emb^T dtable and dEmb = dtable W_x^T (two small products)."""
     T, B = tokens.shape
     H = h0.shape[1]
-    backward_steps(dhs, W[:H], c0, cs, acts, dzs, dh, dc)
-    recurrent_weight_grads(h0, hs, dzs, dW, db)
+    run_backward_steps(dhs, W[:H], c0, cs, acts, dzs, dh, dc, nt)
+    recurrent_weight_grads(h0, hs, dzs, dW, db, nt)
     scatter_add_rows(tokens.reshape(T * B), dzs.reshape(T * B, 4 * H), dtable)
     gemm(Emb, dtable, dW[H:], True, False)                          # (E,G)
     gemm(dtable, W[H:], dEmb, False, True)                          # (V,E)
-
-
-KERNEL_VERSIONS = {}   # filled by numba_backend with the public wrappers of each version

@@ -24,6 +24,20 @@ DTYPES = ("float64", "float32")
 SHAPES = [(5, 3, 7, 13), (1, 1, 5, 3), (4, 2, 6, 9), (3, 1, 1, 17)]   # (T, B, I, H)
 
 
+@pytest.fixture(params=["one-thread", "threads"])
+def path(request, monkeypatch):
+    """Run a layer test on the one-thread kernels and on the threaded ones (batch slices per
+    thread, column blocks per product), whatever the size."""
+    import numba
+    if request.param == "threads":
+        if numba.get_num_threads() < 2:
+            pytest.skip("numba has one thread here (NUMBA_NUM_THREADS=1)")
+        monkeypatch.setattr(nb, "PARALLEL_MIN_MACS", 0)
+    else:
+        monkeypatch.setattr(nb, "PARALLEL_MIN_MACS", 1 << 62)
+    return request.param
+
+
 def check(name, got, want, dtype):
     """Assert scale-relative max error <= TOL[dtype]; print the errors."""
     got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
@@ -102,7 +116,7 @@ def test_gemm_on_strided_blocks_with_beta(trans_a, trans_b):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("T,B,I,H", SHAPES)
-def test_lstm_layer_forward_caches_and_gradients(T, B, I, H, dtype, rng):
+def test_lstm_layer_forward_caches_and_gradients(T, B, I, H, dtype, rng, path):
     a = layer_inputs(rng, T, B, I, H, dtype)
     print(f"\nlstm layer T{T} B{B} I{I} H{H}")
     r_hs, r_hT, r_cT, r_cache = ref.lstm_forward(a["x"], a["W"], a["b"], a["h0"], a["c0"])
@@ -120,7 +134,7 @@ def test_lstm_layer_forward_caches_and_gradients(T, B, I, H, dtype, rng):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("V", [4, 40])          # V <= T*B: table path; V > T*B: gather path
 @pytest.mark.parametrize("T,B,I,H", SHAPES[:3])
-def test_embedding_layer_both_paths(T, B, I, H, V, dtype, rng):
+def test_embedding_layer_both_paths(T, B, I, H, V, dtype, rng, path):
     a = layer_inputs(rng, T, B, I, H, dtype)
     Emb = rng.standard_normal((V, I)).astype(dtype)
     tokens = rng.integers(0, V, (T, B)).astype(np.int32)

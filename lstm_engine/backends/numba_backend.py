@@ -29,6 +29,12 @@ xp = np
 
 _K = None   # the kernels modules, imported (and numba with them) on first use
 
+# A layer runs on numba's threads (each thread the whole time loop for its slice of the
+# batch, the big products split by columns) when it has at least this many multiply-adds
+# in its recurrent products (T*B*H*4H) and B >= 2; below, one thread is as fast.
+PARALLEL_MIN_MACS = 1 << 22
+PIN_BLAS = True     # pin BLAS to one thread when the kernels load (see _single_threaded_blas)
+
 
 def _kernels():
     global _K
@@ -37,7 +43,27 @@ def _kernels():
 
         from ..kernels import numba_adam, numba_lstm, numba_output, numba_sample
         _K = SimpleNamespace(lstm=numba_lstm, out=numba_output, adam=numba_adam, sample=numba_sample)
+        if PIN_BLAS:
+            _single_threaded_blas()
     return _K
+
+
+def _single_threaded_blas():
+    """Pin every BLAS loaded in the process (SciPy's, which the kernels call, and NumPy's)
+    to one thread.  The two cores are used by numba's OpenMP threads, each calling BLAS on
+    its own block; a second, spinning BLAS pool would fight them for the cores."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:     # pragma: no cover - an install_requires
+        return
+    threadpool_limits(limits=1, user_api="blas")
+
+
+def _threads(T, B, H):
+    """numba threads for a layer of window T, batch B, hidden size H (see PARALLEL_MIN_MACS)."""
+    import numba
+    nt = min(numba.get_num_threads(), B)
+    return nt if nt > 1 and T * B * H * 4 * H >= PARALLEL_MIN_MACS else 1
 
 
 def is_available():
@@ -133,7 +159,7 @@ def lstm_forward(x, W, b, h0, c0):
     cs = np.empty((T, B, H), dt)
     acts = np.empty((T, B, 4 * H), dt)
     if T:
-        _kernels().lstm.lstm_forward_kernel(x, W, b, h0, c0, hs, cs, acts)
+        _kernels().lstm.lstm_forward_kernel(x, W, b, h0, c0, hs, cs, acts, _threads(T, B, H))
     hT, cT = (hs[-1], cs[-1]) if T else (h0, c0)
     return hs, hT, cT, LayerCache(x, None, None, W, h0, c0, hs, cs, acts)
 
@@ -163,7 +189,7 @@ def lstm_backward(dhs, dhT, dcT, cache):
     dx = np.empty_like(x)
     if x.shape[0]:
         _kernels().lstm.lstm_backward_kernel(dhs, x, cache.W, cache.h0, cache.c0, cache.hs, cache.cs,
-                                             cache.acts, dzs, dh, dc, dx, dW, db)
+                                             cache.acts, dzs, dh, dc, dx, dW, db, _threads(*cache.hs.shape))
     else:
         dW[...], db[...] = 0, 0
     return dx, dW, db, dh, dc
@@ -196,7 +222,8 @@ def embed_lstm_forward(tokens, Emb, W, b, h0, c0):
     acts = np.empty((T, B, 4 * H), dt)
     table = np.empty((V, 4 * H), dt)               # Emb @ W_x
     if T:
-        _kernels().lstm.embed_lstm_forward_kernel(tokens, Emb, W, b, h0, c0, hs, cs, acts, table)
+        _kernels().lstm.embed_lstm_forward_kernel(tokens, Emb, W, b, h0, c0, hs, cs, acts, table,
+                                                  _threads(T, B, H))
     hT, cT = (hs[-1], cs[-1]) if T else (h0, c0)
     return hs, hT, cT, LayerCache(None, tokens, Emb, W, h0, c0, hs, cs, acts)
 
@@ -214,7 +241,8 @@ def embed_lstm_backward(dhs, dhT, dcT, cache):
     dtable = np.empty((Emb.shape[0], dW.shape[1]), dW.dtype)   # (V,G) gate gradients per symbol
     if tokens.shape[0]:
         _kernels().lstm.embed_lstm_backward_kernel(dhs, tokens, Emb, cache.W, cache.h0, cache.c0, cache.hs,
-                                                   cache.cs, cache.acts, dzs, dh, dc, dEmb, dW, db, dtable)
+                                                   cache.cs, cache.acts, dzs, dh, dc, dEmb, dW, db, dtable,
+                                                   _threads(*cache.hs.shape))
     else:
         dEmb[...], dW[...], db[...] = 0, 0, 0
     return dEmb, dW, db, dh, dc
