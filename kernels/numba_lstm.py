@@ -34,17 +34,17 @@ PAR = dict(JIT, parallel=True)
 
 
 @numba.njit(inline="always", **JIT)
-def gates_forward(z, b, c_prev, c, h):
-    """One step of the cell.  z (B,G) pre-activations without bias, in place -> activated
-    gates; b (G,); c_prev (B,H) -> c (B,H), h (B,H).
+def gates_forward(z, b, c_prev, c, h, r0, r1):
+    """One step of the cell for batch rows r0..r1-1.  z (B,G) pre-activations without bias,
+    in place -> activated gates; b (G,); c_prev (B,H) -> c (B,H), h (B,H).
 
     Short loops, each touching few arrays, so that LLVM's run-time alias checks stay under
     its limit and every loop vectorises.  Measured slips into scalar code (5-20x slower):
     one fused loop writing the gates back into z (gates_forward_v1), a loop written as
-    range(3H, 4H) instead of 3H + range(H), and offsets that are not multiples of H."""
-    B, G = z.shape
-    H = G // 4
-    for r in range(B):
+    range(3H, 4H) instead of 3H + range(H), offsets that are not multiples of H, and rows of
+    a batch slice view (numba types them with a run-time stride): hence full arrays + rows."""
+    H = z.shape[1] // 4
+    for r in range(r0, r1):
         zr, cp, cr, hr = z[r], c_prev[r], c[r], h[r]
         for j in range(2 * H):                                        # i, f
             zr[j] = fsigmoid(zr[j] + b[j])
@@ -59,14 +59,13 @@ def gates_forward(z, b, c_prev, c, h):
 
 
 @numba.njit(inline="always", **JIT)
-def gates_backward(dh_out, dh, dc, a, c, c_prev, dz):
-    """Backprop one step.  dh_out (B,H) from the layer above; dh (B,H) dL/dh_t from step t+1,
+def gates_backward(dh_out, dh, dc, a, c, c_prev, dz, r0, r1):
+    """Backprop one step for batch rows r0..r1-1.  dh_out (B,H) from the layer above; dh (B,H) dL/dh_t from step t+1,
     clobbered; dc (B,H) dL/dc_t from step t+1, in place -> dL/dc_{t-1}; a (B,G) activated
     gates; c, c_prev (B,H) -> dz (B,G) gate pre-activation gradients.  One short loop per
-    quantity for vectorisation (see gates_forward): as three loops it ran 1.7x slower."""
-    B, G = a.shape
-    H = G // 4
-    for r in range(B):
+    quantity for vectorisation (see gates_forward): as three loops it ran 2.3x slower."""
+    H = a.shape[1] // 4
+    for r in range(r0, r1):
         ar, dzr, dcr, dhr, cr, cpr = a[r], dz[r], dc[r], dh[r], c[r], c_prev[r]
         dor = dh_out[r]
         for j in range(H):
@@ -120,16 +119,15 @@ def mm(A, B, C, trans_a, trans_b, alpha, beta, nt):
 # ----------------------------------------------------------------------------
 
 @numba.njit(**JIT)
-def forward_steps(Wh, b, h0, c0, hs, cs, acts):
-    """The time loop.  acts (T,B,G) holds x_t @ W_x on entry, activated gates on exit;
-    Wh (H,G), b (G,), h0, c0 (B,H) -> hs, cs (T,B,H).  Any batch slice of these arrays
-    is a valid call: batch rows never interact."""
-    H = Wh.shape[0]
+def forward_steps(Wh, b, h0, c0, hs, cs, acts, r0, r1):
+    """The time loop for batch rows r0..r1-1 (rows never interact, so any split of the
+    batch is valid).  acts (T,B,G) holds x_t @ W_x on entry, activated gates on exit;
+    Wh (H,G), b (G,), h0, c0 (B,H) -> hs, cs (T,B,H)."""
     for t in range(acts.shape[0]):
         h_prev = h0 if t == 0 else hs[t - 1]
         c_prev = c0 if t == 0 else cs[t - 1]
-        gemm(h_prev, Wh, acts[t], False, False, 1.0, 1.0)       # += h_{t-1} @ W_h (BLAS)
-        gates_forward(acts[t], b, c_prev, cs[t], hs[t])
+        gemm(h_prev[r0:r1], Wh, acts[t, r0:r1], False, False, 1.0, 1.0)     # += h_{t-1} @ W_h
+        gates_forward(acts[t], b, c_prev, cs[t], hs[t], r0, r1)
 
 
 @numba.njit(**PAR)
@@ -138,19 +136,17 @@ def forward_steps_par(Wh, b, h0, c0, hs, cs, acts, nt):
     the batch: no synchronisation inside the loop."""
     B = h0.shape[0]
     for k in numba.prange(nt):
-        r0, r1 = k * B // nt, (k + 1) * B // nt
-        forward_steps(Wh, b, h0[r0:r1], c0[r0:r1], hs[:, r0:r1], cs[:, r0:r1], acts[:, r0:r1])
+        forward_steps(Wh, b, h0, c0, hs, cs, acts, k * B // nt, (k + 1) * B // nt)
 
 
 @numba.njit(**JIT)
-def backward_steps(dhs, Wh, c0, cs, acts, dzs, dh, dc):
-    """The reverse time loop.  dh, dc (B,H) hold dL/dh_T, dL/dc_T on entry and
-    dL/dh_0, dL/dc_0 on exit -> dzs (T,B,G) gate gradients.  Batch slices are valid calls."""
-    H = Wh.shape[0]
+def backward_steps(dhs, Wh, c0, cs, acts, dzs, dh, dc, r0, r1):
+    """The reverse time loop for batch rows r0..r1-1.  dh, dc (B,H) hold dL/dh_T, dL/dc_T on
+    entry and dL/dh_0, dL/dc_0 on exit -> dzs (T,B,G) gate gradients."""
     for t in range(acts.shape[0] - 1, -1, -1):
         c_prev = c0 if t == 0 else cs[t - 1]
-        gates_backward(dhs[t], dh, dc, acts[t], cs[t], c_prev, dzs[t])
-        gemm(dzs[t], Wh, dh, False, True)                           # dh = dz_t @ W_h^T (BLAS)
+        gates_backward(dhs[t], dh, dc, acts[t], cs[t], c_prev, dzs[t], r0, r1)
+        gemm(dzs[t, r0:r1], Wh, dh[r0:r1], False, True)                 # dh = dz_t @ W_h^T
 
 
 @numba.njit(**PAR)
@@ -158,9 +154,7 @@ def backward_steps_par(dhs, Wh, c0, cs, acts, dzs, dh, dc, nt):
     """backward_steps on nt threads, one slice of the batch each."""
     B = dh.shape[0]
     for k in numba.prange(nt):
-        r0, r1 = k * B // nt, (k + 1) * B // nt
-        backward_steps(dhs[:, r0:r1], Wh, c0[r0:r1], cs[:, r0:r1], acts[:, r0:r1], dzs[:, r0:r1],
-                       dh[r0:r1], dc[r0:r1])
+        backward_steps(dhs, Wh, c0, cs, acts, dzs, dh, dc, k * B // nt, (k + 1) * B // nt)
 
 
 # ----------------------------------------------------------------------------
@@ -172,7 +166,7 @@ def run_forward_steps(Wh, b, h0, c0, hs, cs, acts, nt):
     if nt > 1:
         forward_steps_par(Wh, b, h0, c0, hs, cs, acts, nt)
     else:
-        forward_steps(Wh, b, h0, c0, hs, cs, acts)
+        forward_steps(Wh, b, h0, c0, hs, cs, acts, 0, h0.shape[0])
 
 
 @numba.njit(**JIT)
@@ -180,7 +174,7 @@ def run_backward_steps(dhs, Wh, c0, cs, acts, dzs, dh, dc, nt):
     if nt > 1:
         backward_steps_par(dhs, Wh, c0, cs, acts, dzs, dh, dc, nt)
     else:
-        backward_steps(dhs, Wh, c0, cs, acts, dzs, dh, dc)
+        backward_steps(dhs, Wh, c0, cs, acts, dzs, dh, dc, 0, dh.shape[0])
 
 
 @numba.njit(**JIT)

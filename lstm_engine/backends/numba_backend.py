@@ -20,6 +20,8 @@ OpenBLAS) keeps its own threads for the products, the fused loops run on the cal
 """
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 from ..errors import UserError
@@ -100,6 +102,35 @@ class LayerCache:
         self.h0, self.c0, self.hs, self.cs, self.acts = h0, c0, hs, cs, acts
 
 
+class _Pool:
+    """Recycled big arrays.  Fresh multi-megabyte np.empty arrays come from mmap and cost a
+    page fault per 4 KiB on first touch: 2,600 faults, a quarter of a seed training step.
+    An array is handed out again only when the pool holds the last reference to it (views
+    such as hT = hs[-1] keep their base alive), so nothing in use is ever overwritten."""
+
+    MIN_BYTES = 1 << 17          # smaller arrays come from malloc's heap without faults
+    PER_SHAPE = 4                # arrays kept per (shape, dtype)
+
+    def __init__(self):
+        self.arrays = {}
+
+    def empty(self, shape, dtype):
+        dtype = np.dtype(dtype)
+        if int(np.prod(shape)) * dtype.itemsize < self.MIN_BYTES:
+            return np.empty(shape, dtype)
+        kept = self.arrays.setdefault((tuple(shape), dtype), [])
+        for a in kept:
+            if sys.getrefcount(a) == 3:      # the list, the loop variable and the call's argument
+                return a
+        a = np.empty(shape, dtype)
+        if len(kept) < self.PER_SHAPE:
+            kept.append(a)
+        return a
+
+
+_pool = _Pool()
+
+
 # ----------------------------------------------------------------------------
 # Validation helpers
 # ----------------------------------------------------------------------------
@@ -148,6 +179,12 @@ def lstm_forward(x, W, b, h0, c0):
     x (T,B,I), W (H+I,G), b (G,), h0 (B,H), c0 (B,H)
     -> hs (T,B,H), hT (B,H), cT (B,H), cache for lstm_backward
     """
+    return _lstm_forward(x, W, b, h0, c0)
+
+
+def _lstm_forward(x, W, b, h0, c0, kernel=None, nt=None):
+    """lstm_forward with a chosen kernel (signature of numba_lstm.lstm_forward_kernel) and
+    thread count; None: the current kernel and the PARALLEL_MIN_MACS policy."""
     dt = _dtype_of(x, W, b, h0, c0)
     if x.ndim != 3 or x.shape[1] != h0.shape[0]:
         raise UserError(f"x must be (T,B,I) with B = {h0.shape[0]}; got {x.shape}")
@@ -155,11 +192,12 @@ def lstm_forward(x, W, b, h0, c0):
     _check_layer(W, b, h0, c0, I)
     x, W, b, h0, c0 = _c(x), _c(W), _c(b), _c(h0), _c(c0)
     H = h0.shape[1]
-    hs = np.empty((T, B, H), dt)
-    cs = np.empty((T, B, H), dt)
-    acts = np.empty((T, B, 4 * H), dt)
+    hs = _pool.empty((T, B, H), dt)
+    cs = _pool.empty((T, B, H), dt)
+    acts = _pool.empty((T, B, 4 * H), dt)
     if T:
-        _kernels().lstm.lstm_forward_kernel(x, W, b, h0, c0, hs, cs, acts, _threads(T, B, H))
+        kernel = kernel or _kernels().lstm.lstm_forward_kernel
+        kernel(x, W, b, h0, c0, hs, cs, acts, _threads(T, B, H) if nt is None else nt)
     hT, cT = (hs[-1], cs[-1]) if T else (h0, c0)
     return hs, hT, cT, LayerCache(x, None, None, W, h0, c0, hs, cs, acts)
 
@@ -172,8 +210,8 @@ def _backward_buffers(dhs, dhT, dcT, cache):
                         f"got {dhs.shape}, {dhT.shape}, {dcT.shape}")
     dh = np.array(dhT, dtype=dt, order="C")          # in: dL/dh_T, out: dL/dh_0
     dc = np.array(dcT, dtype=dt, order="C")          # in: dL/dc_T, out: dL/dc_0
-    dzs = np.empty((T, B, 4 * H), dt)                # gate gradients of every step
-    dW = np.empty_like(cache.W)
+    dzs = _pool.empty((T, B, 4 * H), dt)             # gate gradients of every step
+    dW = _pool.empty(cache.W.shape, dt)
     db = np.empty(4 * H, dt)
     return _c(dhs), dh, dc, dzs, dW, db
 
@@ -184,12 +222,18 @@ def lstm_backward(dhs, dhT, dcT, cache):
     dhs (T,B,H) dL/dh_t from the layer above; dhT, dcT (B,H) from the next window (or zeros)
     -> dx (T,B,I), dW (H+I,G), db (G,), dh0 (B,H), dc0 (B,H)
     """
+    return _lstm_backward(dhs, dhT, dcT, cache)
+
+
+def _lstm_backward(dhs, dhT, dcT, cache, kernel=None, nt=None):
+    """lstm_backward with a chosen kernel and thread count (see _lstm_forward)."""
     x = cache.x
     dhs, dh, dc, dzs, dW, db = _backward_buffers(dhs, dhT, dcT, cache)
-    dx = np.empty_like(x)
+    dx = _pool.empty(x.shape, x.dtype)
     if x.shape[0]:
-        _kernels().lstm.lstm_backward_kernel(dhs, x, cache.W, cache.h0, cache.c0, cache.hs, cache.cs,
-                                             cache.acts, dzs, dh, dc, dx, dW, db, _threads(*cache.hs.shape))
+        kernel = kernel or _kernels().lstm.lstm_backward_kernel
+        kernel(dhs, x, cache.W, cache.h0, cache.c0, cache.hs, cache.cs, cache.acts, dzs, dh, dc, dx, dW, db,
+               _threads(*cache.hs.shape) if nt is None else nt)
     else:
         dW[...], db[...] = 0, 0
     return dx, dW, db, dh, dc
@@ -210,17 +254,17 @@ def embed_lstm_forward(tokens, Emb, W, b, h0, c0):
         raise UserError(f"tokens must be (T,B) with B = {h0.shape[0]}; got {tokens.shape}")
     _check_layer(W, b, h0, c0, E)
     if V > T * B:                                  # the table would cost more than it saves
-        x = np.empty((T, B, E), dt)
+        x = _pool.empty((T, B, E), dt)
         _kernels().lstm.gather_rows(tokens.reshape(-1), _c(Emb), x.reshape(T * B, E))
         hs, hT, cT, cache = lstm_forward(x, W, b, h0, c0)
         cache.tokens, cache.Emb = tokens, Emb
         return hs, hT, cT, cache
     Emb, W, b, h0, c0 = _c(Emb), _c(W), _c(b), _c(h0), _c(c0)
     H = h0.shape[1]
-    hs = np.empty((T, B, H), dt)
-    cs = np.empty((T, B, H), dt)
-    acts = np.empty((T, B, 4 * H), dt)
-    table = np.empty((V, 4 * H), dt)               # Emb @ W_x
+    hs = _pool.empty((T, B, H), dt)
+    cs = _pool.empty((T, B, H), dt)
+    acts = _pool.empty((T, B, 4 * H), dt)
+    table = _pool.empty((V, 4 * H), dt)            # Emb @ W_x
     if T:
         _kernels().lstm.embed_lstm_forward_kernel(tokens, Emb, W, b, h0, c0, hs, cs, acts, table,
                                                   _threads(T, B, H))
@@ -233,12 +277,12 @@ def embed_lstm_backward(dhs, dhT, dcT, cache):
     Emb, tokens = cache.Emb, cache.tokens
     if cache.x is not None:                        # gathered path: scatter dx into dEmb
         dx, dW, db, dh, dc = lstm_backward(dhs, dhT, dcT, cache)
-        dEmb = np.empty_like(Emb)
+        dEmb = _pool.empty(Emb.shape, Emb.dtype)
         _kernels().lstm.scatter_add_rows(tokens.reshape(-1), dx.reshape(-1, Emb.shape[1]), dEmb)
         return dEmb, dW, db, dh, dc
     dhs, dh, dc, dzs, dW, db = _backward_buffers(dhs, dhT, dcT, cache)
-    dEmb = np.empty_like(Emb)
-    dtable = np.empty((Emb.shape[0], dW.shape[1]), dW.dtype)   # (V,G) gate gradients per symbol
+    dEmb = _pool.empty(Emb.shape, Emb.dtype)
+    dtable = _pool.empty((Emb.shape[0], dW.shape[1]), dW.dtype)   # (V,G) gate gradients per symbol
     if tokens.shape[0]:
         _kernels().lstm.embed_lstm_backward_kernel(dhs, tokens, Emb, cache.W, cache.h0, cache.c0, cache.hs,
                                                    cache.cs, cache.acts, dzs, dh, dc, dEmb, dW, db, dtable,
@@ -252,10 +296,11 @@ def embed_lstm_backward(dhs, dhT, dcT, cache):
 # Output, optimiser
 # ----------------------------------------------------------------------------
 
-def softmax_xent(logits, targets, need_grad=True):
+def softmax_xent(logits, targets, need_grad=True, kernel=None):
     """Mean cross-entropy of logits (N,V) against targets (N,) int.
 
     -> loss (Python float, nats per row), dlogits (N,V) = (softmax - onehot) / N, or None
+    (kernel: another version with the signature of numba_output.softmax_xent_kernel)
     """
     _dtype_of(logits)
     if logits.ndim != 2 or targets.shape != (logits.shape[0],) or logits.shape[0] == 0:
@@ -263,8 +308,8 @@ def softmax_xent(logits, targets, need_grad=True):
                         f"got {logits.shape} and {targets.shape}")
     targets = _check_tokens(targets.reshape(-1, 1), logits.shape[1]).reshape(-1)
     logits = _c(logits)
-    d = np.empty(logits.shape if need_grad else (1, logits.shape[1]), logits.dtype)
-    loss = _kernels().out.softmax_xent_kernel(logits, targets, d, bool(need_grad))
+    d = _pool.empty(logits.shape if need_grad else (1, logits.shape[1]), logits.dtype)
+    loss = (kernel or _kernels().out.softmax_xent_kernel)(logits, targets, d, bool(need_grad))
     return float(loss), (d if need_grad else None)
 
 
