@@ -26,69 +26,14 @@ import numba
 import numpy as np
 
 from .numba_blas import gemm
-from .numba_math import fsigmoid, ftanh
+from .numba_gates import JIT, PAR, gates_backward, gates_forward
+from .numba_lstm_cols import backward_steps_cols, forward_steps_cols
 
-# error_model="numpy": no Python ZeroDivisionError checks, so the gate loops vectorise.
-JIT = dict(cache=True, error_model="numpy", fastmath={"contract"})
-PAR = dict(JIT, parallel=True)
-
-
-@numba.njit(inline="always", **JIT)
-def gates_forward(z, b, c_prev, c, h, r0, r1):
-    """One step of the cell for batch rows r0..r1-1.  z (B,G) pre-activations without bias,
-    in place -> activated gates; b (G,); c_prev (B,H) -> c (B,H), h (B,H).
-
-    Short loops, each touching few arrays, so that LLVM's run-time alias checks stay under
-    its limit and every loop vectorises.  Measured slips into scalar code (5-20x slower):
-    one fused loop writing the gates back into z (gates_forward_v1), a loop written as
-    range(3H, 4H) instead of 3H + range(H), offsets that are not multiples of H, and rows of
-    a batch slice view (numba types them with a run-time stride): hence full arrays + rows."""
-    H = z.shape[1] // 4
-    for r in range(r0, r1):
-        zr, cp, cr, hr = z[r], c_prev[r], c[r], h[r]
-        for j in range(2 * H):                                        # i, f
-            zr[j] = fsigmoid(zr[j] + b[j])
-        for j in range(H):                                            # g
-            zr[2 * H + j] = ftanh(zr[2 * H + j] + b[2 * H + j])
-        for j in range(H):                                            # o
-            zr[3 * H + j] = fsigmoid(zr[3 * H + j] + b[3 * H + j])
-        for j in range(H):
-            ct = zr[H + j] * cp[j] + zr[j] * zr[2 * H + j]            # c = f c_prev + i g
-            cr[j] = ct
-            hr[j] = zr[3 * H + j] * ftanh(ct)                         # h = o tanh(c)
-
-
-@numba.njit(inline="always", **JIT)
-def gates_backward(dh_out, dh, dc, a, c, c_prev, dz, r0, r1):
-    """Backprop one step for batch rows r0..r1-1.  dh_out (B,H) from the layer above; dh (B,H) dL/dh_t from step t+1,
-    clobbered; dc (B,H) dL/dc_t from step t+1, in place -> dL/dc_{t-1}; a (B,G) activated
-    gates; c, c_prev (B,H) -> dz (B,G) gate pre-activation gradients.  One short loop per
-    quantity for vectorisation (see gates_forward): as three loops it ran 2.3x slower."""
-    H = a.shape[1] // 4
-    for r in range(r0, r1):
-        ar, dzr, dcr, dhr, cr, cpr = a[r], dz[r], dc[r], dh[r], c[r], c_prev[r]
-        dor = dh_out[r]
-        for j in range(H):
-            dhr[j] += dor[j]                                          # total dL/dh_t
-        for j in range(H):
-            dzr[3 * H + j] = ftanh(cr[j])                             # tanh(c_t), kept in the o slot
-        for j in range(H):
-            tc = dzr[3 * H + j]
-            dcr[j] += dhr[j] * ar[3 * H + j] * (1 - tc * tc)          # h = o tanh(c): total dL/dc_t
-        for j in range(H):
-            o = ar[3 * H + j]
-            dzr[3 * H + j] = dhr[j] * dzr[3 * H + j] * o * (1 - o)    # do, through sigmoid
-        for j in range(H):
-            i, g = ar[j], ar[2 * H + j]
-            dzr[j] = dcr[j] * g * i * (1 - i)                         # c = f c_prev + i g
-        for j in range(H):
-            f = ar[H + j]
-            dzr[H + j] = dcr[j] * cpr[j] * f * (1 - f)
-        for j in range(H):
-            i, g = ar[j], ar[2 * H + j]
-            dzr[2 * H + j] = dcr[j] * i * (1 - g * g)                 # through tanh
-        for j in range(H):
-            dcr[j] = dcr[j] * ar[H + j]                               # dL/dc_{t-1}
+# How a layer uses threads: the entry kernels take (prod, rows, units), each None or a
+# thread count.  prod: threads for the big products (None: the calling thread); rows: the
+# time loop on that many threads split by batch rows; units: split by hidden units; both
+# None: the time loop on the calling thread.  None vs int is a type, so numba prunes the
+# other branches before compiling: only the loop used is compiled.
 
 
 # ----------------------------------------------------------------------------
@@ -106,12 +51,14 @@ def pgemm(A, B, C, trans_a, trans_b, alpha, beta, nt):
 
 
 @numba.njit(**JIT)
-def mm(A, B, C, trans_a, trans_b, alpha, beta, nt):
-    """C = alpha op(A) op(B) + beta C on nt threads (1: the calling thread only)."""
-    if nt > 1:
-        pgemm(A, B, C, trans_a, trans_b, alpha, beta, nt)
-    else:
+def mm(A, B, C, trans_a, trans_b, alpha, beta, prod):
+    """C = alpha op(A) op(B) + beta C on the calling thread (prod None) or prod threads.
+    The [::1] views have numba's 'A' layout whatever the caller passed, so each dtype
+    compiles one pgemm (a parallel function: seconds of compile per signature)."""
+    if prod is None:
         gemm(A, B, C, trans_a, trans_b, alpha, beta)
+    else:
+        pgemm(A[::1], B[::1], C[::1], trans_a, trans_b, float(alpha), float(beta), prod)
 
 
 # ----------------------------------------------------------------------------
@@ -162,39 +109,46 @@ def backward_steps_par(dhs, Wh, c0, cs, acts, dzs, dh, dc, nt):
 # ----------------------------------------------------------------------------
 
 @numba.njit(**JIT)
-def run_forward_steps(Wh, b, h0, c0, hs, cs, acts, nt):
-    if nt > 1:
-        forward_steps_par(Wh, b, h0, c0, hs, cs, acts, nt)
+def run_forward_steps(Wh, b, h0, c0, hs, cs, acts, rows, units):
+    """The time loop on the calling thread, on `rows` threads split by batch rows, or on
+    `units` threads split by hidden units (numba_lstm_cols)."""
+    if rows is not None:
+        forward_steps_par(Wh, b, h0, c0, hs, cs, acts, rows)
+    elif units is not None:
+        forward_steps_cols(Wh, b, h0, c0, hs, cs, acts, units)
     else:
         forward_steps(Wh, b, h0, c0, hs, cs, acts, 0, h0.shape[0])
 
 
 @numba.njit(**JIT)
-def run_backward_steps(dhs, Wh, c0, cs, acts, dzs, dh, dc, nt):
-    if nt > 1:
-        backward_steps_par(dhs, Wh, c0, cs, acts, dzs, dh, dc, nt)
+def run_backward_steps(dhs, Wh, c0, cs, acts, dzs, dh, dc, rows, units):
+    """The reverse time loop (see run_forward_steps)."""
+    if rows is not None:
+        backward_steps_par(dhs, Wh, c0, cs, acts, dzs, dh, dc, rows)
+    elif units is not None:
+        backward_steps_cols(dhs, Wh, c0, cs, acts, dzs, dh, dc, units)
     else:
         backward_steps(dhs, Wh, c0, cs, acts, dzs, dh, dc, 0, dh.shape[0])
 
 
 @numba.njit(**JIT)
-def lstm_forward_kernel(x, W, b, h0, c0, hs, cs, acts, nt):
+def lstm_forward_kernel(x, W, b, h0, c0, hs, cs, acts, prod, rows, units):
     """x (T,B,I), W (H+I,G), b (G,), h0, c0 (B,H) -> hs, cs (T,B,H), acts (T,B,G)."""
     T, B, I = x.shape
     H = h0.shape[1]
-    mm(x.reshape(T * B, I), W[H:], acts.reshape(T * B, 4 * H), False, False, 1.0, 0.0, nt)  # all x_t W_x
-    run_forward_steps(W[:H], b, h0, c0, hs, cs, acts, nt)
+    mm(x.reshape(T * B, I), W[H:], acts.reshape(T * B, 4 * H), False, False, 1.0, 0.0, prod)  # x_t W_x, all t
+    run_forward_steps(W[:H], b, h0, c0, hs, cs, acts, rows, units)
 
 
 @numba.njit(**JIT)
-def embed_lstm_forward_kernel(tokens, Emb, W, b, h0, c0, hs, cs, acts, table, nt):
+def embed_lstm_forward_kernel(tokens, Emb, W, b, h0, c0, hs, cs, acts, table, prod, rows, units):
     """Layer 0 with the embedding folded in: x_t @ W_x = (Emb @ W_x)[token], one V x G table
     per call, rows gathered.  tokens (T,B) int, Emb (V,E), table (V,G) scratch."""
     T, B = tokens.shape
     H = h0.shape[1]
     gemm(Emb, W[H:], table)                                         # (V,G) = Emb @ W_x
     gather_rows(tokens.reshape(T * B), table, acts.reshape(T * B, 4 * H))
-    run_forward_steps(W[:H], b, h0, c0, hs, cs, acts, nt)
+    run_forward_steps(W[:H], b, h0, c0, hs, cs, acts, rows, units)
 
 
 @numba.njit(**JIT)
@@ -227,37 +181,38 @@ def scatter_add_rows(ids, rows, out):
 
 
 @numba.njit(**JIT)
-def recurrent_weight_grads(h0, hs, dzs, dW, db, nt):
+def recurrent_weight_grads(h0, hs, dzs, dW, db, prod):
     """dW[:H] = sum_t h_{t-1}^T dz_t as two products over all rows; db = sum of dz rows."""
     T, B, G = dzs.shape
     H = h0.shape[1]
     dz2 = dzs.reshape(T * B, G)                                     # (N,G)
-    mm(h0, dzs[0], dW[:H], True, False, 1.0, 0.0, nt)               # h_0^T dz_1
-    mm(hs.reshape(T * B, H)[:(T - 1) * B], dz2[B:], dW[:H], True, False, 1.0, 1.0, nt)
+    mm(h0, dzs[0], dW[:H], True, False, 1.0, 0.0, prod)               # h_0^T dz_1
+    mm(hs.reshape(T * B, H)[:(T - 1) * B], dz2[B:], dW[:H], True, False, 1.0, 1.0, prod)
     column_sums(dz2, db)
 
 
 @numba.njit(**JIT)
-def lstm_backward_kernel(dhs, x, W, h0, c0, hs, cs, acts, dzs, dh, dc, dx, dW, db, nt):
+def lstm_backward_kernel(dhs, x, W, h0, c0, hs, cs, acts, dzs, dh, dc, dx, dW, db, prod, rows, units):
     """BPTT through one layer.  dhs (T,B,H); dh, dc (B,H) in: dhT, dcT, out: dh0, dc0
     -> dx (T,B,I), dW (H+I,G), db (G,); dzs (T,B,G) scratch."""
     T, B, I = x.shape
     H = h0.shape[1]
-    run_backward_steps(dhs, W[:H], c0, cs, acts, dzs, dh, dc, nt)
-    recurrent_weight_grads(h0, hs, dzs, dW, db, nt)
+    run_backward_steps(dhs, W[:H], c0, cs, acts, dzs, dh, dc, rows, units)
+    recurrent_weight_grads(h0, hs, dzs, dW, db, prod)
     dz2 = dzs.reshape(T * B, 4 * H)
-    mm(x.reshape(T * B, I), dz2, dW[H:], True, False, 1.0, 0.0, nt)       # dW_x = x^T dz  (I,G)
-    mm(dz2, W[H:], dx.reshape(T * B, I), False, True, 1.0, 0.0, nt)       # dx = dz W_x^T  (N,I)
+    mm(x.reshape(T * B, I), dz2, dW[H:], True, False, 1.0, 0.0, prod)       # dW_x = x^T dz  (I,G)
+    mm(dz2, W[H:], dx.reshape(T * B, I), False, True, 1.0, 0.0, prod)       # dx = dz W_x^T  (N,I)
 
 
 @numba.njit(**JIT)
-def embed_lstm_backward_kernel(dhs, tokens, Emb, W, h0, c0, hs, cs, acts, dzs, dh, dc, dEmb, dW, db, dtable, nt):
+def embed_lstm_backward_kernel(dhs, tokens, Emb, W, h0, c0, hs, cs, acts, dzs, dh, dc, dEmb, dW, db, dtable,
+                               prod, rows, units):
     """BPTT through layer 0 with the table trick: scatter-add dz rows into dtable (V,G) by
     token, then dW_x = Emb^T dtable and dEmb = dtable W_x^T (two small products)."""
     T, B = tokens.shape
     H = h0.shape[1]
-    run_backward_steps(dhs, W[:H], c0, cs, acts, dzs, dh, dc, nt)
-    recurrent_weight_grads(h0, hs, dzs, dW, db, nt)
+    run_backward_steps(dhs, W[:H], c0, cs, acts, dzs, dh, dc, rows, units)
+    recurrent_weight_grads(h0, hs, dzs, dW, db, prod)
     scatter_add_rows(tokens.reshape(T * B), dzs.reshape(T * B, 4 * H), dtable)
     gemm(Emb, dtable, dW[H:], True, False)                          # (E,G)
     gemm(dtable, W[H:], dEmb, False, True)                          # (V,E)

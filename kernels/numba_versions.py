@@ -13,7 +13,10 @@ lstm_forward / lstm_backward
         the calling thread, BLAS single-threaded.
     v3  v2 on numba's threads: each thread runs the whole time loop for its slice of the batch
         (batch rows never interact, so there is no barrier per step) and the big products are
-        split by columns.  The backend's default when T*B*H*4H >= PARALLEL_MIN_MACS and B >= 2.
+        split by columns.  The backend's default for mid sizes (seed: 1.2x v2 on 2 cores).
+    v4  v2 on numba's threads split by hidden units, a barrier per step (numba_lstm_cols):
+        each product keeps all B rows and reads only the thread's part of W_h.  The default
+        for big steps (B*H*4H >= COLUMNS_MIN_MACS): at H=512 1.3x v3, at H=1024 1.1-1.4x.
 softmax_xent
     v1  row sum accumulated in the exp loop: a sequential reduction, not vectorised (0.42 ms
         at seed, N=1600, V=65).
@@ -78,8 +81,8 @@ def gates_backward_v1(dh_out, dh, dc, a, c, c_prev, dz):
 
 
 @numba.njit(**JIT)
-def lstm_forward_kernel_v1(x, W, b, h0, c0, hs, cs, acts, nt):
-    """numba_lstm.lstm_forward_kernel with the v1 gates, one thread (nt is ignored)."""
+def lstm_forward_kernel_v1(x, W, b, h0, c0, hs, cs, acts, prod, rows, units):
+    """numba_lstm.lstm_forward_kernel with the v1 gates, one thread (prod, rows, units are ignored)."""
     T, B, I = x.shape
     H = h0.shape[1]
     gemm(x.reshape(T * B, I), W[H:], acts.reshape(T * B, 4 * H))
@@ -91,8 +94,8 @@ def lstm_forward_kernel_v1(x, W, b, h0, c0, hs, cs, acts, nt):
 
 
 @numba.njit(**JIT)
-def lstm_backward_kernel_v1(dhs, x, W, h0, c0, hs, cs, acts, dzs, dh, dc, dx, dW, db, nt):
-    """numba_lstm.lstm_backward_kernel with the v1 gates, one thread (nt is ignored)."""
+def lstm_backward_kernel_v1(dhs, x, W, h0, c0, hs, cs, acts, dzs, dh, dc, dx, dW, db, prod, rows, units):
+    """numba_lstm.lstm_backward_kernel with the v1 gates, one thread (prod, rows, units are ignored)."""
     T, B, I = x.shape
     H = h0.shape[1]
     for t in range(T - 1, -1, -1):
@@ -140,23 +143,29 @@ def _be():
     return numba_backend
 
 
-def _all_threads():
-    return max(numba.get_num_threads(), 1)
+def _split(mode, B, H):
+    """(prod, rows, units) for version v2 (mode 0), v3 (1), v4 (2)."""
+    nt = numba.get_num_threads()
+    if mode == 0 or nt < 2:
+        return None, None, None
+    return (nt, min(nt, B), None) if mode == 1 else (nt, None, min(nt, H))
+
+
+def _forward(kernel=None, mode=0):
+    return lambda x, W, b, h0, c0: _be()._lstm_forward(x, W, b, h0, c0, kernel=kernel,
+                                                       split=_split(mode, *h0.shape))
+
+
+def _backward(kernel=None, mode=0):
+    return lambda dhs, dhT, dcT, cache: _be()._lstm_backward(dhs, dhT, dcT, cache, kernel=kernel,
+                                                             split=_split(mode, *dhT.shape))
 
 
 KERNEL_VERSIONS = {
-    "lstm_forward": {
-        "v1": lambda x, W, b, h0, c0: _be()._lstm_forward(x, W, b, h0, c0, kernel=lstm_forward_kernel_v1, nt=1),
-        "v2": lambda x, W, b, h0, c0: _be()._lstm_forward(x, W, b, h0, c0, nt=1),
-        "v3": lambda x, W, b, h0, c0: _be()._lstm_forward(x, W, b, h0, c0, nt=min(_all_threads(), h0.shape[0])),
-    },
-    "lstm_backward": {
-        "v1": lambda dhs, dhT, dcT, cache: _be()._lstm_backward(dhs, dhT, dcT, cache, kernel=lstm_backward_kernel_v1,
-                                                                 nt=1),
-        "v2": lambda dhs, dhT, dcT, cache: _be()._lstm_backward(dhs, dhT, dcT, cache, nt=1),
-        "v3": lambda dhs, dhT, dcT, cache: _be()._lstm_backward(dhs, dhT, dcT, cache,
-                                                                 nt=min(_all_threads(), dhs.shape[1])),
-    },
+    "lstm_forward": {"v1": _forward(lstm_forward_kernel_v1), "v2": _forward(), "v3": _forward(mode=1),
+                     "v4": _forward(mode=2)},
+    "lstm_backward": {"v1": _backward(lstm_backward_kernel_v1), "v2": _backward(), "v3": _backward(mode=1),
+                      "v4": _backward(mode=2)},
     "softmax_xent": {
         "v1": lambda logits, targets, need_grad=True: _be().softmax_xent(logits, targets, need_grad,
                                                                           kernel=softmax_xent_kernel_v1),

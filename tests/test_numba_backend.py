@@ -24,17 +24,18 @@ DTYPES = ("float64", "float32")
 SHAPES = [(5, 3, 7, 13), (1, 1, 5, 3), (4, 2, 6, 9), (3, 1, 1, 17)]   # (T, B, I, H)
 
 
-@pytest.fixture(params=["one-thread", "threads"])
+@pytest.fixture(params=["one-thread", "batch-split", "unit-split"])
 def path(request, monkeypatch):
-    """Run a layer test on the one-thread kernels and on the threaded ones (batch slices per
-    thread, column blocks per product), whatever the size."""
+    """Run a layer test on each time-loop kernel whatever the size: one thread, threads on
+    slices of the batch, threads on slices of the hidden units (numba_lstm_cols)."""
     import numba
-    if request.param == "threads":
+    if request.param != "one-thread":
         if numba.get_num_threads() < 2:
             pytest.skip("numba has one thread here (NUMBA_NUM_THREADS=1)")
-        monkeypatch.setattr(nb, "PARALLEL_MIN_MACS", 0)
-    else:
-        monkeypatch.setattr(nb, "PARALLEL_MIN_MACS", 1 << 62)
+        if request.node.callspec.params.get("dtype") == "float32":
+            pytest.skip("threaded loops: float64 only, to keep JIT compile time down (same code)")
+    monkeypatch.setattr(nb, "PARALLEL_MIN_MACS", 1 << 62 if request.param == "one-thread" else 0)
+    monkeypatch.setattr(nb, "COLUMNS_MIN_MACS", 0 if request.param == "unit-split" else 1 << 62)
     return request.param
 
 

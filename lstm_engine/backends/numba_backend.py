@@ -31,10 +31,14 @@ xp = np
 
 _K = None   # the kernels modules, imported (and numba with them) on first use
 
-# A layer runs on numba's threads (each thread the whole time loop for its slice of the
-# batch, the big products split by columns) when it has at least this many multiply-adds
-# in its recurrent products (T*B*H*4H) and B >= 2; below, one thread is as fast.
+# A layer runs on numba's threads when its recurrent products have at least
+# PARALLEL_MIN_MACS multiply-adds (T*B*H*4H) and there are two or more threads: below it,
+# one thread is as fast.  Each thread takes a slice of the batch for the whole window (no
+# barrier inside the loop) or, when one step's product has at least COLUMNS_MIN_MACS
+# (B*H*4H), a slice of the hidden units with a barrier per step (BLAS runs faster on all
+# B rows times fewer columns).  The big products after the loop are split by columns.
 PARALLEL_MIN_MACS = 1 << 22
+COLUMNS_MIN_MACS = 1 << 24
 PIN_BLAS = True     # pin BLAS to one thread when the kernels load (see _single_threaded_blas)
 
 
@@ -62,10 +66,15 @@ def _single_threaded_blas():
 
 
 def _threads(T, B, H):
-    """numba threads for a layer of window T, batch B, hidden size H (see PARALLEL_MIN_MACS)."""
+    """-> (prod, rows, units) for a layer of window T, batch B, hidden size H, as the kernels
+    of numba_lstm take them: each None (the calling thread) or a thread count."""
     import numba
-    nt = min(numba.get_num_threads(), B)
-    return nt if nt > 1 and T * B * H * 4 * H >= PARALLEL_MIN_MACS else 1
+    nt = numba.get_num_threads()
+    if nt < 2 or T * B * H * 4 * H < PARALLEL_MIN_MACS:
+        return None, None, None
+    if B * H * 4 * H >= COLUMNS_MIN_MACS and H >= nt:
+        return nt, None, nt
+    return (nt, min(nt, B), None) if B > 1 else (nt, None, None)
 
 
 def is_available():
@@ -182,9 +191,9 @@ def lstm_forward(x, W, b, h0, c0):
     return _lstm_forward(x, W, b, h0, c0)
 
 
-def _lstm_forward(x, W, b, h0, c0, kernel=None, nt=None):
+def _lstm_forward(x, W, b, h0, c0, kernel=None, split=None):
     """lstm_forward with a chosen kernel (signature of numba_lstm.lstm_forward_kernel) and
-    thread count; None: the current kernel and the PARALLEL_MIN_MACS policy."""
+    (threads, mode); None: the current kernel and the policy of _threads."""
     dt = _dtype_of(x, W, b, h0, c0)
     if x.ndim != 3 or x.shape[1] != h0.shape[0]:
         raise UserError(f"x must be (T,B,I) with B = {h0.shape[0]}; got {x.shape}")
@@ -197,7 +206,7 @@ def _lstm_forward(x, W, b, h0, c0, kernel=None, nt=None):
     acts = _pool.empty((T, B, 4 * H), dt)
     if T:
         kernel = kernel or _kernels().lstm.lstm_forward_kernel
-        kernel(x, W, b, h0, c0, hs, cs, acts, _threads(T, B, H) if nt is None else nt)
+        kernel(x, W, b, h0, c0, hs, cs, acts, *(split or _threads(T, B, H)))
     hT, cT = (hs[-1], cs[-1]) if T else (h0, c0)
     return hs, hT, cT, LayerCache(x, None, None, W, h0, c0, hs, cs, acts)
 
@@ -225,7 +234,7 @@ def lstm_backward(dhs, dhT, dcT, cache):
     return _lstm_backward(dhs, dhT, dcT, cache)
 
 
-def _lstm_backward(dhs, dhT, dcT, cache, kernel=None, nt=None):
+def _lstm_backward(dhs, dhT, dcT, cache, kernel=None, split=None):
     """lstm_backward with a chosen kernel and thread count (see _lstm_forward)."""
     x = cache.x
     dhs, dh, dc, dzs, dW, db = _backward_buffers(dhs, dhT, dcT, cache)
@@ -233,7 +242,7 @@ def _lstm_backward(dhs, dhT, dcT, cache, kernel=None, nt=None):
     if x.shape[0]:
         kernel = kernel or _kernels().lstm.lstm_backward_kernel
         kernel(dhs, x, cache.W, cache.h0, cache.c0, cache.hs, cache.cs, cache.acts, dzs, dh, dc, dx, dW, db,
-               _threads(*cache.hs.shape) if nt is None else nt)
+               *(split or _threads(*cache.hs.shape)))
     else:
         dW[...], db[...] = 0, 0
     return dx, dW, db, dh, dc
@@ -267,7 +276,7 @@ def embed_lstm_forward(tokens, Emb, W, b, h0, c0):
     table = _pool.empty((V, 4 * H), dt)            # Emb @ W_x
     if T:
         _kernels().lstm.embed_lstm_forward_kernel(tokens, Emb, W, b, h0, c0, hs, cs, acts, table,
-                                                  _threads(T, B, H))
+                                                  *_threads(T, B, H))
     hT, cT = (hs[-1], cs[-1]) if T else (h0, c0)
     return hs, hT, cT, LayerCache(None, tokens, Emb, W, h0, c0, hs, cs, acts)
 
@@ -286,7 +295,7 @@ def embed_lstm_backward(dhs, dhT, dcT, cache):
     if tokens.shape[0]:
         _kernels().lstm.embed_lstm_backward_kernel(dhs, tokens, Emb, cache.W, cache.h0, cache.c0, cache.hs,
                                                    cache.cs, cache.acts, dzs, dh, dc, dEmb, dW, db, dtable,
-                                                   _threads(*cache.hs.shape))
+                                                   *_threads(*cache.hs.shape))
     else:
         dEmb[...], dW[...], db[...] = 0, 0, 0
     return dEmb, dW, db, dh, dc
