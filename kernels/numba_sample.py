@@ -19,6 +19,7 @@ import numpy as np
 from .numba_math import fsigmoid, ftanh
 
 JIT = dict(cache=True, error_model="numpy", fastmath={"contract"})
+PAR = dict(JIT, parallel=True)
 
 
 @numba.njit(inline="always", **JIT)
@@ -125,6 +126,19 @@ def sample_index(probs, u):
 
 
 @numba.njit(**JIT)
+def next_token(logits, temperature, top_k, top_p, greedy, u, zd, probs, order, p):
+    """The sampled (or, greedy, the most likely) token id from logits (V,)."""
+    if greedy:
+        token = 0
+        for j in range(1, logits.shape[0]):
+            if logits[j] > logits[token]:
+                token = j
+        return token
+    filter_probs_kernel(logits, temperature, top_k, top_p, zd, probs, order, p)
+    return sample_index(probs, u)
+
+
+@numba.njit(**JIT)
 def generate_kernel(Emb, Ws, bs, Wy, by, h, c, token, temperature, top_k, top_p, greedy, us, out):
     """Emb (V,E); Ws, bs tuples over layers of W (H+I,G), b (G,); Wy (H,V), by (V,);
     h, c (L,H) state, updated in place; us (n,) uniforms (ignored when greedy)
@@ -142,12 +156,88 @@ def generate_kernel(Emb, Ws, bs, Wy, by, h, c, token, temperature, top_k, top_p,
         for j in range(V):
             logits[j] = by[j]
         matvec_acc(h[L - 1], Wy, logits)
-        if greedy:
-            token = 0
-            for j in range(1, V):
-                if logits[j] > logits[token]:
-                    token = j
-        else:
-            filter_probs_kernel(logits, temperature, top_k, top_p, zd, probs, order, p)
-            token = sample_index(probs, us[k])
+        token = next_token(logits, temperature, top_k, top_p, greedy, us[k] if not greedy else 0.0,
+                           zd, probs, order, p)
         out[k] = token
+
+
+# ----------------------------------------------------------------------------
+# The same on nt threads, each owning a block of hidden units (for big layers)
+# ----------------------------------------------------------------------------
+
+@numba.njit(inline="always", **JIT)
+def matvec_cols(v, M, z, u0, u1, H):
+    """z[q*H + u0:u1] += v (K,) @ M (K,G)[:, q*H + u0:u1] for the four gates q, four rows a pass."""
+    K = M.shape[0]
+    n = u1 - u0
+    k = 0
+    while k + 4 <= K:
+        a0, a1, a2, a3 = v[k], v[k + 1], v[k + 2], v[k + 3]
+        for q in range(4):
+            j0 = q * H + u0
+            zq = z[j0:j0 + n]
+            r0, r1, r2, r3 = M[k, j0:j0 + n], M[k + 1, j0:j0 + n], M[k + 2, j0:j0 + n], M[k + 3, j0:j0 + n]
+            for j in range(n):
+                zq[j] += a0 * r0[j] + a1 * r1[j] + a2 * r2[j] + a3 * r3[j]
+        k += 4
+    while k < K:
+        a0 = v[k]
+        for q in range(4):
+            j0 = q * H + u0
+            zq, r0 = z[j0:j0 + n], M[k, j0:j0 + n]
+            for j in range(n):
+                zq[j] += a0 * r0[j]
+        k += 1
+
+
+@numba.njit(**JIT)
+def cell_step_units(W, b, x, h_in, h_out, c, z, u0, u1):
+    """cell_step for units u0..u1-1: reads h_in (H,), writes h_out[u0:u1] and c[u0:u1]."""
+    H = h_in.shape[0]
+    for q in range(4):
+        for j in range(u0, u1):
+            z[q * H + j] = b[q * H + j]
+    matvec_cols(h_in, W[:H], z, u0, u1, H)
+    matvec_cols(x, W[H:], z, u0, u1, H)
+    for j in range(u0, u1):
+        i = fsigmoid(z[j])
+        f = fsigmoid(z[H + j])
+        g = ftanh(z[2 * H + j])
+        o = fsigmoid(z[3 * H + j])
+        c[j] = f * c[j] + i * g
+        h_out[j] = o * ftanh(c[j])
+
+
+@numba.njit(**JIT)
+def sample_buffers(h, V):
+    """(h twice: this character's and the next one's, z, logits, zd, probs, p, order)."""
+    L, H = h.shape
+    hb = np.empty((2, L, H), h.dtype)
+    hb[0] = h
+    return (hb, np.empty(4 * H, h.dtype), np.empty(V, h.dtype), np.empty(V), np.empty(V), np.empty(V),
+            np.empty(V, np.int64))
+
+
+@numba.njit(**PAR)
+def generate_kernel_par(Emb, Ws, bs, Wy, by, h, c, token, temperature, top_k, top_p, greedy, us, out, nt):
+    """generate_kernel with each layer's cell split over nt threads by hidden units (a
+    parallel region per layer and character; h is double-buffered so no thread reads a
+    unit another has already updated).  Same arguments plus nt."""
+    L, H = h.shape
+    V = by.shape[0]
+    hb, z, logits, zd, probs, p, order = sample_buffers(h, V)
+    for k in range(out.shape[0]):
+        cur, nxt = k % 2, 1 - k % 2
+        for l in range(L):
+            W, b = Ws[l], bs[l]
+            x = Emb[token] if l == 0 else hb[nxt, l - 1]
+            h_in, h_out, cl = hb[cur, l], hb[nxt, l], c[l]
+            for t in numba.prange(nt):
+                cell_step_units(W, b, x, h_in, h_out, cl, z, t * H // nt, (t + 1) * H // nt)
+        for j in range(V):
+            logits[j] = by[j]
+        matvec_acc(hb[nxt, L - 1], Wy, logits)
+        token = next_token(logits, temperature, top_k, top_p, greedy, us[k] if not greedy else 0.0,
+                           zd, probs, order, p)
+        out[k] = token
+    h[:] = hb[out.shape[0] % 2]

@@ -246,6 +246,35 @@ def test_generated_text_is_the_same(models, dtype, opts):
     assert len(set(texts["numba"])) > (1 if opts.get("greedy") else 5)   # not a degenerate test
 
 
+@pytest.mark.parametrize("opts", [dict(greedy=True), dict(temperature=0.8, top_p=0.9)], ids=["greedy", "sampled"])
+def test_threaded_generation_is_the_same(models, opts, monkeypatch):
+    """The generation kernel with each layer split over threads by hidden units (used for
+    big layers), forced on a small model; 41 characters a call, so the double-buffered
+    state ends on the odd buffer too."""
+    import numba
+    if numba.get_num_threads() < 2:
+        pytest.skip("numba has one thread here")
+    monkeypatch.setattr(nb, "SAMPLE_PARALLEL_MIN_MACS", 0)
+    vocab, by_backend = models
+    texts = {be: generate_text(m, vocab, prime="the", length=123, seed=3, chunk=41, **opts)
+             for be, m in by_backend["float64"].items()}
+    assert texts["numba"] == texts["numpy"]
+
+
+def test_pool_never_hands_out_an_array_in_use():
+    pool = nb._Pool()
+    a = pool.empty((300, 300), np.float32)
+    b = pool.empty((300, 300), np.float32)
+    assert a is not b
+    view = a[0]                     # a view keeps its base in use
+    base_id = id(a)
+    del a
+    assert id(pool.empty((300, 300), np.float32)) != base_id
+    del view
+    assert id(pool.empty((300, 300), np.float32)) == base_id     # recycled once free
+    assert pool.empty((3, 3), np.float32) is not pool.empty((3, 3), np.float32)   # small: plain np.empty
+
+
 def test_generate_updates_state_like_the_reference(models):
     vocab, by_backend = models
     states = {}

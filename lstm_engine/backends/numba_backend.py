@@ -39,6 +39,11 @@ _K = None   # the kernels modules, imported (and numba with them) on first use
 # B rows times fewer columns).  The big products after the loop are split by columns.
 PARALLEL_MIN_MACS = 1 << 22
 COLUMNS_MIN_MACS = 1 << 24
+# Generation splits each layer's cell over numba's threads by hidden units when one
+# character reads at least this many weights (sum over layers of (H+I)*4H).  It is bound
+# by memory bandwidth: at H=512 (14 MB of weights, L3-resident) two threads were no faster
+# than one; at H=1024 (88 MB, from DRAM) 1.2x.
+SAMPLE_PARALLEL_MIN_MACS = 1 << 23
 PIN_BLAS = True     # pin BLAS to one thread when the kernels load (see _single_threaded_blas)
 
 
@@ -378,8 +383,14 @@ def generate(weights, state, token, n, temperature=1.0, top_k=0, top_p=1.0, gree
     out = np.empty(n, np.int64)
     us = np.zeros(0) if greedy else rng.random(n)                                # one uniform per token
     if n:
-        _kernels().sample.generate_kernel(Emb, Ws, bs, Wy, by, h, c, int(token), float(temperature),
-                                          int(top_k), float(top_p), bool(greedy), us, out)
+        import numba
+        args = (Emb, Ws, bs, Wy, by, h, c, int(token), float(temperature), int(top_k), float(top_p), bool(greedy),
+                us, out)
+        nt = min(numba.get_num_threads(), h.shape[1])
+        if nt > 1 and sum(W.size for W in Ws) >= SAMPLE_PARALLEL_MIN_MACS:
+            _kernels().sample.generate_kernel_par(*args, nt)
+        else:
+            _kernels().sample.generate_kernel(*args)
     for l in range(L):
         state[l][0], state[l][1] = h[l:l + 1], c[l:l + 1]
     return out
