@@ -13,10 +13,15 @@ Caches are `LayerCache` objects: .x (T,B,I) input (None for layer 0 with the tab
 .tokens (T,B) and .Emb (V,E) for layer 0, .W, .h0, .c0, .hs (T,B,H), .cs (T,B,H) and
 .acts (T,B,G) activated gates i,f,g,o - the reference's tuple by name.
 
-Compilation: kernels are compiled on first use for each dtype (and, for Adam and the
-sampler, each parameter count) and cached on disk (cache=True), so a second process
-loads machine code instead of compiling.  Threads: see benchmarks/NUMBA.md; BLAS (SciPy's
-OpenBLAS) keeps its own threads for the products, the fused loops run on the calling thread.
+Compilation: kernels are compiled on first use for each dtype and thread plan (and, for
+Adam and the sampler, each parameter count) and cached on disk (cache=True), so a second
+process loads machine code instead of compiling.
+
+Process-wide effects when the kernels first load (see benchmarks/NUMBA.md for why):
+every BLAS in the process is set to one thread (threadpoolctl) - the cores are used by
+numba's threads, numba.get_num_threads() of them (NUMBA_NUM_THREADS=1 on a busy machine) -
+and on glibc freed memory up to 256 MiB stays in the heap (mallopt).  PIN_BLAS and
+TUNE_MALLOC switch these off when set to False before the first kernel call.
 """
 from __future__ import annotations
 
@@ -45,6 +50,7 @@ COLUMNS_MIN_MACS = 1 << 24
 # than one; at H=1024 (88 MB, from DRAM) 1.2x.
 SAMPLE_PARALLEL_MIN_MACS = 1 << 23
 PIN_BLAS = True     # pin BLAS to one thread when the kernels load (see _single_threaded_blas)
+TUNE_MALLOC = True  # keep freed buffers in the heap (see _keep_freed_memory)
 
 
 def _kernels():
@@ -56,6 +62,8 @@ def _kernels():
         _K = SimpleNamespace(lstm=numba_lstm, out=numba_output, adam=numba_adam, sample=numba_sample)
         if PIN_BLAS:
             _single_threaded_blas()
+        if TUNE_MALLOC:
+            _keep_freed_memory()
     return _K
 
 
@@ -68,6 +76,24 @@ def _single_threaded_blas():
     except ImportError:     # pragma: no cover - an install_requires
         return
     threadpool_limits(limits=1, user_api="blas")
+
+
+def _keep_freed_memory():
+    """glibc: serve buffers up to 32 MiB from the heap and keep up to 256 MiB of freed heap
+    instead of returning it to the kernel.  By default every multi-megabyte array NumPy
+    allocates (the model's logits and output gradients each step) is a fresh mmap, and its
+    first touch costs a page fault per 4 KiB - with two threads also contention on the
+    process's page tables: seed training ran 18.7 ms a step with 630 faults, 12.1 ms without.
+    A process-wide setting, made once when the kernels load; no-op elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 32 << 20)      # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 256 << 20)     # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        pass
 
 
 def _threads(T, B, H):
