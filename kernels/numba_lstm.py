@@ -23,7 +23,6 @@ from __future__ import annotations
 from . import numba_cache  # noqa: F401  (first: the cache locator for everything below)
 
 import numba
-import numpy as np
 
 from .numba_blas import gemm
 from .numba_gates import JIT, PAR, gates_backward, gates_forward

@@ -67,15 +67,26 @@ def _kernels():
     return _K
 
 
+_BLAS_LIBS = []    # threadpoolctl controllers of the BLAS libraries loaded with the kernels
+
+
 def _single_threaded_blas():
     """Pin every BLAS loaded in the process (SciPy's, which the kernels call, and NumPy's)
     to one thread.  The two cores are used by numba's OpenMP threads, each calling BLAS on
     its own block; a second, spinning BLAS pool would fight them for the cores."""
     try:
-        from threadpoolctl import threadpool_limits
+        from threadpoolctl import ThreadpoolController
     except ImportError:     # pragma: no cover - an install_requires
         return
-    threadpool_limits(limits=1, user_api="blas")
+    _BLAS_LIBS[:] = ThreadpoolController().select(user_api="blas").lib_controllers
+    _blas_one_thread()
+
+
+def _blas_one_thread():
+    """Re-pin BLAS to one thread if someone raised it since (checked before threaded kernels)."""
+    for lib in _BLAS_LIBS:
+        if lib.get_num_threads() != 1:
+            lib.set_num_threads(1)
 
 
 def _keep_freed_memory():
@@ -103,6 +114,8 @@ def _threads(T, B, H):
     nt = numba.get_num_threads()
     if nt < 2 or T * B * H * 4 * H < PARALLEL_MIN_MACS:
         return None, None, None
+    if PIN_BLAS:
+        _blas_one_thread()                     # no BLAS threads inside numba's threads
     if B * H * 4 * H >= COLUMNS_MIN_MACS and H >= nt:
         return nt, None, nt
     return (nt, min(nt, B), None) if B > 1 else (nt, None, None)
