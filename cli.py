@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from lstm_engine import api
+from lstm_engine import api, corpora
 from lstm_engine.errors import UserError
 from lstm_engine.generation import bits
 from lstm_engine.train import TrainConfig
@@ -71,10 +71,12 @@ def _print_event(kind, info):
 
 
 @main.command()
-@click.option("--corpus", default="python-docs", show_default=True, help="built-in corpus name or path to a UTF-8 file")
+@click.option("--corpus", default="python-docs", show_default=True,
+              help="corpus name (`lstm-engine corpus list`) or path to a UTF-8 file")
 @click.option("--encoding", default="utf-8", show_default=True, help="text encoding of a corpus file")
 @click.option("--backend", default="auto", show_default=True, help="numpy | numba | cupy | auto")
-@click.option("--embed-size", default=64, show_default=True, type=int)
+@click.option("--embed-size", default=None, type=int,
+              help="embedding size (default: 64, or `corpus info`'s suggestion above 256 symbols)")
 @click.option("--hidden-size", default=128, show_default=True, type=int)
 @click.option("--layers", default=2, show_default=True, type=int)
 @click.option("--dropout", default=0.0, show_default=True, type=float)
@@ -90,14 +92,22 @@ def _print_event(kind, info):
 @click.option("--log-every", default=10, show_default=True, type=int)
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "float64"]))
-@click.option("--max-vocab", default=0, show_default=True, type=int, help="keep the N most frequent symbols (0: all)")
+@click.option("--max-vocab", default=None, type=int,
+              help="keep the N-1 most frequent symbols plus <unk> (0: all; default: all, or `corpus info`'s "
+                   "suggestion above 256 symbols)")
 @click.option("--val-fraction", default=0.1, show_default=True, type=float)
 @click.option("--out", default="", help="run directory (default runs/run-DATE-TIME)")
 @click.option("--resume", default=None, help="checkpoint to continue from")
 def train(resume, **opts):
     """Train a model on a corpus; checkpoints go to --out."""
+    given = {k: opts[k] for k in ("embed_size", "max_vocab")}
+    opts["embed_size"], opts["max_vocab"], text = api.model_defaults(
+        opts["corpus"], opts["encoding"], resume, **given)
+    if not resume and None in given.values() and (opts["embed_size"], opts["max_vocab"]) != (64, 0):
+        err(f"this corpus has many symbols: using --embed-size {opts['embed_size']} --max-vocab "
+            f"{opts['max_vocab']} (`lstm-engine corpus info` suggestions; pass them to override)")
     cfg = TrainConfig(**opts)
-    trainer = api.Trainer(cfg, resume=resume, on_event=_print_event)
+    trainer = api.Trainer(cfg, text=text, resume=resume, on_event=_print_event)
     api.remember_last_run(trainer.out)
 
     def request_stop(signum, frame):
@@ -174,6 +184,72 @@ def generate(checkpoint, prime, length, temperature, top_k, top_p, greedy, seed,
 
     api.generate(model, vocab, prime, length, temperature, top_k or 0, top_p, greedy, seed, on_text=out)
     click.echo()
+
+
+@main.group()
+def corpus():
+    """List, fetch and describe corpora (the names --corpus accepts)."""
+
+
+def _size(n, unit=""):
+    return "-" if n is None else f"{n / 1e6:.1f} M{unit}" if n >= 1e6 else f"{n / 1e3:.0f} k{unit}"
+
+
+@corpus.command("list")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object per corpus")
+def corpus_list(as_json):
+    """Name, language, size and cache status of every known corpus."""
+    rows = corpora.listing()
+    if as_json:
+        for r in rows:
+            click.echo(json.dumps(r, ensure_ascii=False))
+        return
+    click.echo(f"{'NAME':<16} {'LANGUAGE':<28} {'CHARS':>8} {'DOWNLOAD':>9}  STATUS")
+    for r in rows:
+        click.echo(f"{r['name']:<16} {r['language']:<28} {_size(r['chars']):>8} "
+                   f"{_size(r['download_bytes'], 'B'):>9}  {r['status']}")
+    click.echo(f"cache: {corpora.cache_dir()}")
+
+
+@corpus.command("fetch")
+@click.argument("name")
+@click.option("--from", "from_path", default=None,
+              help="use a local copy of the source file(s): the file, or a folder holding them")
+@click.option("--force", is_flag=True, help="convert again even if the corpus is cached")
+def corpus_fetch(name, from_path, force):
+    """Download (or copy --from), verify and convert corpus NAME into the cache; print its path."""
+    click.echo(corpora.fetch(name, from_path=from_path, force=force))
+
+
+_INFO_LINES = (("description", "{}"), ("language", "{}"), ("license", "{}"), ("origin", "{}"), ("rule", "{}"),
+               ("download_bytes", "{:,} bytes"), ("path", "{}"), ("chars", "{:,}"), ("symbols", "{:,}"),
+               ("lines", "{:,}"), ("entropy_bits", "{:.3f} bits/char"))
+_INFO_LABELS = {"download_bytes": "download", "symbols": "distinct symbols", "entropy_bits": "unigram entropy"}
+
+
+@corpus.command("info")
+@click.argument("name_or_path")
+@click.option("--encoding", default="utf-8", show_default=True, help="text encoding of a file")
+@click.option("--sources", is_flag=True, help="list the source URLs, sizes and sha256 only (no download)")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+def corpus_info(name_or_path, encoding, sources, as_json):
+    """Figures of a corpus or any UTF-8 file: size, symbols, unigram entropy, suggested settings."""
+    d = corpora.describe(name_or_path, encoding, with_text=not sources)
+    if as_json:
+        click.echo(json.dumps(d, ensure_ascii=False))
+    elif sources:
+        for s in d.get("sources", []):
+            click.echo(f"{s['url']}  {s['bytes']}  {s['sha256']}")
+    else:
+        for key, fmt in _INFO_LINES:
+            if key in d:
+                click.echo(f"{_INFO_LABELS.get(key, key)}: {fmt.format(d[key])}")
+        if d["chars"]:
+            mv = d["max_vocab"]
+            click.echo(f"suggested: --max-vocab {mv} ("
+                       + (f"{mv - 1:,} symbols seen at least {corpora.MIN_COUNT} times + <unk>, covering "
+                          f"{d['coverage']:.2%} of the text)" if mv else "keep every symbol)")
+                       + f" --embed-size {d['embed_size']}")
 
 
 if __name__ == "__main__":
