@@ -175,6 +175,7 @@ def generate(checkpoint, prime, length, temperature, top_k, top_p, greedy, seed,
     model, vocab, _ = api.load_model(path, backend)
     if not checkpoint:
         err(f"using {path}")
+    vocab.encode(prime, strict=True)        # a prime the model cannot read fails before anything is printed
     if echo and prime:
         click.echo(prime, nl=False)
 
