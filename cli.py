@@ -103,9 +103,10 @@ def train(resume, **opts):
     given = {k: opts[k] for k in ("embed_size", "max_vocab")}
     opts["embed_size"], opts["max_vocab"], text = api.model_defaults(
         opts["corpus"], opts["encoding"], resume, **given)
-    if not resume and None in given.values() and (opts["embed_size"], opts["max_vocab"]) != (64, 0):
-        err(f"this corpus has many symbols: using --embed-size {opts['embed_size']} --max-vocab "
-            f"{opts['max_vocab']} (`lstm-engine corpus info` suggestions; pass them to override)")
+    filled = {k: opts[k] for k, v in given.items() if v is None}
+    if not resume and (filled.get("embed_size", 64), filled.get("max_vocab", 0)) != (64, 0):
+        err("this corpus has many symbols: using " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in filled.items())
+            + " (`lstm-engine corpus info` suggestions; pass them to override)")
     cfg = TrainConfig(**opts)
     trainer = api.Trainer(cfg, text=text, resume=resume, on_event=_print_event)
     api.remember_last_run(trainer.out)
