@@ -27,8 +27,8 @@ def env(tmp_path, monkeypatch):
     server.files["/全唐诗/poet.tang.0.json"] = data
     conv = {"kind": "chinese-poetry-json", "select": "all", "rule": "every poem"}
     reg = tmp_path / "registry.json"
-    reg.write_text(json.dumps(registry(entry("mini-tang", server.url, [source("全唐诗/poet.tang.0.json", data)], conv)),
-                              ensure_ascii=False), encoding="utf-8")
+    mini = entry("mini-tang", server.url, [source("全唐诗/poet.tang.0.json", data)], conv)
+    reg.write_text(json.dumps(registry(mini), ensure_ascii=False), encoding="utf-8")
     monkeypatch.setenv("LSTM_ENGINE_REGISTRY", str(reg))
     monkeypatch.setenv("LSTM_ENGINE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("LSTM_ENGINE_STATE_DIR", str(tmp_path / "state"))
