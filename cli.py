@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 import signal
 import sys
 
@@ -27,13 +28,20 @@ def _fmt_time(s):
 
 
 class Group(click.Group):
-    """Turns UserError into one line on stderr and exit status 2; Ctrl-C into status 130."""
+    """Turns UserError (and a mistyped option) into one line on stderr and exit status 2; Ctrl-C into status 130."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except UserError as e:
             err(f"error: {e}")
+            sys.exit(2)
+        except click.UsageError as e:
+            sub = f" {e.ctx.info_name}" if e.ctx is not None and e.ctx.parent is not None else ""
+            err(f"error: {e.format_message()} (see: lstm-engine{sub} --help)")
+            sys.exit(2)
+        except MemoryError:
+            err("error: out of memory; use a smaller model or batch (--hidden-size, --batch-size, --seq-len)")
             sys.exit(2)
         except KeyboardInterrupt:
             err("interrupted")
@@ -93,17 +101,31 @@ def _print_event(kind, info):
 @click.option("--max-vocab", default=0, show_default=True, type=int, help="keep the N most frequent symbols (0: all)")
 @click.option("--val-fraction", default=0.1, show_default=True, type=float)
 @click.option("--out", default="", help="run directory (default runs/run-DATE-TIME)")
-@click.option("--resume", default=None, help="checkpoint to continue from")
-def train(resume, **opts):
+@click.option("--keep", default=3, show_default=True, type=int,
+              help="step-numbered checkpoints to keep besides latest and best")
+@click.option("--resume", default=None,
+              help="checkpoint (or run directory) to continue from; options left out are taken from it")
+@click.pass_context
+def train(ctx, resume, **opts):
     """Train a model on a corpus; checkpoints go to --out."""
-    cfg = TrainConfig(**opts)
+    if resume:
+        from click.core import ParameterSource
+        from lstm_engine.checkpoint import read_meta
+        from lstm_engine.train import config_for_resume
+        given = {k: v for k, v in opts.items()
+                 if ctx.get_parameter_source(k) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)}
+        cfg = config_for_resume(read_meta(resume), given, resume)
+    else:
+        cfg = TrainConfig(**opts)
     trainer = api.Trainer(cfg, resume=resume, on_event=_print_event)
     api.remember_last_run(trainer.out)
+    got = []
 
     def request_stop(signum, frame):
         if trainer.stop_requested:          # second Ctrl-C: give up at once (checkpoints stay intact)
             raise KeyboardInterrupt
         trainer.stop_requested = True
+        got.append(signum)
         err("stopping after this step and saving ...")
 
     old = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -113,11 +135,10 @@ def train(resume, **opts):
         for s, h in old.items():
             signal.signal(s, h)
     if trainer.stop_requested:
-        path = f"{trainer.out}/latest.safetensors"
+        path = trainer.rundir.latest
         err(f"interrupted at step {st.step}; checkpoint saved to {path}\n"
-            f"resume with: lstm-engine train --resume {path} --steps {cfg.steps} --out {trainer.out} "
-            f"--corpus {cfg.corpus}")
-        sys.exit(130)
+            f"resume with: lstm-engine train --resume {shlex.quote(trainer.out)}")
+        sys.exit(128 + (got[0] if got else signal.SIGINT))
 
 
 @main.command("eval")

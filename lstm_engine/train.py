@@ -4,7 +4,7 @@ Dimension legend: T seq-len, B batch, H hidden, V vocab.
 """
 from __future__ import annotations
 
-import json
+import hashlib
 import math
 import os
 import time
@@ -19,8 +19,12 @@ from .errors import UserError
 from .generation import evaluate_ids, generate_text
 from .model import Model, ModelConfig
 from .optim import Adam, AdamConfig, lr_at
+from .storage import RunDir
 
 EXT = checkpoint.EXT
+# options a resumed run must share with its checkpoint (shapes, data windows, random streams)
+FIXED_ON_RESUME = ("embed_size", "hidden_size", "layers", "dtype", "batch_size", "seq_len", "max_vocab",
+                   "val_fraction", "seed")
 
 
 @dataclass
@@ -47,10 +51,11 @@ class TrainConfig:
     max_vocab: int = 0
     val_fraction: float = 0.1
     out: str = ""
+    keep: int = 3                  # step-numbered checkpoints kept besides latest and best
 
     def check(self):
         """Reject impossible values with one line each."""
-        for name in ("embed_size", "hidden_size", "layers", "batch_size", "seq_len", "steps"):
+        for name in ("embed_size", "hidden_size", "layers", "batch_size", "seq_len", "steps", "keep"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
         for name in ("eval_every", "sample_every", "save_every", "log_every", "max_vocab"):
@@ -58,9 +63,9 @@ class TrainConfig:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 0 (got {getattr(self, name)})")
         if not 0 <= self.dropout < 1:
             raise UserError(f"--dropout must be in [0, 1) (got {self.dropout})")
-        if not self.lr > 0:
+        if not (self.lr > 0 and math.isfinite(self.lr)):
             raise UserError(f"--lr must be > 0 (got {self.lr})")
-        if self.grad_clip < 0:
+        if not self.grad_clip >= 0:
             raise UserError(f"--grad-clip must be >= 0 (got {self.grad_clip}); 0 switches clipping off")
         if self.dtype not in ("float32", "float64"):
             raise UserError(f"--dtype must be float32 or float64 (got {self.dtype!r})")
@@ -81,10 +86,45 @@ class TrainState:
     history: list = field(default_factory=list)
 
 
+def config_for_resume(meta, given, resume_path):
+    """The TrainConfig that continues a checkpoint's run.
+
+    given: the options the user passed explicitly (name -> value).  Options not given come from the
+    checkpoint; given ones override the adjustable options (--steps, --lr, cadences, ...) and must
+    agree with the fixed ones (FIXED_ON_RESUME).  --out defaults to the checkpoint's directory.
+    """
+    names = {f.name for f in fields(TrainConfig)}
+    saved = {k: v for k, v in (meta.get("train") or {}).items() if k in names}
+    for key in FIXED_ON_RESUME:
+        if key in given and key in saved and given[key] != saved[key]:
+            raise _conflict(key, given[key], saved[key])
+    values = dict(saved, **{k: v for k, v in given.items() if k in names})
+    if "out" not in given:
+        values["out"] = os.path.dirname(checkpoint.resolve(resume_path)) or "."
+    try:
+        return TrainConfig(**values)
+    except TypeError:
+        raise UserError(f"--resume {resume_path!r}: the stored training options are malformed; "
+                        f"pass a checkpoint written by `lstm-engine train`") from None
+
+
+def _conflict(key, asked, saved):
+    opt = "--" + key.replace("_", "-")
+    return UserError(f"{opt} {asked} conflicts with the --resume checkpoint, which was trained with {opt} {saved}; "
+                     f"leave {opt} out to continue the run, or start a new run without --resume")
+
+
+def corpus_fingerprint(text):
+    """{'chars', 'sha256'} of a corpus text: a resume must see the very same text."""
+    return {"chars": len(text), "sha256": hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()}
+
+
 class Trainer:
     """Holds model, optimiser, data and state; `run()` trains to cfg.steps.
 
     Events go to `on_event(kind, info)`: 'start', 'log', 'eval', 'sample', 'save', 'done'.
+    With resume=PATH (a checkpoint or a run directory) everything a checkpoint holds is restored,
+    so the run continues exactly as if it had never stopped.
     """
 
     def __init__(self, cfg: TrainConfig, text=None, resume=None, on_event=None):
@@ -93,14 +133,17 @@ class Trainer:
         self.on_event = on_event or (lambda kind, info: None)
         self.stop_requested = False
         self.be = get_backend(cfg.backend)
-        text = load_corpus(cfg.corpus, cfg.encoding) if text is None else text
         tensors, meta = (None, None)
         if resume:
+            resume = checkpoint.resolve(resume)
             tensors, meta = checkpoint.load(resume)
-            self.vocab = Vocab(meta["vocab"])
+            checkpoint.validate_resumable(tensors, meta, resume)
             self._check_resume_matches(meta)
-        else:
-            self.vocab = Vocab.build(text, cfg.max_vocab)
+        text = load_corpus(cfg.corpus, cfg.encoding) if text is None else text
+        self.fingerprint = corpus_fingerprint(text)
+        if resume:
+            self._check_same_corpus(meta)
+        self.vocab = Vocab(meta["vocab"]) if resume else Vocab.build(text, cfg.max_vocab)
         if len(self.vocab) < 2:
             raise UserError("the corpus has a single distinct character; there is nothing to learn - "
                             "pass a text with at least two different characters")
@@ -117,22 +160,30 @@ class Trainer:
         self.state = self.model.zero_state(cfg.batch_size)
         if resume:
             self._restore(tensors, meta)
-        self.out = cfg.out or os.path.join("runs", time.strftime("run-%Y%m%d-%H%M%S"))
+        self.out = cfg.out or ((os.path.dirname(resume) or ".") if resume else
+                               os.path.join("runs", time.strftime("run-%Y%m%d-%H%M%S")))
+        self.rundir = RunDir(self.out, cfg.keep)
+        same_dir = resume and os.path.realpath(os.path.dirname(resume)) == os.path.realpath(self.out)
+        self.rundir.prepare(self.st.step if same_dir else None)
+        self._saved = {}                                  # step -> checkpoint bytes (this step only)
 
     # -- resume ------------------------------------------------------------
     def _check_resume_matches(self, meta):
-        m = meta["model"]
-        c = self.cfg
-        for key, val in (("embed_size", c.embed_size), ("hidden_size", c.hidden_size),
-                         ("layers", c.layers), ("dtype", c.dtype)):
-            if m[key] != val:
-                raise UserError(f"--resume checkpoint has {key.replace('_', '-')}={m[key]} but the options ask for "
-                                f"{val}; drop the option or pass --{key.replace('_', '-')} {m[key]}")
-        t = meta.get("train", {})
-        for key in ("batch_size", "seq_len"):
-            if t.get(key) not in (None, getattr(c, key)):
-                raise UserError(f"--resume checkpoint was trained with --{key.replace('_', '-')} {t[key]}; "
-                                f"pass the same value to continue it exactly")
+        saved = dict(meta["train"], **{k: meta["model"][k] for k in ("embed_size", "hidden_size", "layers", "dtype")})
+        for key in FIXED_ON_RESUME:
+            if key in saved and saved[key] != getattr(self.cfg, key):
+                raise _conflict(key, getattr(self.cfg, key), saved[key])
+        step = meta["trainer"]["step"]
+        if step >= self.cfg.steps:
+            raise UserError(f"the --resume checkpoint is already at step {step} and --steps is {self.cfg.steps}; "
+                            f"pass a larger --steps to train further")
+
+    def _check_same_corpus(self, meta):
+        fp = meta.get("corpus")
+        if fp and fp != self.fingerprint:
+            raise UserError(f"the corpus ({self.cfg.corpus!r}, {self.fingerprint['chars']:,} chars) is not the text "
+                            f"the --resume checkpoint was trained on ({fp.get('chars')} chars); "
+                            f"pass the same --corpus and --encoding to continue it")
 
     def _restore(self, tensors, meta):
         be = self.be
@@ -149,31 +200,51 @@ class Trainer:
             self.state[l][1][...] = be.asarray(tensors[f"state.c{l}"])
 
     # -- checkpoints -------------------------------------------------------
-    def save(self, name):
+    def checkpoint_bytes(self):
+        """The complete state after the current step, serialised (once per step)."""
+        st = self.st
+        if st.step in self._saved:
+            return self._saved[st.step]
         be = self.be
         tensors = {}
         for n, p in self.model.params.items():
             tensors["param." + n] = be.to_numpy(p)
+            if not np.all(np.isfinite(tensors["param." + n])):
+                raise self._diverged(f"parameter {n} holds non-finite values")
             tensors["adam.m." + n] = be.to_numpy(self.opt.m[n])
             tensors["adam.v." + n] = be.to_numpy(self.opt.v[n])
         for l, (h, c) in enumerate(self.state):
             tensors[f"state.h{l}"] = be.to_numpy(h)
             tensors[f"state.c{l}"] = be.to_numpy(c)
-        st = self.st
         meta = {
             "model": self.model_cfg.to_dict(),
             "train": asdict(self.cfg),
             "vocab": self.vocab.symbols,
             "unigram_entropy": self.entropy,
+            "corpus": self.fingerprint,
             "trainer": {"step": st.step, "position": st.position, "best_val": _finite_or_none(st.best_val),
                         "elapsed": st.elapsed + self._elapsed(), "history": st.history[-2000:],
                         "rng": self.rng.bit_generator.state},
         }
-        os.makedirs(self.out, exist_ok=True)
-        path = os.path.join(self.out, name + EXT)
-        checkpoint.save(path, tensors, meta)
-        self.on_event("save", {"path": path, "step": st.step})
+        self._saved = {st.step: checkpoint.serialize(tensors, meta)}
+        return self._saved[st.step]
+
+    def save(self, name="latest"):
+        """Write DIR/latest (+ a step file, pruned to --keep) or DIR/best atomically.  -> path."""
+        data = self.checkpoint_bytes()
+        if name == "best":
+            path = self.rundir.save_best(data)
+        else:
+            path = self.rundir.save_latest(data, self.st.step)
+        self.on_event("save", {"path": path, "step": self.st.step, "kind": name})
         return path
+
+    def _diverged(self, what):
+        last = (f"the last good checkpoint {self.rundir.latest} (step {self.rundir.saved_step}) and "
+                f"{os.path.basename(self.rundir.best)} are kept; resume from it with a lower --lr "
+                f"(e.g. --resume {self.out} --lr {self.cfg.lr / 4:g})" if self.rundir.saved_step is not None else
+                f"no checkpoint was written yet; start again with a lower --lr (e.g. --lr {self.cfg.lr / 4:g})")
+        return UserError(f"training diverged at step {self.st.step + 1} ({what}); stopped without saving: {last}")
 
     # -- loop --------------------------------------------------------------
     def _elapsed(self):
@@ -191,8 +262,7 @@ class Trainer:
         loss, grads, new_state = self.model.forward_backward(tokens, targets, self.state, masks)
         norm, scale = self.opt.clip_scale(grads)
         if not (math.isfinite(loss) and math.isfinite(norm)):
-            raise UserError(f"training diverged at step {self.st.step + 1} (loss {loss}, gradient norm {norm}); "
-                            f"the last good checkpoint is kept - resume from it with a lower --lr")
+            raise self._diverged(f"loss {loss}, gradient norm {norm}")
         lr = lr_at(self.st.step + 1, cfg.steps, cfg.lr, cfg.lr_decay)
         self.opt.update(self.model.params, grads, lr, scale)
         self.state = new_state
@@ -205,6 +275,15 @@ class Trainer:
         return loss
 
     def run(self):
+        """Train to cfg.steps (or until stop_requested); the directory lock is held meanwhile."""
+        self.rundir.acquire()
+        try:
+            self.rundir.reset_history(self.st.step)
+            return self._run()
+        finally:
+            self.rundir.release()
+
+    def _run(self):
         cfg, st = self.cfg, self.st
         self._t0 = time.perf_counter()
         self.on_event("start", {"out": self.out, "vocab": len(self.vocab), "entropy": self.entropy,
@@ -212,6 +291,7 @@ class Trainer:
                                 "backend": self.be.NAME, "model": self.model_cfg.to_dict(), "step": st.step,
                                 "params": sum(int(np.prod(p.shape)) for p in self.model.params.values())})
         start_step, t_log, last_loss, n_chars = st.step, time.perf_counter(), float("nan"), 0
+        saved_at = None
         while st.step < cfg.steps and not self.stop_requested:
             last_loss, norm = self.train_step()
             n_chars += cfg.batch_size * cfg.seq_len
@@ -230,9 +310,10 @@ class Trainer:
                 self.on_event("sample", {"step": s, "text": text})
             if cfg.save_every and s % cfg.save_every == 0:
                 self.save("latest")
+                saved_at = s
             if s - start_step == 1:
                 t_log, n_chars = time.perf_counter(), 0       # keep compile/warm-up out of chars/s
-        path = self.save("latest")
+        path = self.rundir.latest if saved_at == st.step else self.save("latest")
         self.on_event("done", {"step": st.step, "path": path, "best_val": st.best_val,
                                "interrupted": self.stop_requested})
         return st
@@ -243,18 +324,12 @@ class Trainer:
         best = val < st.best_val
         st.history.append({"step": st.step, "time": st.elapsed + self._elapsed(),
                            "train_loss": train_loss, "val_loss": val})
-        self._append_history(st.history[-1])
+        self.rundir.append_history(st.history[-1])
         if best:
             st.best_val = val
             self.save("best")
         self.on_event("eval", {"step": st.step, "val_loss": val, "best": best, "entropy": self.entropy})
 
-    def _append_history(self, row):
-        os.makedirs(self.out, exist_ok=True)
-        with open(os.path.join(self.out, "history.jsonl"), "a") as f:
-            f.write(json.dumps(row) + "\n")
-
 
 def _finite_or_none(x):
     return x if math.isfinite(x) else None
-
