@@ -14,7 +14,7 @@ import click
 
 from lstm_engine import api
 from lstm_engine.errors import UserError
-from lstm_engine.generation import bits
+from lstm_engine.generation import bits, check_sampling_options
 from lstm_engine.train import TrainConfig
 
 
@@ -186,6 +186,8 @@ def generate(checkpoint, prime, length, temperature, top_k, top_p, greedy, seed,
     model, vocab, _ = api.load_model(path, backend)
     if not checkpoint:
         err(f"using {path}")
+    check_sampling_options(temperature, top_k, top_p, length)
+    vocab.encode(prime, strict=True)            # refuse a bad prime before anything is printed
     if echo and prime:
         click.echo(prime, nl=False)
 

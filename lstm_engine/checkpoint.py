@@ -115,7 +115,7 @@ def read_meta(path):
     with f:
         head = f.read(8)
         n = _header_length(head, size, path)
-        header = _parse_header(f.read(n), path)
+        header = _parse_header(f.read(n), path, head)
     _check_layout(header, size - 8 - n, path)
     return _meta_of(header, path)
 
@@ -127,30 +127,35 @@ def load(path):
     with f:
         head = f.read(8)
         n = _header_length(head, size, path)
-        header = _parse_header(f.read(n), path)
+        header = _parse_header(f.read(n), path, head)
         _check_layout(header, size - 8 - n, path)       # before reading what may be gigabytes of junk
         f.seek(0)
         raw = f.read()
     return parse(raw, path)
 
 
-def _header_length(head, size, path):
+def _foreign(head, path, why):
+    """The error for bytes that are no safetensors file, naming a known foreign format when it is one."""
     for magic, what in _MAGIC:
         if head.startswith(magic):
-            raise _bad(path, f"it is {what}, which lstm-engine never loads")
+            return _bad(path, f"it is {what}, which lstm-engine never loads")
+    return _bad(path, why)
+
+
+def _header_length(head, size, path):
     if len(head) < 8:
-        raise _bad(path, "file too short" if size else "file is empty")
+        raise _foreign(head, path, "file too short" if size else "file is empty")
     n = int.from_bytes(head, "little")
     if n < 2 or n > _MAX_HEADER or 8 + n > size:
-        raise _bad(path, "no safetensors header; the file is truncated or of another format")
+        raise _foreign(head, path, "no safetensors header; the file is truncated or of another format")
     return n
 
 
-def _parse_header(raw_header, path):
+def _parse_header(raw_header, path, head=b""):
     try:
         header = json.loads(raw_header.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
-        raise _bad(path, "header is not valid JSON; the file is damaged or of another format") from None
+        raise _foreign(head, path, "header is not valid JSON; the file is damaged or of another format") from None
     if not isinstance(header, dict):
         raise _bad(path, "header is not a JSON object")
     return header
@@ -171,7 +176,7 @@ def _check_layout(header, data_len, path):
         if not (isinstance(e, dict) and set(e) == {"dtype", "shape", "data_offsets"}):
             raise _bad(path, f"tensor {name[:40]!r} has a malformed header entry")
         dt, shape, offs = e["dtype"], e["shape"], e["data_offsets"]
-        if dt not in _ST_DTYPES:
+        if not isinstance(dt, str) or dt not in _ST_DTYPES:
             raise _bad(path, f"tensor {name[:40]!r} has dtype {str(dt)[:10]!r}; only F32 and F64 are used")
         if not (isinstance(shape, list) and len(shape) <= 4 and all(_is_int(s) and s >= 0 for s in shape)):
             raise _bad(path, f"tensor {name[:40]!r} has a malformed shape")
@@ -215,7 +220,7 @@ def parse(raw, path="<bytes>"):
     """Parse checkpoint bytes without executing anything.  -> (tensors dict, meta dict)."""
     raw = bytes(raw)
     n = _header_length(bytes(raw[:8]), len(raw), path)
-    header = _parse_header(bytes(raw[8:8 + n]), path)
+    header = _parse_header(raw[8:8 + n], path, raw[:8])
     entries = _check_layout(header, len(raw) - 8 - n, path)
     meta = _meta_of(header, path)
     base = 8 + n

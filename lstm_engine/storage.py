@@ -197,15 +197,15 @@ class RunDir:
     def save_latest(self, data, step):
         """latest <- data, then step-NNNNNN -> the same file, then prune.  -> path of latest."""
         step_path = os.path.join(self.path, f"step-{step:06d}{EXT}")
-        for target in (self.latest, step_path):
-            try:
-                if target == self.latest:
-                    atomic_write_bytes(target, data)
-                else:
-                    atomic_link(self.latest, target, data)
-            except OSError as e:
-                raise self._failed(target, e) from None
+        try:
+            atomic_write_bytes(self.latest, data)
+        except OSError as e:
+            raise self._failed(self.latest, e) from None
         self.saved_step = step
+        try:
+            atomic_link(self.latest, step_path, data)
+        except OSError as e:
+            raise self._failed(step_path, e) from None
         self.prune()
         return self.latest
 
