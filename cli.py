@@ -153,6 +153,8 @@ def eval_cmd(checkpoint, corpus, encoding, backend, as_json):
     model, vocab, meta = api.load_model(checkpoint, backend)
     if corpus is None:
         t = meta["train"]
+        if not t.get("corpus"):
+            raise UserError(f"{checkpoint} records no training corpus (it was imported); pass --corpus FILE")
         ids = vocab.encode(load_corpus(t["corpus"], t.get("encoding", "utf-8")))
         _, ids = split(ids, t.get("val_fraction", 0.1))
         text = vocab.decode(ids)
@@ -197,6 +199,33 @@ def generate(checkpoint, prime, length, temperature, top_k, top_p, greedy, seed,
 
     api.generate(model, vocab, prime, length, temperature, top_k or 0, top_p, greedy, seed, on_text=out)
     click.echo()
+
+
+@main.command("export")
+@click.argument("checkpoint")
+@click.option("--format", "fmt", type=click.Choice(["torch"]), default="torch", show_default=True,
+              help="torch: a state dict for nn.Embedding -> nn.LSTM -> nn.Linear (docs/pytorch-interop.md)")
+@click.option("-o", "--out", required=True, help="FILE.safetensors, or FILE.pt (needs torch); vocab: FILE.vocab.json")
+def export_cmd(checkpoint, fmt, out):
+    """Write a checkpoint's weights as a PyTorch state dict, with its vocabulary beside it."""
+    from lstm_engine import interop
+    r = interop.export_torch(checkpoint, out)
+    m = r["config"]
+    err(f"wrote {r['path']} (V={m['vocab_size']} E={m['embed_size']} H={m['hidden_size']} L={m['layers']} "
+        f"{m['dtype']}) and {r['vocab_path']}")
+
+
+@main.command("import")
+@click.argument("state_dict")
+@click.option("--vocab", default=None, help="JSON list of the symbols in index order (default: FILE.vocab.json)")
+@click.option("-o", "--out", required=True, help="checkpoint to write (.safetensors)")
+def import_cmd(state_dict, vocab, out):
+    """Make a checkpoint from a PyTorch state dict (.safetensors or .pt) and its vocabulary."""
+    from lstm_engine import interop
+    r = interop.import_torch(state_dict, vocab, out)
+    m = r["config"]
+    err(f"wrote {r['path']} (V={m['vocab_size']} E={m['embed_size']} H={m['hidden_size']} L={m['layers']} "
+        f"{m['dtype']})")
 
 
 if __name__ == "__main__":

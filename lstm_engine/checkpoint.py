@@ -272,7 +272,9 @@ def validate_resumable(tensors, meta, path="<checkpoint>"):
     """Everything a resume restores is present and consistent: moments, carried state, trainer state."""
     cfg = validate_model(tensors, meta, path)
     train, t = meta.get("train"), meta.get("trainer")
-    B = train.get("batch_size") if isinstance(train, dict) else None
+    B = train.get("batch_size", 0) if isinstance(train, dict) else 0
+    if B is None:
+        B = 1                   # imported: no batch was used; a (1,H) zero state broadcasts to any batch
     if not (_is_int(B) and B >= 1 and isinstance(t, dict)):
         raise _bad(path, "training config or trainer state missing")
     for name, shape in cfg.param_shapes().items():

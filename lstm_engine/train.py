@@ -94,7 +94,11 @@ def config_for_resume(meta, given, resume_path):
     agree with the fixed ones (FIXED_ON_RESUME).  --out defaults to the checkpoint's directory.
     """
     names = {f.name for f in fields(TrainConfig)}
-    saved = {k: v for k, v in (meta.get("train") or {}).items() if k in names}
+    # None (or an empty corpus) is what an imported checkpoint records: "not fixed, take the option"
+    saved = {k: v for k, v in (meta.get("train") or {}).items() if k in names and v not in (None, "")}
+    if "corpus" not in saved and "corpus" not in given:
+        raise UserError(f"--resume {resume_path!r} records no training corpus (it was imported); "
+                        f"pass --corpus FILE")
     for key in FIXED_ON_RESUME:
         if key in given and key in saved and given[key] != saved[key]:
             raise _conflict(key, given[key], saved[key])
@@ -171,7 +175,7 @@ class Trainer:
     def _check_resume_matches(self, meta):
         saved = dict(meta["train"], **{k: meta["model"][k] for k in ("embed_size", "hidden_size", "layers", "dtype")})
         for key in FIXED_ON_RESUME:
-            if key in saved and saved[key] != getattr(self.cfg, key):
+            if saved.get(key) is not None and saved[key] != getattr(self.cfg, key):
                 raise _conflict(key, getattr(self.cfg, key), saved[key])
         step = meta["trainer"]["step"]
         if step >= self.cfg.steps:
@@ -206,26 +210,20 @@ class Trainer:
         if st.step in self._saved:
             return self._saved[st.step]
         be = self.be
-        tensors = {}
-        for n, p in self.model.params.items():
-            tensors["param." + n] = be.to_numpy(p)
-            if not np.all(np.isfinite(tensors["param." + n])):
+        params = {n: be.to_numpy(p) for n, p in self.model.params.items()}
+        for n, p in params.items():
+            if not np.all(np.isfinite(p)):
                 raise self._diverged(f"parameter {n} holds non-finite values")
-            tensors["adam.m." + n] = be.to_numpy(self.opt.m[n])
-            tensors["adam.v." + n] = be.to_numpy(self.opt.v[n])
-        for l, (h, c) in enumerate(self.state):
-            tensors[f"state.h{l}"] = be.to_numpy(h)
-            tensors[f"state.c{l}"] = be.to_numpy(c)
-        meta = {
-            "model": self.model_cfg.to_dict(),
-            "train": asdict(self.cfg),
-            "vocab": self.vocab.symbols,
-            "unigram_entropy": self.entropy,
-            "corpus": self.fingerprint,
-            "trainer": {"step": st.step, "position": st.position, "best_val": _finite_or_none(st.best_val),
-                        "elapsed": st.elapsed + self._elapsed(), "history": st.history[-2000:],
-                        "rng": self.rng.bit_generator.state},
-        }
+        tensors, meta = checkpoint_contents(
+            params,
+            {n: be.to_numpy(a) for n, a in self.opt.m.items()},
+            {n: be.to_numpy(a) for n, a in self.opt.v.items()},
+            [(be.to_numpy(h), be.to_numpy(c)) for h, c in self.state],
+            self.model_cfg, self.cfg, self.vocab, self.entropy,
+            {"step": st.step, "position": st.position, "best_val": _finite_or_none(st.best_val),
+             "elapsed": st.elapsed + self._elapsed(), "history": st.history[-2000:],
+             "rng": self.rng.bit_generator.state})
+        meta["corpus"] = self.fingerprint
         self._saved = {st.step: checkpoint.serialize(tensors, meta)}
         return self._saved[st.step]
 
@@ -329,6 +327,25 @@ class Trainer:
             st.best_val = val
             self.save("best")
         self.on_event("eval", {"step": st.step, "val_loss": val, "best": best, "entropy": self.entropy})
+
+
+def checkpoint_contents(params, adam_m, adam_v, state, model_cfg, train_cfg, vocab, entropy, trainer):
+    """Host arrays and settings -> (tensors, meta) in the layout checkpoint.load and Trainer._restore read.
+
+    params, adam_m, adam_v: name -> ndarray;  state: per layer (h (B,H), c (B,H));
+    trainer: dict(step, position, best_val, elapsed, history, rng).  Used by Trainer.save and interop.
+    """
+    tensors = {}
+    for n, p in params.items():
+        tensors["param." + n] = p
+        tensors["adam.m." + n] = adam_m[n]
+        tensors["adam.v." + n] = adam_v[n]
+    for l, (h, c) in enumerate(state):
+        tensors[f"state.h{l}"] = h
+        tensors[f"state.c{l}"] = c
+    meta = {"model": model_cfg.to_dict(), "train": asdict(train_cfg), "vocab": list(vocab.symbols),
+            "unigram_entropy": entropy, "trainer": trainer}
+    return tensors, meta
 
 
 def _finite_or_none(x):
