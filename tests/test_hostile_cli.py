@@ -219,3 +219,21 @@ def test_unwritable_output_directory(tmp_path, run):
             check_fresh_train_refused(tmp_path, run[0], ["--out", str(ro / "run")], "cannot write")
         finally:
             ro.chmod(0o700)
+
+
+def test_resume_an_imported_checkpoint_needs_a_corpus(tmp_path, run):
+    sd, imported = str(tmp_path / "sd.safetensors"), str(tmp_path / "imp.safetensors")
+    assert run_cli(["export", os.path.join(run[1], "latest.safetensors"), "-o", sd]).exit_code == 0
+    assert run_cli(["import", sd, "-o", imported]).exit_code == 0
+    assert_one_line_error(run_cli(["train", "--resume", imported, "--steps", "3"]), "pass --corpus")
+    r = run_cli(["train", "--resume", imported, "--steps", "2", "--corpus", run[0], "--batch-size", "2",
+                 "--out", tmp_path / "tuned"])
+    assert r.exit_code == 0, r.output                   # any batch shape: the import fixed none
+
+
+def test_resume_from_a_checkpoint_without_training_state(tmp_path, run):
+    tensors, meta = checkpoint.load(run[1])
+    p = tmp_path / "weights-only.safetensors"
+    p.write_bytes(checkpoint.serialize({k: v for k, v in tensors.items() if k.startswith("param.")}, meta))
+    assert run_cli(["generate", p, "--length", "3", "--seed", "1"]).exit_code == 0     # fine for sampling
+    assert_one_line_error(run_cli(["train", "--resume", p, "--steps", "9"]), "adam.m.Emb is missing")

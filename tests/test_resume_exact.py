@@ -65,49 +65,58 @@ def assert_same(a, b):
     assert all(best_a[n].tobytes() == best_b[n].tobytes() for n in best_a)
 
 
+@pytest.fixture(scope="module", params=["numpy", "numba"])
+def backend(request):
+    """The CPU backends, where the claim is bit-identity (the same thread count in both runs)."""
+    from lstm_engine.backends import available_backends
+    if request.param not in available_backends():
+        pytest.skip(f"backend {request.param} is not available here")
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
+def uninterrupted(tmp_path_factory, backend):
     rec = Recorder()
-    trainer = train(tmp_path_factory.mktemp("full") / "run", rec)
+    trainer = train(tmp_path_factory.mktemp("full") / "run", rec, backend=backend)
     assert len([e for e in rec.events if e[0] == "log"]) == 24
     return rec.events, final_state(trainer)
 
 
 @pytest.mark.parametrize("stop_at", [7, 10, 12, 16])
-def test_stop_and_resume_is_bit_identical(tmp_path, uninterrupted, stop_at):
+def test_stop_and_resume_is_bit_identical(tmp_path, backend, uninterrupted, stop_at):
     """7: off every cadence; 10: an eval; 12: a sample and a save; 16: the epoch boundary."""
     full_events, full_state = uninterrupted
     out = tmp_path / "run"
     first = Recorder(stop_at=stop_at)
-    t1 = train(out, first)
+    t1 = train(out, first, backend=backend)
     assert t1.st.step == stop_at
     second = Recorder()
-    t2 = train(out, second, resume=str(out))
+    t2 = train(out, second, resume=str(out), backend=backend)
     assert first.events + second.events == full_events
     assert_same(final_state(t2), full_state)
 
 
-def test_crash_and_resume_from_the_last_periodic_save(tmp_path, uninterrupted):
+def test_crash_and_resume_from_the_last_periodic_save(tmp_path, backend, uninterrupted):
     """Crash at step 11 (eval at 10 already in history.jsonl, last save at 9): resume redoes 10..24 exactly."""
     full_events, full_state = uninterrupted
     out = tmp_path / "run"
     first = Recorder(crash_at=11)
     with pytest.raises(RuntimeError):
-        train(out, first)
+        train(out, first, backend=backend)
     assert checkpoint.read_meta(str(out))["trainer"]["step"] == 9
     second = Recorder()
-    t2 = train(out, second, resume=str(out))
+    t2 = train(out, second, resume=str(out), backend=backend)
     upto_9 = [e for e in first.events if e[1] <= 9]
     assert upto_9 + second.events == full_events
     assert_same(final_state(t2), full_state)
 
 
-def test_resume_from_a_step_file_into_a_new_directory(tmp_path, uninterrupted):
+def test_resume_from_a_step_file_into_a_new_directory(tmp_path, backend, uninterrupted):
     full_events, full_state = uninterrupted
     first = Recorder(stop_at=13)
-    train(tmp_path / "a", first)
+    train(tmp_path / "a", first, backend=backend)
     second = Recorder()
-    t2 = train(tmp_path / "b", second, resume=str(tmp_path / "a" / "step-000012.safetensors"))
+    t2 = train(tmp_path / "b", second, resume=str(tmp_path / "a" / "step-000012.safetensors"), backend=backend)
     assert [e for e in first.events if e[1] <= 12] + second.events == full_events
     ta = final_state(t2)[0]
     assert all(ta[n].tobytes() == full_state[0][n].tobytes() for n in ta)
