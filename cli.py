@@ -228,5 +228,44 @@ def import_cmd(state_dict, vocab, out):
         f"{m['dtype']})")
 
 
+@main.command()
+@click.option("--backends", default="numpy,numba,cupy,torch", show_default=True,
+              help="numpy, numba, cupy and the PyTorch peer: torch (same device as the others), torch-cpu, torch-cuda")
+@click.option("--configs", default="tiny,seed,karpathy", show_default=True,
+              help="tiny, seed, karpathy, medium, large, or E,H,L,B,T (e.g. 64,128,2,32,50); V=65")
+@click.option("--what", default="train,forward,sample", show_default=True, help="train, forward, sample")
+@click.option("--seconds", default=2.0, show_default=True, type=float, help="timed seconds per measurement")
+@click.option("--repeats", default=5, show_default=True, type=int, help="timed repeats (median and spread)")
+@click.option("--threads", default=None, type=int, help="BLAS, numba and torch threads (default: as they are)")
+@click.option("--json", "json_path", default=None, help="write JSON lines here ('-': stdout)")
+@click.option("--plot", "plot_path", default=None, help="write a bar chart PNG here (needs lstm-engine[plot])")
+def bench(backends, configs, what, seconds, repeats, threads, json_path, plot_path):
+    """Validate each backend against the NumPy reference, then time it.
+
+    \b
+    train: forward + BPTT + clip + Adam over B*T chars; forward: loss only;
+    sample: batch-1 generation, 32 chars a call.  Warm-up is not timed.
+    FLOP model per char: forward sum_l 2(I_l+H)4H + 2HV (I_0=E, I_l=H),
+    train 3x forward, sample 1x forward.  % peak is of the float32 sgemm
+    peak measured in the same run; vs torch is the speed ratio to the
+    PyTorch peer (nn.LSTM on CPU, cuDNN on GPU) on the same device.
+    """
+    from lstm_engine import bench_report
+    from lstm_engine.bench import run_bench
+    from lstm_engine.bench_machine import machine_line
+    if plot_path:
+        bench_report.require_matplotlib()
+    machine, rows = run_bench(backends, configs, what, seconds, repeats, threads, on_progress=err)
+    out = sys.stderr if json_path == "-" else sys.stdout
+    click.echo(machine_line(machine), file=out)
+    click.echo(bench_report.format_table(rows), file=out)
+    click.echo(bench_report.legend(rows), file=out)
+    if json_path:
+        bench_report.write_jsonl(rows, json_path)
+    if plot_path:
+        bench_report.plot(rows, plot_path, title=machine_line(machine))
+        err(f"wrote {plot_path}")
+
+
 if __name__ == "__main__":
     main()
