@@ -1,8 +1,6 @@
 """Shared helpers of the reliability tests (tiny corpora, tiny configs, CLI runners, directory snapshots)."""
 import hashlib
 import os
-import subprocess
-import sys
 
 import numpy as np
 from click.testing import CliRunner
@@ -65,8 +63,3 @@ def snapshot(d):
                 out[os.path.relpath(p, d)] = hashlib.sha256(fh.read()).hexdigest()
     return out
 
-
-def cli_subprocess(args, **kw):
-    """Start `python -m lstm_engine.cli ARGS` (a real process, for signals)."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, "-m", "lstm_engine.cli"] + list(args), cwd=REPO, env=env, **kw)

@@ -5,7 +5,6 @@ eval / sample / save cadences that cross the resume point."""
 import json
 import os
 
-import numpy as np
 import pytest
 
 import lstm_engine as le
