@@ -204,8 +204,10 @@ class Trainer:
                                 "backend": self.be.NAME, "model": self.model_cfg.to_dict(), "step": st.step,
                                 "params": sum(int(np.prod(p.shape)) for p in self.model.params.values())})
         start_step, t_log, last_loss, n_chars = st.step, time.perf_counter(), float("nan"), 0
+        loss_sum, loss_n = 0.0, 0                                 # train loss since the last log row
         while st.step < cfg.steps and not self.stop_requested:
             last_loss, norm = self.train_step()
+            loss_sum, loss_n = loss_sum + last_loss, loss_n + 1
             n_chars += cfg.batch_size * cfg.seq_len
             s = st.step
             if cfg.log_every and (s % cfg.log_every == 0 or s == cfg.steps):
@@ -215,6 +217,9 @@ class Trainer:
                 self.on_event("log", {"step": s, "steps": cfg.steps, "loss": last_loss, "grad_norm": norm,
                                       "chars_per_s": speed, "eta_s": eta, "entropy": self.entropy})
                 t_log, n_chars = now, 0
+                self._append_history({"step": s, "time": st.elapsed + self._elapsed(), "train_loss": loss_sum / loss_n,
+                                      "grad_norm": norm}, "train_log.jsonl")   # for `lstm-engine plot`
+                loss_sum, loss_n = 0.0, 0
             if len(self.val_ids) > 1 and cfg.eval_every and (s % cfg.eval_every == 0 or s == cfg.steps):
                 self._eval_and_keep_best(last_loss)
             if cfg.sample_every and s % cfg.sample_every == 0 and s != cfg.steps:
@@ -241,9 +246,9 @@ class Trainer:
             self.save("best")
         self.on_event("eval", {"step": st.step, "val_loss": val, "best": best, "entropy": self.entropy})
 
-    def _append_history(self, row):
+    def _append_history(self, row, name="history.jsonl"):
         os.makedirs(self.out, exist_ok=True)
-        with open(os.path.join(self.out, "history.jsonl"), "a") as f:
+        with open(os.path.join(self.out, name), "a") as f:
             f.write(json.dumps(row) + "\n")
 
 
