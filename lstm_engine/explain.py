@@ -287,7 +287,7 @@ class Explainer:
         self.total_block(dhs, dW, db, dxs, dh_next, dc_next)
 
     def backward_step_blocks(self, t, dh_above, dh_next, dh, dc_next, cell_grads, dz, dW_t, dh_prev, dx_t):
-        n, H = t + 1, self.H
+        n = t + 1
         do, dc, di, df, dg, dc_prev = (v.reshape(-1) for v in cell_grads)
         i, f, g, o = (self.gate(self.acts[t], k) for k in range(4))
         tc = np.tanh(self.cs[t].reshape(-1))
@@ -311,7 +311,7 @@ class Explainer:
         items += [self.vec(f"dz_{gname}", self.gate(dz, k)) for k, gname in enumerate(GATES)]
         self.blocks.append(Block(f"backward step {n}: pre-activation gradients dz_t", ["gate_activations_backward"],
                                  items, phase="backward", step=n))
-        items = [("eq", "dW += [h_{t-1}, x_t]^T · dz_t     db += dz_t      (lstm_backward sums all steps in one product)"),
+        items = [("eq", "dW += [h_{t-1}, x_t]^T · dz_t     db += dz_t   (lstm_backward sums all steps in one product)"),
                  ("eq", "dL/dh_{t-1} = dz_t · W_h^T        dL/dx_t = dz_t · W_x^T")]
         items += self.dW_items(dW_t)
         items += [self.vec("db_t = dz_t", dz), self.vec("dL/dh_{t-1}", dh_prev), self.vec("dL/dx_t", dx_t)]
@@ -343,7 +343,8 @@ class Explainer:
                                                                         np.zeros_like(dc0), self.lcache)
         _, grads, _ = self.model.forward_backward(self.tokens, self.targets, self.model.zero_state(1))
         diffs = [("dW", dW, dW_ref), ("db", db, db_ref), ("dx", dxs, dx_ref), ("dh_0", dh0, dh0_ref),
-                 ("dc_0", dc0, dc0_ref), (f"dW (Model.forward_backward, grads['W{s.layer}'])", dW, grads[f"W{s.layer}"])]
+                 ("dc_0", dc0, dc0_ref),
+                 (f"dW (Model.forward_backward, grads['W{s.layer}'])", dW, grads[f"W{s.layer}"])]
         rows = [[name, f"{float(np.abs(a - r).max()):.1e}"] for name, a, r in diffs]
         for name, a, r in diffs:   # the sums are in another order, so only rounding may differ
             if float(np.abs(a - r).max()) > 1e-9 * (1.0 + float(np.abs(r).max())):

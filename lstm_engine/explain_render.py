@@ -45,6 +45,7 @@ def mat_lines(m, rows, cols, width=10):
 
 def table_lines(header, rows):
     w = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+
     def fmt(r):   # first column left-aligned, the numbers right-aligned
         return "  ".join(str(c).ljust(k) if j == 0 else str(c).rjust(k) for j, (c, k) in enumerate(zip(r, w)))
     return [fmt(header), "  ".join("-" * k for k in w)] + [fmt(r) for r in rows]
@@ -121,7 +122,8 @@ h3 { margin: 0.4em 0; font-size: 1.05em; } p.src { color: #555; font-size: 0.9em
 code, .eq, td { font-family: ui-monospace, Menlo, Consolas, monospace; }
 .eq { background: #f6f6f6; padding: 0.15em 0.5em; margin: 0.25em 0; white-space: pre-wrap; }
 table { border-collapse: collapse; margin: 0.4em 0; font-size: 0.88em; }
-td, th { border: 1px solid #ddd; padding: 0.12em 0.45em; text-align: right; }
+td, th { border: 1px solid #ddd; padding: 0.12em 0.45em; text-align: right; white-space: nowrap; }
+table { display: block; overflow-x: auto; }
 th { background: #f0f0f0; } td.lab { text-align: left; background: #fafafa; border: none; padding-right: 1em; }
 svg { display: block; margin: 0.6em 0; max-width: 100%; height: auto; }
 """
@@ -190,11 +192,12 @@ def render_html(blocks, title="lstm-engine explain"):
 def _svg_label(x, y, anchor, label, v, color="#222"):
     """A bold label and its vector, three numbers a line, starting at (x, y)."""
     v = np.asarray(v).reshape(-1)
-    out = [f'<text x="{x}" y="{y}" text-anchor="{anchor}" font-weight="bold" fill="{color}">'
+    halo = 'stroke="#fff" stroke-width="4" paint-order="stroke"'      # readable where it crosses a wire
+    out = [f'<text x="{x}" y="{y}" text-anchor="{anchor}" font-weight="bold" fill="{color}" {halo}>'
            f"{html.escape(label)}</text>"]
     for k in range(0, len(v), 3):
         y += 13
-        out.append(f'<text x="{x}" y="{y}" text-anchor="{anchor}" fill="{color}">'
+        out.append(f'<text x="{x}" y="{y}" text-anchor="{anchor}" fill="{color}" {halo}>'
                    + html.escape(" ".join(num(t) for t in v[k:k + 3])) + "</text>")
     return "".join(out)
 
@@ -212,36 +215,38 @@ def _node(x, y, sym):
 
 def _box(x, y, fn, gate):
     c = GATE_COLOR[gate]
-    return (f'<rect x="{x - 32}" y="{y - 18}" width="64" height="36" rx="6" fill="{c}" fill-opacity="0.18" '
+    return (f'<rect x="{x - 38}" y="{y - 18}" width="76" height="36" rx="6" fill="{c}" fill-opacity="0.18" '
             f'stroke="{c}" stroke-width="2"/><text x="{x}" y="{y + 5}" text-anchor="middle" font-size="14">'
             f'{fn} ({gate})</text>')
 
 
 def cell_svg(d):
     """d: slot -> (label, vector) for the slots h_prev x c_prev f i g o c tanh_c h."""
-    fx, ix, gx, ox, gy = 250, 380, 480, 640, 290            # gate boxes: x centres, y centre
-    parts = ['<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 900 450" width="900" height="450" '
-             'font-family="monospace" font-size="11">',
+    fx, ix, gx, ox, gy = 230, 390, 530, 700, 290           # gate boxes: x centres, y centre
+    mx, tx, right = (ix + gx) // 2, 800, 940               # i*g and + column, tanh/output column, right edge
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {right + 20} 450" width="{right + 20}" '
+             'height="450" font-family="monospace" font-size="11">',
              '<defs><marker id="arr" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" '
              'orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="#444"/></marker></defs>',
-             '<rect x="150" y="30" width="620" height="355" rx="18" fill="#f4f7fb" stroke="#9ab"/>',
-             _line([(60, 90), (238, 90)]), _line([(262, 90), (418, 90)]), _line([(442, 90), (840, 90)]),
+             f'<rect x="140" y="30" width="{tx - 60}" height="355" rx="18" fill="#f4f7fb" stroke="#9ab"/>',
+             _line([(60, 90), (fx - 12, 90)]), _line([(fx + 12, 90), (mx - 12, 90)]),
+             _line([(mx + 12, 90), (right, 90)]),
              _line([(fx, gy - 18), (fx, 102)]),                                   # f -> x
-             _line([(ix, gy - 18), (ix, 180), (418, 180)]), _line([(gx, gy - 18), (gx, 180), (442, 180)]),
-             _line([(430, 168), (430, 102)]),                                     # i*g -> +
-             _line([(720, 90), (720, 138)]), _line([(720, 162), (720, 218)]),     # c -> tanh -> x
-             _line([(ox, gy - 18), (ox, 230), (708, 230)]), _line([(732, 230), (840, 230)]),
+             _line([(ix, gy - 18), (ix, 180), (mx - 12, 180)]), _line([(gx, gy - 18), (gx, 180), (mx + 12, 180)]),
+             _line([(mx, 168), (mx, 102)]),                                       # i*g -> +
+             _line([(tx, 90), (tx, 138)]), _line([(tx, 162), (tx, 218)]),         # c -> tanh -> x
+             _line([(ox, gy - 18), (ox, 230), (tx - 12, 230)]), _line([(tx + 12, 230), (right, 230)]),
              _line([(60, 360), (200, 360)], False), _line([(200, 430), (200, 362)], False),
              _line([(200, 360), (ox, 360)], False)]
     parts += [_line([(x, 360), (x, gy + 20)]) for x in (fx, ix, gx, ox)]
-    parts += [_node(fx, 90, "×"), _node(430, 90, "+"), _node(430, 180, "×"), _node(720, 230, "×"),
-              '<ellipse cx="720" cy="150" rx="26" ry="12" fill="#fff4d6" stroke="#444" stroke-width="1.5"/>'
-              '<text x="720" y="155" text-anchor="middle" font-size="13">tanh</text>',
+    parts += [_node(fx, 90, "×"), _node(mx, 90, "+"), _node(mx, 180, "×"), _node(tx, 230, "×"),
+              f'<ellipse cx="{tx}" cy="150" rx="26" ry="12" fill="#fff4d6" stroke="#444" stroke-width="1.5"/>'
+              f'<text x="{tx}" y="155" text-anchor="middle" font-size="13">tanh</text>',
               _box(fx, gy, "σ", "f"), _box(ix, gy, "σ", "i"), _box(gx, gy, "tanh", "g"), _box(ox, gy, "σ", "o")]
-    spots = {"c_prev": (64, 52, "start", "#222"), "c": (840, 52, "end", "#222"),
-             "f": (242, 150, "end", GATE_COLOR["f"]), "i": (372, 222, "end", GATE_COLOR["i"]),
-             "g": (488, 222, "start", GATE_COLOR["g"]), "o": (632, 190, "end", GATE_COLOR["o"]),
-             "tanh_c": (752, 140, "start", "#222"), "h": (840, 250, "end", "#222"),
+    spots = {"c_prev": (64, 52, "start", "#222"), "c": (right, 52, "end", "#222"),
+             "f": (fx - 8, 150, "end", GATE_COLOR["f"]), "i": (ix - 8, 236, "end", GATE_COLOR["i"]),
+             "g": (gx + 8, 236, "start", GATE_COLOR["g"]), "o": (ox - 8, 196, "end", GATE_COLOR["o"]),
+             "tanh_c": (tx - 32, 140, "end", "#222"), "h": (right, 250, "end", "#222"),
              "h_prev": (64, 380, "start", "#222"), "x": (212, 404, "start", "#222")}
     for slot, (x, y, anchor, color) in spots.items():
         if slot in d:

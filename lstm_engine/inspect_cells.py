@@ -84,7 +84,8 @@ def _nesting(text, name):
 def collect_states(model, vocab, text, chunk=256):
     """Run text through the model (numpy backend) -> dict kind -> (L,N,H) float32 for h, c, i, f, g, o."""
     if model.be is not nb:
-        raise ValueError("collect_states reads the NumPy reference backend's caches; load the model with backend='numpy'")
+        raise ValueError("collect_states reads the NumPy reference backend's caches; "
+                         "load the model with backend='numpy'")
     ids = vocab.encode(text)
     N, L, H = len(ids), model.cfg.layers, model.cfg.hidden_size
     out = {k: np.empty((L, N, H), np.float32) for k in KINDS}
@@ -94,7 +95,7 @@ def collect_states(model, vocab, text, chunk=256):
         _, state, (caches, _) = model.forward(tokens, state)
         for l in range(L):
             lc = caches[0][2] if l == 0 else caches[l]
-            _, _, _, _, hs, cs, acts = lc                             # lstm_forward's cache: hs, cs (T,1,H), acts (T,1,G)
+            _, _, _, _, hs, cs, acts = lc           # lstm_forward's cache: hs, cs (T,1,H), acts (T,1,G)
             out["h"][l, s:s + len(tokens)] = hs[:, 0]
             out["c"][l, s:s + len(tokens)] = cs[:, 0]
             for k, g in enumerate("ifgo"):
@@ -149,7 +150,8 @@ def most_interpretable(states, text, kind="h", layer=None, top=8):
 CSS = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }
 .txt { font-family: ui-monospace, Menlo, Consolas, monospace; font-size: 14px; line-height: 1.55;
-       white-space: pre-wrap; border: 1px solid #ddd; padding: 0.8em; background: #fff; }
+       white-space: pre-wrap; overflow-wrap: anywhere; word-break: break-all;
+       border: 1px solid #ddd; padding: 0.8em; background: #fff; }
 .txt span { padding: 1px 0; } .nl { color: #aaa; }
 table { border-collapse: collapse; } td, th { border: 1px solid #ddd; padding: 0.15em 0.6em; text-align: right; }
 .legend span { display: inline-block; width: 3.2em; text-align: center; font-family: monospace; }

@@ -187,7 +187,7 @@ def test_cli_formats(ckpt, tmp_path):
     assert "| param | shape |" in r.output
     out = tmp_path / "ex.html"
     r = runner().invoke(main, ["explain", "--checkpoint", ckpt, "--text", "to be", "--layer", "1",
-                                  "--backward", "--format", "html", "-o", str(out)])
+                               "--backward", "--format", "html", "-o", str(out)])
     assert r.exit_code == 0, r.output
     page = out.read_text(encoding="utf-8")
     root = ET.fromstring(page.split("\n", 1)[1])   # well-formed XHTML (the doctype line aside)
