@@ -217,3 +217,20 @@ def test_cli_bad_input_is_one_line(ckpt, args, msg):
     r = runner().invoke(main, ["explain", *args])
     assert r.exit_code == 2
     assert msg in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_walkthrough_pastes_real_explain_output():
+    """docs/lstm-walkthrough.md quotes `lstm-engine explain --backward`; its blocks must be what that prints.
+
+    The gradient-check and sums blocks are left out: their last digits are float64 rounding (1e-11 and
+    below) and may differ between BLAS libraries.
+    """
+    import pathlib
+    doc = (pathlib.Path(__file__).parents[1] / "docs" / "lstm-walkthrough.md").read_text(encoding="utf-8")
+    quoted = [b.strip() for b in re.findall(r"```text\n(== .*?)```", doc, re.S)]
+    assert len(quoted) >= 10
+    out = "\n".join(render(ex.explain(ex.tiny_setup(), backward=True), "text"))
+    for block in quoted:
+        if block.startswith(("== gradient check", "== backward: the sums")):
+            continue
+        assert block in out, block.splitlines()[0]
