@@ -242,6 +242,8 @@ def bench(backends, configs, what, seconds, repeats, threads, json_path, plot_pa
     if plot_path:
         bench_report.plot(rows, plot_path, title=machine_line(machine))
         err(f"wrote {plot_path}")
+
+
 # ----------------------------------------------------------------------------
 # Teaching tools: explain, inspect, plot (the logic lives in lstm_engine/explain.py,
 # explain_render.py, inspect_cells.py and plot.py)

@@ -81,11 +81,11 @@ def _time_axis(seconds):
 
 def plot_run(run_dir, out, title=None, dpi=110):
     """Draw the two panels and save them to `out` (.png, .svg or .pdf by its extension) -> the Figure."""
+    run = load_run(run_dir)
     try:
         from matplotlib.figure import Figure
     except ImportError:
         raise UserError(MISSING) from None
-    run = load_run(run_dir)
     fig = Figure(figsize=(12, 4.6), dpi=dpi, layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
     series = [("train", run["train"], "train_loss", "#1f77b4", 1.4), ("val", run["evals"], "val_loss", "#d62728", 2.2)]

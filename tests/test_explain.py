@@ -18,11 +18,6 @@ from lstm_engine.explain_render import render
 TEXT = "to be or"
 
 
-@pytest.fixture(autouse=True)
-def _state_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("LSTM_ENGINE_STATE_DIR", str(tmp_path / "state"))
-
-
 def runner():
     """A CliRunner whose result has .stdout and .stderr apart (click 8.1 needs mix_stderr=False; 8.2 removed it)."""
     try:

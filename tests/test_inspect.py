@@ -51,11 +51,6 @@ def trained(tmp_path_factory):
     return str(out / "latest.safetensors")
 
 
-@pytest.fixture(autouse=True)
-def _state_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("LSTM_ENGINE_STATE_DIR", str(tmp_path / "state"))
-
-
 def test_features_are_the_state_after_each_character():
     text = 'a(b[c]d)e "f(g" h\nij'
     inside = ic.feature_values(text, "brackets")

@@ -15,9 +15,10 @@ from lstm_engine.plot import load_run
 TEXT = "the quick brown fox jumps over the lazy dog.\n" * 40
 
 
-@pytest.fixture(autouse=True)
-def _state_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("LSTM_ENGINE_STATE_DIR", str(tmp_path / "state"))
+@pytest.fixture
+def mpl():
+    """Skip (before any training) where matplotlib, an optional extra, is not installed."""
+    return pytest.importorskip("matplotlib")
 
 
 @pytest.fixture
@@ -48,8 +49,7 @@ def test_trainer_logs_the_mean_train_loss_of_each_log_interval(run_dir):
     assert [r["step"] for r in evals] == [10, 20, 30]
 
 
-def test_plot_draws_train_val_and_entropy(run_dir, tmp_path):
-    pytest.importorskip("matplotlib")
+def test_plot_draws_train_val_and_entropy(mpl, run_dir, tmp_path):
     from lstm_engine.plot import plot_run
     out, _ = run_dir
     png = tmp_path / "loss.png"
@@ -73,8 +73,7 @@ def test_plot_draws_train_val_and_entropy(run_dir, tmp_path):
     assert sec.get_ylabel() == "bits/char"
 
 
-def test_plot_falls_back_to_the_checkpoint_history(run_dir, tmp_path):
-    pytest.importorskip("matplotlib")
+def test_plot_falls_back_to_the_checkpoint_history(mpl, run_dir, tmp_path):
     out, _ = run_dir
     os.remove(out / "history.jsonl")
     os.remove(out / "train_log.jsonl")
@@ -92,6 +91,7 @@ def test_plot_errors_are_one_line(tmp_path, monkeypatch):
     r = CliRunner().invoke(main, ["plot", str(tmp_path / "empty")])
     assert r.exit_code == 2 and "no loss history" in r.output
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)    # as if matplotlib were not installed
+    (tmp_path / "empty" / "history.jsonl").write_text('{"step": 1, "time": 0.5, "train_loss": 3.0, "val_loss": 3.1}\n')
     r = CliRunner().invoke(main, ["plot", str(tmp_path / "empty")])
     assert r.exit_code == 2
     assert r.output == "error: lstm-engine plot needs matplotlib; install it with: pip install 'lstm-engine[plot]'\n"
