@@ -267,5 +267,102 @@ def bench(backends, configs, what, seconds, repeats, threads, json_path, plot_pa
         err(f"wrote {plot_path}")
 
 
+# ----------------------------------------------------------------------------
+# Teaching tools: explain, inspect, plot (the logic lives in lstm_engine/explain.py,
+# explain_render.py, inspect_cells.py and plot.py)
+# ----------------------------------------------------------------------------
+
+@main.command()
+@click.option("--checkpoint", default=None, help="explain a trained checkpoint instead of a fresh tiny model")
+@click.option("--text", default=None, help="characters to step through (default 'hello'; needed with --checkpoint)")
+@click.option("--layer", default=0, show_default=True, type=int, help="which layer of the checkpoint to explain")
+@click.option("--input-size", default=2, show_default=True, type=int, help="tiny model: input (embedding) size")
+@click.option("--hidden-size", default=3, show_default=True, type=int, help="tiny model: hidden size")
+@click.option("--seed", default=0, show_default=True, type=int, help="tiny model: initialisation seed")
+@click.option("--backward", is_flag=True, help="continue with BPTT and end with a gradient check")
+@click.option("--units", default=None, type=int, help="entries of each H-sized vector to show (default: all up to 8)")
+@click.option("--max-check", default=64, show_default=True, type=int,
+              help="gradient check: entries per parameter (a seeded sample beyond that)")
+@click.option("--format", "fmt", default="text", show_default=True, type=click.Choice(["text", "markdown", "html"]))
+@click.option("--interactive", is_flag=True, help="wait for Enter between blocks (q + Enter stops)")
+@click.option("-o", "--output", default=None, help="write to this file instead of stdout")
+def explain(checkpoint, text, layer, input_size, hidden_size, seed, backward, units, max_check, fmt, interactive,
+            output):
+    """Step through one LSTM layer with real numbers: gates, cell, output, loss (and BPTT with --backward)."""
+    from lstm_engine import explain as ex
+    from lstm_engine.explain_render import render
+    if interactive and (fmt == "html" or output):
+        raise UserError("--interactive prints to the terminal; drop it for --format html or --output")
+    setup = (ex.checkpoint_setup(checkpoint, text, layer) if checkpoint else
+             ex.tiny_setup(text if text is not None else "hello", input_size, hidden_size, seed))
+    chunks = render(ex.explain(setup, backward, units, max_check, seed), fmt)
+    if output:
+        try:
+            with open(output, "w", encoding="utf-8") as f:
+                f.write("\n".join(chunks) + "\n")
+        except OSError as e:
+            raise UserError(f"could not write {output!r}: {e.strerror or e}") from None
+        err(f"wrote {output}")
+        return
+    for k, chunk in enumerate(chunks):
+        click.echo(chunk)
+        if interactive and k < len(chunks) - 1:
+            err("[Enter: next block, q: quit] ")
+            line = sys.stdin.readline()
+            if not line:                     # end of input: print the rest without waiting
+                interactive = False
+            elif line.strip().lower() == "q":
+                break
+
+
+@main.command("inspect")
+@click.argument("checkpoint")
+@click.option("--text", "text_file", default=None, help="file whose text the model reads")
+@click.option("--prime", default=None, help="the text itself, given on the command line")
+@click.option("--encoding", default="utf-8", show_default=True)
+@click.option("--layer", default=None, type=int, help="only this layer (default: all; --unit: the last)")
+@click.option("--unit", default=None, type=int, help="colour the text by this unit")
+@click.option("--state", "kind", default="h", show_default=True, type=click.Choice(["h", "c", "i", "f", "g", "o"]))
+@click.option("--rank", default=None, help="feature to rank units by: quotes, brackets, depth, line-pos, "
+                                           "after-newline, space, alpha, upper, digit, punct, vowel, char:X")
+@click.option("--top", default=5, show_default=True, type=int, help="units to show")
+@click.option("--max-chars", default=4000, show_default=True, type=int, help="read at most this many characters")
+@click.option("--html", "out_html", required=True, help="page to write (OUT.html)")
+def inspect_cmd(checkpoint, text_file, prime, encoding, layer, unit, kind, rank, top, max_chars, out_html):
+    """Colour a text by what single cells do; --rank finds the units that track a feature."""
+    from lstm_engine import inspect_cells
+    from lstm_engine.data import read_text_file
+    if (text_file is None) == (prime is None):
+        raise UserError("pass exactly one of --text FILE or --prime TEXT")
+    if max_chars < 2:
+        raise UserError(f"--max-chars must be >= 2 (got {max_chars})")
+    text = read_text_file(text_file, encoding) if text_file else prime
+    model, vocab, _ = api.load_model(checkpoint, "numpy")
+    if rank:
+        inspect_cells.feature_values("", rank)           # an unknown feature fails before the model runs
+    res = inspect_cells.inspect(model, vocab, text[:max_chars], out_html, layer, unit, kind, rank, top,
+                                source=text_file or "--prime")
+    rows = res["ranking"]
+    if rows and rank:
+        click.echo(f"units ranked by correlation with {rank!r} ({kind}, {min(len(text), max_chars):,} chars):")
+        for k, (r, l, u) in enumerate(rows):
+            click.echo(f"  #{k + 1}  layer {l}  unit {u:>4}  r = {r:+.3f}")
+    elif rows:
+        for r, l, u, feat in rows:
+            click.echo(f"  layer {l}  unit {u:>4}  r = {r:+.3f}  {inspect_cells.FEATURES[feat]}")
+    err(f"wrote {out_html}")
+
+
+@main.command()
+@click.argument("run_dir")
+@click.option("-o", "--output", default="loss.png", show_default=True, help="image to write (.png, .svg, .pdf)")
+@click.option("--title", default=None)
+def plot(run_dir, output, title):
+    """Plot a run's train and val loss (nats and bits per char) against steps and wall time."""
+    from lstm_engine.plot import plot_run
+    plot_run(run_dir, output, title)
+    err(f"wrote {output}")
+
+
 if __name__ == "__main__":
     main()

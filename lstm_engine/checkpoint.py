@@ -286,6 +286,7 @@ def validate_resumable(tensors, meta, path="<checkpoint>"):
     ok = all(_is_int(t.get(k)) and t[k] >= 0 for k in ("step", "position"))
     ok = ok and (t.get("best_val") is None or isinstance(t.get("best_val"), (int, float)))
     ok = ok and isinstance(t.get("elapsed"), (int, float)) and isinstance(t.get("history", []), list)
+    ok = ok and isinstance(t.get("log_loss_sum", 0.0), (int, float)) and _is_int(t.get("log_loss_n", 0))
     try:
         np.random.default_rng().bit_generator.state = t.get("rng")
     except (TypeError, ValueError, KeyError, AttributeError, OverflowError):

@@ -4,6 +4,7 @@
     DIR/step-000250.safetensors   the newest --keep periodic checkpoints (hard links to what latest was)
     DIR/best.safetensors          the checkpoint with the lowest validation loss so far
     DIR/history.jsonl             one JSON row per evaluation
+    DIR/train_log.jsonl           one JSON row per log line (train loss, gradient norm)
     DIR/.lock                     flock()ed by the training process; the kernel drops it when the process dies
     DIR/.tmp-*                    a write in progress; a killed save leaves one, removed at the next start
 
@@ -120,6 +121,7 @@ class RunDir:
         self.latest = os.path.join(path, "latest" + EXT)
         self.best = os.path.join(path, "best" + EXT)
         self.history = os.path.join(path, "history.jsonl")
+        self.logs = ("history.jsonl", "train_log.jsonl")     # JSON-lines files with a "step" in each row
         self.saved_step = None            # the newest step saved in this directory, when known
         self._lock_fd = None
 
@@ -224,12 +226,16 @@ class RunDir:
             except OSError:
                 pass
 
-    # -- history -------------------------------------------------------------
-    def reset_history(self, upto_step):
-        """Keep the rows of steps <= upto_step (the checkpoint being continued); drop rows of a lost
-        future and a line torn by a kill."""
+    # -- history and training log ---------------------------------------------
+    def reset_logs(self, upto_step):
+        """In every log file keep the rows of steps <= upto_step (the checkpoint being continued); drop
+        rows of a lost future and a line torn by a kill."""
+        for name in self.logs:
+            self._reset_log(os.path.join(self.path, name), upto_step)
+
+    def _reset_log(self, path, upto_step):
         try:
-            with open(self.history, encoding="utf-8") as f:
+            with open(path, encoding="utf-8") as f:
                 lines = f.readlines()
         except FileNotFoundError:
             return
@@ -244,13 +250,14 @@ class RunDir:
             if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= upto_step:
                 keep.append(json.dumps(row) + "\n")
         try:
-            atomic_write_bytes(self.history, "".join(keep).encode("utf-8"))
+            atomic_write_bytes(path, "".join(keep).encode("utf-8"))
         except OSError as e:
-            raise self._failed(self.history, e) from None
+            raise self._failed(path, e) from None
 
-    def append_history(self, row):
+    def append_log(self, row, name="history.jsonl"):
+        path = os.path.join(self.path, name)
         try:
-            with open(self.history, "a", encoding="utf-8") as f:
+            with open(path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
         except OSError as e:
-            raise self._failed(self.history, e) from None
+            raise self._failed(path, e) from None

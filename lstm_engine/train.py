@@ -84,6 +84,8 @@ class TrainState:
     best_val: float = math.inf
     elapsed: float = 0.0           # seconds of training before this process
     history: list = field(default_factory=list)
+    log_loss_sum: float = 0.0      # train loss summed since the last log row (train_log.jsonl averages it)
+    log_loss_n: int = 0
 
 
 def config_for_resume(meta, given, resume_path):
@@ -197,7 +199,8 @@ class Trainer:
         t = meta["trainer"]
         self.opt.step = t["step"]
         best = t["best_val"] if t["best_val"] is not None else math.inf
-        self.st = TrainState(t["step"], t["position"], best, t["elapsed"], t.get("history", []))
+        self.st = TrainState(t["step"], t["position"], best, t["elapsed"], t.get("history", []),
+                             t.get("log_loss_sum", 0.0), t.get("log_loss_n", 0))
         self.rng.bit_generator.state = t["rng"]
         for l in range(self.model_cfg.layers):
             self.state[l][0][...] = be.asarray(tensors[f"state.h{l}"])
@@ -222,7 +225,7 @@ class Trainer:
             self.model_cfg, self.cfg, self.vocab, self.entropy,
             {"step": st.step, "position": st.position, "best_val": _finite_or_none(st.best_val),
              "elapsed": st.elapsed + self._elapsed(), "history": st.history[-2000:],
-             "rng": self.rng.bit_generator.state})
+             "rng": self.rng.bit_generator.state, "log_loss_sum": st.log_loss_sum, "log_loss_n": st.log_loss_n})
         meta["corpus"] = self.fingerprint
         self._saved = {st.step: checkpoint.serialize(tensors, meta)}
         return self._saved[st.step]
@@ -276,7 +279,7 @@ class Trainer:
         """Train to cfg.steps (or until stop_requested); the directory lock is held meanwhile."""
         self.rundir.acquire()
         try:
-            self.rundir.reset_history(self.st.step)
+            self.rundir.reset_logs(self.st.step)
             return self._run()
         finally:
             self.rundir.release()
@@ -292,6 +295,7 @@ class Trainer:
         saved_at = None
         while st.step < cfg.steps and not self.stop_requested:
             last_loss, norm = self.train_step()
+            st.log_loss_sum, st.log_loss_n = st.log_loss_sum + last_loss, st.log_loss_n + 1
             n_chars += cfg.batch_size * cfg.seq_len
             s = st.step
             if cfg.log_every and (s % cfg.log_every == 0 or s == cfg.steps):
@@ -301,6 +305,10 @@ class Trainer:
                 self.on_event("log", {"step": s, "steps": cfg.steps, "loss": last_loss, "grad_norm": norm,
                                       "chars_per_s": speed, "eta_s": eta, "entropy": self.entropy})
                 t_log, n_chars = now, 0
+                self.rundir.append_log({"step": s, "time": st.elapsed + self._elapsed(),
+                                        "train_loss": st.log_loss_sum / st.log_loss_n, "grad_norm": norm},
+                                       "train_log.jsonl")   # for `lstm-engine plot`
+                st.log_loss_sum, st.log_loss_n = 0.0, 0
             if len(self.val_ids) > 1 and cfg.eval_every and (s % cfg.eval_every == 0 or s == cfg.steps):
                 self._eval_and_keep_best(last_loss)
             if cfg.sample_every and s % cfg.sample_every == 0 and s != cfg.steps:
@@ -322,7 +330,7 @@ class Trainer:
         best = val < st.best_val
         st.history.append({"step": st.step, "time": st.elapsed + self._elapsed(),
                            "train_loss": train_loss, "val_loss": val})
-        self.rundir.append_history(st.history[-1])
+        self.rundir.append_log(st.history[-1], "history.jsonl")
         if best:
             st.best_val = val
             self.save("best")

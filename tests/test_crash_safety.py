@@ -35,9 +35,9 @@ def trainer_failing_after(tmp_path, step, arm, **kw):
 
 def assert_intact(trainer, before, step):
     """Every checkpoint that existed before the failure is unchanged and loads; latest is at `step`.
-    (history.jsonl may have grown by the evaluation of the failed step.)"""
+    (history.jsonl and train_log.jsonl may have grown by rows of the failed step.)"""
     after = snapshot(trainer.out)
-    before = {k: v for k, v in before.items() if k != "history.jsonl"}
+    before = {k: v for k, v in before.items() if not k.endswith(".jsonl")}
     assert {k: v for k, v in after.items() if k in before} == before
     assert not [n for n in os.listdir(trainer.out) if n.startswith(".tmp-")]
     for name in after:
@@ -100,7 +100,7 @@ def test_rename_fails_midway(tmp_path, monkeypatch):
         trainer.run()
     after = snapshot(trainer.out)
     for name, digest in seen[0].items():
-        if name not in ("latest.safetensors", "history.jsonl", "best.safetensors"):
+        if name not in ("latest.safetensors", "best.safetensors") and not name.endswith(".jsonl"):
             assert after[name] == digest
     assert checkpoint.read_meta(trainer.out)["trainer"]["step"] == 6     # latest itself was complete
 
@@ -176,15 +176,17 @@ def test_two_trainers_on_one_directory(tmp_path):
     first.run()
 
 
-def test_history_of_a_lost_future_and_a_torn_line_are_dropped_on_resume(tmp_path):
+@pytest.mark.parametrize("log", ["history.jsonl", "train_log.jsonl"])
+def test_log_rows_of_a_lost_future_and_a_torn_line_are_dropped_on_resume(tmp_path, log):
     le.train(tiny_cfg(tmp_path / "run", steps=4, save_every=2, eval_every=2), text=TEXT)
-    hist = tmp_path / "run" / "history.jsonl"
+    hist = tmp_path / "run" / log
     kept = hist.read_text()
+    assert kept.count("\n") >= 2
     with open(hist, "a") as f:            # as if the run had gone on to step 6, then was killed mid-line
         f.write('{"step": 6, "time": 1.0, "train_loss": 1.0, "val_loss": 1.0}\n{"step": 8, "ti')
     trainer = le.Trainer(tiny_cfg(tmp_path / "run", steps=6, save_every=2, eval_every=2), text=TEXT,
                          resume=str(tmp_path / "run"))
     trainer.rundir.acquire()
-    trainer.rundir.reset_history(trainer.st.step)
+    trainer.rundir.reset_logs(trainer.st.step)
     trainer.rundir.release()
     assert hist.read_text() == kept
