@@ -86,7 +86,7 @@ __device__ __forceinline__ void cell_backward(T dh, T dc_next, T i, T f, T g, T 
 // ---------------------------------------------------------------------------------------
 // Tiled product with NG column groups, the core of every fused kernel
 //
-//   acc[rb][g][rj] = sum_k A(b, k) * Wop(k, g*colstride + j)
+//   acc[rb][g][rj] += sum_k A(b, k) * Wop(k, g*colstride + j)
 //   b = b0 + ty + rb*TY  (batch row),  j = j0 + tx + rj*TX  (unit / column),  k < K1 + K2
 //
 // A (rows of B) is the concatenation [A1 (B,K1) | A2 (.,K2)]; row b of A2 is a2_rows[b]
@@ -99,6 +99,56 @@ __device__ __forceinline__ void cell_backward(T dh, T dc_next, T i, T f, T g, T 
 #define KT 16            // reduction slice staged in shared memory per iteration
 #define THREADS 256      // every tiled config uses 256 threads: (JT/RJ) * (BT/RB) == 256
 
+// A(b, k): row b of [A1 | A2], zero outside the matrix
+template <typename T>
+__device__ __forceinline__ T a_value(const T* A1, int K1, const T* A2, int K2, const int* a2_rows,
+                                     int B, int b, int k) {
+    if (b >= B || k >= K1 + K2) return T(0);
+    if (k < K1) return A1[(long long)b * K1 + k];
+    const int row = a2_rows ? a2_rows[b] : b;
+    return A2[(long long)row * K2 + (k - K1)];
+}
+
+// Wop(k, g*colstride + j), zero outside the matrix
+template <typename T, bool TRANS_W>
+__device__ __forceinline__ T w_value(const T* W, int ldw, int colstride, int N, int K, int k, int g, int j) {
+    if (j >= N || k >= K) return T(0);
+    return TRANS_W ? W[(long long)j * ldw + k] : W[(long long)k * ldw + g * colstride + j];
+}
+
+// Where staged element e of a slice goes.  A: (kk, bb) with kk fastest (coalesced along k).
+// W: (kk, g, jj) with jj fastest (coalesced along j), or kk fastest for the transposed operand.
+__device__ __forceinline__ void a_slot(int e, int& kk, int& bb) { kk = e % KT; bb = e / KT; }
+
+template <int JT, int NG, bool TRANS_W>
+__device__ __forceinline__ void w_slot(int e, int& kk, int& g, int& jj) {
+    if (!TRANS_W) { jj = e % JT; g = (e / JT) % NG; kk = e / (JT * NG); }
+    else          { kk = e % KT; jj = e / KT; g = 0; }
+}
+
+// Load the K slice starting at k0 into registers: NA values of A and NW of W per thread.
+template <typename T, int BT, int JT, int NG, bool TRANS_W, int NA, int NW>
+__device__ __forceinline__ void load_slice(T (&ra)[NA], T (&rw)[NW], int k0,
+                                           const T* A1, int K1, const T* A2, int K2, const int* a2_rows,
+                                           const T* W, int ldw, int colstride, int B, int N, int b0, int j0) {
+    int kk, bb, g, jj;
+#pragma unroll
+    for (int q = 0; q < NA; ++q) {
+        const int e = threadIdx.x + q * THREADS;
+        a_slot(e, kk, bb);
+        ra[q] = e < BT * KT ? a_value(A1, K1, A2, K2, a2_rows, B, b0 + bb, k0 + kk) : T(0);
+    }
+#pragma unroll
+    for (int q = 0; q < NW; ++q) {
+        const int e = threadIdx.x + q * THREADS;
+        w_slot<JT, NG, TRANS_W>(e, kk, g, jj);
+        rw[q] = e < KT * NG * JT ? w_value<T, TRANS_W>(W, ldw, colstride, N, K1 + K2, k0 + kk, g, j0 + jj) : T(0);
+    }
+}
+
+// acc[rb][g][rj] += sum_k A(b,k) Wop(k, g*colstride + j); the caller initialises acc (with the
+// bias, the input projection, or zero).  Software pipelined: the next K slice travels from
+// global memory into registers while the current one is multiplied out of shared memory.
 template <typename T, int BT, int JT, int RB, int RJ, int NG, bool TRANS_W>
 __device__ __forceinline__ void tile_product(T (&acc)[RB][NG][RJ],
                                              const T* A1, int K1,
@@ -108,56 +158,44 @@ __device__ __forceinline__ void tile_product(T (&acc)[RB][NG][RJ],
     static_assert(!TRANS_W || NG == 1, "the transposed operand has one column group");
     constexpr int TX = JT / RJ, TY = BT / RB;
     static_assert(TX * TY == THREADS, "tile config must use THREADS threads");
+    constexpr int NA = (BT * KT + THREADS - 1) / THREADS;        // A values staged per thread
+    constexpr int NW = (KT * NG * JT + THREADS - 1) / THREADS;   // W values staged per thread
     __shared__ T As[KT][BT + 1];        // As[kk][bb] = A(b0+bb, k0+kk)
     __shared__ T Ws[KT][NG][JT + 1];    // Ws[kk][g][jj] = Wop(k0+kk, g*colstride + j0+jj)
     const int tid = threadIdx.x, tx = tid % TX, ty = tid / TX;
-#pragma unroll
-    for (int rb = 0; rb < RB; ++rb)
-#pragma unroll
-        for (int g = 0; g < NG; ++g)
-#pragma unroll
-            for (int rj = 0; rj < RJ; ++rj) acc[rb][g][rj] = T(0);
-
     const int K = K1 + K2;
+    T ra[NA], rw[NW];
+    load_slice<T, BT, JT, NG, TRANS_W>(ra, rw, 0, A1, K1, A2, K2, a2_rows, W, ldw, colstride, B, N, b0, j0);
     for (int k0 = 0; k0 < K; k0 += KT) {
-        for (int e = tid; e < BT * KT; e += THREADS) {        // A slice, coalesced along k
-            const int kk = e % KT, bb = e / KT, b = b0 + bb, k = k0 + kk;
-            T v = T(0);
-            if (b < B && k < K) {
-                if (k < K1) {
-                    v = A1[(long long)b * K1 + k];
-                } else {
-                    const int row = a2_rows ? a2_rows[b] : b;
-                    v = A2[(long long)row * K2 + (k - K1)];
-                }
-            }
-            As[kk][bb] = v;
+        int kk, bb, g, jj;
+#pragma unroll
+        for (int q = 0; q < NA; ++q) {                   // registers -> shared memory
+            const int e = tid + q * THREADS;
+            a_slot(e, kk, bb);
+            if (e < BT * KT) As[kk][bb] = ra[q];
         }
-        if (!TRANS_W) {
-            for (int e = tid; e < KT * NG * JT; e += THREADS) {   // W slice, coalesced along j
-                const int jj = e % JT, g = (e / JT) % NG, kk = e / (JT * NG);
-                const int j = j0 + jj, k = k0 + kk;
-                Ws[kk][g][jj] = (j < N && k < K) ? W[(long long)k * ldw + g * colstride + j] : T(0);
-            }
-        } else {
-            for (int e = tid; e < KT * JT; e += THREADS) {        // W^T slice, coalesced along k
-                const int kk = e % KT, jj = e / KT, j = j0 + jj, k = k0 + kk;
-                Ws[kk][0][jj] = (j < N && k < K) ? W[(long long)j * ldw + k] : T(0);
-            }
+#pragma unroll
+        for (int q = 0; q < NW; ++q) {
+            const int e = tid + q * THREADS;
+            w_slot<JT, NG, TRANS_W>(e, kk, g, jj);
+            if (e < KT * NG * JT) Ws[kk][g][jj] = rw[q];
         }
         __syncthreads();
+        if (k0 + KT < K)                                 // the next slice is in flight during the math
+            load_slice<T, BT, JT, NG, TRANS_W>(ra, rw, k0 + KT, A1, K1, A2, K2, a2_rows, W, ldw, colstride,
+                                               B, N, b0, j0);
 #pragma unroll
-        for (int kk = 0; kk < KT; ++kk) {
+        for (int k = 0; k < KT; ++k) {
             T a[RB];
 #pragma unroll
-            for (int rb = 0; rb < RB; ++rb) a[rb] = As[kk][ty + rb * TY];
+            for (int rb = 0; rb < RB; ++rb) a[rb] = As[k][ty + rb * TY];
 #pragma unroll
-            for (int g = 0; g < NG; ++g)
+            for (int gi = 0; gi < NG; ++gi)
 #pragma unroll
                 for (int rj = 0; rj < RJ; ++rj) {
-                    const T w = Ws[kk][g][tx + rj * TX];
+                    const T w = Ws[k][gi][tx + rj * TX];
 #pragma unroll
-                    for (int rb = 0; rb < RB; ++rb) acc[rb][g][rj] += a[rb] * w;
+                    for (int rb = 0; rb < RB; ++rb) acc[rb][gi][rj] += a[rb] * w;
                 }
         }
         __syncthreads();
@@ -192,6 +230,8 @@ struct BwdPtrs {
 };
 
 // Step t forward: z = (xproj[t] + b) + h_{t-1} W_h, then the cell.  grid (ceil(H/JT), ceil(B/BT))
+// The accumulators start at xproj[t] + b and c_{t-1} is read before the product, so those loads
+// overlap the product's instead of following it.
 template <typename T, int BT, int JT, int RB, int RJ>
 __global__ void __launch_bounds__(THREADS)
 lstm_fwd_fused(const FwdPtrs<T>* __restrict__ args, int t, int B, int H) {
@@ -200,7 +240,19 @@ lstm_fwd_fused(const FwdPtrs<T>* __restrict__ args, int t, int B, int H) {
     const int j0 = blockIdx.x * JT, b0 = blockIdx.y * BT;
     const int tx = threadIdx.x % TX, ty = threadIdx.x / TX;
     const long long BH = (long long)B * H, BG = (long long)B * G;
-    T acc[RB][4][RJ];
+    T acc[RB][4][RJ];        // z for the 4 gates of each owned (row, unit)
+    T c_prev[RB][RJ];
+#pragma unroll
+    for (int rb = 0; rb < RB; ++rb)
+#pragma unroll
+        for (int rj = 0; rj < RJ; ++rj) {
+            const int b = b0 + ty + rb * TY, j = j0 + tx + rj * TX;
+            const bool in = b < B && j < H;
+            const T* xp = p.xproj + t * BG + (long long)b * G;
+#pragma unroll
+            for (int g = 0; g < 4; ++g) acc[rb][g][rj] = in ? xp[g * H + j] + p.b[g * H + j] : T(0);
+            c_prev[rb][rj] = in ? p.cbuf[t * BH + (long long)b * H + j] : T(0);
+        }
     tile_product<T, BT, JT, RB, RJ, 4, false>(acc, p.hbuf + t * BH, H, nullptr, 0, nullptr,
                                                p.W, G, H, B, H, b0, j0);
 #pragma unroll
@@ -209,14 +261,9 @@ lstm_fwd_fused(const FwdPtrs<T>* __restrict__ args, int t, int B, int H) {
         for (int rj = 0; rj < RJ; ++rj) {
             const int b = b0 + ty + rb * TY, j = j0 + tx + rj * TX;
             if (b >= B || j >= H) continue;
-            const T* xp = p.xproj + t * BG + (long long)b * G;
-            const T zi = (xp[j] + p.b[j]) + acc[rb][0][rj];
-            const T zf = (xp[H + j] + p.b[H + j]) + acc[rb][1][rj];
-            const T zg = (xp[2 * H + j] + p.b[2 * H + j]) + acc[rb][2][rj];
-            const T zo = (xp[3 * H + j] + p.b[3 * H + j]) + acc[rb][3][rj];
-            const T c_prev = p.cbuf[t * BH + (long long)b * H + j];
             T i, f, g, o, c, h;
-            cell_forward(zi, zf, zg, zo, c_prev, i, f, g, o, c, h);
+            cell_forward(acc[rb][0][rj], acc[rb][1][rj], acc[rb][2][rj], acc[rb][3][rj], c_prev[rb][rj],
+                         i, f, g, o, c, h);
             T* a = p.acts + t * BG + (long long)b * G;
             a[j] = i; a[H + j] = f; a[2 * H + j] = g; a[3 * H + j] = o;
             p.cbuf[(t + 1) * BH + (long long)b * H + j] = c;
@@ -226,6 +273,7 @@ lstm_fwd_fused(const FwdPtrs<T>* __restrict__ args, int t, int B, int H) {
 
 // Step t backward: dh = dhs[t] + (dz_{t+1} W_h^T, or dhT at the last step), then the cell
 // backward writing dzs[t] and updating dc in place.  grid (ceil(H/JT), ceil(B/BT))
+// The cell's operands are read before the product (their latency overlaps it).
 template <typename T, int BT, int JT, int RB, int RJ>
 __global__ void __launch_bounds__(THREADS)
 lstm_bwd_fused(const BwdPtrs<T>* __restrict__ args, int t, int B, int H, int has_next) {
@@ -234,7 +282,23 @@ lstm_bwd_fused(const BwdPtrs<T>* __restrict__ args, int t, int B, int H, int has
     const int j0 = blockIdx.x * JT, b0 = blockIdx.y * BT;
     const int tx = threadIdx.x % TX, ty = threadIdx.x / TX;
     const long long BH = (long long)B * H, BG = (long long)B * G;
-    T acc[RB][1][RJ];
+    T acc[RB][1][RJ];        // dh = dL/dh_t
+    T op[RB][RJ][7];         // i, f, g, o, c_t, c_{t-1}, dc_t of each owned (row, unit)
+#pragma unroll
+    for (int rb = 0; rb < RB; ++rb)
+#pragma unroll
+        for (int rj = 0; rj < RJ; ++rj) {
+            const int b = b0 + ty + rb * TY, j = j0 + tx + rj * TX;
+            const bool in = b < B && j < H;
+            const long long bh = (long long)b * H + j;
+            const T* a = p.acts + t * BG + (long long)b * G;
+            acc[rb][0][rj] = in ? p.dhs[t * BH + bh] + (has_next ? T(0) : p.dhT[bh]) : T(0);
+#pragma unroll
+            for (int g = 0; g < 4; ++g) op[rb][rj][g] = in ? a[g * H + j] : T(0);
+            op[rb][rj][4] = in ? p.cbuf[(t + 1) * BH + bh] : T(0);
+            op[rb][rj][5] = in ? p.cbuf[t * BH + bh] : T(0);
+            op[rb][rj][6] = in ? p.dc[bh] : T(0);
+        }
     if (has_next) {   // uniform over the block: the __syncthreads inside are safe
         tile_product<T, BT, JT, RB, RJ, 1, true>(acc, p.dzs + (t + 1) * BG, G, nullptr, 0, nullptr,
                                                   p.W, G, 0, B, H, b0, j0);
@@ -245,17 +309,13 @@ lstm_bwd_fused(const BwdPtrs<T>* __restrict__ args, int t, int B, int H, int has
         for (int rj = 0; rj < RJ; ++rj) {
             const int b = b0 + ty + rb * TY, j = j0 + tx + rj * TX;
             if (b >= B || j >= H) continue;
-            const long long bh = (long long)b * H + j;
-            const T dh_next = has_next ? acc[rb][0][rj] : p.dhT[bh];
-            const T dh = p.dhs[t * BH + bh] + dh_next;
-            const T* a = p.acts + t * BG + (long long)b * G;
+            const T* q = op[rb][rj];
             T dzi, dzf, dzg, dzo, dc_prev;
-            cell_backward(dh, p.dc[bh], a[j], a[H + j], a[2 * H + j], a[3 * H + j],
-                          p.cbuf[(t + 1) * BH + bh], p.cbuf[t * BH + bh],
+            cell_backward(acc[rb][0][rj], q[6], q[0], q[1], q[2], q[3], q[4], q[5],
                           dzi, dzf, dzg, dzo, dc_prev);
             T* dz = p.dzs + t * BG + (long long)b * G;
             dz[j] = dzi; dz[H + j] = dzf; dz[2 * H + j] = dzg; dz[3 * H + j] = dzo;
-            p.dc[bh] = dc_prev;
+            p.dc[(long long)b * H + j] = dc_prev;
         }
 }
 
@@ -331,7 +391,18 @@ gen_lstm_step(const T* __restrict__ W,        // (H+I,G)
     const int G = 4 * H, TX = JT / RJ, TY = BT / RB;
     const int j0 = blockIdx.x * JT, b0 = blockIdx.y * BT;
     const int tx = threadIdx.x % TX, ty = threadIdx.x / TX;
-    T acc[RB][4][RJ];
+    T acc[RB][4][RJ];        // z, starting at the bias
+    T cp[RB][RJ];
+#pragma unroll
+    for (int rb = 0; rb < RB; ++rb)
+#pragma unroll
+        for (int rj = 0; rj < RJ; ++rj) {
+            const int s = b0 + ty + rb * TY, j = j0 + tx + rj * TX;
+            const bool in = s < S && j < H;
+#pragma unroll
+            for (int g = 0; g < 4; ++g) acc[rb][g][rj] = in ? bias[g * H + j] : T(0);
+            cp[rb][rj] = in ? c_prev[(long long)s * H + j] : T(0);
+        }
     tile_product<T, BT, JT, RB, RJ, 4, false>(acc, h_prev, H, x, I, x_rows, W, G, H, S, H, b0, j0);
 #pragma unroll
     for (int rb = 0; rb < RB; ++rb)
@@ -339,17 +410,15 @@ gen_lstm_step(const T* __restrict__ W,        // (H+I,G)
         for (int rj = 0; rj < RJ; ++rj) {
             const int s = b0 + ty + rb * TY, j = j0 + tx + rj * TX;
             if (s >= S || j >= H) continue;
-            const long long sh = (long long)s * H + j;
             T i, f, g, o, c, h;
-            cell_forward(bias[j] + acc[rb][0][rj], bias[H + j] + acc[rb][1][rj],
-                         bias[2 * H + j] + acc[rb][2][rj], bias[3 * H + j] + acc[rb][3][rj],
-                         c_prev[sh], i, f, g, o, c, h);
-            c_out[sh] = c;
-            h_out[sh] = h;
+            cell_forward(acc[rb][0][rj], acc[rb][1][rj], acc[rb][2][rj], acc[rb][3][rj], cp[rb][rj],
+                         i, f, g, o, c, h);
+            c_out[(long long)s * H + j] = c;
+            h_out[(long long)s * H + j] = h;
         }
 }
 
-// Output layer of generation: logits (S,V) = h (S,H) Wy (H,V) + by (V,).  grid (ceil(V/JT), ceil(S/BT))
+// Output layer of generation: logits (S,V) = by (V,) + h (S,H) Wy (H,V).  grid (ceil(V/JT), ceil(S/BT))
 template <typename T, int BT, int JT, int RB, int RJ>
 __global__ void __launch_bounds__(THREADS)
 gen_logits(const T* __restrict__ h, const T* __restrict__ Wy, const T* __restrict__ by,
@@ -358,12 +427,19 @@ gen_logits(const T* __restrict__ h, const T* __restrict__ Wy, const T* __restric
     const int j0 = blockIdx.x * JT, b0 = blockIdx.y * BT;
     const int tx = threadIdx.x % TX, ty = threadIdx.x / TX;
     T acc[RB][1][RJ];
+#pragma unroll
+    for (int rb = 0; rb < RB; ++rb)
+#pragma unroll
+        for (int rj = 0; rj < RJ; ++rj) {
+            const int v = j0 + tx + rj * TX;
+            acc[rb][0][rj] = v < V ? by[v] : T(0);
+        }
     tile_product<T, BT, JT, RB, RJ, 1, false>(acc, h, H, nullptr, 0, nullptr, Wy, V, 0, S, V, b0, j0);
 #pragma unroll
     for (int rb = 0; rb < RB; ++rb)
 #pragma unroll
         for (int rj = 0; rj < RJ; ++rj) {
             const int s = b0 + ty + rb * TY, v = j0 + tx + rj * TX;
-            if (s < S && v < V) logits[(long long)s * V + v] = acc[rb][0][rj] + by[v];
+            if (s < S && v < V) logits[(long long)s * V + v] = acc[rb][0][rj];
         }
 }

@@ -19,9 +19,9 @@ __device__ __forceinline__ float sqrt_(float x) { return sqrtf(x); }
 __device__ __forceinline__ double sqrt_(double x) { return sqrt(x); }
 __device__ __forceinline__ float max_(float a, float b) { return fmaxf(a, b); }
 __device__ __forceinline__ double max_(double a, double b) { return fmax(a, b); }
-__device__ __forceinline__ float neg_inf(float) { return __int_as_float(0xff800000); }
+__device__ __forceinline__ float neg_inf(float) { return __int_as_float((int)0xff800000); }
 __device__ __forceinline__ double neg_inf(double) { return __longlong_as_double(0xfff0000000000000LL); }
-__device__ __forceinline__ float nan_(float) { return __int_as_float(0x7fc00000); }
+__device__ __forceinline__ float nan_(float) { return __int_as_float((int)0x7fc00000); }
 __device__ __forceinline__ double nan_(double) { return __longlong_as_double(0x7ff8000000000000LL); }
 
 // Block-wide sum / max over NT threads; every thread gets the result.  The order of the
