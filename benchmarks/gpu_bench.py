@@ -223,6 +223,13 @@ def main(argv=None):
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     info = device_info()
     print(f"# {json.dumps(info)}", flush=True)
+    from lstm_engine.backends import cupy_backend as cb
+    ok, why = cb.is_available()
+    if not ok:
+        print(f"the cupy backend is not available: {why}")
+        with open(args.out, "a") as f:
+            f.write(json.dumps(dict(error=f"cupy backend not available: {why}", **info)) + "\n")
+        return 1
     rows = []
 
     def record(config, what, impl, variant, fn, *fargs):

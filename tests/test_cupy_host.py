@@ -38,7 +38,8 @@ def test_every_kernel_file_compiles_to_ptx_for_sm80_and_sm90(tmp_path):
         src.write_text(ck.ptx_check_source(fname))
         for arch in ("sm_80", "sm_90"):
             out = tmp_path / f"{fname}.{arch}.ptx"
-            cmd = [NVCC, "--ptx", f"-arch={arch}", *ck.COMPILE_OPTIONS, str(src), "-o", str(out)]
+            cmd = [NVCC, "--ptx", f"-arch={arch}", *ck.COMPILE_OPTIONS, *ck.CUPY_APPENDED_OPTIONS,
+                   str(src), "-o", str(out)]
             jobs.append((fname, arch, out, subprocess.Popen(cmd, stdout=subprocess.PIPE,
                                                             stderr=subprocess.STDOUT, text=True)))
     problems = []

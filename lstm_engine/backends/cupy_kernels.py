@@ -22,6 +22,9 @@ import numpy as np
 # ----------------------------------------------------------------------------
 
 COMPILE_OPTIONS = ("--std=c++17",)      # given to NVRTC (RawModule) and to nvcc in the ptx check
+# what CuPy appends to every RawModule compile besides -arch (and, for NVRTC 12+, the NVRTC-only
+# --device-as-default-execution-space): the ptx check passes it to nvcc as well
+CUPY_APPENDED_OPTIONS = ("-ftz=true",)
 CTYPES = {"float32": "float", "float64": "double"}
 THREADS = 256                           # every kernel of the tiled family runs 256 threads
 
