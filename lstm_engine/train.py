@@ -151,24 +151,16 @@ class Trainer:
     # -- checkpoints -------------------------------------------------------
     def save(self, name):
         be = self.be
-        tensors = {}
-        for n, p in self.model.params.items():
-            tensors["param." + n] = be.to_numpy(p)
-            tensors["adam.m." + n] = be.to_numpy(self.opt.m[n])
-            tensors["adam.v." + n] = be.to_numpy(self.opt.v[n])
-        for l, (h, c) in enumerate(self.state):
-            tensors[f"state.h{l}"] = be.to_numpy(h)
-            tensors[f"state.c{l}"] = be.to_numpy(c)
         st = self.st
-        meta = {
-            "model": self.model_cfg.to_dict(),
-            "train": asdict(self.cfg),
-            "vocab": self.vocab.symbols,
-            "unigram_entropy": self.entropy,
-            "trainer": {"step": st.step, "position": st.position, "best_val": _finite_or_none(st.best_val),
-                        "elapsed": st.elapsed + self._elapsed(), "history": st.history[-2000:],
-                        "rng": self.rng.bit_generator.state},
-        }
+        tensors, meta = checkpoint_contents(
+            {n: be.to_numpy(p) for n, p in self.model.params.items()},
+            {n: be.to_numpy(a) for n, a in self.opt.m.items()},
+            {n: be.to_numpy(a) for n, a in self.opt.v.items()},
+            [(be.to_numpy(h), be.to_numpy(c)) for h, c in self.state],
+            self.model_cfg, self.cfg, self.vocab, self.entropy,
+            {"step": st.step, "position": st.position, "best_val": _finite_or_none(st.best_val),
+             "elapsed": st.elapsed + self._elapsed(), "history": st.history[-2000:],
+             "rng": self.rng.bit_generator.state})
         os.makedirs(self.out, exist_ok=True)
         path = os.path.join(self.out, name + EXT)
         checkpoint.save(path, tensors, meta)
@@ -212,8 +204,10 @@ class Trainer:
                                 "backend": self.be.NAME, "model": self.model_cfg.to_dict(), "step": st.step,
                                 "params": sum(int(np.prod(p.shape)) for p in self.model.params.values())})
         start_step, t_log, last_loss, n_chars = st.step, time.perf_counter(), float("nan"), 0
+        loss_sum, loss_n = 0.0, 0                                 # train loss since the last log row
         while st.step < cfg.steps and not self.stop_requested:
             last_loss, norm = self.train_step()
+            loss_sum, loss_n = loss_sum + last_loss, loss_n + 1
             n_chars += cfg.batch_size * cfg.seq_len
             s = st.step
             if cfg.log_every and (s % cfg.log_every == 0 or s == cfg.steps):
@@ -223,6 +217,9 @@ class Trainer:
                 self.on_event("log", {"step": s, "steps": cfg.steps, "loss": last_loss, "grad_norm": norm,
                                       "chars_per_s": speed, "eta_s": eta, "entropy": self.entropy})
                 t_log, n_chars = now, 0
+                self._append_history({"step": s, "time": st.elapsed + self._elapsed(), "train_loss": loss_sum / loss_n,
+                                      "grad_norm": norm}, "train_log.jsonl")   # for `lstm-engine plot`
+                loss_sum, loss_n = 0.0, 0
             if len(self.val_ids) > 1 and cfg.eval_every and (s % cfg.eval_every == 0 or s == cfg.steps):
                 self._eval_and_keep_best(last_loss)
             if cfg.sample_every and s % cfg.sample_every == 0 and s != cfg.steps:
@@ -249,10 +246,29 @@ class Trainer:
             self.save("best")
         self.on_event("eval", {"step": st.step, "val_loss": val, "best": best, "entropy": self.entropy})
 
-    def _append_history(self, row):
+    def _append_history(self, row, name="history.jsonl"):
         os.makedirs(self.out, exist_ok=True)
-        with open(os.path.join(self.out, "history.jsonl"), "a") as f:
+        with open(os.path.join(self.out, name), "a") as f:
             f.write(json.dumps(row) + "\n")
+
+
+def checkpoint_contents(params, adam_m, adam_v, state, model_cfg, train_cfg, vocab, entropy, trainer):
+    """Host arrays and settings -> (tensors, meta) in the layout checkpoint.load and Trainer._restore read.
+
+    params, adam_m, adam_v: name -> ndarray;  state: per layer (h (B,H), c (B,H));
+    trainer: dict(step, position, best_val, elapsed, history, rng).  Used by Trainer.save and interop.
+    """
+    tensors = {}
+    for n, p in params.items():
+        tensors["param." + n] = p
+        tensors["adam.m." + n] = adam_m[n]
+        tensors["adam.v." + n] = adam_v[n]
+    for l, (h, c) in enumerate(state):
+        tensors[f"state.h{l}"] = h
+        tensors[f"state.c{l}"] = c
+    meta = {"model": model_cfg.to_dict(), "train": asdict(train_cfg), "vocab": list(vocab.symbols),
+            "unigram_entropy": entropy, "trainer": trainer}
+    return tensors, meta
 
 
 def _finite_or_none(x):

@@ -1,0 +1,23 @@
+import os
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _isolated_state(tmp_path, monkeypatch):
+    """Keep the 'last run' pointer and download cache of tests away from the user's."""
+    monkeypatch.setenv("LSTM_ENGINE_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("LSTM_ENGINE_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+def shared_corpus(name):
+    """Path of a corpus in ../shared/corpora beside the checkout, or None."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    p = os.path.join(here, "..", "..", "shared", "corpora", name)
+    return p if os.path.exists(p) else None

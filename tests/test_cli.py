@@ -1,0 +1,76 @@
+"""The click CLI end to end (in-process with CliRunner): train -> eval -> generate."""
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from lstm_engine.cli import main
+
+TEXT = ("In the beginning was the word, and the word was with the code.\n" * 40
+        + "\u5e8a\u524d\u660e\u6708\u5149\uff0c\u7591\u662f\u5730\u4e0a\u971c\u3002\n" * 20)
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    p = tmp_path / "corpus.txt"
+    p.write_text(TEXT, encoding="utf-8")
+    return str(p)
+
+
+def run(args):
+    return CliRunner().invoke(main, args, catch_exceptions=False)
+
+
+def train_args(corpus, out, steps=6):
+    return ["train", "--corpus", corpus, "--backend", "numpy", "--embed-size", "8", "--hidden-size", "12",
+            "--batch-size", "4", "--seq-len", "16", "--steps", str(steps), "--eval-every", "3",
+            "--sample-every", "3", "--save-every", "3", "--log-every", "2", "--out", out]
+
+
+def test_train_eval_generate(corpus, tmp_path):
+    out = str(tmp_path / "run")
+    r = run(train_args(corpus, out))
+    assert r.exit_code == 0, r.output
+    assert "unigram entropy" in r.stderr and "val loss" in r.stderr and "chars/s" in r.stderr
+    assert (tmp_path / "run" / "latest.safetensors").exists() and (tmp_path / "run" / "best.safetensors").exists()
+
+    r = run(["eval", out + "/latest.safetensors", "--corpus", corpus, "--json", "--backend", "numpy"])
+    assert r.exit_code == 0
+    row = json.loads(r.stdout)
+    assert row["chars"] == len(TEXT) - 1 and row["loss_nats"] > 0
+    assert abs(row["bits_per_char"] * 0.6931471805599453 - row["loss_nats"]) < 1e-9
+
+    # no checkpoint argument: the latest checkpoint of the last run; stdout holds only the text
+    r = run(["generate", "--prime", "\u5e8a\u524d", "--length", "30", "--seed", "3", "--backend", "numpy"])
+    assert r.exit_code == 0
+    assert r.stdout.startswith("\u5e8a\u524d") and len(r.stdout.rstrip("\n")) >= 32 - 1
+    assert "latest.safetensors" in r.stderr and "latest.safetensors" not in r.stdout
+    r2 = run(["generate", "--prime", "\u5e8a\u524d", "--length", "30", "--seed", "3", "--backend", "numpy",
+              "--no-echo"])
+    assert r.stdout == "\u5e8a\u524d" + r2.stdout
+
+
+def test_generate_without_any_run_is_a_one_line_error():
+    r = run(["generate"])
+    assert r.exit_code == 2
+    assert r.stderr.count("\n") == 1 and "train first" in r.stderr
+
+
+def test_prime_outside_vocab_and_bad_options(corpus, tmp_path):
+    out = str(tmp_path / "run")
+    assert run(train_args(corpus, out, steps=2)).exit_code == 0
+    ckpt = out + "/latest.safetensors"
+    for args, needle in ((["--prime", "QQ"], "vocabulary"), (["--temperature", "0"], "temperature"),
+                         (["--top-k", "0"], "top-k"), (["--top-p", "1.5"], "top-p"),
+                         (["--backend", "nope"], "unknown backend")):
+        r = run(["generate", ckpt, "--length", "5"] + args)
+        assert r.exit_code == 2, args
+        assert needle in r.stderr and r.stderr.count("\n") == 1 and "Traceback" not in r.output
+
+
+def test_bad_train_options_are_one_line_errors(corpus, tmp_path):
+    for args, needle in ((["--hidden-size", "0"], "hidden-size"), (["--dropout", "1.0"], "dropout"),
+                         (["--corpus", str(tmp_path / "missing.txt")], "does not exist")):
+        r = run(train_args(corpus, str(tmp_path / "r"), steps=1) + args)
+        assert r.exit_code == 2, args
+        assert needle in r.stderr and r.stderr.count("\n") == 1

@@ -1,0 +1,25 @@
+"""`pip install .` must not put bare generic names (kernels, cli) into site-packages."""
+import os
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_wheel_maps_kernels_and_cli_under_the_package(tmp_path):
+    pytest.importorskip("setuptools")
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                        "-w", str(tmp_path), ROOT], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"could not build a wheel here: {r.stderr.strip().splitlines()[-1:]}")
+    (whl,) = [f for f in os.listdir(tmp_path) if f.endswith(".whl")]
+    names = zipfile.ZipFile(tmp_path / whl).namelist()
+    tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith((".dist-info", ".data"))}
+    assert tops == {"lstm_engine"}, tops
+    assert "lstm_engine/cli.py" in names and "lstm_engine/kernels/__init__.py" in names
+    entry = zipfile.ZipFile(tmp_path / whl).read(
+        [n for n in names if n.endswith("entry_points.txt")][0]).decode()
+    assert "lstm-engine = lstm_engine.cli:main" in entry

@@ -1,0 +1,111 @@
+"""Training end to end on the reference backend: learning, checkpoints, resume, batching."""
+import math
+
+import numpy as np
+import pytest
+
+import lstm_engine as le
+from lstm_engine import checkpoint
+from lstm_engine.data import Batcher, Vocab, split
+from lstm_engine.generation import evaluate_ids
+
+
+def markov_text(n_units, seed):
+    """'a' then x or y (a fair coin) then '.', repeated: entropy rate ln(2)/3 nats/char exactly."""
+    rng = np.random.default_rng(seed)
+    return "".join("a" + ("x" if c else "y") + "." for c in rng.integers(0, 2, n_units))
+
+
+def small_cfg(tmp_path, **kw):
+    base = dict(backend="numpy", embed_size=8, hidden_size=16, layers=1, batch_size=8, seq_len=24, steps=30,
+                eval_every=0, sample_every=0, save_every=0, log_every=1, lr=1e-2, out=str(tmp_path / "run"))
+    base.update(kw)
+    return le.TrainConfig(**base)
+
+
+def collect_losses(events):
+    def on_event(kind, info):
+        if kind == "log":
+            events.append(info["loss"])
+    return on_event
+
+
+def test_learns_a_source_of_known_entropy(tmp_path):
+    """Val loss must come within 0.03 nats/char of the source's entropy rate (ln2/3 = 0.231)."""
+    text = markov_text(6000, seed=0)
+    cfg = small_cfg(tmp_path, steps=250, eval_every=250)
+    trainer = le.train(cfg, text=text)
+    val = trainer.evaluate()
+    entropy_rate = math.log(2) / 3
+    print(f"val loss {val:.4f}, entropy rate {entropy_rate:.4f}, unigram entropy {trainer.entropy:.4f}")
+    assert val < entropy_rate + 0.03
+    assert val > entropy_rate - 0.03          # nothing can beat the source's entropy (beyond sampling noise)
+
+
+def test_batcher_targets_are_next_chars_never_wrapped():
+    ids = np.arange(103, dtype=np.int32)
+    b = Batcher(ids, B=4, T=5)
+    assert b.S == 25 and b.windows == 5
+    for k in range(b.windows):
+        x, y = b.window(k)
+        assert x.shape == (5, 4)
+        assert np.array_equal(y, x + 1)                       # the real next character
+        assert np.array_equal(x[:, 1], 25 + k * 5 + np.arange(5))   # stream 1 is contiguous
+    assert b.targets.max() <= 100                             # the last target exists in the text
+
+
+def test_vocab_max_vocab_and_unk():
+    v = Vocab.build("aaabbc\u4e2d", max_vocab=3)
+    assert v.symbols == ["a", "b", "<unk>"]
+    assert list(v.encode("abc\u4e2d")) == [0, 1, 2, 2]
+    with pytest.raises(le.UserError):
+        v.encode("abz", strict=True) if v.unk is None else Vocab(["a", "b"]).encode("abz", strict=True)
+
+
+def test_checkpoint_round_trip_keeps_weights_vocab_and_loss(tmp_path):
+    text = markov_text(500, seed=1) + "\u4e2d\u6587"
+    trainer = le.train(small_cfg(tmp_path, steps=5), text=text)
+    path = tmp_path / "run" / "latest.safetensors"
+    model, vocab, meta = le.load_model(str(path), backend="numpy")
+    assert vocab.symbols == trainer.vocab.symbols
+    for n, p in trainer.model.params.items():
+        assert np.array_equal(p, model.params[n])
+    ids = vocab.encode(text[:300])
+    assert evaluate_ids(model, ids)[0] == evaluate_ids(trainer.model, ids)[0]
+    tensors, meta2 = checkpoint.load(str(path))
+    assert meta2["trainer"]["step"] == 5 and "adam.m.W0" in tensors
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+def test_resume_continues_identically(tmp_path, dropout):
+    text = markov_text(400, seed=2)     # 1200 chars: windows wrap around an epoch within the run
+    full = []
+    le.train(small_cfg(tmp_path / "a", steps=16, dropout=dropout, lr_decay=True), text=text,
+             on_event=collect_losses(full))
+    part = []
+    trainer = le.Trainer(small_cfg(tmp_path / "b", steps=16, dropout=dropout, lr_decay=True), text=text)
+
+    def stop_at_7(kind, info):        # as Ctrl-C would: finish the step, save, stop
+        collect_losses(part)(kind, info)
+        if kind == "log" and info["step"] == 7:
+            trainer.stop_requested = True
+    trainer.on_event = stop_at_7
+    trainer.run()
+    assert len(part) == 7
+    le.train(small_cfg(tmp_path / "b", steps=16, dropout=dropout, lr_decay=True), text=text,
+             resume=str(tmp_path / "b" / "run" / "latest.safetensors"), on_event=collect_losses(part))
+    assert len(full) == 16
+    assert part == full        # bit-identical on the reference backend
+
+
+def test_lr_decay_is_cosine_to_ten_percent():
+    from lstm_engine.optim import lr_at
+    assert lr_at(1, 100, 1.0, True) == pytest.approx(1.0)
+    assert lr_at(100, 100, 1.0, True) == pytest.approx(0.1)
+    assert lr_at(50, 100, 1.0, False) == 1.0
+
+
+def test_split_is_contiguous():
+    ids = np.arange(100)
+    tr, va = split(ids, 0.1)
+    assert np.array_equal(np.concatenate([tr, va]), ids) and len(va) == 10
