@@ -70,6 +70,8 @@ def _print_event(kind, info):
     elif kind == "eval":
         err(f"step {info['step']:>6}  val loss {info['val_loss']:.4f} nats/char ({bits(info['val_loss']):.3f} bits/char,"
             f" unigram entropy {info['entropy']:.3f})" + ("  * best" if info["best"] else ""))
+    elif kind == "recipe":
+        err(info["text"])
     elif kind == "sample":
         err(f"--- sample at step {info['step']} ---\n{info['text']}\n---")
     elif kind == "done":
@@ -101,23 +103,29 @@ def _print_event(kind, info):
 @click.option("--max-vocab", default=0, show_default=True, type=int, help="keep the N most frequent symbols (0: all)")
 @click.option("--val-fraction", default=0.1, show_default=True, type=float)
 @click.option("--out", default="", help="run directory (default runs/run-DATE-TIME)")
+@click.option("--time-budget", default=None,
+              help="train the best model that fits this wall-clock time (90s, 10m, 2h): the recipe picks "
+                   "size, batch, length, dropout and lr from the measured speed; options you set win")
 @click.option("--keep", default=3, show_default=True, type=int,
               help="step-numbered checkpoints to keep besides latest and best")
 @click.option("--resume", default=None,
               help="checkpoint (or run directory) to continue from; options left out are taken from it")
 @click.pass_context
-def train(ctx, resume, **opts):
+def train(ctx, resume, time_budget, **opts):
     """Train a model on a corpus; checkpoints go to --out."""
+    from click.core import ParameterSource
+    given = {k: v for k, v in opts.items()
+             if ctx.get_parameter_source(k) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)}
+    if time_budget is not None:
+        from lstm_engine.budget import parse_duration
+        opts["time_budget"] = given["time_budget"] = parse_duration(time_budget)
     if resume:
-        from click.core import ParameterSource
         from lstm_engine.checkpoint import read_meta
         from lstm_engine.train import config_for_resume
-        given = {k: v for k, v in opts.items()
-                 if ctx.get_parameter_source(k) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)}
         cfg = config_for_resume(read_meta(resume), given, resume)
     else:
         cfg = TrainConfig(**opts)
-    trainer = api.Trainer(cfg, resume=resume, on_event=_print_event)
+    trainer = api.Trainer(cfg, resume=resume, on_event=_print_event, explicit=set(given))
     api.remember_last_run(trainer.out)
     got = []
 

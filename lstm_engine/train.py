@@ -18,6 +18,7 @@ from .data import Batcher, Vocab, load_corpus, split, unigram_entropy
 from .errors import UserError
 from .generation import evaluate_ids, generate_text
 from .model import Model, ModelConfig
+from . import budget
 from .optim import Adam, AdamConfig, lr_at
 from .storage import RunDir
 
@@ -52,6 +53,8 @@ class TrainConfig:
     val_fraction: float = 0.1
     out: str = ""
     keep: int = 3                  # step-numbered checkpoints kept besides latest and best
+    time_budget: float = 0.0       # seconds of wall clock for the whole run (0: train to --steps)
+    recipe: str = ""               # what the time-budget recipe chose, and why
 
     def check(self):
         """Reject impossible values with one line each."""
@@ -69,6 +72,8 @@ class TrainConfig:
             raise UserError(f"--grad-clip must be >= 0 (got {self.grad_clip}); 0 switches clipping off")
         if self.dtype not in ("float32", "float64"):
             raise UserError(f"--dtype must be float32 or float64 (got {self.dtype!r})")
+        if not (self.time_budget >= 0 and math.isfinite(self.time_budget)):
+            raise UserError(f"--time-budget must be positive (got {self.time_budget})")
         if not 0 <= self.val_fraction < 1:
             raise UserError(f"--val-fraction must be in [0, 1) (got {self.val_fraction})")
 
@@ -133,7 +138,8 @@ class Trainer:
     so the run continues exactly as if it had never stopped.
     """
 
-    def __init__(self, cfg: TrainConfig, text=None, resume=None, on_event=None):
+    def __init__(self, cfg: TrainConfig, text=None, resume=None, on_event=None, explicit=None):
+        self._clock0 = time.perf_counter()     # a --time-budget covers everything from here
         cfg.check()
         self.cfg = cfg
         self.on_event = on_event or (lambda kind, info: None)
@@ -156,6 +162,8 @@ class Trainer:
         self.entropy = unigram_entropy(text)
         ids = self.vocab.encode(text)
         self.train_ids, self.val_ids = split(ids, cfg.val_fraction)
+        if cfg.time_budget and not resume:
+            self._plan_budget(explicit)
         self.batcher = Batcher(self.train_ids, cfg.batch_size, cfg.seq_len)
         self.model_cfg = cfg.model_config(len(self.vocab))
         params = {n[6:]: t for n, t in tensors.items() if n.startswith("param.")} if tensors else None
@@ -172,6 +180,18 @@ class Trainer:
         same_dir = resume and os.path.realpath(os.path.dirname(resume)) == os.path.realpath(self.out)
         self.rundir.prepare(self.st.step if same_dir else None)
         self._saved = {}                                  # step -> checkpoint bytes (this step only)
+
+    def _plan_budget(self, explicit):
+        """Let the time-budget recipe choose what the user did not set (see budget.plan)."""
+        cfg = self.cfg
+        if explicit is None:       # API use: a field differing from its default counts as set
+            default = TrainConfig()
+            explicit = {f.name for f in fields(TrainConfig) if getattr(cfg, f.name) != getattr(default, f.name)}
+        for name, value in (("steps", 10 ** 9), ("eval_every", 0), ("sample_every", 0)):
+            if name not in explicit:
+                setattr(cfg, name, value)       # the clock ends the run; evaluation comes at its end
+        cfg.recipe = budget.plan(cfg, explicit, self.train_ids, len(self.vocab), self.be,
+                                 say=lambda text: self.on_event("recipe", {"text": text}))
 
     # -- resume ------------------------------------------------------------
     def _check_resume_matches(self, meta):
@@ -264,12 +284,39 @@ class Trainer:
         norm, scale = self.opt.clip_scale(grads)
         if not (math.isfinite(loss) and math.isfinite(norm)):
             raise self._diverged(f"loss {loss}, gradient norm {norm}")
-        lr = lr_at(self.st.step + 1, cfg.steps, cfg.lr, cfg.lr_decay)
+        if cfg.time_budget:
+            lr = budget.lr_at_time(self._used() / max(cfg.time_budget - self._reserve, 1e-9), cfg.lr) \
+                if cfg.lr_decay else cfg.lr
+        else:
+            lr = lr_at(self.st.step + 1, cfg.steps, cfg.lr, cfg.lr_decay)
         self.opt.update(self.model.params, grads, lr, scale)
         self.state = new_state
         self.st.step += 1
         self.st.position += 1
         return loss, norm
+
+    def _used(self):
+        """Seconds of the time budget used so far (earlier processes of a resumed run included)."""
+        return self._elapsed_before + time.perf_counter() - self._clock0
+
+    def _estimate_reserve(self):
+        """Seconds to keep for the closing evaluation and saves: time a slice of the val stream."""
+        n = min(len(self.val_ids), 2001)
+        if n < 2:
+            return 1.0
+        evaluate_ids(self.model, self.val_ids[:min(n, 200)])        # warm-up (JIT compile)
+        t0 = time.perf_counter()
+        evaluate_ids(self.model, self.val_ids[:n])
+        per_char = (time.perf_counter() - t0) / (n - 1)
+        t0 = time.perf_counter()
+        self.checkpoint_bytes()
+        save = time.perf_counter() - t0
+        self._saved = {}
+        return 1.2 * per_char * len(self.val_ids) + 3 * save + 1.0
+
+    def _budget_left(self, step_time):
+        """True while another step still fits before the reserve."""
+        return self._used() + step_time + self._reserve < self.cfg.time_budget
 
     def evaluate(self):
         loss, _ = evaluate_ids(self.model, self.val_ids)
@@ -287,14 +334,20 @@ class Trainer:
     def _run(self):
         cfg, st = self.cfg, self.st
         self._t0 = time.perf_counter()
+        self._elapsed_before = st.elapsed
+        self._reserve = self._estimate_reserve() if cfg.time_budget else 0.0
         self.on_event("start", {"out": self.out, "vocab": len(self.vocab), "entropy": self.entropy,
                                 "train_chars": len(self.train_ids), "val_chars": len(self.val_ids),
                                 "backend": self.be.NAME, "model": self.model_cfg.to_dict(), "step": st.step,
                                 "params": sum(int(np.prod(p.shape)) for p in self.model.params.values())})
         start_step, t_log, last_loss, n_chars = st.step, time.perf_counter(), float("nan"), 0
-        saved_at = None
+        saved_at, step_time = None, 0.0
         while st.step < cfg.steps and not self.stop_requested:
+            if cfg.time_budget and not self._budget_left(step_time):
+                break
+            t_step = time.perf_counter()
             last_loss, norm = self.train_step()
+            step_time = time.perf_counter() - t_step
             st.log_loss_sum, st.log_loss_n = st.log_loss_sum + last_loss, st.log_loss_n + 1
             n_chars += cfg.batch_size * cfg.seq_len
             s = st.step
@@ -302,6 +355,8 @@ class Trainer:
                 now = time.perf_counter()
                 speed = n_chars / max(now - t_log, 1e-9)
                 eta = (cfg.steps - s) * cfg.batch_size * cfg.seq_len / max(speed, 1e-9)
+                if cfg.time_budget:
+                    eta = min(eta, cfg.time_budget - self._used())
                 self.on_event("log", {"step": s, "steps": cfg.steps, "loss": last_loss, "grad_norm": norm,
                                       "chars_per_s": speed, "eta_s": eta, "entropy": self.entropy})
                 t_log, n_chars = now, 0
@@ -319,6 +374,9 @@ class Trainer:
                 saved_at = s
             if s - start_step == 1:
                 t_log, n_chars = time.perf_counter(), 0       # keep compile/warm-up out of chars/s
+        if cfg.time_budget and len(self.val_ids) > 1 and not self.stop_requested and \
+                not (st.history and st.history[-1]["step"] == st.step):
+            self._eval_and_keep_best(last_loss)          # the budget closes with evaluation and `best`
         path = self.rundir.latest if saved_at == st.step else self.save("latest")
         self.on_event("done", {"step": st.step, "path": path, "best_val": st.best_val,
                                "interrupted": self.stop_requested})
@@ -329,7 +387,7 @@ class Trainer:
         val = self.evaluate()
         best = val < st.best_val
         st.history.append({"step": st.step, "time": st.elapsed + self._elapsed(),
-                           "train_loss": train_loss, "val_loss": val})
+                           "train_loss": _finite_or_none(train_loss), "val_loss": val})
         self.rundir.append_log(st.history[-1], "history.jsonl")
         if best:
             st.best_val = val
