@@ -468,7 +468,7 @@ __device__ __forceinline__ void grid_barrier(unsigned int* bar, unsigned int rou
         atomicAdd(bar, 1u);
         const unsigned int target = round * gridDim.x;
         for (long long spin = 0; *(volatile unsigned int*)bar < target; ++spin) {
-            if (spin > (1LL << 24)) { atomicAdd(bar + 1, 1u); break; }   // bar[1]: timeouts
+            if (spin > (1LL << 20)) { atomicAdd(bar + 1, 1u); break; }   // bar[1]: timeouts (~50 ms)
             __nanosleep(32);
         }
         __threadfence();
