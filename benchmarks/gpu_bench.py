@@ -34,7 +34,7 @@ CONFIGS = {   # the named configs of lstm_engine/bench.py (V = 65), so the two b
 }
 CUPY_TRAIN_VARIANTS = [   # name, step path, graphs
     ("auto", "auto", True), ("fused+graph", "fused", True), ("fused eager", "fused", False),
-    ("cublas eager", "cublas", False),
+    ("cublas eager", "cublas", False), ("persist", "persist", True),
 ]
 
 
@@ -218,6 +218,9 @@ def main(argv=None):
     ap.add_argument("--out", default=os.path.join(os.environ.get("OUT", "gpu-out"), "gpu_bench.jsonl"))
     ap.add_argument("--budget", type=float, default=85.0, help="seconds after which no new measurement starts")
     ap.add_argument("--what", default="train,sample")
+    ap.add_argument("--variants", default=",".join(v[0] for v in CUPY_TRAIN_VARIANTS),
+                    help="cupy training variants to time (names as in the table)")
+    ap.add_argument("--samples", default="1,64", help="sequence counts S of the sampling rows")
     args = ap.parse_args(argv)
     budget = Budget(args.budget)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
@@ -264,12 +267,14 @@ def main(argv=None):
         cfg = CONFIGS[name]
         if "train" in wants:
             for variant, mode, graphs in CUPY_TRAIN_VARIANTS:
+                if variant not in args.variants.split(","):
+                    continue
                 record(name, "train", "cupy", variant, cupy_train, cfg, mode, graphs)
             if have_torch:
                 record(name, "train", "torch", "cudnn fp32 (tf32 off)", torch_train, cfg, False)
                 record(name, "train", "torch", "cudnn default (tf32)", torch_train, cfg, True)
         if "sample" in wants:
-            for S, n in ((1, 512), (64, 256)):
+            for S, n in [(S, 512 if S == 1 else 256) for S in map(int, args.samples.split(","))]:
                 for graphs in (True, False):
                     record(name, "sample", "cupy", f"S={S} graph={'on' if graphs else 'off'}",
                            cupy_sample, cfg, S, n, graphs)
@@ -286,10 +291,11 @@ def summarize(rows):
     for (config, what, impl, variant), r in by.items():
         if impl != "cupy" or r.get("chars_per_s", r.get("tokens_per_s")) is None:
             continue
-        if what == "train" and variant == "auto":
+        if what == "train" and variant in ("auto", "persist"):
             t = by.get((config, "train", "torch", "cudnn fp32 (tf32 off)"), {})
             if t.get("chars_per_s"):
-                print(f"{config:<9} train  {r['chars_per_s'] / t['chars_per_s']:.2f}x  (path {r.get('path')})")
+                print(f"{config:<9} train  {variant:<8} {r['chars_per_s'] / t['chars_per_s']:.2f}x  "
+                      f"(path {r.get('path')})")
         if what == "sample" and variant.endswith("graph=on"):
             t = by.get((config, "sample", "torch", variant.split()[0]), {})
             if t.get("tokens_per_s"):

@@ -443,3 +443,152 @@ gen_logits(const T* __restrict__ h, const T* __restrict__ Wy, const T* __restric
             if (s < S && v < V) logits[(long long)s * V + v] = acc[rb][0][rj];
         }
 }
+
+// ---------------------------------------------------------------------------------------
+// Training, persistent path: ONE launch per layer and window runs all T steps.  Block k owns
+// the JU hidden units u0 = k*JU .. u0+JU-1 (all four gates) and keeps its slice of W_h in
+// shared memory for the whole window; a grid barrier separates the steps.  Needs every block
+// resident at once: the host launches at most one block per SM (grid <= SM count) and checks
+// that the slice fits (cupy_backend.persist_plan).  Per step each (row b, unit u) pair is
+// computed by KS threads (lanes of one warp) that split the reduction and add it up with
+// shuffles; lane 0 of the group runs the cell.
+// Data written by other blocks (h_{t-1}, dz_{t+1}) is read with __ldcg (L2, not a stale L1).
+// ---------------------------------------------------------------------------------------
+#ifndef DYN_SHARED
+#define DYN_SHARED(name) extern __shared__ __align__(16) unsigned char name[]
+#endif
+
+// Grid barrier number `round` (1, 2, ...) on a counter the host zeroes before the launch.
+// A bounded spin: a grid that is not all resident gives wrong numbers (caught by the parity
+// tests) instead of a hang; *bar then stays short of the target, see the host check.
+__device__ __forceinline__ void grid_barrier(unsigned int* bar, unsigned int round) {
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        __threadfence();
+        atomicAdd(bar, 1u);
+        const unsigned int target = round * gridDim.x;
+        for (long long spin = 0; *(volatile unsigned int*)bar < target; ++spin) {
+            if (spin > (1LL << 20)) { atomicAdd(bar + 1, 1u); break; }   // bar[1]: timeouts (~50 ms)
+            __nanosleep(32);
+        }
+        __threadfence();
+    }
+    __syncthreads();
+}
+
+// sum over the KS lanes of a group (KS a power of two <= 32, groups aligned in the warp)
+template <typename T, int KS>
+__device__ __forceinline__ T group_sum(T v) {
+#pragma unroll
+    for (int off = KS / 2; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+    return v;
+}
+
+// Forward over the window.  grid (ceil(H/JU)), smem 4*JU*H*sizeof(T): Ws[c*H + k] = W_h[k, g*H + u0+uu],
+// c = g*JU + uu.  bar: 2 zeroed counters.
+template <typename T, int KS>
+__global__ void __launch_bounds__(THREADS)
+lstm_fwd_persist(const FwdPtrs<T>* __restrict__ args, unsigned int* bar, int nT, int B, int H, int JU) {
+    DYN_SHARED(smem_raw);
+    T* Ws = reinterpret_cast<T*>(smem_raw);          // (4*JU, H)
+    const FwdPtrs<T> p = *args;
+    const int G = 4 * H, u0 = blockIdx.x * JU;
+    const int nu = min(JU, H - u0);                  // units of this block (the last may have fewer)
+    for (int e = threadIdx.x; e < 4 * JU * H; e += THREADS) {
+        const int c = e / H, k = e % H, g = c / JU, uu = c % JU;
+        Ws[e] = uu < nu ? p.W[(long long)k * G + g * H + u0 + uu] : T(0);
+    }
+    __syncthreads();
+    const int lane = threadIdx.x % KS, grp = threadIdx.x / KS, NGRP = THREADS / KS;
+    const int pairs = B * JU;
+    const long long BH = (long long)B * H, BG = (long long)B * G;
+    for (int t = 0; t < nT; ++t) {
+        const T* hprev = p.hbuf + t * BH;             // (B,H) h_{t-1}
+        for (int p0 = 0; p0 < pairs; p0 += NGRP) {   // uniform over the block: shuffles are safe
+            const int pr = p0 + grp, b = pr / JU, uu = pr % JU;
+            const bool in = pr < pairs && uu < nu;
+            T z0 = T(0), z1 = T(0), z2 = T(0), z3 = T(0);
+            if (in) {
+                const T* hrow = hprev + (long long)b * H;
+                const T* w = Ws + uu * H;
+                const int JH = JU * H;
+#pragma unroll 4
+                for (int k = lane; k < H; k += KS) {
+                    const T h = __ldcg(hrow + k);
+                    z0 += h * w[k];
+                    z1 += h * w[JH + k];
+                    z2 += h * w[2 * JH + k];
+                    z3 += h * w[3 * JH + k];
+                }
+            }
+            z0 = group_sum<T, KS>(z0);
+            z1 = group_sum<T, KS>(z1);
+            z2 = group_sum<T, KS>(z2);
+            z3 = group_sum<T, KS>(z3);
+            if (in && lane == 0) {
+                const int j = u0 + uu;
+                const T* xp = p.xproj + t * BG + (long long)b * G;
+                T i, f, g, o, c, h;
+                cell_forward((xp[j] + p.b[j]) + z0, (xp[H + j] + p.b[H + j]) + z1,
+                             (xp[2 * H + j] + p.b[2 * H + j]) + z2, (xp[3 * H + j] + p.b[3 * H + j]) + z3,
+                             __ldcg(p.cbuf + t * BH + (long long)b * H + j), i, f, g, o, c, h);
+                T* a = p.acts + t * BG + (long long)b * G;
+                a[j] = i; a[H + j] = f; a[2 * H + j] = g; a[3 * H + j] = o;
+                p.cbuf[(t + 1) * BH + (long long)b * H + j] = c;
+                p.hbuf[(t + 1) * BH + (long long)b * H + j] = h;
+            }
+        }
+        if (t + 1 < nT) grid_barrier(bar, t + 1);
+    }
+}
+
+// Backward over the window (t = T-1 .. 0).  Same grid; smem Ws[uu*G + col] = W_h[u0+uu, col]
+// (the rows of the block's units: dh_{t}[b,u] gets sum_col dz_{t+1}[b,col] W_h[u,col]).
+template <typename T, int KS>
+__global__ void __launch_bounds__(THREADS)
+lstm_bwd_persist(const BwdPtrs<T>* __restrict__ args, unsigned int* bar, int nT, int B, int H, int JU) {
+    DYN_SHARED(smem_raw);
+    T* Ws = reinterpret_cast<T*>(smem_raw);          // (JU, G)
+    const BwdPtrs<T> p = *args;
+    const int G = 4 * H, u0 = blockIdx.x * JU;
+    const int nu = min(JU, H - u0);
+    for (int e = threadIdx.x; e < JU * G; e += THREADS) {
+        const int uu = e / G, col = e % G;
+        Ws[e] = uu < nu ? p.W[(long long)(u0 + uu) * G + col] : T(0);
+    }
+    __syncthreads();
+    const int lane = threadIdx.x % KS, grp = threadIdx.x / KS, NGRP = THREADS / KS;
+    const int pairs = B * JU;
+    const long long BH = (long long)B * H, BG = (long long)B * G;
+    for (int t = nT - 1; t >= 0; --t) {
+        const bool has_next = t < nT - 1;
+        for (int p0 = 0; p0 < pairs; p0 += NGRP) {
+            const int pr = p0 + grp, b = pr / JU, uu = pr % JU;
+            const bool in = pr < pairs && uu < nu;
+            T s0 = T(0), s1 = T(0);
+            if (in && has_next) {
+                const T* dzrow = p.dzs + (t + 1) * BG + (long long)b * G;   // (G,) dz_{t+1}
+                const T* w = Ws + uu * G;
+#pragma unroll 4
+                for (int col = lane; col < G; col += 2 * KS) {
+                    s0 += __ldcg(dzrow + col) * w[col];
+                    if (col + KS < G) s1 += __ldcg(dzrow + col + KS) * w[col + KS];
+                }
+            }
+            const T s = group_sum<T, KS>(s0 + s1);
+            if (in && lane == 0) {
+                const int j = u0 + uu;
+                const long long bh = (long long)b * H + j;
+                const T* a = p.acts + t * BG + (long long)b * G;
+                const T dh = p.dhs[t * BH + bh] + (has_next ? s : p.dhT[bh]);
+                T dzi, dzf, dzg, dzo, dc_prev;
+                cell_backward(dh, p.dc[bh], a[j], a[H + j], a[2 * H + j], a[3 * H + j],
+                              p.cbuf[(t + 1) * BH + bh], p.cbuf[t * BH + bh], dzi, dzf, dzg, dzo, dc_prev);
+                T* dz = p.dzs + t * BG + (long long)b * G;
+                dz[j] = dzi; dz[H + j] = dzf; dz[2 * H + j] = dzg; dz[3 * H + j] = dzo;
+                p.dc[bh] = dc_prev;
+            }
+        }
+        if (t > 0) grid_barrier(bar, nT - t);
+    }
+}

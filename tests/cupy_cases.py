@@ -141,7 +141,18 @@ LAYER_SHAPES = [  # T, B, I, H
     (1, 1, 4, 5),      # T = 1, B = 1
     (4, 6, 3, 20),     # B > 4: the small tile, partial tiles in both directions
 ]
-MODES = [("fused", False), ("fused", True), ("cublas", False)]
+MODES = [("fused", False), ("fused", True), ("cublas", False), ("persist", False)]
+
+
+def _persist_units(env, H):
+    """Units per block of the persistent kernels: the emulator runs blocks one after another, so a
+    grid barrier only works there with ONE block (all H units); the GPU uses the backend's plan."""
+    return H if env.emulated else 0
+
+
+def _check_no_barrier_timeouts(env, rep):
+    for k, bar in enumerate(env.cb.PERSIST_BARS):
+        rep.equal(f"persist launch {k}: barrier spin timeouts", int(host(env, bar)[1]), 0)
 
 
 def _layer_inputs(rng, T, B, I, H, dtype):
@@ -169,15 +180,36 @@ def _check_layer(env, rep, tag, inputs, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("mode,graphs", MODES, ids=["fused", "fused-graph", "cublas"])
+@pytest.mark.parametrize("mode,graphs", MODES, ids=["fused", "fused-graph", "cublas", "persist"])
 @pytest.mark.parametrize("shape", LAYER_SHAPES, ids=lambda s: "T{}B{}I{}H{}".format(*s))
 def test_lstm_layer(env, options, dtype, mode, graphs, shape):
-    options(step=mode, graphs=graphs)
+    options(step=mode, graphs=graphs, persist_units=_persist_units(env, shape[3]))
     rng = np.random.default_rng(3)
     rep = Report(f"lstm layer {dtype} {mode}{'+graph' if graphs else ''} T{shape[0]}B{shape[1]}I{shape[2]}H{shape[3]}")
+    if mode == "persist":
+        rep.equal("persistent path taken", env.cb.step_mode(shape[1], shape[3], dtype), "persist")
     calls = 3 if graphs else 1          # eager, capture, replay on new buffers and new values
     for k in range(calls):
         _check_layer(env, rep, f"call{k} ", _layer_inputs(rng, *shape, dtype), dtype)
+    if mode == "persist":
+        _check_no_barrier_timeouts(env, rep)
+    rep.done()
+
+
+@pytest.mark.parametrize("units", [1, 3, 8])
+@pytest.mark.parametrize("B", [2, 40])
+def test_lstm_layer_persist_blocks(env, options, units, B):
+    """The persistent kernels with several blocks (a grid barrier per step; the last block owning
+    fewer units when 3 does not divide H) and each lane count KS (B*units pairs per block)."""
+    if env.emulated:
+        pytest.skip("the emulator runs blocks one after another: no grid barrier across blocks")
+    options(step="persist", persist_units=units)
+    H = 37
+    rep = Report(f"lstm layer float32 persist units={units} B={B} plan={env.cb.persist_plan(B, H, 'float32')}")
+    rep.equal("persistent path taken", env.cb.step_mode(B, H, "float32"), "persist")
+    for dt in ("float64", "float32"):
+        _check_layer(env, rep, f"{dt} ", _layer_inputs(np.random.default_rng(11), 7, B, 6, H, dt), dt)
+    _check_no_barrier_timeouts(env, rep)
     rep.done()
 
 
@@ -234,9 +266,9 @@ def test_embed_layer(env, dtype):
 # ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("mode", ["fused", "cublas"])
+@pytest.mark.parametrize("mode", ["fused", "cublas", "persist"])
 def test_training_steps(env, options, dtype, mode):
-    options(step=mode, graphs=True)
+    options(step=mode, graphs=True, persist_units=_persist_units(env, 11))
     cfg = ModelConfig(vocab_size=13, embed_size=5, hidden_size=11, layers=2, dropout=0.25, dtype=dtype)
     T, B = 6, 3
     params = init_params(cfg, seed=7)

@@ -38,7 +38,7 @@ def test_device_and_every_kernel_loads(env):
     rep = Report(f"device {name} cc {props['major']}.{props['minor']} SMs {props['multiProcessorCount']} "
                  f"cupy {cp.__version__} CUPY_TF32={os.environ.get('CUPY_TF32')}")
     for base, (_, kind) in ck.KERNELS.items():
-        tiles = [None] if kind is None else (ck.GEN_TILES if kind == "gen" else list(ck.TILES))
+        tiles = ck.kernel_variants(kind)
         for dt in ("float32", "float64"):
             for tile in tiles:
                 fn = ck.get(base, dt, tile)

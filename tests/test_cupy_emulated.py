@@ -39,6 +39,7 @@ def _fake_cupy():
 def _clear_kernel_caches():
     ck.module.cache_clear()
     ck.sm_count.cache_clear()
+    ck.smem_optin.cache_clear()
     ck._FUNCTIONS.clear()
 
 

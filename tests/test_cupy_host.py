@@ -88,7 +88,8 @@ def test_kernel_names_and_dtype_dispatch():
         ck.kernel_name("gen_logits", "float32", "big")
     with pytest.raises(ValueError, match="takes no tile"):
         ck.kernel_name("adam_multi", "float32", "small")
-    assert len(set(ck.name_expressions("lstm.cu"))) == 2 * (3 + 3 + 1 + 1 + 2 + 2)
+    assert ck.kernel_name("lstm_bwd_persist", "float32", 16) == "lstm_bwd_persist<float,16>"
+    assert len(set(ck.name_expressions("lstm.cu"))) == 2 * (3 + 3 + 3 + 3 + 1 + 1 + 2 + 2)
 
 
 def test_tiles_use_the_thread_count_the_kernels_assume():
@@ -151,7 +152,22 @@ def test_step_mode_and_options():
             cb.set_options(tile="huge")
     finally:
         cb.set_options(**old)
-    assert cb.OPTIONS == {"step": "auto", "graphs": True, "tile": None} or old["step"] != "auto"
+    assert cb.OPTIONS == {"step": "auto", "graphs": True, "tile": None, "persist_units": None} or old["step"] != "auto"
+
+
+def test_persist_plan():
+    """Units per block, blocks <= SMs, lanes per pair, shared bytes; None when W_h does not fit."""
+    old = cb.set_options(step="persist", persist_units=0)
+    try:
+        assert cb.persist_plan(32, 128, "float32", n_sm=132, smem_max=227 * 1024) == (1, 128, 8, 2048)
+        assert cb.persist_plan(64, 512, "float32", n_sm=132, smem_max=227 * 1024) == (4, 128, 8, 32768)
+        assert cb.persist_plan(4, 100, "float64", n_sm=132, smem_max=48 * 1024) == (1, 100, 32, 3200)
+        assert cb.persist_plan(64, 1024, "float32", n_sm=132, smem_max=227 * 1024)[:3] == (8, 128, 8)
+        assert cb.persist_plan(64, 1024, "float64", n_sm=132, smem_max=227 * 1024) is None   # 256 KiB slice
+        cb.set_options(persist_units=3)
+        assert cb.persist_plan(2, 37, "float32", n_sm=132, smem_max=48 * 1024) == (3, 13, 32, 4 * 3 * 37 * 4)
+    finally:
+        cb.set_options(**old)
 
 
 def test_generation_request_checks():

@@ -47,6 +47,7 @@ OPTIONS = {
     "step": os.environ.get("LSTM_ENGINE_CUPY_STEP", "auto"),
     "graphs": os.environ.get("LSTM_ENGINE_CUPY_GRAPHS", "1") != "0",
     "tile": None,      # None: cupy_kernels.choose_tile decides; or one of cupy_kernels.TILES (tests)
+    "persist_units": None,   # None: persist_plan decides the units per block; an int forces it (tests)
 }
 # fused per-step kernels while B*H*H stays below this (above it cuBLAS wins; see the benchmark)
 FUSED_MAX_WORK = {"float32": 48e6, "float64": 16e6}
@@ -80,18 +81,23 @@ def _probe():
     return True, ""
 
 
-def set_options(step=None, graphs=None, tile=None):
-    """Choose the step path ('auto', 'fused', 'cublas'), CUDA graphs on/off and (for tests) the
-    tile config of the fused kernels ('auto' resets it) -> the old options (pass them back with
-    set_options(**old))."""
-    old = dict(OPTIONS, tile=OPTIONS["tile"] or "auto")
+STEP_MODES = ("auto", "fused", "cublas", "persist")
+
+
+def set_options(step=None, graphs=None, tile=None, persist_units=None):
+    """Choose the step path ('auto', 'fused', 'cublas', 'persist'), CUDA graphs on/off and (for
+    tests) the tile config of the fused kernels ('auto' resets it) and the units per block of the
+    persistent kernels (0 resets it) -> the old options (pass them back with set_options(**old))."""
+    old = dict(OPTIONS, tile=OPTIONS["tile"] or "auto", persist_units=OPTIONS["persist_units"] or 0)
+    if persist_units is not None:
+        OPTIONS["persist_units"] = int(persist_units) or None
     if tile is not None:
         if tile != "auto" and tile not in ck.TILES:
             raise ValueError(f"tile must be auto or one of {tuple(ck.TILES)}, not {tile!r}")
         OPTIONS["tile"] = None if tile == "auto" else tile
     if step is not None:
-        if step not in ("auto", "fused", "cublas"):
-            raise ValueError(f"step must be auto, fused or cublas, not {step!r}")
+        if step not in STEP_MODES:
+            raise ValueError(f"step must be one of {', '.join(STEP_MODES)}, not {step!r}")
         OPTIONS["step"] = step
     if graphs is not None:
         OPTIONS["graphs"] = bool(graphs)
@@ -99,11 +105,32 @@ def set_options(step=None, graphs=None, tile=None):
 
 
 def step_mode(B, H, dtype):
-    """'fused' (one kernel per step, graph-capturable) or 'cublas' (cuBLAS + cell kernel)."""
+    """'fused' (one kernel per step, graph-capturable), 'cublas' (cuBLAS + cell kernel) or
+    'persist' (one kernel per window, W_h in shared memory; only where persist_plan fits)."""
     mode = OPTIONS["step"]
+    if mode == "persist":
+        if persist_plan(B, H, dtype) is not None:
+            return "persist"
+        mode = "auto"
     if mode != "auto":
         return mode
     return "fused" if B * H * H <= FUSED_MAX_WORK[np.dtype(dtype).name] else "cublas"
+
+
+def persist_plan(B, H, dtype, n_sm=None, smem_max=None):
+    """(JU units per block, blocks, KS lanes per pair, shared bytes) of the persistent kernels, or
+    None when the W_h slices do not fit: at most one block per SM (all resident for the grid
+    barrier) and a slice of 4*JU*H values within the per-block shared-memory limit."""
+    n_sm = n_sm or ck.sm_count()
+    smem_max = smem_max or ck.smem_optin()
+    JU = OPTIONS["persist_units"] or -(-H // n_sm)
+    blocks = -(-H // JU)
+    smem = 4 * JU * H * np.dtype(dtype).itemsize
+    if blocks > n_sm or smem > smem_max:
+        return None
+    want = max(1, ck.THREADS // (B * JU))              # lanes per pair so every pair has a group
+    KS = max(k for k in ck.PERSIST_KS if k <= max(want, ck.PERSIST_KS[0]))
+    return JU, blocks, KS, smem
 
 
 def asarray(a, dtype=None):
@@ -188,7 +215,9 @@ def lstm_forward(x, W, b, h0, c0):
     hbuf[0] = h0
     cbuf[0] = c0
     mode = step_mode(B, H, dt)
-    if mode == "fused":
+    if mode == "persist":
+        _forward_persist(xproj, W, b, hbuf, cbuf, acts)
+    elif mode == "fused":
         _forward_fused(xproj, W, b, hbuf, cbuf, acts)
     else:
         _forward_cublas(xproj, W, b, hbuf, cbuf, acts)
@@ -208,6 +237,26 @@ def _forward_fused(xproj, W, b, hbuf, cbuf, acts):
             kern(grid, (ck.THREADS,), (struct, ck.i32(t), ck.i32(B), ck.i32(H)))
 
     _LOOPS.run(("fwd", W.dtype.name, T, B, H, tile), ptrs, launch, OPTIONS["graphs"])
+
+
+# the barrier counters of the last persistent launches: [arrivals, spin timeouts] (tests read [1])
+PERSIST_BARS = []
+
+
+def _launch_persist(base, W, ptrs, T, B, H):
+    JU, blocks, KS, smem = persist_plan(B, H, W.dtype)
+    kern = ck.get(base, W.dtype, KS)
+    if smem > 48 * 1024 and getattr(kern, "max_dynamic_shared_size_bytes", 0) < smem:
+        kern.max_dynamic_shared_size_bytes = smem
+    struct = asarray(ptrs)
+    bar = cp.zeros(2, cp.uint32)
+    kern((blocks,), (ck.THREADS,), (struct, bar, ck.i32(T), ck.i32(B), ck.i32(H), ck.i32(JU)), shared_mem=smem)
+    PERSIST_BARS[:] = PERSIST_BARS[-7:] + [bar]
+
+
+def _forward_persist(xproj, W, b, hbuf, cbuf, acts):
+    T, B, G = xproj.shape
+    _launch_persist("lstm_fwd_persist", W, pointer_table([xproj, W, b, hbuf, cbuf, acts]), T, B, G // 4)
 
 
 def _forward_cublas(xproj, W, b, hbuf, cbuf, acts):
@@ -233,7 +282,9 @@ def lstm_backward(dhs, dhT, dcT, cache):
     dhT = cp.ascontiguousarray(dhT, dtype=dt)
     dc = cp.array(dcT, dtype=dt, order="C", copy=True)   # running dL/dc: dc_T in, dc_0 out
     dzs = cp.empty((T, B, G), dt)                         # dL/dz_t for every step
-    if cache.mode == "fused":
+    if cache.mode == "persist":
+        _backward_persist(W, acts, cbuf, dhs, dhT, dzs, dc)
+    elif cache.mode == "fused":
         _backward_fused(W, acts, cbuf, dhs, dhT, dzs, dc)
     else:
         _backward_cublas(W, acts, cbuf, dhs, dhT, dzs, dc)
@@ -260,6 +311,11 @@ def _backward_fused(W, acts, cbuf, dhs, dhT, dzs, dc):
             kern(grid, (ck.THREADS,), (struct, ck.i32(t), ck.i32(B), ck.i32(H), ck.i32(t < T - 1)))
 
     _LOOPS.run(("bwd", W.dtype.name, T, B, H, tile), ptrs, launch, OPTIONS["graphs"])
+
+
+def _backward_persist(W, acts, cbuf, dhs, dhT, dzs, dc):
+    T, B, G = acts.shape
+    _launch_persist("lstm_bwd_persist", W, pointer_table([W, acts, cbuf, dhs, dhT, dzs, dc]), T, B, G // 4)
 
 
 def _backward_cublas(W, acts, cbuf, dhs, dhT, dzs, dc):

@@ -36,11 +36,15 @@ TILES = {
     "big": (32, 32, 2, 2),      # 2x2 rows x units per thread: better reuse once blocks are plenty
 }
 GEN_TILES = ("narrow", "small")
+# lanes per (row, unit) pair of the persistent kernels (a power of two <= 32: one warp's shuffles)
+PERSIST_KS = (8, 16, 32)
 
 # kernel base name -> (file, takes a tile config)
 KERNELS = {
     "lstm_fwd_fused": ("lstm.cu", "train"),
     "lstm_bwd_fused": ("lstm.cu", "train"),
+    "lstm_fwd_persist": ("lstm.cu", "persist"),
+    "lstm_bwd_persist": ("lstm.cu", "persist"),
     "lstm_fwd_cell": ("lstm.cu", None),
     "lstm_bwd_cell": ("lstm.cu", None),
     "gen_lstm_step": ("lstm.cu", "gen"),
@@ -74,10 +78,21 @@ def kernel_name(base, dtype, tile=None):
         if tile is not None:
             raise ValueError(f"{base} takes no tile config")
         return f"{base}<{ctype(dtype)}>"
+    if kind == "persist":
+        if tile not in PERSIST_KS:
+            raise ValueError(f"{base} needs KS among {PERSIST_KS}, got {tile!r}")
+        return f"{base}<{ctype(dtype)},{tile}>"
     allowed = GEN_TILES if kind == "gen" else tuple(TILES)
     if tile not in allowed:
         raise ValueError(f"{base} needs a tile config among {allowed}, got {tile!r}")
     return f"{base}<{ctype(dtype)},{','.join(str(x) for x in TILES[tile])}>"
+
+
+def kernel_variants(kind):
+    """The tile / KS arguments a kernel kind is instantiated for ([None] for untemplated ones)."""
+    if kind is None:
+        return [None]
+    return list({"gen": GEN_TILES, "persist": PERSIST_KS}.get(kind, TILES))
 
 
 def name_expressions(filename):
@@ -87,7 +102,7 @@ def name_expressions(filename):
         if fname != filename:
             continue
         for dt in CTYPES:
-            tiles = [None] if kind is None else (GEN_TILES if kind == "gen" else list(TILES))
+            tiles = kernel_variants(kind)
             out.extend(kernel_name(base, dt, tile) for tile in tiles)
     return out
 
@@ -184,6 +199,17 @@ def sm_count():
         return int(cupy.cuda.runtime.getDeviceProperties(dev)["multiProcessorCount"])
     except Exception:
         return 108
+
+
+@functools.lru_cache(maxsize=None)
+def smem_optin():
+    """Largest dynamic shared memory a block may opt in to (bytes); 48 KiB if unknown."""
+    try:
+        import cupy
+        props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+        return int(props.get("sharedMemPerBlockOptin") or 48 * 1024)
+    except Exception:
+        return 48 * 1024
 
 
 def choose_tile(B, H, n_sm=None, gen=False):

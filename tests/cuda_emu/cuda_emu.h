@@ -200,6 +200,13 @@ inline T atomicAdd(T* p, T v) {
     return old;
 }
 
+// the persistent kernels: dynamic shared memory, L2 loads, fences (one OS thread: plain memory)
+#define DYN_SHARED(name) alignas(16) static unsigned char name[1 << 20]
+template <typename T>
+inline T __ldcg(const T* p) { return *p; }
+inline void __threadfence() {}
+inline void __nanosleep(unsigned) {}
+
 inline int min(int a, int b) { return a < b ? a : b; }
 inline int max(int a, int b) { return a > b ? a : b; }
 inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }

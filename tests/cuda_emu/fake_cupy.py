@@ -23,7 +23,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 __version__ = "0-cpu-emulator"
-float32, float64, int32, int64, uint64 = np.float32, np.float64, np.int32, np.int64, np.uint64
+float32, float64, int32, int64, uint32, uint64 = np.float32, np.float64, np.int32, np.int64, np.uint32, np.uint64
 
 _CAPTURE = {"stream": None, "records": None}
 
