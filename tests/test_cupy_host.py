@@ -138,10 +138,13 @@ def test_check_lstm_shapes():
             cb.check_lstm_shapes(*shapes)
 
 
-def test_step_mode_and_options():
+def test_step_mode_and_options(monkeypatch):
     old = cb.set_options(step="auto", graphs=True, tile="auto")
     try:
-        assert cb.step_mode(32, 128, "float32") == "fused"        # seed-sized: launch-bound
+        monkeypatch.setattr(cb.ck, "sm_count", lambda: 132)         # an H100's figures
+        monkeypatch.setattr(cb.ck, "smem_optin", lambda: 232448)
+        assert cb.step_mode(32, 128, "float32") == "persist"      # seed-sized: the persistent kernels won
+        assert cb.step_mode(50, 128, "float32") == "fused"        # karpathy-sized: launch-bound
         assert cb.step_mode(128, 1024, "float32") == "cublas"     # large: the product dominates
         assert cb.step_mode(64, 512, "float64") == "cublas"
         cb.set_options(step="fused", tile="big")

@@ -51,6 +51,9 @@ OPTIONS = {
 }
 # fused per-step kernels while B*H*H stays below this (above it cuBLAS wins; see the benchmark)
 FUSED_MAX_WORK = {"float32": 48e6, "float64": 16e6}
+# auto takes the persistent kernels up to this B*H: measured on an H100 (GPU run 2, 2026-11-26) they
+# won at seed (B32 H128: 716k vs 519k chars/s fused) and lost at karpathy (B50 H128), medium and large
+PERSIST_MAX_BH = 32 * 128
 
 _availability = None
 
@@ -114,7 +117,16 @@ def step_mode(B, H, dtype):
         mode = "auto"
     if mode != "auto":
         return mode
+    if B * H <= PERSIST_MAX_BH and _persist_fits(B, H, dtype):
+        return "persist"
     return "fused" if B * H * H <= FUSED_MAX_WORK[np.dtype(dtype).name] else "cublas"
+
+
+def _persist_fits(B, H, dtype):
+    try:
+        return persist_plan(B, H, dtype) is not None
+    except Exception:          # no device to ask for its SM count / shared memory: not persistent
+        return False
 
 
 def persist_plan(B, H, dtype, n_sm=None, smem_max=None):
