@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 import signal
 import sys
 
@@ -13,7 +14,7 @@ import click
 
 from lstm_engine import api, corpora
 from lstm_engine.errors import UserError
-from lstm_engine.generation import bits
+from lstm_engine.generation import bits, check_sampling_options
 from lstm_engine.train import TrainConfig
 
 
@@ -27,13 +28,20 @@ def _fmt_time(s):
 
 
 class Group(click.Group):
-    """Turns UserError into one line on stderr and exit status 2; Ctrl-C into status 130."""
+    """Turns UserError (and a mistyped option) into one line on stderr and exit status 2; Ctrl-C into status 130."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except UserError as e:
             err(f"error: {e}")
+            sys.exit(2)
+        except click.UsageError as e:
+            sub = f" {e.ctx.info_name}" if e.ctx is not None and e.ctx.parent is not None else ""
+            err(f"error: {e.format_message()} (see: lstm-engine{sub} --help)")
+            sys.exit(2)
+        except MemoryError:
+            err("error: out of memory; use a smaller model or batch (--hidden-size, --batch-size, --seq-len)")
             sys.exit(2)
         except KeyboardInterrupt:
             err("interrupted")
@@ -62,6 +70,8 @@ def _print_event(kind, info):
     elif kind == "eval":
         err(f"step {info['step']:>6}  val loss {info['val_loss']:.4f} nats/char ({bits(info['val_loss']):.3f} bits/char,"
             f" unigram entropy {info['entropy']:.3f})" + ("  * best" if info["best"] else ""))
+    elif kind == "recipe":
+        err(info["text"])
     elif kind == "sample":
         err(f"--- sample at step {info['step']} ---\n{info['text']}\n---")
     elif kind == "done":
@@ -75,8 +85,8 @@ def _print_event(kind, info):
               help="corpus name (`lstm-engine corpus list`) or path to a UTF-8 file")
 @click.option("--encoding", default="utf-8", show_default=True, help="text encoding of a corpus file")
 @click.option("--backend", default="auto", show_default=True, help="numpy | numba | cupy | auto")
-@click.option("--embed-size", default=None, type=int,
-              help="embedding size (default: 64, or `corpus info`'s suggestion above 256 symbols)")
+@click.option("--embed-size", default=64, show_default=True, type=int,
+              help="embedding size (left out: `corpus info`'s suggestion for corpora of over 256 symbols)")
 @click.option("--hidden-size", default=128, show_default=True, type=int)
 @click.option("--layers", default=2, show_default=True, type=int)
 @click.option("--dropout", default=0.0, show_default=True, type=float)
@@ -92,29 +102,49 @@ def _print_event(kind, info):
 @click.option("--log-every", default=10, show_default=True, type=int)
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "float64"]))
-@click.option("--max-vocab", default=None, type=int,
-              help="keep the N-1 most frequent symbols plus <unk> (0: all; default: all, or `corpus info`'s "
-                   "suggestion above 256 symbols)")
+@click.option("--max-vocab", default=0, show_default=True, type=int,
+              help="keep the N most frequent symbols (0: all; left out: `corpus info`'s suggestion above 256 symbols)")
 @click.option("--val-fraction", default=0.1, show_default=True, type=float)
 @click.option("--out", default="", help="run directory (default runs/run-DATE-TIME)")
-@click.option("--resume", default=None, help="checkpoint to continue from")
-def train(resume, **opts):
+@click.option("--time-budget", default=None,
+              help="train the best model that fits this wall-clock time (90s, 10m, 2h): the recipe picks "
+                   "size, batch, length, dropout and lr from the measured speed; options you set win")
+@click.option("--keep", default=3, show_default=True, type=int,
+              help="step-numbered checkpoints to keep besides latest and best")
+@click.option("--resume", default=None,
+              help="checkpoint (or run directory) to continue from; options left out are taken from it")
+@click.pass_context
+def train(ctx, resume, time_budget, **opts):
     """Train a model on a corpus; checkpoints go to --out."""
-    given = {k: opts[k] for k in ("embed_size", "max_vocab")}
-    opts["embed_size"], opts["max_vocab"], text = api.model_defaults(
-        opts["corpus"], opts["encoding"], resume, **given)
-    filled = {k: opts[k] for k, v in given.items() if v is None}
-    if not resume and (filled.get("embed_size", 64), filled.get("max_vocab", 0)) != (64, 0):
-        err("this corpus has many symbols: using " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in filled.items())
-            + " (`lstm-engine corpus info` suggestions; pass them to override)")
-    cfg = TrainConfig(**opts)
-    trainer = api.Trainer(cfg, text=text, resume=resume, on_event=_print_event)
+    from click.core import ParameterSource
+    given = {k: v for k, v in opts.items()
+             if ctx.get_parameter_source(k) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)}
+    if time_budget is not None:
+        from lstm_engine.budget import parse_duration
+        opts["time_budget"] = given["time_budget"] = parse_duration(time_budget)
+    text = None
+    if resume:
+        from lstm_engine.checkpoint import read_meta
+        from lstm_engine.train import config_for_resume
+        cfg = config_for_resume(read_meta(resume), given, resume)
+    else:
+        filled, text = api.corpus_defaults(opts["corpus"], opts["encoding"], given)
+        opts.update(filled)
+        changed = {k: v for k, v in filled.items() if v != getattr(TrainConfig, k)}
+        if changed:
+            err("this corpus has many symbols: using " + " ".join(f"--{k.replace('_', '-')} {v}"
+                                                                 for k, v in changed.items())
+                + " (`lstm-engine corpus info` suggestions; pass the options to override)")
+        cfg = TrainConfig(**opts)
+    trainer = api.Trainer(cfg, text=text, resume=resume, on_event=_print_event, explicit=set(given))
     api.remember_last_run(trainer.out)
+    got = []
 
     def request_stop(signum, frame):
         if trainer.stop_requested:          # second Ctrl-C: give up at once (checkpoints stay intact)
             raise KeyboardInterrupt
         trainer.stop_requested = True
+        got.append(signum)
         err("stopping after this step and saving ...")
 
     old = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -124,11 +154,10 @@ def train(resume, **opts):
         for s, h in old.items():
             signal.signal(s, h)
     if trainer.stop_requested:
-        path = f"{trainer.out}/latest.safetensors"
+        path = trainer.rundir.latest
         err(f"interrupted at step {st.step}; checkpoint saved to {path}\n"
-            f"resume with: lstm-engine train --resume {path} --steps {cfg.steps} --out {trainer.out} "
-            f"--corpus {cfg.corpus}")
-        sys.exit(130)
+            f"resume with: lstm-engine train --resume {shlex.quote(trainer.out)}")
+        sys.exit(128 + (got[0] if got else signal.SIGINT))
 
 
 @main.command("eval")
@@ -143,6 +172,8 @@ def eval_cmd(checkpoint, corpus, encoding, backend, as_json):
     model, vocab, meta = api.load_model(checkpoint, backend)
     if corpus is None:
         t = meta["train"]
+        if not t.get("corpus"):
+            raise UserError(f"{checkpoint} records no training corpus (it was imported); pass --corpus FILE")
         ids = vocab.encode(load_corpus(t["corpus"], t.get("encoding", "utf-8")))
         _, ids = split(ids, t.get("val_fraction", 0.1))
         text = vocab.decode(ids)
@@ -176,7 +207,8 @@ def generate(checkpoint, prime, length, temperature, top_k, top_p, greedy, seed,
     model, vocab, _ = api.load_model(path, backend)
     if not checkpoint:
         err(f"using {path}")
-    vocab.encode(prime, strict=True)        # a prime the model cannot read fails before anything is printed
+    check_sampling_options(temperature, top_k, top_p, length)
+    vocab.encode(prime, strict=True)            # refuse a bad prime before anything is printed
     if echo and prime:
         click.echo(prime, nl=False)
 
@@ -186,6 +218,169 @@ def generate(checkpoint, prime, length, temperature, top_k, top_p, greedy, seed,
 
     api.generate(model, vocab, prime, length, temperature, top_k or 0, top_p, greedy, seed, on_text=out)
     click.echo()
+
+
+@main.command("export")
+@click.argument("checkpoint")
+@click.option("--format", "fmt", type=click.Choice(["torch"]), default="torch", show_default=True,
+              help="torch: a state dict for nn.Embedding -> nn.LSTM -> nn.Linear (docs/pytorch-interop.md)")
+@click.option("-o", "--out", required=True, help="FILE.safetensors, or FILE.pt (needs torch); vocab: FILE.vocab.json")
+def export_cmd(checkpoint, fmt, out):
+    """Write a checkpoint's weights as a PyTorch state dict, with its vocabulary beside it."""
+    from lstm_engine import interop
+    r = interop.export_torch(checkpoint, out)
+    m = r["config"]
+    err(f"wrote {r['path']} (V={m['vocab_size']} E={m['embed_size']} H={m['hidden_size']} L={m['layers']} "
+        f"{m['dtype']}) and {r['vocab_path']}")
+
+
+@main.command("import")
+@click.argument("state_dict")
+@click.option("--vocab", default=None, help="JSON list of the symbols in index order (default: FILE.vocab.json)")
+@click.option("-o", "--out", required=True, help="checkpoint to write (.safetensors)")
+def import_cmd(state_dict, vocab, out):
+    """Make a checkpoint from a PyTorch state dict (.safetensors or .pt) and its vocabulary."""
+    from lstm_engine import interop
+    r = interop.import_torch(state_dict, vocab, out)
+    m = r["config"]
+    err(f"wrote {r['path']} (V={m['vocab_size']} E={m['embed_size']} H={m['hidden_size']} L={m['layers']} "
+        f"{m['dtype']})")
+
+
+@main.command()
+@click.option("--backends", default="numpy,numba,cupy,torch", show_default=True,
+              help="numpy, numba, cupy and the PyTorch peer: torch (same device as the others), torch-cpu, torch-cuda")
+@click.option("--configs", default="tiny,seed,karpathy", show_default=True,
+              help="tiny, seed, karpathy, medium, large, or E,H,L,B,T (e.g. 64,128,2,32,50); V=65")
+@click.option("--what", default="train,forward,sample", show_default=True, help="train, forward, sample")
+@click.option("--seconds", default=2.0, show_default=True, type=float, help="timed seconds per measurement")
+@click.option("--repeats", default=5, show_default=True, type=int, help="timed repeats (median and spread)")
+@click.option("--threads", default=None, type=int, help="BLAS, numba and torch threads (default: as they are)")
+@click.option("--json", "json_path", default=None, help="write JSON lines here ('-': stdout)")
+@click.option("--plot", "plot_path", default=None, help="write a bar chart PNG here (needs lstm-engine[plot])")
+def bench(backends, configs, what, seconds, repeats, threads, json_path, plot_path):
+    """Validate each backend against the NumPy reference, then time it.
+
+    \b
+    train: forward + BPTT + clip + Adam over B*T chars; forward: loss only;
+    sample: batch-1 generation, 32 chars a call.  Warm-up is not timed.
+    FLOP model per char: forward sum_l 2(I_l+H)4H + 2HV (I_0=E, I_l=H),
+    train 3x forward, sample 1x forward.  % peak is of the float32 sgemm
+    peak measured in the same run; vs torch is the speed ratio to the
+    PyTorch peer (nn.LSTM on CPU, cuDNN on GPU) on the same device.
+    """
+    from lstm_engine import bench_report
+    from lstm_engine.bench import run_bench
+    from lstm_engine.bench_machine import machine_line
+    if plot_path:
+        bench_report.require_matplotlib()
+    machine, rows = run_bench(backends, configs, what, seconds, repeats, threads, on_progress=err)
+    out = sys.stderr if json_path == "-" else sys.stdout
+    click.echo(machine_line(machine), file=out)
+    click.echo(bench_report.format_table(rows), file=out)
+    click.echo(bench_report.legend(rows), file=out)
+    if json_path:
+        bench_report.write_jsonl(rows, json_path)
+    if plot_path:
+        bench_report.plot(rows, plot_path, title=machine_line(machine))
+        err(f"wrote {plot_path}")
+
+
+# ----------------------------------------------------------------------------
+# Teaching tools: explain, inspect, plot (the logic lives in lstm_engine/explain.py,
+# explain_render.py, inspect_cells.py and plot.py)
+# ----------------------------------------------------------------------------
+
+@main.command()
+@click.option("--checkpoint", default=None, help="explain a trained checkpoint instead of a fresh tiny model")
+@click.option("--text", default=None, help="characters to step through (default 'hello'; needed with --checkpoint)")
+@click.option("--layer", default=0, show_default=True, type=int, help="which layer of the checkpoint to explain")
+@click.option("--input-size", default=2, show_default=True, type=int, help="tiny model: input (embedding) size")
+@click.option("--hidden-size", default=3, show_default=True, type=int, help="tiny model: hidden size")
+@click.option("--seed", default=0, show_default=True, type=int, help="tiny model: initialisation seed")
+@click.option("--backward", is_flag=True, help="continue with BPTT and end with a gradient check")
+@click.option("--units", default=None, type=int, help="entries of each H-sized vector to show (default: all up to 8)")
+@click.option("--max-check", default=64, show_default=True, type=int,
+              help="gradient check: entries per parameter (a seeded sample beyond that)")
+@click.option("--format", "fmt", default="text", show_default=True, type=click.Choice(["text", "markdown", "html"]))
+@click.option("--interactive", is_flag=True, help="wait for Enter between blocks (q + Enter stops)")
+@click.option("-o", "--output", default=None, help="write to this file instead of stdout")
+def explain(checkpoint, text, layer, input_size, hidden_size, seed, backward, units, max_check, fmt, interactive,
+            output):
+    """Step through one LSTM layer with real numbers: gates, cell, output, loss (and BPTT with --backward)."""
+    from lstm_engine import explain as ex
+    from lstm_engine.explain_render import render
+    if interactive and (fmt == "html" or output):
+        raise UserError("--interactive prints to the terminal; drop it for --format html or --output")
+    setup = (ex.checkpoint_setup(checkpoint, text, layer) if checkpoint else
+             ex.tiny_setup(text if text is not None else "hello", input_size, hidden_size, seed))
+    chunks = render(ex.explain(setup, backward, units, max_check, seed), fmt)
+    if output:
+        try:
+            with open(output, "w", encoding="utf-8") as f:
+                f.write("\n".join(chunks) + "\n")
+        except OSError as e:
+            raise UserError(f"could not write {output!r}: {e.strerror or e}") from None
+        err(f"wrote {output}")
+        return
+    for k, chunk in enumerate(chunks):
+        click.echo(chunk)
+        if interactive and k < len(chunks) - 1:
+            err("[Enter: next block, q: quit] ")
+            line = sys.stdin.readline()
+            if not line:                     # end of input: print the rest without waiting
+                interactive = False
+            elif line.strip().lower() == "q":
+                break
+
+
+@main.command("inspect")
+@click.argument("checkpoint")
+@click.option("--text", "text_file", default=None, help="file whose text the model reads")
+@click.option("--prime", default=None, help="the text itself, given on the command line")
+@click.option("--encoding", default="utf-8", show_default=True)
+@click.option("--layer", default=None, type=int, help="only this layer (default: all; --unit: the last)")
+@click.option("--unit", default=None, type=int, help="colour the text by this unit")
+@click.option("--state", "kind", default="h", show_default=True, type=click.Choice(["h", "c", "i", "f", "g", "o"]))
+@click.option("--rank", default=None, help="feature to rank units by: quotes, brackets, depth, line-pos, "
+                                           "after-newline, space, alpha, upper, digit, punct, vowel, char:X")
+@click.option("--top", default=5, show_default=True, type=int, help="units to show")
+@click.option("--max-chars", default=4000, show_default=True, type=int, help="read at most this many characters")
+@click.option("--html", "out_html", required=True, help="page to write (OUT.html)")
+def inspect_cmd(checkpoint, text_file, prime, encoding, layer, unit, kind, rank, top, max_chars, out_html):
+    """Colour a text by what single cells do; --rank finds the units that track a feature."""
+    from lstm_engine import inspect_cells
+    from lstm_engine.data import read_text_file
+    if (text_file is None) == (prime is None):
+        raise UserError("pass exactly one of --text FILE or --prime TEXT")
+    if max_chars < 2:
+        raise UserError(f"--max-chars must be >= 2 (got {max_chars})")
+    text = read_text_file(text_file, encoding) if text_file else prime
+    model, vocab, _ = api.load_model(checkpoint, "numpy")
+    if rank:
+        inspect_cells.feature_values("", rank)           # an unknown feature fails before the model runs
+    res = inspect_cells.inspect(model, vocab, text[:max_chars], out_html, layer, unit, kind, rank, top,
+                                source=text_file or "--prime")
+    rows = res["ranking"]
+    if rows and rank:
+        click.echo(f"units ranked by correlation with {rank!r} ({kind}, {min(len(text), max_chars):,} chars):")
+        for k, (r, l, u) in enumerate(rows):
+            click.echo(f"  #{k + 1}  layer {l}  unit {u:>4}  r = {r:+.3f}")
+    elif rows:
+        for r, l, u, feat in rows:
+            click.echo(f"  layer {l}  unit {u:>4}  r = {r:+.3f}  {inspect_cells.FEATURES[feat]}")
+    err(f"wrote {out_html}")
+
+
+@main.command()
+@click.argument("run_dir")
+@click.option("-o", "--output", default="loss.png", show_default=True, help="image to write (.png, .svg, .pdf)")
+@click.option("--title", default=None)
+def plot(run_dir, output, title):
+    """Plot a run's train and val loss (nats and bits per char) against steps and wall time."""
+    from lstm_engine.plot import plot_run
+    plot_run(run_dir, output, title)
+    err(f"wrote {output}")
 
 
 @main.group()

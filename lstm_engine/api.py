@@ -52,23 +52,13 @@ def last_checkpoint():
     return path
 
 
-def model_defaults(corpus, encoding="utf-8", resume=None, embed_size=None, max_vocab=None):
-    """Fill --embed-size / --max-vocab that were left unset (None).
-
-    On resume they come from the checkpoint; otherwise from the corpus's suggestions (`corpus
-    info`): the engine defaults 64 / all symbols up to 256 symbols, fitted values above.
-    -> (embed_size, max_vocab, text): text is the corpus when it had to be read, else None."""
-    if embed_size is not None and max_vocab is not None:
-        return embed_size, max_vocab, None
-    if resume:
-        _, meta = checkpoint.load(resume)
-        saved = {"embed_size": meta["model"]["embed_size"], "max_vocab": meta.get("train", {}).get("max_vocab", 0)}
-        text = None
-    else:
-        text = load_corpus(corpus, encoding)
-        saved = corpora.suggest_train_options(text)
-    return (saved["embed_size"] if embed_size is None else embed_size,
-            saved["max_vocab"] if max_vocab is None else max_vocab, text)
+def corpus_defaults(corpus, encoding="utf-8", given=()):
+    """--embed-size / --max-vocab for a new run, where not in `given` (the options set explicitly):
+    the corpus's suggestions (`corpus info`): the engine defaults 64 / all symbols up to 256
+    symbols, fitted values above.  -> ({option: value} for the options filled in, corpus text)."""
+    text = load_corpus(corpus, encoding)
+    suggested = corpora.suggest_train_options(text)
+    return {k: v for k, v in suggested.items() if k not in given}, text
 
 
 def train(cfg: TrainConfig, text=None, resume=None, on_event=None):

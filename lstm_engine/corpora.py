@@ -31,6 +31,7 @@ import urllib.parse
 from collections import Counter
 
 from .converters import BUILTINS, CONVERTERS
+from .data import VOCAB_LIMIT
 from .download import DownloadError, copy_verified, download, sha256_file, verify_file, write_atomic
 from .errors import UserError
 
@@ -317,11 +318,12 @@ def load_text(name_or_path="python-docs", encoding="utf-8", registry=None, base_
 
 def suggest_max_vocab(counts):
     """--max-vocab for a corpus with these symbol counts: 0 (keep all) up to BIG_VOCAB symbols;
-    above, the symbols seen at least MIN_COUNT times plus one <unk> (0 if that keeps them all)."""
+    above, the symbols seen at least MIN_COUNT times plus one <unk>, at most VOCAB_LIMIT.
+    0 (no suggestion) where that keeps every symbol or fewer than two."""
     if len(counts) <= BIG_VOCAB:
         return 0
     n = sum(1 for c in counts.values() if c >= MIN_COUNT)
-    return 0 if n >= len(counts) else n + 1
+    return 0 if n >= len(counts) or n < 2 else min(n + 1, VOCAB_LIMIT)
 
 
 def suggest_embed_size(vocab_size):

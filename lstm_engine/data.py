@@ -15,6 +15,7 @@ from .errors import UserError
 
 UNK = "<unk>"
 BUILTIN_CORPORA = ("python-docs", "python-source")
+VOCAB_LIMIT = 50_000      # more distinct symbols than this needs an explicit --max-vocab
 
 
 def builtin_text(name):
@@ -35,11 +36,18 @@ def read_text_file(path, encoding="utf-8", strict=True):
                         f"(see `lstm-engine corpus list`)")
     if os.path.isdir(path):
         raise UserError(f"corpus {path!r} is a directory; pass a text file inside it")
-    with open(path, "rb") as f:
-        raw = f.read()
+    if not os.path.isfile(path):
+        raise UserError(f"corpus {path!r} is not a regular file (a device, pipe or socket); pass a text file")
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise UserError(f"cannot read corpus file {path!r}: {e.strerror or e}") from None
     if not raw and strict:
         raise UserError(f"corpus file {path!r} is empty; pass a file with text in it")
-    if strict and b"\x00" in raw[:65536]:
+    if raw[:2] in (b"\xff\xfe", b"\xfe\xff") and not encoding.lower().replace("-", "").startswith("utf16"):
+        raise UserError(f"corpus file {path!r} starts with a UTF-16 byte-order mark; pass --encoding utf-16")
+    if strict and b"\x00" in raw[:65536] and not encoding.lower().replace("-", "").startswith(("utf16", "utf32")):
         raise UserError(f"corpus file {path!r} looks binary (it contains NUL bytes); pass a plain text file")
     try:
         return raw.decode(encoding)
@@ -73,6 +81,9 @@ class Vocab:
     @classmethod
     def build(cls, text, max_vocab=0):
         counts = Counter(text)
+        if not max_vocab and len(counts) > VOCAB_LIMIT:
+            raise UserError(f"the corpus has {len(counts):,} distinct symbols (more than {VOCAB_LIMIT:,}); pass "
+                            f"--max-vocab N (e.g. --max-vocab 10000) to keep the N most frequent, the rest as {UNK}")
         ordered = sorted(counts, key=lambda ch: (-counts[ch], ord(ch)))
         if max_vocab and len(ordered) > max_vocab:
             if max_vocab < 2:

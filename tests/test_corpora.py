@@ -205,6 +205,10 @@ def test_suggestions_for_a_large_alphabet():
     counts = Counter({chr(0x4E00 + k): (10 if k < 300 else 2) for k in range(400)})
     assert corpora.suggest_max_vocab(counts) == 301
     assert corpora.suggest_embed_size(301) == 64 and corpora.suggest_embed_size(200) == 64
+    rare_only = Counter({chr(0x4E00 + k): 1 for k in range(1000)})      # nothing seen often: no suggestion
+    assert corpora.suggest_max_vocab(rare_only) == 0
+    huge = Counter({chr(0x4E00 + k): 5 for k in range(60_001)}) + Counter({"x": 1})
+    assert corpora.suggest_max_vocab(huge) == 50_000                     # capped at data.VOCAB_LIMIT
     assert corpora.suggest_embed_size(4633) == 128 and corpora.suggest_embed_size(10 ** 6) == 512
     text = "".join(ch * n for ch, n in counts.items())
     s = corpora.text_stats(text)

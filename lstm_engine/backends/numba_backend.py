@@ -1,0 +1,376 @@
+"""The Numba CPU backend: the reference's interface over fused, jitted kernels.
+
+Every function here validates its arguments, allocates the outputs and calls one
+private @njit kernel from lstm_engine.kernels (numba_lstm, numba_output, numba_adam,
+numba_sample); the kernels only loop.  Shapes, return values and meaning are those of
+numpy_backend.py, which the tests compare this module against.
+
+Dimension legend:
+    T time steps   B batch   I input size   H hidden   G = 4H   V vocabulary
+    E embedding    N = T*B   L layers
+
+Caches are `LayerCache` objects: .x (T,B,I) input (None for layer 0 with the table),
+.tokens (T,B) and .Emb (V,E) for layer 0, .W, .h0, .c0, .hs (T,B,H), .cs (T,B,H) and
+.acts (T,B,G) activated gates i,f,g,o - the reference's tuple by name.
+
+Compilation: kernels are compiled on first use for each dtype (and, for Adam and the
+sampler, each parameter count) and cached on disk (cache=True), so a second process
+loads machine code instead of compiling.  Threads: see benchmarks/NUMBA.md; BLAS (SciPy's
+OpenBLAS) keeps its own threads for the products, the fused loops run on the calling thread.
+"""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from ..errors import UserError
+
+NAME = "numba"
+xp = np
+
+_K = None   # the kernels modules, imported (and numba with them) on first use
+
+# A layer runs on numba's threads (each thread the whole time loop for its slice of the
+# batch, the big products split by columns) when it has at least this many multiply-adds
+# in its recurrent products (T*B*H*4H) and B >= 2; below, one thread is as fast.
+PARALLEL_MIN_MACS = 1 << 22
+PIN_BLAS = True     # pin BLAS to one thread when the kernels load (see _single_threaded_blas)
+
+
+def _kernels():
+    global _K
+    if _K is None:
+        from types import SimpleNamespace
+
+        from ..kernels import numba_adam, numba_lstm, numba_output, numba_sample
+        _K = SimpleNamespace(lstm=numba_lstm, out=numba_output, adam=numba_adam, sample=numba_sample)
+        if PIN_BLAS:
+            _single_threaded_blas()
+    return _K
+
+
+def _single_threaded_blas():
+    """Pin every BLAS loaded in the process (SciPy's, which the kernels call, and NumPy's)
+    to one thread.  The two cores are used by numba's OpenMP threads, each calling BLAS on
+    its own block; a second, spinning BLAS pool would fight them for the cores."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:     # pragma: no cover - an install_requires
+        return
+    threadpool_limits(limits=1, user_api="blas")
+
+
+def _threads(T, B, H):
+    """numba threads for a layer of window T, batch B, hidden size H (see PARALLEL_MIN_MACS)."""
+    import numba
+    nt = min(numba.get_num_threads(), B)
+    return nt if nt > 1 and T * B * H * 4 * H >= PARALLEL_MIN_MACS else 1
+
+
+def is_available():
+    """(True, '') when numba and SciPy (whose BLAS the kernels call) import."""
+    try:
+        import numba  # noqa: F401
+        import scipy.linalg.cython_blas  # noqa: F401
+    except ImportError as e:     # pragma: no cover - both are install_requires
+        return False, f"{e.name} is not installed"
+    return True, ""
+
+
+def asarray(a, dtype=None):
+    """Host array -> this backend's array (a contiguous copy when dtype changes)."""
+    return np.ascontiguousarray(a, dtype=dtype)
+
+
+def to_numpy(a):
+    """This backend's array -> host NumPy array."""
+    return np.asarray(a)
+
+
+def synchronize():
+    """Wait for queued work (nothing to wait for on the CPU)."""
+
+
+class LayerCache:
+    """What BPTT needs from the forward pass of one layer (see the module docstring)."""
+
+    __slots__ = ("x", "tokens", "Emb", "W", "h0", "c0", "hs", "cs", "acts")
+
+    def __init__(self, x, tokens, Emb, W, h0, c0, hs, cs, acts):
+        self.x, self.tokens, self.Emb, self.W = x, tokens, Emb, W
+        self.h0, self.c0, self.hs, self.cs, self.acts = h0, c0, hs, cs, acts
+
+
+class _Pool:
+    """Recycled big arrays.  Fresh multi-megabyte np.empty arrays come from mmap and cost a
+    page fault per 4 KiB on first touch: 2,600 faults, a quarter of a seed training step.
+    An array is handed out again only when the pool holds the last reference to it (views
+    such as hT = hs[-1] keep their base alive), so nothing in use is ever overwritten."""
+
+    MIN_BYTES = 1 << 17          # smaller arrays come from malloc's heap without faults
+    PER_SHAPE = 4                # arrays kept per (shape, dtype)
+
+    def __init__(self):
+        self.arrays = {}
+
+    def empty(self, shape, dtype):
+        dtype = np.dtype(dtype)
+        if int(np.prod(shape)) * dtype.itemsize < self.MIN_BYTES:
+            return np.empty(shape, dtype)
+        kept = self.arrays.setdefault((tuple(shape), dtype), [])
+        for a in kept:
+            if sys.getrefcount(a) == 3:      # the list, the loop variable and the call's argument
+                return a
+        a = np.empty(shape, dtype)
+        if len(kept) < self.PER_SHAPE:
+            kept.append(a)
+        return a
+
+
+_pool = _Pool()
+
+
+# ----------------------------------------------------------------------------
+# Validation helpers
+# ----------------------------------------------------------------------------
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _dtype_of(*arrays):
+    dt = arrays[0].dtype
+    if dt not in _FLOATS:
+        raise UserError(f"the numba backend computes in float32 or float64, not {dt}")
+    for a in arrays[1:]:
+        if a.dtype != dt:
+            raise UserError(f"the numba backend needs one dtype for all arrays, got {dt} and {a.dtype}")
+    return dt
+
+
+def _c(a):
+    """C-contiguous view (a copy only when needed)."""
+    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
+
+
+def _check_layer(W, b, h0, c0, I):
+    H = h0.shape[-1]
+    if h0.ndim != 2 or c0.shape != h0.shape:
+        raise UserError(f"h0 and c0 must both be (B,H); got {h0.shape} and {c0.shape}")
+    if W.shape != (H + I, 4 * H) or b.shape != (4 * H,):
+        raise UserError(f"W must be (H+I, 4H) = {(H + I, 4 * H)} and b (4H,); got {W.shape} and {b.shape}")
+
+
+def _check_tokens(tokens, V):
+    if tokens.ndim != 2 or tokens.dtype.kind not in "iu":
+        raise UserError(f"tokens must be a (T,B) integer array; got {tokens.dtype} {tokens.shape}")
+    if tokens.size and (tokens.min() < 0 or tokens.max() >= V):
+        raise UserError(f"token ids must lie in [0, {V}); got {tokens.min()}..{tokens.max()}")
+    return np.ascontiguousarray(tokens, dtype=np.int64)
+
+
+# ----------------------------------------------------------------------------
+# LSTM layers
+# ----------------------------------------------------------------------------
+
+def lstm_forward(x, W, b, h0, c0):
+    """One layer over a window.
+
+    x (T,B,I), W (H+I,G), b (G,), h0 (B,H), c0 (B,H)
+    -> hs (T,B,H), hT (B,H), cT (B,H), cache for lstm_backward
+    """
+    return _lstm_forward(x, W, b, h0, c0)
+
+
+def _lstm_forward(x, W, b, h0, c0, kernel=None, nt=None):
+    """lstm_forward with a chosen kernel (signature of numba_lstm.lstm_forward_kernel) and
+    thread count; None: the current kernel and the PARALLEL_MIN_MACS policy."""
+    dt = _dtype_of(x, W, b, h0, c0)
+    if x.ndim != 3 or x.shape[1] != h0.shape[0]:
+        raise UserError(f"x must be (T,B,I) with B = {h0.shape[0]}; got {x.shape}")
+    T, B, I = x.shape
+    _check_layer(W, b, h0, c0, I)
+    x, W, b, h0, c0 = _c(x), _c(W), _c(b), _c(h0), _c(c0)
+    H = h0.shape[1]
+    hs = _pool.empty((T, B, H), dt)
+    cs = _pool.empty((T, B, H), dt)
+    acts = _pool.empty((T, B, 4 * H), dt)
+    if T:
+        kernel = kernel or _kernels().lstm.lstm_forward_kernel
+        kernel(x, W, b, h0, c0, hs, cs, acts, _threads(T, B, H) if nt is None else nt)
+    hT, cT = (hs[-1], cs[-1]) if T else (h0, c0)
+    return hs, hT, cT, LayerCache(x, None, None, W, h0, c0, hs, cs, acts)
+
+
+def _backward_buffers(dhs, dhT, dcT, cache):
+    T, B, H = cache.hs.shape
+    dt = _dtype_of(dhs, dhT, dcT, cache.W)
+    if dhs.shape != (T, B, H) or dhT.shape != (B, H) or dcT.shape != (B, H):
+        raise UserError(f"gradients must be dhs {(T, B, H)}, dhT and dcT {(B, H)}; "
+                        f"got {dhs.shape}, {dhT.shape}, {dcT.shape}")
+    dh = np.array(dhT, dtype=dt, order="C")          # in: dL/dh_T, out: dL/dh_0
+    dc = np.array(dcT, dtype=dt, order="C")          # in: dL/dc_T, out: dL/dc_0
+    dzs = _pool.empty((T, B, 4 * H), dt)             # gate gradients of every step
+    dW = _pool.empty(cache.W.shape, dt)
+    db = np.empty(4 * H, dt)
+    return _c(dhs), dh, dc, dzs, dW, db
+
+
+def lstm_backward(dhs, dhT, dcT, cache):
+    """BPTT through one layer.
+
+    dhs (T,B,H) dL/dh_t from the layer above; dhT, dcT (B,H) from the next window (or zeros)
+    -> dx (T,B,I), dW (H+I,G), db (G,), dh0 (B,H), dc0 (B,H)
+    """
+    return _lstm_backward(dhs, dhT, dcT, cache)
+
+
+def _lstm_backward(dhs, dhT, dcT, cache, kernel=None, nt=None):
+    """lstm_backward with a chosen kernel and thread count (see _lstm_forward)."""
+    x = cache.x
+    dhs, dh, dc, dzs, dW, db = _backward_buffers(dhs, dhT, dcT, cache)
+    dx = _pool.empty(x.shape, x.dtype)
+    if x.shape[0]:
+        kernel = kernel or _kernels().lstm.lstm_backward_kernel
+        kernel(dhs, x, cache.W, cache.h0, cache.c0, cache.hs, cache.cs, cache.acts, dzs, dh, dc, dx, dW, db,
+               _threads(*cache.hs.shape) if nt is None else nt)
+    else:
+        dW[...], db[...] = 0, 0
+    return dx, dW, db, dh, dc
+
+
+def embed_lstm_forward(tokens, Emb, W, b, h0, c0):
+    """Layer 0: embedding then lstm_forward.  tokens (T,B) int, Emb (V,E).
+
+    With a small vocabulary (V <= T*B) the input projections are rows of the table
+    Emb @ W_x (V,G), computed once per call and gathered - exact, since no dropout acts
+    on the embedding.  Otherwise the embeddings are gathered and projected as usual.
+    """
+    dt = _dtype_of(Emb, W, b, h0, c0)
+    V, E = Emb.shape
+    tokens = _check_tokens(tokens, V)
+    T, B = tokens.shape
+    if B != h0.shape[0]:
+        raise UserError(f"tokens must be (T,B) with B = {h0.shape[0]}; got {tokens.shape}")
+    _check_layer(W, b, h0, c0, E)
+    if V > T * B:                                  # the table would cost more than it saves
+        x = _pool.empty((T, B, E), dt)
+        _kernels().lstm.gather_rows(tokens.reshape(-1), _c(Emb), x.reshape(T * B, E))
+        hs, hT, cT, cache = lstm_forward(x, W, b, h0, c0)
+        cache.tokens, cache.Emb = tokens, Emb
+        return hs, hT, cT, cache
+    Emb, W, b, h0, c0 = _c(Emb), _c(W), _c(b), _c(h0), _c(c0)
+    H = h0.shape[1]
+    hs = _pool.empty((T, B, H), dt)
+    cs = _pool.empty((T, B, H), dt)
+    acts = _pool.empty((T, B, 4 * H), dt)
+    table = _pool.empty((V, 4 * H), dt)            # Emb @ W_x
+    if T:
+        _kernels().lstm.embed_lstm_forward_kernel(tokens, Emb, W, b, h0, c0, hs, cs, acts, table,
+                                                  _threads(T, B, H))
+    hT, cT = (hs[-1], cs[-1]) if T else (h0, c0)
+    return hs, hT, cT, LayerCache(None, tokens, Emb, W, h0, c0, hs, cs, acts)
+
+
+def embed_lstm_backward(dhs, dhT, dcT, cache):
+    """-> dEmb (V,E), dW, db, dh0, dc0 (the embedding gradient is a scatter-add over tokens)."""
+    Emb, tokens = cache.Emb, cache.tokens
+    if cache.x is not None:                        # gathered path: scatter dx into dEmb
+        dx, dW, db, dh, dc = lstm_backward(dhs, dhT, dcT, cache)
+        dEmb = _pool.empty(Emb.shape, Emb.dtype)
+        _kernels().lstm.scatter_add_rows(tokens.reshape(-1), dx.reshape(-1, Emb.shape[1]), dEmb)
+        return dEmb, dW, db, dh, dc
+    dhs, dh, dc, dzs, dW, db = _backward_buffers(dhs, dhT, dcT, cache)
+    dEmb = _pool.empty(Emb.shape, Emb.dtype)
+    dtable = _pool.empty((Emb.shape[0], dW.shape[1]), dW.dtype)   # (V,G) gate gradients per symbol
+    if tokens.shape[0]:
+        _kernels().lstm.embed_lstm_backward_kernel(dhs, tokens, Emb, cache.W, cache.h0, cache.c0, cache.hs,
+                                                   cache.cs, cache.acts, dzs, dh, dc, dEmb, dW, db, dtable,
+                                                   _threads(*cache.hs.shape))
+    else:
+        dEmb[...], dW[...], db[...] = 0, 0, 0
+    return dEmb, dW, db, dh, dc
+
+
+# ----------------------------------------------------------------------------
+# Output, optimiser
+# ----------------------------------------------------------------------------
+
+def softmax_xent(logits, targets, need_grad=True, kernel=None):
+    """Mean cross-entropy of logits (N,V) against targets (N,) int.
+
+    -> loss (Python float, nats per row), dlogits (N,V) = (softmax - onehot) / N, or None
+    (kernel: another version with the signature of numba_output.softmax_xent_kernel)
+    """
+    _dtype_of(logits)
+    if logits.ndim != 2 or targets.shape != (logits.shape[0],) or logits.shape[0] == 0:
+        raise UserError(f"softmax_xent needs logits (N,V) with N >= 1 and targets (N,); "
+                        f"got {logits.shape} and {targets.shape}")
+    targets = _check_tokens(targets.reshape(-1, 1), logits.shape[1]).reshape(-1)
+    logits = _c(logits)
+    d = _pool.empty(logits.shape if need_grad else (1, logits.shape[1]), logits.dtype)
+    loss = (kernel or _kernels().out.softmax_xent_kernel)(logits, targets, d, bool(need_grad))
+    return float(loss), (d if need_grad else None)
+
+
+def _flat(arrays):
+    return tuple(a.reshape(-1) for a in arrays)
+
+
+def global_norm(grads):
+    """sqrt(sum of squares) over every gradient array in the dict -> float."""
+    gs = [_c(g) for g in grads.values()]
+    if not gs:
+        return 0.0
+    _dtype_of(*gs)
+    return float(np.sqrt(_kernels().adam.sum_squares_kernel(_flat(gs))))
+
+
+def adam_update(params, grads, m, v, step, lr, beta1, beta2, eps, grad_scale=1.0):
+    """Adam with bias correction, in place, over every array in the dicts.
+
+    grad_scale multiplies each gradient first (global-norm clipping passes its factor here).
+    step is the 1-based step count after this update.
+    """
+    names = list(params)
+    ps, ms, vs = [params[n] for n in names], [m[n] for n in names], [v[n] for n in names]
+    gs = [_c(grads[n]) for n in names]
+    dt = _dtype_of(*ps, *gs, *ms, *vs)
+    for n, p, g, mm, vv in zip(names, ps, gs, ms, vs):
+        if not (p.shape == g.shape == mm.shape == vv.shape) or not (
+                p.flags.c_contiguous and mm.flags.c_contiguous and vv.flags.c_contiguous):
+            raise UserError(f"adam_update: {n} needs contiguous param, grad and moments of one shape")
+    f = dt.type
+    _kernels().adam.adam_kernel(_flat(ps), _flat(gs), _flat(ms), _flat(vs), f(lr), f(beta1), f(1.0 - beta1),
+                                f(beta2), f(1.0 - beta2), f(eps), f(1.0 - beta1 ** step), f(1.0 - beta2 ** step),
+                                f(grad_scale))
+
+
+# ----------------------------------------------------------------------------
+# Sampling
+# ----------------------------------------------------------------------------
+
+def generate(weights, state, token, n, temperature=1.0, top_k=0, top_p=1.0, greedy=False, rng=None):
+    """Sample n tokens after `token`, one at a time; state is carried and updated.
+
+    rng: a numpy.random.Generator (one uniform draw per sampled token, drawn up front).
+    -> ids (n,) int64
+    """
+    L = len(state)
+    Ws = tuple(_c(weights[f"W{l}"]) for l in range(L))
+    bs = tuple(_c(weights[f"b{l}"]) for l in range(L))
+    Emb, Wy, by = _c(weights["Emb"]), _c(weights["Wy"]), _c(weights["by"])
+    _dtype_of(Emb, Wy, by, *Ws, *bs)
+    V = Emb.shape[0]
+    if not 0 <= int(token) < V:
+        raise UserError(f"token must lie in [0, {V}); got {token}")
+    h = np.concatenate([s[0].reshape(1, -1) for s in state]).astype(Wy.dtype)   # (L,H)
+    c = np.concatenate([s[1].reshape(1, -1) for s in state]).astype(Wy.dtype)   # (L,H)
+    out = np.empty(n, np.int64)
+    us = np.zeros(0) if greedy else rng.random(n)                                # one uniform per token
+    if n:
+        _kernels().sample.generate_kernel(Emb, Ws, bs, Wy, by, h, c, int(token), float(temperature),
+                                          int(top_k), float(top_p), bool(greedy), us, out)
+    for l in range(L):
+        state[l][0], state[l][1] = h[l:l + 1], c[l:l + 1]
+    return out

@@ -1,0 +1,206 @@
+"""The benchmark harness: well-formed rows and JSON, validation that can fail, one-line errors.
+
+No speed is asserted anywhere: only that the numbers are there, finite and consistent.
+"""
+import json
+import math
+import sys
+import types
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from lstm_engine import backends, bench, bench_report
+from lstm_engine.backends import numpy_backend
+from lstm_engine.bench import BenchConfig, parse_configs, run_bench, time_calls
+from lstm_engine.cli import main
+from lstm_engine.errors import UserError
+
+FAST = dict(seconds=0.05, repeats=2, threads=1)
+REQUIRED = ("backend", "config", "what", "chars_per_s", "gflops", "valid", "status", "reason", "device",
+            "frac_peak", "vs_torch", "compile_s", "spread_pct", "flops_per_char",
+            "cpu", "cores", "blas", "blas_threads", "numpy_version", "numba_version", "cupy_version",
+            "torch_version", "gpu", "date", "sgemm_cpu_gflops")
+
+
+def check_timed_row(r):
+    for key in REQUIRED:
+        assert key in r, key
+    assert r["status"] == "ok" and r["valid"] is True, r["reason"]
+    assert math.isfinite(r["chars_per_s"]) and r["chars_per_s"] > 0
+    assert r["chars_per_s_min"] <= r["chars_per_s"] <= r["chars_per_s_max"]
+    assert r["gflops"] == pytest.approx(r["flops_per_char"] * r["chars_per_s"] / 1e9)
+    assert 0 < r["frac_peak"] == pytest.approx(r["gflops"] / r["sgemm_cpu_gflops"])
+    assert r["compile_s"] >= 0 and r["repeats"] == FAST["repeats"] and r["calls_per_repeat"] >= 1
+
+
+@pytest.mark.parametrize("name", backends.available_backends())
+def test_tiny_runs_for_each_available_backend(name):
+    machine, rows = run_bench(name, "tiny", **FAST)
+    assert [r["what"] for r in rows] == ["train", "forward", "sample"]
+    assert all(r["backend"] == name and r["config"] == "tiny" for r in rows)
+    for r in rows:
+        check_timed_row(r)
+        assert r["cores"] == machine["cores"] and r["threads"] == 1
+    assert machine["blas_threads"] in (1, None) and machine["sgemm_cpu_gflops"] > 0
+
+
+def test_torch_peer_rows_and_ratio():
+    pytest.importorskip("torch")
+    _, rows = run_bench("numpy,torch-cpu", "tiny", what="train,sample", **FAST)
+    by = {(r["backend"], r["what"]): r for r in rows}
+    assert set(by) == {("numpy", "train"), ("numpy", "sample"), ("torch-cpu", "train"), ("torch-cpu", "sample")}
+    for what in ("train", "sample"):
+        peer, mine = by[("torch-cpu", what)], by[("numpy", what)]
+        check_timed_row(peer)        # the torch peer starts from the same weights: its loss must agree
+        assert mine["torch_peer"] == "torch-cpu"
+        assert mine["vs_torch"] == pytest.approx(mine["chars_per_s"] / peer["chars_per_s"])
+
+
+def test_without_torch_the_peer_row_says_so(monkeypatch):
+    real = bench.bench_torch.importlib.util.find_spec
+    monkeypatch.setattr(bench.bench_torch.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "torch" else real(name, *a))
+    _, rows = run_bench("numpy,torch", "tiny", what="forward", **FAST)
+    peer = [r for r in rows if r["backend"] == "torch"]
+    assert len(peer) == 1 and peer[0]["status"] == "unavailable" and "not installed" in peer[0]["reason"]
+    assert [r["vs_torch"] for r in rows if r["backend"] == "numpy"] == [None]
+
+
+def fake_backend(monkeypatch, name, **overrides):
+    """Register a copy of the NumPy backend under `name`, with some functions replaced."""
+    mod = types.ModuleType(f"fake_{name}_backend")
+    for attr in backends.INTERFACE:
+        setattr(mod, attr, getattr(numpy_backend, attr))
+    mod.NAME = name
+    for attr, fn in overrides.items():
+        setattr(mod, attr, fn)
+    monkeypatch.setitem(sys.modules, mod.__name__, mod)
+    monkeypatch.setitem(backends.BACKENDS, name, mod.__name__)
+    return mod
+
+
+def test_a_backend_whose_loss_disagrees_is_invalid(monkeypatch):
+    def wrong_loss(logits, targets, need_grad=True):
+        loss, d = numpy_backend.softmax_xent(logits, targets, need_grad)
+        return loss * 1.01, d
+    fake_backend(monkeypatch, "broken", softmax_xent=wrong_loss)
+    _, rows = run_bench("numpy,broken", "tiny", **FAST)
+    broken = {r["what"]: r for r in rows if r["backend"] == "broken"}
+    for what in ("train", "forward"):
+        assert broken[what]["status"] == "invalid" and broken[what]["valid"] is False
+        assert "reference" in broken[what]["reason"] and broken[what]["chars_per_s"] > 0   # still timed
+    assert broken["sample"]["valid"] is True                 # sampling never calls softmax_xent
+    table = bench_report.format_table(rows)
+    assert "INVALID" in table and "broken on tiny (train): invalid" in table
+
+
+def test_a_wrong_gradient_makes_train_invalid_but_not_forward(monkeypatch):
+    def wrong_backward(dhs, dhT, dcT, cache):             # tiny has one layer: the embedding layer's
+        dEmb, dW, db, dh0, dc0 = numpy_backend.embed_lstm_backward(dhs, dhT, dcT, cache)
+        return dEmb, dW * 1.5, db, dh0, dc0
+    fake_backend(monkeypatch, "badgrad", embed_lstm_backward=wrong_backward)
+    _, rows = run_bench("badgrad", "tiny", what="train,forward", **FAST)
+    by = {r["what"]: r for r in rows}
+    assert by["forward"]["valid"] is True
+    assert by["train"]["valid"] is False and "grad_norm" in by["train"]["reason"]
+
+
+def test_unusable_and_crashing_backends_give_rows_not_crashes(monkeypatch):
+    fake_backend(monkeypatch, "nogpu", is_available=lambda: (False, "no CUDA device found"))
+
+    def crash(*a, **k):
+        raise RuntimeError("kernel launch failed")
+    fake_backend(monkeypatch, "crashy", generate=crash)
+    _, rows = run_bench("nogpu,crashy,numpy", "tiny", what="forward", **FAST)
+    by = {r["backend"]: r for r in rows}
+    assert by["nogpu"]["status"] == "unavailable" and "no CUDA device found" in by["nogpu"]["reason"]
+    assert by["crashy"]["status"] == "error" and "kernel launch failed" in by["crashy"]["reason"]
+    assert by["numpy"]["valid"] is True
+    assert all(by[n]["chars_per_s"] is None and by[n]["valid"] is False for n in ("nogpu", "crashy"))
+
+
+def test_cli_writes_json_lines_and_prints_the_table(tmp_path, monkeypatch):
+    monkeypatch.setenv("LSTM_ENGINE_STATE_DIR", str(tmp_path))
+    out = tmp_path / "bench.jsonl"
+    res = CliRunner().invoke(main, ["bench", "--backends", "numpy", "--configs", "tiny", "--seconds", "0.05",
+                                    "--repeats", "2", "--threads", "1", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    assert res.stdout.startswith("machine: ") and "chars/s" in res.stdout and "GFLOP/s" in res.stdout
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["what"] for r in rows] == ["train", "forward", "sample"]
+    for r in rows:
+        check_timed_row(r)
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["--backends", "numpy,tpu"], "unknown backend 'tpu'"),
+    (["--configs", "tiny,huge"], "unknown config 'huge'"),
+    (["--configs", "64,128,2"], "unknown config '64'"),
+    (["--what", "train,backward"], "unknown measurement 'backward'"),
+    (["--threads", "0"], "--threads must be >= 1"),
+    (["--seconds", "0"], "--seconds must be > 0"),
+])
+def test_cli_bad_names_give_one_line_errors(args, msg, tmp_path, monkeypatch):
+    monkeypatch.setenv("LSTM_ENGINE_STATE_DIR", str(tmp_path))
+    res = CliRunner().invoke(main, ["bench", "--backends", "numpy", "--configs", "tiny", *args])
+    assert res.exit_code == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and msg in lines[0], res.stderr
+
+
+def test_parse_configs_names_and_custom_shapes():
+    tiny, custom, lettered = parse_configs("tiny,64,128,2,32,50,E8,H16,L1,B2,T3")
+    assert (tiny.E, tiny.H, tiny.L, tiny.B, tiny.T, tiny.V) == (16, 32, 1, 1, 25, 65)
+    assert (custom.E, custom.H, custom.L, custom.B, custom.T) == (64, 128, 2, 32, 50)
+    assert custom.name == "E64,H128,L2,B32,T50" and lettered.name == "E8,H16,L1,B2,T3"
+    with pytest.raises(UserError):
+        parse_configs("8,16,0,2,3")         # zero layers
+
+
+def test_flop_model():
+    c = BenchConfig("x", E=16, H=32, L=2, B=1, T=1, V=65)
+    fwd = 2 * (16 + 32) * 128 + 2 * (32 + 32) * 128 + 2 * 32 * 65
+    assert c.flops_per_char("forward") == c.flops_per_char("sample") == fwd
+    assert c.flops_per_char("train") == 3 * fwd
+
+
+def test_time_calls_keeps_the_warm_up_apart():
+    calls = []
+
+    def fn():
+        if not calls:
+            import time
+            time.sleep(0.05)                 # the "JIT compile" of the first call
+        calls.append(1)
+    first, per_call, k = time_calls(fn, lambda: None, seconds=0.02, repeats=3)
+    assert first >= 0.05 and len(per_call) == 3 and k >= 1
+    assert max(per_call) < first
+    assert len(calls) >= 1 + 2 + 3 * k      # warm-up, calibration, repeats
+
+
+def test_plot_writes_a_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    _, rows = run_bench("numpy", "tiny", what="forward,sample", **FAST)
+    path = tmp_path / "bench.png"
+    bench_report.plot(rows, str(path), title="test")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_without_matplotlib_is_one_line(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)       # import matplotlib -> ImportError
+    monkeypatch.setenv("LSTM_ENGINE_STATE_DIR", str(tmp_path))
+    res = CliRunner().invoke(main, ["bench", "--backends", "numpy", "--configs", "tiny",
+                                    "--plot", str(tmp_path / "x.png")])
+    assert res.exit_code == 2
+    assert res.stderr.strip() == "error: --plot needs matplotlib: pip install 'lstm-engine[plot]'"
+
+
+def test_engine_and_reference_checks_agree_exactly_on_numpy():
+    cfg = bench.CONFIGS["tiny"]
+    batch = bench.make_batch(cfg)
+    a = bench.EngineRunner(numpy_backend, cfg, batch).check()
+    b = bench.EngineRunner(numpy_backend, cfg, batch).check()
+    assert a == b and all(ok for ok, _ in bench.compare(a, b).values())
+    assert np.isclose(a["loss"], np.log(65), rtol=0.05)      # near-uniform predictions at initialisation

@@ -1,0 +1,270 @@
+"""The Numba backend against the NumPy reference, kernel by kernel and end to end.
+
+Every output, cache entry and gradient is compared by name; `pytest -s` prints its max abs
+and scale-relative error (max|ours - ref| / max|ref|).  Tolerances per dtype: float64 1e-10,
+float32 1e-5 (measured errors are ~1e-15 and ~3e-7).  Shapes are odd on purpose: H not a
+multiple of 8, B = 1, T = 1, and a vocabulary both smaller and larger than T*B (the two
+paths of embed_lstm_forward).  Training from one seed must give the same loss curve, and
+generation the same text, greedy and sampled.
+
+Dimension legend: T time, B batch, I input, E embedding, H hidden, G = 4H, V vocab, L layers.
+"""
+import numpy as np
+import pytest
+
+import lstm_engine as le
+from lstm_engine.backends import get_backend
+from lstm_engine.backends import numpy_backend as ref
+from lstm_engine.generation import generate_text
+from lstm_engine.model import Model, ModelConfig, init_params
+
+nb = pytest.importorskip("lstm_engine.backends.numba_backend")
+TOL = {"float64": 1e-10, "float32": 1e-5}
+DTYPES = ("float64", "float32")
+SHAPES = [(5, 3, 7, 13), (1, 1, 5, 3), (4, 2, 6, 9), (3, 1, 1, 17)]   # (T, B, I, H)
+
+
+@pytest.fixture(params=["one-thread", "threads"])
+def path(request, monkeypatch):
+    """Run a layer test on the one-thread kernels and on the threaded ones (batch slices per
+    thread, column blocks per product), whatever the size."""
+    import numba
+    if request.param == "threads":
+        if numba.get_num_threads() < 2:
+            pytest.skip("numba has one thread here (NUMBA_NUM_THREADS=1)")
+        monkeypatch.setattr(nb, "PARALLEL_MIN_MACS", 0)
+    else:
+        monkeypatch.setattr(nb, "PARALLEL_MIN_MACS", 1 << 62)
+    return request.param
+
+
+def check(name, got, want, dtype):
+    """Assert scale-relative max error <= TOL[dtype]; print the errors."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    assert got.shape == want.shape, f"{name}: shape {got.shape} != {want.shape}"
+    err = float(np.abs(got - want).max()) if got.size else 0.0
+    rel = err / max(float(np.abs(want).max()) if want.size else 0.0, 1e-300)
+    print(f"  {name:10s} {dtype}: max abs {err:.2e}  rel {rel:.2e}")
+    assert rel <= TOL[dtype], f"{name} ({dtype}): rel error {rel:.3e} > {TOL[dtype]}"
+
+
+def layer_inputs(rng, T, B, I, H, dtype):
+    f = lambda *s, scale=1.0: (rng.standard_normal(s) * scale).astype(dtype)  # noqa: E731
+    return dict(x=f(T, B, I), W=f(H + I, 4 * H, scale=0.6), b=f(4 * H), h0=f(B, H), c0=f(B, H),
+                dhs=f(T, B, H), dhT=f(B, H), dcT=f(B, H))
+
+
+# ----------------------------------------------------------------------------
+# Kernels, one by one
+# ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_activation_functions_match_numpy(dtype):
+    """fexp / fsigmoid / ftanh (the vectorisable ones) within a few ulp, NaN stays NaN."""
+    import numba
+    from lstm_engine.kernels.numba_math import fexp, fsigmoid, ftanh
+
+    @numba.njit(error_model="numpy")
+    def apply(z, out):
+        for i in range(z.size):
+            out[0, i], out[1, i], out[2, i] = fexp(z[i]), fsigmoid(z[i]), ftanh(z[i])
+
+    lim = 85.0 if dtype == "float32" else 700.0
+    z = np.concatenate([np.linspace(-lim, lim, 20001), np.random.default_rng(0).standard_normal(5000) * 4,
+                        [0.0, -0.0, 1e-30, -1e-30, 0.625, -0.625]]).astype(dtype)
+    out = np.empty((3, z.size), dtype)
+    apply(z, out)
+    z64 = z.astype(np.float64)
+    want = np.stack([np.exp(z64), ref.sigmoid(z64), np.tanh(z64)])
+    eps = np.finfo(dtype).eps
+    for k, name in enumerate(("exp", "sigmoid", "tanh")):
+        normal = np.abs(want[k]) > np.finfo(dtype).tiny
+        rel = np.abs(out[k][normal] - want[k][normal]) / np.abs(want[k][normal])
+        print(f"  {name:8s} {dtype}: max rel {rel.max():.2e} = {rel.max() / eps:.2f} eps")
+        assert rel.max() <= 4 * eps, name
+        assert np.abs(out[k] - want[k]).max() <= 4 * eps * np.abs(want[k]).max()
+    edge = np.array([np.nan, np.inf, -np.inf, 1000.0, -1000.0], dtype)
+    out = np.empty((3, edge.size), dtype)
+    apply(edge, out)
+    assert np.isnan(out[:, 0]).all()
+    np.testing.assert_array_equal(out[:, 1:], [[np.inf, 0, np.inf, 0], [1, 0, 1, 0], [1, -1, 1, -1]])
+
+
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("trans_b", [False, True])
+def test_gemm_on_strided_blocks_with_beta(trans_a, trans_b):
+    import numba
+    from lstm_engine.kernels.numba_blas import gemm
+
+    @numba.njit
+    def run(A, B, C, ta, tb, alpha, beta):
+        gemm(A, B, C, ta, tb, alpha, beta)
+
+    rng = np.random.default_rng(0)
+    for dtype in DTYPES:
+        for m, k, n in ((3, 5, 7), (1, 1, 1), (1, 9, 4), (6, 1, 2), (4, 0, 3)):
+            big_a = rng.standard_normal((k + 2, m + 3) if trans_a else (m + 2, k + 3)).astype(dtype)
+            A = big_a[1:1 + (k if trans_a else m), 2:2 + (m if trans_a else k)]      # strided block
+            Bm = rng.standard_normal((n, k) if trans_b else (k, n)).astype(dtype)
+            big_c = rng.standard_normal((m, n + 4)).astype(dtype)
+            C, C0, outside = big_c[:, 1:1 + n], big_c[:, 1:1 + n].copy(), big_c[:, [0, -3, -2, -1]].copy()
+            run(A, Bm, C, trans_a, trans_b, 0.5, 1.0)
+            want = 0.5 * (A.T if trans_a else A) @ (Bm.T if trans_b else Bm) + C0
+            np.testing.assert_allclose(C, want, rtol=TOL[dtype], atol=TOL[dtype])
+            np.testing.assert_array_equal(big_c[:, [0, -3, -2, -1]], outside)     # nothing else written
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("T,B,I,H", SHAPES)
+def test_lstm_layer_forward_caches_and_gradients(T, B, I, H, dtype, rng, path):
+    a = layer_inputs(rng, T, B, I, H, dtype)
+    print(f"\nlstm layer T{T} B{B} I{I} H{H}")
+    r_hs, r_hT, r_cT, r_cache = ref.lstm_forward(a["x"], a["W"], a["b"], a["h0"], a["c0"])
+    hs, hT, cT, cache = nb.lstm_forward(a["x"], a["W"], a["b"], a["h0"], a["c0"])
+    for name, got, want in (("hs", hs, r_hs), ("hT", hT, r_hT), ("cT", cT, r_cT), ("cache.hs", cache.hs, r_cache[4]),
+                            ("cache.cs", cache.cs, r_cache[5]), ("cache.acts", cache.acts, r_cache[6])):
+        check(name, got, want, dtype)
+    got = nb.lstm_backward(a["dhs"], a["dhT"], a["dcT"], cache)
+    want = ref.lstm_backward(a["dhs"], a["dhT"], a["dcT"], r_cache)
+    for name, g, w in zip(("dx", "dW", "db", "dh0", "dc0"), got, want):
+        check(name, g, w, dtype)
+        assert g.dtype == np.dtype(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("V", [4, 40])          # V <= T*B: table path; V > T*B: gather path
+@pytest.mark.parametrize("T,B,I,H", SHAPES[:3])
+def test_embedding_layer_both_paths(T, B, I, H, V, dtype, rng, path):
+    a = layer_inputs(rng, T, B, I, H, dtype)
+    Emb = rng.standard_normal((V, I)).astype(dtype)
+    tokens = rng.integers(0, V, (T, B)).astype(np.int32)
+    print(f"\nembed layer T{T} B{B} E{I} H{H} V{V}")
+    r = ref.embed_lstm_forward(tokens, Emb, a["W"], a["b"], a["h0"], a["c0"])
+    n = nb.embed_lstm_forward(tokens, Emb, a["W"], a["b"], a["h0"], a["c0"])
+    assert (n[3].x is None) == (V <= T * B)     # which path ran
+    for name, k in (("hs", 0), ("hT", 1), ("cT", 2)):
+        check(name, n[k], r[k], dtype)
+    check("cache.acts", n[3].acts, r[3][2][6], dtype)
+    got = nb.embed_lstm_backward(a["dhs"], a["dhT"], a["dcT"], n[3])
+    want = ref.embed_lstm_backward(a["dhs"], a["dhT"], a["dcT"], r[3])
+    for name, g, w in zip(("dEmb", "dW", "db", "dh0", "dc0"), got, want):
+        check(name, g, w, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_xent_with_extreme_logits(dtype, rng):
+    logits = (rng.standard_normal((37, 11)) * 5).astype(dtype)
+    logits[0, 3], logits[1, :] = 80.0, -70.0                    # one huge, one flat row
+    targets = rng.integers(0, 11, 37)
+    loss, d = nb.softmax_xent(logits, targets)
+    r_loss, r_d = ref.softmax_xent(logits, targets)
+    check("loss", loss, r_loss, dtype)
+    check("dlogits", d, r_d, dtype)
+    assert nb.softmax_xent(logits, targets, need_grad=False) == (loss, None)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_global_norm_and_adam_match_the_reference(dtype, rng):
+    """Adam mirrors the reference operation by operation: bit-identical over 5 steps."""
+    params = init_params(ModelConfig(13, 4, 7, 2, dtype=dtype), seed=0)
+    grads = {k: rng.standard_normal(v.shape).astype(dtype) for k, v in params.items()}
+    check("norm", nb.global_norm(grads), ref.global_norm(grads), dtype)
+    state = {be: ({k: v.copy() for k, v in params.items()}, {k: np.zeros_like(v) for k, v in params.items()},
+                  {k: np.zeros_like(v) for k, v in params.items()}) for be in ("ref", "nb")}
+    for step in range(1, 6):
+        g = {k: rng.standard_normal(v.shape).astype(dtype) * 10.0 ** (step - 3) for k, v in params.items()}
+        ref.adam_update(*state["ref"][:1], g, *state["ref"][1:], step, 2e-3, 0.9, 0.999, 1e-8, 0.7)
+        nb.adam_update(*state["nb"][:1], g, *state["nb"][1:], step, 2e-3, 0.9, 0.999, 1e-8, 0.7)
+    for k in params:
+        for what, i in (("param", 0), ("m", 1), ("v", 2)):
+            np.testing.assert_array_equal(state["nb"][i][k], state["ref"][i][k], err_msg=f"{what} {k}")
+
+
+def test_bad_input_is_a_user_error():
+    f32 = np.zeros((2, 3), np.float32)
+    W, b = np.zeros((3 + 2, 12), np.float32), np.zeros(12, np.float32)
+    with pytest.raises(le.UserError, match="token ids"):
+        nb.embed_lstm_forward(np.array([[0, 7]]), np.zeros((5, 2), np.float32), W, b, f32, f32)
+    with pytest.raises(le.UserError, match="one dtype"):
+        nb.lstm_forward(np.zeros((1, 2, 2), np.float64), W, b, f32, f32)
+    with pytest.raises(le.UserError, match="W must be"):
+        nb.lstm_forward(np.zeros((1, 2, 4), np.float32), W, b, f32, f32)
+    with pytest.raises(le.UserError, match="float32 or float64"):
+        nb.softmax_xent(np.zeros((2, 3), np.int64), np.zeros(2, np.int64))
+
+
+# ----------------------------------------------------------------------------
+# End to end: training curve and generated text
+# ----------------------------------------------------------------------------
+
+TEXT = "the quick brown fox jumps over the lazy dog; pack my box with five dozen liquor jugs.\n" * 40
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_training_gives_the_same_loss_curve(dtype, tmp_path):
+    """Same seed, numpy vs numba: 25 steps with dropout, clipping, carried state (B=4, T=11, L=2)."""
+    curves = {}
+    for be in ("numpy", "numba"):
+        cfg = le.TrainConfig(backend=be, embed_size=5, hidden_size=11, layers=2, dropout=0.2, batch_size=4,
+                             seq_len=11, steps=25, lr=1e-2, grad_clip=0.5, dtype=dtype, seed=7, eval_every=0,
+                             sample_every=0, save_every=0, log_every=0, out=str(tmp_path / be))
+        trainer = le.Trainer(cfg, text=TEXT)
+        curves[be] = np.array([trainer.train_step()[0] for _ in range(cfg.steps)])
+        params = trainer.model.host_params()
+        curves[be + " params"] = np.concatenate([p.ravel() for p in params.values()])
+    print(f"\nloss curve {dtype}: {curves['numpy'][0]:.4f} -> {curves['numpy'][-1]:.4f}")
+    assert curves["numpy"][-1] < curves["numpy"][0] - 0.3          # it learned something
+    check("losses", curves["numba"], curves["numpy"], dtype)
+    check("params", curves["numba params"], curves["numpy params"], dtype)
+
+
+@pytest.fixture(scope="module")
+def models():
+    vocab = le.Vocab.build(TEXT)
+    out = {}
+    for dtype in DTYPES:
+        params = init_params(ModelConfig(len(vocab), 6, 13, 3, dtype=dtype), seed=2)
+        for name in ("W0", "W1", "W2", "Wy"):
+            params[name] *= 4                                   # peaky predictions, varied text
+        cfg = ModelConfig(len(vocab), 6, 13, 3, dtype=dtype)
+        out[dtype] = {"numpy": Model(cfg, ref, params), "numba": Model(cfg, get_backend("numba"), params)}
+    return vocab, out
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("opts", [dict(greedy=True), dict(), dict(temperature=0.6, top_k=4),
+                                  dict(top_p=0.7), dict(temperature=1.5, top_k=9, top_p=0.9)],
+                         ids=["greedy", "plain", "top-k", "top-p", "both"])
+def test_generated_text_is_the_same(models, dtype, opts):
+    """generate_text (prime, 32-character chunks, seeded Generator) through both backends."""
+    vocab, by_backend = models
+    texts = {be: generate_text(m, vocab, prime="the lazy", length=150, seed=5, **opts)
+             for be, m in by_backend[dtype].items()}
+    print(f"\n{dtype} {opts}: {texts['numba'][:60]!r}")
+    assert texts["numba"] == texts["numpy"]
+    assert len(set(texts["numba"])) > (1 if opts.get("greedy") else 5)   # not a degenerate test
+
+
+def test_generate_updates_state_like_the_reference(models):
+    vocab, by_backend = models
+    states = {}
+    for be, m in by_backend["float64"].items():
+        states[be] = m.zero_state(1)
+        m.be.generate(m.params, states[be], 3, 20, 0.8, 0, 1.0, False, np.random.default_rng(1))
+    for l in range(3):
+        for k, name in enumerate(("h", "c")):
+            check(f"{name}{l}", states["numba"][l][k], states["numpy"][l][k], "float64")
+            assert states["numba"][l][k].shape == (1, 13)
+
+
+def test_one_uniform_per_token_drawn_up_front_is_the_same_stream():
+    """The sampler draws rng.random(n) at once; the reference draws rng.random() n times."""
+    a, b = np.random.default_rng(9), np.random.default_rng(9)
+    np.testing.assert_array_equal(a.random(50), [b.random() for _ in range(50)])
+
+
+def test_cache_exposes_the_reference_layout(rng):
+    a = layer_inputs(rng, 2, 3, 4, 5, "float64")
+    hs, _, _, cache = nb.lstm_forward(a["x"], a["W"], a["b"], a["h0"], a["c0"])
+    assert cache.hs is hs and cache.cs.shape == (2, 3, 5) and cache.acts.shape == (2, 3, 20)
+    assert cache.x is a["x"] or np.shares_memory(cache.x, a["x"])
