@@ -53,6 +53,9 @@ def env(monkeypatch):
     monkeypatch.setattr(cb, "_LOOPS", ck.LoopGraphs())
     monkeypatch.setattr(cg, "_PLANS", cg._Plans())
     monkeypatch.setattr(ck, "GRAPH_STATUS", {"captured": 0, "replayed": 0, "error": None})
+    # the emulator runs blocks one after another, so a grid barrier across several blocks cannot work:
+    # 'auto' must not pick the persistent kernels here (their one-block cases are tested explicitly)
+    monkeypatch.setattr(cb, "PERSIST_MAX_BH", 0)
     _clear_kernel_caches()
     yield make_env(cb, cg, ck, fake, emulated=True)
     _clear_kernel_caches()
