@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 import signal
 import sys
 
 import click
 
-from lstm_engine import api
+from lstm_engine import api, corpora
 from lstm_engine.errors import UserError
-from lstm_engine.generation import bits
+from lstm_engine.generation import bits, check_sampling_options
 from lstm_engine.train import TrainConfig
 
 
@@ -27,13 +28,20 @@ def _fmt_time(s):
 
 
 class Group(click.Group):
-    """Turns UserError into one line on stderr and exit status 2; Ctrl-C into status 130."""
+    """Turns UserError (and a mistyped option) into one line on stderr and exit status 2; Ctrl-C into status 130."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except UserError as e:
             err(f"error: {e}")
+            sys.exit(2)
+        except click.UsageError as e:
+            sub = f" {e.ctx.info_name}" if e.ctx is not None and e.ctx.parent is not None else ""
+            err(f"error: {e.format_message()} (see: lstm-engine{sub} --help)")
+            sys.exit(2)
+        except MemoryError:
+            err("error: out of memory; use a smaller model or batch (--hidden-size, --batch-size, --seq-len)")
             sys.exit(2)
         except KeyboardInterrupt:
             err("interrupted")
@@ -62,6 +70,8 @@ def _print_event(kind, info):
     elif kind == "eval":
         err(f"step {info['step']:>6}  val loss {info['val_loss']:.4f} nats/char ({bits(info['val_loss']):.3f} bits/char,"
             f" unigram entropy {info['entropy']:.3f})" + ("  * best" if info["best"] else ""))
+    elif kind == "recipe":
+        err(info["text"])
     elif kind == "sample":
         err(f"--- sample at step {info['step']} ---\n{info['text']}\n---")
     elif kind == "done":
@@ -71,10 +81,12 @@ def _print_event(kind, info):
 
 
 @main.command()
-@click.option("--corpus", default="python-docs", show_default=True, help="built-in corpus name or path to a UTF-8 file")
+@click.option("--corpus", default="python-docs", show_default=True,
+              help="corpus name (`lstm-engine corpus list`) or path to a UTF-8 file")
 @click.option("--encoding", default="utf-8", show_default=True, help="text encoding of a corpus file")
 @click.option("--backend", default="auto", show_default=True, help="numpy | numba | cupy | auto")
-@click.option("--embed-size", default=64, show_default=True, type=int)
+@click.option("--embed-size", default=64, show_default=True, type=int,
+              help="embedding size (left out: `corpus info`'s suggestion for corpora of over 256 symbols)")
 @click.option("--hidden-size", default=128, show_default=True, type=int)
 @click.option("--layers", default=2, show_default=True, type=int)
 @click.option("--dropout", default=0.0, show_default=True, type=float)
@@ -90,20 +102,49 @@ def _print_event(kind, info):
 @click.option("--log-every", default=10, show_default=True, type=int)
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "float64"]))
-@click.option("--max-vocab", default=0, show_default=True, type=int, help="keep the N most frequent symbols (0: all)")
+@click.option("--max-vocab", default=0, show_default=True, type=int,
+              help="keep the N most frequent symbols (0: all; left out: `corpus info`'s suggestion above 256 symbols)")
 @click.option("--val-fraction", default=0.1, show_default=True, type=float)
 @click.option("--out", default="", help="run directory (default runs/run-DATE-TIME)")
-@click.option("--resume", default=None, help="checkpoint to continue from")
-def train(resume, **opts):
+@click.option("--time-budget", default=None,
+              help="train the best model that fits this wall-clock time (90s, 10m, 2h): the recipe picks "
+                   "size, batch, length, dropout and lr from the measured speed; options you set win")
+@click.option("--keep", default=3, show_default=True, type=int,
+              help="step-numbered checkpoints to keep besides latest and best")
+@click.option("--resume", default=None,
+              help="checkpoint (or run directory) to continue from; options left out are taken from it")
+@click.pass_context
+def train(ctx, resume, time_budget, **opts):
     """Train a model on a corpus; checkpoints go to --out."""
-    cfg = TrainConfig(**opts)
-    trainer = api.Trainer(cfg, resume=resume, on_event=_print_event)
+    from click.core import ParameterSource
+    given = {k: v for k, v in opts.items()
+             if ctx.get_parameter_source(k) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)}
+    if time_budget is not None:
+        from lstm_engine.budget import parse_duration
+        opts["time_budget"] = given["time_budget"] = parse_duration(time_budget)
+    text = None
+    if resume:
+        from lstm_engine.checkpoint import read_meta
+        from lstm_engine.train import config_for_resume
+        cfg = config_for_resume(read_meta(resume), given, resume)
+    else:
+        filled, text = api.corpus_defaults(opts["corpus"], opts["encoding"], given)
+        opts.update(filled)
+        changed = {k: v for k, v in filled.items() if v != getattr(TrainConfig, k)}
+        if changed:
+            err("this corpus has many symbols: using " + " ".join(f"--{k.replace('_', '-')} {v}"
+                                                                 for k, v in changed.items())
+                + " (`lstm-engine corpus info` suggestions; pass the options to override)")
+        cfg = TrainConfig(**opts)
+    trainer = api.Trainer(cfg, text=text, resume=resume, on_event=_print_event, explicit=set(given))
     api.remember_last_run(trainer.out)
+    got = []
 
     def request_stop(signum, frame):
         if trainer.stop_requested:          # second Ctrl-C: give up at once (checkpoints stay intact)
             raise KeyboardInterrupt
         trainer.stop_requested = True
+        got.append(signum)
         err("stopping after this step and saving ...")
 
     old = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -113,11 +154,10 @@ def train(resume, **opts):
         for s, h in old.items():
             signal.signal(s, h)
     if trainer.stop_requested:
-        path = f"{trainer.out}/latest.safetensors"
+        path = trainer.rundir.latest
         err(f"interrupted at step {st.step}; checkpoint saved to {path}\n"
-            f"resume with: lstm-engine train --resume {path} --steps {cfg.steps} --out {trainer.out} "
-            f"--corpus {cfg.corpus}")
-        sys.exit(130)
+            f"resume with: lstm-engine train --resume {shlex.quote(trainer.out)}")
+        sys.exit(128 + (got[0] if got else signal.SIGINT))
 
 
 @main.command("eval")
@@ -167,6 +207,8 @@ def generate(checkpoint, prime, length, temperature, top_k, top_p, greedy, seed,
     model, vocab, _ = api.load_model(path, backend)
     if not checkpoint:
         err(f"using {path}")
+    check_sampling_options(temperature, top_k, top_p, length)
+    vocab.encode(prime, strict=True)            # refuse a bad prime before anything is printed
     if echo and prime:
         click.echo(prime, nl=False)
 
@@ -242,6 +284,169 @@ def bench(backends, configs, what, seconds, repeats, threads, json_path, plot_pa
     if plot_path:
         bench_report.plot(rows, plot_path, title=machine_line(machine))
         err(f"wrote {plot_path}")
+
+
+# ----------------------------------------------------------------------------
+# Teaching tools: explain, inspect, plot (the logic lives in lstm_engine/explain.py,
+# explain_render.py, inspect_cells.py and plot.py)
+# ----------------------------------------------------------------------------
+
+@main.command()
+@click.option("--checkpoint", default=None, help="explain a trained checkpoint instead of a fresh tiny model")
+@click.option("--text", default=None, help="characters to step through (default 'hello'; needed with --checkpoint)")
+@click.option("--layer", default=0, show_default=True, type=int, help="which layer of the checkpoint to explain")
+@click.option("--input-size", default=2, show_default=True, type=int, help="tiny model: input (embedding) size")
+@click.option("--hidden-size", default=3, show_default=True, type=int, help="tiny model: hidden size")
+@click.option("--seed", default=0, show_default=True, type=int, help="tiny model: initialisation seed")
+@click.option("--backward", is_flag=True, help="continue with BPTT and end with a gradient check")
+@click.option("--units", default=None, type=int, help="entries of each H-sized vector to show (default: all up to 8)")
+@click.option("--max-check", default=64, show_default=True, type=int,
+              help="gradient check: entries per parameter (a seeded sample beyond that)")
+@click.option("--format", "fmt", default="text", show_default=True, type=click.Choice(["text", "markdown", "html"]))
+@click.option("--interactive", is_flag=True, help="wait for Enter between blocks (q + Enter stops)")
+@click.option("-o", "--output", default=None, help="write to this file instead of stdout")
+def explain(checkpoint, text, layer, input_size, hidden_size, seed, backward, units, max_check, fmt, interactive,
+            output):
+    """Step through one LSTM layer with real numbers: gates, cell, output, loss (and BPTT with --backward)."""
+    from lstm_engine import explain as ex
+    from lstm_engine.explain_render import render
+    if interactive and (fmt == "html" or output):
+        raise UserError("--interactive prints to the terminal; drop it for --format html or --output")
+    setup = (ex.checkpoint_setup(checkpoint, text, layer) if checkpoint else
+             ex.tiny_setup(text if text is not None else "hello", input_size, hidden_size, seed))
+    chunks = render(ex.explain(setup, backward, units, max_check, seed), fmt)
+    if output:
+        try:
+            with open(output, "w", encoding="utf-8") as f:
+                f.write("\n".join(chunks) + "\n")
+        except OSError as e:
+            raise UserError(f"could not write {output!r}: {e.strerror or e}") from None
+        err(f"wrote {output}")
+        return
+    for k, chunk in enumerate(chunks):
+        click.echo(chunk)
+        if interactive and k < len(chunks) - 1:
+            err("[Enter: next block, q: quit] ")
+            line = sys.stdin.readline()
+            if not line:                     # end of input: print the rest without waiting
+                interactive = False
+            elif line.strip().lower() == "q":
+                break
+
+
+@main.command("inspect")
+@click.argument("checkpoint")
+@click.option("--text", "text_file", default=None, help="file whose text the model reads")
+@click.option("--prime", default=None, help="the text itself, given on the command line")
+@click.option("--encoding", default="utf-8", show_default=True)
+@click.option("--layer", default=None, type=int, help="only this layer (default: all; --unit: the last)")
+@click.option("--unit", default=None, type=int, help="colour the text by this unit")
+@click.option("--state", "kind", default="h", show_default=True, type=click.Choice(["h", "c", "i", "f", "g", "o"]))
+@click.option("--rank", default=None, help="feature to rank units by: quotes, brackets, depth, line-pos, "
+                                           "after-newline, space, alpha, upper, digit, punct, vowel, char:X")
+@click.option("--top", default=5, show_default=True, type=int, help="units to show")
+@click.option("--max-chars", default=4000, show_default=True, type=int, help="read at most this many characters")
+@click.option("--html", "out_html", required=True, help="page to write (OUT.html)")
+def inspect_cmd(checkpoint, text_file, prime, encoding, layer, unit, kind, rank, top, max_chars, out_html):
+    """Colour a text by what single cells do; --rank finds the units that track a feature."""
+    from lstm_engine import inspect_cells
+    from lstm_engine.data import read_text_file
+    if (text_file is None) == (prime is None):
+        raise UserError("pass exactly one of --text FILE or --prime TEXT")
+    if max_chars < 2:
+        raise UserError(f"--max-chars must be >= 2 (got {max_chars})")
+    text = read_text_file(text_file, encoding) if text_file else prime
+    model, vocab, _ = api.load_model(checkpoint, "numpy")
+    if rank:
+        inspect_cells.feature_values("", rank)           # an unknown feature fails before the model runs
+    res = inspect_cells.inspect(model, vocab, text[:max_chars], out_html, layer, unit, kind, rank, top,
+                                source=text_file or "--prime")
+    rows = res["ranking"]
+    if rows and rank:
+        click.echo(f"units ranked by correlation with {rank!r} ({kind}, {min(len(text), max_chars):,} chars):")
+        for k, (r, l, u) in enumerate(rows):
+            click.echo(f"  #{k + 1}  layer {l}  unit {u:>4}  r = {r:+.3f}")
+    elif rows:
+        for r, l, u, feat in rows:
+            click.echo(f"  layer {l}  unit {u:>4}  r = {r:+.3f}  {inspect_cells.FEATURES[feat]}")
+    err(f"wrote {out_html}")
+
+
+@main.command()
+@click.argument("run_dir")
+@click.option("-o", "--output", default="loss.png", show_default=True, help="image to write (.png, .svg, .pdf)")
+@click.option("--title", default=None)
+def plot(run_dir, output, title):
+    """Plot a run's train and val loss (nats and bits per char) against steps and wall time."""
+    from lstm_engine.plot import plot_run
+    plot_run(run_dir, output, title)
+    err(f"wrote {output}")
+
+
+@main.group()
+def corpus():
+    """List, fetch and describe corpora (the names --corpus accepts)."""
+
+
+def _size(n, unit=""):
+    return "-" if n is None else f"{n / 1e6:.1f} M{unit}" if n >= 1e6 else f"{n / 1e3:.0f} k{unit}"
+
+
+@corpus.command("list")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object per corpus")
+def corpus_list(as_json):
+    """Name, language, size and cache status of every known corpus."""
+    rows = corpora.listing()
+    if as_json:
+        for r in rows:
+            click.echo(json.dumps(r, ensure_ascii=False))
+        return
+    click.echo(f"{'NAME':<16} {'LANGUAGE':<28} {'CHARS':>8} {'DOWNLOAD':>9}  STATUS")
+    for r in rows:
+        click.echo(f"{r['name']:<16} {r['language']:<28} {_size(r['chars']):>8} "
+                   f"{_size(r['download_bytes'], 'B'):>9}  {r['status']}")
+    click.echo(f"cache: {corpora.cache_dir()}")
+
+
+@corpus.command("fetch")
+@click.argument("name")
+@click.option("--from", "from_path", default=None,
+              help="use a local copy of the source file(s): the file, or a folder holding them")
+@click.option("--force", is_flag=True, help="convert again even if the corpus is cached")
+def corpus_fetch(name, from_path, force):
+    """Download (or copy --from), verify and convert corpus NAME into the cache; print its path."""
+    click.echo(corpora.fetch(name, from_path=from_path, force=force))
+
+
+_INFO_LINES = (("description", "{}"), ("language", "{}"), ("license", "{}"), ("origin", "{}"), ("rule", "{}"),
+               ("download_bytes", "{:,} bytes"), ("path", "{}"), ("chars", "{:,}"), ("symbols", "{:,}"),
+               ("lines", "{:,}"), ("entropy_bits", "{:.3f} bits/char"))
+_INFO_LABELS = {"download_bytes": "download", "symbols": "distinct symbols", "entropy_bits": "unigram entropy"}
+
+
+@corpus.command("info")
+@click.argument("name_or_path")
+@click.option("--encoding", default="utf-8", show_default=True, help="text encoding of a file")
+@click.option("--sources", is_flag=True, help="list the source URLs, sizes and sha256 only (no download)")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+def corpus_info(name_or_path, encoding, sources, as_json):
+    """Figures of a corpus or any UTF-8 file: size, symbols, unigram entropy, suggested settings."""
+    d = corpora.describe(name_or_path, encoding, with_text=not sources)
+    if as_json:
+        click.echo(json.dumps(d, ensure_ascii=False))
+    elif sources:
+        for s in d.get("sources", []):
+            click.echo(f"{s['url']}  {s['bytes']}  {s['sha256']}")
+    else:
+        for key, fmt in _INFO_LINES:
+            if key in d:
+                click.echo(f"{_INFO_LABELS.get(key, key)}: {fmt.format(d[key])}")
+        if d["chars"]:
+            mv = d["max_vocab"]
+            click.echo(f"suggested: --max-vocab {mv} ("
+                       + (f"{mv - 1:,} symbols seen at least {corpora.MIN_COUNT} times + <unk>, covering "
+                          f"{d['coverage']:.2%} of the text)" if mv else "keep every symbol)")
+                       + f" --embed-size {d['embed_size']}")
 
 
 if __name__ == "__main__":

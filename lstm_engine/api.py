@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from . import checkpoint
+from . import checkpoint, corpora
 from .backends import get_backend
 from .data import Vocab, load_corpus
 from .errors import UserError
@@ -50,6 +50,15 @@ def last_checkpoint():
         raise UserError("no checkpoint given and no previous run found; train first "
                         "(`lstm-engine train`) or pass a checkpoint path")
     return path
+
+
+def corpus_defaults(corpus, encoding="utf-8", given=()):
+    """--embed-size / --max-vocab for a new run, where not in `given` (the options set explicitly):
+    the corpus's suggestions (`corpus info`): the engine defaults 64 / all symbols up to 256
+    symbols, fitted values above.  -> ({option: value} for the options filled in, corpus text)."""
+    text = load_corpus(corpus, encoding)
+    suggested = corpora.suggest_train_options(text)
+    return {k: v for k, v in suggested.items() if k not in given}, text
 
 
 def train(cfg: TrainConfig, text=None, resume=None, on_event=None):

@@ -91,8 +91,8 @@ def candidates(kernel, backend_names, modules):
             continue
         out.append(Candidate(n, loaded[n], getattr(loaded[n], kernel), loaded[n].lstm_forward))
     for mod_name, be_name, versions in modules:
-        if not versions.get(kernel) or be_name not in ("numpy", *backend_names):   # --backends limits versions too
-            continue
+        if not versions.get(kernel) or (be_name not in backend_names and be_name != "numpy"):
+            continue          # versions of a backend that was not asked for
         be = loaded.get(be_name)
         if be is None:
             try:

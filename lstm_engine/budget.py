@@ -40,6 +40,8 @@ def lr_at_time(frac, base_lr, warmup=0.02, floor=0.05):
 
 # Candidate models, smallest first: (embed, hidden, layers, batch, seq_len, dropout, lr).
 CANDIDATES = (
+    (16, 32, 1, 16, 32, 0.0, 3e-3),
+    (32, 64, 2, 32, 64, 0.0, 3e-3),
     (32, 128, 2, 32, 64, 0.0, 3e-3),
     (64, 256, 2, 64, 100, 0.1, 3e-3),
     (64, 384, 2, 64, 100, 0.2, 2.5e-3),
@@ -62,12 +64,17 @@ def choose(budget_s, train_chars, vocab_size, speed_of):
     characters per parameter; it is never larger than the data can support (4 chars per parameter
     per pass over the corpus is the floor).  -> (candidate, speed, reasons list of str)
     """
+    import time
     train_time = 0.85 * budget_s
     chosen, chosen_speed, reasons = CANDIDATES[0], None, []
+    t0 = time.perf_counter()
     for cand in CANDIDATES:
+        if chosen_speed is not None and time.perf_counter() - t0 > 0.05 * budget_s:
+            reasons.append("calibration stopped at 5% of the budget")
+            break
         E, H, L, B, T, _, _ = cand
         p = n_params(vocab_size, E, H, L)
-        if p > 4 * train_chars:
+        if p > 4 * train_chars and chosen_speed is not None:
             reasons.append(f"H{H}: {p:,} params is too many for {train_chars:,} training chars")
             break
         speed = speed_of(cand)
@@ -78,3 +85,67 @@ def choose(budget_s, train_chars, vocab_size, speed_of):
         if seen < CHARS_PER_PARAM * p:
             break
     return chosen, chosen_speed, reasons
+
+
+# --------------------------------------------------------------------------
+# Planning a budgeted run
+# --------------------------------------------------------------------------
+RECIPE_FIELDS = ("embed_size", "hidden_size", "layers", "batch_size", "seq_len", "dropout", "lr")
+
+
+def measure_train_speed(backend, vocab_size, cand, dtype, train_ids, steps=2):
+    """chars/s of whole training steps (forward, BPTT, clip, Adam) for a candidate, after one warm-up."""
+    import time
+
+    import numpy as np
+
+    from .data import Batcher
+    from .model import Model, ModelConfig
+    from .optim import Adam, AdamConfig
+    E, H, L, B, T, p, lr = cand
+    model = Model(ModelConfig(vocab_size, E, H, L, p, dtype), backend, seed=0)
+    opt = Adam(model.params, backend, AdamConfig(lr))
+    b = Batcher(train_ids, B, T)
+    rng = np.random.default_rng(0)
+    times = []
+    for k in range(steps + 1):
+        x, y = b.window(k % b.windows)
+        t0 = time.perf_counter()
+        loss, grads, _ = model.forward_backward(backend.asarray(x), backend.asarray(y), model.zero_state(B),
+                                                model.dropout_masks(T, B, rng))
+        _, scale = opt.clip_scale(grads)
+        opt.update(model.params, grads, lr, scale)
+        backend.synchronize()
+        times.append(time.perf_counter() - t0)
+    return B * T / min(times[1:])
+
+
+def plan(cfg, explicit, train_ids, vocab_size, backend, say=print):
+    """Fill the recipe's choices into cfg (a TrainConfig) for a run of cfg.time_budget seconds.
+
+    Options in `explicit` (names of TrainConfig fields the user set) are never changed.
+    -> the recipe as text (printed at start and stored in the checkpoint as cfg.recipe).
+    """
+    fixed = {k: getattr(cfg, k) for k in RECIPE_FIELDS if k in explicit}
+
+    def with_fixed(cand):
+        return tuple(fixed.get(k, v) for k, v in zip(RECIPE_FIELDS, cand))
+
+    def speed_of(cand):
+        return measure_train_speed(backend, vocab_size, with_fixed(cand), cfg.dtype, train_ids)
+
+    if {"embed_size", "hidden_size", "layers"} <= set(fixed):
+        cand = with_fixed(CANDIDATES[0])
+        speed, reasons = speed_of(CANDIDATES[0]), ["model size set by options"]
+    else:
+        cand, speed, reasons = choose(cfg.time_budget, len(train_ids), vocab_size, speed_of)
+        cand = with_fixed(cand)
+    for k, v in zip(RECIPE_FIELDS, cand):
+        setattr(cfg, k, v)
+    if "lr_decay" not in explicit:
+        cfg.lr_decay = True
+    chosen = ", ".join(f"{k}={getattr(cfg, k)}" + ("" if k not in fixed else " (given)") for k in RECIPE_FIELDS)
+    text = (f"time budget {cfg.time_budget:g}s on {backend.NAME}: {chosen}; warm-up then cosine decay over the "
+            f"budget's time; measured {speed:,.0f} chars/s ({'; '.join(reasons)})")
+    say(text)
+    return text

@@ -14,30 +14,40 @@ import numpy as np
 from .errors import UserError
 
 UNK = "<unk>"
-BUILTIN_CORPORA = ("python-docs",)
+BUILTIN_CORPORA = ("python-docs", "python-source")
+VOCAB_LIMIT = 50_000      # more distinct symbols than this needs an explicit --max-vocab
 
 
 def builtin_text(name):
-    """Text of a built-in corpus (available offline on any CPython)."""
-    if name == "python-docs":
-        # the documentation topics every CPython ships, in a stable (sorted) order
-        import pydoc_data.topics as topics
-        return "".join(topics.topics[k] for k in sorted(topics.topics))
-    raise KeyError(name)
+    """Text of a built-in corpus (available offline on any CPython; see lstm_engine.corpora)."""
+    from .corpora import builtin_text as text_of, load_registry
+    entry = load_registry().get(name)
+    if entry is None or not entry.get("builtin"):
+        raise KeyError(name)
+    return text_of(entry)
 
 
-def read_text_file(path, encoding="utf-8"):
-    """Read a UTF-8 (or --encoding) text file; one-line UserErrors for the usual mistakes."""
+def read_text_file(path, encoding="utf-8", strict=True):
+    """Read a UTF-8 (or --encoding) text file; one-line UserErrors for the usual mistakes.
+
+    strict=False accepts empty files and NUL characters (for `corpus info` on any file)."""
     if not os.path.exists(path):
         raise UserError(f"corpus file {path!r} does not exist; pass a path to a text file or a corpus name "
-                        f"({', '.join(BUILTIN_CORPORA)})")
+                        f"(see `lstm-engine corpus list`)")
     if os.path.isdir(path):
         raise UserError(f"corpus {path!r} is a directory; pass a text file inside it")
-    with open(path, "rb") as f:
-        raw = f.read()
-    if not raw:
+    if not os.path.isfile(path):
+        raise UserError(f"corpus {path!r} is not a regular file (a device, pipe or socket); pass a text file")
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise UserError(f"cannot read corpus file {path!r}: {e.strerror or e}") from None
+    if not raw and strict:
         raise UserError(f"corpus file {path!r} is empty; pass a file with text in it")
-    if b"\x00" in raw[:65536]:
+    if raw[:2] in (b"\xff\xfe", b"\xfe\xff") and not encoding.lower().replace("-", "").startswith("utf16"):
+        raise UserError(f"corpus file {path!r} starts with a UTF-16 byte-order mark; pass --encoding utf-16")
+    if strict and b"\x00" in raw[:65536] and not encoding.lower().replace("-", "").startswith(("utf16", "utf32")):
         raise UserError(f"corpus file {path!r} looks binary (it contains NUL bytes); pass a plain text file")
     try:
         return raw.decode(encoding)
@@ -50,13 +60,10 @@ def read_text_file(path, encoding="utf-8"):
 
 
 def load_corpus(name_or_path="python-docs", encoding="utf-8"):
-    """Text of a corpus given by built-in name or file path."""
-    if name_or_path in BUILTIN_CORPORA:
-        return builtin_text(name_or_path)
-    if not os.path.exists(name_or_path) and os.sep not in name_or_path and "." not in name_or_path:
-        raise UserError(f"unknown corpus {name_or_path!r}; use a built-in name "
-                        f"({', '.join(BUILTIN_CORPORA)}) or a path to a UTF-8 text file")
-    return read_text_file(name_or_path, encoding)
+    """Text of a corpus given by name (built in, cached or downloaded) or file path;
+    see lstm_engine.corpora.load_text for the resolution order."""
+    from .corpora import load_text
+    return load_text(name_or_path, encoding)
 
 
 def unigram_entropy(text):
@@ -74,6 +81,9 @@ class Vocab:
     @classmethod
     def build(cls, text, max_vocab=0):
         counts = Counter(text)
+        if not max_vocab and len(counts) > VOCAB_LIMIT:
+            raise UserError(f"the corpus has {len(counts):,} distinct symbols (more than {VOCAB_LIMIT:,}); pass "
+                            f"--max-vocab N (e.g. --max-vocab 10000) to keep the N most frequent, the rest as {UNK}")
         ordered = sorted(counts, key=lambda ch: (-counts[ch], ord(ch)))
         if max_vocab and len(ordered) > max_vocab:
             if max_vocab < 2:

@@ -20,6 +20,7 @@ def test_wheel_maps_kernels_and_cli_under_the_package(tmp_path):
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith((".dist-info", ".data"))}
     assert tops == {"lstm_engine"}, tops
     assert "lstm_engine/cli.py" in names and "lstm_engine/kernels/__init__.py" in names
+    assert "lstm_engine/corpora_data/registry.json" in names          # the corpus registry as package data
     entry = zipfile.ZipFile(tmp_path / whl).read(
         [n for n in names if n.endswith("entry_points.txt")][0]).decode()
     assert "lstm-engine = lstm_engine.cli:main" in entry

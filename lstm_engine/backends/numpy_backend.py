@@ -112,12 +112,12 @@ def lstm_forward(x, W, b, h0, c0):
     return hs, h, c, cache
 
 
-def cell_backward(dh, dc_next, a, c, c_prev):
-    """Backprop one step through h_t = o*tanh(c_t), c_t = f*c_{t-1} + i*g, and the gates.
+def cell_update_backward(dh, dc_next, a, c, c_prev):
+    """Backprop one step through h_t = o*tanh(c_t) and c_t = f*c_{t-1} + i*g (the reverse of cell_update).
 
     dh (B,H): dL/dh_t from above and from step t+1;  dc_next (B,H): dL/dc_t from step t+1
     a (B,G) activated gates, c (B,H) = c_t, c_prev (B,H) = c_{t-1}
-    -> dz (B,G) gradient of the gate pre-activations, dc_prev (B,H) = dL/dc_{t-1}
+    -> do, dc, di, df, dg, dc_prev, each (B,H): dL/d of o_t, c_t (all paths), i_t, f_t, g_t, c_{t-1}
     """
     H = c.shape[-1]
     i, f, g, o = a[:, 0:H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
@@ -128,12 +128,34 @@ def cell_backward(dh, dc_next, a, c, c_prev):
     dg = dc * i
     df = dc * c_prev
     dc_prev = dc * f
+    return do, dc, di, df, dg, dc_prev
+
+
+def gate_activations_backward(di, df, dg, do, a):
+    """Backprop through the gate nonlinearities (the reverse of gate_activations).
+
+    di, df, dg, do (B,H) gradients of the activated gates; a (B,G) activated gates
+    -> dz (B,G) gradient of the gate pre-activations
+    """
+    H = di.shape[-1]
+    i, f, g, o = a[:, 0:H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
     dz = np.empty_like(a)                      # (B,G)
     dz[:, 0:H] = di * i * (1.0 - i)            # backprop through sigmoid: s(1-s)
     dz[:, H:2 * H] = df * f * (1.0 - f)
     dz[:, 2 * H:3 * H] = dg * (1.0 - g * g)    # backprop through tanh: 1 - g^2
     dz[:, 3 * H:] = do * o * (1.0 - o)
-    return dz, dc_prev
+    return dz
+
+
+def cell_backward(dh, dc_next, a, c, c_prev):
+    """Backprop one step through h_t = o*tanh(c_t), c_t = f*c_{t-1} + i*g, and the gates.
+
+    dh (B,H): dL/dh_t from above and from step t+1;  dc_next (B,H): dL/dc_t from step t+1
+    a (B,G) activated gates, c (B,H) = c_t, c_prev (B,H) = c_{t-1}
+    -> dz (B,G) gradient of the gate pre-activations, dc_prev (B,H) = dL/dc_{t-1}
+    """
+    do, _, di, df, dg, dc_prev = cell_update_backward(dh, dc_next, a, c, c_prev)
+    return gate_activations_backward(di, df, dg, do, a), dc_prev
 
 
 def lstm_backward(dhs, dhT, dcT, cache):

@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# One-shot GPU check of the cupy backend, for a machine with an NVIDIA GPU and no network.
+#
+#   OUT=/some/dir bash benchmarks/gpu_check.sh        (from anywhere; default OUT=./gpu-out)
+#
+# Needs python3 with numpy, cupy, click, safetensors, pytest (torch, numba optional).  Writes few
+# files under $OUT (a device lease returns at most 8):
+#   gpu_check.log     everything this script prints (versions, test summary, tables)
+#   pytest.log        the full pytest output of the GPU and host tests (all run, no -x)
+#   parity.log        one line per compared tensor: max abs / normwise rel error vs the reference
+#   bench.jsonl       `lstm-engine bench` results, if that command exists
+#   gpu_bench.jsonl   benchmarks/gpu_bench.py results (cupy vs torch cuDNN, graphs on/off)
+# Every step has a timeout; the whole script stays under 5 minutes.
+set -u
+cd "$(dirname "$0")/.."
+OUT="${OUT:-./gpu-out}"
+mkdir -p "$OUT"
+OUT="$(cd "$OUT" && pwd)"
+LOG="$OUT/gpu_check.log"
+PY="${PYTHON:-python3}"
+START=$(date +%s)
+export PYTHONUNBUFFERED=1
+step() { echo; echo "=== $* ($(( $(date +%s) - START ))s)"; }
+left() { echo $(( $1 - ( $(date +%s) - START ) )); }    # seconds until $1 s after the start
+
+main() {
+
+step "machine"
+timeout 20 nvidia-smi || echo "nvidia-smi failed"
+timeout 20 nvcc --version | tail -2 || echo "no nvcc"
+timeout 60 "$PY" - <<'EOF' || echo "version probe failed"
+import sys, platform
+print("python", sys.version.split()[0], platform.machine())
+for m in ("numpy", "cupy", "torch", "numba", "scipy", "click", "safetensors", "pytest"):
+    try:
+        mod = __import__(m)
+        print(f"{m:12s} {getattr(mod, '__version__', '?')}")
+    except Exception as e:
+        print(f"{m:12s} MISSING ({type(e).__name__}: {e})")
+try:
+    import cupy
+    p = cupy.cuda.runtime.getDeviceProperties(0)
+    print("cuda runtime", cupy.cuda.runtime.runtimeGetVersion(), "driver", cupy.cuda.runtime.driverGetVersion(),
+          "device", p["name"], f"cc {p['major']}.{p['minor']}", "SMs", p["multiProcessorCount"])
+except Exception as e:
+    print("cupy device probe failed:", e)
+try:
+    import torch
+    print("torch cuda", torch.version.cuda, "cudnn", torch.backends.cudnn.version(), "gpu", torch.cuda.is_available())
+except Exception as e:
+    print("torch probe failed:", e)
+EOF
+
+step "install (editable, offline; PYTHONPATH is the fallback)"
+timeout 60 "$PY" -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -3 || echo "pip install failed"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+"$PY" -c "import lstm_engine.backends.cupy_backend as cb; print('cupy backend available:', cb.is_available())"
+
+step "tests: GPU parity + host checks (CUPY_TF32=0, NVIDIA_TF32_OVERRIDE=0)"
+PYTEST_TIMEOUT=""
+"$PY" -c "import pytest_timeout" 2>/dev/null && PYTEST_TIMEOUT="--timeout=60"
+: > "$OUT/parity.log"
+CUPY_TF32=0 NVIDIA_TF32_OVERRIDE=0 LSTM_ENGINE_GPU_REPORT="$OUT/parity.log" \
+  timeout 120 "$PY" -m pytest -q -rfEs $PYTEST_TIMEOUT -p no:cacheprovider \
+  tests/test_cupy_backend.py tests/test_cupy_host.py > "$OUT/pytest.log" 2>&1
+echo "pytest exit code $? (0 = all passed, 124 = timed out)"
+tail -n 25 "$OUT/pytest.log"
+echo "--- parity lines marked FAIL or NON-FINITE (all lines in parity.log):"
+grep -E "FAIL|NON-FINITE|DIFFER" "$OUT/parity.log" | head -40 || true
+echo "--- worst float32 / float64 relative errors:"
+for dt in float32 float64; do
+  grep "$dt" "$OUT/parity.log" | grep -o "rel [0-9.e+-]*" | sort -t' ' -k2 -g | tail -1 | sed "s/^/$dt /"
+done
+
+step "benchmarks/gpu_bench.py: cupy step paths and graphs on/off vs torch cuDNN on this card"
+timeout 100 "$PY" benchmarks/gpu_bench.py --out "$OUT/gpu_bench.jsonl" --budget 75
+echo "gpu_bench exit code $?"
+
+step "lstm-engine bench (validate, then time; short settings to fit the budget)"
+# bench writes its JSON only at the end, so it runs in parts that each finish well inside their
+# timeout: the GPU rows (cupy + torch cuDNN) for all four configs, then numba on the small ones.
+if "$PY" -m lstm_engine.cli bench --help > /dev/null 2>&1; then
+  : > "$OUT/bench.jsonl"
+  T_GPU=$(( $(left 290) - 40 ))          # leave ~40 s for the numba part
+  if [ "$T_GPU" -gt 15 ]; then
+    timeout "$T_GPU" "$PY" -m lstm_engine.cli bench --backends cupy,torch --configs seed,karpathy,medium,large \
+      --what train,sample --seconds 0.5 --repeats 3 --json "$OUT/bench_gpu.jsonl"
+    echo "bench (cupy,torch) exit code $?"
+  else
+    echo "bench (cupy,torch) skipped: ${T_GPU}s left"
+  fi
+  T_CPU=$(left 293)
+  if [ "$T_CPU" -gt 15 ]; then
+    timeout "$T_CPU" "$PY" -m lstm_engine.cli bench --backends numba --configs seed,karpathy \
+      --what train,sample --seconds 0.5 --repeats 3 --json "$OUT/bench_numba.jsonl"
+    echo "bench (numba) exit code $?"
+  else
+    echo "bench (numba) skipped: ${T_CPU}s left"
+  fi
+  cat "$OUT"/bench_gpu.jsonl "$OUT"/bench_numba.jsonl >> "$OUT/bench.jsonl" 2>/dev/null
+  rm -f "$OUT"/bench_gpu.jsonl "$OUT"/bench_numba.jsonl
+else
+  echo "no 'bench' command in this checkout; skipped"
+fi
+
+step "done"
+ls -la "$OUT"
+}
+
+main 2>&1 | tee "$LOG"

@@ -1,0 +1,311 @@
+"""The CUDA side of the CuPy backend: kernel sources, their template instantiations, compiling
+them once per process, launch configurations, and replaying time loops as CUDA graphs.
+
+Everything here that does not launch a kernel works without CuPy or a GPU, so the host tests
+(tests/test_cupy_host.py) check the instantiation list, the pointer-struct layouts and the
+tile choice, and compile the very text NVRTC gets with `nvcc --ptx` (see ptx_check_source).
+
+Dimension legend: T time, B batch rows, H hidden, G = 4H, V vocab.
+"""
+from __future__ import annotations
+
+import collections
+import functools
+import os
+import re
+import warnings
+
+import numpy as np
+
+# ----------------------------------------------------------------------------
+# Sources and instantiations
+# ----------------------------------------------------------------------------
+
+COMPILE_OPTIONS = ("--std=c++17",)      # given to NVRTC (RawModule) and to nvcc in the ptx check
+# what CuPy appends to every RawModule compile besides -arch (and, for NVRTC 12+, the NVRTC-only
+# --device-as-default-execution-space): the ptx check passes it to nvcc as well
+CUPY_APPENDED_OPTIONS = ("-ftz=true",)
+CTYPES = {"float32": "float", "float64": "double"}
+THREADS = 256                           # every kernel of the tiled family runs 256 threads
+
+# tile configs of the fused LSTM kernels: (BT rows, JT units, RB rows/thread, RJ units/thread);
+# (JT/RJ) * (BT/RB) == THREADS, see tile_product in kernels/lstm.cu
+TILES = {
+    "narrow": (4, 64, 1, 1),    # B <= 4: generation of one sequence, evaluation streams
+    "small": (16, 16, 1, 1),    # many small blocks: fills the GPU when B*H is small
+    "big": (32, 32, 2, 2),      # 2x2 rows x units per thread: better reuse once blocks are plenty
+}
+GEN_TILES = ("narrow", "small")
+# lanes per (row, unit) pair of the persistent kernels (a power of two <= 32: one warp's shuffles)
+PERSIST_KS = (8, 16, 32)
+
+# kernel base name -> (file, takes a tile config)
+KERNELS = {
+    "lstm_fwd_fused": ("lstm.cu", "train"),
+    "lstm_bwd_fused": ("lstm.cu", "train"),
+    "lstm_fwd_persist": ("lstm.cu", "persist"),
+    "lstm_bwd_persist": ("lstm.cu", "persist"),
+    "lstm_fwd_cell": ("lstm.cu", None),
+    "lstm_bwd_cell": ("lstm.cu", None),
+    "gen_lstm_step": ("lstm.cu", "gen"),
+    "gen_logits": ("lstm.cu", "gen"),
+    "softmax_xent": ("train_ops.cu", None),
+    "adam_multi": ("train_ops.cu", None),
+    "sumsq_multi": ("train_ops.cu", None),
+    "embed_gather": ("train_ops.cu", None),
+    "embed_scatter_add": ("train_ops.cu", None),
+    "sample_tokens": ("sampling.cu", None),
+}
+KERNEL_FILES = ("lstm.cu", "train_ops.cu", "sampling.cu")
+
+# field order of the pointer structs FwdPtrs / BwdPtrs in kernels/lstm.cu
+FWD_FIELDS = ("xproj", "W", "b", "hbuf", "cbuf", "acts")
+BWD_FIELDS = ("W", "acts", "cbuf", "dhs", "dhT", "dzs", "dc")
+
+
+def ctype(dtype):
+    """numpy dtype -> the C type of the kernels' template argument (float32 / float64 only)."""
+    name = np.dtype(dtype).name
+    if name not in CTYPES:
+        raise ValueError(f"the cupy backend computes in float32 or float64, not {name}")
+    return CTYPES[name]
+
+
+def kernel_name(base, dtype, tile=None):
+    """The name expression of one instantiation, e.g. 'lstm_fwd_fused<float,16,16,1,1>'."""
+    kind = KERNELS[base][1]
+    if kind is None:
+        if tile is not None:
+            raise ValueError(f"{base} takes no tile config")
+        return f"{base}<{ctype(dtype)}>"
+    if kind == "persist":
+        if tile not in PERSIST_KS:
+            raise ValueError(f"{base} needs KS among {PERSIST_KS}, got {tile!r}")
+        return f"{base}<{ctype(dtype)},{tile}>"
+    allowed = GEN_TILES if kind == "gen" else tuple(TILES)
+    if tile not in allowed:
+        raise ValueError(f"{base} needs a tile config among {allowed}, got {tile!r}")
+    return f"{base}<{ctype(dtype)},{','.join(str(x) for x in TILES[tile])}>"
+
+
+def kernel_variants(kind):
+    """The tile / KS arguments a kernel kind is instantiated for ([None] for untemplated ones)."""
+    if kind is None:
+        return [None]
+    return list({"gen": GEN_TILES, "persist": PERSIST_KS}.get(kind, TILES))
+
+
+def name_expressions(filename):
+    """Every instantiation of the kernels in one .cu file (what RawModule compiles)."""
+    out = []
+    for base, (fname, kind) in KERNELS.items():
+        if fname != filename:
+            continue
+        for dt in CTYPES:
+            tiles = kernel_variants(kind)
+            out.extend(kernel_name(base, dt, tile) for tile in tiles)
+    return out
+
+
+def kernel_dir():
+    """Directory of the .cu files: the installed lstm_engine.kernels, else the checkout's kernels/."""
+    try:
+        import lstm_engine.kernels as pkg
+        d = os.path.dirname(pkg.__file__)
+        if os.path.exists(os.path.join(d, KERNEL_FILES[0])):
+            return d
+    except ImportError:
+        pass
+    return os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "kernels"))
+
+
+def kernel_source(filename):
+    with open(os.path.join(kernel_dir(), filename), encoding="utf-8") as f:
+        return f.read()
+
+
+def ptx_check_source(filename):
+    """The RawModule source plus host-side references that make nvcc instantiate exactly the
+    templates listed in name_expressions (NVRTC instantiates them from the names instead)."""
+    refs = ",\n    ".join(f"(void*)&{name}" for name in name_expressions(filename))
+    return (kernel_source(filename)
+            + "\n// ---- added for the nvcc ptx check only: instantiate every name expression ----\n"
+            + f"void* lstm_engine_instantiations[] = {{\n    {refs}\n}};\n")
+
+
+def struct_fields(source, struct):
+    """Field names of `template <typename T> struct NAME { ... };` in a .cu source, in order."""
+    m = re.search(r"struct\s+" + struct + r"\s*\{(.*?)\};", source, re.S)
+    if not m:
+        raise ValueError(f"struct {struct} not found")
+    body = re.sub(r"//[^\n]*", "", m.group(1))
+    return tuple(re.findall(r"(\w+)\s*;", body))
+
+
+# ----------------------------------------------------------------------------
+# Compiling (needs CuPy): once per process per file; CuPy also caches binaries on disk
+# ----------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def module(filename):
+    import cupy
+    return cupy.RawModule(code=kernel_source(filename), options=COMPILE_OPTIONS,
+                          name_expressions=name_expressions(filename))
+
+
+_FUNCTIONS = {}
+
+
+def get(base, dtype, tile=None):
+    """The compiled kernel (a cupy.RawKernel) for one instantiation, memoised."""
+    key = (base, np.dtype(dtype).name, tile)
+    fn = _FUNCTIONS.get(key)
+    if fn is None:
+        name = kernel_name(base, dtype, tile)
+        try:
+            fn = module(KERNELS[base][0]).get_function(name)
+        except Exception as e:   # NVRTC errors carry the compiler log; keep it for the log
+            raise RuntimeError(f"could not compile/load {name} from kernels/{KERNELS[base][0]}: {e}") from e
+        _FUNCTIONS[key] = fn
+    return fn
+
+
+def i32(x):
+    """Kernel int argument (a bare Python int would be passed as 64 bits)."""
+    return np.int32(x)
+
+
+NULL = np.uint64(0)     # a null pointer argument
+
+
+def ptr(a):
+    """Device pointer of a CuPy array as a kernel argument, or NULL for None."""
+    return NULL if a is None else np.uint64(a.data.ptr)
+
+
+def blocks(n, per=THREADS):
+    return (max(1, -(-int(n) // per)),)
+
+
+# ----------------------------------------------------------------------------
+# Launch configurations
+# ----------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def sm_count():
+    try:
+        import cupy
+        dev = cupy.cuda.Device().id
+        return int(cupy.cuda.runtime.getDeviceProperties(dev)["multiProcessorCount"])
+    except Exception:
+        return 108
+
+
+@functools.lru_cache(maxsize=None)
+def smem_optin():
+    """Largest dynamic shared memory a block may opt in to (bytes); 48 KiB if unknown."""
+    try:
+        import cupy
+        props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+        return int(props.get("sharedMemPerBlockOptin") or 48 * 1024)
+    except Exception:
+        return 48 * 1024
+
+
+def choose_tile(B, H, n_sm=None, gen=False):
+    """Tile config of the fused kernels for B rows and H units (or V columns in gen_logits)."""
+    if B <= 4:
+        return "narrow"
+    if gen:
+        return "small"
+    n_sm = n_sm or sm_count()
+    bt, jt = TILES["big"][:2]
+    big_blocks = -(-B // bt) * -(-H // jt)
+    return "big" if big_blocks >= n_sm else "small"
+
+
+def tile_grid(tile, rows, cols):
+    """grid (ceil(cols/JT), ceil(rows/BT)) of a tiled kernel."""
+    bt, jt = TILES[tile][:2]
+    return (-(-cols // jt), -(-rows // bt))
+
+
+# ----------------------------------------------------------------------------
+# CUDA graphs of time loops
+# ----------------------------------------------------------------------------
+
+GRAPH_STATUS = {"captured": 0, "replayed": 0, "error": None}
+
+
+class LoopGraphs:
+    """Runs a loop of kernel launches eagerly or as a replayed CUDA graph.
+
+    The kernels read their buffer pointers from a small device array (a pointer struct), so
+    the graph of a loop shape is captured once (the second time the shape is seen) and then
+    replayed on new buffers: before each replay the host writes the new pointers into the
+    graph's own struct, stream-ordered on the current stream.  Only kernels of this package
+    run inside a capture (CuPy forbids cuBLAS there).  One stream is assumed.
+    """
+
+    def __init__(self, capacity=32):
+        self.graphs = collections.OrderedDict()   # key -> (graph, device struct)
+        self.seen = collections.Counter()
+        self.capacity = capacity
+        self._stream = None
+
+    def run(self, key, pointers, launch, use_graph):
+        """pointers: np.uint64 array; launch(struct) enqueues the loop on the current stream."""
+        import cupy
+        stream = cupy.cuda.get_current_stream()
+        entry = self.graphs.get(key) if use_graph else None
+        if entry is None and use_graph and GRAPH_STATUS["error"] is None:
+            self.seen[key] += 1
+            if self.seen[key] >= 2:
+                entry = self._capture(key, pointers, launch)
+        if entry is None:
+            struct = cupy.empty(len(pointers), np.uint64)
+            struct.set(pointers, stream=stream)
+            launch(struct)
+            return
+        graph, struct = entry
+        self.graphs.move_to_end(key)
+        struct.set(pointers, stream=stream)
+        graph.launch(stream=stream)
+        GRAPH_STATUS["replayed"] += 1
+
+    def _capture(self, key, pointers, launch):
+        import cupy
+        struct = cupy.empty(len(pointers), np.uint64)
+        graph = capture(lambda: launch(struct), self)
+        if graph is None:
+            return None
+        self.graphs[key] = (graph, struct)
+        if len(self.graphs) > self.capacity:
+            self.graphs.popitem(last=False)
+        return graph, struct
+
+    def capture_stream(self):
+        import cupy
+        if self._stream is None:
+            self._stream = cupy.cuda.Stream(non_blocking=True)
+        return self._stream
+
+
+def capture(enqueue, owner):
+    """Capture what enqueue() launches into a CUDA graph; None (graphs switched off) on failure."""
+    s = owner.capture_stream()
+    graph = None
+    try:
+        with s:
+            s.begin_capture()
+            try:
+                enqueue()
+            finally:
+                graph = s.end_capture()
+    except Exception as e:
+        GRAPH_STATUS["error"] = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+        warnings.warn(f"CUDA graph capture failed, running eagerly from now on ({GRAPH_STATUS['error']})",
+                      RuntimeWarning, stacklevel=3)
+        return None
+    GRAPH_STATUS["captured"] += 1
+    return graph

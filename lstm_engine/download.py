@@ -1,0 +1,138 @@
+"""Verified, atomic downloads: the only module of lstm_engine that touches the network.
+
+A file is fetched into a temporary file beside its destination, hashed while it streams,
+checked against the pinned size and sha256, and only then renamed into place.  An interrupted,
+cut-off, oversized or corrupted transfer leaves nothing at the destination.
+"""
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import shutil
+import socket
+import tempfile
+import urllib.error
+import urllib.request
+
+CHUNK = 1 << 16          # bytes per read
+TIMEOUT_S = 30           # per blocking socket operation, not for the whole transfer
+USER_AGENT = "lstm-engine (corpus download)"
+
+
+class DownloadError(Exception):
+    """A transfer failed or delivered the wrong bytes; str() is one short line "URL: reason"."""
+
+    def __init__(self, url, reason):
+        super().__init__(f"{url}: {reason}")
+        self.url, self.reason = url, reason
+
+
+def sha256_file(path):
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_file(path, size, sha256):
+    """Raise DownloadError unless the file at `path` has exactly `size` bytes and this sha256."""
+    actual = os.path.getsize(path)
+    if actual != size:
+        raise DownloadError(path, f"{actual:,} bytes, expected {size:,}")
+    digest = sha256_file(path)
+    if digest != sha256:
+        raise DownloadError(path, f"sha256 {digest[:16]}..., expected {sha256[:16]}...")
+
+
+def _atomic_target(dest):
+    """-> (file object, temp path) of a fresh temporary file in dest's folder."""
+    folder = os.path.dirname(os.path.abspath(dest))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(dest) + ".", suffix=".part", dir=folder)
+    return os.fdopen(fd, "wb"), tmp
+
+
+def _stream(resp, f, size, url, progress):
+    """Copy the response body into f, hashing it; -> (bytes read, hex sha256)."""
+    h, n = hashlib.sha256(), 0
+    while True:
+        try:
+            block = resp.read(CHUNK)
+        except http.client.IncompleteRead as e:
+            raise DownloadError(url, f"transfer cut off after {n + len(e.partial):,} of {size:,} bytes") from None
+        if not block:
+            return n, h.hexdigest()
+        n += len(block)
+        if n > size:
+            raise DownloadError(url, f"server sent more than the expected {size:,} bytes")
+        h.update(block)
+        f.write(block)
+        if progress:
+            progress(len(block))
+
+
+def download(url, dest, size, sha256, progress=None, timeout=TIMEOUT_S):
+    """Fetch `url` to `dest`, verified against `size` bytes and `sha256`; atomic.
+
+    progress(n_bytes) is called as bytes arrive.  Raises DownloadError (never leaving
+    `dest` or a temporary file behind) on any HTTP, network, size or checksum failure.
+    """
+    req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"})
+    f, tmp = _atomic_target(dest)
+    try:
+        with f:
+            try:
+                with urllib.request.urlopen(req, timeout=timeout) as resp:
+                    length = resp.headers.get("Content-Length")
+                    if length is not None and length.isdigit() and int(length) != size:
+                        raise DownloadError(url, f"server offers {int(length):,} bytes, expected {size:,}")
+                    n, digest = _stream(resp, f, size, url, progress)
+            except urllib.error.HTTPError as e:
+                raise DownloadError(url, f"HTTP {e.code} {e.reason}") from None
+            except urllib.error.URLError as e:
+                raise DownloadError(url, str(e.reason)) from None
+            except (socket.timeout, TimeoutError):
+                raise DownloadError(url, f"timed out after {timeout} s without data") from None
+            except (http.client.HTTPException, ConnectionError) as e:
+                raise DownloadError(url, f"{type(e).__name__}: {e}") from None
+            if n != size:
+                raise DownloadError(url, f"transfer cut off after {n:,} of {size:,} bytes")
+            if digest != sha256:
+                raise DownloadError(url, f"sha256 mismatch (got {digest[:16]}..., expected {sha256[:16]}...)")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def copy_verified(src, dest, size, sha256):
+    """Copy a local file to `dest` after checking its size and sha256; atomic like download()."""
+    verify_file(src, size, sha256)
+    f, tmp = _atomic_target(dest)
+    try:
+        with f, open(src, "rb") as s:
+            shutil.copyfileobj(s, f, CHUNK)
+        verify_file(tmp, size, sha256)           # the copy, not just the original
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_atomic(dest, data: bytes):
+    """Write bytes to `dest` through a temporary file and a rename."""
+    f, tmp = _atomic_target(dest)
+    try:
+        with f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -1,0 +1,65 @@
+"""Shared helpers of the reliability tests (tiny corpora, tiny configs, CLI runners, directory snapshots)."""
+import hashlib
+import os
+
+import numpy as np
+from click.testing import CliRunner
+
+import lstm_engine as le
+from lstm_engine.cli import main
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def markov_text(n_units, seed=0):
+    """'a' then x or y (a fair coin) then '.', repeated."""
+    rng = np.random.default_rng(seed)
+    return "".join("a" + ("x" if c else "y") + "." for c in rng.integers(0, 2, n_units))
+
+
+def write_corpus(tmp_path, n_units=700, name="corpus.txt"):
+    p = tmp_path / name
+    p.write_text(markov_text(n_units) + "\nthe end, \u4e2d\u6587.\n", encoding="utf-8")
+    return str(p)
+
+
+TINY = dict(backend="numpy", embed_size=4, hidden_size=8, layers=2, batch_size=4, seq_len=8, lr=1e-2,
+            eval_every=0, sample_every=0, save_every=0, log_every=1)
+
+
+def tiny_cfg(out, **kw):
+    return le.TrainConfig(**dict(TINY, out=str(out), **kw))
+
+
+def tiny_args(corpus, out, **kw):
+    """CLI arguments of a tiny training run; kw overrides (underscores become dashes)."""
+    opts = dict(TINY, corpus=corpus, out=str(out), **kw)
+    args = ["train"]
+    for k, v in opts.items():
+        args += ["--" + k.replace("_", "-"), str(v)]
+    return args
+
+
+def run_cli(args, env=None):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False, env=env)
+
+
+def assert_one_line_error(r, needle=None):
+    """Exit status != 0, exactly one line on stderr, no traceback anywhere."""
+    assert r.exit_code not in (0, None), r.output
+    assert "Traceback" not in r.output and "Traceback" not in r.stderr
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: "), repr(r.stderr)
+    if needle is not None:
+        assert needle.lower() in r.stderr.lower(), (needle, r.stderr)
+
+
+def snapshot(d):
+    """{relative name: sha256} of every file under d (to prove nothing was overwritten)."""
+    out = {}
+    for root, _, files in os.walk(d):
+        for f in files:
+            p = os.path.join(root, f)
+            with open(p, "rb") as fh:
+                out[os.path.relpath(p, d)] = hashlib.sha256(fh.read()).hexdigest()
+    return out
+

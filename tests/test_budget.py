@@ -1,0 +1,69 @@
+"""--time-budget: durations, the time-based schedule, the budget is kept, explicit options win."""
+import json
+import time
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import lstm_engine as le
+from lstm_engine import budget, checkpoint
+from lstm_engine.cli import main
+
+
+def markov_text(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return "".join("a" + ("x" if c else "y") + "." for c in rng.integers(0, 2, n))
+
+
+@pytest.mark.parametrize("text,seconds", [("90s", 90), ("10m", 600), ("2h", 7200), ("1h30m", 5400), ("45", 45),
+                                          ("1.5m", 90)])
+def test_parse_duration(text, seconds):
+    assert budget.parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("bad", ["", "ten minutes", "10x", "0", "-5", "m"])
+def test_bad_durations_are_user_errors(bad):
+    with pytest.raises(le.UserError):
+        budget.parse_duration(bad)
+
+
+def test_lr_schedule_warms_up_then_decays_to_the_floor():
+    lrs = [budget.lr_at_time(f, 1.0) for f in np.linspace(0, 1, 101)]
+    assert lrs[0] < 0.2 and max(lrs) == pytest.approx(1.0, abs=0.01)
+    assert lrs[-1] == pytest.approx(0.05)
+    peak = int(np.argmax(lrs))
+    assert all(a >= b for a, b in zip(lrs[peak:], lrs[peak + 1:]))
+
+
+def test_a_short_budget_is_respected_including_the_final_save(tmp_path):
+    cfg = le.TrainConfig(backend="numpy", time_budget=6.0, out=str(tmp_path / "run"), log_every=0)
+    events = []
+    t0 = time.perf_counter()
+    trainer = le.Trainer(cfg, text=markov_text(4000), on_event=lambda k, i: events.append((k, i)))
+    st = trainer.run()
+    wall = time.perf_counter() - t0
+    print(f"budget 6 s: ran {wall:.2f} s, {st.step} steps")
+    assert wall < 6.0 + 1.5
+    assert st.step > 5
+    kinds = [k for k, _ in events]
+    assert "recipe" in kinds and kinds.index("eval") > kinds.index("start")     # closes with evaluation
+    _, meta = checkpoint.load(str(tmp_path / "run" / "best.safetensors"))
+    assert meta["trainer"]["step"] == st.step and "time budget" in meta["train"]["recipe"]
+
+
+def test_explicit_options_override_the_recipe(tmp_path):
+    r = CliRunner().invoke(main, ["train", "--corpus", str(_write(tmp_path, markov_text(3000))), "--backend", "numpy",
+                                  "--time-budget", "4s", "--hidden-size", "24", "--dropout", "0.1",
+                                  "--out", str(tmp_path / "run"), "--log-every", "0"], catch_exceptions=False)
+    assert r.exit_code == 0, r.stderr
+    assert "hidden_size=24 (given)" in r.stderr and "dropout=0.1 (given)" in r.stderr
+    _, meta = checkpoint.load(str(tmp_path / "run" / "latest.safetensors"))
+    assert meta["model"]["hidden_size"] == 24 and meta["model"]["dropout"] == 0.1
+    assert meta["train"]["time_budget"] == 4.0 and meta["train"]["lr_decay"] is True
+
+
+def _write(tmp_path, text):
+    p = tmp_path / "corpus.txt"
+    p.write_text(text)
+    return p

@@ -1,0 +1,88 @@
+"""The cupy backend's kernels and host code on a CPU emulator: CI checks of the CUDA code without a GPU.
+
+tests/cuda_emu/fake_cupy.py stands in for CuPy: kernels/*.cu are compiled with g++ against
+tests/cuda_emu/cuda_emu.h (each CUDA thread a fiber), arrays are host memory, stream capture
+records and replays kernel launches.  The parity tests are those of the GPU run (cupy_cases.py).
+What this cannot check: CuPy's real API beyond the mimicked part, GPU timing and memory model.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import sys
+
+import pytest
+
+from lstm_engine.backends import cupy_backend as cb
+from lstm_engine.backends import cupy_generate as cg
+from lstm_engine.backends import cupy_kernels as ck
+
+pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="the CUDA emulator needs g++")
+
+from cupy_cases import *  # noqa: E402,F401,F403  (the shared tests)
+from cupy_cases import make_env  # noqa: E402
+
+_FAKE = None
+
+
+def _fake_cupy():
+    global _FAKE
+    if _FAKE is None:
+        path = os.path.join(os.path.dirname(__file__), "cuda_emu", "fake_cupy.py")
+        spec = importlib.util.spec_from_file_location("lstm_engine_fake_cupy", path)
+        _FAKE = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(_FAKE)
+    return _FAKE
+
+
+def _clear_kernel_caches():
+    ck.module.cache_clear()
+    ck.sm_count.cache_clear()
+    ck.smem_optin.cache_clear()
+    ck._FUNCTIONS.clear()
+
+
+@pytest.fixture
+def env(monkeypatch):
+    fake = _fake_cupy()
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    for mod, name in ((cb, "cp"), (cb, "xp"), (cg, "cp")):
+        monkeypatch.setattr(mod, name, fake)
+    monkeypatch.setattr(cb, "_availability", None)
+    monkeypatch.setattr(cb, "_LOOPS", ck.LoopGraphs())
+    monkeypatch.setattr(cg, "_PLANS", cg._Plans())
+    monkeypatch.setattr(ck, "GRAPH_STATUS", {"captured": 0, "replayed": 0, "error": None})
+    # the emulator runs blocks one after another, so a grid barrier across several blocks cannot work:
+    # 'auto' must not pick the persistent kernels here (their one-block cases are tested explicitly)
+    monkeypatch.setattr(cb, "PERSIST_MAX_BH", 0)
+    _clear_kernel_caches()
+    yield make_env(cb, cg, ck, fake, emulated=True)
+    _clear_kernel_caches()
+
+
+def test_graphs_were_captured_and_replayed(env, options):
+    """The graph path really captures (not silently eager): counts of captures and replays."""
+    import numpy as np
+    options(step="fused", graphs=True)
+    rng = np.random.default_rng(0)
+    d = env.cb.asarray
+    for _ in range(3):
+        x, W, b = d(rng.standard_normal((4, 2, 3))), d(rng.standard_normal((8, 20))), d(np.zeros(20))
+        h = d(np.zeros((2, 5)))
+        hs, hT, cT, cache = env.cb.lstm_forward(x, W, b, h, h)
+        env.cb.lstm_backward(d(rng.standard_normal((4, 2, 5))), h, h, cache)
+    assert env.ck.GRAPH_STATUS == {"captured": 2, "replayed": 4, "error": None}   # 2nd call: capture + launch
+
+
+def test_capture_refuses_cublas(env):
+    """The fake refuses non-kernel work during capture, as CuPy refuses cuBLAS: so the tests above
+    prove that the captured loops hold nothing but our kernels."""
+    import numpy as np
+    s = env.cp.cuda.Stream(non_blocking=True)
+    a = env.cb.asarray(np.ones((2, 2)))
+    with s:
+        s.begin_capture()
+        with pytest.raises(NotImplementedError):
+            env.cp.matmul(a, a)
+        s.end_capture()
