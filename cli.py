@@ -65,7 +65,8 @@ def _print_event(kind, info):
             f"unigram entropy {info['entropy']:.3f} nats/char ({bits(info['entropy']):.3f} bits/char)")
         err(f"writing checkpoints to {info['out']}" + (f" (resuming at step {info['step']})" if info["step"] else ""))
     elif kind == "log":
-        err(f"step {info['step']:>6}/{info['steps']}  loss {info['loss']:.4f} ({bits(info['loss']):.3f} bits/char)"
+        total = f"/{info['steps']}" if info["steps"] < 10 ** 9 else ""     # a time budget has no step count
+        err(f"step {info['step']:>6}{total}  loss {info['loss']:.4f} ({bits(info['loss']):.3f} bits/char)"
             f"  |g| {info['grad_norm']:.2f}  {info['chars_per_s']:,.0f} chars/s  ETA {_fmt_time(info['eta_s'])}")
     elif kind == "eval":
         err(f"step {info['step']:>6}  val loss {info['val_loss']:.4f} nats/char ({bits(info['val_loss']):.3f} bits/char,"
