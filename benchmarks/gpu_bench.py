@@ -32,9 +32,10 @@ CONFIGS = {   # the named configs of lstm_engine/bench.py (V = 65), so the two b
     "medium": dict(V=65, E=128, H=512, L=2, B=64, T=100),
     "large": dict(V=65, E=256, H=1024, L=3, B=64, T=100),
 }
-CUPY_TRAIN_VARIANTS = [   # name, step path, graphs
-    ("auto", "auto", True), ("fused+graph", "fused", True), ("fused eager", "fused", False),
-    ("cublas eager", "cublas", False), ("persist", "persist", True),
+CUPY_TRAIN_VARIANTS = [   # name, step path, graphs, how the cuBLAS path calls cuBLAS
+    ("auto", "auto", True, "direct"), ("fused+graph", "fused", True, "direct"),
+    ("fused eager", "fused", False, "direct"), ("cublas", "cublas", False, "direct"),
+    ("cublas-matmul", "cublas", False, "matmul"), ("persist", "persist", True, "direct"),
 ]
 
 
@@ -63,11 +64,11 @@ def timed(step, sync, warmup=3, min_time=0.4, max_steps=40, min_steps=3):
 # cupy backend
 # ----------------------------------------------------------------------------
 
-def cupy_train(cfg, step_mode, graphs):
+def cupy_train(cfg, step_mode, graphs, blas="direct"):
     from lstm_engine.backends import cupy_backend as cb
     from lstm_engine.model import Model, ModelConfig
     from lstm_engine.optim import Adam, AdamConfig
-    cb.set_options(step=step_mode, graphs=graphs)
+    cb.set_options(step=step_mode, graphs=graphs, blas=blas)
     mc = ModelConfig(cfg["V"], cfg["E"], cfg["H"], cfg["L"], 0.0, "float32")
     model = Model(mc, cb, seed=0)
     opt = Adam(model.params, cb, AdamConfig())
@@ -266,10 +267,10 @@ def main(argv=None):
     for name in names:
         cfg = CONFIGS[name]
         if "train" in wants:
-            for variant, mode, graphs in CUPY_TRAIN_VARIANTS:
+            for variant, mode, graphs, blas in CUPY_TRAIN_VARIANTS:
                 if variant not in args.variants.split(","):
                     continue
-                record(name, "train", "cupy", variant, cupy_train, cfg, mode, graphs)
+                record(name, "train", "cupy", variant, cupy_train, cfg, mode, graphs, blas)
             if have_torch:
                 record(name, "train", "torch", "cudnn fp32 (tf32 off)", torch_train, cfg, False)
                 record(name, "train", "torch", "cudnn default (tf32)", torch_train, cfg, True)
@@ -291,10 +292,10 @@ def summarize(rows):
     for (config, what, impl, variant), r in by.items():
         if impl != "cupy" or r.get("chars_per_s", r.get("tokens_per_s")) is None:
             continue
-        if what == "train" and variant in ("auto", "persist"):
+        if what == "train" and impl == "cupy":
             t = by.get((config, "train", "torch", "cudnn fp32 (tf32 off)"), {})
             if t.get("chars_per_s"):
-                print(f"{config:<9} train  {variant:<8} {r['chars_per_s'] / t['chars_per_s']:.2f}x  "
+                print(f"{config:<9} train  {variant:<14} {r['chars_per_s'] / t['chars_per_s']:.2f}x  "
                       f"(path {r.get('path')})")
         if what == "sample" and variant.endswith("graph=on"):
             t = by.get((config, "sample", "torch", variant.split()[0]), {})

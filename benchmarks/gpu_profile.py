@@ -1,6 +1,6 @@
 """Where the time of one cupy training step goes, per config and step path (issue 11).
 
-    python benchmarks/gpu_profile.py [--configs seed,karpathy,medium,large] [--variants auto,persist]
+    python benchmarks/gpu_profile.py [--configs seed,karpathy,medium,large] [--variants auto,persist,cublas,cublas-matmul]
                                      [--out FILE.jsonl] [--steps 5]
 
 One step = Model.forward_backward + clipping + Adam, written out phase by phase (the same calls).
@@ -122,7 +122,8 @@ def profile(cfg_name, variant, steps):
     from lstm_engine.model import Model, ModelConfig
     from lstm_engine.optim import Adam, AdamConfig
     cfg = CONFIGS[cfg_name]
-    old = be.set_options(step=variant, graphs=True)
+    step, _, blas = variant.partition("-")          # e.g. "cublas-matmul": the cuBLAS path via cp.matmul
+    old = be.set_options(step=step, graphs=True, blas=blas or "direct")
     try:
         mc = ModelConfig(cfg["V"], cfg["E"], cfg["H"], cfg["L"], 0.0, "float32")
         model = Model(mc, be, seed=0)
@@ -204,15 +205,15 @@ def main(argv=None):
                     f.write(json.dumps(dict(r, **info)) + "\n")
             for r in rows:
                 if "error" in r:
-                    print(f"{name:<9} {variant:<8} ERROR {r['error']}", flush=True)
+                    print(f"{name:<9} {variant:<13} ERROR {r['error']}", flush=True)
                 elif r["phase"] == "TOTAL":
-                    print(f"{name:<9} {variant:<8} {'= wall/step (path ' + r['path'] + ')':<26} {r['host_ms']:8.3f} "
+                    print(f"{name:<9} {variant:<13} {'= wall/step (path ' + r['path'] + ')':<26} {r['host_ms']:8.3f} "
                           f"{r['wall_ms']:8.3f} {r['busy_ms']:8.3f}  idle {r['idle_ms']:.3f} ms "
                           f"({r['idle_pct']:.0f}%)  {r['chars_per_s']:,.0f} chars/s"
                           f"{'' if r['queued_ok'] else '  (spin too short: busy includes gaps)'}"
                           f"  barrier timeouts {sum(r['persist_barrier_timeouts'])}", flush=True)
                 else:
-                    print(f"{name:<9} {variant:<8} {r['phase']:<26} {r['host_ms']:8.3f} {r['gpu_ms']:8.3f} "
+                    print(f"{name:<9} {variant:<13} {r['phase']:<26} {r['host_ms']:8.3f} {r['gpu_ms']:8.3f} "
                           f"{r['busy_ms']:8.3f}", flush=True)
     return 0
 

@@ -141,7 +141,8 @@ LAYER_SHAPES = [  # T, B, I, H
     (1, 1, 4, 5),      # T = 1, B = 1
     (4, 6, 3, 20),     # B > 4: the small tile, partial tiles in both directions
 ]
-MODES = [("fused", False), ("fused", True), ("cublas", False), ("persist", False)]
+MODES = [("fused", False, "direct"), ("fused", True, "direct"), ("cublas", False, "direct"),
+         ("cublas", False, "matmul"), ("persist", False, "direct")]   # step path, graphs, cuBLAS calls
 
 
 def _persist_units(env, H):
@@ -180,12 +181,14 @@ def _check_layer(env, rep, tag, inputs, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("mode,graphs", MODES, ids=["fused", "fused-graph", "cublas", "persist"])
+@pytest.mark.parametrize("mode,graphs,blas", MODES,
+                         ids=["fused", "fused-graph", "cublas", "cublas-matmul", "persist"])
 @pytest.mark.parametrize("shape", LAYER_SHAPES, ids=lambda s: "T{}B{}I{}H{}".format(*s))
-def test_lstm_layer(env, options, dtype, mode, graphs, shape):
-    options(step=mode, graphs=graphs, persist_units=_persist_units(env, shape[3]))
+def test_lstm_layer(env, options, dtype, mode, graphs, blas, shape):
+    options(step=mode, graphs=graphs, blas=blas, persist_units=_persist_units(env, shape[3]))
     rng = np.random.default_rng(3)
-    rep = Report(f"lstm layer {dtype} {mode}{'+graph' if graphs else ''} T{shape[0]}B{shape[1]}I{shape[2]}H{shape[3]}")
+    rep = Report(f"lstm layer {dtype} {mode}{'+graph' if graphs else ''}{'+' + blas if mode == 'cublas' else ''} "
+                 f"T{shape[0]}B{shape[1]}I{shape[2]}H{shape[3]}")
     if mode == "persist":
         rep.equal("persistent path taken", env.cb.step_mode(shape[1], shape[3], dtype), "persist")
     calls = 3 if graphs else 1          # eager, capture, replay on new buffers and new values

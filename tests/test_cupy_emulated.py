@@ -50,6 +50,7 @@ def env(monkeypatch):
     for mod, name in ((cb, "cp"), (cb, "xp"), (cg, "cp")):
         monkeypatch.setattr(mod, name, fake)
     monkeypatch.setattr(cb, "_availability", None)
+    monkeypatch.setattr(ck, "cublas_module", lambda: fake.CUBLAS)
     monkeypatch.setattr(cb, "_LOOPS", ck.LoopGraphs())
     monkeypatch.setattr(cg, "_PLANS", cg._Plans())
     monkeypatch.setattr(ck, "GRAPH_STATUS", {"captured": 0, "replayed": 0, "error": None})
@@ -86,3 +87,42 @@ def test_capture_refuses_cublas(env):
         with pytest.raises(NotImplementedError):
             env.cp.matmul(a, a)
         s.end_capture()
+
+
+def test_cublas_path_calls_cublas_by_pointer(env, options):
+    """The cuBLAS step path makes one gemm per recurrent product (T forward, T-1 backward) through
+    the pointer binding with blas='direct', and none with blas='matmul' (cp.matmul on slices)."""
+    import numpy as np
+    rng = np.random.default_rng(2)
+    T, B, I, H = 5, 3, 4, 6
+    d = env.cb.asarray
+    x, W, b = d(rng.standard_normal((T, B, I))), d(rng.standard_normal((H + I, 4 * H))), d(np.zeros(4 * H))
+    h = d(np.zeros((B, H)))
+    for blas, want in (("direct", 2 * T - 1), ("matmul", 0)):
+        options(step="cublas", graphs=False, blas=blas)
+        before = env.cp.CUBLAS.calls
+        hs, hT, cT, cache = env.cb.lstm_forward(x, W, b, h, h)
+        env.cb.lstm_backward(d(rng.standard_normal((T, B, H))), h, h, cache)
+        assert env.cp.CUBLAS.calls - before == want, blas
+
+
+def test_cublas_stand_in_is_column_major_gemm(env):
+    """The stand-in itself: every transpose pair and beta = 0 (C not read: NaN garbage stays out)
+    and 1, against NumPy on row-major data through RowMajorGemm."""
+    import numpy as np
+    rng = np.random.default_rng(0)
+    for dt in ("float32", "float64"):
+        g = env.ck.RowMajorGemm(dt)
+        M, N, K = 3, 5, 4
+        for ta in (0, 1):
+            for tb in (0, 1):
+                a = rng.standard_normal((K, M) if ta else (M, K)).astype(dt)
+                bm = rng.standard_normal((N, K) if tb else (K, N)).astype(dt)
+                want = (a.T if ta else a) @ (bm.T if tb else bm)
+                da, db = env.cb.asarray(a), env.cb.asarray(bm)
+                for acc in (False, True):
+                    c0 = rng.standard_normal((M, N)).astype(dt)
+                    dc = env.cp.empty((M, N), dt) if not acc else env.cb.asarray(c0)
+                    g(M, N, K, da.data.ptr, a.shape[1], ta, db.data.ptr, bm.shape[1], tb, dc.data.ptr, N,
+                      accumulate=acc)
+                    np.testing.assert_allclose(env.cb.to_numpy(dc), want + (c0 if acc else 0), rtol=1e-5, atol=1e-5)

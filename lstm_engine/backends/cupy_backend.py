@@ -48,6 +48,9 @@ OPTIONS = {
     "graphs": os.environ.get("LSTM_ENGINE_CUPY_GRAPHS", "1") != "0",
     "tile": None,      # None: cupy_kernels.choose_tile decides; or one of cupy_kernels.TILES (tests)
     "persist_units": None,   # None: persist_plan decides the units per block; an int forces it (tests)
+    # the cuBLAS step path's per-step product: 'direct' (cuBLAS by raw pointer, ~3 us of host time)
+    # or 'matmul' (cp.matmul on slices, the path of GPU runs 1-2; ~10x the host time)
+    "blas": os.environ.get("LSTM_ENGINE_CUPY_BLAS", "direct"),
 }
 # fused per-step kernels while B*H*H stays below this (above it cuBLAS wins; see the benchmark)
 FUSED_MAX_WORK = {"float32": 48e6, "float64": 16e6}
@@ -87,11 +90,19 @@ def _probe():
 STEP_MODES = ("auto", "fused", "cublas", "persist")
 
 
-def set_options(step=None, graphs=None, tile=None, persist_units=None):
-    """Choose the step path ('auto', 'fused', 'cublas', 'persist'), CUDA graphs on/off and (for
-    tests) the tile config of the fused kernels ('auto' resets it) and the units per block of the
-    persistent kernels (0 resets it) -> the old options (pass them back with set_options(**old))."""
+BLAS_MODES = ("direct", "matmul")
+
+
+def set_options(step=None, graphs=None, tile=None, persist_units=None, blas=None):
+    """Choose the step path ('auto', 'fused', 'cublas', 'persist'), CUDA graphs on/off, how the
+    cuBLAS path calls cuBLAS ('direct' or 'matmul') and (for tests) the tile config of the fused
+    kernels ('auto' resets it) and the units per block of the persistent kernels (0 resets it)
+    -> the old options (pass them back with set_options(**old))."""
     old = dict(OPTIONS, tile=OPTIONS["tile"] or "auto", persist_units=OPTIONS["persist_units"] or 0)
+    if blas is not None:
+        if blas not in BLAS_MODES:
+            raise ValueError(f"blas must be one of {', '.join(BLAS_MODES)}, not {blas!r}")
+        OPTIONS["blas"] = blas
     if persist_units is not None:
         OPTIONS["persist_units"] = int(persist_units) or None
     if tile is not None:
@@ -274,14 +285,24 @@ def _forward_persist(xproj, W, b, hbuf, cbuf, acts):
 def _forward_cublas(xproj, W, b, hbuf, cbuf, acts):
     T, B, G = xproj.shape
     H = G // 4
-    Wh = W[:H]                                   # (H,G)
     cell = ck.get("lstm_fwd_cell", W.dtype)
     zrec = cp.empty((B, G), W.dtype)             # h_{t-1} @ W_h
-    grid = ck.blocks(B * H)
+    grid, dims = ck.blocks(B * H), (ck.i32(B), ck.i32(H))
+    if OPTIONS["blas"] == "matmul":              # CuPy arrays per step (GPU runs 1-2): host-bound
+        Wh = W[:H]                               # (H,G)
+        for t in range(T):
+            cp.matmul(hbuf[t], Wh, out=zrec)
+            cell(grid, (ck.THREADS,), (xproj[t], b, zrec, cbuf[t], acts[t], cbuf[t + 1], hbuf[t + 1]) + dims)
+        return
+    gemm, u64 = ck.RowMajorGemm(W.dtype), np.uint64
+    sz = W.dtype.itemsize
+    sBH, sBG = B * H * sz, B * G * sz            # bytes per step of (B,H) and (B,G) slices
+    x0, h0, c0, a0 = xproj.data.ptr, hbuf.data.ptr, cbuf.data.ptr, acts.data.ptr
+    wh, z = W.data.ptr, zrec.data.ptr            # W_h = the first H rows of W
     for t in range(T):
-        cp.matmul(hbuf[t], Wh, out=zrec)
-        cell(grid, (ck.THREADS,), (xproj[t], b, zrec, cbuf[t], acts[t], cbuf[t + 1], hbuf[t + 1],
-                                   ck.i32(B), ck.i32(H)))
+        gemm(B, G, H, h0 + t * sBH, H, gemm.N, wh, G, gemm.N, z, G)          # zrec = h_{t-1} @ W_h
+        cell(grid, (ck.THREADS,), (u64(x0 + t * sBG), b, zrec, u64(c0 + t * sBH), u64(a0 + t * sBG),
+                                   u64(c0 + (t + 1) * sBH), u64(h0 + (t + 1) * sBH)) + dims)
 
 
 def lstm_backward(dhs, dhT, dcT, cache):
@@ -333,16 +354,28 @@ def _backward_persist(W, acts, cbuf, dhs, dhT, dzs, dc):
 def _backward_cublas(W, acts, cbuf, dhs, dhT, dzs, dc):
     T, B, G = acts.shape
     H = G // 4
-    WhT = W[:H].T                                # (G,H) view
     cell = ck.get("lstm_bwd_cell", W.dtype)
     dhrec = cp.empty((B, H), W.dtype)            # dz_{t+1} @ W_h^T
-    grid = ck.blocks(B * H)
+    grid, dims = ck.blocks(B * H), (ck.i32(B), ck.i32(H))
+    if OPTIONS["blas"] == "matmul":
+        WhT = W[:H].T                            # (G,H) view
+        for t in reversed(range(T)):
+            if t < T - 1:
+                cp.matmul(dzs[t + 1], WhT, out=dhrec)
+            dh_next = dhrec if t < T - 1 else dhT
+            cell(grid, (ck.THREADS,), (dhs[t], dh_next, acts[t], cbuf[t + 1], cbuf[t], dc, dzs[t]) + dims)
+        return
+    gemm, u64 = ck.RowMajorGemm(W.dtype), np.uint64
+    sz = W.dtype.itemsize
+    sBH, sBG = B * H * sz, B * G * sz
+    d0, a0, c0, z0 = dhs.data.ptr, acts.data.ptr, cbuf.data.ptr, dzs.data.ptr
+    wh, r = W.data.ptr, dhrec.data.ptr
     for t in reversed(range(T)):
         if t < T - 1:
-            cp.matmul(dzs[t + 1], WhT, out=dhrec)
+            gemm(B, H, G, z0 + (t + 1) * sBG, G, gemm.N, wh, G, gemm.T, r, H)   # dhrec = dz_{t+1} @ W_h^T
         dh_next = dhrec if t < T - 1 else dhT
-        cell(grid, (ck.THREADS,), (dhs[t], dh_next, acts[t], cbuf[t + 1], cbuf[t], dc, dzs[t],
-                                   ck.i32(B), ck.i32(H)))
+        cell(grid, (ck.THREADS,), (u64(d0 + t * sBH), dh_next, u64(a0 + t * sBG), u64(c0 + (t + 1) * sBH),
+                                   u64(c0 + t * sBH), dc, u64(z0 + t * sBG)) + dims)
 
 
 # ----------------------------------------------------------------------------

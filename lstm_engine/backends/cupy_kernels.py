@@ -188,6 +188,51 @@ def blocks(n, per=THREADS):
 
 
 # ----------------------------------------------------------------------------
+# cuBLAS by raw pointer (the per-step product of the cuBLAS step path)
+# ----------------------------------------------------------------------------
+
+def cublas_module():
+    """CuPy's thin cuBLAS binding (the CPU emulator's tests swap in a stand-in)."""
+    from cupy_backends.cuda.libs import cublas
+    return cublas
+
+
+def cublas_handle():
+    import cupy
+    return cupy.cuda.device.get_cublas_handle()
+
+
+class RowMajorGemm:
+    """C (M,N) = op(A) (M,K) @ op(B) (K,N) on row-major device buffers given by raw pointers.
+
+    One cuBLAS call and no array objects: cp.matmul on slices costs ~30-60 us of host time per
+    call (views, checks, dispatch), which at T*L*2 calls a step made the cuBLAS step path
+    host-bound (GPU run 2: large 46 ms of host time per step against 29 ms of GPU work).
+    Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T, so the operands swap and
+    keep their transpose flags; lda/ldb/ldc are the row strides (in elements) of the stored
+    matrices.  alpha = 1, beta = 0 or 1, read from host memory (pointer mode host).
+    """
+
+    N, T = 0, 1     # CUBLAS_OP_N, CUBLAS_OP_T
+
+    def __init__(self, dtype):
+        lib = cublas_module()
+        name = np.dtype(dtype).name
+        if name not in CTYPES:
+            raise ValueError(f"the cupy backend computes in float32 or float64, not {name}")
+        self.fn = lib.sgemm if name == "float32" else lib.dgemm
+        self.handle = cublas_handle()
+        lib.setPointerMode(self.handle, 0)          # CUBLAS_POINTER_MODE_HOST: alpha, beta below
+        self._scalars = np.array([1.0, 0.0], dtype)  # kept alive with this object
+        self.one = self._scalars.ctypes.data
+        self.zero = self.one + self._scalars.itemsize
+
+    def __call__(self, M, N, K, A, lda, trans_a, B, ldb, trans_b, C, ldc, accumulate=False):
+        self.fn(self.handle, trans_b, trans_a, N, M, K, self.one, B, ldb, A, lda,
+                self.one if accumulate else self.zero, C, ldc)
+
+
+# ----------------------------------------------------------------------------
 # Launch configurations
 # ----------------------------------------------------------------------------
 

@@ -169,6 +169,56 @@ def sqrt(a):
 
 
 # ----------------------------------------------------------------------------
+# cuBLAS by raw pointer (the part of cupy_backends.cuda.libs.cublas the backend calls)
+# ----------------------------------------------------------------------------
+
+def _colmajor(ptr, dt, rows, cols, ld):
+    """The column-major matrix (rows, cols) with leading dimension ld at a raw address."""
+    if ld < max(1, rows):
+        raise ValueError(f"cuBLAS: leading dimension {ld} < rows {rows} (CUBLAS_STATUS_INVALID_VALUE)")
+    dt = np.dtype(dt)
+    size = ld * (cols - 1) + rows
+    buf = np.ctypeslib.as_array((np.ctypeslib.as_ctypes_type(dt) * size).from_address(ptr))
+    return np.lib.stride_tricks.as_strided(buf, (rows, cols), (dt.itemsize, ld * dt.itemsize))
+
+
+class CublasStandIn:
+    """sgemm / dgemm as cuBLAS computes them: column-major operands by raw pointer, alpha and
+    beta read from host memory (pointer mode host), C not read when beta == 0."""
+
+    def __init__(self):
+        self.pointer_mode, self.calls = None, 0
+
+    def setPointerMode(self, handle, mode):
+        self.pointer_mode = mode
+
+    def setStream(self, handle, stream):
+        pass
+
+    def sgemm(self, *args):
+        self._gemm(np.float32, *args)
+
+    def dgemm(self, *args):
+        self._gemm(np.float64, *args)
+
+    def _gemm(self, dt, handle, transa, transb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc):
+        _no_capture("cuBLAS gemm")
+        if self.pointer_mode != 0:
+            raise RuntimeError("cuBLAS pointer mode is not host: alpha and beta would be read from the device")
+        self.calls += 1
+        al = float(_colmajor(alpha, dt, 1, 1, 1)[0, 0])
+        be = float(_colmajor(beta, dt, 1, 1, 1)[0, 0])
+        a = _colmajor(A, dt, k, m, lda).T if transa else _colmajor(A, dt, m, k, lda)     # op(A) (m,k)
+        b = _colmajor(B, dt, n, k, ldb).T if transb else _colmajor(B, dt, k, n, ldb)     # op(B) (k,n)
+        c = _colmajor(C, dt, m, n, ldc)
+        prod = al * (a @ b)
+        c[...] = prod if be == 0 else prod + be * c
+
+
+CUBLAS = CublasStandIn()
+
+
+# ----------------------------------------------------------------------------
 # Streams and graphs
 # ----------------------------------------------------------------------------
 
@@ -240,7 +290,8 @@ runtime = types.SimpleNamespace(
     getDeviceProperties=lambda i: {"major": 9, "minor": 0, "multiProcessorCount": 8, "name": b"CPU emulator"},
 )
 cuda = types.SimpleNamespace(Stream=Stream, Device=Device, get_current_stream=get_current_stream,
-                             runtime=runtime, Graph=Graph)
+                             runtime=runtime, Graph=Graph,
+                             device=types.SimpleNamespace(get_cublas_handle=lambda: 1))
 
 
 # ----------------------------------------------------------------------------
