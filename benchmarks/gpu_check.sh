@@ -9,8 +9,10 @@
 #   pytest.log        the full pytest output of the GPU and host tests (all run, no -x)
 #   parity.log        one line per compared tensor: max abs / normwise rel error vs the reference
 #   bench.jsonl       `lstm-engine bench` results, if that command exists
-#   gpu_bench.jsonl   benchmarks/gpu_bench.py results (cupy vs torch cuDNN, graphs on/off)
-# Every step has a timeout; the whole script stays under 5 minutes.
+#   gpu_bench.jsonl   benchmarks/gpu_bench.py results (cupy vs torch cuDNN, graphs on/off,
+#                     cuBLAS path direct vs matmul)
+#   gpu_profile.jsonl benchmarks/gpu_profile.py: host / GPU / busy ms per phase of a training step
+# Every step has a timeout; the whole script stays under 6 minutes.
 set -u
 cd "$(dirname "$0")/.."
 OUT="${OUT:-./gpu-out}"
@@ -73,15 +75,20 @@ for dt in float32 float64; do
 done
 
 step "benchmarks/gpu_bench.py: cupy step paths and graphs on/off vs torch cuDNN on this card"
-timeout 100 "$PY" benchmarks/gpu_bench.py --out "$OUT/gpu_bench.jsonl" --budget 75
+timeout 120 "$PY" benchmarks/gpu_bench.py --out "$OUT/gpu_bench.jsonl" --budget 95
 echo "gpu_bench exit code $?"
+
+step "benchmarks/gpu_profile.py: host vs GPU time per phase; the cuBLAS path direct vs matmul"
+timeout 60 "$PY" benchmarks/gpu_profile.py --configs seed,medium,large --variants auto,cublas,cublas-matmul \
+  --steps 5 --out "$OUT/gpu_profile.jsonl"
+echo "gpu_profile exit code $?"
 
 step "lstm-engine bench (validate, then time; short settings to fit the budget)"
 # bench writes its JSON only at the end, so it runs in parts that each finish well inside their
 # timeout: the GPU rows (cupy + torch cuDNN) for all four configs, then numba on the small ones.
 if "$PY" -m lstm_engine.cli bench --help > /dev/null 2>&1; then
   : > "$OUT/bench.jsonl"
-  T_GPU=$(( $(left 290) - 40 ))          # leave ~40 s for the numba part
+  T_GPU=$(( $(left 350) - 40 ))          # leave ~40 s for the numba part
   if [ "$T_GPU" -gt 15 ]; then
     timeout "$T_GPU" "$PY" -m lstm_engine.cli bench --backends cupy,torch --configs seed,karpathy,medium,large \
       --what train,sample --seconds 0.5 --repeats 3 --json "$OUT/bench_gpu.jsonl"
@@ -89,7 +96,7 @@ if "$PY" -m lstm_engine.cli bench --help > /dev/null 2>&1; then
   else
     echo "bench (cupy,torch) skipped: ${T_GPU}s left"
   fi
-  T_CPU=$(left 293)
+  T_CPU=$(left 353)
   if [ "$T_CPU" -gt 15 ]; then
     timeout "$T_CPU" "$PY" -m lstm_engine.cli bench --backends numba --configs seed,karpathy \
       --what train,sample --seconds 0.5 --repeats 3 --json "$OUT/bench_numba.jsonl"

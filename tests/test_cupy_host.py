@@ -139,7 +139,7 @@ def test_check_lstm_shapes():
 
 
 def test_step_mode_and_options(monkeypatch):
-    old = cb.set_options(step="auto", graphs=True, tile="auto")
+    old = cb.set_options(step="auto", graphs=True, tile="auto", blas="direct")
     try:
         monkeypatch.setattr(cb.ck, "sm_count", lambda: 132)         # an H100's figures
         monkeypatch.setattr(cb.ck, "smem_optin", lambda: 232448)
@@ -153,9 +153,13 @@ def test_step_mode_and_options(monkeypatch):
             cb.set_options(step="fast")
         with pytest.raises(ValueError):
             cb.set_options(tile="huge")
+        with pytest.raises(ValueError):
+            cb.set_options(blas="cutlass")
+        assert cb.set_options(blas="matmul")["blas"] == "direct" and cb.OPTIONS["blas"] == "matmul"
     finally:
         cb.set_options(**old)
-    assert cb.OPTIONS == {"step": "auto", "graphs": True, "tile": None, "persist_units": None} or old["step"] != "auto"
+    assert (cb.OPTIONS == {"step": "auto", "graphs": True, "tile": None, "persist_units": None, "blas": "direct"}
+            or old["step"] != "auto" or old["blas"] != "direct")
 
 
 def test_persist_plan():

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 
 import numpy as np
 
@@ -282,20 +283,38 @@ def _forward_persist(xproj, W, b, hbuf, cbuf, acts):
     _launch_persist("lstm_fwd_persist", W, pointer_table([xproj, W, b, hbuf, cbuf, acts]), T, B, G // 4)
 
 
+def _direct_gemm(dtype):
+    """A RowMajorGemm when blas='direct' and CuPy's cuBLAS binding loads, else None (cp.matmul;
+    the first failure is kept in BLAS_STATUS and switches the process to 'matmul')."""
+    if OPTIONS["blas"] != "direct":
+        return None
+    try:
+        return ck.RowMajorGemm(dtype)
+    except (ImportError, AttributeError) as e:
+        BLAS_STATUS["error"] = " ".join(f"{type(e).__name__}: {e}".split())[:200]
+        OPTIONS["blas"] = "matmul"
+        warnings.warn(f"cuBLAS binding unavailable, the cuBLAS step path uses cp.matmul ({BLAS_STATUS['error']})",
+                      RuntimeWarning, stacklevel=3)
+        return None
+
+
+BLAS_STATUS = {"error": None}
+
+
 def _forward_cublas(xproj, W, b, hbuf, cbuf, acts):
     T, B, G = xproj.shape
     H = G // 4
     cell = ck.get("lstm_fwd_cell", W.dtype)
     zrec = cp.empty((B, G), W.dtype)             # h_{t-1} @ W_h
     grid, dims = ck.blocks(B * H), (ck.i32(B), ck.i32(H))
-    if OPTIONS["blas"] == "matmul":              # CuPy arrays per step (GPU runs 1-2): host-bound
+    gemm = _direct_gemm(W.dtype)
+    if gemm is None:                             # CuPy arrays per step (GPU runs 1-2): host-bound
         Wh = W[:H]                               # (H,G)
         for t in range(T):
             cp.matmul(hbuf[t], Wh, out=zrec)
             cell(grid, (ck.THREADS,), (xproj[t], b, zrec, cbuf[t], acts[t], cbuf[t + 1], hbuf[t + 1]) + dims)
         return
-    gemm, u64 = ck.RowMajorGemm(W.dtype), np.uint64
-    sz = W.dtype.itemsize
+    u64, sz = np.uint64, W.dtype.itemsize
     sBH, sBG = B * H * sz, B * G * sz            # bytes per step of (B,H) and (B,G) slices
     x0, h0, c0, a0 = xproj.data.ptr, hbuf.data.ptr, cbuf.data.ptr, acts.data.ptr
     wh, z = W.data.ptr, zrec.data.ptr            # W_h = the first H rows of W
@@ -357,7 +376,8 @@ def _backward_cublas(W, acts, cbuf, dhs, dhT, dzs, dc):
     cell = ck.get("lstm_bwd_cell", W.dtype)
     dhrec = cp.empty((B, H), W.dtype)            # dz_{t+1} @ W_h^T
     grid, dims = ck.blocks(B * H), (ck.i32(B), ck.i32(H))
-    if OPTIONS["blas"] == "matmul":
+    gemm = _direct_gemm(W.dtype)
+    if gemm is None:
         WhT = W[:H].T                            # (G,H) view
         for t in reversed(range(T)):
             if t < T - 1:
@@ -365,8 +385,7 @@ def _backward_cublas(W, acts, cbuf, dhs, dhT, dzs, dc):
             dh_next = dhrec if t < T - 1 else dhT
             cell(grid, (ck.THREADS,), (dhs[t], dh_next, acts[t], cbuf[t + 1], cbuf[t], dc, dzs[t]) + dims)
         return
-    gemm, u64 = ck.RowMajorGemm(W.dtype), np.uint64
-    sz = W.dtype.itemsize
+    u64, sz = np.uint64, W.dtype.itemsize
     sBH, sBG = B * H * sz, B * G * sz
     d0, a0, c0, z0 = dhs.data.ptr, acts.data.ptr, cbuf.data.ptr, dzs.data.ptr
     wh, r = W.data.ptr, dhrec.data.ptr

@@ -192,8 +192,12 @@ def blocks(n, per=THREADS):
 # ----------------------------------------------------------------------------
 
 def cublas_module():
-    """CuPy's thin cuBLAS binding (the CPU emulator's tests swap in a stand-in)."""
-    from cupy_backends.cuda.libs import cublas
+    """CuPy's thin cuBLAS binding (the CPU emulator's tests swap in a stand-in); ImportError when
+    this CuPy keeps it elsewhere (the backend then falls back to cp.matmul)."""
+    try:
+        from cupy_backends.cuda.libs import cublas         # CuPy 9 and later
+    except ImportError:
+        from cupy.cuda import cublas                        # older layouts
     return cublas
 
 
