@@ -35,6 +35,7 @@ CONFIGS = {   # the named configs of lstm_engine/bench.py (V = 65), so the two b
 CUPY_TRAIN_VARIANTS = [   # name, step path, graphs, how the cuBLAS path calls cuBLAS
     ("auto", "auto", True, "direct"), ("fused+graph", "fused", True, "direct"),
     ("fused eager", "fused", False, "direct"), ("cublas", "cublas", False, "direct"),
+    ("cublas+graph", "cublas", True, "direct"),
     ("cublas-matmul", "cublas", False, "matmul"), ("persist", "persist", True, "direct"),
 ]
 

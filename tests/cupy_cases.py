@@ -142,7 +142,8 @@ LAYER_SHAPES = [  # T, B, I, H
     (4, 6, 3, 20),     # B > 4: the small tile, partial tiles in both directions
 ]
 MODES = [("fused", False, "direct"), ("fused", True, "direct"), ("cublas", False, "direct"),
-         ("cublas", False, "matmul"), ("persist", False, "direct")]   # step path, graphs, cuBLAS calls
+         ("cublas", True, "direct"), ("cublas", False, "matmul"),
+         ("persist", False, "direct")]   # step path, graphs, cuBLAS calls
 
 
 def _persist_units(env, H):
@@ -182,7 +183,7 @@ def _check_layer(env, rep, tag, inputs, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("mode,graphs,blas", MODES,
-                         ids=["fused", "fused-graph", "cublas", "cublas-matmul", "persist"])
+                         ids=["fused", "fused-graph", "cublas", "cublas-graph", "cublas-matmul", "persist"])
 @pytest.mark.parametrize("shape", LAYER_SHAPES, ids=lambda s: "T{}B{}I{}H{}".format(*s))
 def test_lstm_layer(env, options, dtype, mode, graphs, blas, shape):
     options(step=mode, graphs=graphs, blas=blas, persist_units=_persist_units(env, shape[3]))

@@ -54,6 +54,8 @@ def env(monkeypatch):
     monkeypatch.setattr(cb, "_LOOPS", ck.LoopGraphs())
     monkeypatch.setattr(cg, "_PLANS", cg._Plans())
     monkeypatch.setattr(ck, "GRAPH_STATUS", {"captured": 0, "replayed": 0, "error": None})
+    monkeypatch.setattr(ck, "BLAS_GRAPH_STATUS", {"captured": 0, "replayed": 0, "error": None})
+    monkeypatch.setattr(cb, "_BLAS_LOOPS", ck.LoopGraphs(status="BLAS_GRAPH_STATUS"))
     # the emulator runs blocks one after another, so a grid barrier across several blocks cannot work:
     # 'auto' must not pick the persistent kernels here (their one-block cases are tested explicitly)
     monkeypatch.setattr(cb, "PERSIST_MAX_BH", 0)
@@ -105,3 +107,20 @@ def test_cublas_path_calls_cublas_by_pointer(env, options):
         env.cb.lstm_backward(d(rng.standard_normal((T, B, H))), h, h, cache)
         assert env.cp.CUBLAS.calls - before == want, blas
 
+
+
+def test_cublas_loops_are_captured_on_repeated_buffers(env, options):
+    """With graphs on, the cuBLAS path's loops (gemm + cell kernel per step) are captured once their
+    pointers repeat (the pool hands back the same blocks, as CuPy's does) and replayed with the
+    same results as the reference; the fused path's kernel-only graphs are not touched."""
+    import numpy as np
+    from cupy_cases import Report, _check_layer, _layer_inputs
+    options(step="cublas", graphs=True, blas="direct")
+    inputs = _layer_inputs(np.random.default_rng(6), 5, 3, 4, 7, "float64")
+    rep = Report("cublas path with graphs, float64")
+    for k in range(5):
+        _check_layer(env, rep, f"call{k} ", inputs, "float64")
+    rep.done()
+    st = env.ck.BLAS_GRAPH_STATUS
+    assert st["error"] is None and st["captured"] == 2 and st["replayed"] >= 4, st      # fwd + bwd
+    assert env.ck.GRAPH_STATUS["captured"] == 0

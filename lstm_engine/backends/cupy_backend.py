@@ -53,8 +53,10 @@ OPTIONS = {
     # or 'matmul' (cp.matmul on slices, the path of GPU runs 1-2; ~10x the host time)
     "blas": os.environ.get("LSTM_ENGINE_CUPY_BLAS", "direct"),
 }
-# fused per-step kernels while B*H*H stays below this (above it cuBLAS wins; see the benchmark)
-FUSED_MAX_WORK = {"float32": 48e6, "float64": 16e6}
+# fused per-step kernels while B*H*H stays below this, the cuBLAS path above it.  GPU run 3 (H100,
+# cuBLAS called by pointer): medium (B64 H512, 16.8e6) 490k chars/s on cuBLAS vs 353k fused,
+# karpathy (B50 H128, 0.8e6) 418k vs 851k; the boundary sits between them.
+FUSED_MAX_WORK = {"float32": 8e6, "float64": 8e6}
 # auto takes the persistent kernels up to this B*H: measured on an H100 (GPU run 2, 2026-11-26) they
 # won at seed (B32 H128: 716k vs 519k chars/s fused) and lost at karpathy (B50 H128), medium and large
 PERSIST_MAX_BH = 32 * 128
@@ -212,6 +214,7 @@ def pointer_table(arrays):
 # ----------------------------------------------------------------------------
 
 _LOOPS = ck.LoopGraphs()
+_BLAS_LOOPS = ck.LoopGraphs(status="BLAS_GRAPH_STATUS")    # the cuBLAS path's loops, keyed by pointers
 
 
 class LstmCache:
@@ -318,10 +321,15 @@ def _forward_cublas(xproj, W, b, hbuf, cbuf, acts):
     sBH, sBG = B * H * sz, B * G * sz            # bytes per step of (B,H) and (B,G) slices
     x0, h0, c0, a0 = xproj.data.ptr, hbuf.data.ptr, cbuf.data.ptr, acts.data.ptr
     wh, z = W.data.ptr, zrec.data.ptr            # W_h = the first H rows of W
-    for t in range(T):
-        gemm(B, G, H, h0 + t * sBH, H, gemm.N, wh, G, gemm.N, z, G)          # zrec = h_{t-1} @ W_h
-        cell(grid, (ck.THREADS,), (u64(x0 + t * sBG), b, zrec, u64(c0 + t * sBH), u64(a0 + t * sBG),
-                                   u64(c0 + (t + 1) * sBH), u64(h0 + (t + 1) * sBH)) + dims)
+
+    def launch(_):
+        for t in range(T):
+            gemm(B, G, H, h0 + t * sBH, H, gemm.N, wh, G, gemm.N, z, G)          # zrec = h_{t-1} @ W_h
+            cell(grid, (ck.THREADS,), (u64(x0 + t * sBG), b, zrec, u64(c0 + t * sBH), u64(a0 + t * sBG),
+                                       u64(c0 + (t + 1) * sBH), u64(h0 + (t + 1) * sBH)) + dims)
+
+    key = ("fwd", W.dtype.name, T, B, H, x0, h0, c0, a0, wh, z, b.data.ptr)   # every pointer it touches
+    _BLAS_LOOPS.run(key, None, launch, OPTIONS["graphs"])
 
 
 def lstm_backward(dhs, dhT, dcT, cache):
@@ -389,12 +397,17 @@ def _backward_cublas(W, acts, cbuf, dhs, dhT, dzs, dc):
     sBH, sBG = B * H * sz, B * G * sz
     d0, a0, c0, z0 = dhs.data.ptr, acts.data.ptr, cbuf.data.ptr, dzs.data.ptr
     wh, r = W.data.ptr, dhrec.data.ptr
-    for t in reversed(range(T)):
-        if t < T - 1:
-            gemm(B, H, G, z0 + (t + 1) * sBG, G, gemm.N, wh, G, gemm.T, r, H)   # dhrec = dz_{t+1} @ W_h^T
-        dh_next = dhrec if t < T - 1 else dhT
-        cell(grid, (ck.THREADS,), (u64(d0 + t * sBH), dh_next, u64(a0 + t * sBG), u64(c0 + (t + 1) * sBH),
-                                   u64(c0 + t * sBH), dc, u64(z0 + t * sBG)) + dims)
+
+    def launch(_):
+        for t in reversed(range(T)):
+            if t < T - 1:
+                gemm(B, H, G, z0 + (t + 1) * sBG, G, gemm.N, wh, G, gemm.T, r, H)   # dhrec = dz_{t+1} @ W_h^T
+            dh_next = dhrec if t < T - 1 else dhT
+            cell(grid, (ck.THREADS,), (u64(d0 + t * sBH), dh_next, u64(a0 + t * sBG), u64(c0 + (t + 1) * sBH),
+                                       u64(c0 + t * sBH), dc, u64(z0 + t * sBG)) + dims)
+
+    key = ("bwd", W.dtype.name, T, B, H, d0, a0, c0, z0, wh, r, dhT.data.ptr, dc.data.ptr)
+    _BLAS_LOOPS.run(key, None, launch, OPTIONS["graphs"])
 
 
 # ----------------------------------------------------------------------------

@@ -284,47 +284,64 @@ def tile_grid(tile, rows, cols):
 # ----------------------------------------------------------------------------
 
 GRAPH_STATUS = {"captured": 0, "replayed": 0, "error": None}
+# the same for the cuBLAS step path's loops (cuBLAS inside a capture: a failure there switches
+# only these graphs off, never the kernel-only ones above)
+BLAS_GRAPH_STATUS = {"captured": 0, "replayed": 0, "error": None}
 
 
 class LoopGraphs:
-    """Runs a loop of kernel launches eagerly or as a replayed CUDA graph.
+    """Runs a loop of launches eagerly or as a replayed CUDA graph.
 
-    The kernels read their buffer pointers from a small device array (a pointer struct), so
-    the graph of a loop shape is captured once (the second time the shape is seen) and then
-    replayed on new buffers: before each replay the host writes the new pointers into the
-    graph's own struct, stream-ordered on the current stream.  Only kernels of this package
-    run inside a capture (CuPy forbids cuBLAS there).  One stream is assumed.
+    Kernel-only loops (status 'GRAPH_STATUS'): the kernels read their buffer pointers from a small
+    device array (a pointer struct), so the graph of a loop shape is captured once (the second
+    time the shape is seen) and then replayed on new buffers: before each replay the host writes
+    the new pointers into the graph's own struct, stream-ordered on the current stream.
+    Loops with cuBLAS calls (status 'BLAS_GRAPH_STATUS', pointers None): cuBLAS bakes its
+    pointers into the graph, so the key holds every pointer the loop touches and a graph is
+    replayed only on exactly those buffers; a training loop allocates the same blocks from CuPy's
+    pool every step, so the key repeats.  One stream is assumed.
     """
 
-    def __init__(self, capacity=32):
-        self.graphs = collections.OrderedDict()   # key -> (graph, device struct)
+    def __init__(self, capacity=32, status="GRAPH_STATUS"):
+        self.graphs = collections.OrderedDict()   # key -> (graph, device struct or None)
         self.seen = collections.Counter()
         self.capacity = capacity
+        self.status_name = status                 # looked up at call time (tests swap the dicts)
         self._stream = None
 
+    @property
+    def status(self):
+        return globals()[self.status_name]
+
     def run(self, key, pointers, launch, use_graph):
-        """pointers: np.uint64 array; launch(struct) enqueues the loop on the current stream."""
+        """pointers: np.uint64 array (None: no struct); launch(struct) enqueues the loop on the
+        current stream."""
         import cupy
         stream = cupy.cuda.get_current_stream()
         entry = self.graphs.get(key) if use_graph else None
-        if entry is None and use_graph and GRAPH_STATUS["error"] is None:
+        if entry is None and use_graph and self.status["error"] is None:
+            if len(self.seen) > 4 * self.capacity:            # keys that never came back
+                self.seen.clear()
             self.seen[key] += 1
             if self.seen[key] >= 2:
                 entry = self._capture(key, pointers, launch)
         if entry is None:
-            struct = cupy.empty(len(pointers), np.uint64)
-            struct.set(pointers, stream=stream)
+            struct = None
+            if pointers is not None:
+                struct = cupy.empty(len(pointers), np.uint64)
+                struct.set(pointers, stream=stream)
             launch(struct)
             return
         graph, struct = entry
         self.graphs.move_to_end(key)
-        struct.set(pointers, stream=stream)
+        if struct is not None:
+            struct.set(pointers, stream=stream)
         graph.launch(stream=stream)
-        GRAPH_STATUS["replayed"] += 1
+        self.status["replayed"] += 1
 
     def _capture(self, key, pointers, launch):
         import cupy
-        struct = cupy.empty(len(pointers), np.uint64)
+        struct = None if pointers is None else cupy.empty(len(pointers), np.uint64)
         graph = capture(lambda: launch(struct), self)
         if graph is None:
             return None
@@ -341,8 +358,9 @@ class LoopGraphs:
 
 
 def capture(enqueue, owner):
-    """Capture what enqueue() launches into a CUDA graph; None (graphs switched off) on failure."""
+    """Capture what enqueue() launches into a CUDA graph; None (owner's graphs off) on failure."""
     s = owner.capture_stream()
+    status = owner.status
     graph = None
     try:
         with s:
@@ -352,9 +370,9 @@ def capture(enqueue, owner):
             finally:
                 graph = s.end_capture()
     except Exception as e:
-        GRAPH_STATUS["error"] = " ".join(f"{type(e).__name__}: {e}".split())[:300]
-        warnings.warn(f"CUDA graph capture failed, running eagerly from now on ({GRAPH_STATUS['error']})",
+        status["error"] = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+        warnings.warn(f"CUDA graph capture failed, running these loops eagerly from now on ({status['error']})",
                       RuntimeWarning, stacklevel=3)
         return None
-    GRAPH_STATUS["captured"] += 1
+    status["captured"] += 1
     return graph

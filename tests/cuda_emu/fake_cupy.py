@@ -16,6 +16,7 @@ import hashlib
 import os
 import re
 import subprocess
+import sys
 import tempfile
 import types
 
@@ -104,9 +105,30 @@ def _dev(a):
     return a.view(DeviceArray) if isinstance(a, np.ndarray) else np.asarray(a).view(DeviceArray)
 
 
+_POOL = {}        # nbytes -> raw blocks (np.uint8) handed out by empty(); free when no array views one
+
+
+def _pooled(nbytes):
+    """A raw block of nbytes, reused once no array views it any more: as CuPy's memory pool, a
+    steady loop gets the same addresses every iteration (the cuBLAS path's graphs rely on it)."""
+    blocks = _POOL.setdefault(nbytes, [])
+    for raw in blocks:
+        if sys.getrefcount(raw) <= 3:          # the list, the loop variable, getrefcount's argument
+            return raw
+    raw = np.empty(max(nbytes, 1), np.uint8)
+    if len(blocks) < 256:
+        blocks.append(raw)
+    return raw
+
+
 def empty(shape, dtype=float64, order="C"):
     _no_capture("allocation")
-    return _dev(np.full(shape, np.nan if np.dtype(dtype).kind == "f" else 0x5A5A5A, dtype=dtype))   # garbage-like
+    dt = np.dtype(dtype)
+    shape = (shape,) if np.isscalar(shape) else tuple(shape)
+    n = int(np.prod(shape, dtype=np.int64))
+    a = _pooled(n * dt.itemsize)[:n * dt.itemsize].view(dt).reshape(shape)
+    a[...] = np.nan if dt.kind == "f" else 0x5A5A5A      # garbage-like: reads before writes show up
+    return _dev(a)
 
 
 def zeros(shape, dtype=float64, order="C"):
@@ -122,23 +144,30 @@ def zeros_like(a, dtype=None):
     return zeros(a.shape, dtype or a.dtype)
 
 
+def _pooled_copy(host):
+    """A device copy (C order) of a host array, in a block from the pool."""
+    out = empty(host.shape, host.dtype)
+    out.view(np.ndarray)[...] = host
+    return out
+
+
 def asarray(a, dtype=None):
     _no_capture("asarray")
     if isinstance(a, DeviceArray) and (dtype is None or np.dtype(dtype) == a.dtype):
         return a
-    return _dev(np.array(np.asarray(a), dtype=dtype, copy=True))
+    return _pooled_copy(np.asarray(np.asarray(a), dtype=dtype))
 
 
 def array(a, dtype=None, order="C", copy=True):
     _no_capture("array")
-    return _dev(np.array(np.asarray(a), dtype=dtype, order=order, copy=True))
+    return _pooled_copy(np.asarray(np.asarray(a), dtype=dtype))
 
 
 def ascontiguousarray(a, dtype=None):
     _no_capture("ascontiguousarray")
     if isinstance(a, DeviceArray) and a.flags.c_contiguous and (dtype is None or np.dtype(dtype) == a.dtype):
         return a
-    return _dev(np.ascontiguousarray(np.asarray(a), dtype=dtype).copy())
+    return _pooled_copy(np.asarray(np.asarray(a), dtype=dtype))
 
 
 def asnumpy(a):
@@ -153,7 +182,9 @@ def matmul(a, b, out=None):
             raise TypeError("matmul of a non-device array")
     res = np.matmul(a.view(np.ndarray), b.view(np.ndarray))
     if out is None:
-        return _dev(res)
+        out = empty(res.shape, res.dtype)                     # from the pool, as CuPy's
+        out.view(np.ndarray)[...] = res
+        return out
     if out.shape != res.shape or out.dtype != res.dtype:
         raise ValueError(f"out has shape {out.shape} {out.dtype}, the product {res.shape} {res.dtype}")
     out.view(np.ndarray)[...] = res
@@ -202,17 +233,34 @@ class CublasStandIn:
         self._gemm(np.float64, *args)
 
     def _gemm(self, dt, handle, transa, transb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc):
-        _no_capture("cuBLAS gemm")
         if self.pointer_mode != 0:
             raise RuntimeError("cuBLAS pointer mode is not host: alpha and beta would be read from the device")
-        self.calls += 1
+        # pointer mode host: cuBLAS reads alpha and beta before it returns (a capture bakes the values)
         al = float(_colmajor(alpha, dt, 1, 1, 1)[0, 0])
         be = float(_colmajor(beta, dt, 1, 1, 1)[0, 0])
+        args = (transa, transb, m, n, k, al, A, lda, B, ldb, be, C, ldc)
+        if _CAPTURE["stream"] is not None:     # real cuBLAS can be captured: record, replay later
+            _CAPTURE["records"].append((_GemmNode(self, dt, args), None, None, None))
+            return
+        self._run(dt, *args)
+
+    def _run(self, dt, transa, transb, m, n, k, al, A, lda, B, ldb, be, C, ldc):
+        self.calls += 1
         a = _colmajor(A, dt, k, m, lda).T if transa else _colmajor(A, dt, m, k, lda)     # op(A) (m,k)
         b = _colmajor(B, dt, n, k, ldb).T if transb else _colmajor(B, dt, k, n, ldb)     # op(B) (k,n)
         c = _colmajor(C, dt, m, n, ldc)
         prod = al * (a @ b)
         c[...] = prod if be == 0 else prod + be * c
+
+
+class _GemmNode:
+    """A captured gemm: a graph node whose replay runs it on the recorded pointers."""
+
+    def __init__(self, lib, dt, args):
+        self.lib, self.dt, self.args = lib, dt, args
+
+    def _execute(self, grid, block, packed):
+        self.lib._run(self.dt, *self.args)
 
 
 CUBLAS = CublasStandIn()
