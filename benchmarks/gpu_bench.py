@@ -249,6 +249,11 @@ def main(argv=None):
         from lstm_engine.backends import cupy_kernels as ck
         if impl == "cupy":
             row["graph_status"] = dict(ck.GRAPH_STATUS)
+            row["blas_graph_status"] = dict(ck.BLAS_GRAPH_STATUS)
+            try:
+                row["blas_lib"] = type(ck.cublas_module()).__name__
+            except Exception as e:
+                row["blas_lib"] = f"unavailable ({type(e).__name__})"
         rows.append(row)
         with open(args.out, "a") as f:
             f.write(json.dumps(row) + "\n")

@@ -174,7 +174,7 @@ def profile(cfg_name, variant, steps):
                        wall_ms=1e3 * wall, busy_ms=busy_total, idle_ms=1e3 * wall - busy_total,
                        idle_pct=100 * (1 - busy_total / (1e3 * wall)), chars_per_s=B * T / wall,
                        host_ms=1e3 * float(sum(np.mean(host, axis=0))), queued_ok=bool(queued_ok),
-                       graph_status=dict(ck.GRAPH_STATUS),
+                       graph_status=dict(ck.GRAPH_STATUS), blas_graph_status=dict(ck.BLAS_GRAPH_STATUS),
                        persist_plan=be.persist_plan(B, cfg["H"], "float32"),
                        persist_barrier_timeouts=[int(b.get()[1]) for b in be.PERSIST_BARS])
         return rows + [summary]
@@ -211,7 +211,8 @@ def main(argv=None):
                           f"{r['wall_ms']:8.3f} {r['busy_ms']:8.3f}  idle {r['idle_ms']:.3f} ms "
                           f"({r['idle_pct']:.0f}%)  {r['chars_per_s']:,.0f} chars/s"
                           f"{'' if r['queued_ok'] else '  (spin too short: busy includes gaps)'}"
-                          f"  barrier timeouts {sum(r['persist_barrier_timeouts'])}", flush=True)
+                          f"  barrier timeouts {sum(r['persist_barrier_timeouts'])}"
+                          f"  cuBLAS graphs {r['blas_graph_status']}", flush=True)
                 else:
                     print(f"{name:<9} {variant:<13} {r['phase']:<26} {r['host_ms']:8.3f} {r['gpu_ms']:8.3f} "
                           f"{r['busy_ms']:8.3f}", flush=True)

@@ -247,3 +247,54 @@ def test_engine_imports_without_cupy():
                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() in ("numba", "numpy")
+
+
+_CUBLAS_STUB = r"""
+#include <stdint.h>
+static double last[16];
+static int status = 0;
+#define KEEP(i, v) last[i] = (double)(v)
+#define GEMM(NAME, T)                                                                            \
+int NAME(void* h, int ta, int tb, int m, int n, int k, const T* al, const T* A, int lda,          \
+         const T* B, int ldb, const T* be, T* C, int ldc) {                                      \
+    KEEP(0, (intptr_t)h); KEEP(1, ta); KEEP(2, tb); KEEP(3, m); KEEP(4, n); KEEP(5, k);           \
+    KEEP(6, *al); KEEP(7, (intptr_t)A); KEEP(8, lda); KEEP(9, (intptr_t)B); KEEP(10, ldb);       \
+    KEEP(11, *be); KEEP(12, (intptr_t)C); KEEP(13, ldc); KEEP(14, sizeof(T)); return status;     \
+}
+GEMM(cublasSgemm_v2, float)
+GEMM(cublasDgemm_v2, double)
+int cublasSetStream_v2(void* h, void* s) { KEEP(0, (intptr_t)h); KEEP(15, (intptr_t)s); return status; }
+int cublasSetPointerMode_v2(void* h, int mode) { KEEP(0, (intptr_t)h); KEEP(1, mode); return status; }
+double stub_last(int i) { return last[i]; }
+void stub_status(int s) { status = s; }
+"""
+
+
+def test_cublas_ctypes_passes_every_argument(tmp_path):
+    """CublasCtypes (cuBLAS through ctypes, what lets cuBLAS loops be captured) against a stub
+    library with cuBLAS's symbols: every argument arrives where the C signature expects it,
+    alpha / beta are read through their host pointers, a failing status raises, and
+    loaded_library finds the library once it is loaded."""
+    import ctypes
+    if shutil.which("gcc") is None:
+        pytest.skip("needs gcc")
+    src, lib_path = tmp_path / "stub.c", tmp_path / "libcublas.so.99"
+    src.write_text(_CUBLAS_STUB)
+    subprocess.run(["gcc", "-shared", "-fPIC", "-O1", str(src), "-o", str(lib_path)], check=True)
+    cub = ck.CublasCtypes(str(lib_path))
+    stub = ctypes.CDLL(str(lib_path))
+    stub.stub_last.restype, stub.stub_last.argtypes = ctypes.c_double, [ctypes.c_int]
+    assert ck.loaded_library("libcublas.so") == str(lib_path)
+    for fn, dt in ((cub.sgemm, np.float32), (cub.dgemm, np.float64)):
+        scal = np.array([2.5, 0.5], dt)
+        A, B, C = 0x10000, 0x20000, 0x30000
+        fn(0x1234, 1, 0, 7, 9, 11, scal.ctypes.data, A, 13, B, 15, scal.ctypes.data + scal.itemsize, C, 17)
+        got = [stub.stub_last(i) for i in range(15)]
+        assert got == [0x1234, 1, 0, 7, 9, 11, 2.5, A, 13, B, 15, 0.5, C, 17, np.dtype(dt).itemsize]
+    cub.setStream(0x99, 0x4242)
+    assert (stub.stub_last(0), stub.stub_last(15)) == (0x99, 0x4242)
+    cub.setPointerMode(0x77, 0)
+    assert (stub.stub_last(0), stub.stub_last(1)) == (0x77, 0)
+    stub.stub_status(7)
+    with pytest.raises(RuntimeError, match="cublasSgemm_v2 failed with cuBLAS status 7"):
+        cub.sgemm(0, 0, 0, 1, 1, 1, scal.ctypes.data, A, 1, B, 1, scal.ctypes.data, C, 1)

@@ -293,7 +293,7 @@ def _direct_gemm(dtype):
         return None
     try:
         return ck.RowMajorGemm(dtype)
-    except (ImportError, AttributeError) as e:
+    except (ImportError, AttributeError, OSError) as e:
         BLAS_STATUS["error"] = " ".join(f"{type(e).__name__}: {e}".split())[:200]
         OPTIONS["blas"] = "matmul"
         warnings.warn(f"cuBLAS binding unavailable, the cuBLAS step path uses cp.matmul ({BLAS_STATUS['error']})",
@@ -323,6 +323,7 @@ def _forward_cublas(xproj, W, b, hbuf, cbuf, acts):
     wh, z = W.data.ptr, zrec.data.ptr            # W_h = the first H rows of W
 
     def launch(_):
+        gemm.bind_stream()
         for t in range(T):
             gemm(B, G, H, h0 + t * sBH, H, gemm.N, wh, G, gemm.N, z, G)          # zrec = h_{t-1} @ W_h
             cell(grid, (ck.THREADS,), (u64(x0 + t * sBG), b, zrec, u64(c0 + t * sBH), u64(a0 + t * sBG),
@@ -399,6 +400,7 @@ def _backward_cublas(W, acts, cbuf, dhs, dhT, dzs, dc):
     wh, r = W.data.ptr, dhrec.data.ptr
 
     def launch(_):
+        gemm.bind_stream()
         for t in reversed(range(T)):
             if t < T - 1:
                 gemm(B, H, G, z0 + (t + 1) * sBG, G, gemm.N, wh, G, gemm.T, r, H)   # dhrec = dz_{t+1} @ W_h^T

@@ -10,6 +10,7 @@ Dimension legend: T time, B batch rows, H hidden, G = 4H, V vocab.
 from __future__ import annotations
 
 import collections
+import ctypes
 import functools
 import os
 import re
@@ -191,9 +192,8 @@ def blocks(n, per=THREADS):
 # cuBLAS by raw pointer (the per-step product of the cuBLAS step path)
 # ----------------------------------------------------------------------------
 
-def cublas_module():
-    """CuPy's thin cuBLAS binding (the CPU emulator's tests swap in a stand-in); ImportError when
-    this CuPy keeps it elsewhere (the backend then falls back to cp.matmul)."""
+def cublas_binding():
+    """CuPy's thin cuBLAS binding."""
     try:
         from cupy_backends.cuda.libs import cublas         # CuPy 9 and later
     except ImportError:
@@ -204,6 +204,73 @@ def cublas_module():
 def cublas_handle():
     import cupy
     return cupy.cuda.device.get_cublas_handle()
+
+
+def loaded_library(name, maps="/proc/self/maps"):
+    """Path of the shared library `name` (e.g. 'libcublas.so') this process has loaded, or None."""
+    try:
+        with open(maps, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                path = line.split()[-1] if line.strip() else ""
+                if os.path.basename(path).startswith(name + "."):
+                    return path
+    except OSError:
+        pass
+    return None
+
+
+class CublasCtypes:
+    """The cuBLAS entry points of the cuBLAS step path, called through ctypes on the libcublas
+    that CuPy has loaded, with the call signatures of CuPy's binding.  CuPy's binding refuses
+    every call while a stream is capturing ("calling cuBLAS API during stream capture is
+    currently unsupported", GPU run 4); cuBLAS itself can be captured, so this is what lets the
+    cuBLAS path's time loops become CUDA graphs."""
+
+    def __init__(self, path):
+        lib = ctypes.CDLL(path)
+        P, I = ctypes.c_void_p, ctypes.c_int
+        self._fns = {}
+        for name, args in (("cublasSgemm_v2", [P, I, I, I, I, I, P, P, I, P, I, P, P, I]),
+                           ("cublasDgemm_v2", [P, I, I, I, I, I, P, P, I, P, I, P, P, I]),
+                           ("cublasSetStream_v2", [P, P]),
+                           ("cublasSetPointerMode_v2", [P, I])):
+            fn = getattr(lib, name)
+            fn.argtypes, fn.restype = args, I
+            self._fns[name] = fn
+        self.path = path
+
+    def _call(self, name, *args):
+        status = self._fns[name](*args)
+        if status != 0:
+            raise RuntimeError(f"{name} failed with cuBLAS status {status}")
+
+    def sgemm(self, *args):
+        self._call("cublasSgemm_v2", *args)
+
+    def dgemm(self, *args):
+        self._call("cublasDgemm_v2", *args)
+
+    def setStream(self, handle, stream):
+        self._call("cublasSetStream_v2", handle, stream)
+
+    def setPointerMode(self, handle, mode):
+        self._call("cublasSetPointerMode_v2", handle, mode)
+
+
+@functools.lru_cache(maxsize=None)
+def cublas_module():
+    """What RowMajorGemm calls: libcublas through ctypes where the library can be found (Linux),
+    else CuPy's binding (no CUDA graphs of cuBLAS loops then).  The CPU emulator's tests swap in
+    a stand-in with the same methods."""
+    binding = cublas_binding()
+    cublas_handle()                                  # creating a handle loads libcublas
+    path = loaded_library("libcublas.so")
+    if path:
+        try:
+            return CublasCtypes(path)
+        except (OSError, AttributeError):
+            pass
+    return binding
 
 
 class RowMajorGemm:
@@ -220,7 +287,7 @@ class RowMajorGemm:
     N, T = 0, 1     # CUBLAS_OP_N, CUBLAS_OP_T
 
     def __init__(self, dtype):
-        lib = cublas_module()
+        lib = self.lib = cublas_module()
         name = np.dtype(dtype).name
         if name not in CTYPES:
             raise ValueError(f"the cupy backend computes in float32 or float64, not {name}")
@@ -230,6 +297,11 @@ class RowMajorGemm:
         self._scalars = np.array([1.0, 0.0], dtype)  # kept alive with this object
         self.one = self._scalars.ctypes.data
         self.zero = self.one + self._scalars.itemsize
+
+    def bind_stream(self):
+        """Make the handle enqueue on the current stream (a capturing one inside a capture)."""
+        import cupy
+        self.lib.setStream(self.handle, cupy.cuda.get_current_stream().ptr)
 
     def __call__(self, M, N, K, A, lda, trans_a, B, ldb, trans_b, C, ldc, accumulate=False):
         self.fn(self.handle, trans_b, trans_a, N, M, K, self.one, B, ldb, A, lda,
