@@ -274,17 +274,17 @@ def test_cublas_ctypes_passes_every_argument(tmp_path):
     """CublasCtypes (cuBLAS through ctypes, what lets cuBLAS loops be captured) against a stub
     library with cuBLAS's symbols: every argument arrives where the C signature expects it,
     alpha / beta are read through their host pointers, a failing status raises, and
-    loaded_library finds the library once it is loaded."""
+    loaded_libraries finds the library once it is loaded."""
     import ctypes
     if shutil.which("gcc") is None:
         pytest.skip("needs gcc")
-    src, lib_path = tmp_path / "stub.c", tmp_path / "libcublas.so.99"
+    src, lib_path = tmp_path / "stub.c", tmp_path / "libcublasstub.so.99"   # a real libcublas may be loaded too
     src.write_text(_CUBLAS_STUB)
     subprocess.run(["gcc", "-shared", "-fPIC", "-O1", str(src), "-o", str(lib_path)], check=True)
     cub = ck.CublasCtypes(str(lib_path))
     stub = ctypes.CDLL(str(lib_path))
     stub.stub_last.restype, stub.stub_last.argtypes = ctypes.c_double, [ctypes.c_int]
-    assert ck.loaded_library("libcublas.so") == str(lib_path)
+    assert ck.loaded_libraries("libcublasstub.so") == [str(lib_path)]
     for fn, dt in ((cub.sgemm, np.float32), (cub.dgemm, np.float64)):
         scal = np.array([2.5, 0.5], dt)
         A, B, C = 0x10000, 0x20000, 0x30000

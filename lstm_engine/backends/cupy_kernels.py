@@ -206,17 +206,19 @@ def cublas_handle():
     return cupy.cuda.device.get_cublas_handle()
 
 
-def loaded_library(name, maps="/proc/self/maps"):
-    """Path of the shared library `name` (e.g. 'libcublas.so') this process has loaded, or None."""
+def loaded_libraries(name, maps="/proc/self/maps"):
+    """Paths of the shared libraries called `name` (e.g. 'libcublas.so', any version suffix) that
+    this process has loaded, in load order, each once."""
+    paths = []
     try:
         with open(maps, encoding="utf-8", errors="replace") as f:
             for line in f:
                 path = line.split()[-1] if line.strip() else ""
-                if os.path.basename(path).startswith(name + "."):
-                    return path
+                if os.path.basename(path).startswith(name + ".") and path not in paths:
+                    paths.append(path)
     except OSError:
         pass
-    return None
+    return paths
 
 
 class CublasCtypes:
@@ -264,10 +266,10 @@ def cublas_module():
     a stand-in with the same methods."""
     binding = cublas_binding()
     cublas_handle()                                  # creating a handle loads libcublas
-    path = loaded_library("libcublas.so")
-    if path:
-        try:
-            return CublasCtypes(path)
+    paths = loaded_libraries("libcublas.so")
+    if len(paths) == 1:                              # two copies (say CuPy's and torch's): which one
+        try:                                         # made the handle is unknown, keep the binding
+            return CublasCtypes(paths[0])
         except (OSError, AttributeError):
             pass
     return binding
