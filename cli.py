@@ -65,7 +65,7 @@ def _print_event(kind, info):
             f"unigram entropy {info['entropy']:.3f} nats/char ({bits(info['entropy']):.3f} bits/char)")
         err(f"writing checkpoints to {info['out']}" + (f" (resuming at step {info['step']})" if info["step"] else ""))
     elif kind == "log":
-        total = f"/{info['steps']}" if info["steps"] < 10 ** 9 else ""     # a time budget has no step count
+        total = f"/{info['steps']}" if info["steps"] else ""     # None: a time budget has no step count
         err(f"step {info['step']:>6}{total}  loss {info['loss']:.4f} ({bits(info['loss']):.3f} bits/char)"
             f"  |g| {info['grad_norm']:.2f}  {info['chars_per_s']:,.0f} chars/s  ETA {_fmt_time(info['eta_s'])}")
     elif kind == "eval":

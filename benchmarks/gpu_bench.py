@@ -298,7 +298,7 @@ def summarize(rows):
     for (config, what, impl, variant), r in by.items():
         if impl != "cupy" or r.get("chars_per_s", r.get("tokens_per_s")) is None:
             continue
-        if what == "train" and impl == "cupy":
+        if what == "train":
             t = by.get((config, "train", "torch", "cudnn fp32 (tf32 off)"), {})
             if t.get("chars_per_s"):
                 print(f"{config:<9} train  {variant:<14} {r['chars_per_s'] / t['chars_per_s']:.2f}x  "

@@ -63,6 +63,16 @@ def test_explicit_options_override_the_recipe(tmp_path):
     assert meta["train"]["time_budget"] == 4.0 and meta["train"]["lr_decay"] is True
 
 
+def test_budget_log_lines_show_no_step_total(tmp_path):
+    """Under a time budget the step count is open-ended: log lines read 'step N', not 'step N/<sentinel>'."""
+    r = CliRunner().invoke(main, ["train", "--corpus", str(_write(tmp_path, markov_text(3000))), "--backend", "numpy",
+                                  "--time-budget", "3s", "--hidden-size", "16", "--out", str(tmp_path / "run"),
+                                  "--log-every", "1"], catch_exceptions=False)
+    assert r.exit_code == 0, r.stderr
+    logs = [line for line in r.stderr.splitlines() if line.startswith("step") and "loss" in line and "val" not in line]
+    assert logs and not any("/" in line.split("loss")[0] for line in logs), logs[:3]
+
+
 def _write(tmp_path, text):
     p = tmp_path / "corpus.txt"
     p.write_text(text)
