@@ -3,7 +3,9 @@
 Dimension legend: L layers, H hidden, G = 4H, E embedding, V vocabulary, n characters.
 
 Per character: every layer's cell (z = b + h_{t-1} W_h + x_t W_x as hand-written
-matrix-vector loops over the rows of the fused W, then the gates), the output
+matrix-vector loops over the rows of the fused W, then the gates; for layer 0 the
+caller may pass the table X0 = Emb @ W_x + b0 (V,G), so that b + x_t W_x is one row
+read instead of an E x G product per character), the output
 projection, temperature, top-k / top-p filtering and an inverse-CDF draw.  The
 uniforms come in as an array drawn by the caller from its numpy Generator, one per
 sampled character, exactly as the reference draws them, so both backends turn the same
@@ -41,13 +43,17 @@ def matvec_acc(v, M, z):
 
 
 @numba.njit(inline="always", **JIT)
-def cell_step(W, b, x, h, c, z):
-    """One layer, one character, in place: h, c (H,) <- LSTM(W (H+I,G), b, x (I,), h, c)."""
+def cell_step(W, zx, x, h, c, z):
+    """One layer, one character, in place: h, c (H,) <- LSTM(W (H+I,G), x (I,), h, c).
+
+    zx (G,) starts the gate sum: the bias b, or (layer 0 with a table) the row
+    Emb[token] @ W_x + b of the table, in which case x is empty and W's x rows unused."""
     H = h.shape[0]
     for j in range(4 * H):
-        z[j] = b[j]
+        z[j] = zx[j]
     matvec_acc(h, W[:H], z)
-    matvec_acc(x, W[H:], z)
+    if x.shape[0] > 0:
+        matvec_acc(x, W[H:], z)
     for j in range(H):
         i = fsigmoid(z[j])
         f = fsigmoid(z[H + j])
@@ -55,6 +61,18 @@ def cell_step(W, b, x, h, c, z):
         o = fsigmoid(z[3 * H + j])
         c[j] = f * c[j] + i * g
         h[j] = o * ftanh(c[j])
+
+
+@numba.njit(inline="always", **JIT)
+def layer_input(Emb, X0, bs, h_below, l, token, none):
+    """(zx (G,), x (I,)) for layer l: layer 0 reads its table row X0[token] (x: `none`, an empty
+    array) when X0 (V,G) has rows, else b0 and Emb[token]; layers above take b_l and h_below (H,).
+    Every array returned is C-contiguous, so the callers' loops compile for one layout."""
+    if l > 0:
+        return bs[l], h_below
+    if X0.shape[0] > 0:
+        return X0[token], none
+    return bs[0], Emb[token]
 
 
 @numba.njit(inline="always", **JIT)
@@ -139,8 +157,9 @@ def next_token(logits, temperature, top_k, top_p, greedy, u, zd, probs, order, p
 
 
 @numba.njit(**JIT)
-def generate_kernel(Emb, Ws, bs, Wy, by, h, c, token, temperature, top_k, top_p, greedy, us, out):
-    """Emb (V,E); Ws, bs tuples over layers of W (H+I,G), b (G,); Wy (H,V), by (V,);
+def generate_kernel(Emb, X0, Ws, bs, Wy, by, h, c, token, temperature, top_k, top_p, greedy, us, out):
+    """Emb (V,E); X0 (V,G) the layer-0 table Emb @ W_x + b0, or (0,G) to compute it per
+    character; Ws, bs tuples over layers of W (H+I,G), b (G,); Wy (H,V), by (V,);
     h, c (L,H) state, updated in place; us (n,) uniforms (ignored when greedy)
     -> out (n,) int64 token ids."""
     L, H = h.shape
@@ -149,10 +168,11 @@ def generate_kernel(Emb, Ws, bs, Wy, by, h, c, token, temperature, top_k, top_p,
     logits = np.empty(V, Wy.dtype)
     zd, probs, p = np.empty(V), np.empty(V), np.empty(V)
     order = np.empty(V, np.int64)
+    none = np.empty(0, Wy.dtype)
     for k in range(out.shape[0]):
         for l in range(L):
-            x = Emb[token] if l == 0 else h[l - 1]
-            cell_step(Ws[l], bs[l], x, h[l], c[l], z)
+            zx, x = layer_input(Emb, X0, bs, h[l - 1], l, token, none)
+            cell_step(Ws[l], zx, x, h[l], c[l], z)
         for j in range(V):
             logits[j] = by[j]
         matvec_acc(h[L - 1], Wy, logits)
@@ -191,14 +211,15 @@ def matvec_cols(v, M, z, u0, u1, H):
 
 
 @numba.njit(**JIT)
-def cell_step_units(W, b, x, h_in, h_out, c, z, u0, u1):
+def cell_step_units(W, zx, x, h_in, h_out, c, z, u0, u1):
     """cell_step for units u0..u1-1: reads h_in (H,), writes h_out[u0:u1] and c[u0:u1]."""
     H = h_in.shape[0]
     for q in range(4):
         for j in range(u0, u1):
-            z[q * H + j] = b[q * H + j]
+            z[q * H + j] = zx[q * H + j]
     matvec_cols(h_in, W[:H], z, u0, u1, H)
-    matvec_cols(x, W[H:], z, u0, u1, H)
+    if x.shape[0] > 0:
+        matvec_cols(x, W[H:], z, u0, u1, H)
     for j in range(u0, u1):
         i = fsigmoid(z[j])
         f = fsigmoid(z[H + j])
@@ -219,21 +240,22 @@ def sample_buffers(h, V):
 
 
 @numba.njit(**PAR)
-def generate_kernel_par(Emb, Ws, bs, Wy, by, h, c, token, temperature, top_k, top_p, greedy, us, out, nt):
+def generate_kernel_par(Emb, X0, Ws, bs, Wy, by, h, c, token, temperature, top_k, top_p, greedy, us, out, nt):
     """generate_kernel with each layer's cell split over nt threads by hidden units (a
     parallel region per layer and character; h is double-buffered so no thread reads a
     unit another has already updated).  Same arguments plus nt."""
     L, H = h.shape
     V = by.shape[0]
     hb, z, logits, zd, probs, p, order = sample_buffers(h, V)
+    none = np.empty(0, Wy.dtype)
     for k in range(out.shape[0]):
         cur, nxt = k % 2, 1 - k % 2
         for l in range(L):
-            W, b = Ws[l], bs[l]
-            x = Emb[token] if l == 0 else hb[nxt, l - 1]
+            W = Ws[l]
+            zx, x = layer_input(Emb, X0, bs, hb[nxt, l - 1], l, token, none)
             h_in, h_out, cl = hb[cur, l], hb[nxt, l], c[l]
             for t in numba.prange(nt):
-                cell_step_units(W, b, x, h_in, h_out, cl, z, t * H // nt, (t + 1) * H // nt)
+                cell_step_units(W, zx, x, h_in, h_out, cl, z, t * H // nt, (t + 1) * H // nt)
         for j in range(V):
             logits[j] = by[j]
         matvec_acc(hb[nxt, L - 1], Wy, logits)

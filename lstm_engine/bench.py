@@ -17,6 +17,7 @@ GFLOP/s = FLOP per char * chars/s / 1e9, shown against the sgemm peak measured i
 from __future__ import annotations
 
 import importlib.util
+import math
 import re
 import statistics
 import sys
@@ -160,6 +161,7 @@ class EngineRunner:
         self.state = self.model.zero_state(cfg.B)
         self.sample_state, self.token = self.model.zero_state(1), 0
         self.rng = np.random.default_rng(0)
+        self.sample_cache = {"chars": math.inf}   # as generate_text keeps one per text; reset when weights change
 
     def sync(self):
         self.be.synchronize()
@@ -168,6 +170,7 @@ class EngineRunner:
         loss, grads, self.state = self.model.forward_backward(self.tokens, self.targets, self.state)
         norm, scale = self.opt.clip_scale(grads)
         self.opt.update(self.model.params, grads, LR, scale)
+        self.sample_cache = {"chars": math.inf}
         return loss, norm
 
     def forward(self):
@@ -176,7 +179,7 @@ class EngineRunner:
     def sample(self, n=SAMPLE_CHUNK, greedy=False, state=None, token=None):
         st = self.sample_state if state is None else state
         ids = self.be.generate(self.model.params, st, self.token if token is None else token, n,
-                               1.0, 0, 1.0, greedy, self.rng)
+                               1.0, 0, 1.0, greedy, self.rng, self.sample_cache)
         ids = np.asarray(self.be.to_numpy(ids))
         if state is None:
             self.token = int(ids[-1])

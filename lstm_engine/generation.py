@@ -52,9 +52,11 @@ def generate_text(model, vocab, prime="", length=200, temperature=1.0, top_k=0, 
     state, token = prime_state(model, vocab, prime)
     pieces = []
     done = 0
+    cache = {"chars": length}          # tables a backend derives from the weights, kept for this text
     while done < length:
         n = min(chunk, length - done)
-        ids = model.be.generate(model.params, state, token, n, temperature, top_k or 0, top_p, greedy, rng)
+        ids = model.be.generate(model.params, state, token, n, temperature, top_k or 0, top_p, greedy, rng,
+                                cache)
         ids = np.asarray(model.be.to_numpy(ids))
         token = int(ids[-1])
         text = "".join(REPLACEMENT if i == vocab.unk else vocab.symbols[int(i)] for i in ids)

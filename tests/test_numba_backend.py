@@ -236,8 +236,11 @@ def models():
 @pytest.mark.parametrize("opts", [dict(greedy=True), dict(), dict(temperature=0.6, top_k=4),
                                   dict(top_p=0.7), dict(temperature=1.5, top_k=9, top_p=0.9)],
                          ids=["greedy", "plain", "top-k", "top-p", "both"])
-def test_generated_text_is_the_same(models, dtype, opts):
-    """generate_text (prime, 32-character chunks, seeded Generator) through both backends."""
+@pytest.mark.parametrize("table", [True, False], ids=["x0-table", "no-table"])
+def test_generated_text_is_the_same(models, dtype, opts, table, monkeypatch):
+    """generate_text (prime, 32-character chunks, seeded Generator) through both backends, with
+    layer 0's input product read from the V x 4H table and computed per character."""
+    monkeypatch.setattr(nb, "V_TABLE_MIN_CHARS_PER_ROW", 0 if table else np.inf)
     vocab, by_backend = models
     texts = {be: generate_text(m, vocab, prime="the lazy", length=150, seed=5, **opts)
              for be, m in by_backend[dtype].items()}
@@ -246,8 +249,9 @@ def test_generated_text_is_the_same(models, dtype, opts):
     assert len(set(texts["numba"])) > (1 if opts.get("greedy") else 5)   # not a degenerate test
 
 
+@pytest.mark.parametrize("table", [True, False], ids=["x0-table", "no-table"])
 @pytest.mark.parametrize("opts", [dict(greedy=True), dict(temperature=0.8, top_p=0.9)], ids=["greedy", "sampled"])
-def test_threaded_generation_is_the_same(models, opts, monkeypatch):
+def test_threaded_generation_is_the_same(models, opts, table, monkeypatch):
     """The generation kernel with each layer split over threads by hidden units (used for
     big layers), forced on a small model; 41 characters a call, so the double-buffered
     state ends on the odd buffer too."""
@@ -255,6 +259,7 @@ def test_threaded_generation_is_the_same(models, opts, monkeypatch):
     if numba.get_num_threads() < 2:
         pytest.skip("numba has one thread here")
     monkeypatch.setattr(nb, "SAMPLE_PARALLEL_MIN_MACS", 0)
+    monkeypatch.setattr(nb, "V_TABLE_MIN_CHARS_PER_ROW", 0 if table else np.inf)
     vocab, by_backend = models
     texts = {be: generate_text(m, vocab, prime="the", length=123, seed=3, chunk=41, **opts)
              for be, m in by_backend["float64"].items()}
@@ -275,7 +280,9 @@ def test_pool_never_hands_out_an_array_in_use():
     assert pool.empty((3, 3), np.float32) is not pool.empty((3, 3), np.float32)   # small: plain np.empty
 
 
-def test_generate_updates_state_like_the_reference(models):
+@pytest.mark.parametrize("table", [True, False], ids=["x0-table", "no-table"])
+def test_generate_updates_state_like_the_reference(models, table, monkeypatch):
+    monkeypatch.setattr(nb, "V_TABLE_MIN_CHARS_PER_ROW", 0 if table else np.inf)
     vocab, by_backend = models
     states = {}
     for be, m in by_backend["float64"].items():
@@ -285,6 +292,29 @@ def test_generate_updates_state_like_the_reference(models):
         for k, name in enumerate(("h", "c")):
             check(f"{name}{l}", states["numba"][l][k], states["numpy"][l][k], "float64")
             assert states["numba"][l][k].shape == (1, 13)
+
+
+def test_layer0_table_is_built_once_per_cache_and_per_model(models, monkeypatch):
+    """The V x 4H table lives in the caller's cache: built on the first call, read (the same
+    object) by later ones, replaced when another model's weights come with the same cache."""
+    vocab, by_backend = models
+    m32, m64 = by_backend["float32"]["numba"], by_backend["float64"]["numba"]
+    V = len(vocab)
+    few = {"chars": V // 2 - 1}
+    m64.be.generate(m64.params, m64.zero_state(1), 3, 5, 1.0, 0, 1.0, True, None, few)
+    assert few == {"chars": V // 2 - 1}                                 # too few characters to pay for it
+    cache = {"chars": V}
+    m64.be.generate(m64.params, m64.zero_state(1), 3, 5, 1.0, 0, 1.0, True, None, cache)
+    (key, table), = [(k, v) for k, v in cache.items() if k != "chars"]
+    W0 = m64.params["W0"]
+    H = W0.shape[1] // 4
+    check("X0", table, m64.params["Emb"] @ W0[H:] + m64.params["b0"], "float64")
+    for _ in range(2):
+        m64.be.generate(m64.params, m64.zero_state(1), 3, 5, 1.0, 0, 1.0, True, None, cache)
+        assert cache[key] is table
+    m32.be.generate(m32.params, m32.zero_state(1), 3, 5, 1.0, 0, 1.0, True, None, cache)
+    assert len(cache) == 2 and key not in cache and \
+        next(v for k, v in cache.items() if k != "chars").dtype == np.float32   # the other model's table
 
 
 def test_one_uniform_per_token_drawn_up_front_is_the_same_stream():

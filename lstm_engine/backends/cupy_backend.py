@@ -506,8 +506,9 @@ def adam_update(params, grads, m, v, step, lr, beta1, beta2, eps, grad_scale=1.0
 # Sampling (on the device; see cupy_generate.py)
 # ----------------------------------------------------------------------------
 
-def generate(weights, state, token, n, temperature=1.0, top_k=0, top_p=1.0, greedy=False, rng=None):
-    """Sample n tokens after `token` on the GPU; state is carried and updated -> ids (n,) int64."""
+def generate(weights, state, token, n, temperature=1.0, top_k=0, top_p=1.0, greedy=False, rng=None, cache=None):
+    """Sample n tokens after `token` on the GPU; state is carried and updated -> ids (n,) int64.
+    cache: as in numba_backend.generate; unused here (the GPU step is not bound by the input product)."""
     from .cupy_generate import generate_batch
     return generate_batch(weights, state, [token], n, temperature, top_k, top_p, greedy, rng)[0]
 

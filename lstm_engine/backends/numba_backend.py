@@ -49,6 +49,8 @@ COLUMNS_MIN_MACS = 1 << 24
 # by memory bandwidth: at H=512 (14 MB of weights, L3-resident) two threads were no faster
 # than one; at H=1024 (88 MB, from DRAM) 1.2x.
 SAMPLE_PARALLEL_MIN_MACS = 1 << 23
+# build the layer-0 sampling table (V rows, by BLAS) only when >= this x V characters will read it
+V_TABLE_MIN_CHARS_PER_ROW = 0.5
 PIN_BLAS = True     # pin BLAS to one thread when the kernels load (see _single_threaded_blas)
 TUNE_MALLOC = True  # keep freed buffers in the heap (see _keep_freed_memory)
 
@@ -403,10 +405,14 @@ def adam_update(params, grads, m, v, step, lr, beta1, beta2, eps, grad_scale=1.0
 # Sampling
 # ----------------------------------------------------------------------------
 
-def generate(weights, state, token, n, temperature=1.0, top_k=0, top_p=1.0, greedy=False, rng=None):
+def generate(weights, state, token, n, temperature=1.0, top_k=0, top_p=1.0, greedy=False, rng=None, cache=None):
     """Sample n tokens after `token`, one at a time; state is carried and updated.
 
     rng: a numpy.random.Generator (one uniform draw per sampled token, drawn up front).
+    cache: a dict the caller keeps across calls while the weights stay unchanged (generate_text keeps
+    one per text, {"chars": how many characters it will serve}); the layer-0 table Emb @ W_x + b0
+    (V,G) is kept in it, so that each character reads one row of it instead of an E x 4H product.
+    The table is built only when the characters it serves (cache["chars"], else n) pay for V rows.
     -> ids (n,) int64
     """
     L = len(state)
@@ -423,8 +429,9 @@ def generate(weights, state, token, n, temperature=1.0, top_k=0, top_p=1.0, gree
     us = np.zeros(0) if greedy else rng.random(n)                                # one uniform per token
     if n:
         import numba
-        args = (Emb, Ws, bs, Wy, by, h, c, int(token), float(temperature), int(top_k), float(top_p), bool(greedy),
-                us, out)
+        X0 = _layer0_table(Emb, Ws[0], bs[0], n, cache)                        # (V,G) or (0,G)
+        args = (Emb, X0, Ws, bs, Wy, by, h, c, int(token), float(temperature), int(top_k), float(top_p),
+                bool(greedy), us, out)
         nt = min(numba.get_num_threads(), h.shape[1])
         if nt > 1 and sum(W.size for W in Ws) >= SAMPLE_PARALLEL_MIN_MACS:
             _kernels().sample.generate_kernel_par(*args, nt)
@@ -433,3 +440,21 @@ def generate(weights, state, token, n, temperature=1.0, top_k=0, top_p=1.0, gree
     for l in range(L):
         state[l][0], state[l][1] = h[l:l + 1], c[l:l + 1]
     return out
+
+
+def _layer0_table(Emb, W0, b0, n, cache):
+    """X0 = Emb (V,E) @ W0_x (E,G) + b0 (G,) -> (V,G), from `cache` when it holds one for these very
+    arrays; an empty (0,G) when the characters served would not pay for building V rows."""
+    H = W0.shape[1] // 4
+    key = ("X0", id(Emb), id(W0), id(b0))
+    if cache is not None and key in cache:
+        return cache[key]
+    chars = cache.get("chars", n) if cache is not None else n
+    if chars < V_TABLE_MIN_CHARS_PER_ROW * Emb.shape[0]:
+        return np.empty((0, W0.shape[1]), W0.dtype)
+    X0 = np.ascontiguousarray(Emb @ W0[H:] + b0)                               # (V,G)
+    if cache is not None:
+        for k in [k for k in cache if isinstance(k, tuple) and k[0] == "X0"]:
+            del cache[k]                                # another model's table
+        cache[key] = X0
+    return X0

@@ -302,10 +302,12 @@ def step_logits(weights, state, token):
     return hs[0, 0] @ weights["Wy"] + weights["by"]  # (V,)
 
 
-def generate(weights, state, token, n, temperature=1.0, top_k=0, top_p=1.0, greedy=False, rng=None):
+def generate(weights, state, token, n, temperature=1.0, top_k=0, top_p=1.0, greedy=False, rng=None, cache=None):
     """Sample n tokens after `token`, one at a time; state is carried and updated.
 
     rng: a numpy.random.Generator (one uniform draw per sampled token).
+    cache: a dict the caller keeps while the weights stay unchanged, for derived tables; the
+    reference keeps none (it computes every product as the equations write it).
     -> ids (n,) int64
     """
     out = np.empty(n, np.int64)
