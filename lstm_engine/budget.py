@@ -41,33 +41,43 @@ def lr_at_time(frac, base_lr, warmup=0.02, floor=0.05):
 # Candidate models, smallest first: (embed, hidden, layers, batch, seq_len, dropout, lr).
 # Tuned on tinyshakespeare, 10 minutes, numba on the 2-core machine (docs/time-budget.md): at H256
 # windows of 50 beat 100 (twice the updates at the same chars/s: val 1.475 vs 1.503) and 32 (1.490);
-# dropout 0.2 beat 0.1 (1.485) and 0.35 (1.537 at T100).
+# dropout 0.2 beat 0.1 (1.485) and 0.3 (1.475 vs 1.461); H320 (1.453) and H384 (1.454) beat H256.
 CANDIDATES = (
     (16, 32, 1, 16, 32, 0.0, 3e-3),
     (32, 64, 2, 32, 64, 0.0, 3e-3),
     (32, 128, 2, 32, 64, 0.0, 3e-3),
     (64, 256, 2, 64, 50, 0.2, 3e-3),
-    (64, 384, 2, 64, 50, 0.2, 2.5e-3),
+    (64, 320, 2, 64, 50, 0.25, 3e-3),
+    (64, 384, 2, 64, 50, 0.25, 2.5e-3),
     (64, 512, 2, 64, 50, 0.25, 2e-3),
     (96, 768, 2, 64, 50, 0.3, 1.5e-3),
 )
-# The recipe wants the model to see roughly this many training characters per parameter.
-CHARS_PER_PARAM = 12.0
+# The recipe wants the model to see at least this many training characters per parameter.  Ten
+# minutes on tinyshakespeare (OpenBLAS hints unset): H256 at 26 chars/param scored 1.461-1.469,
+# H320 at 14 and H384 at 7 both ~1.453: past ~7, a larger model beats more passes over the data.
+CHARS_PER_PARAM = 7.0
+# ... and to make at least this many Adam updates.  With the machine's OpenBLAS hints H320 ran at
+# 22.5k chars/s: 8.6 chars/param but only 3,861 updates in ten minutes, and scored 1.4827 - no
+# better than H256's 1.4746-1.4785 at 5,600-5,800; H384 without the hints made 4,741 (1.4541).
+MIN_UPDATES = 4000
 
 
 def n_params(V, E, H, L):
     return V * E + sum((H + (E if l == 0 else H)) * 4 * H + 4 * H for l in range(L)) + H * V + V
 
 
-def choose(budget_s, train_chars, vocab_size, speed_of):
+def choose(budget_s, train_chars, vocab_size, speed_of, window_of=None):
     """Pick the candidate that best fits the budget.
 
-    speed_of(candidate) -> measured training chars/s on this backend.  The chosen model is the largest
+    speed_of(candidate) -> measured training chars/s on this backend; window_of(candidate) -> the
+    characters of one update (B*T; default: the candidate's own).  The chosen model is the largest
     whose training (at its measured speed, over ~85% of the budget) sees at least CHARS_PER_PARAM
-    characters per parameter; it is never larger than the data can support (4 chars per parameter
-    per pass over the corpus is the floor).  -> (candidate, speed, reasons list of str)
+    characters per parameter and makes at least MIN_UPDATES optimizer updates; it is never larger
+    than the data can support (4 chars per parameter per pass over the corpus is the floor).
+    -> (candidate, speed, reasons list of str)
     """
     import time
+    window_of = window_of or (lambda cand: cand[3] * cand[4])
     train_time = 0.85 * budget_s
     chosen, chosen_speed, reasons = CANDIDATES[0], None, []
     t0 = time.perf_counter()
@@ -82,10 +92,12 @@ def choose(budget_s, train_chars, vocab_size, speed_of):
             break
         speed = speed_of(cand)
         seen = speed * train_time
-        reasons.append(f"H{H}: {speed:,.0f} chars/s -> {seen / p:.1f} chars/param in the budget")
-        if seen >= CHARS_PER_PARAM * p or chosen_speed is None:
+        updates = seen / window_of(cand)
+        reasons.append(f"H{H}: {speed:,.0f} chars/s -> {seen / p:.1f} chars/param, {updates:,.0f} updates")
+        fits = seen >= CHARS_PER_PARAM * p and updates >= MIN_UPDATES
+        if fits or chosen_speed is None:
             chosen, chosen_speed = cand, speed
-        if seen < CHARS_PER_PARAM * p:
+        if not fits:
             break
     return chosen, chosen_speed, reasons
 
@@ -141,7 +153,8 @@ def plan(cfg, explicit, train_ids, vocab_size, backend, say=print):
         cand = with_fixed(CANDIDATES[0])
         speed, reasons = speed_of(CANDIDATES[0]), ["model size set by options"]
     else:
-        cand, speed, reasons = choose(cfg.time_budget, len(train_ids), vocab_size, speed_of)
+        cand, speed, reasons = choose(cfg.time_budget, len(train_ids), vocab_size, speed_of,
+                                      window_of=lambda c: with_fixed(c)[3] * with_fixed(c)[4])
         cand = with_fixed(cand)
     for k, v in zip(RECIPE_FIELDS, cand):
         setattr(cfg, k, v)

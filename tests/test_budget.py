@@ -77,3 +77,33 @@ def _write(tmp_path, text):
     p = tmp_path / "corpus.txt"
     p.write_text(text)
     return p
+
+
+def test_choose_takes_the_largest_candidate_that_sees_enough_characters():
+    """choose(): the largest candidate whose measured speed over ~85% of the budget gives at least
+    CHARS_PER_PARAM training characters per parameter and MIN_UPDATES updates; it stops measuring
+    at the first that fails."""
+    V, train_chars, budget_s = 65, 10 ** 6, 600
+    measured = []
+
+    def speed_of(cand):                     # a fake machine: chars/s falls with the model's size
+        measured.append(cand[1])
+        return 4e10 / budget.n_params(V, *cand[:3])
+
+    def fits(c, budget_s=budget_s, window=None):
+        seen = 4e10 / budget.n_params(V, *c[:3]) * 0.85 * budget_s
+        return (seen >= budget.CHARS_PER_PARAM * budget.n_params(V, *c[:3]) and
+                seen / (window or c[3] * c[4]) >= budget.MIN_UPDATES)
+
+    chosen, speed, reasons = budget.choose(budget_s, train_chars, V, speed_of)
+    ok = [c for c in budget.CANDIDATES if fits(c)]
+    assert chosen == ok[-1] and chosen not in (budget.CANDIDATES[0], budget.CANDIDATES[-1])
+    assert measured == [c[1] for c in budget.CANDIDATES[:len(ok) + 1]]     # one past the last that fits
+    assert speed == 4e10 / budget.n_params(V, *chosen[:3]) and len(reasons) == len(measured)
+    # a longer budget buys a larger model; a tiny corpus caps it whatever the budget
+    assert budget.choose(budget_s * 8, train_chars, V, speed_of)[0][1] > chosen[1]
+    small = budget.choose(budget_s * 8, 2000, V, speed_of)[0]
+    assert budget.n_params(V, *small[:3]) <= 4 * 2000 or small == budget.CANDIDATES[0]
+    # windows the user made long leave fewer updates: the rule on updates picks a smaller model
+    long = budget.choose(budget_s, train_chars, V, speed_of, window_of=lambda c: 64 * 400)[0]
+    assert long == [c for c in budget.CANDIDATES if fits(c, window=64 * 400)][-1] and long[1] < chosen[1]

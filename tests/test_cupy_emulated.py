@@ -124,3 +124,17 @@ def test_cublas_loops_are_captured_on_repeated_buffers(env, options):
     st = env.ck.BLAS_GRAPH_STATUS
     assert st["error"] is None and st["captured"] == 2 and st["replayed"] >= 4, st      # fwd + bwd
     assert env.ck.GRAPH_STATUS["captured"] == 0
+
+
+@pytest.mark.parametrize("var,key", [("LSTM_ENGINE_CUPY_STEP", "step"), ("LSTM_ENGINE_CUPY_BLAS", "blas")])
+def test_a_bad_environment_option_is_a_one_line_error(env, monkeypatch, var, key):
+    """An unknown value in LSTM_ENGINE_CUPY_STEP / _BLAS makes the backend unusable with a
+    one-line reason (it used to fall back silently); a known value leaves it usable."""
+    from lstm_engine.backends import get_backend
+    from lstm_engine.errors import UserError
+    assert cb.is_available() == (True, "")
+    monkeypatch.setitem(cb.OPTIONS, key, "fast")
+    monkeypatch.setattr(cb, "_availability", None)
+    with pytest.raises(UserError, match=f"{var}='fast' is not one of") as e:
+        get_backend("cupy")
+    assert "\n" not in str(e.value)

@@ -87,6 +87,16 @@ def _probe():
     if props["major"] < 6:
         return False, (f"the GPU has compute capability {props['major']}.{props['minor']}; "
                        f"the cupy backend needs 6.0 or newer; choose --backend numba")
+    return _check_env_options()
+
+
+def _check_env_options():
+    """(False, why) when an LSTM_ENGINE_CUPY_* variable holds a value the backend does not know
+    (set_options checks its arguments; the environment is read once, at import)."""
+    for var, key, modes in (("LSTM_ENGINE_CUPY_STEP", "step", STEP_MODES), ("LSTM_ENGINE_CUPY_BLAS", "blas", BLAS_MODES)):
+        if OPTIONS[key] not in modes:
+            return False, (f"{var}={OPTIONS[key]!r} is not one of {', '.join(modes)}; "
+                           f"set one of those or unset it")
     return True, ""
 
 
