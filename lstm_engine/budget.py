@@ -56,10 +56,13 @@ CANDIDATES = (
 # minutes on tinyshakespeare (OpenBLAS hints unset): H256 at 26 chars/param scored 1.461-1.469,
 # H320 at 14 and H384 at 7 both ~1.453: past ~7, a larger model beats more passes over the data.
 CHARS_PER_PARAM = 7.0
-# ... and to make at least this many Adam updates.  With the machine's OpenBLAS hints H320 ran at
-# 22.5k chars/s: 8.6 chars/param but only 3,861 updates in ten minutes, and scored 1.4827 - no
-# better than H256's 1.4746-1.4785 at 5,600-5,800; H384 without the hints made 4,741 (1.4541).
+# ... and to make at least MIN_UPDATES Adam updates, or UPDATES_PER_MINUTE per minute of a shorter
+# budget.  With the machine's OpenBLAS hints H320 ran at 22.5k chars/s: 8.6 chars/param but only
+# 3,861 updates in ten minutes, and scored 1.4827 - no better than H256's 1.4746-1.4785 at
+# 5,600-5,800 (H384 without the hints: 4,741 updates, 1.4541).  At two minutes a flat 4,000 was
+# wrong: it turned H128 (3,760 updates at its calibrated speed) down for H64, 1.6536 against 1.6404.
 MIN_UPDATES = 4000
+UPDATES_PER_MINUTE = 400
 
 
 def n_params(V, E, H, L):
@@ -72,13 +75,15 @@ def choose(budget_s, train_chars, vocab_size, speed_of, window_of=None):
     speed_of(candidate) -> measured training chars/s on this backend; window_of(candidate) -> the
     characters of one update (B*T; default: the candidate's own).  The chosen model is the largest
     whose training (at its measured speed, over ~85% of the budget) sees at least CHARS_PER_PARAM
-    characters per parameter and makes at least MIN_UPDATES optimizer updates; it is never larger
+    characters per parameter and makes at least MIN_UPDATES optimizer updates (UPDATES_PER_MINUTE per
+    minute of a shorter budget); it is never larger
     than the data can support (4 chars per parameter per pass over the corpus is the floor).
     -> (candidate, speed, reasons list of str)
     """
     import time
     window_of = window_of or (lambda cand: cand[3] * cand[4])
     train_time = 0.85 * budget_s
+    min_updates = min(MIN_UPDATES, UPDATES_PER_MINUTE * budget_s / 60)
     chosen, chosen_speed, reasons = CANDIDATES[0], None, []
     t0 = time.perf_counter()
     for cand in CANDIDATES:
@@ -94,7 +99,7 @@ def choose(budget_s, train_chars, vocab_size, speed_of, window_of=None):
         seen = speed * train_time
         updates = seen / window_of(cand)
         reasons.append(f"H{H}: {speed:,.0f} chars/s -> {seen / p:.1f} chars/param, {updates:,.0f} updates")
-        fits = seen >= CHARS_PER_PARAM * p and updates >= MIN_UPDATES
+        fits = seen >= CHARS_PER_PARAM * p and updates >= min_updates
         if fits or chosen_speed is None:
             chosen, chosen_speed = cand, speed
         if not fits:

@@ -92,8 +92,9 @@ def test_choose_takes_the_largest_candidate_that_sees_enough_characters():
 
     def fits(c, budget_s=budget_s, window=None):
         seen = 4e10 / budget.n_params(V, *c[:3]) * 0.85 * budget_s
+        need = min(budget.MIN_UPDATES, budget.UPDATES_PER_MINUTE * budget_s / 60)
         return (seen >= budget.CHARS_PER_PARAM * budget.n_params(V, *c[:3]) and
-                seen / (window or c[3] * c[4]) >= budget.MIN_UPDATES)
+                seen / (window or c[3] * c[4]) >= need)
 
     chosen, speed, reasons = budget.choose(budget_s, train_chars, V, speed_of)
     ok = [c for c in budget.CANDIDATES if fits(c)]
@@ -104,6 +105,9 @@ def test_choose_takes_the_largest_candidate_that_sees_enough_characters():
     assert budget.choose(budget_s * 8, train_chars, V, speed_of)[0][1] > chosen[1]
     small = budget.choose(budget_s * 8, 2000, V, speed_of)[0]
     assert budget.n_params(V, *small[:3]) <= 4 * 2000 or small == budget.CANDIDATES[0]
+    # a short budget asks for fewer updates (UPDATES_PER_MINUTE), not for the full MIN_UPDATES
+    short = budget.choose(60, train_chars, V, speed_of)[0]
+    assert short == [c for c in budget.CANDIDATES if fits(c, budget_s=60)][-1]
     # windows the user made long leave fewer updates: the rule on updates picks a smaller model
     long = budget.choose(budget_s, train_chars, V, speed_of, window_of=lambda c: 64 * 400)[0]
     assert long == [c for c in budget.CANDIDATES if fits(c, window=64 * 400)][-1] and long[1] < chosen[1]
