@@ -1,7 +1,7 @@
 """Sampling options: greedy is deterministic, a seed reproduces, top-k / top-p keep what they say."""
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 import lstm_engine as le
 from lstm_engine.backends import numpy_backend as ref
@@ -62,14 +62,15 @@ def test_top_k_never_emits_outside_the_top_k(model_vocab):
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.floats(-20, 20), min_size=2, max_size=30), st.integers(1, 40),
        st.floats(0.01, 1.0), st.floats(0.1, 5.0))
+@example([0.0, 5e-324], 1, 1.0, 2.0)                     # a denormal that the temperature turns into a tie
 def test_filter_probs_properties(logits, k, p, temp):
     z = np.array(logits)
     probs = ref.filter_probs(z, temp, k, p)
     kept = np.flatnonzero(probs > 0)
     assert abs(probs.sum() - 1) < 1e-9
     assert 1 <= len(kept) <= k
-    order = np.argsort(-z, kind="stable")
-    assert set(kept) == set(order[:len(kept)])          # the kept set is a top prefix
+    order = np.argsort(-(z / temp), kind="stable")      # ties after the temperature, as the sampler sees
+    assert set(kept) == set(order[:len(kept)])          # them (5e-324 / 2 == 0): the kept set is a top prefix
     full = ref.filter_probs(z, temp, k, 1.0)             # top-k alone
     mass = full[order[:len(kept)]].sum()
     assert mass >= p - 1e-9 or len(kept) == min(k, len(z))
