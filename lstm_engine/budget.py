@@ -76,8 +76,8 @@ def choose(budget_s, train_chars, vocab_size, speed_of, window_of=None):
     characters of one update (B*T; default: the candidate's own).  The chosen model is the largest
     whose training (at its measured speed, over ~85% of the budget) sees at least CHARS_PER_PARAM
     characters per parameter and makes at least MIN_UPDATES optimizer updates (UPDATES_PER_MINUTE per
-    minute of a shorter budget); it is never larger
-    than the data can support (4 chars per parameter per pass over the corpus is the floor).
+    minute of a shorter budget); it is never larger than the data can support (4 chars per
+    parameter per pass over the corpus is the floor).
     -> (candidate, speed, reasons list of str)
     """
     import time

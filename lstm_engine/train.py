@@ -357,8 +357,9 @@ class Trainer:
                 eta = (cfg.steps - s) * cfg.batch_size * cfg.seq_len / max(speed, 1e-9)
                 if cfg.time_budget:
                     eta = min(eta, cfg.time_budget - self._used())
-                self.on_event("log", {"step": s, "steps": None if cfg.time_budget else cfg.steps, "loss": last_loss, "grad_norm": norm,
-                                      "chars_per_s": speed, "eta_s": eta, "entropy": self.entropy})
+                self.on_event("log", {"step": s, "steps": None if cfg.time_budget else cfg.steps,   # a budget: open-ended
+                                      "loss": last_loss, "grad_norm": norm, "chars_per_s": speed, "eta_s": eta,
+                                      "entropy": self.entropy})
                 t_log, n_chars = now, 0
                 self.rundir.append_log({"step": s, "time": st.elapsed + self._elapsed(),
                                         "train_loss": st.log_loss_sum / st.log_loss_n, "grad_norm": norm},
