@@ -24,7 +24,9 @@ from . import numba_cache  # noqa: F401  (first: the cache locator for everythin
 
 import numba
 
-from .numba_blas import gemm
+import numpy as np
+
+from .numba_gemm import gemm
 from .numba_gates import JIT, PAR, gates_backward, gates_forward
 from .numba_lstm_cols import backward_steps_cols, forward_steps_cols
 
@@ -86,21 +88,21 @@ def forward_steps_par(Wh, b, h0, c0, hs, cs, acts, nt):
 
 
 @numba.njit(**JIT)
-def backward_steps(dhs, Wh, c0, cs, acts, dzs, dh, dc, r0, r1):
+def backward_steps(dhs, WhT, c0, cs, acts, dzs, dh, dc, r0, r1):
     """The reverse time loop for batch rows r0..r1-1.  dh, dc (B,H) hold dL/dh_T, dL/dc_T on
-    entry and dL/dh_0, dL/dc_0 on exit -> dzs (T,B,G) gate gradients."""
+    entry and dL/dh_0, dL/dc_0 on exit -> dzs (T,B,G) gate gradients.  WhT (G,H) = W_h^T."""
     for t in range(acts.shape[0] - 1, -1, -1):
         c_prev = c0 if t == 0 else cs[t - 1]
         gates_backward(dhs[t], dh, dc, acts[t], cs[t], c_prev, dzs[t], r0, r1)
-        gemm(dzs[t, r0:r1], Wh, dh[r0:r1], False, True)                 # dh = dz_t @ W_h^T
+        gemm(dzs[t, r0:r1], WhT, dh[r0:r1])                             # dh = dz_t @ W_h^T
 
 
 @numba.njit(**PAR)
-def backward_steps_par(dhs, Wh, c0, cs, acts, dzs, dh, dc, nt):
+def backward_steps_par(dhs, WhT, c0, cs, acts, dzs, dh, dc, nt):
     """backward_steps on nt threads, one slice of the batch each."""
     B = dh.shape[0]
     for k in numba.prange(nt):
-        backward_steps(dhs, Wh, c0, cs, acts, dzs, dh, dc, k * B // nt, (k + 1) * B // nt)
+        backward_steps(dhs, WhT, c0, cs, acts, dzs, dh, dc, k * B // nt, (k + 1) * B // nt)
 
 
 # ----------------------------------------------------------------------------
@@ -121,13 +123,15 @@ def run_forward_steps(Wh, b, h0, c0, hs, cs, acts, rows, units):
 
 @numba.njit(**JIT)
 def run_backward_steps(dhs, Wh, c0, cs, acts, dzs, dh, dc, rows, units):
-    """The reverse time loop (see run_forward_steps)."""
+    """The reverse time loop (see run_forward_steps).  W_h^T is copied once (G,H), so every
+    step's dz_t W_h^T reads it row by row."""
+    WhT = np.ascontiguousarray(Wh.T)                                # (G,H)
     if rows is not None:
-        backward_steps_par(dhs, Wh, c0, cs, acts, dzs, dh, dc, rows)
+        backward_steps_par(dhs, WhT, c0, cs, acts, dzs, dh, dc, rows)
     elif units is not None:
-        backward_steps_cols(dhs, Wh, c0, cs, acts, dzs, dh, dc, units)
+        backward_steps_cols(dhs, WhT, c0, cs, acts, dzs, dh, dc, units)
     else:
-        backward_steps(dhs, Wh, c0, cs, acts, dzs, dh, dc, 0, dh.shape[0])
+        backward_steps(dhs, WhT, c0, cs, acts, dzs, dh, dc, 0, dh.shape[0])
 
 
 @numba.njit(**JIT)

@@ -22,7 +22,7 @@ from . import numba_cache  # noqa: F401  (first: the cache locator for everythin
 import numba
 import numpy as np
 
-from .numba_blas import gemm
+from .numba_gemm import gemm
 from .numba_gates import JIT, PAR, gates_backward, gates_forward
 
 
@@ -130,15 +130,15 @@ def forward_steps_cols(Wh, b, h0, c0, hs, cs, acts, nt):
 
 
 @numba.njit(**JIT)
-def backward_unit_step(k, t, dhs, Wh, c0, cs, acts, dzs, dhk, dok, dck, ck, ak, dzk, nt):
-    """Reverse step t for thread k's units: dL/dh_t from the whole dz_{t+1} (its rows of
-    W_h), then its gate gradients, copied into dzs[t]."""
+def backward_unit_step(k, t, dhs, WhT, c0, cs, acts, dzs, dhk, dok, dck, ck, ak, dzk, nt):
+    """Reverse step t for thread k's units: dL/dh_t from the whole dz_{t+1} (its columns of
+    W_h^T (G,H)), then its gate gradients, copied into dzs[t]."""
     T, B, G = acts.shape
     H = G // 4
     u0, u1, _ = block(k, H, nt)
     n = u1 - u0
     if t < T - 1:                                                   # dh = dz_{t+1} W_h^T, my columns
-        gemm(dzs[t + 1], Wh[u0:u1], dhk[k][:, :n], False, True)
+        gemm(dzs[t + 1], WhT[:, u0:u1], dhk[k][:, :n])
     gather_units(dhs[t], dok[k], u0, n)
     gather_units(cs[t], ck[k, 0], u0, n)
     gather_units(c0 if t == 0 else cs[t - 1], ck[k, 1], u0, n)
@@ -148,16 +148,16 @@ def backward_unit_step(k, t, dhs, Wh, c0, cs, acts, dzs, dhk, dok, dck, ck, ak, 
 
 
 @numba.njit(**JIT)
-def backward_buffers(Wh, B, nt):
+def backward_buffers(WhT, B, nt):
     """Per-thread buffers of backward_steps_cols (see forward_buffers)."""
-    H = Wh.shape[0]
+    H = WhT.shape[1]
     U = (H + nt - 1) // nt
-    return (np.zeros((nt, B, U), Wh.dtype),         # dhk: dL/dh_t of my units
-            np.zeros((nt, B, U), Wh.dtype),         # dok: dL/dh_t from the layer above
-            np.zeros((nt, B, U), Wh.dtype),         # dck: dL/dc_t, carried
-            np.zeros((nt, 2, B, U), Wh.dtype),      # ck: c_t and c_{t-1}
-            np.zeros((nt, B, 4 * U), Wh.dtype),     # ak: gates
-            np.zeros((nt, B, 4 * U), Wh.dtype))     # dzk: gate gradients
+    return (np.zeros((nt, B, U), WhT.dtype),        # dhk: dL/dh_t of my units
+            np.zeros((nt, B, U), WhT.dtype),        # dok: dL/dh_t from the layer above
+            np.zeros((nt, B, U), WhT.dtype),        # dck: dL/dc_t, carried
+            np.zeros((nt, 2, B, U), WhT.dtype),     # ck: c_t and c_{t-1}
+            np.zeros((nt, B, 4 * U), WhT.dtype),    # ak: gates
+            np.zeros((nt, B, 4 * U), WhT.dtype))     # dzk: gate gradients
 
 
 @numba.njit(**JIT)
@@ -169,24 +169,24 @@ def backward_setup(k, dh, dc, dhk, dck, nt):
 
 
 @numba.njit(**JIT)
-def backward_finish(k, Wh, dzs, dck, dh, dc, nt):
+def backward_finish(k, WhT, dzs, dck, dh, dc, nt):
     """dL/dc_0 and dL/dh_0 = dz_0 W_h^T for thread k's units."""
-    u0, u1, _ = block(k, Wh.shape[0], nt)
+    u0, u1, _ = block(k, WhT.shape[1], nt)
     scatter_units(dck[k], dc, u0, u1 - u0)
-    gemm(dzs[0], Wh[u0:u1], dh[:, u0:u1], False, True)
+    gemm(dzs[0], WhT[:, u0:u1], dh[:, u0:u1])
 
 
 @numba.njit(**PAR)
-def backward_steps_cols(dhs, Wh, c0, cs, acts, dzs, dh, dc, nt):
+def backward_steps_cols(dhs, WhT, c0, cs, acts, dzs, dh, dc, nt):
     """numba_lstm.backward_steps on nt threads, split by hidden units: thread k forms
     dL/dh_t of its units from the whole dz_{t+1} (its rows of W_h), then their gate
     gradients.  dh, dc (B,H): dL/dh_T, dL/dc_T in, dL/dh_0, dL/dc_0 out."""
     T = acts.shape[0]
-    dhk, dok, dck, ck, ak, dzk = backward_buffers(Wh, dh.shape[0], nt)
+    dhk, dok, dck, ck, ak, dzk = backward_buffers(WhT, dh.shape[0], nt)
     for k in numba.prange(nt):
         backward_setup(k, dh, dc, dhk, dck, nt)
     for t in range(T - 1, -1, -1):
         for k in numba.prange(nt):
-            backward_unit_step(k, t, dhs, Wh, c0, cs, acts, dzs, dhk, dok, dck, ck, ak, dzk, nt)
+            backward_unit_step(k, t, dhs, WhT, c0, cs, acts, dzs, dhk, dok, dck, ck, ak, dzk, nt)
     for k in numba.prange(nt):
-        backward_finish(k, Wh, dzs, dck, dh, dc, nt)
+        backward_finish(k, WhT, dzs, dck, dh, dc, nt)

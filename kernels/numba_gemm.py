@@ -1,0 +1,265 @@
+"""A register-blocked GEMM written in Numba: C = alpha * op(A) @ op(B) + beta * C.
+
+Same call as numba_blas.gemm (row-major 2-D views with contiguous rows, any row stride), but
+the products never leave the jitted code for BLAS.  Why: the LSTM's time loops multiply a few
+batch rows by the recurrent weight at every step (16 x 128 @ 128 x 512 per thread at the
+seed config), and OpenBLAS packs W_h again on each of those small calls.  Measured one thread
+on this machine (Zen 5, AVX-512; GFLOP/s):
+
+    shape (m, k, n)      OpenBLAS (OPENBLAS_CORETYPE=Haswell)   OpenBLAS (SkylakeX)   this
+    16 x 128 x 512                    61                               99              227
+    32 x 384 x 1536                   79                              139              242
+    64 x 512 x 2048                  101                              184              248
+
+How: the classic micro-kernel (Goto / BLIS).  C is cut into blocks of MR rows x NR columns;
+each block's MR x NR sums live in registers (eight stack rows of NR, which LLVM keeps in 16
+zmm registers for float32) while k runs: per k, MR broadcasts of op(A)[i, k], one row of op(B)
+(NR contiguous values) and MR x NR fused multiply-adds.  k is cut into blocks of KC so the
+op(B) panel a block reads (KC x NR) stays in L1 while the row blocks pass over it.  A row block
+shorter than MR repeats its last row (computed, not stored); a column block narrower than NR
+reads a zero-padded copy of its op(B) columns.  op(B) = B^T is copied once into a contiguous
+(k, n) buffer first: callers that multiply by the same B^T many times (the time loops) pass a
+transposed copy instead.
+
+Dimension legend: m, n, k as in BLAS (op(A) (m,k), op(B) (k,n), C (m,n)); MR x NR the
+register block; KC the k block.  Summation order differs from BLAS, so results agree with it
+to rounding (tests/test_numba_gemm.py compares against NumPy for every case).
+"""
+from __future__ import annotations
+
+from . import numba_cache  # noqa: F401  (first: the cache locator for everything below)
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from .numba_gates import JIT
+
+MR, NR, KC = 8, 32, 256
+
+
+@intrinsic
+def _stack_row(typingctx, like, size):
+    """A pointer to `size` (a literal) elements of like's dtype on the stack of the calling
+    function (an alloca in its entry block: free, and promoted to registers when every index
+    into it is a constant after unrolling)."""
+    if not isinstance(size, types.IntegerLiteral):
+        return None
+    n, dtype = size.literal_value, like.dtype
+
+    def codegen(context, builder, sig, args):
+        ll = context.get_value_type(dtype)
+        return builder.bitcast(cgutils.alloca_once(builder, ir.ArrayType(ll, n)), ll.as_pointer())
+
+    return types.CPointer(dtype)(like, size), codegen
+
+
+@intrinsic
+def _flat(typingctx, X):
+    """The data of a 2-D view as a 1-D C-contiguous array of all elements its rows span
+    (index i*row_stride + j), so the kernels index with explicit strides and LLVM sees unit
+    steps along rows.  It borrows X's memory: the caller keeps X alive."""
+    if not isinstance(X, types.Array) or X.ndim != 2:
+        return None
+    out = types.Array(X.dtype, 1, "C")
+
+    def codegen(context, builder, sig, args):
+        src = context.make_array(sig.args[0])(context, builder, args[0])
+        dst = context.make_array(out)(context, builder)
+        shape = cgutils.unpack_tuple(builder, src.shape, 2)
+        strides = cgutils.unpack_tuple(builder, src.strides, 2)
+        itemsize = context.get_constant(types.intp, context.get_abi_sizeof(context.get_data_type(X.dtype)))
+        zero, one = context.get_constant(types.intp, 0), context.get_constant(types.intp, 1)
+        rows_m1 = builder.sub(shape[0], one)
+        empty = builder.or_(builder.icmp_signed("==", shape[0], zero), builder.icmp_signed("==", shape[1], zero))
+        span = builder.add(builder.mul(rows_m1, builder.sdiv(strides[0], itemsize)), shape[1])
+        n = builder.select(empty, zero, span)
+        context.populate_array(dst, data=src.data, shape=cgutils.pack_array(builder, [n]),
+                               strides=cgutils.pack_array(builder, [itemsize]), itemsize=itemsize,
+                               meminfo=None)
+        return dst._getvalue()
+
+    return out(X), codegen
+
+
+@numba.njit(inline="always", **JIT)
+def _u(i):
+    """An index as unsigned: Numba then skips its negative-index wraparound select."""
+    return np.uintp(i)
+
+
+@numba.njit(**JIT)
+def _block(Af, sai, sak, Bf, ldb, Cf, ldc, i0, mr, j0, nr, k0, k1, alpha):
+    """C[i0:i0+mr, j0:j0+nr] += alpha * sum_{k0<=k<k1} op(A)[i, k] op(B)[k, j]  (mr <= MR, nr <= NR).
+
+    op(A)[i, k] = Af[i*sai + k*sak]; op(B)[k, j] = Bf[k*ldb + j] for NR columns from j0 (only
+    nr of them stored); C[i, j] = Cf[i*ldc + j].  Rows past mr repeat row i0+mr-1."""
+    acc0 = numba.carray(_stack_row(Cf, 32), NR)                     # one register row per row of C
+    acc1 = numba.carray(_stack_row(Cf, 32), NR)
+    acc2 = numba.carray(_stack_row(Cf, 32), NR)
+    acc3 = numba.carray(_stack_row(Cf, 32), NR)
+    acc4 = numba.carray(_stack_row(Cf, 32), NR)
+    acc5 = numba.carray(_stack_row(Cf, 32), NR)
+    acc6 = numba.carray(_stack_row(Cf, 32), NR)
+    acc7 = numba.carray(_stack_row(Cf, 32), NR)
+    for jj in range(NR):
+        acc0[jj] = 0; acc1[jj] = 0; acc2[jj] = 0; acc3[jj] = 0      # noqa: E702
+        acc4[jj] = 0; acc5[jj] = 0; acc6[jj] = 0; acc7[jj] = 0      # noqa: E702
+    last = mr - 1
+    r0, r1, r2, r3 = i0, i0 + min(1, last), i0 + min(2, last), i0 + min(3, last)
+    r4, r5, r6, r7 = i0 + min(4, last), i0 + min(5, last), i0 + min(6, last), i0 + min(7, last)
+    for k in range(k0, k1):
+        a0 = Af[_u(r0 * sai + k * sak)]; a1 = Af[_u(r1 * sai + k * sak)]      # noqa: E702
+        a2 = Af[_u(r2 * sai + k * sak)]; a3 = Af[_u(r3 * sai + k * sak)]      # noqa: E702
+        a4 = Af[_u(r4 * sai + k * sak)]; a5 = Af[_u(r5 * sai + k * sak)]      # noqa: E702
+        a6 = Af[_u(r6 * sai + k * sak)]; a7 = Af[_u(r7 * sai + k * sak)]      # noqa: E702
+        kb = k * ldb + j0                                           # op(B)[k, j0:j0+NR] = Bf[kb:kb+NR]
+        for jj in range(NR):
+            b = Bf[_u(kb + jj)]
+            acc0[jj] += a0 * b; acc1[jj] += a1 * b; acc2[jj] += a2 * b; acc3[jj] += a3 * b  # noqa: E702
+            acc4[jj] += a4 * b; acc5[jj] += a5 * b; acc6[jj] += a6 * b; acc7[jj] += a7 * b  # noqa: E702
+    _store(acc0, Cf, i0 * ldc + j0, nr, alpha)
+    if mr > 1:
+        _store(acc1, Cf, (i0 + 1) * ldc + j0, nr, alpha)
+    if mr > 2:
+        _store(acc2, Cf, (i0 + 2) * ldc + j0, nr, alpha)
+    if mr > 3:
+        _store(acc3, Cf, (i0 + 3) * ldc + j0, nr, alpha)
+    if mr > 4:
+        _store(acc4, Cf, (i0 + 4) * ldc + j0, nr, alpha)
+    if mr > 5:
+        _store(acc5, Cf, (i0 + 5) * ldc + j0, nr, alpha)
+    if mr > 6:
+        _store(acc6, Cf, (i0 + 6) * ldc + j0, nr, alpha)
+    if mr > 7:
+        _store(acc7, Cf, (i0 + 7) * ldc + j0, nr, alpha)
+
+
+@numba.njit(**JIT)
+def _block4(Af, sai, sak, Bf, ldb, Cf, ldc, i0, mr, j0, nr, k0, k1, alpha):
+    """_block for a short row block (mr <= 4): half the registers and half the work."""
+    acc0 = numba.carray(_stack_row(Cf, 32), NR)                     # one register row per row of C
+    acc1 = numba.carray(_stack_row(Cf, 32), NR)
+    acc2 = numba.carray(_stack_row(Cf, 32), NR)
+    acc3 = numba.carray(_stack_row(Cf, 32), NR)
+    for jj in range(NR):
+        acc0[jj] = 0; acc1[jj] = 0; acc2[jj] = 0; acc3[jj] = 0      # noqa: E702
+    last = mr - 1
+    r0, r1, r2, r3 = i0, i0 + min(1, last), i0 + min(2, last), i0 + min(3, last)
+    for k in range(k0, k1):
+        a0 = Af[_u(r0 * sai + k * sak)]; a1 = Af[_u(r1 * sai + k * sak)]      # noqa: E702
+        a2 = Af[_u(r2 * sai + k * sak)]; a3 = Af[_u(r3 * sai + k * sak)]      # noqa: E702
+        kb = k * ldb + j0                                           # op(B)[k, j0:j0+NR] = Bf[kb:kb+NR]
+        for jj in range(NR):
+            b = Bf[_u(kb + jj)]
+            acc0[jj] += a0 * b; acc1[jj] += a1 * b; acc2[jj] += a2 * b; acc3[jj] += a3 * b  # noqa: E702
+    _store(acc0, Cf, i0 * ldc + j0, nr, alpha)
+    if mr > 1:
+        _store(acc1, Cf, (i0 + 1) * ldc + j0, nr, alpha)
+    if mr > 2:
+        _store(acc2, Cf, (i0 + 2) * ldc + j0, nr, alpha)
+    if mr > 3:
+        _store(acc3, Cf, (i0 + 3) * ldc + j0, nr, alpha)
+
+
+@numba.njit(inline="always", **JIT)
+def _store(acc, Cf, c0, nr, alpha):
+    """Cf[c0 + j] += alpha * acc[j] for j < nr (a full row: a constant loop, so acc stays in
+    registers; a short one goes through a copy)."""
+    if nr == NR:
+        Cr = Cf[c0:c0 + NR]
+        for jj in range(NR):
+            Cr[jj] += alpha * acc[jj]
+    else:
+        tmp = numba.carray(_stack_row(Cf, 32), NR)
+        for jj in range(NR):
+            tmp[jj] = acc[jj]
+        for jj in range(nr):
+            Cf[c0 + jj] += alpha * tmp[jj]
+
+
+@numba.njit(inline="always", **JIT)
+def _rows(Af, sai, sak, Bf, ldb, Cf, ldc, i0, mr, j0, nr, k0, k1, alpha):
+    """One register block: 8 rows, or 4 for a short last block (25 rows = 8 + 8 + 8 + 4, not 32)."""
+    if mr > 4:
+        _block(Af, sai, sak, Bf, ldb, Cf, ldc, i0, mr, j0, nr, k0, k1, alpha)
+    else:
+        _block4(Af, sai, sak, Bf, ldb, Cf, ldc, i0, mr, j0, nr, k0, k1, alpha)
+
+
+@numba.njit(**JIT)
+def _padded_panel(Bf, ldb, k, j0, nr):
+    """op(B)[:, j0:j0+nr] copied into a zero-padded (k, NR) block (the last, narrow panel)."""
+    P = np.zeros((k, NR), Bf.dtype)
+    for kk in range(k):
+        for jj in range(nr):
+            P[kk, jj] = Bf[kk * ldb + j0 + jj]
+    return P
+
+
+@numba.njit(**JIT)
+def _scale(C, beta):
+    """C = beta * C; beta = 0 writes zeros (whatever C held, NaN included), as BLAS does."""
+    for i in range(C.shape[0]):
+        row = C[i]
+        if beta == 0.0:
+            for j in range(C.shape[1]):
+                row[j] = 0
+        else:
+            for j in range(C.shape[1]):
+                row[j] *= beta
+
+
+@numba.njit(**JIT)
+def _gemm_nn(Af, sai, sak, Bf, ldb, Cf, ldc, m, n, k, alpha):
+    """C (m,n) += alpha * op(A) (m,k) @ op(B) (k,n), op(B) row-major in Bf with row stride ldb."""
+    full = n - n % NR
+    P = _padded_panel(Bf, ldb, k, full, n - full) if full < n else np.zeros((0, NR), Cf.dtype)
+    for k0 in range(0, k, KC):
+        k1 = min(k0 + KC, k)
+        for j0 in range(0, full, NR):
+            for i0 in range(0, m, MR):
+                _rows(Af, sai, sak, Bf, ldb, Cf, ldc, i0, min(MR, m - i0), j0, NR, k0, k1, alpha)
+        if full < n:
+            Pf = P.reshape(k * NR)
+            for i0 in range(0, m, MR):                                # the narrow panel, C columns full..n-1
+                _rows(Af, sai, sak, Pf, NR, Cf[full:], ldc, i0, min(MR, m - i0), 0, n - full, k0, k1, alpha)
+
+
+@numba.njit(**JIT)
+def gemm(A, B, C, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
+    """C (m,n) = alpha * op(A) @ op(B) + beta * C, row-major 2-D views with contiguous rows.
+
+    op(A) is (m,k): A itself (m,k) or, with trans_a, A.T for A (k,m); likewise op(B) (k,n).
+    """
+    m, n = C.shape
+    am, k = (A.shape[1], A.shape[0]) if trans_a else (A.shape[0], A.shape[1])
+    bk, bn = (B.shape[1], B.shape[0]) if trans_b else (B.shape[0], B.shape[1])
+    if am != m or bn != n or bk != k:
+        raise ValueError("gemm: shapes do not match")
+    if m == 0 or n == 0:
+        return
+    if beta != 1.0:
+        _scale(C, beta)
+    if k == 0 or alpha == 0.0:
+        return
+    if A.strides[1] != A.itemsize and A.shape[1] > 1 or B.strides[1] != B.itemsize and B.shape[1] > 1 \
+            or C.strides[1] != C.itemsize and C.shape[1] > 1:
+        raise ValueError("gemm: rows must be contiguous")
+    lda, ldc = _row_stride(A), _row_stride(C)
+    sai, sak = (1, lda) if trans_a else (lda, 1)                      # op(A)[i, k] = Af[i*sai + k*sak]
+    if trans_b:
+        Bt = np.ascontiguousarray(B.T)                                 # (k,n) op(B), copied once
+        _gemm_nn(_flat(A), sai, sak, Bt.reshape(k * n), n, _flat(C), ldc, m, n, k, alpha)
+    else:
+        _gemm_nn(_flat(A), sai, sak, _flat(B), _row_stride(B), _flat(C), ldc, m, n, k, alpha)
+
+
+@numba.njit(inline="always", **JIT)
+def _row_stride(X):
+    """Elements between consecutive rows of a 2-D view (at least its row length)."""
+    s = X.strides[0] // X.itemsize
+    return s if (s >= X.shape[1] and X.shape[0] > 1) else max(X.shape[1], 1)
