@@ -1,6 +1,11 @@
-"""Numba kernel for the output loss: fused softmax cross-entropy, forward and backward.
+"""Numba kernels for the output layer: the linear map to logits and the fused softmax
+cross-entropy, forward and backward.
 
-Dimension legend: N = T*B rows, V vocabulary.
+Dimension legend: N = T*B rows, H hidden (input of the layer), V vocabulary.
+
+The linear layer's products go through numba_gemm on `nt` threads, each owning a block of
+C's rows (V = 65 columns split in two would leave each thread a 32-column panel and a
+narrow one: rows split evenly).
 
 One pass per row: the row maximum, the shifted exponentials (written straight into the
 gradient row), their sum, the log-sum-exp loss of the target, then the gradient
@@ -13,6 +18,9 @@ from . import numba_cache  # noqa: F401  (first: the cache locator for everythin
 import numba
 import numpy as np
 
+from .numba_gemm import MR, gemm
+from .numba_gates import PAR
+from .numba_lstm import column_sums
 from .numba_math import fexp
 
 JIT = dict(cache=True, error_model="numpy", fastmath={"contract"})
@@ -49,3 +57,43 @@ def softmax_xent_kernel(logits, targets, dlogits, need_grad):
                 e[j] = e[j] * inv
             e[targets[n]] -= 1 / N
     return total / N
+
+
+@numba.njit(**PAR)
+def rows_gemm(A, B, C, trans_a, trans_b, nt):
+    """C = op(A) op(B) with C's rows split over nt threads in blocks of MR (the micro-kernel's
+    row block), one gemm call each; A and B are [::1] views ('A' layout, one compile)."""
+    m = C.shape[0]
+    blocks = (m + MR - 1) // MR
+    for k in numba.prange(nt):
+        r0, r1 = min(k * blocks // nt * MR, m), min((k + 1) * blocks // nt * MR, m)
+        if r1 > r0:
+            Ak = A[:, r0:r1] if trans_a else A[r0:r1]
+            gemm(Ak, B, C[r0:r1], trans_a, trans_b, 1.0, 0.0)
+
+
+@numba.njit(**JIT)
+def mm_rows(A, B, C, trans_a, trans_b, nt):
+    """C = op(A) op(B) on the calling thread (nt None) or nt threads (rows_gemm)."""
+    if nt is None:
+        gemm(A, B, C, trans_a, trans_b, 1.0, 0.0)
+    else:
+        rows_gemm(A[::1], B[::1], C[::1], trans_a, trans_b, nt)
+
+
+@numba.njit(**JIT)
+def linear_forward_kernel(x, W, b, y, nt):
+    """y (N,V) = x (N,H) @ W (H,V) + b (V,)."""
+    mm_rows(x, W, y, False, False, nt)
+    for n in range(y.shape[0]):
+        row = y[n]
+        for j in range(y.shape[1]):
+            row[j] += b[j]
+
+
+@numba.njit(**JIT)
+def linear_backward_kernel(x, dy, W, dx, dW, db, nt):
+    """dy (N,V) -> dx (N,H) = dy W^T, dW (H,V) = x^T dy, db (V,) = column sums of dy."""
+    mm_rows(dy, W, dx, False, True, nt)
+    mm_rows(x, dy, dW, True, False, nt)
+    column_sums(dy, db)

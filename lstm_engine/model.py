@@ -100,7 +100,7 @@ class Model:
             x = hs * masks[l] if masks else hs                   # (T,B,H) dropout before the next layer / output
         T, B, H = x.shape
         x2 = x.reshape(T * B, H)                                 # (N,H)
-        logits = x2 @ P["Wy"] + P["by"]                          # (N,V)
+        logits = be.linear_forward(x2, P["Wy"], P["by"])         # (N,V) = x2 Wy + by
         return logits, new_state, (caches, x2)
 
     def loss(self, tokens, targets, state):
@@ -119,9 +119,8 @@ class Model:
         logits, new_state, (caches, x2) = self.forward(tokens, state, masks)
         loss, dlogits = be.softmax_xent(logits, targets.reshape(-1))   # (N,V)
         grads = {}
-        grads["Wy"] = x2.T @ dlogits                                    # (H,V)
-        grads["by"] = dlogits.sum(axis=0)                               # (V,)
-        dx = (dlogits @ P["Wy"].T).reshape(T, B, -1)                    # (T,B,H)
+        dx, grads["Wy"], grads["by"] = be.linear_backward(x2, dlogits, P["Wy"])   # (N,H), (H,V), (V,)
+        dx = dx.reshape(T, B, -1)                                       # (T,B,H)
         zeros = be.xp.zeros_like(state[0][0])                           # no gradient from the next window
         for l in reversed(range(L)):
             if masks:

@@ -132,6 +132,22 @@ def test_gemm_on_strided_blocks_with_beta(trans_a, trans_b, impl):
     print(f"\n{impl} trans_a={trans_a} trans_b={trans_b}: worst scale-relative error {worst}")
 
 
+@pytest.mark.parametrize("threads", ["one-thread", "row-split"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_output_layer_forward_and_gradients(dtype, threads, monkeypatch):
+    """linear_forward / linear_backward (the output layer) against the reference, by name."""
+    import numba
+    if threads == "row-split" and numba.get_num_threads() < 2:
+        pytest.skip("numba has one thread here")
+    monkeypatch.setattr(nb, "PARALLEL_MIN_MACS", 0 if threads == "row-split" else 1 << 62)
+    rng = np.random.default_rng(3)
+    for N, H, V in ((1, 3, 5), (37, 13, 65), (203, 40, 33)):
+        x, W, b, dy = (rng.standard_normal(s).astype(dtype) for s in ((N, H), (H, V), (V,), (N, V)))
+        check("logits", nb.linear_forward(x, W, b), ref.linear_forward(x, W, b), dtype)
+        for name, got, want in zip(("dx", "dWy", "dby"), nb.linear_backward(x, dy, W), ref.linear_backward(x, dy, W)):
+            check(name, got, want, dtype)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("T,B,I,H", SHAPES)
 def test_lstm_layer_forward_caches_and_gradients(T, B, I, H, dtype, rng, path):

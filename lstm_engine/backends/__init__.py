@@ -9,6 +9,8 @@ backend runs:
     embed_lstm_backward(dhs, dhT, dcT, cache)     -> dEmb, dW, db, dh0, dc0
     lstm_forward(x, W, b, h0, c0)                  -> hs, hT, cT, cache
     lstm_backward(dhs, dhT, dcT, cache)            -> dx, dW, db, dh0, dc0
+    linear_forward(x, W, b)                        -> y = x W + b   (the output layer)
+    linear_backward(x, dy, W)                      -> dx, dW, db
     softmax_xent(logits, targets, need_grad)       -> loss, dlogits
     global_norm(grads)                             -> float
     adam_update(params, grads, m, v, step, lr, beta1, beta2, eps, grad_scale)
@@ -32,7 +34,7 @@ AUTO_ORDER = ("cupy", "numba", "numpy")
 INTERFACE = (
     "NAME", "xp", "is_available", "asarray", "to_numpy", "synchronize",
     "embed_lstm_forward", "embed_lstm_backward", "lstm_forward", "lstm_backward",
-    "softmax_xent", "global_norm", "adam_update", "generate",
+    "linear_forward", "linear_backward", "softmax_xent", "global_norm", "adam_update", "generate",
 )
 
 

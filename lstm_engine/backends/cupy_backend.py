@@ -457,6 +457,20 @@ def embed_lstm_backward(dhs, dhT, dcT, cache):
 
 
 # ----------------------------------------------------------------------------
+# Output layer: linear map to the logits
+# ----------------------------------------------------------------------------
+
+def linear_forward(x, W, b):
+    """x (N,H) @ W (H,V) + b (V,) -> logits (N,V)."""
+    return x @ W + b
+
+
+def linear_backward(x, dy, W):
+    """Gradients of linear_forward for dL/dy (N,V) -> dx (N,H) = dy W^T, dW (H,V) = x^T dy, db (V,)."""
+    return dy @ W.T, x.T @ dy, dy.sum(axis=0)
+
+
+# ----------------------------------------------------------------------------
 # Output, optimiser
 # ----------------------------------------------------------------------------
 

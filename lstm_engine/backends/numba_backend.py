@@ -351,6 +351,43 @@ def embed_lstm_backward(dhs, dhT, dcT, cache):
 # Output, optimiser
 # ----------------------------------------------------------------------------
 
+def _linear_threads(N, H, V):
+    """Threads for the output layer's products (None: the calling thread)."""
+    import numba
+    nt = numba.get_num_threads()
+    if nt < 2 or N * H * V < PARALLEL_MIN_MACS:
+        return None
+    if PIN_BLAS:
+        _blas_one_thread()
+    return nt
+
+
+def _check_linear(x, W, b=None):
+    if x.ndim != 2 or W.ndim != 2 or x.shape[1] != W.shape[0] or (b is not None and b.shape != (W.shape[1],)):
+        raise UserError(f"the output layer needs x (N,H), W (H,V), b (V,); got {x.shape}, {W.shape}"
+                        + (f", {b.shape}" if b is not None else ""))
+
+
+def linear_forward(x, W, b):
+    """x (N,H) @ W (H,V) + b (V,) -> logits (N,V)."""
+    _dtype_of(x, W, b)
+    _check_linear(x, W, b)
+    y = _pool.empty((x.shape[0], W.shape[1]), x.dtype)
+    _kernels().out.linear_forward_kernel(_c(x), _c(W), _c(b), y, _linear_threads(*x.shape, W.shape[1]))
+    return y
+
+
+def linear_backward(x, dy, W):
+    """dL/dy (N,V) -> dx (N,H) = dy W^T, dW (H,V) = x^T dy, db (V,)."""
+    _dtype_of(x, dy, W)
+    _check_linear(x, W)
+    if dy.shape != (x.shape[0], W.shape[1]):
+        raise UserError(f"dy must be (N,V) = {(x.shape[0], W.shape[1])}; got {dy.shape}")
+    dx, dW, db = _pool.empty(x.shape, x.dtype), np.empty(W.shape, x.dtype), np.empty(W.shape[1], x.dtype)
+    _kernels().out.linear_backward_kernel(_c(x), _c(dy), _c(W), dx, dW, db, _linear_threads(*x.shape, W.shape[1]))
+    return dx, dW, db
+
+
 def softmax_xent(logits, targets, need_grad=True, kernel=None):
     """Mean cross-entropy of logits (N,V) against targets (N,) int.
 
