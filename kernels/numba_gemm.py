@@ -39,6 +39,7 @@ from numba.extending import intrinsic
 from .numba_gates import JIT
 
 MR, NR, KC = 8, 32, 256
+MC = 64                 # rows of op(A) per pass over the column panels (64 x 256: 64 KB, stays in L2)
 
 
 @intrinsic
@@ -92,11 +93,12 @@ def _u(i):
 
 
 @numba.njit(**JIT)
-def _block(Af, sai, sak, Bf, ldb, Cf, ldc, i0, mr, j0, nr, k0, k1, alpha):
+def _block(Af, sai, sak, Bf, ldb, boff, Cf, ldc, i0, mr, j0, nr, k0, k1, alpha):
     """C[i0:i0+mr, j0:j0+nr] += alpha * sum_{k0<=k<k1} op(A)[i, k] op(B)[k, j]  (mr <= MR, nr <= NR).
 
-    op(A)[i, k] = Af[i*sai + k*sak]; op(B)[k, j] = Bf[k*ldb + j] for NR columns from j0 (only
-    nr of them stored); C[i, j] = Cf[i*ldc + j].  Rows past mr repeat row i0+mr-1."""
+    op(A)[i, k] = Af[i*sai + k*sak]; the block's NR columns of op(B) row k are Bf[k*ldb + boff:][:NR]
+    (boff = j0 in B itself, 0 in the zero-padded copy of a narrow last panel); only nr of them are stored, at
+    C[i, j0 + jj] = Cf[i*ldc + j0 + jj].  Rows past mr repeat row i0+mr-1."""
     acc0 = numba.carray(_stack_row(Cf, 32), NR)                     # one register row per row of C
     acc1 = numba.carray(_stack_row(Cf, 32), NR)
     acc2 = numba.carray(_stack_row(Cf, 32), NR)
@@ -116,7 +118,7 @@ def _block(Af, sai, sak, Bf, ldb, Cf, ldc, i0, mr, j0, nr, k0, k1, alpha):
         a2 = Af[_u(r2 * sai + k * sak)]; a3 = Af[_u(r3 * sai + k * sak)]      # noqa: E702
         a4 = Af[_u(r4 * sai + k * sak)]; a5 = Af[_u(r5 * sai + k * sak)]      # noqa: E702
         a6 = Af[_u(r6 * sai + k * sak)]; a7 = Af[_u(r7 * sai + k * sak)]      # noqa: E702
-        kb = k * ldb + j0                                           # op(B)[k, j0:j0+NR] = Bf[kb:kb+NR]
+        kb = k * ldb + boff                                         # this block's op(B)[k, :] = Bf[kb:kb+NR]
         for jj in range(NR):
             b = Bf[_u(kb + jj)]
             acc0[jj] += a0 * b; acc1[jj] += a1 * b; acc2[jj] += a2 * b; acc3[jj] += a3 * b  # noqa: E702
@@ -139,7 +141,7 @@ def _block(Af, sai, sak, Bf, ldb, Cf, ldc, i0, mr, j0, nr, k0, k1, alpha):
 
 
 @numba.njit(**JIT)
-def _block4(Af, sai, sak, Bf, ldb, Cf, ldc, i0, mr, j0, nr, k0, k1, alpha):
+def _block4(Af, sai, sak, Bf, ldb, boff, Cf, ldc, i0, mr, j0, nr, k0, k1, alpha):
     """_block for a short row block (mr <= 4): half the registers and half the work."""
     acc0 = numba.carray(_stack_row(Cf, 32), NR)                     # one register row per row of C
     acc1 = numba.carray(_stack_row(Cf, 32), NR)
@@ -152,7 +154,7 @@ def _block4(Af, sai, sak, Bf, ldb, Cf, ldc, i0, mr, j0, nr, k0, k1, alpha):
     for k in range(k0, k1):
         a0 = Af[_u(r0 * sai + k * sak)]; a1 = Af[_u(r1 * sai + k * sak)]      # noqa: E702
         a2 = Af[_u(r2 * sai + k * sak)]; a3 = Af[_u(r3 * sai + k * sak)]      # noqa: E702
-        kb = k * ldb + j0                                           # op(B)[k, j0:j0+NR] = Bf[kb:kb+NR]
+        kb = k * ldb + boff                                         # this block's op(B)[k, :] = Bf[kb:kb+NR]
         for jj in range(NR):
             b = Bf[_u(kb + jj)]
             acc0[jj] += a0 * b; acc1[jj] += a1 * b; acc2[jj] += a2 * b; acc3[jj] += a3 * b  # noqa: E702
@@ -182,22 +184,27 @@ def _store(acc, Cf, c0, nr, alpha):
 
 
 @numba.njit(inline="always", **JIT)
-def _rows(Af, sai, sak, Bf, ldb, Cf, ldc, i0, mr, j0, nr, k0, k1, alpha):
+def _rows(Af, sai, sak, Bf, ldb, boff, Cf, ldc, i0, mr, j0, nr, k0, k1, alpha):
     """One register block: 8 rows, or 4 for a short last block (25 rows = 8 + 8 + 8 + 4, not 32)."""
     if mr > 4:
-        _block(Af, sai, sak, Bf, ldb, Cf, ldc, i0, mr, j0, nr, k0, k1, alpha)
+        _block(Af, sai, sak, Bf, ldb, boff, Cf, ldc, i0, mr, j0, nr, k0, k1, alpha)
     else:
-        _block4(Af, sai, sak, Bf, ldb, Cf, ldc, i0, mr, j0, nr, k0, k1, alpha)
+        _block4(Af, sai, sak, Bf, ldb, boff, Cf, ldc, i0, mr, j0, nr, k0, k1, alpha)
 
 
 @numba.njit(**JIT)
-def _padded_panel(Bf, ldb, k, j0, nr):
-    """op(B)[:, j0:j0+nr] copied into a zero-padded (k, NR) block (the last, narrow panel)."""
-    P = np.zeros((k, NR), Bf.dtype)
-    for kk in range(k):
-        for jj in range(nr):
-            P[kk, jj] = Bf[kk * ldb + j0 + jj]
-    return P
+def _pack(Bf, ldb, k0, k1, j0, nr, P):
+    """P (flat (k1-k0, NR)) = op(B)[k0:k1, j0:j0+nr], zero-padded to NR columns."""
+    for kk in range(k1 - k0):
+        src, dst = (k0 + kk) * ldb + j0, kk * NR
+        if nr == NR:
+            for jj in range(NR):
+                P[_u(dst + jj)] = Bf[_u(src + jj)]
+        else:
+            for jj in range(nr):
+                P[_u(dst + jj)] = Bf[_u(src + jj)]
+            for jj in range(nr, NR):
+                P[_u(dst + jj)] = 0
 
 
 @numba.njit(**JIT)
@@ -215,18 +222,23 @@ def _scale(C, beta):
 
 @numba.njit(**JIT)
 def _gemm_nn(Af, sai, sak, Bf, ldb, Cf, ldc, m, n, k, alpha):
-    """C (m,n) += alpha * op(A) (m,k) @ op(B) (k,n), op(B) row-major in Bf with row stride ldb."""
+    """C (m,n) += alpha * op(A) (m,k) @ op(B) (k,n), op(B) row-major in Bf with row stride ldb.
+    (Copying each (KC, NR) panel contiguous first, as BLAS packs, measured slower here:
+    165 against 179 GFLOP/s at 3200 x 384 x 1536, and 133 against 232 at 64 x 384 x 768.)"""
     full = n - n % NR
-    P = _padded_panel(Bf, ldb, k, full, n - full) if full < n else np.zeros((0, NR), Cf.dtype)
+    P = np.zeros(k * NR if full < n else 0, Cf.dtype)               # the narrow last panel, zero-padded (k,NR)
+    if full < n:
+        _pack(Bf, ldb, 0, k, full, n - full, P)
     for k0 in range(0, k, KC):
         k1 = min(k0 + KC, k)
-        for j0 in range(0, full, NR):
-            for i0 in range(0, m, MR):
-                _rows(Af, sai, sak, Bf, ldb, Cf, ldc, i0, min(MR, m - i0), j0, NR, k0, k1, alpha)
-        if full < n:
-            Pf = P.reshape(k * NR)
-            for i0 in range(0, m, MR):                                # the narrow panel, C columns full..n-1
-                _rows(Af, sai, sak, Pf, NR, Cf[full:], ldc, i0, min(MR, m - i0), 0, n - full, k0, k1, alpha)
+        for ic in range(0, m, MC):                                   # MC rows of op(A) stay in L2 ...
+            ie = min(ic + MC, m)
+            for j0 in range(0, full, NR):                            # ... while the panels pass
+                for i0 in range(ic, ie, MR):
+                    _rows(Af, sai, sak, Bf, ldb, j0, Cf, ldc, i0, min(MR, ie - i0), j0, NR, k0, k1, alpha)
+            if full < n:
+                for i0 in range(ic, ie, MR):
+                    _rows(Af, sai, sak, P, NR, 0, Cf, ldc, i0, min(MR, ie - i0), full, n - full, k0, k1, alpha)
 
 
 @numba.njit(**JIT)

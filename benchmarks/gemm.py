@@ -1,0 +1,82 @@
+"""The numba kernels' hand-written GEMM (kernels/numba_gemm.py) against SciPy's BLAS (numba_blas).
+
+    python benchmarks/gemm.py [--threads 1] [--seconds 0.3]
+
+Each row is one product shape the LSTM kernels issue (m, k, n; op(A) (m,k) @ op(B) (k,n),
+trans flags as the kernels pass them).  Both are first checked against NumPy in float64
+(scale-relative error), then timed on one thread (BLAS pinned to one thread, as the kernels
+run it); GFLOP/s = 2 m k n / best time.  Run it on an idle machine; the machine line says
+which BLAS kernels OpenBLAS picked (OPENBLAS_CORETYPE moves BLAS, not the hand-written GEMM).
+"""
+import argparse
+import time
+
+import numba
+import numpy as np
+from threadpoolctl import threadpool_info, threadpool_limits
+
+from lstm_engine.kernels.numba_blas import gemm as blas_gemm
+from lstm_engine.kernels.numba_gemm import gemm as own_gemm
+
+# (what, m, k, n, trans_a, trans_b)
+SHAPES = (
+    ("seed: h W_h per thread (16 of 32 rows)", 16, 128, 512, False, False),
+    ("karpathy: h W_h per thread (25 of 50 rows)", 25, 128, 512, False, False),
+    ("seed: dz W_h^T per thread (transposed copy)", 16, 512, 128, False, False),
+    ("H384: h W_h (64 rows, one thread's columns)", 64, 384, 768, False, False),
+    ("seed: dW_h = H^T dZ (1600 rows)", 128, 1600, 512, True, False),
+    ("seed: dx = dZ W_x^T", 1600, 512, 128, False, True),
+    ("H384: x W_x (3200 rows)", 3200, 384, 1536, False, False),
+    ("output: x Wy (1600 x 128 x 65)", 1600, 128, 65, False, False),
+)
+
+
+@numba.njit
+def _run_blas(A, B, C, ta, tb, reps):
+    for _ in range(reps):
+        blas_gemm(A, B, C, ta, tb, 1.0, 0.0)
+
+
+@numba.njit
+def _run_own(A, B, C, ta, tb, reps):
+    for _ in range(reps):
+        own_gemm(A, B, C, ta, tb, 1.0, 0.0)
+
+
+def _rate(run, A, B, C, ta, tb, flops, seconds):
+    run(A, B, C, ta, tb, 1)                                       # compile / warm up
+    reps = max(1, int(0.02 * 100e9 / flops))                      # ~20 ms a timing at 100 GFLOP/s
+    best, t_end = float("inf"), time.perf_counter() + seconds
+    while best == float("inf") or time.perf_counter() < t_end:
+        t0 = time.perf_counter()
+        run(A, B, C, ta, tb, reps)
+        best = min(best, (time.perf_counter() - t0) / reps)
+    return flops / best / 1e9
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=0.3, help="timed seconds per candidate and shape")
+    args = ap.parse_args()
+    rng = np.random.default_rng(0)
+    blas = "; ".join(f"{i['internal_api']} {i.get('version')} ({i.get('architecture')})" for i in threadpool_info()
+                     if i.get("user_api") == "blas")
+    print(f"one thread; BLAS: {blas}")
+    print(f"{'shape':48s} {'m x k x n':>18s}  {'BLAS GF/s':>9s}  {'own GF/s':>8s}  {'own/BLAS':>8s}  err BLAS / own")
+    with threadpool_limits(1, user_api="blas"):
+        for what, m, k, n, ta, tb in SHAPES:
+            A = rng.standard_normal((k, m) if ta else (m, k)).astype(np.float32)
+            B = rng.standard_normal((n, k) if tb else (k, n)).astype(np.float32)
+            want = (A.T if ta else A).astype(np.float64) @ (B.T if tb else B).astype(np.float64)
+            C = np.empty((m, n), np.float32)
+            rates, errs = [], []
+            for run in (_run_blas, _run_own):
+                rates.append(_rate(run, A, B, C, ta, tb, 2.0 * m * k * n, args.seconds))
+                run(A, B, C, ta, tb, 1)
+                errs.append(np.abs(C - want).max() / np.abs(want).max())
+            print(f"{what:48s} {f'{m} x {k} x {n}':>18s}  {rates[0]:9.0f}  {rates[1]:8.0f}  {rates[1] / rates[0]:7.2f}x"
+                  f"  {errs[0]:.1e} / {errs[1]:.1e}")
+
+
+if __name__ == "__main__":
+    main()
