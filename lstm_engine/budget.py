@@ -69,11 +69,14 @@ def n_params(V, E, H, L):
     return V * E + sum((H + (E if l == 0 else H)) * 4 * H + 4 * H for l in range(L)) + H * V + V
 
 
-def choose(budget_s, train_chars, vocab_size, speed_of, window_of=None):
+def choose(budget_s, train_chars, vocab_size, speed_of, window_of=None, warmup_s=None):
     """Pick the candidate that best fits the budget.
 
     speed_of(candidate) -> measured training chars/s on this backend; window_of(candidate) -> the
-    characters of one update (B*T; default: the candidate's own).  The chosen model is the largest
+    characters of one update (B*T; default: the candidate's own); warmup_s() -> seconds spent so far in
+    the candidates' warm-up steps (JIT compile on a first run), which the 5% cap on calibration
+    does not count: a compile is paid once per install, and stopping on it would pick a smaller model
+    only on the first run.  The chosen model is the largest
     whose training (at its measured speed, over ~85% of the budget) sees at least CHARS_PER_PARAM
     characters per parameter and makes at least MIN_UPDATES optimizer updates (UPDATES_PER_MINUTE per
     minute of a shorter budget); it is never larger than the data can support (4 chars per
@@ -87,7 +90,8 @@ def choose(budget_s, train_chars, vocab_size, speed_of, window_of=None):
     chosen, chosen_speed, reasons = CANDIDATES[0], None, []
     t0 = time.perf_counter()
     for cand in CANDIDATES:
-        if chosen_speed is not None and time.perf_counter() - t0 > 0.05 * budget_s:
+        spent = time.perf_counter() - t0 - (warmup_s() if warmup_s else 0.0)
+        if chosen_speed is not None and spent > 0.05 * budget_s:
             reasons.append("calibration stopped at 5% of the budget")
             break
         E, H, L, B, T, _, _ = cand
@@ -114,7 +118,8 @@ RECIPE_FIELDS = ("embed_size", "hidden_size", "layers", "batch_size", "seq_len",
 
 
 def measure_train_speed(backend, vocab_size, cand, dtype, train_ids, steps=2):
-    """chars/s of whole training steps (forward, BPTT, clip, Adam) for a candidate, after one warm-up."""
+    """chars/s of whole training steps (forward, BPTT, clip, Adam) for a candidate, after one warm-up.
+    -> (chars/s, seconds of the warm-up step beyond a steady step: JIT compile, first touches)"""
     import time
 
     import numpy as np
@@ -137,7 +142,7 @@ def measure_train_speed(backend, vocab_size, cand, dtype, train_ids, steps=2):
         opt.update(model.params, grads, lr, scale)
         backend.synchronize()
         times.append(time.perf_counter() - t0)
-    return B * T / min(times[1:])
+    return B * T / min(times[1:]), max(times[0] - min(times[1:]), 0.0)
 
 
 def plan(cfg, explicit, train_ids, vocab_size, backend, say=print):
@@ -151,15 +156,20 @@ def plan(cfg, explicit, train_ids, vocab_size, backend, say=print):
     def with_fixed(cand):
         return tuple(fixed.get(k, v) for k, v in zip(RECIPE_FIELDS, cand))
 
+    warm = [0.0]
+
     def speed_of(cand):
-        return measure_train_speed(backend, vocab_size, with_fixed(cand), cfg.dtype, train_ids)
+        speed, warm_s = measure_train_speed(backend, vocab_size, with_fixed(cand), cfg.dtype, train_ids)
+        warm[0] += warm_s
+        return speed
 
     if {"embed_size", "hidden_size", "layers"} <= set(fixed):
         cand = with_fixed(CANDIDATES[0])
         speed, reasons = speed_of(CANDIDATES[0]), ["model size set by options"]
     else:
         cand, speed, reasons = choose(cfg.time_budget, len(train_ids), vocab_size, speed_of,
-                                      window_of=lambda c: with_fixed(c)[3] * with_fixed(c)[4])
+                                      window_of=lambda c: with_fixed(c)[3] * with_fixed(c)[4],
+                                      warmup_s=lambda: warm[0])
         cand = with_fixed(cand)
     for k, v in zip(RECIPE_FIELDS, cand):
         setattr(cfg, k, v)

@@ -111,3 +111,29 @@ def test_choose_takes_the_largest_candidate_that_sees_enough_characters():
     # windows the user made long leave fewer updates: the rule on updates picks a smaller model
     long = budget.choose(budget_s, train_chars, V, speed_of, window_of=lambda c: 64 * 400)[0]
     assert long == [c for c in budget.CANDIDATES if fits(c, window=64 * 400)][-1] and long[1] < chosen[1]
+
+
+def test_choose_does_not_count_jit_warm_up_against_the_calibration_cap(monkeypatch):
+    """A first run compiles the kernels during calibration.  With the compile counted, the 5%
+    cap stops after the first candidate (the smallest); without it (warmup_s), the choice is
+    the one a warm run makes."""
+    V, train_chars, budget_s = 65, 10 ** 6, 600
+    clock = [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])     # choose() reads time.perf_counter
+    compiled = [0.0]
+
+    def speed_of(cand):                     # each candidate: 40 s of compile, then 0.1 s of timing
+        clock[0] += 40.0 + 0.1
+        compiled[0] += 40.0
+        return 4e10 / budget.n_params(V, *cand[:3])
+
+    capped = budget.choose(budget_s, train_chars, V, speed_of)
+    assert capped[0] == budget.CANDIDATES[0] and "calibration stopped" in capped[2][-1]
+    warm = budget.choose(budget_s, train_chars, V, speed_of, warmup_s=lambda: compiled[0])[0]
+    clock[0], compiled[0] = 0.0, 0.0
+
+    def speed_warm(cand):
+        clock[0] += 0.1
+        return 4e10 / budget.n_params(V, *cand[:3])
+
+    assert warm == budget.choose(budget_s, train_chars, V, speed_warm)[0] != budget.CANDIDATES[0]
