@@ -4,26 +4,28 @@ Same call as numba_blas.gemm (row-major 2-D views with contiguous rows, any row 
 the products never leave the jitted code for BLAS.  Why: the LSTM's time loops multiply a few
 batch rows by the recurrent weight at every step (16 x 128 @ 128 x 512 per thread at the
 seed config), and OpenBLAS packs W_h again on each of those small calls.  Measured one thread
-on this machine (Zen 5, AVX-512; GFLOP/s):
+on this machine (Zen 5, AVX-512; GFLOP/s; benchmarks/gemm.py, 2026-11-27):
 
-    shape (m, k, n)      OpenBLAS (OPENBLAS_CORETYPE=Haswell)   OpenBLAS (SkylakeX)   this
-    16 x 128 x 512                    61                               99              227
-    32 x 384 x 1536                   79                              139              242
-    64 x 512 x 2048                  101                              184              248
+    shape (m, k, n)          OpenBLAS (OPENBLAS_CORETYPE=Haswell)   OpenBLAS (SkylakeX)   this (two runs)
+    16 x 128 x 512   (h W_h)                  59                           96             222
+    64 x 384 x 768   (h W_h)                  97                          180             230
+    3200 x 384 x 1536 (x W_x)                118                          231       182 - 203
 
 How: the classic micro-kernel (Goto / BLIS).  C is cut into blocks of MR rows x NR columns;
 each block's MR x NR sums live in registers (eight stack rows of NR, which LLVM keeps in 16
 zmm registers for float32) while k runs: per k, MR broadcasts of op(A)[i, k], one row of op(B)
 (NR contiguous values) and MR x NR fused multiply-adds.  k is cut into blocks of KC so the
-op(B) panel a block reads (KC x NR) stays in L1 while the row blocks pass over it.  A row block
+op(B) panel a block reads (KC x NR) stays in L1 while the row blocks pass over it, and the rows
+in passes of MC so the op(A) block they read stays in L2 while the panels pass.  A row block
 shorter than MR repeats its last row (computed, not stored); a column block narrower than NR
 reads a zero-padded copy of its op(B) columns.  op(B) = B^T is copied once into a contiguous
 (k, n) buffer first: callers that multiply by the same B^T many times (the time loops) pass a
 transposed copy instead.
 
 Dimension legend: m, n, k as in BLAS (op(A) (m,k), op(B) (k,n), C (m,n)); MR x NR the
-register block; KC the k block.  Summation order differs from BLAS, so results agree with it
-to rounding (tests/test_numba_gemm.py compares against NumPy for every case).
+register block; KC the k block; MC the rows per pass.  Summation order differs from BLAS, so
+results agree with it to rounding (tests/test_numba_backend.py::test_gemm_on_strided_blocks_with_beta
+compares both against NumPy).
 """
 from __future__ import annotations
 
@@ -99,8 +101,8 @@ def _block(Af, sai, sak, Bf, ldb, boff, Cf, ldc, i0, mr, j0, nr, k0, k1, alpha):
     op(A)[i, k] = Af[i*sai + k*sak]; the block's NR columns of op(B) row k are Bf[k*ldb + boff:][:NR]
     (boff = j0 in B itself, 0 in the zero-padded copy of a narrow last panel); only nr of them are stored, at
     C[i, j0 + jj] = Cf[i*ldc + j0 + jj].  Rows past mr repeat row i0+mr-1."""
-    acc0 = numba.carray(_stack_row(Cf, 32), NR)                     # one register row per row of C
-    acc1 = numba.carray(_stack_row(Cf, 32), NR)
+    acc0 = numba.carray(_stack_row(Cf, 32), NR)                     # one register row per row of C (32 = NR,
+    acc1 = numba.carray(_stack_row(Cf, 32), NR)                     # a literal: the intrinsic needs one)
     acc2 = numba.carray(_stack_row(Cf, 32), NR)
     acc3 = numba.carray(_stack_row(Cf, 32), NR)
     acc4 = numba.carray(_stack_row(Cf, 32), NR)

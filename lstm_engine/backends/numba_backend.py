@@ -2,7 +2,8 @@
 
 Every function here validates its arguments, allocates the outputs and calls one
 private @njit kernel from lstm_engine.kernels (numba_lstm, numba_output, numba_adam,
-numba_sample); the kernels only loop.  Shapes, return values and meaning are those of
+numba_sample); the kernels only loop, and their matrix products run in the hand-written
+numba_gemm (not BLAS).  Shapes, return values and meaning are those of
 numpy_backend.py, which the tests compare this module against.
 
 Dimension legend:
@@ -73,9 +74,10 @@ _BLAS_LIBS = []    # threadpoolctl controllers of the BLAS libraries loaded with
 
 
 def _single_threaded_blas():
-    """Pin every BLAS loaded in the process (SciPy's, which the kernels call, and NumPy's)
-    to one thread.  The two cores are used by numba's OpenMP threads, each calling BLAS on
-    its own block; a second, spinning BLAS pool would fight them for the cores."""
+    """Pin every BLAS loaded in the process (NumPy's, which builds the sampler's layer-0 table,
+    and SciPy's) to one thread.  The two cores are used by numba's OpenMP threads, which run the
+    kernels' own GEMM (kernels/numba_gemm.py) on their blocks; a spinning BLAS pool would fight
+    them for the cores."""
     try:
         from threadpoolctl import ThreadpoolController
     except ImportError:     # pragma: no cover - an install_requires
@@ -124,7 +126,7 @@ def _threads(T, B, H):
 
 
 def is_available():
-    """(True, '') when numba and SciPy (whose BLAS the kernels call) import."""
+    """(True, '') when numba and SciPy (numba's BLAS for np.dot; benchmarks/gemm.py) import."""
     try:
         import numba  # noqa: F401
         import scipy.linalg.cython_blas  # noqa: F401
