@@ -23,7 +23,6 @@ from __future__ import annotations
 from . import numba_cache  # noqa: F401  (first: the cache locator for everything below)
 
 import numba
-
 import numpy as np
 
 from .numba_gemm import gemm

@@ -157,7 +157,7 @@ def backward_buffers(WhT, B, nt):
             np.zeros((nt, B, U), WhT.dtype),        # dck: dL/dc_t, carried
             np.zeros((nt, 2, B, U), WhT.dtype),     # ck: c_t and c_{t-1}
             np.zeros((nt, B, 4 * U), WhT.dtype),    # ak: gates
-            np.zeros((nt, B, 4 * U), WhT.dtype))     # dzk: gate gradients
+            np.zeros((nt, B, 4 * U), WhT.dtype))    # dzk: gate gradients
 
 
 @numba.njit(**JIT)
@@ -179,8 +179,8 @@ def backward_finish(k, WhT, dzs, dck, dh, dc, nt):
 @numba.njit(**PAR)
 def backward_steps_cols(dhs, WhT, c0, cs, acts, dzs, dh, dc, nt):
     """numba_lstm.backward_steps on nt threads, split by hidden units: thread k forms
-    dL/dh_t of its units from the whole dz_{t+1} (its rows of W_h), then their gate
-    gradients.  dh, dc (B,H): dL/dh_T, dL/dc_T in, dL/dh_0, dL/dc_0 out."""
+    dL/dh_t of its units from the whole dz_{t+1} (its columns of WhT = W_h^T (G,H)), then
+    their gate gradients.  dh, dc (B,H): dL/dh_T, dL/dc_T in, dL/dh_0, dL/dc_0 out."""
     T = acts.shape[0]
     dhk, dok, dck, ck, ak, dzk = backward_buffers(WhT, dh.shape[0], nt)
     for k in numba.prange(nt):
