@@ -23,6 +23,9 @@ from numba.core.errors import TypingError
 from numba.extending import intrinsic
 from numba.np.linalg import ensure_blas
 
+from .numba_gemm import _row_stride as row_stride
+from .numba_gemm import check_rows_contiguous, gemm_sizes
+
 ensure_blas()    # ImportError early when SciPy is missing
 
 _LL_CHAR = ir.IntType(8)
@@ -75,24 +78,13 @@ def _xxgemm(typingctx, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, 
 _N, _T = ord("n"), ord("t")
 
 
-@numba.njit(cache=True, inline="always")
-def row_stride(X):
-    """Elements between consecutive rows of a 2-D view (at least its row length)."""
-    s = X.strides[0] // X.itemsize
-    return s if (s >= X.shape[1] and X.shape[0] > 1) else max(X.shape[1], 1)
-
-
 @numba.njit(cache=True)
 def gemm(A, B, C, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
     """C (m,n) = alpha * op(A) @ op(B) + beta * C, row-major views with contiguous rows.
 
     op(A) is (m,k): A itself (m,k) or, with trans_a, A.T for A (k,m); likewise op(B) (k,n).
     """
-    m, n = C.shape
-    am, k = (A.shape[1], A.shape[0]) if trans_a else (A.shape[0], A.shape[1])
-    bk, bn = (B.shape[1], B.shape[0]) if trans_b else (B.shape[0], B.shape[1])
-    if am != m or bn != n or bk != k:
-        raise ValueError("gemm: shapes do not match")
+    m, n, k = gemm_sizes(A, B, C, trans_a, trans_b)
     if m == 0 or n == 0:
         return
     if k == 0:
@@ -100,9 +92,7 @@ def gemm(A, B, C, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
             for j in range(n):
                 C[i, j] = C[i, j] * beta if beta != 0.0 else 0.0
         return
-    if A.strides[1] != A.itemsize and A.shape[1] > 1 or B.strides[1] != B.itemsize and B.shape[1] > 1 \
-            or C.strides[1] != C.itemsize and C.shape[1] > 1:
-        raise ValueError("gemm: rows must be contiguous")
+    check_rows_contiguous(A, B, C)
     # column-major view: C^T (n,m) = op(B)^T (n,k) @ op(A)^T (k,m)
     _xxgemm(_T if trans_b else _N, _T if trans_a else _N, n, m, k, alpha,
             B, row_stride(B), A, row_stride(A), beta, C, row_stride(C))

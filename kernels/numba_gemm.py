@@ -249,20 +249,14 @@ def gemm(A, B, C, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
 
     op(A) is (m,k): A itself (m,k) or, with trans_a, A.T for A (k,m); likewise op(B) (k,n).
     """
-    m, n = C.shape
-    am, k = (A.shape[1], A.shape[0]) if trans_a else (A.shape[0], A.shape[1])
-    bk, bn = (B.shape[1], B.shape[0]) if trans_b else (B.shape[0], B.shape[1])
-    if am != m or bn != n or bk != k:
-        raise ValueError("gemm: shapes do not match")
+    m, n, k = gemm_sizes(A, B, C, trans_a, trans_b)
     if m == 0 or n == 0:
         return
     if beta != 1.0:
         _scale(C, beta)
     if k == 0 or alpha == 0.0:
         return
-    if A.strides[1] != A.itemsize and A.shape[1] > 1 or B.strides[1] != B.itemsize and B.shape[1] > 1 \
-            or C.strides[1] != C.itemsize and C.shape[1] > 1:
-        raise ValueError("gemm: rows must be contiguous")
+    check_rows_contiguous(A, B, C)
     lda, ldc = _row_stride(A), _row_stride(C)
     sai, sak = (1, lda) if trans_a else (lda, 1)                      # op(A)[i, k] = Af[i*sai + k*sak]
     if trans_b:
@@ -270,6 +264,26 @@ def gemm(A, B, C, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
         _gemm_nn(_flat(A), sai, sak, Bt.reshape(k * n), n, _flat(C), ldc, m, n, k, alpha)
     else:
         _gemm_nn(_flat(A), sai, sak, _flat(B), _row_stride(B), _flat(C), ldc, m, n, k, alpha)
+
+
+@numba.njit(inline="always", **JIT)
+def gemm_sizes(A, B, C, trans_a, trans_b):
+    """(m, n, k) of C (m,n) = op(A) (m,k) op(B) (k,n); ValueError when the shapes disagree.
+    (Shared with numba_blas.gemm, as are check_rows_contiguous and _row_stride.)"""
+    m, n = C.shape
+    am, k = (A.shape[1], A.shape[0]) if trans_a else (A.shape[0], A.shape[1])
+    bk, bn = (B.shape[1], B.shape[0]) if trans_b else (B.shape[0], B.shape[1])
+    if am != m or bn != n or bk != k:
+        raise ValueError("gemm: shapes do not match")
+    return m, n, k
+
+
+@numba.njit(inline="always", **JIT)
+def check_rows_contiguous(A, B, C):
+    """ValueError unless every row of the three views is contiguous (unit stride along it)."""
+    if A.strides[1] != A.itemsize and A.shape[1] > 1 or B.strides[1] != B.itemsize and B.shape[1] > 1 \
+            or C.strides[1] != C.itemsize and C.shape[1] > 1:
+        raise ValueError("gemm: rows must be contiguous")
 
 
 @numba.njit(inline="always", **JIT)
