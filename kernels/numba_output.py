@@ -94,6 +94,6 @@ def linear_forward_kernel(x, W, b, y, nt):
 @numba.njit(**JIT)
 def linear_backward_kernel(x, dy, W, dx, dW, db, nt):
     """dy (N,V) -> dx (N,H) = dy W^T, dW (H,V) = x^T dy, db (V,) = column sums of dy."""
-    mm_rows(dy, W, dx, False, True, nt)
+    mm_rows(dy, np.ascontiguousarray(W.T), dx, False, False, nt)     # W^T (V,H) copied once, not per thread
     mm_rows(x, dy, dW, True, False, nt)
     column_sums(dy, db)

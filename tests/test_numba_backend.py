@@ -148,6 +148,17 @@ def test_output_layer_forward_and_gradients(dtype, threads, monkeypatch):
             check(name, got, want, dtype)
 
 
+def test_output_layer_rejects_mismatched_shapes_in_one_line():
+    from lstm_engine.errors import UserError
+    x, W, b = np.zeros((4, 3), "float32"), np.zeros((5, 7), "float32"), np.zeros(7, "float32")
+    for call in (lambda: nb.linear_forward(x, W, b),
+                 lambda: nb.linear_backward(x, np.zeros((4, 7), "float32"), W),
+                 lambda: nb.linear_backward(np.zeros((4, 5), "float32"), np.zeros((4, 6), "float32"), W)):
+        with pytest.raises(UserError) as e:
+            call()
+        assert "\n" not in str(e.value) and "got" in str(e.value)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("T,B,I,H", SHAPES)
 def test_lstm_layer_forward_caches_and_gradients(T, B, I, H, dtype, rng, path):
