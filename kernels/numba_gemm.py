@@ -169,6 +169,40 @@ def _block4(Af, sai, sak, Bf, ldb, boff, Cf, ldc, i0, mr, j0, nr, k0, k1, alpha)
         _store(acc3, Cf, (i0 + 3) * ldc + j0, nr, alpha)
 
 
+@numba.njit(**JIT)
+def _block2(Af, sai, sak, Bf, ldb, boff, Cf, ldc, i0, mr, j0, nr, k0, k1, alpha):
+    """_block for two rows (mr <= 2): even and odd k sum into separate rows of registers, so
+    eight FMA chains run side by side as in the bigger blocks (two rows alone would wait on
+    the FMA latency); the halves are added at the end."""
+    acc0 = numba.carray(_stack_row(Cf, 32), NR)                     # row 0, even k
+    acc1 = numba.carray(_stack_row(Cf, 32), NR)                     # row 1, even k
+    acc2 = numba.carray(_stack_row(Cf, 32), NR)                     # row 0, odd k
+    acc3 = numba.carray(_stack_row(Cf, 32), NR)                     # row 1, odd k
+    for jj in range(NR):
+        acc0[jj] = 0; acc1[jj] = 0; acc2[jj] = 0; acc3[jj] = 0      # noqa: E702
+    r0, r1 = i0, i0 + min(1, mr - 1)
+    k = k0
+    while k + 2 <= k1:
+        a0 = Af[_u(r0 * sai + k * sak)]; a1 = Af[_u(r1 * sai + k * sak)]      # noqa: E702
+        a2 = Af[_u(r0 * sai + (k + 1) * sak)]; a3 = Af[_u(r1 * sai + (k + 1) * sak)]      # noqa: E702
+        kb, kc = k * ldb + boff, (k + 1) * ldb + boff               # op(B)[k, :] and op(B)[k+1, :]
+        for jj in range(NR):
+            b, d = Bf[_u(kb + jj)], Bf[_u(kc + jj)]
+            acc0[jj] += a0 * b; acc1[jj] += a1 * b; acc2[jj] += a2 * d; acc3[jj] += a3 * d  # noqa: E702
+        k += 2
+    if k < k1:
+        a0 = Af[_u(r0 * sai + k * sak)]; a1 = Af[_u(r1 * sai + k * sak)]      # noqa: E702
+        kb = k * ldb + boff
+        for jj in range(NR):
+            b = Bf[_u(kb + jj)]
+            acc0[jj] += a0 * b; acc1[jj] += a1 * b                  # noqa: E702
+    for jj in range(NR):
+        acc0[jj] += acc2[jj]; acc1[jj] += acc3[jj]                  # noqa: E702
+    _store(acc0, Cf, i0 * ldc + j0, nr, alpha)
+    if mr > 1:
+        _store(acc1, Cf, (i0 + 1) * ldc + j0, nr, alpha)
+
+
 @numba.njit(inline="always", **JIT)
 def _store(acc, Cf, c0, nr, alpha):
     """Cf[c0 + j] += alpha * acc[j] for j < nr (a full row: a constant loop, so acc stays in
@@ -187,11 +221,13 @@ def _store(acc, Cf, c0, nr, alpha):
 
 @numba.njit(inline="always", **JIT)
 def _rows(Af, sai, sak, Bf, ldb, boff, Cf, ldc, i0, mr, j0, nr, k0, k1, alpha):
-    """One register block: 8 rows, or 4 for a short last block (25 rows = 8 + 8 + 8 + 4, not 32)."""
+    """One register block: 8 rows, or 4 or 2 for a short last block (25 rows = 8 + 8 + 8 + 2, not 32)."""
     if mr > 4:
         _block(Af, sai, sak, Bf, ldb, boff, Cf, ldc, i0, mr, j0, nr, k0, k1, alpha)
-    else:
+    elif mr > 2:
         _block4(Af, sai, sak, Bf, ldb, boff, Cf, ldc, i0, mr, j0, nr, k0, k1, alpha)
+    else:
+        _block2(Af, sai, sak, Bf, ldb, boff, Cf, ldc, i0, mr, j0, nr, k0, k1, alpha)
 
 
 @numba.njit(**JIT)

@@ -97,8 +97,9 @@ def test_activation_functions_match_numpy(dtype):
 def test_gemm_on_strided_blocks_with_beta(trans_a, trans_b, impl):
     """Both GEMMs (the hand-written register-blocked one the kernels use, and the BLAS one)
     against NumPy: strided blocks of bigger arrays, alpha and beta (beta = 0 overwrites NaN),
-    shapes that leave short row blocks (m % 8), narrow column panels (n % 32) and several
-    k blocks (k > 256); nothing outside C is written."""
+    shapes that leave short row blocks (m % 8: the 4- and 2-row kernels, odd k for the 2-row
+    kernel's split sums), narrow column panels (n % 32) and several k blocks (k > 256); nothing
+    outside C is written."""
     import importlib
 
     import numba
@@ -112,7 +113,7 @@ def test_gemm_on_strided_blocks_with_beta(trans_a, trans_b, impl):
     worst = {}
     for dtype in DTYPES:
         for m, k, n in ((3, 5, 7), (1, 1, 1), (1, 9, 4), (6, 1, 2), (4, 0, 3), (8, 32, 32), (9, 33, 65),
-                        (25, 300, 100), (17, 520, 64)):
+                        (25, 300, 100), (17, 520, 64), (10, 7, 33), (2, 257, 40)):
             for alpha, beta in ((0.5, 1.0), (1.0, 0.0), (-2.0, 0.5)):
                 big_a = rng.standard_normal((k + 2, m + 3) if trans_a else (m + 2, k + 3)).astype(dtype)
                 A = big_a[1:1 + (k if trans_a else m), 2:2 + (m if trans_a else k)]      # strided block
@@ -296,9 +297,9 @@ def test_generated_text_is_the_same(models, dtype, opts, table, monkeypatch):
 @pytest.mark.parametrize("table", [True, False], ids=["x0-table", "no-table"])
 @pytest.mark.parametrize("opts", [dict(greedy=True), dict(temperature=0.8, top_p=0.9)], ids=["greedy", "sampled"])
 def test_threaded_generation_is_the_same(models, opts, table, monkeypatch):
-    """The generation kernel with each layer split over threads by hidden units (used for
-    big layers), forced on a small model; 41 characters a call, so the double-buffered
-    state ends on the odd buffer too."""
+    """The generation kernel with each layer's weight rows split over threads (used for big
+    layers; the partial sums are added on one thread), forced on a small model, in chunks
+    of 41 characters so the state is carried between calls: the same text as the reference."""
     import numba
     if numba.get_num_threads() < 2:
         pytest.skip("numba has one thread here")

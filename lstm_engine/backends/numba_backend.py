@@ -45,11 +45,12 @@ _K = None   # the kernels modules, imported (and numba with them) on first use
 # B rows times fewer columns).  The big products after the loop are split by columns.
 PARALLEL_MIN_MACS = 1 << 22
 COLUMNS_MIN_MACS = 1 << 24
-# Generation splits each layer's cell over numba's threads by hidden units when one
-# character reads at least this many weights (sum over layers of (H+I)*4H).  It is bound
-# by memory bandwidth: at H=512 (14 MB of weights, L3-resident) two threads were no faster
-# than one; at H=1024 (88 MB, from DRAM) 1.2x.
-SAMPLE_PARALLEL_MIN_MACS = 1 << 23
+# Generation splits each layer's matrix-vector product over numba's threads by weight rows
+# (numba_sample.generate_kernel_par) when one character reads at least this many weights
+# (sum over layers of (H+I)*4H).  It is bound by memory bandwidth; E128 L2, chars/s one
+# thread / two (2-core machine, 2026-11-27): H128 121k / 90k, H192 47k / 50k, H256 26.0k /
+# 26.2k (0.9M weights), H384 12.8k / 18.4k, H512 7.1k / 13.1k, H1024 0.73k / 1.39k.
+SAMPLE_PARALLEL_MIN_MACS = 1 << 20
 # build the layer-0 sampling table (V rows, by BLAS) only when >= this x V characters will read it
 V_TABLE_MIN_CHARS_PER_ROW = 0.5
 PIN_BLAS = True     # pin BLAS to one thread when the kernels load (see _single_threaded_blas)
