@@ -91,6 +91,8 @@ def _print_event(kind, info):
 @click.option("--hidden-size", default=128, show_default=True, type=int)
 @click.option("--layers", default=2, show_default=True, type=int)
 @click.option("--dropout", default=0.0, show_default=True, type=float)
+@click.option("--locked-dropout/--no-locked-dropout", default=True, show_default=True,
+              help="one dropout mask per sequence for the whole window (variational dropout), or a new one each step")
 @click.option("--batch-size", default=32, show_default=True, type=int)
 @click.option("--seq-len", default=64, show_default=True, type=int)
 @click.option("--lr", default=2e-3, show_default=True, type=float)

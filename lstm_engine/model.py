@@ -76,13 +76,25 @@ class Model:
         return {n: self.be.to_numpy(p) for n, p in self.params.items()}
 
     # -- passes ------------------------------------------------------------
-    def dropout_masks(self, T, B, rng):
-        """Inverted-dropout masks (T,B,H), one after each LSTM layer, drawn on the host."""
+    def dropout_masks(self, T, B, rng, locked=False):
+        """Inverted-dropout masks (T,B,H), one after each LSTM layer, drawn on the host.
+
+        locked: one mask per sequence of the batch, shared by all T steps of the window
+        (variational dropout, Gal & Ghahramani 2016: a unit is dropped for the whole window);
+        otherwise a new mask at every step.  A unit is dropped when a 16-bit uniform integer
+        falls below p * 2^16 (rounded), and the kept ones are scaled by 2^16 / (2^16 - that
+        threshold), so the mask's mean is exactly 1.  (16-bit draws: 3.4 ms for H384 B64 T50
+        L2 against 6.7 ms for float64 uniforms.)"""
         p = self.cfg.dropout
         if p <= 0 or rng is None:
             return None
-        H = self.cfg.hidden_size
-        keep = (rng.random((self.cfg.layers, T, B, H)) >= p).astype(self.cfg.dtype) / (1.0 - p)
+        L, H = self.cfg.layers, self.cfg.hidden_size
+        drop = min(int(round(p * 65536)), 65535)                              # threshold of 2^16
+        u = rng.integers(0, 65536, (L, 1 if locked else T, B, H), dtype=np.uint16)   # (L,T or 1,B,H)
+        keep = (u >= drop).astype(self.cfg.dtype)                              # 0 / 1
+        keep *= 65536.0 / (65536 - drop)
+        if locked:
+            keep = np.repeat(keep, T, axis=1)                                  # (L,T,B,H)
         return [self.be.asarray(keep[l]) for l in range(self.cfg.layers)]
 
     def forward(self, tokens, state, masks=None):

@@ -25,7 +25,7 @@ from .storage import RunDir
 EXT = checkpoint.EXT
 # options a resumed run must share with its checkpoint (shapes, data windows, random streams)
 FIXED_ON_RESUME = ("embed_size", "hidden_size", "layers", "dtype", "batch_size", "seq_len", "max_vocab",
-                   "val_fraction", "seed")
+                   "val_fraction", "seed", "locked_dropout")
 
 
 @dataclass
@@ -42,6 +42,7 @@ class TrainConfig:
     lr: float = 2e-3
     lr_decay: bool = False
     grad_clip: float = 5.0
+    locked_dropout: bool = True    # one dropout mask per window and sequence, shared by its time steps
     steps: int = 1000
     eval_every: int = 250
     sample_every: int = 250
@@ -109,6 +110,8 @@ def config_for_resume(meta, given, resume_path):
     for key in FIXED_ON_RESUME:
         if key in given and key in saved and given[key] != saved[key]:
             raise _conflict(key, given[key], saved[key])
+    if meta.get("train") and "locked_dropout" not in saved:
+        saved["locked_dropout"] = False         # written before locked masks existed: it drew one per step
     values = dict(saved, **{k: v for k, v in given.items() if k in names})
     if "out" not in given:
         values["out"] = os.path.dirname(checkpoint.resolve(resume_path)) or "."
@@ -162,6 +165,8 @@ class Trainer:
         self.entropy = unigram_entropy(text)
         ids = self.vocab.encode(text)
         self.train_ids, self.val_ids = split(ids, cfg.val_fraction)
+        if not resume:
+            self._open_out(None)       # a bad or taken --out fails before calibration time is spent
         if cfg.time_budget and not resume:
             self._plan_budget(explicit)
         self.batcher = Batcher(self.train_ids, cfg.batch_size, cfg.seq_len)
@@ -174,12 +179,17 @@ class Trainer:
         self.state = self.model.zero_state(cfg.batch_size)
         if resume:
             self._restore(tensors, meta)
+            self._open_out(resume)
+        self._saved = {}                                  # step -> checkpoint bytes (this step only)
+
+    def _open_out(self, resume):
+        """Choose the run directory and prove it usable (RunDir.prepare) before training time is spent."""
+        cfg = self.cfg
         self.out = cfg.out or ((os.path.dirname(resume) or ".") if resume else
                                os.path.join("runs", time.strftime("run-%Y%m%d-%H%M%S")))
         self.rundir = RunDir(self.out, cfg.keep)
         same_dir = resume and os.path.realpath(os.path.dirname(resume)) == os.path.realpath(self.out)
         self.rundir.prepare(self.st.step if same_dir else None)
-        self._saved = {}                                  # step -> checkpoint bytes (this step only)
 
     def _plan_budget(self, explicit):
         """Let the time-budget recipe choose what the user did not set (see budget.plan)."""
@@ -196,6 +206,8 @@ class Trainer:
     # -- resume ------------------------------------------------------------
     def _check_resume_matches(self, meta):
         saved = dict(meta["train"], **{k: meta["model"][k] for k in ("embed_size", "hidden_size", "layers", "dtype")})
+        if meta["train"] and "locked_dropout" not in meta["train"]:
+            self.cfg.locked_dropout = False     # a run from before locked masks: keep drawing one per step
         for key in FIXED_ON_RESUME:
             if saved.get(key) is not None and saved[key] != getattr(self.cfg, key):
                 raise _conflict(key, getattr(self.cfg, key), saved[key])
@@ -279,7 +291,7 @@ class Trainer:
             self.state = self.model.zero_state(cfg.batch_size)   # a new epoch starts from zero state
         x, y = b.window(k)
         tokens, targets = be.asarray(x), be.asarray(y)            # (T,B) each
-        masks = self.model.dropout_masks(cfg.seq_len, cfg.batch_size, self.rng)
+        masks = self.model.dropout_masks(cfg.seq_len, cfg.batch_size, self.rng, locked=cfg.locked_dropout)
         loss, grads, new_state = self.model.forward_backward(tokens, targets, self.state, masks)
         norm, scale = self.opt.clip_scale(grads)
         if not (math.isfinite(loss) and math.isfinite(norm)):

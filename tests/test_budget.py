@@ -52,6 +52,18 @@ def test_a_short_budget_is_respected_including_the_final_save(tmp_path):
     assert meta["trainer"]["step"] == st.step and "time budget" in meta["train"]["recipe"]
 
 
+def test_a_taken_out_directory_fails_before_the_calibration(tmp_path, monkeypatch):
+    """--out holding another run is refused before any budget time goes into calibrating."""
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "latest.safetensors").write_bytes(b"x")
+    calls = []
+    monkeypatch.setattr(budget, "plan", lambda *a, **k: calls.append(a) or "")
+    cfg = le.TrainConfig(backend="numpy", time_budget=60.0, out=str(tmp_path / "run"))
+    with pytest.raises(le.UserError, match="already holds a training run"):
+        le.Trainer(cfg, text=markov_text(500))
+    assert calls == []
+
+
 def test_explicit_options_override_the_recipe(tmp_path):
     r = CliRunner().invoke(main, ["train", "--corpus", str(_write(tmp_path, markov_text(3000))), "--backend", "numpy",
                                   "--time-budget", "4s", "--hidden-size", "24", "--dropout", "0.1",

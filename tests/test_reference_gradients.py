@@ -100,3 +100,27 @@ def test_adam_matches_textbook_formula(rng):
     mhat = (0.1 * gs) / 0.1
     vhat = (0.001 * gs * gs) / 0.001
     assert np.allclose(p["w"], w0 - 0.1 * mhat / (np.sqrt(vhat) + 1e-8))
+
+
+@pytest.mark.parametrize("locked", [False, True], ids=["per-step", "locked"])
+@pytest.mark.parametrize("p", [0.25, 0.2, 0.5])
+def test_dropout_masks_drop_p_and_keep_the_mean(p, locked):
+    """Each mask entry is 0 (dropped) or one common scale; the dropped fraction is p (within
+    sampling error) and the scale makes the expected mask exactly 1 (inverted dropout).  A
+    locked mask is the same at every step of the window, a per-step one is not."""
+    T, B, H = 50, 64, 96
+    model = Model(ModelConfig(11, 4, H, 2, p, "float32"), ref, seed=0)
+    masks = model.dropout_masks(T, B, np.random.default_rng(3), locked=locked)
+    assert len(masks) == 2 and all(m.shape == (T, B, H) and m.dtype == np.float32 for m in masks)
+    m = np.stack(masks)                                                   # (L,T,B,H)
+    assert np.array_equal(m[:, 1:], np.broadcast_to(m[:, :1], m[:, 1:].shape)) == locked
+    draws = m[:, :1] if locked else m                                     # the independent entries
+    kept = m[m != 0]
+    assert np.all(kept == kept[0])
+    dropped = np.mean(draws == 0)
+    sigma = np.sqrt(p * (1 - p) / draws.size)
+    print(f"p={p} locked={locked}: dropped {dropped:.5f} (sigma {sigma:.5f}), scale {kept[0]:.6f}")
+    assert abs(dropped - p) < 5 * sigma
+    drop_exact = round(p * 65536) / 65536                                 # the threshold's probability
+    assert kept[0] * (1 - drop_exact) == pytest.approx(1.0, rel=1e-6)
+    assert model.dropout_masks(T, B, None) is None

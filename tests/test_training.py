@@ -54,6 +54,22 @@ def test_batcher_targets_are_next_chars_never_wrapped():
     assert b.targets.max() <= 100                             # the last target exists in the text
 
 
+def test_a_checkpoint_from_before_locked_dropout_resumes_with_per_step_masks(tmp_path):
+    """Its masks were drawn anew at every step, so continuing it keeps doing that (on the CLI's
+    path, config_for_resume, and on the API's, Trainer(resume=...)); new runs lock them."""
+    from lstm_engine.train import config_for_resume
+    text = markov_text(400, seed=2)
+    le.train(small_cfg(tmp_path, steps=4, dropout=0.2), text=text)
+    path = str(tmp_path / "run" / "latest.safetensors")
+    tensors, meta = checkpoint.load(path)
+    assert meta["train"]["locked_dropout"] is True
+    del meta["train"]["locked_dropout"]
+    checkpoint.save(path, tensors, meta)
+    assert config_for_resume(checkpoint.read_meta(path), {"steps": 8}, path).locked_dropout is False
+    resumed = le.Trainer(small_cfg(tmp_path, steps=8, dropout=0.2), text=text, resume=path)
+    assert resumed.cfg.locked_dropout is False
+
+
 def test_vocab_max_vocab_and_unk():
     v = Vocab.build("aaabbc\u4e2d", max_vocab=3)
     assert v.symbols == ["a", "b", "<unk>"]
