@@ -16,9 +16,10 @@ each block's MR x NR sums live in registers (eight stack rows of NR, which LLVM 
 zmm registers for float32) while k runs: per k, MR broadcasts of op(A)[i, k], one row of op(B)
 (NR contiguous values) and MR x NR fused multiply-adds.  k is cut into blocks of KC so the
 op(B) panel a block reads (KC x NR) stays in L1 while the row blocks pass over it, and the rows
-in passes of MC so the op(A) block they read stays in L2 while the panels pass.  A row block
-shorter than MR repeats its last row (computed, not stored); a column block narrower than NR
-reads a zero-padded copy of its op(B) columns.  op(B) = B^T is copied once into a contiguous
+in passes of MC so the op(A) block they read stays in L2 while the panels pass.  A short last
+row block runs a 4- or 2-row kernel and repeats its last row up to that size (computed, not
+stored); a column block narrower than NR reads a zero-padded copy of its op(B) columns.
+op(B) = B^T is copied once into a contiguous
 (k, n) buffer first: callers that multiply by the same B^T many times (the time loops) pass a
 transposed copy instead.
 

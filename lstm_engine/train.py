@@ -107,11 +107,11 @@ def config_for_resume(meta, given, resume_path):
     if "corpus" not in saved and "corpus" not in given:
         raise UserError(f"--resume {resume_path!r} records no training corpus (it was imported); "
                         f"pass --corpus FILE")
+    if meta.get("train") and "locked_dropout" not in saved:
+        saved["locked_dropout"] = False         # written before locked masks existed: it drew one per step
     for key in FIXED_ON_RESUME:
         if key in given and key in saved and given[key] != saved[key]:
             raise _conflict(key, given[key], saved[key])
-    if meta.get("train") and "locked_dropout" not in saved:
-        saved["locked_dropout"] = False         # written before locked masks existed: it drew one per step
     values = dict(saved, **{k: v for k, v in given.items() if k in names})
     if "out" not in given:
         values["out"] = os.path.dirname(checkpoint.resolve(resume_path)) or "."
