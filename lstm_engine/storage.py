@@ -125,6 +125,13 @@ class RunDir:
         self.saved_step = None            # the newest step saved in this directory, when known
         self._lock_fd = None
 
+    def refuse_taken(self):
+        """UserError when the directory already holds a run's checkpoints (checks only; creates nothing)."""
+        there = [p for p in (self.latest, self.best) if os.path.exists(p)] + [p for _, p in step_files(self.path)]
+        if there:
+            raise UserError(f"--out {self.path!r} already holds a training run ({os.path.basename(there[0])}); "
+                            f"continue it with --resume {self.path} or choose another --out")
+
     def prepare(self, resume_step=None):
         """Create the directory and prove it writable before any training time is spent.
 
@@ -141,10 +148,7 @@ class RunDir:
                             f"pass another --out") from None
         steps = step_files(self.path)
         if resume_step is None:
-            there = [p for p in (self.latest, self.best) if os.path.exists(p)] + [p for _, p in steps]
-            if there:
-                raise UserError(f"--out {self.path!r} already holds a training run ({os.path.basename(there[0])}); "
-                                f"continue it with --resume {self.path} or choose another --out")
+            self.refuse_taken()
         else:
             later = [s for s, _ in steps if s > resume_step]
             if later:

@@ -165,9 +165,10 @@ class Trainer:
         self.entropy = unigram_entropy(text)
         ids = self.vocab.encode(text)
         self.train_ids, self.val_ids = split(ids, cfg.val_fraction)
-        if not resume:
-            self._open_out(None)       # a bad or taken --out fails before calibration time is spent
+        self.out = cfg.out or ((os.path.dirname(resume) or ".") if resume else
+                               os.path.join("runs", time.strftime("run-%Y%m%d-%H%M%S")))
         if cfg.time_budget and not resume:
+            RunDir(self.out, cfg.keep).refuse_taken()     # a taken --out fails before calibration time is spent
             self._plan_budget(explicit)
         self.batcher = Batcher(self.train_ids, cfg.batch_size, cfg.seq_len)
         self.model_cfg = cfg.model_config(len(self.vocab))
@@ -179,17 +180,10 @@ class Trainer:
         self.state = self.model.zero_state(cfg.batch_size)
         if resume:
             self._restore(tensors, meta)
-            self._open_out(resume)
-        self._saved = {}                                  # step -> checkpoint bytes (this step only)
-
-    def _open_out(self, resume):
-        """Choose the run directory and prove it usable (RunDir.prepare) before training time is spent."""
-        cfg = self.cfg
-        self.out = cfg.out or ((os.path.dirname(resume) or ".") if resume else
-                               os.path.join("runs", time.strftime("run-%Y%m%d-%H%M%S")))
         self.rundir = RunDir(self.out, cfg.keep)
         same_dir = resume and os.path.realpath(os.path.dirname(resume)) == os.path.realpath(self.out)
         self.rundir.prepare(self.st.step if same_dir else None)
+        self._saved = {}                                  # step -> checkpoint bytes (this step only)
 
     def _plan_budget(self, explicit):
         """Let the time-budget recipe choose what the user did not set (see budget.plan)."""
