@@ -29,8 +29,10 @@ def _state(tmp_path, monkeypatch):
 def good(tmp_path_factory):
     """Bytes of a small, valid, resumable checkpoint (1-layer model, 3 steps, one eval in its history)."""
     out = tmp_path_factory.mktemp("good") / "run"
-    le.train(tiny_cfg(out, layers=1, hidden_size=3, embed_size=2, batch_size=2, steps=3, eval_every=3),
-             text=markov_text(200))
+    with pytest.MonkeyPatch.context() as mp:       # module scope: the autouse isolation is not set up yet
+        mp.setenv("LSTM_ENGINE_STATE_DIR", str(tmp_path_factory.mktemp("state")))
+        le.train(tiny_cfg(out, layers=1, hidden_size=3, embed_size=2, batch_size=2, steps=3, eval_every=3),
+                 text=markov_text(200))
     with open(out / "latest.safetensors", "rb") as f:
         return f.read()
 
