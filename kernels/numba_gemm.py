@@ -19,9 +19,8 @@ op(B) panel a block reads (KC x NR) stays in L1 while the row blocks pass over i
 in passes of MC so the op(A) block they read stays in L2 while the panels pass.  A short last
 row block runs a 4- or 2-row kernel and repeats its last row up to that size (computed, not
 stored); a column block narrower than NR reads a zero-padded copy of its op(B) columns.
-op(B) = B^T is copied once into a contiguous
-(k, n) buffer first: callers that multiply by the same B^T many times (the time loops) pass a
-transposed copy instead.
+op(B) = B^T is copied once into a contiguous (k, n) buffer first: callers that multiply by
+the same B^T many times (the time loops) pass a transposed copy instead.
 
 Dimension legend: m, n, k as in BLAS (op(A) (m,k), op(B) (k,n), C (m,n)); MR x NR the
 register block; KC the k block; MC the rows per pass.  Summation order differs from BLAS, so

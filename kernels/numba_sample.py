@@ -164,6 +164,17 @@ def next_token(logits, temperature, top_k, top_p, greedy, u, zd, probs, order, p
 
 
 @numba.njit(**JIT)
+def sample_buffers(H, V, like):
+    """Scratch of one generation call: z (G,) gate sums and logits (V,) in like's dtype; zd,
+    probs, p (V,) float64 and order (V,) int64 for the filter; an empty array standing for
+    "no x" (layer 0 with its table).  A plain function, so the threaded kernel allocates
+    nothing inside its parallel body."""
+    dt = like.dtype
+    return (np.empty(4 * H, dt), np.empty(V, dt), np.empty(V), np.empty(V), np.empty(V),
+            np.empty(V, np.int64), np.empty(0, dt))
+
+
+@numba.njit(**JIT)
 def generate_kernel(Emb, X0, Ws, bs, Wy, by, h, c, token, temperature, top_k, top_p, greedy, us, out):
     """Emb (V,E); X0 (V,G) the layer-0 table Emb @ W_x + b0, or (0,G) to compute it per
     character; Ws, bs tuples over layers of W (H+I,G), b (G,); Wy (H,V), by (V,);
@@ -171,11 +182,7 @@ def generate_kernel(Emb, X0, Ws, bs, Wy, by, h, c, token, temperature, top_k, to
     -> out (n,) int64 token ids."""
     L, H = h.shape
     V = by.shape[0]
-    z = np.empty(4 * H, Wy.dtype)
-    logits = np.empty(V, Wy.dtype)
-    zd, probs, p = np.empty(V), np.empty(V), np.empty(V)
-    order = np.empty(V, np.int64)
-    none = np.empty(0, Wy.dtype)
+    z, logits, zd, probs, p, order, none = sample_buffers(H, V, Wy)
     for k in range(out.shape[0]):
         for l in range(L):
             zx, x = layer_input(Emb, X0, bs, h[l - 1], l, token, none)
@@ -219,12 +226,8 @@ def generate_kernel_par(Emb, X0, Ws, bs, Wy, by, h, c, token, temperature, top_k
     L, H = h.shape
     V = by.shape[0]
     G = 4 * H
-    z = np.empty(G, Wy.dtype)
+    z, logits, zd, probs, p, order, none = sample_buffers(H, V, Wy)
     parts = np.empty((nt, G), Wy.dtype)                               # (nt,G) one partial sum per thread
-    logits = np.empty(V, Wy.dtype)
-    zd, probs, p = np.empty(V), np.empty(V), np.empty(V)
-    order = np.empty(V, np.int64)
-    none = np.empty(0, Wy.dtype)
     for k in range(out.shape[0]):
         for l in range(L):
             W = Ws[l]

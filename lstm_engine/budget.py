@@ -120,7 +120,7 @@ def choose(budget_s, train_chars, vocab_size, speed_of, window_of=None, warmup_s
 RECIPE_FIELDS = ("embed_size", "hidden_size", "layers", "batch_size", "seq_len", "dropout", "lr")
 
 
-def measure_train_speed(backend, vocab_size, cand, dtype, train_ids, steps=4):
+def measure_train_speed(backend, vocab_size, cand, dtype, train_ids, steps=4, locked_dropout=True):
     """chars/s of whole training steps (forward, BPTT, clip, Adam) for a candidate, after one warm-up.
     -> (chars/s, seconds of the warm-up step beyond a steady step: JIT compile, first touches)"""
     import time
@@ -140,7 +140,7 @@ def measure_train_speed(backend, vocab_size, cand, dtype, train_ids, steps=4):
         x, y = b.window(k % b.windows)
         t0 = time.perf_counter()
         loss, grads, _ = model.forward_backward(backend.asarray(x), backend.asarray(y), model.zero_state(B),
-                                                model.dropout_masks(T, B, rng))
+                                                model.dropout_masks(T, B, rng, locked=locked_dropout))
         _, scale = opt.clip_scale(grads)
         opt.update(model.params, grads, lr, scale)
         backend.synchronize()
@@ -162,7 +162,8 @@ def plan(cfg, explicit, train_ids, vocab_size, backend, say=print):
     warm = [0.0]
 
     def speed_of(cand):
-        speed, warm_s = measure_train_speed(backend, vocab_size, with_fixed(cand), cfg.dtype, train_ids)
+        speed, warm_s = measure_train_speed(backend, vocab_size, with_fixed(cand), cfg.dtype, train_ids,
+                                            locked_dropout=cfg.locked_dropout)
         warm[0] += warm_s
         return speed
 
