@@ -14,9 +14,12 @@ import numpy as np
 JIT = dict(cache=True, error_model="numpy")
 
 
-@numba.njit(**JIT)
+@numba.njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
 def sum_squares_kernel(grads):
-    """grads: tuple of 1-D arrays -> sum of squares of every element (float64)."""
+    """grads: tuple of 1-D arrays -> sum of squares of every element (float64).  Reassociation
+    lets LLVM keep several partial sums in vector registers (the one running sum waited on the
+    add latency: 150 us for karpathy's 243k parameters); the order differs from NumPy's only
+    in float64 rounding."""
     total = 0.0
     for g in grads:
         acc = 0.0
