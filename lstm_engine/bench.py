@@ -226,13 +226,10 @@ def compare(got, ref):
 # Timing
 # ----------------------------------------------------------------------------
 
-def time_calls(fn, sync, seconds, repeats):
-    """Warm-up call (timed apart: JIT compile lands here), then `repeats` timed batches of k calls.
-
-    More warm-up calls, for about a tenth of `seconds`, estimate the time of one call; k is
-    chosen from it so that all repeats together take about `seconds`.
-    -> (first call s, [seconds per call, one per repeat], k)
-    """
+def warm_up(fn, sync, seconds, repeats):
+    """The first call (timed apart: JIT compile lands here), then more calls for about a tenth
+    of `seconds` to estimate one call's time -> (first call s, k calls per repeat), k chosen
+    so that all repeats together take about `seconds`."""
     t0 = time.perf_counter()
     fn()
     sync()
@@ -243,15 +240,22 @@ def time_calls(fn, sync, seconds, repeats):
         sync()
         n += 1
     one = (time.perf_counter() - t0) / n
-    k = max(1, int(seconds / max(repeats, 1) / max(one, 1e-9)))
-    per_call = []
-    for _ in range(max(repeats, 1)):
-        t0 = time.perf_counter()
-        for _ in range(k):
-            fn()
-        sync()
-        per_call.append((time.perf_counter() - t0) / k)
-    return first, per_call, k
+    return first, max(1, int(seconds / max(repeats, 1) / max(one, 1e-9)))
+
+
+def time_batch(fn, sync, k):
+    """One repeat: k calls -> seconds per call."""
+    t0 = time.perf_counter()
+    for _ in range(k):
+        fn()
+    sync()
+    return (time.perf_counter() - t0) / k
+
+
+def time_calls(fn, sync, seconds, repeats):
+    """warm_up, then `repeats` timed batches of k calls -> (first call s, [s per call, one per repeat], k)."""
+    first, k = warm_up(fn, sync, seconds, repeats)
+    return first, [time_batch(fn, sync, k) for _ in range(max(repeats, 1))], k
 
 
 def stats(per_call, chars):
@@ -270,7 +274,7 @@ def _row(name, cfg, what, device=None, status="ok", valid=False, reason=""):
     return {"backend": name, "config": cfg.name, "shape": cfg.shape, "E": cfg.E, "H": cfg.H, "L": cfg.L,
             "B": cfg.B, "T": cfg.T, "V": cfg.V, "what": what, "device": device, "status": status,
             "valid": valid, "reason": reason, "chars_per_s": None, "chars_per_s_min": None,
-            "chars_per_s_max": None, "spread_pct": None, "seconds_per_call": None, "first_call_s": None,
+            "chars_per_s_max": None, "chars_per_s_each": None, "spread_pct": None, "seconds_per_call": None, "first_call_s": None,
             "compile_s": None, "repeats": 0, "calls_per_repeat": 0, "gflops": None,
             "flops_per_char": cfg.flops_per_char(what)}
 
@@ -307,33 +311,76 @@ def resolve(names, threads):
     return out
 
 
-def bench_entry(entry, cfg, batch, ref, whats, seconds, repeats):
-    """Rows for one backend on one config: validate, then time each measurement."""
+def prepare_entry(entry, cfg, batch, ref, whats):
+    """Build one backend on one config and validate it -> (runner, verdict, None), or
+    (None, None, rows) when it is unavailable or raised."""
     name, factory, reason, device = entry
     if factory is None:
-        return [_row(name, cfg, w, device, "unavailable", False, reason) for w in whats]
+        return None, None, [_row(name, cfg, w, device, "unavailable", False, reason) for w in whats]
     try:
         runner = factory(cfg, batch)
-        verdict = compare(runner.check(GREEDY_CHECK), ref)
+        return runner, compare(runner.check(GREEDY_CHECK), ref), None
     except Exception as e:                               # a backend bug must not stop the other rows
-        return [_row(name, cfg, w, device, "error", False, f"{type(e).__name__}: {e}") for w in whats]
-    rows = []
+        return None, None, [_row(name, cfg, w, device, "error", False, f"{type(e).__name__}: {e}") for w in whats]
+
+
+def _timed(runner, what):
+    return {"train": runner.train_step, "forward": runner.forward,
+            "sample": lambda: runner.sample(SAMPLE_CHUNK)}[what]
+
+
+def bench_config(entries, cfg, batch, ref, whats, seconds, repeats):
+    """Rows for every backend on one config (backend by backend, each in the order of whats).
+
+    The backends take turns: for each measurement every backend is warmed up, then repeat 1
+    of every backend is timed, then repeat 2, and so on.  This host's speed drifts by 20-30%
+    within minutes, so a backend's repeat and its peer's lie seconds apart and the ratio to
+    the peer can be taken repeat by repeat (add_peer_ratios)."""
+    prepared = [prepare_entry(e, cfg, batch, ref, whats) for e in entries]
+    rows = {}
     for what in whats:
-        valid, why = verdict[what]
-        row = _row(name, cfg, what, runner.device, "ok" if valid else "invalid", bool(valid), why)
-        fn = {"train": runner.train_step, "forward": runner.forward,
-              "sample": lambda: runner.sample(SAMPLE_CHUNK)}[what]
-        try:
-            first, per_call, k = time_calls(fn, runner.sync, seconds, repeats)
-        except Exception as e:
-            row.update(status="error", valid=False, reason=f"{type(e).__name__}: {e}")
-            rows.append(row)
-            continue
-        row.update(stats(per_call, cfg.chars_per_call(what)), first_call_s=first, repeats=len(per_call),
-                   calls_per_repeat=k, compile_s=max(0.0, first - statistics.median(per_call)))
-        row["gflops"] = row["flops_per_char"] * row["chars_per_s"] / 1e9
-        rows.append(row)
-    return rows
+        turns = []                                        # [(entry index, fn, k, first s)]
+        for i, (entry, (runner, verdict, _)) in enumerate(zip(entries, prepared)):
+            if runner is None:
+                continue
+            valid, why = verdict[what]
+            rows[i, what] = _row(entry[0], cfg, what, runner.device, "ok" if valid else "invalid", bool(valid), why)
+            try:
+                first, k = warm_up(_timed(runner, what), runner.sync, seconds, repeats)
+                turns.append((i, _timed(runner, what), runner.sync, k, first))
+            except Exception as e:
+                rows[i, what].update(status="error", valid=False, reason=f"{type(e).__name__}: {e}")
+        per_call = {i: [] for i, *_ in turns}
+        for _ in range(max(repeats, 1)):
+            for i, fn, sync, k, _ in turns:
+                if rows[i, what]["status"] == "error":
+                    continue
+                try:
+                    per_call[i].append(time_batch(fn, sync, k))
+                except Exception as e:
+                    rows[i, what].update(status="error", valid=False, reason=f"{type(e).__name__}: {e}")
+        for i, _, _, k, first in turns:
+            row = rows[i, what]
+            if row["status"] == "error":
+                continue
+            chars = cfg.chars_per_call(what)
+            row.update(stats(per_call[i], chars), first_call_s=first, repeats=len(per_call[i]),
+                       calls_per_repeat=k, compile_s=max(0.0, first - statistics.median(per_call[i])),
+                       chars_per_s_each=[chars / t for t in per_call[i]])
+            row["gflops"] = row["flops_per_char"] * row["chars_per_s"] / 1e9
+    out = []
+    for i, (runner, _, fixed) in enumerate(prepared):
+        out.extend(fixed if runner is None else [rows[i, w] for w in whats])
+    return out
+
+
+def paired_ratio(mine, peer):
+    """Speed relative to the peer: the median over repeats of mine / peer in the same turn
+    (bench_config), or, without repeats taken in turns, the ratio of the medians."""
+    a, b = mine.get("chars_per_s_each"), peer.get("chars_per_s_each")
+    if a and b and len(a) == len(b):
+        return statistics.median(x / y for x, y in zip(a, b))
+    return mine["chars_per_s"] / peer["chars_per_s"]
 
 
 def add_peer_ratios(rows, peaks):
@@ -350,7 +397,7 @@ def add_peer_ratios(rows, peaks):
         peer = peers.get((r["config"], r["what"], r["device"])) or next(
             (p for (c, w, _), p in peers.items() if c == r["config"] and w == r["what"]), None)
         if peer:
-            r["vs_torch"], r["torch_peer"] = r["chars_per_s"] / peer["chars_per_s"], peer["backend"]
+            r["vs_torch"], r["torch_peer"] = paired_ratio(r, peer), peer["backend"]
 
 
 def run_bench(backends=DEFAULT_BACKENDS, configs=DEFAULT_CONFIGS, what="train,forward,sample", seconds=2.0,
@@ -377,9 +424,8 @@ def run_bench(backends=DEFAULT_BACKENDS, configs=DEFAULT_CONFIGS, what="train,fo
             batch = make_batch(cfg)
             say(f"{cfg.name}: reference loss (numpy) ...")
             ref = EngineRunner(numpy_backend, cfg, batch).check(GREEDY_CHECK)
-            for entry in entries:
-                say(f"{cfg.name}: {entry[0]} ...")
-                rows.extend(bench_entry(entry, cfg, batch, ref, whats, seconds, repeats))
+            say(f"{cfg.name}: {', '.join(e[0] for e in entries)}, taking turns ...")
+            rows.extend(bench_config(entries, cfg, batch, ref, whats, seconds, repeats))
     add_peer_ratios(rows, peaks)
     for r in rows:
         r.update(machine)

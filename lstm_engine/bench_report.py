@@ -66,7 +66,8 @@ def legend(rows):
             "(per char forward sum_l 2(I_l+H)4H + 2HV, train 3x forward); % peak: of the same device's "
             "float32 sgemm peak measured in this run; "
             "compile s: first call minus a steady call (JIT compile, warm-up); "
-            + (f"vs torch: speed / the torch peer's, on the same device when it ran ({', '.join(peers)})" if peers
+            + (f"vs torch: speed / the torch peer's, median over the repeats (the backends take turns, so each "
+               f"repeat's pair is timed seconds apart), on the same device when it ran ({', '.join(peers)})" if peers
                else "vs torch: no torch peer in this run"))
 
 

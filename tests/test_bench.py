@@ -55,7 +55,12 @@ def test_torch_peer_rows_and_ratio():
         peer, mine = by[("torch-cpu", what)], by[("numpy", what)]
         check_timed_row(peer)        # the torch peer starts from the same weights: its loss must agree
         assert mine["torch_peer"] == "torch-cpu"
-        assert mine["vs_torch"] == pytest.approx(mine["chars_per_s"] / peer["chars_per_s"])
+        # the ratio is paired repeat by repeat (the backends take turns), not a ratio of medians
+        pairs = [a / b for a, b in zip(mine["chars_per_s_each"], peer["chars_per_s_each"])]
+        assert len(pairs) == FAST["repeats"]
+        assert mine["vs_torch"] == pytest.approx(sum(pairs) / len(pairs))    # the median of two
+        a, b = mine["chars_per_s_each"]                                      # chars/s at the median time
+        assert mine["chars_per_s"] == pytest.approx(2 / (1 / a + 1 / b))
 
 
 def test_without_torch_the_peer_row_says_so(monkeypatch):
@@ -178,6 +183,42 @@ def test_time_calls_keeps_the_warm_up_apart():
     assert first >= 0.05 and len(per_call) == 3 and k >= 1
     assert max(per_call) < first
     assert len(calls) >= 1 + 2 + 3 * k      # warm-up, calibration, repeats
+
+
+class _Recorder:
+    """A fake runner that logs each call as its name, for bench_config's turn order."""
+
+    def __init__(self, name, log, ref):
+        self.name, self.log, self.ref, self.device = name, log, ref, "cpu"
+
+    def check(self, n):
+        return dict(self.ref)
+
+    def sync(self):
+        pass
+
+    def train_step(self):
+        self.log.append(self.name)
+
+    forward = sample = train_step
+
+
+def test_backends_take_turns_and_the_ratio_is_paired():
+    ref = {"loss": 1.0, "greedy": [1, 2], "train_loss": 1.0, "grad_norm": 1.0, "loss_after_step": 0.9}
+    log = []
+    entries = [(n, lambda cfg, batch, n=n: _Recorder(n, log, ref), "", "cpu") for n in ("numba", "torch-cpu")]
+    cfg = parse_configs("tiny")[0]
+    rows = bench.bench_config(entries, cfg, None, ref, ["train"], seconds=0.01, repeats=3)
+    assert [r["backend"] for r in rows] == ["numba", "torch-cpu"] and all(r["valid"] for r in rows)
+    ks = [r["calls_per_repeat"] for r in rows]
+    timed = log[len(log) - 3 * sum(ks):]                     # after both warm-ups: the repeats
+    want = (["numba"] * ks[0] + ["torch-cpu"] * ks[1]) * 3   # numba, torch, numba, torch, ...
+    assert timed == want
+    mine, peer = rows
+    mine["chars_per_s_each"], peer["chars_per_s_each"] = [10.0, 90.0, 20.0], [10.0, 30.0, 5.0]
+    mine["chars_per_s"], peer["chars_per_s"] = 20.0, 10.0   # the medians
+    bench.add_peer_ratios(rows, {"cpu": 1.0})
+    assert mine["vs_torch"] == 3.0 and mine["torch_peer"] == "torch-cpu"   # median of 1, 3, 4; not 20 / 10
 
 
 def test_plot_writes_a_png(tmp_path):
