@@ -95,8 +95,9 @@ def _u(i):
 
 
 @numba.njit(**JIT)
-def _block(Af, sai, sak, Bf, ldb, boff, Cf, ldc, i0, mr, j0, nr, k0, k1, alpha):
-    """C[i0:i0+mr, j0:j0+nr] += alpha * sum_{k0<=k<k1} op(A)[i, k] op(B)[k, j]  (mr <= MR, nr <= NR).
+def _block(Af, sai, sak, Bf, ldb, boff, Cf, ldc, i0, mr, j0, nr, k0, k1, alpha, add):
+    """C[i0:i0+mr, j0:j0+nr] += alpha * sum_{k0<=k<k1} op(A)[i, k] op(B)[k, j]  (mr <= MR, nr <= NR);
+    without add the sums are stored (=) instead.
 
     op(A)[i, k] = Af[i*sai + k*sak]; the block's NR columns of op(B) row k are Bf[k*ldb + boff:][:NR]
     (boff = j0 in B itself, 0 in the zero-padded copy of a narrow last panel); only nr of them are stored, at
@@ -125,25 +126,25 @@ def _block(Af, sai, sak, Bf, ldb, boff, Cf, ldc, i0, mr, j0, nr, k0, k1, alpha):
             b = Bf[_u(kb + jj)]
             acc0[jj] += a0 * b; acc1[jj] += a1 * b; acc2[jj] += a2 * b; acc3[jj] += a3 * b  # noqa: E702
             acc4[jj] += a4 * b; acc5[jj] += a5 * b; acc6[jj] += a6 * b; acc7[jj] += a7 * b  # noqa: E702
-    _store(acc0, Cf, i0 * ldc + j0, nr, alpha)
+    _store(acc0, Cf, i0 * ldc + j0, nr, alpha, add)
     if mr > 1:
-        _store(acc1, Cf, (i0 + 1) * ldc + j0, nr, alpha)
+        _store(acc1, Cf, (i0 + 1) * ldc + j0, nr, alpha, add)
     if mr > 2:
-        _store(acc2, Cf, (i0 + 2) * ldc + j0, nr, alpha)
+        _store(acc2, Cf, (i0 + 2) * ldc + j0, nr, alpha, add)
     if mr > 3:
-        _store(acc3, Cf, (i0 + 3) * ldc + j0, nr, alpha)
+        _store(acc3, Cf, (i0 + 3) * ldc + j0, nr, alpha, add)
     if mr > 4:
-        _store(acc4, Cf, (i0 + 4) * ldc + j0, nr, alpha)
+        _store(acc4, Cf, (i0 + 4) * ldc + j0, nr, alpha, add)
     if mr > 5:
-        _store(acc5, Cf, (i0 + 5) * ldc + j0, nr, alpha)
+        _store(acc5, Cf, (i0 + 5) * ldc + j0, nr, alpha, add)
     if mr > 6:
-        _store(acc6, Cf, (i0 + 6) * ldc + j0, nr, alpha)
+        _store(acc6, Cf, (i0 + 6) * ldc + j0, nr, alpha, add)
     if mr > 7:
-        _store(acc7, Cf, (i0 + 7) * ldc + j0, nr, alpha)
+        _store(acc7, Cf, (i0 + 7) * ldc + j0, nr, alpha, add)
 
 
 @numba.njit(**JIT)
-def _block4(Af, sai, sak, Bf, ldb, boff, Cf, ldc, i0, mr, j0, nr, k0, k1, alpha):
+def _block4(Af, sai, sak, Bf, ldb, boff, Cf, ldc, i0, mr, j0, nr, k0, k1, alpha, add):
     """_block for a short row block (mr <= 4): half the registers and half the work."""
     acc0 = numba.carray(_stack_row(Cf, 32), NR)                     # one register row per row of C
     acc1 = numba.carray(_stack_row(Cf, 32), NR)
@@ -160,17 +161,17 @@ def _block4(Af, sai, sak, Bf, ldb, boff, Cf, ldc, i0, mr, j0, nr, k0, k1, alpha)
         for jj in range(NR):
             b = Bf[_u(kb + jj)]
             acc0[jj] += a0 * b; acc1[jj] += a1 * b; acc2[jj] += a2 * b; acc3[jj] += a3 * b  # noqa: E702
-    _store(acc0, Cf, i0 * ldc + j0, nr, alpha)
+    _store(acc0, Cf, i0 * ldc + j0, nr, alpha, add)
     if mr > 1:
-        _store(acc1, Cf, (i0 + 1) * ldc + j0, nr, alpha)
+        _store(acc1, Cf, (i0 + 1) * ldc + j0, nr, alpha, add)
     if mr > 2:
-        _store(acc2, Cf, (i0 + 2) * ldc + j0, nr, alpha)
+        _store(acc2, Cf, (i0 + 2) * ldc + j0, nr, alpha, add)
     if mr > 3:
-        _store(acc3, Cf, (i0 + 3) * ldc + j0, nr, alpha)
+        _store(acc3, Cf, (i0 + 3) * ldc + j0, nr, alpha, add)
 
 
 @numba.njit(**JIT)
-def _block2(Af, sai, sak, Bf, ldb, boff, Cf, ldc, i0, mr, j0, nr, k0, k1, alpha):
+def _block2(Af, sai, sak, Bf, ldb, boff, Cf, ldc, i0, mr, j0, nr, k0, k1, alpha, add):
     """_block for two rows (mr <= 2): even and odd k sum into separate rows of registers, so
     eight FMA chains run side by side as in the bigger blocks (two rows alone would wait on
     the FMA latency); the halves are added at the end."""
@@ -198,36 +199,45 @@ def _block2(Af, sai, sak, Bf, ldb, boff, Cf, ldc, i0, mr, j0, nr, k0, k1, alpha)
             acc0[jj] += a0 * b; acc1[jj] += a1 * b                  # noqa: E702
     for jj in range(NR):
         acc0[jj] += acc2[jj]; acc1[jj] += acc3[jj]                  # noqa: E702
-    _store(acc0, Cf, i0 * ldc + j0, nr, alpha)
+    _store(acc0, Cf, i0 * ldc + j0, nr, alpha, add)
     if mr > 1:
-        _store(acc1, Cf, (i0 + 1) * ldc + j0, nr, alpha)
+        _store(acc1, Cf, (i0 + 1) * ldc + j0, nr, alpha, add)
 
 
 @numba.njit(inline="always", **JIT)
-def _store(acc, Cf, c0, nr, alpha):
-    """Cf[c0 + j] += alpha * acc[j] for j < nr (a full row: a constant loop, so acc stays in
-    registers; a short one goes through a copy)."""
+def _store(acc, Cf, c0, nr, alpha, add):
+    """Cf[c0 + j] (+)= alpha * acc[j] for j < nr: added (add) or stored over whatever C held
+    (the first k block of a beta = 0 product).  A full row is a constant loop, so acc stays in
+    registers; a short one goes through a copy."""
     if nr == NR:
         Cr = Cf[c0:c0 + NR]
-        for jj in range(NR):
-            Cr[jj] += alpha * acc[jj]
+        if add:
+            for jj in range(NR):
+                Cr[jj] += alpha * acc[jj]
+        else:
+            for jj in range(NR):
+                Cr[jj] = alpha * acc[jj]
     else:
         tmp = numba.carray(_stack_row(Cf, 32), NR)
         for jj in range(NR):
             tmp[jj] = acc[jj]
-        for jj in range(nr):
-            Cf[c0 + jj] += alpha * tmp[jj]
+        if add:
+            for jj in range(nr):
+                Cf[c0 + jj] += alpha * tmp[jj]
+        else:
+            for jj in range(nr):
+                Cf[c0 + jj] = alpha * tmp[jj]
 
 
 @numba.njit(inline="always", **JIT)
-def _rows(Af, sai, sak, Bf, ldb, boff, Cf, ldc, i0, mr, j0, nr, k0, k1, alpha):
+def _rows(Af, sai, sak, Bf, ldb, boff, Cf, ldc, i0, mr, j0, nr, k0, k1, alpha, add):
     """One register block: 8 rows, or 4 or 2 for a short last block (25 rows = 8 + 8 + 8 + 2, not 32)."""
     if mr > 4:
-        _block(Af, sai, sak, Bf, ldb, boff, Cf, ldc, i0, mr, j0, nr, k0, k1, alpha)
+        _block(Af, sai, sak, Bf, ldb, boff, Cf, ldc, i0, mr, j0, nr, k0, k1, alpha, add)
     elif mr > 2:
-        _block4(Af, sai, sak, Bf, ldb, boff, Cf, ldc, i0, mr, j0, nr, k0, k1, alpha)
+        _block4(Af, sai, sak, Bf, ldb, boff, Cf, ldc, i0, mr, j0, nr, k0, k1, alpha, add)
     else:
-        _block2(Af, sai, sak, Bf, ldb, boff, Cf, ldc, i0, mr, j0, nr, k0, k1, alpha)
+        _block2(Af, sai, sak, Bf, ldb, boff, Cf, ldc, i0, mr, j0, nr, k0, k1, alpha, add)
 
 
 @numba.njit(**JIT)
@@ -259,8 +269,9 @@ def _scale(C, beta):
 
 
 @numba.njit(**JIT)
-def _gemm_nn(Af, sai, sak, Bf, ldb, Cf, ldc, m, n, k, alpha):
-    """C (m,n) += alpha * op(A) (m,k) @ op(B) (k,n), op(B) row-major in Bf with row stride ldb.
+def _gemm_nn(Af, sai, sak, Bf, ldb, Cf, ldc, m, n, k, alpha, overwrite):
+    """C (m,n) += alpha * op(A) (m,k) @ op(B) (k,n), op(B) row-major in Bf with row stride ldb;
+    with overwrite, C = alpha op(A) op(B) (the first k block stores, whatever C held).
     (Copying each (KC, NR) panel contiguous first, as BLAS packs, measured slower here:
     165 against 179 GFLOP/s at 3200 x 384 x 1536, and 133 against 232 at 64 x 384 x 768.)"""
     full = n - n % NR
@@ -269,14 +280,16 @@ def _gemm_nn(Af, sai, sak, Bf, ldb, Cf, ldc, m, n, k, alpha):
         _pack(Bf, ldb, 0, k, full, n - full, P)
     for k0 in range(0, k, KC):
         k1 = min(k0 + KC, k)
+        add = k0 > 0 or not overwrite
         for ic in range(0, m, MC):                                   # MC rows of op(A) stay in L2 ...
             ie = min(ic + MC, m)
             for j0 in range(0, full, NR):                            # ... while the panels pass
                 for i0 in range(ic, ie, MR):
-                    _rows(Af, sai, sak, Bf, ldb, j0, Cf, ldc, i0, min(MR, ie - i0), j0, NR, k0, k1, alpha)
+                    _rows(Af, sai, sak, Bf, ldb, j0, Cf, ldc, i0, min(MR, ie - i0), j0, NR, k0, k1, alpha, add)
             if full < n:
                 for i0 in range(ic, ie, MR):
-                    _rows(Af, sai, sak, P, NR, 0, Cf, ldc, i0, min(MR, ie - i0), full, n - full, k0, k1, alpha)
+                    _rows(Af, sai, sak, P, NR, 0, Cf, ldc, i0, min(MR, ie - i0), full, n - full, k0, k1, alpha,
+                          add)
 
 
 @numba.njit(**JIT)
@@ -288,7 +301,8 @@ def gemm(A, B, C, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
     m, n, k = gemm_sizes(A, B, C, trans_a, trans_b)
     if m == 0 or n == 0:
         return
-    if beta != 1.0:
+    overwrite = beta == 0.0 and k > 0 and alpha != 0.0              # stored, not zeroed then added
+    if beta != 1.0 and not overwrite:
         _scale(C, beta)
     if k == 0 or alpha == 0.0:
         return
@@ -297,9 +311,9 @@ def gemm(A, B, C, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
     sai, sak = (1, lda) if trans_a else (lda, 1)                      # op(A)[i, k] = Af[i*sai + k*sak]
     if trans_b:
         Bt = np.ascontiguousarray(B.T)                                 # (k,n) op(B), copied once
-        _gemm_nn(_flat(A), sai, sak, Bt.reshape(k * n), n, _flat(C), ldc, m, n, k, alpha)
+        _gemm_nn(_flat(A), sai, sak, Bt.reshape(k * n), n, _flat(C), ldc, m, n, k, alpha, overwrite)
     else:
-        _gemm_nn(_flat(A), sai, sak, _flat(B), _row_stride(B), _flat(C), ldc, m, n, k, alpha)
+        _gemm_nn(_flat(A), sai, sak, _flat(B), _row_stride(B), _flat(C), ldc, m, n, k, alpha, overwrite)
 
 
 @numba.njit(inline="always", **JIT)

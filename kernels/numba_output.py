@@ -9,7 +9,8 @@ narrow one: rows split evenly).
 
 One pass per row: the row maximum, the shifted exponentials (written straight into the
 gradient row), their sum, the log-sum-exp loss of the target, then the gradient
-(softmax - onehot) / N in place.  Numerically stable: every exponent is <= 0.
+(softmax - onehot) / N in place.  Numerically stable: every exponent is <= 0.  Big batches
+split the rows over the threads, each summing its rows' losses into its own slot.
 """
 from __future__ import annotations
 
@@ -36,14 +37,14 @@ def row_sum(e):
 
 
 @numba.njit(**JIT)
-def softmax_xent_kernel(logits, targets, dlogits, need_grad):
-    """logits (N,V), targets (N,) int -> mean loss (float64); dlogits (N,V) filled when
-    need_grad (it is the exp scratch either way, so pass one row (1,V) when not)."""
+def softmax_xent_rows(logits, targets, dlogits, need_grad, r0, r1, scratch):
+    """softmax_xent_kernel for rows r0..r1-1 -> their summed loss (float64); without
+    need_grad the exp scratch is dlogits[scratch]."""
     N, V = logits.shape
     total = 0.0
-    for n in range(N):
+    for n in range(r0, r1):
         z = logits[n]
-        e = dlogits[n] if need_grad else dlogits[0]
+        e = dlogits[n] if need_grad else dlogits[scratch]
         m = z[0]
         for j in range(1, V):
             m = max(m, z[j])
@@ -56,7 +57,28 @@ def softmax_xent_kernel(logits, targets, dlogits, need_grad):
             for j in range(V):
                 e[j] = e[j] * inv
             e[targets[n]] -= 1 / N
-    return total / N
+    return total
+
+
+@numba.njit(**PAR)
+def softmax_xent_par(logits, targets, dlogits, need_grad, parts):
+    """softmax_xent_rows on len(parts) threads, a block of rows each; thread k's loss sum -> parts[k]."""
+    N, nt = logits.shape[0], parts.shape[0]
+    for k in numba.prange(nt):
+        parts[k] = softmax_xent_rows(logits, targets, dlogits, need_grad, k * N // nt, (k + 1) * N // nt, k)
+
+
+@numba.njit(**JIT)
+def softmax_xent_kernel(logits, targets, dlogits, need_grad, nt):
+    """logits (N,V), targets (N,) int -> mean loss (float64); dlogits (N,V) filled when
+    need_grad (it is the exp scratch either way, so pass one row per thread (nt or 1, V) when
+    not).  nt None: the calling thread; else the rows split over nt threads."""
+    N = logits.shape[0]
+    if nt is None:
+        return softmax_xent_rows(logits, targets, dlogits, need_grad, 0, N, 0) / N
+    parts = np.zeros(nt)                                        # (nt,) float64 loss sums
+    softmax_xent_par(logits, targets, dlogits, need_grad, parts)
+    return parts.sum() / N
 
 
 @numba.njit(**PAR)

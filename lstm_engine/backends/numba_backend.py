@@ -51,6 +51,9 @@ COLUMNS_MIN_MACS = 1 << 24
 # thread / two (2-core machine, 2026-11-27): H128 121k / 90k, H192 47k / 50k, H256 26.0k /
 # 26.2k (0.9M weights), H384 12.8k / 18.4k, H512 7.1k / 13.1k, H1024 0.73k / 1.39k.
 SAMPLE_PARALLEL_MIN_MACS = 1 << 20
+# The softmax cross-entropy splits its rows over the threads from this many logits (N*V);
+# one thread / two, V = 65 (2026-11-27): N*V 13,000 14.4 / 8.7 us, 162,500 174 / 90 us.
+SOFTMAX_PARALLEL_MIN = 1 << 13
 # build the layer-0 sampling table (V rows, by BLAS) only when >= this x V characters will read it
 V_TABLE_MIN_CHARS_PER_ROW = 0.5
 PIN_BLAS = True     # pin BLAS to one thread when the kernels load (see _single_threaded_blas)
@@ -365,6 +368,13 @@ def _linear_threads(N, H, V):
     return nt
 
 
+def _softmax_threads(N, V):
+    """Threads for the softmax cross-entropy (None: the calling thread)."""
+    import numba
+    nt = numba.get_num_threads()
+    return nt if nt >= 2 and N * V >= SOFTMAX_PARALLEL_MIN else None
+
+
 def _check_linear(x, W, b=None):
     if x.ndim != 2 or W.ndim != 2 or x.shape[1] != W.shape[0] or (b is not None and b.shape != (W.shape[1],)):
         raise UserError(f"the output layer needs x (N,H), W (H,V), b (V,); got {x.shape}, {W.shape}"
@@ -403,8 +413,9 @@ def softmax_xent(logits, targets, need_grad=True, kernel=None):
                         f"got {logits.shape} and {targets.shape}")
     targets = _check_tokens(targets.reshape(-1, 1), logits.shape[1]).reshape(-1)
     logits = _c(logits)
-    d = _pool.empty(logits.shape if need_grad else (1, logits.shape[1]), logits.dtype)
-    loss = (kernel or _kernels().out.softmax_xent_kernel)(logits, targets, d, bool(need_grad))
+    nt = _softmax_threads(*logits.shape)
+    d = _pool.empty(logits.shape if need_grad else (nt or 1, logits.shape[1]), logits.dtype)
+    loss = (kernel or _kernels().out.softmax_xent_kernel)(logits, targets, d, bool(need_grad), nt)
     return float(loss), (d if need_grad else None)
 
 
