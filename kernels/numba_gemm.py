@@ -42,6 +42,7 @@ from .numba_gates import JIT
 
 MR, NR, KC = 8, 32, 256
 MC = 64                 # rows of op(A) per pass over the column panels (64 x 256: 64 KB, stays in L2)
+PAD = 32                # elements added to each row of a padded() copy
 
 
 @intrinsic
@@ -341,3 +342,21 @@ def _row_stride(X):
     """Elements between consecutive rows of a 2-D view (at least its row length)."""
     s = X.strides[0] // X.itemsize
     return s if (s >= X.shape[1] and X.shape[0] > 1) else max(X.shape[1], 1)
+
+
+@numba.njit(**JIT)
+def padded(X):
+    """A copy of X (m,n), any layout, with rows PAD elements further apart than n -> the (m,n)
+    view of it, for a B that many products read (the LSTM time loops' W_h at every step).
+    Rows 2 KB or 4 KB apart (W_h at H = 128: 512 floats a row) fall into a few sets of the
+    48 KB L1 cache, so a 32-column panel of op(B) could not stay there from one row block to
+    the next and every block read it from L2 again (the short row blocks then cost nearly as
+    much as full ones).  One thread, GFLOP/s with row stride n / n + PAD (2026-11-27):
+    25 x 128 x 512 196 / 215, 25 x 512 x 128 202 / 220, 64 x 512 x 1024 183 / 243 (medium's
+    per-thread step), 16 x 128 x 512 (no short block) 236-245 either way."""
+    m, n = X.shape
+    out = np.empty((m, n + PAD), X.dtype)                            # (m, n + PAD)
+    for i in range(m):
+        for j in range(n):
+            out[i, j] = X[i, j]
+    return out[:, :n]

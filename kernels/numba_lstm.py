@@ -12,8 +12,8 @@ Forward per step t: acts[t] holds the input projection x_t @ W_x (written before
 loop by one GEMM, or, for layer 0, copied from a V x G table by each thread for its own
 rows at step t), the recurrent product h_{t-1} @ W_h is accumulated into it by the GEMM
 (beta = 1), and `gates_forward` adds the bias, applies sigmoid/tanh in place and writes
-c_t and h_t.  Nothing is allocated inside the time loop.  The loops split by batch rows
-read W_h (and W_h^T) from a copy with padded rows (`padded`: an L1 cache-set conflict).
+c_t and h_t.  Nothing is allocated inside the time loop.  The time loops read W_h
+(and W_h^T) from a copy with padded rows (numba_gemm.padded: an L1 cache-set conflict).
 
 Backward per step t (in reverse): `gates_backward` turns dL/dh_t, dL/dc_t into the gate
 gradients dz_t (kept for all t in dzs) and dL/dc_{t-1}; the GEMM gives dL/dh_{t-1} = dz_t W_h^T.
@@ -28,11 +28,9 @@ from . import numba_cache  # noqa: F401  (first: the cache locator for everythin
 import numba
 import numpy as np
 
-from .numba_gemm import gemm
+from .numba_gemm import gemm, padded
 from .numba_gates import JIT, PAR, gates_backward, gates_forward
 from .numba_lstm_cols import backward_steps_cols, forward_steps_cols
-
-PAD = 32    # elements added to each row of the weight copies the time loops read (see padded)
 
 # How a layer uses threads: the entry kernels take (prod, rows, units), each None or a
 # thread count.  prod: threads for the big products (None: the calling thread); rows: the
@@ -80,24 +78,6 @@ def no_tokens():
 def no_table(like):
     """The table argument of a layer without one: (0, G), like's dtype (G = like's last axis)."""
     return np.empty((0, like.shape[-1]), like.dtype)
-
-
-@numba.njit(**JIT)
-def padded(X):
-    """A copy of X (m,n), any layout, with rows PAD elements further apart than n -> the (m,n)
-    view of it.  The time loops multiply by the same W_h (or W_h^T) at every step, and rows
-    2 KB apart (W_h at H = 128: 512 floats a row) fall into a few sets of the 48 KB L1 cache,
-    so the GEMM's 32-column panel (128 rows of 128 B) could not stay there from one row block
-    to the next and every block read it from L2 again: the short row blocks cost nearly as
-    much as full ones.  One thread, GFLOP/s without / with the padding (2026-11-27):
-    25 x 128 x 512 196 / 215, 25 x 512 x 128 202 / 220; 16 rows (no short block) 236-245
-    either way."""
-    m, n = X.shape
-    out = np.empty((m, n + PAD), X.dtype)                            # (m, n + PAD)
-    for i in range(m):
-        for j in range(n):
-            out[i, j] = X[i, j]
-    return out[:, :n]
 
 
 @numba.njit(inline="always", **JIT)
@@ -197,7 +177,7 @@ def run_forward_steps(Wh, b, h0, c0, hs, cs, acts, rows, units, tokens, table):
 def run_backward_steps(dhs, Wh, c0, cs, acts, dzs, dh, dc, rows, units, tokens, db, dtable):
     """The reverse time loop (see run_forward_steps) -> dzs, and db (G,) = the sum of the dz
     rows, dtable (V,G) = the dz rows summed by token (V = 0: no table).  W_h^T is copied
-    once (G,H), so every step's dz_t W_h^T reads it row by row."""
+    once (G,H, rows padded), so every step's dz_t W_h^T reads it row by row."""
     db[:] = 0
     dtable[:] = 0
     if rows is not None:
@@ -208,8 +188,7 @@ def run_backward_steps(dhs, Wh, c0, cs, acts, dzs, dh, dc, rows, units, tokens, 
             db += dbp[k]
             dtable += dtp[k]
     elif units is not None:
-        WhT = np.ascontiguousarray(Wh.T)                            # (G,H), sliced by units
-        backward_steps_cols(dhs, WhT, c0, cs, acts, dzs, dh, dc, units)
+        backward_steps_cols(dhs, padded(Wh.T), c0, cs, acts, dzs, dh, dc, units)
         T, B, G = dzs.shape
         column_sums(dzs.reshape(T * B, G), db)
         if dtable.shape[0] > 0:

@@ -22,7 +22,7 @@ from . import numba_cache  # noqa: F401  (first: the cache locator for everythin
 import numba
 import numpy as np
 
-from .numba_gemm import gemm
+from .numba_gemm import PAD, gemm
 from .numba_gates import JIT, PAR, gates_backward, gates_forward
 
 
@@ -107,7 +107,8 @@ def forward_buffers(Wh, B, nt):
     there numba would turn each np.zeros into a parallel loop of its own)."""
     H = Wh.shape[0]
     U = (H + nt - 1) // nt
-    return (np.zeros((nt, H, 4 * U), Wh.dtype),     # Wp: thread k's gate columns side by side (padding 0)
+    return (np.zeros((nt, H, 4 * U + PAD), Wh.dtype)[:, :, :4 * U],   # Wp: thread k's gate columns side by
+            # side (padding 0); rows PAD further apart than 4U, as numba_gemm.padded (an L1 set conflict)
             np.zeros((nt, 4 * U), Wh.dtype),        # bp: the same for b
             np.zeros((nt, B, 4 * U), Wh.dtype),     # z: pre-activations -> gates of the step
             np.zeros((nt, 2, B, U), Wh.dtype),      # c: c_{t-1} and c_t, alternating
