@@ -43,6 +43,9 @@ from .numba_gates import JIT
 MR, NR, KC = 8, 32, 256
 MC = 64                 # rows of op(A) per pass over the column panels (64 x 256: 64 KB, stays in L2)
 PAD = 32                # elements added to each row of a padded() copy
+SET_STRIDE = 1024       # bytes: op(B) rows a multiple of this apart share L1 sets (see padded) ...
+PAD_MIN_ROWS = 256      # ... and gemm copies op(B) with padded rows when m is at least this (copy ~ k*n
+#                         against 2*m*k*n FLOP; medium's 6400 x 512 x 2048: 134 -> 173 GFLOP/s one thread)
 
 
 @intrinsic
@@ -298,6 +301,8 @@ def gemm(A, B, C, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
     """C (m,n) = alpha * op(A) @ op(B) + beta * C, row-major 2-D views with contiguous rows.
 
     op(A) is (m,k): A itself (m,k) or, with trans_a, A.T for A (k,m); likewise op(B) (k,n).
+    With many rows (m >= PAD_MIN_ROWS) an op(B) whose rows lie a multiple of SET_STRIDE bytes
+    apart is read from a copy with padded rows (padded: an L1 cache-set conflict).
     """
     m, n, k = gemm_sizes(A, B, C, trans_a, trans_b)
     if m == 0 or n == 0:
@@ -310,11 +315,24 @@ def gemm(A, B, C, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
     check_rows_contiguous(A, B, C)
     lda, ldc = _row_stride(A), _row_stride(C)
     sai, sak = (1, lda) if trans_a else (lda, 1)                      # op(A)[i, k] = Af[i*sai + k*sak]
-    if trans_b:
-        Bt = np.ascontiguousarray(B.T)                                 # (k,n) op(B), copied once
-        _gemm_nn(_flat(A), sai, sak, Bt.reshape(k * n), n, _flat(C), ldc, m, n, k, alpha, overwrite)
+    if trans_b and m >= PAD_MIN_ROWS and n * C.itemsize % SET_STRIDE == 0:
+        _gemm_view(A, sai, sak, padded(B.T), C, ldc, m, n, k, alpha, overwrite)   # (k,n) op(B), rows padded
+    elif trans_b:
+        _gemm_view(A, sai, sak, np.ascontiguousarray(B.T), C, ldc, m, n, k, alpha, overwrite)   # (k,n) op(B)
+    elif m >= PAD_MIN_ROWS and _row_stride(B) * B.itemsize % SET_STRIDE == 0:
+        _gemm_view(A, sai, sak, padded(B), C, ldc, m, n, k, alpha, overwrite)     # rows padded: see padded()
     else:
-        _gemm_nn(_flat(A), sai, sak, _flat(B), _row_stride(B), _flat(C), ldc, m, n, k, alpha, overwrite)
+        _gemm_view(A, sai, sak, B, C, ldc, m, n, k, alpha, overwrite)
+
+
+@numba.njit(**JIT)
+def _gemm_view(A, sai, sak, Bk, C, ldc, m, n, k, alpha, overwrite):
+    """_gemm_nn on the flat data of the views.  Bk (k,n) = op(B) arrives as an argument, so a
+    copy made for this call (gemm's padded or transposed op(B)) stays alive while _gemm_nn
+    reads it: _flat's 1-D view does not own the memory, and a copy held only by a local
+    variable would be freed after its last use, before the product (a use after free that
+    crashed on 50 MB copies)."""
+    _gemm_nn(_flat(A), sai, sak, _flat(Bk), _row_stride(Bk), _flat(C), ldc, m, n, k, alpha, overwrite)
 
 
 @numba.njit(inline="always", **JIT)
@@ -353,7 +371,9 @@ def padded(X):
     the next and every block read it from L2 again (the short row blocks then cost nearly as
     much as full ones).  One thread, GFLOP/s with row stride n / n + PAD (2026-11-27):
     25 x 128 x 512 196 / 215, 25 x 512 x 128 202 / 220, 64 x 512 x 1024 183 / 243 (medium's
-    per-thread step), 16 x 128 x 512 (no short block) 236-245 either way."""
+    per-thread step), 16 x 128 x 512 (no short block) 236-245 either way; medium's input
+    projection per thread 6400 x 512 x 1024 (B rows 8 KB apart) 134 / 173, its weight gradient
+    512 x 6400 x 1024 142 / 177 (the copy: 3.8 ms of 47)."""
     m, n = X.shape
     out = np.empty((m, n + PAD), X.dtype)                            # (m, n + PAD)
     for i in range(m):

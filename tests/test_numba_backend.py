@@ -133,6 +133,38 @@ def test_gemm_on_strided_blocks_with_beta(trans_a, trans_b, impl):
     print(f"\n{impl} trans_a={trans_a} trans_b={trans_b}: worst scale-relative error {worst}")
 
 
+_PADDED_GEMM = """
+import numpy as np
+from lstm_engine.kernels import numba_gemm as G
+rng = np.random.default_rng(0)
+m, k, n = 2 * G.PAD_MIN_ROWS, 3000, 2 * G.SET_STRIDE   # float32 rows of op(B): 8 KB apart
+worst = 0.0
+for ta in (False, True):
+    for tb in (False, True):
+        A = rng.standard_normal((k, m) if ta else (m, k)).astype(np.float32)
+        B = rng.standard_normal((n, k) if tb else (k, n)).astype(np.float32)     # 25 MB: its copy is mmapped
+        C = np.full((m, n), np.nan, np.float32)
+        G.gemm(A, B, C, ta, tb, 1.0, 0.0)
+        want = (A.T if ta else A).astype(np.float64) @ (B.T if tb else B)
+        worst = max(worst, float(np.abs(C - want).max() / np.abs(want).max()))
+print(worst)
+"""
+
+
+def test_gemm_from_a_padded_copy_of_b():
+    """With m >= PAD_MIN_ROWS and op(B) rows a multiple of SET_STRIDE bytes apart, gemm reads op(B)
+    from a copy with padded rows, for all four transpose cases.  Run in a fresh process, without
+    the backend's malloc tuning, so that a 25 MB copy freed too early goes back to the OS: the
+    first version freed it before the product and crashed on such sizes."""
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-c", _PADDED_GEMM], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+    err = float(r.stdout.split()[-1])
+    print(f"\npadded-B gemm, 4 transpose cases: worst scale-relative error {err:.1e}")
+    assert err <= TOL["float32"]
+
+
 @pytest.mark.parametrize("threads", ["one-thread", "row-split"])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_output_layer_forward_and_gradients(dtype, threads, monkeypatch):
