@@ -28,7 +28,7 @@ from . import numba_cache  # noqa: F401  (first: the cache locator for everythin
 import numba
 import numpy as np
 
-from .numba_gemm import gemm, padded
+from .numba_gemm import PAD_MIN_ROWS, SET_STRIDE, gemm, padded
 from .numba_gates import JIT, PAR, gates_backward, gates_forward
 from .numba_lstm_cols import backward_steps_cols, forward_steps_cols
 
@@ -246,13 +246,22 @@ def scatter_add_rows(ids, rows, out):
 
 
 @numba.njit(**JIT)
-def recurrent_weight_grads(h0, hs, dzs, dW, prod):
-    """dW[:H] = sum_t h_{t-1}^T dz_t as two products over all rows."""
-    T, B, G = dzs.shape
+def recurrent_weight_grads(h0, hs, dz2, dW, prod):
+    """dW[:H] = sum_t h_{t-1}^T dz_t as two products over all rows; dz2 (N,G) the dz rows
+    (any row stride)."""
+    B, H = h0.shape
+    N = dz2.shape[0]
+    mm(h0, dz2[:B], dW[:H], True, False, 1.0, 0.0, prod)              # h_0^T dz_1
+    mm(hs.reshape(N, H)[:N - B], dz2[B:], dW[:H], True, False, 1.0, 1.0, prod)
+
+
+@numba.njit(**JIT)
+def weight_grads(h0, hs, x, dz2, dW, prod):
+    """dW (H+I,G): recurrent_weight_grads, then dW[H:] = x^T dz; dz2 (N,G), any row stride."""
+    T, B, I = x.shape
     H = h0.shape[1]
-    dz2 = dzs.reshape(T * B, G)                                     # (N,G)
-    mm(h0, dzs[0], dW[:H], True, False, 1.0, 0.0, prod)               # h_0^T dz_1
-    mm(hs.reshape(T * B, H)[:(T - 1) * B], dz2[B:], dW[:H], True, False, 1.0, 1.0, prod)
+    recurrent_weight_grads(h0, hs, dz2, dW, prod)
+    mm(x.reshape(T * B, I), dz2, dW[H:], True, False, 1.0, 0.0, prod)       # dW_x = x^T dz  (I,G)
 
 
 @numba.njit(**JIT)
@@ -262,9 +271,11 @@ def lstm_backward_kernel(dhs, x, W, h0, c0, hs, cs, acts, dzs, dh, dc, dx, dW, d
     T, B, I = x.shape
     H = h0.shape[1]
     run_backward_steps(dhs, W[:H], c0, cs, acts, dzs, dh, dc, rows, units, no_tokens(), db, no_table(dW))
-    recurrent_weight_grads(h0, hs, dzs, dW, prod)
-    dz2 = dzs.reshape(T * B, 4 * H)
-    mm(x.reshape(T * B, I), dz2, dW[H:], True, False, 1.0, 0.0, prod)       # dW_x = x^T dz  (I,G)
+    dz2 = dzs.reshape(T * B, 4 * H)                                 # (N,G)
+    if min(H, I) >= PAD_MIN_ROWS and dz2.shape[1] * dz2.itemsize % SET_STRIDE == 0:
+        weight_grads(h0, hs, x, padded(dz2), dW, prod)    # gemm would copy dz for each product: once here
+    else:
+        weight_grads(h0, hs, x, dz2, dW, prod)
     mm(dz2, W[H:], dx.reshape(T * B, I), False, True, 1.0, 0.0, prod)       # dx = dz W_x^T  (N,I)
 
 
@@ -275,6 +286,7 @@ def embed_lstm_backward_kernel(dhs, tokens, Emb, W, h0, c0, hs, cs, acts, dzs, d
     (inside the time loop), then dW_x = Emb^T dtable and dEmb = dtable W_x^T (two small products)."""
     H = h0.shape[1]
     run_backward_steps(dhs, W[:H], c0, cs, acts, dzs, dh, dc, rows, units, tokens, db, dtable)
-    recurrent_weight_grads(h0, hs, dzs, dW, prod)
+    T, B, G = dzs.shape
+    recurrent_weight_grads(h0, hs, dzs.reshape(T * B, G), dW, prod)
     gemm(Emb, dtable, dW[H:], True, False)                          # (E,G)
     gemm(dtable, W[H:], dEmb, False, True)                          # (V,E)
