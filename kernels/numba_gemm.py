@@ -315,14 +315,21 @@ def gemm(A, B, C, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
     check_rows_contiguous(A, B, C)
     lda, ldc = _row_stride(A), _row_stride(C)
     sai, sak = (1, lda) if trans_a else (lda, 1)                      # op(A)[i, k] = Af[i*sai + k*sak]
-    if trans_b and m >= PAD_MIN_ROWS and n * C.itemsize % SET_STRIDE == 0:
+    if trans_b and pads_b(m, n * C.itemsize):
         _gemm_view(A, sai, sak, padded(B.T), C, ldc, m, n, k, alpha, overwrite)   # (k,n) op(B), rows padded
     elif trans_b:
         _gemm_view(A, sai, sak, np.ascontiguousarray(B.T), C, ldc, m, n, k, alpha, overwrite)   # (k,n) op(B)
-    elif m >= PAD_MIN_ROWS and _row_stride(B) * B.itemsize % SET_STRIDE == 0:
+    elif pads_b(m, _row_stride(B) * B.itemsize):
         _gemm_view(A, sai, sak, padded(B), C, ldc, m, n, k, alpha, overwrite)     # rows padded: see padded()
     else:
         _gemm_view(A, sai, sak, B, C, ldc, m, n, k, alpha, overwrite)
+
+
+@numba.njit(inline="always", **JIT)
+def pads_b(m, row_bytes):
+    """True when gemm reads op(B) from a padded copy: C has many rows (m >= PAD_MIN_ROWS) and
+    op(B)'s rows lie a multiple of SET_STRIDE bytes apart (row_bytes)."""
+    return m >= PAD_MIN_ROWS and row_bytes % SET_STRIDE == 0
 
 
 @numba.njit(**JIT)

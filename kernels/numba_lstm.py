@@ -28,7 +28,7 @@ from . import numba_cache  # noqa: F401  (first: the cache locator for everythin
 import numba
 import numpy as np
 
-from .numba_gemm import PAD_MIN_ROWS, SET_STRIDE, gemm, padded
+from .numba_gemm import gemm, padded, pads_b
 from .numba_gates import JIT, PAR, gates_backward, gates_forward
 from .numba_lstm_cols import backward_steps_cols, forward_steps_cols
 
@@ -272,7 +272,7 @@ def lstm_backward_kernel(dhs, x, W, h0, c0, hs, cs, acts, dzs, dh, dc, dx, dW, d
     H = h0.shape[1]
     run_backward_steps(dhs, W[:H], c0, cs, acts, dzs, dh, dc, rows, units, no_tokens(), db, no_table(dW))
     dz2 = dzs.reshape(T * B, 4 * H)                                 # (N,G)
-    if min(H, I) >= PAD_MIN_ROWS and dz2.shape[1] * dz2.itemsize % SET_STRIDE == 0:
+    if pads_b(min(H, I), dz2.shape[1] * dz2.itemsize):
         weight_grads(h0, hs, x, padded(dz2), dW, prod)    # gemm would copy dz for each product: once here
     else:
         weight_grads(h0, hs, x, dz2, dW, prod)

@@ -246,7 +246,14 @@ def test_embedding_layer_both_paths(T, B, I, H, V, dtype, rng, path):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_softmax_xent_with_extreme_logits(dtype, rng):
+@pytest.mark.parametrize("threads", ["one-thread", "row-split"])
+def test_softmax_xent_with_extreme_logits(dtype, threads, rng, monkeypatch):
+    """On the calling thread and with the rows split over the threads (each thread's loss sum
+    in its own slot; without need_grad each thread its own scratch row)."""
+    import numba
+    if threads == "row-split" and numba.get_num_threads() < 2:
+        pytest.skip("numba has one thread here (NUMBA_NUM_THREADS=1)")
+    monkeypatch.setattr(nb, "SOFTMAX_PARALLEL_MIN", 0 if threads == "row-split" else 1 << 62)
     logits = (rng.standard_normal((37, 11)) * 5).astype(dtype)
     logits[0, 3], logits[1, :] = 80.0, -70.0                    # one huge, one flat row
     targets = rng.integers(0, 11, 37)
