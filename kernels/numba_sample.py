@@ -19,9 +19,9 @@ import numba
 import numpy as np
 
 from .numba_math import fsigmoid, ftanh
+from .numba_sync import FLAG_STRIDE, load_acquire, load_seq, spin_pause, store_release, store_seq
 
 JIT = dict(cache=True, error_model="numpy", fastmath={"contract"})
-PAR = dict(JIT, parallel=True)
 
 
 @numba.njit(inline="always", **JIT)
@@ -196,7 +196,9 @@ def generate_kernel(Emb, X0, Ws, bs, Wy, by, h, c, token, temperature, top_k, to
 
 
 # ----------------------------------------------------------------------------
-# The same on nt threads, each owning a block of each layer's weight rows (for big layers)
+# The same on a team of nt threads, each owning a block of each layer's weight rows: the
+# caller's thread is thread 0, the others are long-lived workers (lstm_engine/backends/
+# numba_team.py) that spin between jobs, so a 32-character call costs no thread start.
 # ----------------------------------------------------------------------------
 
 @numba.njit(inline="always", **JIT)
@@ -214,37 +216,135 @@ def matvec_part(h, x, W, part, k0, k1):
         matvec_acc(x[a - H:b - H], W[a:b], part)
 
 
-@numba.njit(**PAR)
-def generate_kernel_par(Emb, X0, Ws, bs, Wy, by, h, c, token, temperature, top_k, top_p, greedy, us, out, nt):
-    """generate_kernel with each layer's matrix-vector product split over nt threads by weight
-    rows: thread t sums rows t*K/nt .. (t+1)*K/nt - 1 of the layer's K = H + I rows into its own
-    partial gate sums (no thread adds into another's), the calling thread adds the partials
-    and applies the gates.  Each thread streams the same 1/nt of the weights every character:
-    two threads read 13.6 MB at ~150 GB/s here against ~70 for one (the rows a thread owns are
-    contiguous; the unit split this replaced read four 1/nt strips of every row and ran no
-    faster than one thread).  Same arguments plus nt."""
-    L, H = h.shape
+# Flag slots of a team (indices into its int64 flags, FLAG_STRIDE apart, see numba_sync): the
+# job counter, the stop flag, then per thread t its barrier counter and whether it is parked.
+JOB, STOP = 0, FLAG_STRIDE
+
+
+@numba.njit(inline="always", **JIT)
+def ready_slot(t):
+    return (2 + t) * FLAG_STRIDE
+
+
+@numba.njit(inline="always", **JIT)
+def parked_slot(t, nt):
+    return (2 + nt + t) * FLAG_STRIDE
+
+
+@numba.njit(inline="always", **JIT)
+def wait_for_team(flags, tid, nt, s):
+    """Spin until every other thread's barrier counter reached s.  -> False when told to stop."""
+    for u in range(nt):
+        if u != tid:
+            while load_acquire(flags, ready_slot(u)) < s:
+                if load_acquire(flags, STOP) != 0:
+                    return False
+                spin_pause()
+    return True
+
+
+@numba.njit(nogil=True, **JIT)
+def team_share(tid, nt, Emb, X0, Ws, bs, Wy, by, h, c, h_in, c_in, params, us, out, parts, flags, job):
+    """Thread tid's share of one generation job of the team (nt threads, each running this).
+
+    Per character and layer, thread t sums its block of the fused weight rows (t*K/nt ..
+    (t+1)*K/nt - 1 of K = H + I) into parts[s % 2, t] (G,), raises its barrier counter to s and
+    waits for the others' (no thread adds into another's; the two buffers alternate, so a fast
+    thread fills one while a slow one still reads the other).  Then every thread adds all nt
+    partials in the same order and applies the gates to its own copy of the state, h[t], c[t]
+    (L,H), and computes the same logits and the same token from the same uniform: identical
+    arithmetic, so the copies never differ and no second barrier is needed.  Thread 0 writes out.
+
+    Job inputs are double-buffered by job parity p, because a worker may still finish the last
+    character of the previous job while the caller writes the next one's: h_in, c_in (2,L,H)
+    state, params (2,6) = (token, n, temperature, top_k, top_p, greedy), us (2,cap) uniforms.
+    -> 0, or -1 when the STOP flag was raised while waiting (then out and the state are partial).
+    """
+    p = job & 1
+    token, n, temperature = np.int64(params[p, 0]), np.int64(params[p, 1]), params[p, 2]
+    top_k, top_p, greedy = np.int64(params[p, 3]), params[p, 4], params[p, 5] != 0
+    L, H = h.shape[1], h.shape[2]
     V = by.shape[0]
     G = 4 * H
-    z, logits, zd, probs, p, order, none = sample_buffers(H, V, Wy)
-    parts = np.empty((nt, G), Wy.dtype)                               # (nt,G) one partial sum per thread
-    for k in range(out.shape[0]):
+    z, logits, zd, probs, pr, order, none = sample_buffers(H, V, Wy)
+    ht, ct = h[tid], c[tid]                                       # (L,H) this thread's state
+    ht[:] = h_in[p]
+    ct[:] = c_in[p]
+    s = load_acquire(flags, ready_slot(tid))                      # barrier count so far
+    for k in range(n):
         for l in range(L):
-            W = Ws[l]
-            zx, x = layer_input(Emb, X0, bs, h[l - 1], l, token, none)
+            zx, x = layer_input(Emb, X0, bs, ht[l - 1], l, token, none)
             K = H + x.shape[0]
-            hl = h[l]
-            for t in numba.prange(nt):
-                matvec_part(hl, x, W, parts[t], t * K // nt, (t + 1) * K // nt)
+            buf = parts[s & 1]                                    # (nt,G)
+            matvec_part(ht[l], x, Ws[l], buf[tid], tid * K // nt, (tid + 1) * K // nt)
+            s += 1
+            store_release(flags, ready_slot(tid), s)
+            if not wait_for_team(flags, tid, nt, s):
+                return -1
             for j in range(G):
                 z[j] = zx[j]
-            for t in range(nt):
+            for u in range(nt):
                 for j in range(G):
-                    z[j] += parts[t, j]
-            cell_gates(z, hl, c[l])
+                    z[j] += buf[u, j]
+            cell_gates(z, ht[l], ct[l])
         for j in range(V):
             logits[j] = by[j]
-        matvec_acc(h[L - 1], Wy, logits)
-        token = next_token(logits, temperature, top_k, top_p, greedy, us[k] if not greedy else 0.0,
-                           zd, probs, order, p)
-        out[k] = token
+        matvec_acc(ht[L - 1], Wy, logits)
+        token = next_token(logits, temperature, top_k, top_p, greedy, us[p, k] if not greedy else 0.0,
+                           zd, probs, order, pr)
+        if tid == 0:
+            out[k] = token
+    return 0
+
+
+@numba.njit(nogil=True, **JIT)
+def team_publish(flags, job, nt):
+    """Announce job number `job` (its inputs already written) -> bit t-1 set for each worker t
+    that had parked and must be woken.  Sequentially consistent against team_worker's park:
+    either the worker sees the job or this sees it parked."""
+    store_seq(flags, JOB, job)
+    asleep = 0
+    for t in range(1, nt):
+        if load_seq(flags, parked_slot(t, nt)) != 0:
+            asleep |= 1 << (t - 1)
+    return asleep
+
+
+@numba.njit(nogil=True, **JIT)
+def team_worker(tid, nt, Emb, X0, Ws, bs, Wy, by, h, c, h_in, c_in, params, us, out, parts, flags,
+                done, spin_limit):
+    """A worker thread's loop: run each job numbered above `done` as it is published; after
+    spin_limit polls with no job, park (flag set, then a last look for a job) and return.
+    -> the last job done (>= 0) when parking, -1 when told to stop."""
+    store_seq(flags, parked_slot(tid, nt), 0)
+    idle = 0
+    while True:
+        if load_acquire(flags, STOP) != 0:
+            return -1
+        job = load_seq(flags, JOB)
+        if job > done:
+            if team_share(tid, nt, Emb, X0, Ws, bs, Wy, by, h, c, h_in, c_in, params, us, out, parts,
+                          flags, job) < 0:
+                return -1
+            done = job
+            idle = 0
+        elif idle < spin_limit:
+            idle += 1
+            spin_pause()
+        else:
+            store_seq(flags, parked_slot(tid, nt), 1)
+            if load_seq(flags, JOB) <= done:
+                return done
+            store_seq(flags, parked_slot(tid, nt), 0)            # a job came in meanwhile
+            idle = 0
+
+
+@numba.njit(**JIT)
+def spin_polls(n):
+    """n idle polls of the worker loop (for calibrating spin_limit against the clock)."""
+    flags = np.zeros(FLAG_STRIDE * 2, np.int64)
+    acc = 0
+    for _ in range(n):
+        acc += load_seq(flags, JOB)
+        spin_pause()
+    return acc

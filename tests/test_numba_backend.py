@@ -352,18 +352,25 @@ def test_generated_text_is_the_same(models, dtype, opts, table, monkeypatch):
 @pytest.mark.parametrize("table", [True, False], ids=["x0-table", "no-table"])
 @pytest.mark.parametrize("opts", [dict(greedy=True), dict(temperature=0.8, top_p=0.9)], ids=["greedy", "sampled"])
 def test_threaded_generation_is_the_same(models, opts, table, monkeypatch):
-    """The generation kernel with each layer's weight rows split over threads (used for big
-    layers; the partial sums are added on one thread), forced on a small model, in chunks
-    of 41 characters so the state is carried between calls: the same text as the reference."""
+    """Generation on a team of threads, each summing a block of every layer's weight rows
+    (used for big layers), forced on a small model, in chunks of 41 characters so the state is
+    carried between calls and the team between jobs: the same text as the reference."""
     import numba
+
+    from lstm_engine.backends import numba_team
     if numba.get_num_threads() < 2:
         pytest.skip("numba has one thread here")
-    monkeypatch.setattr(nb, "SAMPLE_PARALLEL_MIN_MACS", 0)
+    monkeypatch.setattr(nb, "SAMPLE_ROWS_PER_THREAD", 1)
+    monkeypatch.setattr(nb, "SAMPLE_TEAM_MIN_MACS", 0)
     monkeypatch.setattr(nb, "V_TABLE_MIN_CHARS_PER_ROW", 0 if table else np.inf)
+    jobs = []
+    monkeypatch.setattr(numba_team.Team, "run", lambda self, *a, _run=numba_team.Team.run:
+                        jobs.append(self.nt) or _run(self, *a))
     vocab, by_backend = models
     texts = {be: generate_text(m, vocab, prime="the", length=123, seed=3, chunk=41, **opts)
              for be, m in by_backend["float64"].items()}
     assert texts["numba"] == texts["numpy"]
+    assert len(jobs) == 3 and min(jobs) >= 2                # a team ran every chunk
 
 
 def test_pool_never_hands_out_an_array_in_use():

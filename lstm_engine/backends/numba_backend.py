@@ -45,12 +45,14 @@ _K = None   # the kernels modules, imported (and numba with them) on first use
 # B rows times fewer columns).  The big products after the loop are split by columns.
 PARALLEL_MIN_MACS = 1 << 22
 COLUMNS_MIN_MACS = 1 << 24
-# Generation splits each layer's matrix-vector product over numba's threads by weight rows
-# (numba_sample.generate_kernel_par) when one character reads at least this many weights
-# (sum over layers of (H+I)*4H).  It is bound by memory bandwidth; E128 L2, chars/s one
-# thread / two (2-core machine, 2026-11-27): H128 121k / 90k, H192 47k / 50k, H256 26.0k /
-# 26.2k (0.9M weights), H384 12.8k / 18.4k, H512 7.1k / 13.1k, H1024 0.73k / 1.39k.
-SAMPLE_PARALLEL_MIN_MACS = 1 << 20
+# Generation splits each layer's weight rows over a team of threads (numba_team.py) when
+# the model has at least SAMPLE_ROWS_PER_THREAD hidden units per thread and one call does at
+# least SAMPLE_TEAM_MIN_MACS multiply-adds (characters x weights; a team without the caller's
+# cache ends with the call, so it pays a thread start).  Batch-1 sampling is bound by one
+# core's cache bandwidth; chars/s one thread / team of two (2-core machine, 2026-11-27,
+# benchmarks/sample_threads.py): see benchmarks/NUMBA.md "Batch-1 sampling on a team".
+SAMPLE_ROWS_PER_THREAD = 64
+SAMPLE_TEAM_MIN_MACS = 1 << 20
 # The softmax cross-entropy splits its rows over the threads from this many logits (N*V);
 # one thread / two, V = 65 (2026-11-27): N*V 13,000 14.4 / 8.7 us, 162,500 174 / 90 us.
 SOFTMAX_PARALLEL_MIN = 1 << 13
@@ -479,18 +481,49 @@ def generate(weights, state, token, n, temperature=1.0, top_k=0, top_p=1.0, gree
     out = np.empty(n, np.int64)
     us = np.zeros(0) if greedy else rng.random(n)                                # one uniform per token
     if n:
-        import numba
         X0 = _layer0_table(Emb, Ws[0], bs[0], n, cache)                        # (V,G) or (0,G)
         args = (Emb, X0, Ws, bs, Wy, by, h, c, int(token), float(temperature), int(top_k), float(top_p),
                 bool(greedy), us, out)
-        nt = min(numba.get_num_threads(), h.shape[1])
-        if nt > 1 and sum(W.size for W in Ws) >= SAMPLE_PARALLEL_MIN_MACS:
-            _kernels().sample.generate_kernel_par(*args, nt)
-        else:
+        team = _sample_team(args[:6], h.shape, n, cache)
+        if team is None:
             _kernels().sample.generate_kernel(*args)
+        else:
+            for k0 in range(0, n, team.cap):                                   # jobs of at most cap chars
+                k1 = min(n, k0 + team.cap)
+                out[k0:k1] = team.run(h, c, token if k0 == 0 else out[k0 - 1], k1 - k0, temperature,
+                                      top_k, top_p, greedy, us[k0:k1])
+            if cache is None:
+                team.close()
     for l in range(L):
         state[l][0], state[l][1] = h[l:l + 1], c[l:l + 1]
     return out
+
+
+def _sample_team(arrays, shape, n, cache):
+    """The team of threads for generating from arrays = (Emb, X0, Ws, bs, Wy, by), or None for
+    the one-thread kernel.  Kept in `cache` for the same arrays (replaced, and the old one told
+    to end, when other arrays come with the same cache); without a cache, one for this call."""
+    import numba
+
+    from . import numba_team
+    L, H = shape
+    nt = min(numba.get_num_threads(), H // SAMPLE_ROWS_PER_THREAD)
+    macs = sum(W.size for W in arrays[2]) + arrays[4].size
+    if nt < 2 or n * macs < SAMPLE_TEAM_MIN_MACS:
+        return None
+    if cache is None:
+        return numba_team.Team(_kernels().sample, nt, arrays, L, H, n)
+    Emb, X0, Ws, bs, Wy, by = arrays
+    key = (nt, id(Emb), id(X0) if len(X0) else 0, *map(id, Ws), *map(id, bs), id(Wy), id(by))
+    old = cache.get("team")
+    if old is not None and old[0] == key and not old[1].closed:
+        return old[1]
+    if old is not None:
+        old[1].close()
+    cap = int(max(n, min(cache.get("chars", n), 256)))
+    team = numba_team.Team(_kernels().sample, nt, arrays, L, H, cap)
+    cache["team"] = (key, team)
+    return team
 
 
 def _layer0_table(Emb, W0, b0, n, cache):

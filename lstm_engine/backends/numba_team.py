@@ -1,0 +1,133 @@
+"""Batch-1 generation on several cores: a team of threads that outlives one generate() call.
+
+Dimension legend: L layers, H hidden, G = 4H, V vocabulary, nt threads, cap characters a job.
+
+One character reads every weight once (about 0.8 MB at H128, two layers), so batch-1
+sampling is bound by how fast one core streams its weights from its own L2 cache.  A team
+of nt threads splits each layer's weight rows, so each core streams 1/nt of them
+(kernels/numba_sample.py, team_share); they meet at one spin barrier per layer and
+character, well under a microsecond, where numba's prange costs several microseconds a
+region.
+
+generate_text asks for 32 characters a call, about 160 us of work, so the team cannot be
+started per call: the workers are Python threads (the kernels release the GIL) that stay
+in jitted code between calls, polling the job counter for SPIN_SECONDS, then park on an
+Event (the caller wakes them, ~0.1 ms), and end after IDLE_EXIT_SECONDS without a job.  A
+team is bound to one set of weight arrays and is kept in the caller's generation cache, so
+a model whose weights are replaced gets a new team and the old one's threads end on their
+own.  The calling thread is thread 0: it writes the job's inputs, publishes the job, wakes
+parked workers, and runs its share.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+
+SPIN_SECONDS = 0.002        # a worker polls this long for the next job before it parks
+IDLE_EXIT_SECONDS = 0.5     # a parked worker ends after this long without a job
+_POLLS_PER_SECOND = None    # measured once: polls of team_worker's idle loop per second
+
+
+def _polls_per_second(kernels):
+    global _POLLS_PER_SECOND
+    if _POLLS_PER_SECOND is None:
+        kernels.spin_polls(1000)                                  # compile / load
+        t0 = time.perf_counter()
+        kernels.spin_polls(200_000)
+        _POLLS_PER_SECOND = 200_000 / max(time.perf_counter() - t0, 1e-6)
+    return _POLLS_PER_SECOND
+
+
+class Team:
+    """nt threads generating from one model's arrays (Emb, X0, Ws, bs, Wy, by as
+    numba_sample.generate_kernel takes them).  run() is called from one thread at a time."""
+
+    def __init__(self, kernels, nt, arrays, L, H, cap):
+        self.k, self.nt, self.arrays, self.cap = kernels, nt, arrays, cap
+        dt = arrays[4].dtype                                          # Wy's
+        G = 4 * H
+        self.h = np.zeros((nt, L, H), dt)                             # each thread's own state copy
+        self.c = np.zeros((nt, L, H), dt)
+        self.h_in = np.zeros((2, L, H), dt)                           # job inputs by job parity
+        self.c_in = np.zeros((2, L, H), dt)
+        self.params = np.zeros((2, 6))                                # token n temperature top_k top_p greedy
+        self.us = np.zeros((2, cap))                                  # uniforms
+        self.out = np.zeros(cap, np.int64)
+        self.parts = np.zeros((2, nt, G), dt)                         # partial gate sums, by barrier parity
+        self.flags = np.zeros((2 + 2 * nt) * kernels.FLAG_STRIDE, np.int64)
+        self.job = 0
+        self.spin_limit = int(SPIN_SECONDS * _polls_per_second(kernels))
+        self.lock = threading.Lock()
+        self.wake = [threading.Event() for _ in range(nt)]
+        self.alive = [False] * nt
+        self.done = [0] * nt                                          # last job each worker finished
+        self.failed = None
+        self.closed = False
+
+    def _args(self):
+        return (*self.arrays, self.h, self.c, self.h_in, self.c_in, self.params, self.us, self.out,
+                self.parts, self.flags)
+
+    def _worker(self, tid):
+        try:
+            while True:
+                done = self.k.team_worker(tid, self.nt, *self._args(), self.done[tid], self.spin_limit)
+                if done < 0:                                              # stopped
+                    break
+                self.done[tid] = done
+                if self.wake[tid].wait(IDLE_EXIT_SECONDS):
+                    self.wake[tid].clear()
+                    continue
+                with self.lock:                                           # idle: end, unless woken just now
+                    if not self.wake[tid].is_set():
+                        self.alive[tid] = False
+                        return
+                self.wake[tid].clear()
+        except BaseException as e:          # pragma: no cover - a kernel does not raise
+            self.failed = e
+            self.flags[self.k.STOP] = 1                # release thread 0's barrier
+        with self.lock:
+            self.alive[tid] = False
+
+    def _wake(self, asleep):
+        """Start or wake the workers that are not polling (bit t-1 of asleep: worker t parked)."""
+        with self.lock:
+            for t in range(1, self.nt):
+                if not self.alive[t]:
+                    self.alive[t] = True
+                    threading.Thread(target=self._worker, args=(t,), daemon=True,
+                                     name=f"lstm-engine-sampler-{t}").start()
+                elif asleep >> (t - 1) & 1:
+                    self.wake[t].set()
+
+    def run(self, h, c, token, n, temperature, top_k, top_p, greedy, us):
+        """Sample n <= cap ids from state h, c (L,H), updated in place -> ids (n,) int64 (a copy)."""
+        assert 1 <= n <= self.cap and not self.closed
+        self.job += 1
+        p = self.job & 1
+        self.h_in[p], self.c_in[p] = h, c
+        self.params[p] = (token, n, temperature, top_k, top_p, 1.0 if greedy else 0.0)
+        self.us[p, :len(us)] = us
+        finished = False
+        try:            # once published, thread 0 must take part, or the workers wait for it
+            asleep = self.k.team_publish(self.flags, self.job, self.nt)
+            if asleep or not all(self.alive[1:]):
+                self._wake(asleep)
+            finished = self.k.team_share(0, self.nt, *self._args(), self.job) == 0
+        finally:
+            if not finished:        # a worker failed, a thread did not start, or Ctrl-C
+                self.close()
+        if not finished:
+            why = f"failed: {self.failed!r}" if self.failed else "was stopped"
+            raise RuntimeError(f"a sampling thread {why}; the next call starts a new team")
+        h[:], c[:] = self.h[0], self.c[0]
+        return self.out[:n].copy()
+
+    def close(self):
+        """Tell the workers to end (they return from their loop at the next poll)."""
+        self.closed = True
+        self.flags[self.k.STOP] = 1
+        for e in self.wake:
+            e.set()

@@ -1,0 +1,138 @@
+"""Batch-1 generation on a team of threads (lstm_engine/backends/numba_team.py) against the
+reference and the one-thread kernel: across parked, ended and restarted workers, replaced
+weights, calls without a cache, and a stop raised in the middle of a job.
+
+The team splits each layer's weight rows over its threads; the tests force it on small
+models (SAMPLE_ROWS_PER_THREAD = 1), float64 so the text must equal the reference's.
+Dimension legend: L layers, H hidden, V vocabulary.
+"""
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import lstm_engine as le
+from lstm_engine.backends import get_backend
+from lstm_engine.backends import numpy_backend as ref
+from lstm_engine.generation import generate_text
+from lstm_engine.model import Model, ModelConfig, init_params
+
+nb = pytest.importorskip("lstm_engine.backends.numba_backend")
+numba = pytest.importorskip("numba")
+from lstm_engine.backends import numba_team  # noqa: E402
+
+TEXT = "the quick brown fox jumps over the lazy dog; pack my box with five dozen liquor jugs.\n" * 20
+
+
+@pytest.fixture(autouse=True)
+def team_always(monkeypatch):
+    if numba.get_num_threads() < 2:
+        pytest.skip("numba has one thread here")
+    monkeypatch.setattr(nb, "SAMPLE_ROWS_PER_THREAD", 1)
+    monkeypatch.setattr(nb, "SAMPLE_TEAM_MIN_MACS", 0)
+
+
+def make_models(seed, dtype="float64", H=13, L=2):
+    vocab = le.Vocab.build(TEXT)
+    cfg = ModelConfig(len(vocab), 6, H, L, dtype=dtype)
+    params = init_params(cfg, seed=seed)
+    for name in [f"W{l}" for l in range(L)] + ["Wy"]:
+        params[name] *= 4                                       # peaky predictions, varied text
+    return vocab, Model(cfg, ref, params), Model(cfg, get_backend("numba"), params)
+
+
+def sampler_threads():
+    return [t for t in threading.enumerate() if t.name.startswith("lstm-engine-sampler")]
+
+
+def wait_until(cond, seconds=5.0):
+    end = time.monotonic() + seconds
+    while not cond() and time.monotonic() < end:
+        time.sleep(0.01)
+    return cond()
+
+
+def test_parked_and_ended_workers_are_woken_and_restarted(monkeypatch):
+    """Workers park at once after every job (no spinning) and end after 20 ms idle; pauses of
+    0, 5 and 60 ms between chunks make the caller use a polling, a parked and an ended worker
+    in turn.  The text is the reference's and the workers end after the last chunk."""
+    monkeypatch.setattr(numba_team, "SPIN_SECONDS", 0.0)
+    monkeypatch.setattr(numba_team, "IDLE_EXIT_SECONDS", 0.02)
+    vocab, m_ref, m_nb = make_models(4)
+    pauses = iter([0.0, 0.005, 0.06] * 10)
+    want = generate_text(m_ref, vocab, prime="the", length=180, seed=11, chunk=7)
+    got = generate_text(m_nb, vocab, prime="the", length=180, seed=11, chunk=7,
+                        on_text=lambda _: time.sleep(next(pauses)))
+    assert got == want
+    assert wait_until(lambda: not sampler_threads()), "sampler threads still alive after idling"
+
+
+def test_many_short_jobs_while_workers_poll():
+    """200 calls of 3 characters with the workers polling between them (the fast path)."""
+    vocab, m_ref, m_nb = make_models(5)
+    want = generate_text(m_ref, vocab, prime="a", length=600, seed=2, chunk=3, top_k=5)
+    assert generate_text(m_nb, vocab, prime="a", length=600, seed=2, chunk=3, top_k=5) == want
+
+
+def test_other_weights_with_the_same_cache_get_a_new_team():
+    """One cache, two models: the second model's call ends the first team and starts its own;
+    each model's ids are the reference's."""
+    cache = {"chars": 10 ** 6}
+    teams = []
+    for seed in (6, 7, 6):
+        vocab, m_ref, m_nb = make_models(seed)
+        ids = {}
+        for name, m in (("numpy", m_ref), ("numba", m_nb)):
+            ids[name] = m.be.generate(m.params, m.zero_state(1), 2, 40, 1.0, 0, 1.0, False,
+                                      np.random.default_rng(3), cache if name == "numba" else None)
+        np.testing.assert_array_equal(ids["numba"], ids["numpy"])
+        teams.append(cache["team"][1])
+    assert teams[0].closed and teams[1].closed and not teams[2].closed
+    assert len({id(t) for t in teams}) == 3                     # the first model's arrays are new ones too
+
+
+def test_call_without_a_cache_ends_its_team():
+    vocab, m_ref, m_nb = make_models(8)
+    got = m_nb.be.generate(m_nb.params, m_nb.zero_state(1), 1, 60, 1.0, 0, 1.0, False, np.random.default_rng(4))
+    want = m_ref.be.generate(m_ref.params, m_ref.zero_state(1), 1, 60, 1.0, 0, 1.0, False, np.random.default_rng(4))
+    np.testing.assert_array_equal(got, want)
+    assert wait_until(lambda: not sampler_threads())
+
+
+def test_float32_team_matches_the_one_thread_kernel(monkeypatch):
+    """float32, H = 70 (rows not a multiple of the block of 4, split unevenly over the team):
+    the same ids as the one-thread kernel; the state equal up to float32 rounding (the team adds
+    its row blocks' partial sums, the kernel adds row by row), grown over 300 recurrent steps
+    (measured 1.3e-5 of h, 6e-5 of c's scale here)."""
+    vocab, _, m_nb = make_models(9, "float32", H=70, L=3)
+    out = {}
+    for name, rows in (("team", 1), ("one thread", 10 ** 9)):
+        monkeypatch.setattr(nb, "SAMPLE_ROWS_PER_THREAD", rows)
+        state = m_nb.zero_state(1)
+        ids = m_nb.be.generate(m_nb.params, state, 1, 300, 0.9, 0, 1.0, False, np.random.default_rng(5),
+                               {"chars": 300})
+        out[name] = ids, state
+    np.testing.assert_array_equal(out["team"][0], out["one thread"][0])
+    for (h, c), (h1, c1) in zip(out["team"][1], out["one thread"][1]):
+        for got, want in ((h, h1), (c, c1)):
+            assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+
+
+def test_a_stop_in_the_middle_of_a_job_raises_and_the_next_call_gets_a_new_team():
+    """The stop flag raised while a long job runs (what a failed worker does): the caller's
+    thread leaves its barrier with an error instead of waiting forever, the team is closed,
+    and the next call with the same cache builds a new one that gives the reference's ids."""
+    vocab, m_ref, m_nb = make_models(10)
+    cache = {"chars": 10 ** 6}
+    args = (1.0, 0, 1.0, False)
+    m_nb.be.generate(m_nb.params, m_nb.zero_state(1), 1, 5, *args, np.random.default_rng(0), cache)
+    team = cache["team"][1]
+    threading.Timer(0.02, lambda: team.flags.__setitem__(team.k.STOP, 1)).start()
+    with pytest.raises(RuntimeError, match="sampling thread was stopped"):
+        m_nb.be.generate(m_nb.params, m_nb.zero_state(1), 1, 200_000, *args, np.random.default_rng(0), cache)
+    assert team.closed
+    got = m_nb.be.generate(m_nb.params, m_nb.zero_state(1), 1, 50, *args, np.random.default_rng(1), cache)
+    want = m_ref.be.generate(m_ref.params, m_ref.zero_state(1), 1, 50, *args, np.random.default_rng(1))
+    np.testing.assert_array_equal(got, want)
+    assert cache["team"][1] is not team
