@@ -16,9 +16,9 @@ each block's MR x NR sums live in registers (eight stack rows of NR, which LLVM 
 zmm registers for float32) while k runs: per k, MR broadcasts of op(A)[i, k], one row of op(B)
 (NR contiguous values) and MR x NR fused multiply-adds.  k is cut into blocks of KC so the
 op(B) panel a block reads (KC x NR) stays in L1 while the row blocks pass over it, and the rows
-in passes of MC so the op(A) block they read stays in L2 while the panels pass.  A short last
-row block runs a 4- or 2-row kernel and repeats its last row up to that size (computed, not
-stored); a column block narrower than NR reads a zero-padded copy of its op(B) columns.
+in passes of MC so the op(A) block they read stays in L2 while the panels pass.  The last nine
+rows of a pass are one 9-row block; a short last row block runs a 4- or 2-row kernel and
+repeats its last row up to that size (computed, not stored); a column block narrower than NR reads a zero-padded copy of its op(B) columns.
 op(B) = B^T is copied once into a contiguous (k, n) buffer first: callers that multiply by
 the same B^T many times (the time loops) pass a transposed copy instead.
 
@@ -208,6 +208,46 @@ def _block2(Af, sai, sak, Bf, ldb, boff, Cf, ldc, i0, mr, j0, nr, k0, k1, alpha,
         _store(acc1, Cf, (i0 + 1) * ldc + j0, nr, alpha, add)
 
 
+@numba.njit(**JIT)
+def _block9(Af, sai, sak, Bf, ldb, boff, Cf, ldc, i0, mr, j0, nr, k0, k1, alpha, add):
+    """_block for the last nine rows (mr = 9): one block instead of 8 + 1, whose lone row
+    (computed by _block2) cost about a third of an 8-row block: karpathy's 25 rows per thread
+    (8 + 8 + 9).  Eighteen zmm rows of sums, two of op(B), broadcasts from memory."""
+    acc0 = numba.carray(_stack_row(Cf, 32), NR)                     # one register row per row of C
+    acc1 = numba.carray(_stack_row(Cf, 32), NR)
+    acc2 = numba.carray(_stack_row(Cf, 32), NR)
+    acc3 = numba.carray(_stack_row(Cf, 32), NR)
+    acc4 = numba.carray(_stack_row(Cf, 32), NR)
+    acc5 = numba.carray(_stack_row(Cf, 32), NR)
+    acc6 = numba.carray(_stack_row(Cf, 32), NR)
+    acc7 = numba.carray(_stack_row(Cf, 32), NR)
+    acc8 = numba.carray(_stack_row(Cf, 32), NR)
+    for jj in range(NR):
+        acc0[jj] = 0; acc1[jj] = 0; acc2[jj] = 0; acc3[jj] = 0; acc4[jj] = 0  # noqa: E702
+        acc5[jj] = 0; acc6[jj] = 0; acc7[jj] = 0; acc8[jj] = 0                # noqa: E702
+    for k in range(k0, k1):
+        a0 = Af[_u(i0 * sai + k * sak)]; a1 = Af[_u((i0 + 1) * sai + k * sak)]      # noqa: E702
+        a2 = Af[_u((i0 + 2) * sai + k * sak)]; a3 = Af[_u((i0 + 3) * sai + k * sak)]      # noqa: E702
+        a4 = Af[_u((i0 + 4) * sai + k * sak)]; a5 = Af[_u((i0 + 5) * sai + k * sak)]      # noqa: E702
+        a6 = Af[_u((i0 + 6) * sai + k * sak)]; a7 = Af[_u((i0 + 7) * sai + k * sak)]      # noqa: E702
+        a8 = Af[_u((i0 + 8) * sai + k * sak)]
+        kb = k * ldb + boff                                         # this block's op(B)[k, :] = Bf[kb:kb+NR]
+        for jj in range(NR):
+            b = Bf[_u(kb + jj)]
+            acc0[jj] += a0 * b; acc1[jj] += a1 * b; acc2[jj] += a2 * b; acc3[jj] += a3 * b  # noqa: E702
+            acc4[jj] += a4 * b; acc5[jj] += a5 * b; acc6[jj] += a6 * b; acc7[jj] += a7 * b  # noqa: E702
+            acc8[jj] += a8 * b
+    _store(acc0, Cf, i0 * ldc + j0, nr, alpha, add)
+    _store(acc1, Cf, (i0 + 1) * ldc + j0, nr, alpha, add)
+    _store(acc2, Cf, (i0 + 2) * ldc + j0, nr, alpha, add)
+    _store(acc3, Cf, (i0 + 3) * ldc + j0, nr, alpha, add)
+    _store(acc4, Cf, (i0 + 4) * ldc + j0, nr, alpha, add)
+    _store(acc5, Cf, (i0 + 5) * ldc + j0, nr, alpha, add)
+    _store(acc6, Cf, (i0 + 6) * ldc + j0, nr, alpha, add)
+    _store(acc7, Cf, (i0 + 7) * ldc + j0, nr, alpha, add)
+    _store(acc8, Cf, (i0 + 8) * ldc + j0, nr, alpha, add)
+
+
 @numba.njit(inline="always", **JIT)
 def _store(acc, Cf, c0, nr, alpha, add):
     """Cf[c0 + j] (+)= alpha * acc[j] for j < nr: added (add) or stored over whatever C held
@@ -235,13 +275,22 @@ def _store(acc, Cf, c0, nr, alpha, add):
 
 @numba.njit(inline="always", **JIT)
 def _rows(Af, sai, sak, Bf, ldb, boff, Cf, ldc, i0, mr, j0, nr, k0, k1, alpha, add):
-    """One register block: 8 rows, or 4 or 2 for a short last block (25 rows = 8 + 8 + 8 + 2, not 32)."""
-    if mr > 4:
+    """One register block: 8 rows, 9 for the last nine, or 4 or 2 for a short last block (25 rows =
+    8 + 8 + 9; 26 = 8 + 8 + 8 + 2, not 32)."""
+    if mr == 9:
+        _block9(Af, sai, sak, Bf, ldb, boff, Cf, ldc, i0, mr, j0, nr, k0, k1, alpha, add)
+    elif mr > 4:
         _block(Af, sai, sak, Bf, ldb, boff, Cf, ldc, i0, mr, j0, nr, k0, k1, alpha, add)
     elif mr > 2:
         _block4(Af, sai, sak, Bf, ldb, boff, Cf, ldc, i0, mr, j0, nr, k0, k1, alpha, add)
     else:
         _block2(Af, sai, sak, Bf, ldb, boff, Cf, ldc, i0, mr, j0, nr, k0, k1, alpha, add)
+
+
+@numba.njit(inline="always", **JIT)
+def _block_rows(left):
+    """Rows of the next register block when `left` rows remain: MR, or all nine of the last nine."""
+    return left if left == 9 else min(MR, left)
 
 
 @numba.njit(**JIT)
@@ -288,12 +337,17 @@ def _gemm_nn(Af, sai, sak, Bf, ldb, Cf, ldc, m, n, k, alpha, overwrite):
         for ic in range(0, m, MC):                                   # MC rows of op(A) stay in L2 ...
             ie = min(ic + MC, m)
             for j0 in range(0, full, NR):                            # ... while the panels pass
-                for i0 in range(ic, ie, MR):
-                    _rows(Af, sai, sak, Bf, ldb, j0, Cf, ldc, i0, min(MR, ie - i0), j0, NR, k0, k1, alpha, add)
+                i0 = ic
+                while i0 < ie:
+                    mr = _block_rows(ie - i0)
+                    _rows(Af, sai, sak, Bf, ldb, j0, Cf, ldc, i0, mr, j0, NR, k0, k1, alpha, add)
+                    i0 += mr
             if full < n:
-                for i0 in range(ic, ie, MR):
-                    _rows(Af, sai, sak, P, NR, 0, Cf, ldc, i0, min(MR, ie - i0), full, n - full, k0, k1, alpha,
-                          add)
+                i0 = ic
+                while i0 < ie:
+                    mr = _block_rows(ie - i0)
+                    _rows(Af, sai, sak, P, NR, 0, Cf, ldc, i0, mr, full, n - full, k0, k1, alpha, add)
+                    i0 += mr
 
 
 @numba.njit(**JIT)

@@ -98,7 +98,8 @@ def test_gemm_on_strided_blocks_with_beta(trans_a, trans_b, impl):
     """Both GEMMs (the hand-written register-blocked one the kernels use, and the BLAS one)
     against NumPy: strided blocks of bigger arrays, alpha and beta (beta = 0 overwrites NaN),
     shapes that leave short row blocks (m % 8: the 4- and 2-row kernels, odd k for the 2-row
-    kernel's split sums), narrow column panels (n % 32) and several k blocks (k > 256); nothing
+    kernel's split sums; the 9-row kernel for the last nine rows, also in a second pass of MC
+    rows: m = 73), narrow column panels (n % 32) and several k blocks (k > 256); nothing
     outside C is written."""
     import importlib
 
@@ -113,7 +114,7 @@ def test_gemm_on_strided_blocks_with_beta(trans_a, trans_b, impl):
     worst = {}
     for dtype in DTYPES:
         for m, k, n in ((3, 5, 7), (1, 1, 1), (1, 9, 4), (6, 1, 2), (4, 0, 3), (8, 32, 32), (9, 33, 65),
-                        (25, 300, 100), (17, 520, 64), (10, 7, 33), (2, 257, 40)):
+                        (25, 300, 100), (17, 520, 64), (10, 7, 33), (2, 257, 40), (73, 40, 70)):
             for alpha, beta in ((0.5, 1.0), (1.0, 0.0), (-2.0, 0.5)):
                 big_a = rng.standard_normal((k + 2, m + 3) if trans_a else (m + 2, k + 3)).astype(dtype)
                 A = big_a[1:1 + (k if trans_a else m), 2:2 + (m if trans_a else k)]      # strided block
