@@ -44,6 +44,7 @@ MR, NR, KC = 8, 32, 256
 MC = 64                 # rows of op(A) per pass over the column panels (64 x 256: 64 KB, stays in L2)
 PAD = 32                # elements added to each row of a padded() copy
 SET_STRIDE = 1024       # bytes: op(B) rows a multiple of this apart share L1 sets (see padded) ...
+NARROW_MAX = 4          # a last column panel this narrow is done as dot products, not padded to NR
 PAD_MIN_ROWS = 256      # ... and gemm copies op(B) with padded rows when m is at least this (copy ~ k*n
 #                         against 2*m*k*n FLOP; medium's 6400 x 512 x 2048: 134 -> 173 GFLOP/s one thread)
 
@@ -321,6 +322,44 @@ def _scale(C, beta):
                 row[j] *= beta
 
 
+@numba.njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
+def _few_columns(Af, sai, sak, Bf, ldb, Cf, ldc, m, j0, j1, k, alpha, overwrite):
+    """C[:, j0:j1] (+)= alpha * op(A) @ op(B)[:, j0:j1] for the few columns (<= NARROW_MAX) left
+    after the NR-wide panels, one column at a time: V = 65 would otherwise compute a 32-wide
+    zero-padded panel for one column (a third of the output layer's products).  Row-major op(A)
+    (sak = 1): a dot product per row; op(A) = A^T (sai = 1): an axpy over the rows per k.
+    Reassociated so that LLVM vectorises the sums."""
+    col = np.empty(k, Cf.dtype)                                      # (k,) op(B)[:, j]
+    zero = np.zeros(1, Cf.dtype)[0]                                  # (C may hold NaN: beta = 0)
+    acc = np.empty(m if sak != 1 else 0, Cf.dtype)                   # (m,) sums for the axpy form
+    for j in range(j0, j1):
+        for kk in range(k):
+            col[kk] = Bf[_u(kk * ldb + j)]
+        if sak == 1:
+            for i in range(m):
+                base = i * sai
+                s = zero
+                for kk in range(k):
+                    s += Af[_u(base + kk)] * col[kk]
+                _put(Cf, i * ldc + j, alpha * s, overwrite)
+        else:
+            acc[:] = 0
+            for kk in range(k):
+                base, b = kk * sak, col[kk]
+                for i in range(m):
+                    acc[i] += Af[_u(base + i * sai)] * b
+            for i in range(m):
+                _put(Cf, i * ldc + j, alpha * acc[i], overwrite)
+
+
+@numba.njit(inline="always", **JIT)
+def _put(Cf, at, v, overwrite):
+    if overwrite:
+        Cf[_u(at)] = v
+    else:
+        Cf[_u(at)] += v
+
+
 @numba.njit(**JIT)
 def _gemm_nn(Af, sai, sak, Bf, ldb, Cf, ldc, m, n, k, alpha, overwrite):
     """C (m,n) += alpha * op(A) (m,k) @ op(B) (k,n), op(B) row-major in Bf with row stride ldb;
@@ -328,6 +367,9 @@ def _gemm_nn(Af, sai, sak, Bf, ldb, Cf, ldc, m, n, k, alpha, overwrite):
     (Copying each (KC, NR) panel contiguous first, as BLAS packs, measured slower here:
     165 against 179 GFLOP/s at 3200 x 384 x 1536, and 133 against 232 at 64 x 384 x 768.)"""
     full = n - n % NR
+    if 0 < n - full <= NARROW_MAX:                                   # a few last columns: dot products
+        _few_columns(Af, sai, sak, Bf, ldb, Cf, ldc, m, full, n, k, alpha, overwrite)
+        n = full
     P = np.zeros(k * NR if full < n else 0, Cf.dtype)               # the narrow last panel, zero-padded (k,NR)
     if full < n:
         _pack(Bf, ldb, 0, k, full, n - full, P)
