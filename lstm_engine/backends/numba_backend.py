@@ -467,6 +467,9 @@ def generate(weights, state, token, n, temperature=1.0, top_k=0, top_p=1.0, gree
     one per text, {"chars": how many characters it will serve}); the layer-0 table Emb @ W_x + b0
     (V,G) is kept in it, so that each character reads one row of it instead of an E x 4H product.
     The table is built only when the characters it serves (cache["chars"], else n) pay for V rows.
+    From H = 2 * SAMPLE_ROWS_PER_THREAD with two or more numba threads the characters are sampled
+    by a team of threads (numba_team.py), also kept in the cache; it adds each layer's sums in
+    row blocks, so float32 states may differ from the one-thread kernel's in the last bits.
     -> ids (n,) int64
     """
     L = len(state)
