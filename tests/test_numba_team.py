@@ -136,3 +136,36 @@ def test_a_stop_in_the_middle_of_a_job_raises_and_the_next_call_gets_a_new_team(
     want = m_ref.be.generate(m_ref.params, m_ref.zero_state(1), 1, 50, *args, np.random.default_rng(1))
     np.testing.assert_array_equal(got, want)
     assert cache["team"][1] is not team
+
+
+def test_a_forked_child_gets_its_own_team():
+    """A child forked after the parent's team started has none of its threads: with the same
+    cache it must build a new team (reusing the parent's would wait forever for a worker)."""
+    import multiprocessing as mp
+    import os
+    if "fork" not in mp.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    vocab, m_ref, m_nb = make_models(12)
+    cache = {"chars": 10 ** 6}
+    args = (1.0, 0, 1.0, False)
+    m_nb.be.generate(m_nb.params, m_nb.zero_state(1), 1, 20, *args, np.random.default_rng(0), cache)
+    want = m_ref.be.generate(m_ref.params, m_ref.zero_state(1), 1, 30, *args, np.random.default_rng(1))
+    pid = os.fork()
+    if pid == 0:                                     # the child: exit code 0 only if it matches
+        ok = False
+        try:
+            got = m_nb.be.generate(m_nb.params, m_nb.zero_state(1), 1, 30, *args, np.random.default_rng(1), cache)
+            ok = np.array_equal(got, want) and cache["team"][1].pid == os.getpid()
+        finally:
+            os._exit(0 if ok else 1)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung waiting for the parent's sampling threads")
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0

@@ -520,7 +520,7 @@ def _sample_team(arrays, shape, n, cache):
     Emb, X0, Ws, bs, Wy, by = arrays
     key = (nt, id(Emb), id(X0) if len(X0) else 0, *map(id, Ws), *map(id, bs), id(Wy), id(by))
     old = cache.get("team")
-    if old is not None and old[0] == key and not old[1].closed:
+    if old is not None and old[0] == key and old[1].usable():
         return old[1]
     if old is not None:
         old[1].close()

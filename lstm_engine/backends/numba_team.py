@@ -20,6 +20,7 @@ parked workers, and runs its share.
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -65,6 +66,7 @@ class Team:
         self.done = [0] * nt                                          # last job each worker finished
         self.failed = None
         self.closed = False
+        self.pid = os.getpid()          # a forked child has none of these threads: it needs its own team
 
     def _args(self):
         return (*self.arrays, self.h, self.c, self.h_in, self.c_in, self.params, self.us, self.out,
@@ -124,6 +126,10 @@ class Team:
             raise RuntimeError(f"a sampling thread {why}; the next call starts a new team")
         h[:], c[:] = self.h[0], self.c[0]
         return self.out[:n].copy()
+
+    def usable(self):
+        """False once closed, or in a child process forked after the team was made."""
+        return not self.closed and self.pid == os.getpid()
 
     def close(self):
         """Tell the workers to end (they return from their loop at the next poll)."""
