@@ -101,22 +101,25 @@ def test_call_without_a_cache_ends_its_team():
 
 
 def test_float32_team_matches_the_one_thread_kernel(monkeypatch):
-    """float32, H = 70 (rows not a multiple of the block of 4, split unevenly over the team):
-    the same ids as the one-thread kernel; the state equal up to float32 rounding (the team adds
-    its row blocks' partial sums, the kernel adds row by row), grown over 300 recurrent steps
-    (measured 1.3e-5 of h, 6e-5 of c's scale here)."""
+    """float32, H = 70 (rows not a multiple of the block of 4, split unevenly over the team),
+    the team against the one-thread kernel.  The team adds its row blocks' partial sums, the
+    kernel adds row by row, so the two differ by float32 rounding, and a recurrent net with
+    peaky weights amplifies that over the characters (after 300 sampled characters the states
+    were 3e-4 apart on four threads): the state is compared after 20 sampled characters, to
+    float32 tolerance, and the text over 100 greedy ones."""
     vocab, _, m_nb = make_models(9, "float32", H=70, L=3)
     out = {}
     for name, rows in (("team", 1), ("one thread", 10 ** 9)):
         monkeypatch.setattr(nb, "SAMPLE_ROWS_PER_THREAD", rows)
         state = m_nb.zero_state(1)
-        ids = m_nb.be.generate(m_nb.params, state, 1, 300, 0.9, 0, 1.0, False, np.random.default_rng(5),
-                               {"chars": 300})
-        out[name] = ids, state
+        m_nb.be.generate(m_nb.params, state, 1, 20, 0.9, 0, 1.0, False, np.random.default_rng(5), {"chars": 20})
+        greedy = m_nb.be.generate(m_nb.params, m_nb.zero_state(1), 1, 100, 1.0, 0, 1.0, True, None, {"chars": 100})
+        out[name] = greedy, state
     np.testing.assert_array_equal(out["team"][0], out["one thread"][0])
+    assert len(set(out["team"][0].tolist())) > 5                  # not a degenerate text
     for (h, c), (h1, c1) in zip(out["team"][1], out["one thread"][1]):
         for got, want in ((h, h1), (c, c1)):
-            assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+            assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
 
 
 def test_a_stop_in_the_middle_of_a_job_raises_and_the_next_call_gets_a_new_team():
