@@ -163,6 +163,15 @@ def next_token(logits, temperature, top_k, top_p, greedy, u, zd, probs, order, p
     return sample_index(probs, u)
 
 
+@numba.njit(inline="always", **JIT)
+def draw(h, Wy, by, logits, temperature, top_k, top_p, greedy, u, zd, probs, order, p):
+    """The next token from the top layer's h (H,): logits (V,) = by + h @ Wy, then next_token."""
+    for j in range(by.shape[0]):
+        logits[j] = by[j]
+    matvec_acc(h, Wy, logits)
+    return next_token(logits, temperature, top_k, top_p, greedy, u, zd, probs, order, p)
+
+
 @numba.njit(**JIT)
 def sample_buffers(H, V, like):
     """Scratch of one generation call: z (G,) gate sums and logits (V,) in like's dtype; zd,
@@ -187,11 +196,8 @@ def generate_kernel(Emb, X0, Ws, bs, Wy, by, h, c, token, temperature, top_k, to
         for l in range(L):
             zx, x = layer_input(Emb, X0, bs, h[l - 1], l, token, none)
             cell_step(Ws[l], zx, x, h[l], c[l], z)
-        for j in range(V):
-            logits[j] = by[j]
-        matvec_acc(h[L - 1], Wy, logits)
-        token = next_token(logits, temperature, top_k, top_p, greedy, us[k] if not greedy else 0.0,
-                           zd, probs, order, p)
+        token = draw(h[L - 1], Wy, by, logits, temperature, top_k, top_p, greedy,
+                     us[k] if not greedy else 0.0, zd, probs, order, p)
         out[k] = token
 
 
@@ -287,11 +293,8 @@ def team_share(tid, nt, Emb, X0, Ws, bs, Wy, by, h, c, h_in, c_in, params, us, o
                 for j in range(G):
                     z[j] += buf[u, j]
             cell_gates(z, ht[l], ct[l])
-        for j in range(V):
-            logits[j] = by[j]
-        matvec_acc(ht[L - 1], Wy, logits)
-        token = next_token(logits, temperature, top_k, top_p, greedy, us[p, k] if not greedy else 0.0,
-                           zd, probs, order, pr)
+        token = draw(ht[L - 1], Wy, by, logits, temperature, top_k, top_p, greedy,
+                     us[p, k] if not greedy else 0.0, zd, probs, order, pr)
         if tid == 0:
             out[k] = token
     return 0
