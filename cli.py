@@ -12,10 +12,11 @@ import sys
 
 import click
 
-from lstm_engine import api, corpora
+from lstm_engine import api
+from lstm_engine.corpora import registry as corpora
 from lstm_engine.errors import UserError
-from lstm_engine.generation import bits, check_sampling_options
-from lstm_engine.train import TrainConfig
+from lstm_engine.core.generation import bits, check_sampling_options
+from lstm_engine.core.train import TrainConfig
 
 
 def err(msg):
@@ -123,12 +124,12 @@ def train(ctx, resume, time_budget, **opts):
     given = {k: v for k, v in opts.items()
              if ctx.get_parameter_source(k) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)}
     if time_budget is not None:
-        from lstm_engine.budget import parse_duration
+        from lstm_engine.core.budget import parse_duration
         opts["time_budget"] = given["time_budget"] = parse_duration(time_budget)
     text = None
     if resume:
-        from lstm_engine.checkpoint import read_meta
-        from lstm_engine.train import config_for_resume
+        from lstm_engine.storage.checkpoint import read_meta
+        from lstm_engine.core.train import config_for_resume
         cfg = config_for_resume(read_meta(resume), given, resume)
     else:
         filled, text = api.corpus_defaults(opts["corpus"], opts["encoding"], given)
@@ -171,7 +172,7 @@ def train(ctx, resume, time_budget, **opts):
 @click.option("--json", "as_json", is_flag=True, help="print one JSON line")
 def eval_cmd(checkpoint, corpus, encoding, backend, as_json):
     """Score a text as one stream from a zero state: loss in nats/char and bits/char."""
-    from lstm_engine.data import load_corpus, split
+    from lstm_engine.core.data import load_corpus, split
     model, vocab, meta = api.load_model(checkpoint, backend)
     if corpus is None:
         t = meta["train"]
@@ -230,7 +231,7 @@ def generate(checkpoint, prime, length, temperature, top_k, top_p, greedy, seed,
 @click.option("-o", "--out", required=True, help="FILE.safetensors, or FILE.pt (needs torch); vocab: FILE.vocab.json")
 def export_cmd(checkpoint, fmt, out):
     """Write a checkpoint's weights as a PyTorch state dict, with its vocabulary beside it."""
-    from lstm_engine import interop
+    from lstm_engine.storage import interop
     r = interop.export_torch(checkpoint, out)
     m = r["config"]
     err(f"wrote {r['path']} (V={m['vocab_size']} E={m['embed_size']} H={m['hidden_size']} L={m['layers']} "
@@ -243,7 +244,7 @@ def export_cmd(checkpoint, fmt, out):
 @click.option("-o", "--out", required=True, help="checkpoint to write (.safetensors)")
 def import_cmd(state_dict, vocab, out):
     """Make a checkpoint from a PyTorch state dict (.safetensors or .pt) and its vocabulary."""
-    from lstm_engine import interop
+    from lstm_engine.storage import interop
     r = interop.import_torch(state_dict, vocab, out)
     m = r["config"]
     err(f"wrote {r['path']} (V={m['vocab_size']} E={m['embed_size']} H={m['hidden_size']} L={m['layers']} "
@@ -272,9 +273,9 @@ def bench(backends, configs, what, seconds, repeats, threads, json_path, plot_pa
     peak measured in the same run; vs torch is the speed ratio to the
     PyTorch peer (nn.LSTM on CPU, cuDNN on GPU) on the same device.
     """
-    from lstm_engine import bench_report
-    from lstm_engine.bench import run_bench
-    from lstm_engine.bench_machine import machine_line
+    from lstm_engine.bench import report as bench_report
+    from lstm_engine.bench.harness import run_bench
+    from lstm_engine.bench.machine import machine_line
     if plot_path:
         bench_report.require_matplotlib()
     machine, rows = run_bench(backends, configs, what, seconds, repeats, threads, on_progress=err)
@@ -311,8 +312,8 @@ def bench(backends, configs, what, seconds, repeats, threads, json_path, plot_pa
 def explain(checkpoint, text, layer, input_size, hidden_size, seed, backward, units, max_check, fmt, interactive,
             output):
     """Step through one LSTM layer with real numbers: gates, cell, output, loss (and BPTT with --backward)."""
-    from lstm_engine import explain as ex
-    from lstm_engine.explain_render import render
+    from lstm_engine.teaching import explain as ex
+    from lstm_engine.teaching.explain_render import render
     if interactive and (fmt == "html" or output):
         raise UserError("--interactive prints to the terminal; drop it for --format html or --output")
     setup = (ex.checkpoint_setup(checkpoint, text, layer) if checkpoint else
@@ -352,8 +353,8 @@ def explain(checkpoint, text, layer, input_size, hidden_size, seed, backward, un
 @click.option("--html", "out_html", required=True, help="page to write (OUT.html)")
 def inspect_cmd(checkpoint, text_file, prime, encoding, layer, unit, kind, rank, top, max_chars, out_html):
     """Colour a text by what single cells do; --rank finds the units that track a feature."""
-    from lstm_engine import inspect_cells
-    from lstm_engine.data import read_text_file
+    from lstm_engine.teaching import inspect_cells
+    from lstm_engine.corpora.text import read_text_file
     if (text_file is None) == (prime is None):
         raise UserError("pass exactly one of --text FILE or --prime TEXT")
     if max_chars < 2:
@@ -381,7 +382,7 @@ def inspect_cmd(checkpoint, text_file, prime, encoding, layer, unit, kind, rank,
 @click.option("--title", default=None)
 def plot(run_dir, output, title):
     """Plot a run's train and val loss (nats and bits per char) against steps and wall time."""
-    from lstm_engine.plot import plot_run
+    from lstm_engine.teaching.plot import plot_run
     plot_run(run_dir, output, title)
     err(f"wrote {output}")
 

@@ -1,4 +1,4 @@
-"""The numba kernels' hand-written GEMM (kernels/numba_gemm.py) against SciPy's BLAS (numba_blas).
+"""The numba kernels' hand-written GEMM (kernels/numba/gemm.py) against SciPy's BLAS (numba_blas).
 
     python benchmarks/gemm.py [--threads 1] [--seconds 0.3]
 
@@ -16,7 +16,7 @@ import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from lstm_engine.kernels.numba_blas import gemm as blas_gemm
-from lstm_engine.kernels.numba_gemm import gemm as own_gemm
+from lstm_engine.kernels.numba.gemm import gemm as own_gemm
 
 # (what, m, k, n, trans_a, trans_b)
 SHAPES = (

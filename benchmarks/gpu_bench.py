@@ -67,8 +67,8 @@ def timed(step, sync, warmup=3, min_time=0.4, max_steps=40, min_steps=3):
 
 def cupy_train(cfg, step_mode, graphs, blas="direct"):
     from lstm_engine.backends import cupy_backend as cb
-    from lstm_engine.model import Model, ModelConfig
-    from lstm_engine.optim import Adam, AdamConfig
+    from lstm_engine.core.model import Model, ModelConfig
+    from lstm_engine.core.optim import Adam, AdamConfig
     cb.set_options(step=step_mode, graphs=graphs, blas=blas)
     mc = ModelConfig(cfg["V"], cfg["E"], cfg["H"], cfg["L"], 0.0, "float32")
     model = Model(mc, cb, seed=0)
@@ -93,7 +93,7 @@ def cupy_train(cfg, step_mode, graphs, blas="direct"):
 
 def cupy_sample(cfg, S, n, graphs, chunk=32):
     from lstm_engine.backends import cupy_backend as cb
-    from lstm_engine.model import Model, ModelConfig
+    from lstm_engine.core.model import Model, ModelConfig
     cb.set_options(graphs=graphs)
     mc = ModelConfig(cfg["V"], cfg["E"], cfg["H"], cfg["L"], 0.0, "float32")
     model = Model(mc, cb, seed=0)

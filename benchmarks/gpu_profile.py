@@ -119,8 +119,8 @@ def profile(cfg_name, variant, steps):
     import cupy as cp
     from lstm_engine.backends import cupy_backend as be
     from lstm_engine.backends import cupy_kernels as ck
-    from lstm_engine.model import Model, ModelConfig
-    from lstm_engine.optim import Adam, AdamConfig
+    from lstm_engine.core.model import Model, ModelConfig
+    from lstm_engine.core.optim import Adam, AdamConfig
     cfg = CONFIGS[cfg_name]
     step, _, blas = variant.partition("-")          # e.g. "cublas-matmul": the cuBLAS path via cp.matmul
     old = be.set_options(step=step, graphs=True, blas=blas or "direct")

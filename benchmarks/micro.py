@@ -11,8 +11,8 @@ import sys
 
 import click
 
-from lstm_engine.bench_kernels import format_micro, run_micro
-from lstm_engine.bench_machine import machine_info, machine_line, thread_settings
+from lstm_engine.bench.kernels import format_micro, run_micro
+from lstm_engine.bench.machine import machine_info, machine_line, thread_settings
 from lstm_engine.errors import UserError
 
 

@@ -76,8 +76,8 @@ def numba_train_step_fn(E, H, L, B, T, threads):
     import numba
 
     from lstm_engine.backends import get_backend
-    from lstm_engine.model import Model, ModelConfig
-    from lstm_engine.optim import Adam, AdamConfig
+    from lstm_engine.core.model import Model, ModelConfig
+    from lstm_engine.core.optim import Adam, AdamConfig
     be = get_backend("numba")
     model = Model(ModelConfig(V, E, H, L), be, seed=0)
     opt = Adam(model.params, be, AdamConfig())
@@ -97,7 +97,7 @@ def numba_sample_fn(E, H, L, n, threads):
     import numba
 
     from lstm_engine.backends import get_backend
-    from lstm_engine.model import Model, ModelConfig
+    from lstm_engine.core.model import Model, ModelConfig
     be = get_backend("numba")
     model = Model(ModelConfig(V, E, H, L), be, seed=0)
     rng = np.random.default_rng(0)

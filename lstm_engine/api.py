@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import os
 
-from . import checkpoint, corpora
+from .storage import checkpoint
+from .corpora import registry as corpora
 from .backends import get_backend
-from .data import Vocab, load_corpus
+from .core.data import Vocab, load_corpus
 from .errors import UserError
-from .generation import bits, evaluate_ids, generate_text
-from .model import Model, ModelConfig
-from .train import TrainConfig, Trainer
+from .core.generation import bits, evaluate_ids, generate_text
+from .core.model import Model, ModelConfig
+from .core.train import TrainConfig, Trainer
 
 
 def state_dir():

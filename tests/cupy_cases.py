@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 
 from lstm_engine.backends import numpy_backend as nb
-from lstm_engine.generation import generate_text
-from lstm_engine.model import Model, ModelConfig, init_params
-from lstm_engine.optim import Adam, AdamConfig
+from lstm_engine.core.generation import generate_text
+from lstm_engine.core.model import Model, ModelConfig, init_params
+from lstm_engine.core.optim import Adam, AdamConfig
 
 DTYPES = ("float64", "float32")
 TOL = {"float64": 1e-10, "float32": 1e-5}        # forward values, single kernels
@@ -354,7 +354,7 @@ def _models(env, dtype, V=17, H=19, L=2, seed=10, scale=3.0):
 
 def _greedy_ids_with_gaps(model, vocab, prime, n):
     """Reference greedy ids and, per step, the gap between the two largest logits."""
-    from lstm_engine.generation import prime_state
+    from lstm_engine.core.generation import prime_state
     state, token = prime_state(model, vocab, prime)
     ids, gaps = [], []
     for _ in range(n):
@@ -447,7 +447,7 @@ def test_generate_batch_rows_match_single_sequences(env, options):
 @pytest.mark.parametrize("train_on", ["cupy", "numpy"])
 def test_checkpoint_moves_between_backends(env, tmp_path, monkeypatch, train_on):
     from lstm_engine import api
-    from lstm_engine.train import TrainConfig
+    from lstm_engine.core.train import TrainConfig
     monkeypatch.setenv("LSTM_ENGINE_STATE_DIR", str(tmp_path / "state"))
     text = "abcab cabba acbab bcaca " * 8
     cfg = TrainConfig(backend=train_on, embed_size=4, hidden_size=9, layers=2, batch_size=2, seq_len=5,

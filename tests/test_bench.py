@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from lstm_engine import backends, bench, bench_report
+from lstm_engine import backends
+from lstm_engine.bench import harness as bench
+from lstm_engine.bench import report as bench_report
 from lstm_engine.backends import numpy_backend
-from lstm_engine.bench import BenchConfig, parse_configs, run_bench, time_calls
+from lstm_engine.bench.harness import BenchConfig, parse_configs, run_bench, time_calls
 from lstm_engine.cli import main
 from lstm_engine.errors import UserError
 

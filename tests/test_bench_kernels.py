@@ -6,7 +6,7 @@ import pytest
 
 import lstm_engine.kernels as kernels_pkg
 from lstm_engine.backends import numpy_backend as nb
-from lstm_engine.bench_kernels import discover_modules, format_micro, max_error, run_micro
+from lstm_engine.bench.kernels import discover_modules, format_micro, max_error, run_micro
 from lstm_engine.errors import UserError
 
 FAST = dict(configs="tiny", backends="numpy", seconds=0.02, repeats=2)

@@ -7,7 +7,8 @@ import pytest
 from click.testing import CliRunner
 
 import lstm_engine as le
-from lstm_engine import budget, checkpoint
+from lstm_engine.core import budget
+from lstm_engine.storage import checkpoint
 from lstm_engine.cli import main
 
 

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import lstm_engine as le
-from lstm_engine import checkpoint
+from lstm_engine.storage import checkpoint
 from lstm_engine.errors import UserError
 
 from _rel_helpers import markov_text, tiny_cfg

@@ -11,10 +11,10 @@ import pytest
 from click.testing import CliRunner
 
 from corpus_helpers import FixtureServer, entry, poems_json, registry, source
-from lstm_engine import corpora
+from lstm_engine.corpora import registry as corpora
 from lstm_engine.cli import main
-from lstm_engine.converters import chinese_poetry_json, python_stdlib, regular_verse_verdict
-from lstm_engine.data import load_corpus
+from lstm_engine.corpora.converters import chinese_poetry_json, python_stdlib, regular_verse_verdict
+from lstm_engine.core.data import load_corpus
 from lstm_engine.errors import UserError
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "corpora")

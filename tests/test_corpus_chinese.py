@@ -8,8 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from corpus_helpers import FixtureServer, entry, poems_json, registry, source
-from lstm_engine import corpora
-from lstm_engine.checkpoint import load
+from lstm_engine.corpora import registry as corpora
+from lstm_engine.storage.checkpoint import load
 from lstm_engine.cli import main
 
 POEMS = ["白日依山盡，黃河入海流。欲窮千里目，更上一層樓。",

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from corpus_helpers import FixtureServer, entry, registry, source
-from lstm_engine import corpora
+from lstm_engine.corpora import registry as corpora
 from lstm_engine.errors import UserError
 
 TEXT = ("To be, or not to be, that is the question:\n" * 50).encode("utf-8")

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 import lstm_engine as le
-from lstm_engine import checkpoint, storage
+from lstm_engine.storage import checkpoint
+from lstm_engine.storage import rundir as storage
 from lstm_engine.errors import UserError
 
 from _rel_helpers import markov_text, snapshot, tiny_cfg

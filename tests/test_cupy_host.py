@@ -1,6 +1,6 @@
 """Host-side checks of the cupy backend: no GPU, no CuPy needed.
 
-- every kernels/*.cu compiles with `nvcc --ptx` for sm_80 and sm_90 (skipped without nvcc), from the
+- every kernels/cuda/*.cu compiles with `nvcc --ptx` for sm_80 and sm_90 (skipped without nvcc), from the
   same text and options RawModule gets, each name expression instantiated (one .entry each)
 - the pointer structs in lstm.cu match the order the host packs them in
 - dtype dispatch, shape checks, tile choice, option switches

@@ -8,12 +8,12 @@ import pytest
 from click.testing import CliRunner
 
 import lstm_engine as le
-from lstm_engine import checkpoint
-from lstm_engine import explain as ex
-from lstm_engine import model as model_mod
+from lstm_engine.storage import checkpoint
+from lstm_engine.teaching import explain as ex
+from lstm_engine.core import model as model_mod
 from lstm_engine.backends import numpy_backend as nb
 from lstm_engine.cli import main
-from lstm_engine.explain_render import render
+from lstm_engine.teaching.explain_render import render
 
 TEXT = "to be or"
 

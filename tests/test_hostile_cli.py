@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from lstm_engine import checkpoint
+from lstm_engine.storage import checkpoint
 
 from _rel_helpers import assert_one_line_error, run_cli, snapshot, tiny_args, write_corpus
 

@@ -8,10 +8,10 @@ import pytest
 from click.testing import CliRunner
 
 import lstm_engine as le
-from lstm_engine import inspect_cells as ic
+from lstm_engine.teaching import inspect_cells as ic
 from lstm_engine.backends import numpy_backend as nb
 from lstm_engine.cli import main
-from lstm_engine.model import Model
+from lstm_engine.core.model import Model
 
 THRESHOLD = 0.75     # |r| of the best unit with "inside brackets" after training (measured 0.89-0.93, seeds 0-2)
 UNTRAINED_MAX = 0.6  # a freshly initialised model of the same size (measured 0.27-0.35)

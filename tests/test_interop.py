@@ -13,9 +13,10 @@ import pytest
 from click.testing import CliRunner
 from safetensors.numpy import load_file, save_file
 
-from lstm_engine import checkpoint, interop
+from lstm_engine.storage import checkpoint
+from lstm_engine.storage import interop
 from lstm_engine.cli import main
-from lstm_engine.train import TrainConfig, Trainer
+from lstm_engine.core.train import TrainConfig, Trainer
 
 DOCS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "pytorch-interop.md")
 TEXT = "The quick brown fox jumps over the lazy dog; THE END.\n" * 30 + "zZqQ"   # the rarest become <unk>

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from lstm_engine import checkpoint
+from lstm_engine.storage import checkpoint
 
 from _rel_helpers import REPO, markov_text, run_cli, tiny_args
 

@@ -15,8 +15,8 @@ import pytest
 import lstm_engine as le
 from lstm_engine.backends import get_backend
 from lstm_engine.backends import numpy_backend as ref
-from lstm_engine.generation import generate_text
-from lstm_engine.model import Model, ModelConfig, init_params
+from lstm_engine.core.generation import generate_text
+from lstm_engine.core.model import Model, ModelConfig, init_params
 
 nb = pytest.importorskip("lstm_engine.backends.numba_backend")
 TOL = {"float64": 1e-10, "float32": 1e-5}
@@ -63,7 +63,7 @@ def layer_inputs(rng, T, B, I, H, dtype):
 def test_activation_functions_match_numpy(dtype):
     """fexp / fsigmoid / ftanh (the vectorisable ones) within a few ulp, NaN stays NaN."""
     import numba
-    from lstm_engine.kernels.numba_math import fexp, fsigmoid, ftanh
+    from lstm_engine.kernels.numba.fastmath import fexp, fsigmoid, ftanh
 
     @numba.njit(error_model="numpy")
     def apply(z, out):
@@ -136,7 +136,7 @@ def test_gemm_on_strided_blocks_with_beta(trans_a, trans_b, impl):
 
 _PADDED_GEMM = """
 import numpy as np
-from lstm_engine.kernels import numba_gemm as G
+from lstm_engine.kernels.numba import gemm as G
 rng = np.random.default_rng(0)
 m, k, n = 2 * G.PAD_MIN_ROWS, 3000, 2 * G.SET_STRIDE   # float32 rows of op(B): 8 KB apart
 worst = 0.0

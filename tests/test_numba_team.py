@@ -15,8 +15,8 @@ import pytest
 import lstm_engine as le
 from lstm_engine.backends import get_backend
 from lstm_engine.backends import numpy_backend as ref
-from lstm_engine.generation import generate_text
-from lstm_engine.model import Model, ModelConfig, init_params
+from lstm_engine.core.generation import generate_text
+from lstm_engine.core.model import Model, ModelConfig, init_params
 
 nb = pytest.importorskip("lstm_engine.backends.numba_backend")
 numba = pytest.importorskip("numba")

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 import lstm_engine as le
 from lstm_engine.cli import main
-from lstm_engine.plot import load_run
+from lstm_engine.teaching.plot import load_run
 
 TEXT = "the quick brown fox jumps over the lazy dog.\n" * 40
 
@@ -50,7 +50,7 @@ def test_trainer_logs_the_mean_train_loss_of_each_log_interval(run_dir):
 
 
 def test_plot_draws_train_val_and_entropy(mpl, run_dir, tmp_path):
-    from lstm_engine.plot import plot_run
+    from lstm_engine.teaching.plot import plot_run
     out, _ = run_dir
     png = tmp_path / "loss.png"
     fig = plot_run(str(out), str(png), dpi=50)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from lstm_engine.backends import numpy_backend as ref
-from lstm_engine.model import Model, ModelConfig
+from lstm_engine.core.model import Model, ModelConfig
 
 EPS = 1e-6
 

@@ -8,7 +8,7 @@ import os
 import pytest
 
 import lstm_engine as le
-from lstm_engine import checkpoint
+from lstm_engine.storage import checkpoint
 
 from _rel_helpers import markov_text, run_cli, tiny_args, tiny_cfg, write_corpus
 

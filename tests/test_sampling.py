@@ -5,7 +5,7 @@ from hypothesis import example, given, settings, strategies as st
 
 import lstm_engine as le
 from lstm_engine.backends import numpy_backend as ref
-from lstm_engine.model import Model, ModelConfig
+from lstm_engine.core.model import Model, ModelConfig
 
 TEXT = "the quick brown fox jumps over the lazy dog. \u5e8a\u524d\u660e\u6708\u5149\n" * 20
 
@@ -50,7 +50,7 @@ def test_prime_outside_vocab_is_a_user_error(model_vocab):
 def test_top_k_never_emits_outside_the_top_k(model_vocab):
     """Replay the sampler's own logits: every emitted token is among the k largest."""
     model, vocab = model_vocab
-    from lstm_engine.generation import prime_state
+    from lstm_engine.core.generation import prime_state
     ids = vocab.encode(le.generate(model, vocab, prime="the", length=50, top_k=3, temperature=2.0, seed=9))
     state, token = prime_state(model, vocab, "the")
     for nxt in ids:

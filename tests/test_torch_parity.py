@@ -1,7 +1,7 @@
 """llm.c-style parity suite: every available backend against a PyTorch float64 reference.
 
 For a fixed small model and text, PyTorch (float64, nn.Embedding -> nn.LSTM -> nn.Linear loaded
-through lstm_engine.interop's export mapping) computes the reference tensors:
+through lstm_engine.storage.interop's export mapping) computes the reference tensors:
     logits, loss, final hidden state and every parameter gradient of one window from a non-zero state;
     the losses and gradient norms of 10 Adam steps with global-norm clipping, hidden state carried
     between windows and detached (as Trainer.train_step does), and the parameters after them;
@@ -24,12 +24,12 @@ Dimension legend: T time, B batch, E embedding, H hidden, V vocab, L layers, N =
 import numpy as np
 import pytest
 
-from lstm_engine import interop
+from lstm_engine.storage import interop
 from lstm_engine.backends import available_backends, get_backend
-from lstm_engine.data import Batcher, Vocab
-from lstm_engine.model import Model, ModelConfig, init_params
-from lstm_engine.optim import Adam, AdamConfig
-from lstm_engine.train import TrainConfig, Trainer
+from lstm_engine.core.data import Batcher, Vocab
+from lstm_engine.core.model import Model, ModelConfig, init_params
+from lstm_engine.core.optim import Adam, AdamConfig
+from lstm_engine.core.train import TrainConfig, Trainer
 
 torch = pytest.importorskip("torch")
 

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 import lstm_engine as le
-from lstm_engine import checkpoint
-from lstm_engine.data import Batcher, Vocab, split
-from lstm_engine.generation import evaluate_ids
+from lstm_engine.storage import checkpoint
+from lstm_engine.core.data import Batcher, Vocab, split
+from lstm_engine.core.generation import evaluate_ids
 
 
 def markov_text(n_units, seed):
@@ -57,7 +57,7 @@ def test_batcher_targets_are_next_chars_never_wrapped():
 def test_a_checkpoint_from_before_locked_dropout_resumes_with_per_step_masks(tmp_path):
     """Its masks were drawn anew at every step, so continuing it keeps doing that (on the CLI's
     path, config_for_resume, and on the API's, Trainer(resume=...)); new runs lock them."""
-    from lstm_engine.train import config_for_resume
+    from lstm_engine.core.train import config_for_resume
     text = markov_text(400, seed=2)
     le.train(small_cfg(tmp_path, steps=4, dropout=0.2), text=text)
     path = str(tmp_path / "run" / "latest.safetensors")
@@ -115,7 +115,7 @@ def test_resume_continues_identically(tmp_path, dropout):
 
 
 def test_lr_decay_is_cosine_to_ten_percent():
-    from lstm_engine.optim import lr_at
+    from lstm_engine.core.optim import lr_at
     assert lr_at(1, 100, 1.0, True) == pytest.approx(1.0)
     assert lr_at(100, 100, 1.0, True) == pytest.approx(0.1)
     assert lr_at(50, 100, 1.0, False) == 1.0

@@ -1,4 +1,4 @@
-"""The CuPy backend: the reference's equations as CUDA kernels (kernels/*.cu) plus cuBLAS.
+"""The CuPy backend: the reference's equations as CUDA kernels (kernels/cuda/*.cu) plus cuBLAS.
 
 Same interface as numpy_backend (see backends/__init__.py); arrays live on the GPU.
 CuPy is optional: this module imports without it and is_available() says what to install.
@@ -16,7 +16,7 @@ Where the work goes (per layer and window):
 step_mode() picks the fused path for small B*H*H (launch-bound) and cuBLAS for big layers;
 set_options() or the environment variables LSTM_ENGINE_CUPY_STEP=auto|fused|cublas and
 LSTM_ENGINE_CUPY_GRAPHS=0|1 override it.  Embedding, softmax cross-entropy, Adam and the
-gradient norm are kernels of kernels/train_ops.cu; sampling lives in cupy_generate.py.
+gradient norm are kernels of kernels/cuda/train_ops.cu; sampling lives in cupy_generate.py.
 
 Float32 matrix products use full FP32: CuPy enables TF32 only when CUPY_TF32=1.
 """
@@ -44,15 +44,7 @@ xp = cp
 INSTALL_HINT = ("install CuPy for your CUDA version, e.g. `pip install 'lstm-engine[gpu]'` "
                 "(cupy-cuda12x), on a machine with an NVIDIA GPU; or choose --backend numba")
 
-OPTIONS = {
-    "step": os.environ.get("LSTM_ENGINE_CUPY_STEP", "auto"),
-    "graphs": os.environ.get("LSTM_ENGINE_CUPY_GRAPHS", "1") != "0",
-    "tile": None,      # None: cupy_kernels.choose_tile decides; or one of cupy_kernels.TILES (tests)
-    "persist_units": None,   # None: persist_plan decides the units per block; an int forces it (tests)
-    # the cuBLAS step path's per-step product: 'direct' (cuBLAS by raw pointer, ~3 us of host time)
-    # or 'matmul' (cp.matmul on slices, the path of GPU runs 1-2; ~10x the host time)
-    "blas": os.environ.get("LSTM_ENGINE_CUPY_BLAS", "direct"),
-}
+OPTIONS = ck.OPTIONS    # the launch options, shared with cupy_generate (one dict)
 # fused per-step kernels while B*H*H stays below this, the cuBLAS path above it.  GPU run 3 (H100,
 # cuBLAS called by pointer): medium (B64 H512, 16.8e6) 490k chars/s on cuBLAS vs 353k fused,
 # karpathy (B50 H128, 0.8e6) 418k vs 851k; the boundary sits between them.

@@ -159,7 +159,6 @@ def generate_batch(weights, state, tokens, n, temperature=1.0, top_k=0, top_p=1.
     state: list over layers of [h (S,H), c (S,H)] on the GPU; replaced by the new state.
     rng: numpy Generator; draws rng.random((n, S)) unless greedy.  -> ids (S, n) int64 on the host.
     """
-    from .cupy_backend import OPTIONS
     tok = check_request(weights, tokens, n, temperature, top_k or 0, top_p, greedy)
     S = tok.size
     if n == 0:
@@ -177,7 +176,7 @@ def generate_batch(weights, state, tokens, n, temperature=1.0, top_k=0, top_p=1.
         rng = rng if rng is not None else np.random.default_rng()
         plan.u.set(rng.random((n, S)), stream=stream)
         plan.params.set(np.array([temperature, top_p, float(top_k or 0)]), stream=stream)
-    _PLANS.run(entry, OPTIONS["graphs"])
+    _PLANS.run(entry, ck.OPTIONS["graphs"])
     ids = plan.ids.get()                          # (n,S): the one copy back (waits for the GPU)
     h_fin, c_fin = plan.final_state()
     for l in range(plan.L):

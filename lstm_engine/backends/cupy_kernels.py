@@ -22,6 +22,17 @@ import numpy as np
 # Sources and instantiations
 # ----------------------------------------------------------------------------
 
+# launch options of the cupy backend (cupy_backend.set_options changes them; tests force paths)
+OPTIONS = {
+    "step": os.environ.get("LSTM_ENGINE_CUPY_STEP", "auto"),
+    "graphs": os.environ.get("LSTM_ENGINE_CUPY_GRAPHS", "1") != "0",
+    "tile": None,      # None: choose_tile decides; or one of cupy_kernels.TILES (tests)
+    "persist_units": None,   # None: persist_plan decides the units per block; an int forces it (tests)
+    # the cuBLAS step path's per-step product: 'direct' (cuBLAS by raw pointer, ~3 us of host time)
+    # or 'matmul' (cp.matmul on slices, the path of GPU runs 1-2; ~10x the host time)
+    "blas": os.environ.get("LSTM_ENGINE_CUPY_BLAS", "direct"),
+}
+
 COMPILE_OPTIONS = ("--std=c++17",)      # given to NVRTC (RawModule) and to nvcc in the ptx check
 # what CuPy appends to every RawModule compile besides -arch (and, for NVRTC 12+, the NVRTC-only
 # --device-as-default-execution-space): the ptx check passes it to nvcc as well
@@ -30,7 +41,7 @@ CTYPES = {"float32": "float", "float64": "double"}
 THREADS = 256                           # every kernel of the tiled family runs 256 threads
 
 # tile configs of the fused LSTM kernels: (BT rows, JT units, RB rows/thread, RJ units/thread);
-# (JT/RJ) * (BT/RB) == THREADS, see tile_product in kernels/lstm.cu
+# (JT/RJ) * (BT/RB) == THREADS, see tile_product in kernels/cuda/lstm.cu
 TILES = {
     "narrow": (4, 64, 1, 1),    # B <= 4: generation of one sequence, evaluation streams
     "small": (16, 16, 1, 1),    # many small blocks: fills the GPU when B*H is small
@@ -59,7 +70,7 @@ KERNELS = {
 }
 KERNEL_FILES = ("lstm.cu", "train_ops.cu", "sampling.cu")
 
-# field order of the pointer structs FwdPtrs / BwdPtrs in kernels/lstm.cu
+# field order of the pointer structs FwdPtrs / BwdPtrs in kernels/cuda/lstm.cu
 FWD_FIELDS = ("xproj", "W", "b", "hbuf", "cbuf", "acts")
 BWD_FIELDS = ("W", "acts", "cbuf", "dhs", "dhT", "dzs", "dc")
 
@@ -109,15 +120,15 @@ def name_expressions(filename):
 
 
 def kernel_dir():
-    """Directory of the .cu files: the installed lstm_engine.kernels, else the checkout's kernels/."""
+    """Directory of the .cu files: the installed lstm_engine.kernels.cuda, else the checkout's kernels/cuda."""
     try:
-        import lstm_engine.kernels as pkg
+        import lstm_engine.kernels.cuda as pkg
         d = os.path.dirname(pkg.__file__)
         if os.path.exists(os.path.join(d, KERNEL_FILES[0])):
             return d
     except ImportError:
         pass
-    return os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "kernels"))
+    return os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "kernels", "cuda"))
 
 
 def kernel_source(filename):

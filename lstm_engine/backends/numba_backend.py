@@ -68,7 +68,10 @@ def _kernels():
     if _K is None:
         from types import SimpleNamespace
 
-        from ..kernels import numba_adam, numba_lstm, numba_output, numba_sample
+        from ..kernels.numba import adam as numba_adam
+        from ..kernels.numba import lstm_layer as numba_lstm
+        from ..kernels.numba import output_layer as numba_output
+        from ..kernels.numba import sample as numba_sample
         _K = SimpleNamespace(lstm=numba_lstm, out=numba_output, adam=numba_adam, sample=numba_sample)
         if PIN_BLAS:
             _single_threaded_blas()
@@ -83,7 +86,7 @@ _BLAS_LIBS = []    # threadpoolctl controllers of the BLAS libraries loaded with
 def _single_threaded_blas():
     """Pin every BLAS loaded in the process (NumPy's, which builds the sampler's layer-0 table,
     and SciPy's) to one thread.  The two cores are used by numba's OpenMP threads, which run the
-    kernels' own GEMM (kernels/numba_gemm.py) on their blocks; a spinning BLAS pool would fight
+    kernels' own GEMM (kernels/numba/gemm.py) on their blocks; a spinning BLAS pool would fight
     them for the cores."""
     try:
         from threadpoolctl import ThreadpoolController

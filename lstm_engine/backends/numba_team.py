@@ -5,7 +5,7 @@ Dimension legend: L layers, H hidden, G = 4H, V vocabulary, nt threads, cap char
 One character reads every weight once (about 0.8 MB at H128, two layers), so batch-1
 sampling is bound by how fast one core streams its weights from its own L2 cache.  A team
 of nt threads splits each layer's weight rows, so each core streams 1/nt of them
-(kernels/numba_sample.py, team_share); they meet at one spin barrier per layer and
+(kernels/numba/sample.py, team_share); they meet at one spin barrier per layer and
 character, well under a microsecond, where numba's prange costs several microseconds a
 region.
 

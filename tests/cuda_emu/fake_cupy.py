@@ -6,7 +6,7 @@ fiber) and launches kernels through ctypes, checking each argument's kind and si
 kernel signature.  Stream capture records kernel launches (with raw pointers, as a real graph
 does) and replays them; anything else attempted during a capture raises, as cuBLAS does in CuPy.
 
-This checks the logic of kernels/*.cu and of the backend on machines without a GPU.  It does not
+This checks the logic of kernels/cuda/*.cu and of the backend on machines without a GPU.  It does not
 check CuPy's own API beyond what is mimicked here, nor timing, nor GPU memory-model subtleties.
 """
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""CUDA C++ sources of the cupy backend, compiled once by cupy_kernels.py (RawModule)."""

@@ -1,0 +1,78 @@
+"""Keep Numba's on-disk cache of these kernels honest across edits.
+
+Numba stamps each cached function with its own source file only, so editing a helper in
+fastmath.py would leave the cached machine code of lstm_layer.py (which inlines it)
+stale.  This locator stamps every function defined in kernels/numba/*.py with one hash
+over all of those files, so any edit recompiles them all.  Import this module before
+any @njit(cache=True) in this package (each kernel module does, first thing).
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+
+from numba.core import caching
+
+_DIR = os.path.dirname(os.path.abspath(__file__))
+_STAMP = None
+
+
+def kernels_stamp():
+    """sha256 over the .py sources of this directory (computed once per process)."""
+    global _STAMP
+    if _STAMP is None:
+        h = hashlib.sha256()
+        for path in sorted(glob.glob(os.path.join(_DIR, "*.py"))):
+            with open(path, "rb") as f:
+                h.update(os.path.basename(path).encode() + b"\0" + f.read())
+        _STAMP = h.hexdigest()
+    return _STAMP
+
+
+def _ours(py_file):
+    return os.path.dirname(os.path.abspath(py_file)) == _DIR
+
+
+class _UserProvided(caching.UserProvidedCacheLocator):
+    """$NUMBA_CACHE_DIR when the user set one."""
+
+    def get_source_stamp(self):
+        return kernels_stamp()
+
+    @classmethod
+    def from_function(cls, py_func, py_file):
+        return super().from_function(py_func, py_file) if _ours(py_file) else None
+
+
+class _InTree(caching.InTreeCacheLocator):
+    """kernels/__pycache__ when writable (an editable or user install)."""
+
+    def get_source_stamp(self):
+        return kernels_stamp()
+
+    @classmethod
+    def from_function(cls, py_func, py_file):
+        return super().from_function(py_func, py_file) if _ours(py_file) else None
+
+
+class _UserWide(caching.UserWideCacheLocator):
+    """The user's cache directory when the package directory is read-only."""
+
+    def get_source_stamp(self):
+        return kernels_stamp()
+
+    @classmethod
+    def from_function(cls, py_func, py_file):
+        return super().from_function(py_func, py_file) if _ours(py_file) else None
+
+
+def _install():
+    impl = getattr(caching, "CacheImpl", None) or getattr(caching, "_CacheImpl", None)
+    if impl is None or not hasattr(impl, "_locator_classes"):   # unknown numba layout: keep its default
+        return
+    if _InTree not in impl._locator_classes:
+        impl._locator_classes = [_UserProvided, _InTree, _UserWide] + list(impl._locator_classes)
+
+
+_install()

@@ -1,0 +1,1 @@
+"""The benchmark harness: validate each backend against the reference, then time it."""

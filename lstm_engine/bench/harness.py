@@ -1,0 +1,432 @@
+"""Benchmark harness: validate every backend against the NumPy reference, then time it.
+
+Dimension legend: V vocab (65 here), E embedding, H hidden, L layers, B batch, T time steps,
+I_l input size of layer l (E for layer 0, H above).
+
+What is timed (the engine's own code paths, warm-up excluded and reported separately):
+    train    one full step: Model.forward_backward (forward, BPTT), global-norm clip, Adam   B*T chars
+    forward  Model.loss: forward and the cross-entropy, no gradients                          B*T chars
+    sample   backend.generate at batch 1, SAMPLE_CHUNK characters a call                      SAMPLE_CHUNK chars
+
+FLOP model (matrix products only; the elementwise gate math is left out):
+    forward, per character:  sum over layers l of 2*(I_l + H)*4H  +  2*H*V
+    train step:              3 x forward    (backward = 2 x forward: gradients of inputs and of weights)
+    sample (batch 1):        1 x forward
+GFLOP/s = FLOP per char * chars/s / 1e9, shown against the sgemm peak measured in the same run.
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+import re
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import backends as backends_mod
+from . import torch_peer as bench_torch
+from .machine import machine_info, sgemm_peak_cpu, sgemm_peak_gpu, thread_settings
+from ..backends import numpy_backend
+from ..errors import UserError
+from ..core.model import Model, ModelConfig, init_params
+from ..core.optim import Adam, AdamConfig
+
+VOCAB = 65
+WHATS = ("train", "forward", "sample")
+SAMPLE_CHUNK = 32          # characters per generate() call, as generation.generate_text uses
+GREEDY_CHECK = 16          # greedy characters compared with the reference
+LR = AdamConfig().lr
+LOSS_RTOL = 1e-4           # float32 loss agreement with the reference
+NORM_RTOL = 1e-3           # gradient-norm agreement
+DEFAULT_BACKENDS = "numpy,numba,cupy,torch"
+DEFAULT_CONFIGS = "tiny,seed,karpathy"
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    name: str
+    E: int
+    H: int
+    L: int
+    B: int
+    T: int
+    V: int = VOCAB
+
+    @property
+    def shape(self):
+        return f"E{self.E},H{self.H},L{self.L},B{self.B},T{self.T}"
+
+    def model_config(self):
+        return ModelConfig(self.V, self.E, self.H, self.L)
+
+    def forward_flops_per_char(self):
+        """sum_l 2*(I_l + H)*4H + 2*H*V (see the module docstring)."""
+        E, H, L, V = self.E, self.H, self.L, self.V
+        return sum(2 * ((E if l == 0 else H) + H) * 4 * H for l in range(L)) + 2 * H * V
+
+    def flops_per_char(self, what):
+        return self.forward_flops_per_char() * (3 if what == "train" else 1)
+
+    def chars_per_call(self, what):
+        return SAMPLE_CHUNK if what == "sample" else self.B * self.T
+
+
+CONFIGS = {c.name: c for c in (
+    BenchConfig("tiny", 16, 32, 1, 1, 25),
+    BenchConfig("seed", 128, 128, 2, 32, 50),
+    BenchConfig("karpathy", 65, 128, 2, 50, 50),
+    BenchConfig("medium", 128, 512, 2, 64, 100),
+    BenchConfig("large", 256, 1024, 3, 64, 100),
+)}
+
+
+# ----------------------------------------------------------------------------
+# Parsing the option lists
+# ----------------------------------------------------------------------------
+
+def _split(spec):
+    return [t.strip() for t in spec.split(",") if t.strip()] if isinstance(spec, str) else list(spec)
+
+
+def parse_configs(spec):
+    """'tiny,seed' or '64,128,2,32,50' (E,H,L,B,T; letters allowed: E64,H128,L2,B32,T50) -> [BenchConfig]."""
+    tokens, out, k = _split(spec), [], 0
+    while k < len(tokens):
+        tok = tokens[k]
+        if tok in CONFIGS:
+            out.append(CONFIGS[tok])
+            k += 1
+            continue
+        dims = []
+        for letter, t in zip("EHLBT", tokens[k:k + 5]):
+            m = re.fullmatch(rf"{letter}?(\d+)", t, re.IGNORECASE)
+            if not m or int(m.group(1)) < 1:
+                break
+            dims.append(int(m.group(1)))
+        if len(dims) < 5:
+            raise UserError(f"unknown config {tok!r}; choose from {', '.join(CONFIGS)} "
+                            f"or give five positive numbers E,H,L,B,T such as 64,128,2,32,50")
+        c = BenchConfig("", *dims)
+        out.append(BenchConfig(c.shape, *dims))
+        k += 5
+    if not out:
+        raise UserError(f"--configs is empty; choose from {', '.join(CONFIGS)} or E,H,L,B,T")
+    return list(dict.fromkeys(out))
+
+
+def parse_backends(spec):
+    names = list(dict.fromkeys(_split(spec)))
+    known = list(backends_mod.BACKENDS) + list(bench_torch.NAMES)
+    for n in names:
+        if n not in known:
+            raise UserError(f"unknown backend {n!r}; choose from {', '.join(known)}")
+    if not names:
+        raise UserError(f"--backends is empty; choose from {', '.join(known)}")
+    return names
+
+
+def parse_whats(spec):
+    whats = list(dict.fromkeys(_split(spec)))
+    for w in whats:
+        if w not in WHATS:
+            raise UserError(f"unknown measurement {w!r}; choose from {', '.join(WHATS)}")
+    if not whats:
+        raise UserError(f"--what is empty; choose from {', '.join(WHATS)}")
+    return whats
+
+
+# ----------------------------------------------------------------------------
+# The engine runner: the same calls the trainer and sampler make
+# ----------------------------------------------------------------------------
+
+def make_batch(cfg, seed=0):
+    """Fixed benchmark batch: tokens, targets (T,B) int64, drawn uniformly from the vocabulary."""
+    ids = np.random.default_rng(seed).integers(0, cfg.V, (cfg.T + 1, cfg.B))   # (T+1,B)
+    return ids[:-1].copy(), ids[1:].copy()
+
+
+class EngineRunner:
+    """One backend module on one config: train_step / forward / sample / check / sync."""
+
+    def __init__(self, be, cfg, batch, name=None):
+        self.be, self.cfg, self.name = be, cfg, name or be.NAME
+        self.device = "cpu" if be.xp is np else "gpu"
+        self.model = Model(cfg.model_config(), be, init_params(cfg.model_config(), seed=0))
+        self.opt = Adam(self.model.params, be, AdamConfig())
+        self.tokens, self.targets = be.asarray(batch[0]), be.asarray(batch[1])   # (T,B) each
+        self.zero = self.model.zero_state(cfg.B)
+        self.state = self.model.zero_state(cfg.B)
+        self.sample_state, self.token = self.model.zero_state(1), 0
+        self.rng = np.random.default_rng(0)
+        self.sample_cache = {"chars": math.inf}   # as generate_text keeps one per text; reset when weights change
+
+    def sync(self):
+        self.be.synchronize()
+
+    def train_step(self):
+        loss, grads, self.state = self.model.forward_backward(self.tokens, self.targets, self.state)
+        norm, scale = self.opt.clip_scale(grads)
+        self.opt.update(self.model.params, grads, LR, scale)
+        self.sample_cache = {"chars": math.inf}
+        return loss, norm
+
+    def forward(self):
+        return self.model.loss(self.tokens, self.targets, self.zero)[0]
+
+    def sample(self, n=SAMPLE_CHUNK, greedy=False, state=None, token=None):
+        st = self.sample_state if state is None else state
+        ids = self.be.generate(self.model.params, st, self.token if token is None else token, n,
+                               1.0, 0, 1.0, greedy, self.rng, self.sample_cache)
+        ids = np.asarray(self.be.to_numpy(ids))
+        if state is None:
+            self.token = int(ids[-1])
+        return ids
+
+    def check(self, n_greedy=GREEDY_CHECK):
+        """Numbers compared with the reference: loss, greedy ids, then one train step and the loss after it."""
+        m = self.model
+        loss = float(self.forward())
+        greedy = [int(i) for i in self.sample(n_greedy, True, m.zero_state(1), 0)]
+        self.state = m.zero_state(self.cfg.B)
+        train_loss, norm = self.train_step()
+        return {"loss": loss, "greedy": greedy, "train_loss": float(train_loss), "grad_norm": float(norm),
+                "loss_after_step": float(self.forward())}
+
+
+def compare(got, ref):
+    """-> {what: (valid, reason)} from a runner's check() against the reference's."""
+    def rel(key):
+        return abs(got[key] - ref[key]) / max(abs(ref[key]), 1e-12)
+
+    def close(key, rtol):
+        return np.isfinite(got[key]) and rel(key) <= rtol
+
+    loss_ok = close("loss", LOSS_RTOL)
+    fwd = f"loss {got['loss']:.6f} vs reference {ref['loss']:.6f} (rel. error {rel('loss'):.1e})"
+    out = {"forward": (loss_ok, fwd)}
+    bad = [k for k, tol in (("train_loss", LOSS_RTOL), ("grad_norm", NORM_RTOL), ("loss_after_step", LOSS_RTOL))
+           if not close(k, tol)]
+    if not loss_ok:
+        out["train"] = (False, fwd)
+    elif bad:
+        out["train"] = (False, "; ".join(f"{k} {got[k]:.6f} vs reference {ref[k]:.6f}" for k in bad))
+    else:
+        out["train"] = (True, "loss, gradient norm and loss after one Adam step agree with the reference")
+    same = got["greedy"] == ref["greedy"]
+    first = next((i for i, (a, b) in enumerate(zip(got["greedy"], ref["greedy"])) if a != b), None)
+    out["sample"] = (same, f"{GREEDY_CHECK} greedy characters match the reference" if same else
+                     f"greedy characters differ from the reference at position {first}")
+    return out
+
+
+# ----------------------------------------------------------------------------
+# Timing
+# ----------------------------------------------------------------------------
+
+def warm_up(fn, sync, seconds, repeats):
+    """The first call (timed apart: JIT compile lands here), then more calls for about a tenth
+    of `seconds` to estimate one call's time -> (first call s, k calls per repeat), k chosen
+    so that all repeats together take about `seconds`."""
+    t0 = time.perf_counter()
+    fn()
+    sync()
+    first = time.perf_counter() - t0
+    n, t0 = 0, time.perf_counter()
+    while n < 2 or (time.perf_counter() - t0 < 0.1 * seconds and n < 1000):
+        fn()
+        sync()
+        n += 1
+    one = (time.perf_counter() - t0) / n
+    return first, max(1, int(seconds / max(repeats, 1) / max(one, 1e-9)))
+
+
+def time_batch(fn, sync, k):
+    """One repeat: k calls -> seconds per call."""
+    t0 = time.perf_counter()
+    for _ in range(k):
+        fn()
+    sync()
+    return (time.perf_counter() - t0) / k
+
+
+def time_calls(fn, sync, seconds, repeats):
+    """warm_up, then `repeats` timed batches of k calls -> (first call s, [s per call, one per repeat], k)."""
+    first, k = warm_up(fn, sync, seconds, repeats)
+    return first, [time_batch(fn, sync, k) for _ in range(max(repeats, 1))], k
+
+
+def stats(per_call, chars):
+    """Median and spread of the per-call times -> row fields (chars/s at median, min, max)."""
+    med = statistics.median(per_call)
+    return {"seconds_per_call": med, "chars_per_s": chars / med,
+            "chars_per_s_min": chars / max(per_call), "chars_per_s_max": chars / min(per_call),
+            "spread_pct": 100.0 * (max(per_call) - min(per_call)) / 2.0 / med}
+
+
+# ----------------------------------------------------------------------------
+# The run: every backend x config x measurement
+# ----------------------------------------------------------------------------
+
+def _row(name, cfg, what, device=None, status="ok", valid=False, reason=""):
+    return {"backend": name, "config": cfg.name, "shape": cfg.shape, "E": cfg.E, "H": cfg.H, "L": cfg.L,
+            "B": cfg.B, "T": cfg.T, "V": cfg.V, "what": what, "device": device, "status": status,
+            "valid": valid, "reason": reason, "chars_per_s": None, "chars_per_s_min": None,
+            "chars_per_s_max": None, "chars_per_s_each": None, "spread_pct": None, "seconds_per_call": None, "first_call_s": None,
+            "compile_s": None, "repeats": 0, "calls_per_repeat": 0, "gflops": None,
+            "flops_per_char": cfg.flops_per_char(what)}
+
+
+def _module_missing(path):
+    """True when the backend's module is not in this installation (e.g. not merged yet)."""
+    if path in sys.modules:
+        return False
+    try:
+        return importlib.util.find_spec(path) is None
+    except (ImportError, ValueError):
+        return True
+
+
+def resolve(names, threads):
+    """Backend names -> [(row name, factory(cfg, batch) or None, reason or '', device)]."""
+    engine, out = [], []
+    for n in names:
+        if n in bench_torch.NAMES:
+            continue
+        try:
+            be = backends_mod.get_backend(n)
+        except UserError as e:
+            missing = _module_missing(backends_mod.BACKENDS[n])
+            out.append((n, None, f"{backends_mod.BACKENDS[n]} is not part of this installation" if missing
+                        else str(e), None))
+            continue
+        dev = "cpu" if be.xp is np else "gpu"
+        engine.append(dev)
+        out.append((n, lambda cfg, batch, be=be: EngineRunner(be, cfg, batch), "", dev))
+    for n in names:
+        if n in bench_torch.NAMES:
+            out.extend(bench_torch.resolve(n, set(engine), threads))
+    return out
+
+
+def prepare_entry(entry, cfg, batch, ref, whats):
+    """Build one backend on one config and validate it -> (runner, verdict, None), or
+    (None, None, rows) when it is unavailable or raised."""
+    name, factory, reason, device = entry
+    if factory is None:
+        return None, None, [_row(name, cfg, w, device, "unavailable", False, reason) for w in whats]
+    try:
+        runner = factory(cfg, batch)
+        return runner, compare(runner.check(GREEDY_CHECK), ref), None
+    except Exception as e:                               # a backend bug must not stop the other rows
+        return None, None, [_row(name, cfg, w, device, "error", False, f"{type(e).__name__}: {e}") for w in whats]
+
+
+def _timed(runner, what):
+    return {"train": runner.train_step, "forward": runner.forward,
+            "sample": lambda: runner.sample(SAMPLE_CHUNK)}[what]
+
+
+def bench_config(entries, cfg, batch, ref, whats, seconds, repeats):
+    """Rows for every backend on one config (backend by backend, each in the order of whats).
+
+    The backends take turns: for each measurement every backend is warmed up, then repeat 1
+    of every backend is timed, then repeat 2, and so on.  This host's speed drifts by 20-30%
+    within minutes, so a backend's repeat and its peer's lie seconds apart and the ratio to
+    the peer can be taken repeat by repeat (add_peer_ratios)."""
+    prepared = [prepare_entry(e, cfg, batch, ref, whats) for e in entries]
+    rows = {}
+    for what in whats:
+        turns = []                                        # [(entry index, fn, k, first s)]
+        for i, (entry, (runner, verdict, _)) in enumerate(zip(entries, prepared)):
+            if runner is None:
+                continue
+            valid, why = verdict[what]
+            rows[i, what] = _row(entry[0], cfg, what, runner.device, "ok" if valid else "invalid", bool(valid), why)
+            try:
+                first, k = warm_up(_timed(runner, what), runner.sync, seconds, repeats)
+                turns.append((i, _timed(runner, what), runner.sync, k, first))
+            except Exception as e:
+                rows[i, what].update(status="error", valid=False, reason=f"{type(e).__name__}: {e}")
+        per_call = {i: [] for i, *_ in turns}
+        for _ in range(max(repeats, 1)):
+            for i, fn, sync, k, _ in turns:
+                if rows[i, what]["status"] == "error":
+                    continue
+                try:
+                    per_call[i].append(time_batch(fn, sync, k))
+                except Exception as e:
+                    rows[i, what].update(status="error", valid=False, reason=f"{type(e).__name__}: {e}")
+        for i, _, _, k, first in turns:
+            row = rows[i, what]
+            if row["status"] == "error":
+                continue
+            chars = cfg.chars_per_call(what)
+            row.update(stats(per_call[i], chars), first_call_s=first, repeats=len(per_call[i]),
+                       calls_per_repeat=k, compile_s=max(0.0, first - statistics.median(per_call[i])),
+                       chars_per_s_each=[chars / t for t in per_call[i]])
+            row["gflops"] = row["flops_per_char"] * row["chars_per_s"] / 1e9
+    out = []
+    for i, (runner, _, fixed) in enumerate(prepared):
+        out.extend(fixed if runner is None else [rows[i, w] for w in whats])
+    return out
+
+
+def paired_ratio(mine, peer):
+    """Speed relative to the peer: the median over repeats of mine / peer in the same turn
+    (bench_config), or, without repeats taken in turns, the ratio of the medians."""
+    a, b = mine.get("chars_per_s_each"), peer.get("chars_per_s_each")
+    if a and b and len(a) == len(b):
+        return statistics.median(x / y for x, y in zip(a, b))
+    return mine["chars_per_s"] / peer["chars_per_s"]
+
+
+def add_peer_ratios(rows, peaks):
+    """Fraction of the device's sgemm peak, and speed relative to the torch peer on the same device."""
+    peers = {(r["config"], r["what"], r["device"]): r for r in rows
+             if r["backend"] in bench_torch.NAMES and r["chars_per_s"]}
+    for r in rows:
+        peak = peaks.get(r["device"])
+        r["peak_gflops"] = peak
+        r["frac_peak"] = r["gflops"] / peak if r["gflops"] and peak else None
+        r["vs_torch"], r["torch_peer"] = None, None
+        if r["backend"] in bench_torch.NAMES or not r["chars_per_s"]:
+            continue
+        peer = peers.get((r["config"], r["what"], r["device"])) or next(
+            (p for (c, w, _), p in peers.items() if c == r["config"] and w == r["what"]), None)
+        if peer:
+            r["vs_torch"], r["torch_peer"] = paired_ratio(r, peer), peer["backend"]
+
+
+def run_bench(backends=DEFAULT_BACKENDS, configs=DEFAULT_CONFIGS, what="train,forward,sample", seconds=2.0,
+              repeats=5, threads=None, on_progress=None):
+    """Validate then time each backend x config x measurement.
+
+    -> (machine dict, rows); each row is a flat dict that already carries the machine fields.
+    """
+    names, cfgs, whats = parse_backends(backends), parse_configs(configs), parse_whats(what)
+    if not seconds > 0:
+        raise UserError(f"--seconds must be > 0 (got {seconds})")
+    if repeats < 1:
+        raise UserError(f"--repeats must be >= 1 (got {repeats})")
+    say = on_progress or (lambda msg: None)
+    with thread_settings(threads, torch_too=any(n in bench_torch.NAMES for n in names)):
+        entries = resolve(names, threads)
+        devices = {e[3] for e in entries if e[1] is not None}
+        say("measuring the sgemm peak ...")
+        peaks = {"cpu": sgemm_peak_cpu(), "gpu": sgemm_peak_gpu() if "gpu" in devices else None}
+        machine = machine_info(threads)
+        machine.update(sgemm_cpu_gflops=peaks["cpu"], sgemm_gpu_gflops=peaks["gpu"])
+        rows = []
+        for cfg in cfgs:
+            batch = make_batch(cfg)
+            say(f"{cfg.name}: reference loss (numpy) ...")
+            ref = EngineRunner(numpy_backend, cfg, batch).check(GREEDY_CHECK)
+            say(f"{cfg.name}: {', '.join(e[0] for e in entries)}, taking turns ...")
+            rows.extend(bench_config(entries, cfg, batch, ref, whats, seconds, repeats))
+    add_peer_ratios(rows, peaks)
+    for r in rows:
+        r.update(machine)
+    return machine, rows

@@ -1,0 +1,167 @@
+"""The PyTorch peer for the benchmark: the same model in nn.Embedding + nn.LSTM + nn.Linear.
+
+On the CPU it runs PyTorch's own LSTM kernels; on a GPU, cuDNN, with TF32 switched off so that
+both sides compute in float32.  It starts from the engine's initial weights (so its loss can be
+checked against the NumPy reference) and trains with F.cross_entropy, clip_grad_norm_ and
+torch.optim.Adam with the engine's settings.  torch is optional: without it the row says so.
+
+Names:  torch       the peer on the device(s) the other requested backends use
+                    (CPU for numpy/numba, CUDA for GPU backends; alone: CUDA when available, else CPU)
+        torch-cpu   the CPU peer          torch-cuda   the cuDNN peer
+
+Dimension legend: T time, B batch, E embedding, H hidden, L layers, V vocab.
+Weight mapping from the engine's fused W{l} (H+I, 4H) over [h, x], gate order i,f,g,o (PyTorch's):
+    weight_hh_l{l} (4H,H) = W[:H].T     weight_ih_l{l} (4H,I) = W[H:].T
+    bias_ih_l{l} = b{l}, bias_hh_l{l} = 0 and frozen (so clipping sees each bias once)
+"""
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+
+from ..core.model import init_params
+from ..core.optim import AdamConfig
+
+NAMES = ("torch", "torch-cpu", "torch-cuda")
+
+
+def _cuda_ok():
+    import torch
+    try:
+        return torch.cuda.is_available()
+    except Exception:
+        return False
+
+
+def resolve(name, engine_devices, threads):
+    """One requested torch name -> [(row name, factory or None, reason, device)]."""
+    if importlib.util.find_spec("torch") is None:
+        return [(name, None, "torch is not installed (pip install torch); no peer to compare with", None)]
+    try:
+        import torch  # noqa: F401
+    except Exception as e:                               # a broken install is a row, not a crash
+        return [(name, None, f"torch failed to import: {type(e).__name__}: {e}", None)]
+    if name == "torch":
+        devices = []
+        if "cpu" in engine_devices:
+            devices.append("cpu")
+        if "gpu" in engine_devices and _cuda_ok():
+            devices.append("cuda")
+        if not devices:
+            devices = ["cuda" if _cuda_ok() else "cpu"]
+    else:
+        devices = [name.split("-")[1]]
+    out = []
+    for dev in devices:
+        row_name = f"torch-{dev}"
+        if dev == "cuda" and not _cuda_ok():
+            out.append((row_name, None, "torch sees no CUDA device", "gpu"))
+            continue
+        out.append((row_name, lambda cfg, batch, dev=dev: TorchRunner(dev, cfg, batch, threads),
+                    "", "gpu" if dev == "cuda" else "cpu"))
+    return out
+
+
+class TorchRunner:
+    """train_step / forward / sample / check / sync, mirroring bench.EngineRunner."""
+
+    def __init__(self, dev, cfg, batch, threads=None):
+        import torch
+        from torch import nn
+        self.torch, self.cfg = torch, cfg
+        self.device = "gpu" if dev == "cuda" else "cpu"
+        self.dev = torch.device(dev)
+        if dev == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
+        if threads:
+            torch.set_num_threads(threads)
+        V, E, H, L = cfg.V, cfg.E, cfg.H, cfg.L
+        self.emb = nn.Embedding(V, E).to(self.dev)
+        self.lstm = nn.LSTM(E, H, L).to(self.dev)
+        self.lin = nn.Linear(H, V).to(self.dev)
+        self._load(init_params(cfg.model_config(), seed=0))
+        self.params = [p for p in (*self.emb.parameters(), *self.lstm.parameters(), *self.lin.parameters())
+                       if p.requires_grad]
+        a = AdamConfig()
+        self.clip = a.grad_clip
+        self.opt = torch.optim.Adam(self.params, lr=a.lr, betas=(a.beta1, a.beta2), eps=a.eps)
+        self.x = torch.as_tensor(batch[0], device=self.dev)          # (T,B) int64
+        self.y = torch.as_tensor(batch[1], device=self.dev).reshape(-1)   # (N,)
+        self.zero = self._zero_state(cfg.B)
+        self.state = self._zero_state(cfg.B)
+        self.sample_state, self.token = self._zero_state(1), 0
+        self.gen = torch.Generator(device=self.dev).manual_seed(0)
+
+    def _zero_state(self, B):
+        z = self.torch.zeros(self.cfg.L, B, self.cfg.H, device=self.dev)   # (L,B,H)
+        return (z, z.clone())
+
+    def _load(self, P):
+        t, H = self.torch, self.cfg.H
+        with t.no_grad():
+            self.emb.weight.copy_(t.from_numpy(P["Emb"]))
+            for l in range(self.cfg.L):
+                W = P[f"W{l}"]                                               # (H+I,4H)
+                getattr(self.lstm, f"weight_hh_l{l}").copy_(t.from_numpy(np.ascontiguousarray(W[:H].T)))
+                getattr(self.lstm, f"weight_ih_l{l}").copy_(t.from_numpy(np.ascontiguousarray(W[H:].T)))
+                getattr(self.lstm, f"bias_ih_l{l}").copy_(t.from_numpy(P[f"b{l}"]))
+                bhh = getattr(self.lstm, f"bias_hh_l{l}")
+                bhh.zero_()
+                bhh.requires_grad_(False)
+            self.lin.weight.copy_(t.from_numpy(np.ascontiguousarray(P["Wy"].T)))  # (V,H)
+            self.lin.bias.copy_(t.from_numpy(P["by"]))
+        self.lstm.flatten_parameters()
+
+    def _logits(self, x, state):
+        out, state = self.lstm(self.emb(x), state)                          # (T,B,H)
+        return self.lin(out.reshape(-1, self.cfg.H)), state                 # (N,V)
+
+    def sync(self):
+        if self.dev.type == "cuda":
+            self.torch.cuda.synchronize()
+
+    def train_step(self):
+        F = self.torch.nn.functional
+        self.opt.zero_grad(set_to_none=True)
+        logits, (h, c) = self._logits(self.x, self.state)
+        loss = F.cross_entropy(logits, self.y)
+        loss.backward()
+        norm = self.torch.nn.utils.clip_grad_norm_(self.params, self.clip)
+        self.opt.step()
+        self.state = (h.detach(), c.detach())
+        return loss, norm
+
+    def forward(self):
+        with self.torch.inference_mode():
+            logits, _ = self._logits(self.x, self.zero)
+            return self.torch.nn.functional.cross_entropy(logits, self.y)
+
+    def sample(self, n=32, greedy=False, state=None, token=None):
+        """Batch-1 loop of nn.LSTM steps, softmax + torch.multinomial per character."""
+        t = self.torch
+        with t.inference_mode():
+            h, c = self.sample_state if state is None else state
+            tok = t.tensor([[self.token if token is None else token]], device=self.dev)   # (1,1)
+            ids = []
+            for _ in range(n):
+                out, (h, c) = self.lstm(self.emb(tok), (h, c))               # (1,1,H)
+                logits = self.lin(out[0, 0])                                 # (V,)
+                if greedy:
+                    tok = logits.argmax().view(1, 1)
+                else:
+                    tok = t.multinomial(t.softmax(logits, -1), 1, generator=self.gen).view(1, 1)
+                ids.append(tok)
+            ids = t.cat(ids).reshape(-1).cpu().numpy()                        # (n,)
+        if state is None:
+            self.sample_state, self.token = (h, c), int(ids[-1])
+        return ids
+
+    def check(self, n_greedy=16):
+        loss = float(self.forward())
+        greedy = [int(i) for i in self.sample(n_greedy, True, self._zero_state(1), 0)]
+        self.state = self._zero_state(self.cfg.B)
+        train_loss, norm = self.train_step()
+        return {"loss": loss, "greedy": greedy, "train_loss": train_loss.item(), "grad_norm": norm.item(),
+                "loss_after_step": float(self.forward())}

@@ -1,0 +1,1 @@
+"""The engine: model, optimizer, data, training loop, time budget, generation."""

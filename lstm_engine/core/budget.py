@@ -1,0 +1,186 @@
+"""Training to a wall-clock budget: duration parsing, a schedule measured in time, and the recipe.
+
+`lstm-engine train --time-budget 10m` trains the best model it can in ten minutes on this machine:
+the recipe picks model size, batch, sequence length, dropout and learning rate from the budget, the corpus
+size and the measured speed of the backend; any option the user sets explicitly wins.
+"""
+from __future__ import annotations
+
+import math
+import re
+
+from ..errors import UserError
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text):
+    """'90s', '10m', '2h', '1h30m', '45' (seconds) -> seconds (float > 0)."""
+    s = str(text).strip().lower()
+    try:
+        value = float(s)
+    except ValueError:
+        parts = re.fullmatch(r"((?:\d+(?:\.\d+)?[smh])+)", s)
+        if not parts:
+            raise UserError(f"--time-budget {text!r} is not a duration; write e.g. 90s, 10m, 2h or 1h30m") from None
+        value = sum(float(n) * _UNITS[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)([smh])", s))
+    if not value > 0:
+        raise UserError(f"--time-budget must be positive (got {text!r})")
+    return value
+
+
+def lr_at_time(frac, base_lr, warmup=0.02, floor=0.05):
+    """Learning rate at fraction `frac` (0..1) of the budget: linear warm-up, then cosine down to floor*lr."""
+    frac = min(max(frac, 0.0), 1.0)
+    if frac < warmup:
+        return base_lr * (0.1 + 0.9 * frac / warmup)
+    x = (frac - warmup) / (1.0 - warmup)
+    return base_lr * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * x)))
+
+
+# Candidate models, smallest first: (embed, hidden, layers, batch, seq_len, dropout, lr).
+# Tuned on tinyshakespeare, 10 minutes, numba on the 2-core machine (docs/time-budget.md): at H256
+# windows of 50 beat 100 (twice the updates at the same chars/s: val 1.475 vs 1.503) and 32 (1.490);
+# dropout 0.2 beat 0.1 (1.485) and 0.3 (1.475 vs 1.461); H320 (1.453) and H384 (1.454) beat H256.
+# H384 at lr 3e-3: 1.4511, against 1.4601 and 1.4654 at 2.5e-3 (own GEMM, machine as it comes);
+# at 3.5e-3 (fourth session) 1.4418 / 1.4546 with per-step dropout masks, 1.4429 / 1.4471 / 1.4408
+# with locked masks (TrainConfig.locked_dropout, the default).
+CANDIDATES = (
+    (16, 32, 1, 16, 32, 0.0, 3e-3),
+    (32, 64, 2, 32, 64, 0.0, 3e-3),
+    (32, 128, 2, 32, 64, 0.0, 3e-3),
+    (64, 256, 2, 64, 50, 0.2, 3e-3),
+    (64, 320, 2, 64, 50, 0.25, 3e-3),
+    (64, 384, 2, 64, 50, 0.25, 3.5e-3),
+    (64, 512, 2, 64, 50, 0.25, 2e-3),
+    (96, 768, 2, 64, 50, 0.3, 1.5e-3),
+)
+# The recipe wants the model to see at least this many training characters per parameter.  Ten
+# minutes on tinyshakespeare (OpenBLAS hints unset): H256 at 26 chars/param scored 1.461-1.469,
+# H320 at 14 and H384 at 7 both ~1.453: past ~7, a larger model beats more passes over the data.
+CHARS_PER_PARAM = 7.0
+# ... and to make at least MIN_UPDATES Adam updates, or UPDATES_PER_MINUTE per minute of a shorter
+# budget.  With the machine's OpenBLAS hints H320 ran at 22.5k chars/s: 8.6 chars/param but only
+# 3,861 updates in ten minutes, and scored 1.4827 - no better than H256's 1.4746-1.4785 at
+# 5,600-5,800 (H384 without the hints: 4,741 updates, 1.4541).  At two minutes a flat 4,000 was
+# wrong: it turned H128 (3,760 updates at its calibrated speed) down for H64, 1.6536 against 1.6404.
+MIN_UPDATES = 4000
+UPDATES_PER_MINUTE = 400
+
+
+def n_params(V, E, H, L):
+    return V * E + sum((H + (E if l == 0 else H)) * 4 * H + 4 * H for l in range(L)) + H * V + V
+
+
+def choose(budget_s, train_chars, vocab_size, speed_of, window_of=None, warmup_s=None):
+    """Pick the candidate that best fits the budget.
+
+    speed_of(candidate) -> measured training chars/s on this backend; window_of(candidate) -> the
+    characters of one update (B*T; default: the candidate's own); warmup_s() -> seconds spent so far in
+    the candidates' warm-up steps (JIT compile on a first run), which the 5% cap on calibration
+    does not count: a compile is paid once per install, and stopping on it would pick a smaller model
+    only on the first run.  The chosen model is the largest
+    whose training (at its measured speed, over ~85% of the budget) sees at least CHARS_PER_PARAM
+    characters per parameter and makes at least MIN_UPDATES optimizer updates (UPDATES_PER_MINUTE per
+    minute of a shorter budget); it is never larger than the data can support (4 chars per
+    parameter per pass over the corpus is the floor).
+    -> (candidate, speed, reasons list of str)
+    """
+    import time
+    window_of = window_of or (lambda cand: cand[3] * cand[4])
+    train_time = 0.85 * budget_s
+    min_updates = min(MIN_UPDATES, UPDATES_PER_MINUTE * budget_s / 60)
+    chosen, chosen_speed, reasons = CANDIDATES[0], None, []
+    t0 = time.perf_counter()
+    for cand in CANDIDATES:
+        spent = time.perf_counter() - t0 - (warmup_s() if warmup_s else 0.0)
+        if chosen_speed is not None and spent > 0.05 * budget_s:
+            reasons.append("calibration stopped at 5% of the budget")
+            break
+        E, H, L, B, T, _, _ = cand
+        p = n_params(vocab_size, E, H, L)
+        if p > 4 * train_chars and chosen_speed is not None:
+            reasons.append(f"H{H}: {p:,} params is too many for {train_chars:,} training chars")
+            break
+        speed = speed_of(cand)
+        seen = speed * train_time
+        updates = seen / window_of(cand)
+        reasons.append(f"H{H}: {speed:,.0f} chars/s -> {seen / p:.1f} chars/param, {updates:,.0f} updates")
+        fits = seen >= CHARS_PER_PARAM * p and updates >= min_updates
+        if fits or chosen_speed is None:
+            chosen, chosen_speed = cand, speed
+        if not fits:
+            break
+    return chosen, chosen_speed, reasons
+
+
+# --------------------------------------------------------------------------
+# Planning a budgeted run
+# --------------------------------------------------------------------------
+RECIPE_FIELDS = ("embed_size", "hidden_size", "layers", "batch_size", "seq_len", "dropout", "lr")
+
+
+def measure_train_speed(backend, vocab_size, cand, dtype, train_ids, steps=4, locked_dropout=True):
+    """chars/s of whole training steps (forward, BPTT, clip, Adam) for a candidate, after one warm-up.
+    -> (chars/s, seconds of the warm-up step beyond a steady step: JIT compile, first touches)"""
+    import time
+
+    import numpy as np
+
+    from .data import Batcher
+    from .model import Model, ModelConfig
+    from .optim import Adam, AdamConfig
+    E, H, L, B, T, p, lr = cand
+    model = Model(ModelConfig(vocab_size, E, H, L, p, dtype), backend, seed=0)
+    opt = Adam(model.params, backend, AdamConfig(lr))
+    b = Batcher(train_ids, B, T)
+    rng = np.random.default_rng(0)
+    times = []
+    for k in range(steps + 1):
+        x, y = b.window(k % b.windows)
+        t0 = time.perf_counter()
+        loss, grads, _ = model.forward_backward(backend.asarray(x), backend.asarray(y), model.zero_state(B),
+                                                model.dropout_masks(T, B, rng, locked=locked_dropout))
+        _, scale = opt.clip_scale(grads)
+        opt.update(model.params, grads, lr, scale)
+        backend.synchronize()
+        times.append(time.perf_counter() - t0)
+    return B * T / min(times[1:]), max(times[0] - min(times[1:]), 0.0)
+
+
+def plan(cfg, explicit, train_ids, vocab_size, backend, say=print):
+    """Fill the recipe's choices into cfg (a TrainConfig) for a run of cfg.time_budget seconds.
+
+    Options in `explicit` (names of TrainConfig fields the user set) are never changed.
+    -> the recipe as text (printed at start and stored in the checkpoint as cfg.recipe).
+    """
+    fixed = {k: getattr(cfg, k) for k in RECIPE_FIELDS if k in explicit}
+
+    def with_fixed(cand):
+        return tuple(fixed.get(k, v) for k, v in zip(RECIPE_FIELDS, cand))
+
+    warm = [0.0]
+
+    def speed_of(cand):
+        speed, warm_s = measure_train_speed(backend, vocab_size, with_fixed(cand), cfg.dtype, train_ids,
+                                            locked_dropout=cfg.locked_dropout)
+        warm[0] += warm_s
+        return speed
+
+    if {"embed_size", "hidden_size", "layers"} <= set(fixed):
+        cand = with_fixed(CANDIDATES[0])
+        speed, reasons = speed_of(CANDIDATES[0]), ["model size set by options"]
+    else:
+        cand, speed, reasons = choose(cfg.time_budget, len(train_ids), vocab_size, speed_of,
+                                      window_of=lambda c: with_fixed(c)[3] * with_fixed(c)[4],
+                                      warmup_s=lambda: warm[0])
+        cand = with_fixed(cand)
+    for k, v in zip(RECIPE_FIELDS, cand):
+        setattr(cfg, k, v)
+    if "lr_decay" not in explicit:
+        cfg.lr_decay = True
+    chosen = ", ".join(f"{k}={getattr(cfg, k)}" + ("" if k not in fixed else " (given)") for k in RECIPE_FIELDS)
+    text = (f"time budget {cfg.time_budget:g}s on {backend.NAME}: {chosen}; warm-up then cosine decay over the "
+            f"budget's time; measured {speed:,.0f} chars/s ({'; '.join(reasons)})")
+    say(text)
+    return text

@@ -1,0 +1,89 @@
+"""Sampling text from a model and scoring text as one stream.
+
+Dimension legend: T time, B batch (1 here), H hidden, V vocab.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..errors import UserError
+
+REPLACEMENT = "\ufffd"   # printed for <unk>
+
+
+def check_sampling_options(temperature, top_k, top_p, length):
+    if not temperature > 0:
+        raise UserError(f"--temperature must be > 0 (got {temperature}); use --greedy for deterministic text")
+    if top_k is not None and top_k < 0:
+        raise UserError(f"--top-k must be >= 1 (got {top_k}); leave it out to keep every symbol")
+    if not 0 < top_p <= 1:
+        raise UserError(f"--top-p must be in (0, 1] (got {top_p}); 1 keeps every symbol")
+    if length < 0:
+        raise UserError(f"--length must be >= 0 (got {length})")
+
+
+def prime_state(model, vocab, prime):
+    """Run all but the last prime character through the model.
+
+    -> (state list of [h (1,H), c (1,H)], last token id).  An empty prime starts from a
+    newline (or the most frequent symbol) with a zero state.
+    """
+    be = model.be
+    state = model.zero_state(1)
+    if not prime:
+        return state, vocab.index.get("\n", 0)
+    ids = vocab.encode(prime, strict=True)
+    if len(ids) > 1:
+        tokens = be.asarray(ids[:-1].reshape(-1, 1))          # (T,1)
+        _, state, _ = model.forward(tokens, state)
+    return state, int(ids[-1])
+
+
+def generate_text(model, vocab, prime="", length=200, temperature=1.0, top_k=0, top_p=1.0,
+                  greedy=False, seed=None, on_text=None, chunk=32):
+    """Sample `length` characters after `prime`.  on_text(str) receives them as they come.
+
+    -> the generated text (without the prime).
+    """
+    check_sampling_options(temperature, top_k, top_p, length)
+    rng = np.random.default_rng(seed)
+    state, token = prime_state(model, vocab, prime)
+    pieces = []
+    done = 0
+    cache = {"chars": length}          # tables a backend derives from the weights, kept for this text
+    while done < length:
+        n = min(chunk, length - done)
+        ids = model.be.generate(model.params, state, token, n, temperature, top_k or 0, top_p, greedy, rng,
+                                cache)
+        ids = np.asarray(model.be.to_numpy(ids))
+        token = int(ids[-1])
+        text = "".join(REPLACEMENT if i == vocab.unk else vocab.symbols[int(i)] for i in ids)
+        pieces.append(text)
+        if on_text:
+            on_text(text)
+        done += n
+    return "".join(pieces)
+
+
+def evaluate_ids(model, ids, chunk=256):
+    """Score ids as one stream from a zero state: every id after the first is predicted
+    from all before it.  -> (mean loss in nats/char, number of predicted chars)."""
+    be = model.be
+    n = len(ids) - 1
+    if n < 1:
+        raise UserError("the evaluation text needs at least 2 characters")
+    state = model.zero_state(1)
+    total = 0.0
+    for s in range(0, n, chunk):
+        e = min(s + chunk, n)
+        tokens = be.asarray(ids[s:e].reshape(-1, 1))          # (T,1)
+        targets = be.asarray(ids[s + 1:e + 1].reshape(-1, 1))  # (T,1)
+        loss, state = model.loss(tokens, targets, state)
+        total += loss * (e - s)
+    return total / n, n
+
+
+def bits(nats):
+    return nats / math.log(2)

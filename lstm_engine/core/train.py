@@ -1,0 +1,425 @@
+"""The training loop: truncated BPTT over B streams, Adam, evaluation, checkpoints.
+
+Dimension legend: T seq-len, B batch, H hidden, V vocab.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+
+import numpy as np
+
+from ..storage import checkpoint
+from ..backends import get_backend
+from .data import Batcher, Vocab, load_corpus, split, unigram_entropy
+from ..errors import UserError
+from .generation import evaluate_ids, generate_text
+from .model import Model, ModelConfig
+from . import budget
+from .optim import Adam, AdamConfig, lr_at
+from ..storage.rundir import RunDir
+
+EXT = checkpoint.EXT
+# options a resumed run must share with its checkpoint (shapes, data windows, random streams)
+FIXED_ON_RESUME = ("embed_size", "hidden_size", "layers", "dtype", "batch_size", "seq_len", "max_vocab",
+                   "val_fraction", "seed", "locked_dropout")
+
+
+@dataclass
+class TrainConfig:
+    corpus: str = "python-docs"
+    encoding: str = "utf-8"
+    backend: str = "auto"
+    embed_size: int = 64
+    hidden_size: int = 128
+    layers: int = 2
+    dropout: float = 0.0
+    batch_size: int = 32
+    seq_len: int = 64
+    lr: float = 2e-3
+    lr_decay: bool = False
+    grad_clip: float = 5.0
+    locked_dropout: bool = True    # one dropout mask per window and sequence, shared by its time steps
+    steps: int = 1000
+    eval_every: int = 250
+    sample_every: int = 250
+    save_every: int = 250
+    log_every: int = 10
+    seed: int = 0
+    dtype: str = "float32"
+    max_vocab: int = 0
+    val_fraction: float = 0.1
+    out: str = ""
+    keep: int = 3                  # step-numbered checkpoints kept besides latest and best
+    time_budget: float = 0.0       # seconds of wall clock for the whole run (0: train to --steps)
+    recipe: str = ""               # what the time-budget recipe chose, and why
+
+    def check(self):
+        """Reject impossible values with one line each."""
+        for name in ("embed_size", "hidden_size", "layers", "batch_size", "seq_len", "steps", "keep"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
+        for name in ("eval_every", "sample_every", "save_every", "log_every", "max_vocab"):
+            if getattr(self, name) < 0:
+                raise UserError(f"--{name.replace('_', '-')} must be >= 0 (got {getattr(self, name)})")
+        if not 0 <= self.dropout < 1:
+            raise UserError(f"--dropout must be in [0, 1) (got {self.dropout})")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise UserError(f"--lr must be > 0 (got {self.lr})")
+        if not self.grad_clip >= 0:
+            raise UserError(f"--grad-clip must be >= 0 (got {self.grad_clip}); 0 switches clipping off")
+        if self.dtype not in ("float32", "float64"):
+            raise UserError(f"--dtype must be float32 or float64 (got {self.dtype!r})")
+        if not (self.time_budget >= 0 and math.isfinite(self.time_budget)):
+            raise UserError(f"--time-budget must be positive (got {self.time_budget})")
+        if not 0 <= self.val_fraction < 1:
+            raise UserError(f"--val-fraction must be in [0, 1) (got {self.val_fraction})")
+
+    def model_config(self, vocab_size):
+        return ModelConfig(vocab_size, self.embed_size, self.hidden_size, self.layers, self.dropout, self.dtype)
+
+
+@dataclass
+class TrainState:
+    """Everything besides weights and moments that a resume must restore."""
+    step: int = 0
+    position: int = 0              # windows consumed since the start of training
+    best_val: float = math.inf
+    elapsed: float = 0.0           # seconds of training before this process
+    history: list = field(default_factory=list)
+    log_loss_sum: float = 0.0      # train loss summed since the last log row (train_log.jsonl averages it)
+    log_loss_n: int = 0
+
+
+def config_for_resume(meta, given, resume_path):
+    """The TrainConfig that continues a checkpoint's run.
+
+    given: the options the user passed explicitly (name -> value).  Options not given come from the
+    checkpoint; given ones override the adjustable options (--steps, --lr, cadences, ...) and must
+    agree with the fixed ones (FIXED_ON_RESUME).  --out defaults to the checkpoint's directory.
+    """
+    names = {f.name for f in fields(TrainConfig)}
+    # None (or an empty corpus) is what an imported checkpoint records: "not fixed, take the option"
+    saved = {k: v for k, v in (meta.get("train") or {}).items() if k in names and v not in (None, "")}
+    if "corpus" not in saved and "corpus" not in given:
+        raise UserError(f"--resume {resume_path!r} records no training corpus (it was imported); "
+                        f"pass --corpus FILE")
+    if meta.get("train") and "locked_dropout" not in saved:
+        saved["locked_dropout"] = False         # written before locked masks existed: it drew one per step
+    for key in FIXED_ON_RESUME:
+        if key in given and key in saved and given[key] != saved[key]:
+            raise _conflict(key, given[key], saved[key])
+    values = dict(saved, **{k: v for k, v in given.items() if k in names})
+    if "out" not in given:
+        values["out"] = os.path.dirname(checkpoint.resolve(resume_path)) or "."
+    try:
+        return TrainConfig(**values)
+    except TypeError:
+        raise UserError(f"--resume {resume_path!r}: the stored training options are malformed; "
+                        f"pass a checkpoint written by `lstm-engine train`") from None
+
+
+def _conflict(key, asked, saved):
+    opt = "--" + key.replace("_", "-")
+    return UserError(f"{opt} {asked} conflicts with the --resume checkpoint, which was trained with {opt} {saved}; "
+                     f"leave {opt} out to continue the run, or start a new run without --resume")
+
+
+def corpus_fingerprint(text):
+    """{'chars', 'sha256'} of a corpus text: a resume must see the very same text."""
+    return {"chars": len(text), "sha256": hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()}
+
+
+class Trainer:
+    """Holds model, optimiser, data and state; `run()` trains to cfg.steps.
+
+    Events go to `on_event(kind, info)`: 'start', 'log', 'eval', 'sample', 'save', 'done'.
+    With resume=PATH (a checkpoint or a run directory) everything a checkpoint holds is restored,
+    so the run continues exactly as if it had never stopped.
+    """
+
+    def __init__(self, cfg: TrainConfig, text=None, resume=None, on_event=None, explicit=None):
+        self._clock0 = time.perf_counter()     # a --time-budget covers everything from here
+        cfg.check()
+        self.cfg = cfg
+        self.on_event = on_event or (lambda kind, info: None)
+        self.stop_requested = False
+        self.be = get_backend(cfg.backend)
+        tensors, meta = (None, None)
+        if resume:
+            resume = checkpoint.resolve(resume)
+            tensors, meta = checkpoint.load(resume)
+            checkpoint.validate_resumable(tensors, meta, resume)
+            self._check_resume_matches(meta)
+        text = load_corpus(cfg.corpus, cfg.encoding) if text is None else text
+        self.fingerprint = corpus_fingerprint(text)
+        if resume:
+            self._check_same_corpus(meta)
+        self.vocab = Vocab(meta["vocab"]) if resume else Vocab.build(text, cfg.max_vocab)
+        if len(self.vocab) < 2:
+            raise UserError("the corpus has a single distinct character; there is nothing to learn - "
+                            "pass a text with at least two different characters")
+        self.entropy = unigram_entropy(text)
+        ids = self.vocab.encode(text)
+        self.train_ids, self.val_ids = split(ids, cfg.val_fraction)
+        self.out = cfg.out or ((os.path.dirname(resume) or ".") if resume else
+                               os.path.join("runs", time.strftime("run-%Y%m%d-%H%M%S")))
+        if cfg.time_budget and not resume:
+            RunDir(self.out, cfg.keep).refuse_taken()     # a taken --out fails before calibration time is spent
+            self._plan_budget(explicit)
+        self.batcher = Batcher(self.train_ids, cfg.batch_size, cfg.seq_len)
+        self.model_cfg = cfg.model_config(len(self.vocab))
+        params = {n[6:]: t for n, t in tensors.items() if n.startswith("param.")} if tensors else None
+        self.model = Model(self.model_cfg, self.be, params, seed=cfg.seed)
+        self.opt = Adam(self.model.params, self.be, AdamConfig(cfg.lr, grad_clip=cfg.grad_clip))
+        self.rng = np.random.default_rng(cfg.seed + 1)   # dropout masks
+        self.st = TrainState()
+        self.state = self.model.zero_state(cfg.batch_size)
+        if resume:
+            self._restore(tensors, meta)
+        self.rundir = RunDir(self.out, cfg.keep)
+        same_dir = resume and os.path.realpath(os.path.dirname(resume)) == os.path.realpath(self.out)
+        self.rundir.prepare(self.st.step if same_dir else None)
+        self._saved = {}                                  # step -> checkpoint bytes (this step only)
+
+    def _plan_budget(self, explicit):
+        """Let the time-budget recipe choose what the user did not set (see budget.plan)."""
+        cfg = self.cfg
+        if explicit is None:       # API use: a field differing from its default counts as set
+            default = TrainConfig()
+            explicit = {f.name for f in fields(TrainConfig) if getattr(cfg, f.name) != getattr(default, f.name)}
+        for name, value in (("steps", 10 ** 9), ("eval_every", 0), ("sample_every", 0)):
+            if name not in explicit:
+                setattr(cfg, name, value)       # the clock ends the run; evaluation comes at its end
+        cfg.recipe = budget.plan(cfg, explicit, self.train_ids, len(self.vocab), self.be,
+                                 say=lambda text: self.on_event("recipe", {"text": text}))
+
+    # -- resume ------------------------------------------------------------
+    def _check_resume_matches(self, meta):
+        saved = dict(meta["train"], **{k: meta["model"][k] for k in ("embed_size", "hidden_size", "layers", "dtype")})
+        if meta["train"] and "locked_dropout" not in meta["train"]:
+            self.cfg.locked_dropout = False     # a run from before locked masks: keep drawing one per step
+        for key in FIXED_ON_RESUME:
+            if saved.get(key) is not None and saved[key] != getattr(self.cfg, key):
+                raise _conflict(key, getattr(self.cfg, key), saved[key])
+        step = meta["trainer"]["step"]
+        if step >= self.cfg.steps:
+            raise UserError(f"the --resume checkpoint is already at step {step} and --steps is {self.cfg.steps}; "
+                            f"pass a larger --steps to train further")
+
+    def _check_same_corpus(self, meta):
+        fp = meta.get("corpus")
+        if fp and fp != self.fingerprint:
+            raise UserError(f"the corpus ({self.cfg.corpus!r}, {self.fingerprint['chars']:,} chars) is not the text "
+                            f"the --resume checkpoint was trained on ({fp.get('chars')} chars); "
+                            f"pass the same --corpus and --encoding to continue it")
+
+    def _restore(self, tensors, meta):
+        be = self.be
+        for n in self.model.params:
+            self.opt.m[n][...] = be.asarray(tensors["adam.m." + n])
+            self.opt.v[n][...] = be.asarray(tensors["adam.v." + n])
+        t = meta["trainer"]
+        self.opt.step = t["step"]
+        best = t["best_val"] if t["best_val"] is not None else math.inf
+        self.st = TrainState(t["step"], t["position"], best, t["elapsed"], t.get("history", []),
+                             t.get("log_loss_sum", 0.0), t.get("log_loss_n", 0))
+        self.rng.bit_generator.state = t["rng"]
+        for l in range(self.model_cfg.layers):
+            self.state[l][0][...] = be.asarray(tensors[f"state.h{l}"])
+            self.state[l][1][...] = be.asarray(tensors[f"state.c{l}"])
+
+    # -- checkpoints -------------------------------------------------------
+    def checkpoint_bytes(self):
+        """The complete state after the current step, serialised (once per step)."""
+        st = self.st
+        if st.step in self._saved:
+            return self._saved[st.step]
+        be = self.be
+        params = {n: be.to_numpy(p) for n, p in self.model.params.items()}
+        for n, p in params.items():
+            if not np.all(np.isfinite(p)):
+                raise self._diverged(f"parameter {n} holds non-finite values")
+        tensors, meta = checkpoint_contents(
+            params,
+            {n: be.to_numpy(a) for n, a in self.opt.m.items()},
+            {n: be.to_numpy(a) for n, a in self.opt.v.items()},
+            [(be.to_numpy(h), be.to_numpy(c)) for h, c in self.state],
+            self.model_cfg, self.cfg, self.vocab, self.entropy,
+            {"step": st.step, "position": st.position, "best_val": _finite_or_none(st.best_val),
+             "elapsed": st.elapsed + self._elapsed(), "history": st.history[-2000:],
+             "rng": self.rng.bit_generator.state, "log_loss_sum": st.log_loss_sum, "log_loss_n": st.log_loss_n})
+        meta["corpus"] = self.fingerprint
+        self._saved = {st.step: checkpoint.serialize(tensors, meta)}
+        return self._saved[st.step]
+
+    def save(self, name="latest"):
+        """Write DIR/latest (+ a step file, pruned to --keep) or DIR/best atomically.  -> path."""
+        data = self.checkpoint_bytes()
+        if name == "best":
+            path = self.rundir.save_best(data)
+        else:
+            path = self.rundir.save_latest(data, self.st.step)
+        self.on_event("save", {"path": path, "step": self.st.step, "kind": name})
+        return path
+
+    def _diverged(self, what):
+        last = (f"the last good checkpoint {self.rundir.latest} (step {self.rundir.saved_step}) and "
+                f"{os.path.basename(self.rundir.best)} are kept; resume from it with a lower --lr "
+                f"(e.g. --resume {self.out} --lr {self.cfg.lr / 4:g})" if self.rundir.saved_step is not None else
+                f"no checkpoint was written yet; start again with a lower --lr (e.g. --lr {self.cfg.lr / 4:g})")
+        return UserError(f"training diverged at step {self.st.step + 1} ({what}); stopped without saving: {last}")
+
+    # -- loop --------------------------------------------------------------
+    def _elapsed(self):
+        return time.perf_counter() - self._t0 if hasattr(self, "_t0") else 0.0
+
+    def train_step(self):
+        """One window: forward, BPTT, clip, Adam.  -> (loss, grad norm)."""
+        cfg, be, b = self.cfg, self.be, self.batcher
+        k = self.st.position % b.windows
+        if k == 0:
+            self.state = self.model.zero_state(cfg.batch_size)   # a new epoch starts from zero state
+        x, y = b.window(k)
+        tokens, targets = be.asarray(x), be.asarray(y)            # (T,B) each
+        masks = self.model.dropout_masks(cfg.seq_len, cfg.batch_size, self.rng, locked=cfg.locked_dropout)
+        loss, grads, new_state = self.model.forward_backward(tokens, targets, self.state, masks)
+        norm, scale = self.opt.clip_scale(grads)
+        if not (math.isfinite(loss) and math.isfinite(norm)):
+            raise self._diverged(f"loss {loss}, gradient norm {norm}")
+        if cfg.time_budget:
+            lr = budget.lr_at_time(self._used() / max(cfg.time_budget - self._reserve, 1e-9), cfg.lr) \
+                if cfg.lr_decay else cfg.lr
+        else:
+            lr = lr_at(self.st.step + 1, cfg.steps, cfg.lr, cfg.lr_decay)
+        self.opt.update(self.model.params, grads, lr, scale)
+        self.state = new_state
+        self.st.step += 1
+        self.st.position += 1
+        return loss, norm
+
+    def _used(self):
+        """Seconds of the time budget used so far (earlier processes of a resumed run included)."""
+        return self._elapsed_before + time.perf_counter() - self._clock0
+
+    def _estimate_reserve(self):
+        """Seconds to keep for the closing evaluation and saves: time a slice of the val stream."""
+        n = min(len(self.val_ids), 2001)
+        if n < 2:
+            return 1.0
+        evaluate_ids(self.model, self.val_ids[:min(n, 200)])        # warm-up (JIT compile)
+        t0 = time.perf_counter()
+        evaluate_ids(self.model, self.val_ids[:n])
+        per_char = (time.perf_counter() - t0) / (n - 1)
+        t0 = time.perf_counter()
+        self.checkpoint_bytes()
+        save = time.perf_counter() - t0
+        self._saved = {}
+        return 1.2 * per_char * len(self.val_ids) + 3 * save + 1.0
+
+    def _budget_left(self, step_time):
+        """True while another step still fits before the reserve."""
+        return self._used() + step_time + self._reserve < self.cfg.time_budget
+
+    def evaluate(self):
+        loss, _ = evaluate_ids(self.model, self.val_ids)
+        return loss
+
+    def run(self):
+        """Train to cfg.steps (or until stop_requested); the directory lock is held meanwhile."""
+        self.rundir.acquire()
+        try:
+            self.rundir.reset_logs(self.st.step)
+            return self._run()
+        finally:
+            self.rundir.release()
+
+    def _run(self):
+        cfg, st = self.cfg, self.st
+        self._t0 = time.perf_counter()
+        self._elapsed_before = st.elapsed
+        self._reserve = self._estimate_reserve() if cfg.time_budget else 0.0
+        self.on_event("start", {"out": self.out, "vocab": len(self.vocab), "entropy": self.entropy,
+                                "train_chars": len(self.train_ids), "val_chars": len(self.val_ids),
+                                "backend": self.be.NAME, "model": self.model_cfg.to_dict(), "step": st.step,
+                                "params": sum(int(np.prod(p.shape)) for p in self.model.params.values())})
+        start_step, t_log, last_loss, n_chars = st.step, time.perf_counter(), float("nan"), 0
+        saved_at, step_time = None, 0.0
+        while st.step < cfg.steps and not self.stop_requested:
+            if cfg.time_budget and not self._budget_left(step_time):
+                break
+            t_step = time.perf_counter()
+            last_loss, norm = self.train_step()
+            step_time = time.perf_counter() - t_step
+            st.log_loss_sum, st.log_loss_n = st.log_loss_sum + last_loss, st.log_loss_n + 1
+            n_chars += cfg.batch_size * cfg.seq_len
+            s = st.step
+            if cfg.log_every and (s % cfg.log_every == 0 or s == cfg.steps):
+                now = time.perf_counter()
+                speed = n_chars / max(now - t_log, 1e-9)
+                eta = (cfg.steps - s) * cfg.batch_size * cfg.seq_len / max(speed, 1e-9)
+                if cfg.time_budget:
+                    eta = min(eta, cfg.time_budget - self._used())
+                self.on_event("log", {"step": s, "steps": None if cfg.time_budget else cfg.steps,   # a budget: open-ended
+                                      "loss": last_loss, "grad_norm": norm, "chars_per_s": speed, "eta_s": eta,
+                                      "entropy": self.entropy})
+                t_log, n_chars = now, 0
+                self.rundir.append_log({"step": s, "time": st.elapsed + self._elapsed(),
+                                        "train_loss": st.log_loss_sum / st.log_loss_n, "grad_norm": norm},
+                                       "train_log.jsonl")   # for `lstm-engine plot`
+                st.log_loss_sum, st.log_loss_n = 0.0, 0
+            if len(self.val_ids) > 1 and cfg.eval_every and (s % cfg.eval_every == 0 or s == cfg.steps):
+                self._eval_and_keep_best(last_loss)
+            if cfg.sample_every and s % cfg.sample_every == 0 and s != cfg.steps:
+                text = generate_text(self.model, self.vocab, "", 200, temperature=0.8, seed=s)
+                self.on_event("sample", {"step": s, "text": text})
+            if cfg.save_every and s % cfg.save_every == 0:
+                self.save("latest")
+                saved_at = s
+            if s - start_step == 1:
+                t_log, n_chars = time.perf_counter(), 0       # keep compile/warm-up out of chars/s
+        if cfg.time_budget and len(self.val_ids) > 1 and not self.stop_requested and \
+                not (st.history and st.history[-1]["step"] == st.step):
+            self._eval_and_keep_best(last_loss)          # the budget closes with evaluation and `best`
+        path = self.rundir.latest if saved_at == st.step else self.save("latest")
+        self.on_event("done", {"step": st.step, "path": path, "best_val": st.best_val,
+                               "interrupted": self.stop_requested})
+        return st
+
+    def _eval_and_keep_best(self, train_loss):
+        st = self.st
+        val = self.evaluate()
+        best = val < st.best_val
+        st.history.append({"step": st.step, "time": st.elapsed + self._elapsed(),
+                           "train_loss": _finite_or_none(train_loss), "val_loss": val})
+        self.rundir.append_log(st.history[-1], "history.jsonl")
+        if best:
+            st.best_val = val
+            self.save("best")
+        self.on_event("eval", {"step": st.step, "val_loss": val, "best": best, "entropy": self.entropy})
+
+
+def checkpoint_contents(params, adam_m, adam_v, state, model_cfg, train_cfg, vocab, entropy, trainer):
+    """Host arrays and settings -> (tensors, meta) in the layout checkpoint.load and Trainer._restore read.
+
+    params, adam_m, adam_v: name -> ndarray;  state: per layer (h (B,H), c (B,H));
+    trainer: dict(step, position, best_val, elapsed, history, rng).  Used by Trainer.save and interop.
+    """
+    tensors = {}
+    for n, p in params.items():
+        tensors["param." + n] = p
+        tensors["adam.m." + n] = adam_m[n]
+        tensors["adam.v." + n] = adam_v[n]
+    for l, (h, c) in enumerate(state):
+        tensors[f"state.h{l}"] = h
+        tensors[f"state.c{l}"] = c
+    meta = {"model": model_cfg.to_dict(), "train": asdict(train_cfg), "vocab": list(vocab.symbols),
+            "unigram_entropy": entropy, "trainer": trainer}
+    return tensors, meta
+
+
+def _finite_or_none(x):
+    return x if math.isfinite(x) else None

@@ -1,0 +1,1 @@
+"""Where text comes from: the corpus registry, converters, verified downloads."""

@@ -1,0 +1,1 @@
+"""Tools for learning the cell: explain, inspect, plot."""
