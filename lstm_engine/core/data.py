@@ -4,8 +4,6 @@ Dimension legend: T time steps per window, B parallel streams, V vocabulary size
 """
 from __future__ import annotations
 
-import math
-import os
 from collections import Counter
 from dataclasses import dataclass
 

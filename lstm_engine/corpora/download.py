@@ -11,9 +11,10 @@ import http.client
 import os
 import shutil
 import socket
-import tempfile
 import urllib.error
 import urllib.request
+
+from ..storage.atomic import atomic_file
 
 CHUNK = 1 << 16          # bytes per read
 TIMEOUT_S = 30           # per blocking socket operation, not for the whole transfer
@@ -47,14 +48,6 @@ def verify_file(path, size, sha256):
         raise DownloadError(path, f"sha256 {digest[:16]}..., expected {sha256[:16]}...")
 
 
-def _atomic_target(dest):
-    """-> (file object, temp path) of a fresh temporary file in dest's folder."""
-    folder = os.path.dirname(os.path.abspath(dest))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(dest) + ".", suffix=".part", dir=folder)
-    return os.fdopen(fd, "wb"), tmp
-
-
 def _stream(resp, f, size, url, progress):
     """Copy the response body into f, hashing it; -> (bytes read, hex sha256)."""
     h, n = hashlib.sha256(), 0
@@ -81,58 +74,31 @@ def download(url, dest, size, sha256, progress=None, timeout=TIMEOUT_S):
     `dest` or a temporary file behind) on any HTTP, network, size or checksum failure.
     """
     req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"})
-    f, tmp = _atomic_target(dest)
-    try:
-        with f:
-            try:
-                with urllib.request.urlopen(req, timeout=timeout) as resp:
-                    length = resp.headers.get("Content-Length")
-                    if length is not None and length.isdigit() and int(length) != size:
-                        raise DownloadError(url, f"server offers {int(length):,} bytes, expected {size:,}")
-                    n, digest = _stream(resp, f, size, url, progress)
-            except urllib.error.HTTPError as e:
-                raise DownloadError(url, f"HTTP {e.code} {e.reason}") from None
-            except urllib.error.URLError as e:
-                raise DownloadError(url, str(e.reason)) from None
-            except (socket.timeout, TimeoutError):
-                raise DownloadError(url, f"timed out after {timeout} s without data") from None
-            except (http.client.HTTPException, ConnectionError) as e:
-                raise DownloadError(url, f"{type(e).__name__}: {e}") from None
-            if n != size:
-                raise DownloadError(url, f"transfer cut off after {n:,} of {size:,} bytes")
-            if digest != sha256:
-                raise DownloadError(url, f"sha256 mismatch (got {digest[:16]}..., expected {sha256[:16]}...)")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_file(dest, make_dirs=True) as (f, _):
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                length = resp.headers.get("Content-Length")
+                if length is not None and length.isdigit() and int(length) != size:
+                    raise DownloadError(url, f"server offers {int(length):,} bytes, expected {size:,}")
+                n, digest = _stream(resp, f, size, url, progress)
+        except urllib.error.HTTPError as e:
+            raise DownloadError(url, f"HTTP {e.code} {e.reason}") from None
+        except urllib.error.URLError as e:
+            raise DownloadError(url, str(e.reason)) from None
+        except (socket.timeout, TimeoutError):
+            raise DownloadError(url, f"timed out after {timeout} s without data") from None
+        except (http.client.HTTPException, ConnectionError) as e:
+            raise DownloadError(url, f"{type(e).__name__}: {e}") from None
+        if n != size:
+            raise DownloadError(url, f"transfer cut off after {n:,} of {size:,} bytes")
+        if digest != sha256:
+            raise DownloadError(url, f"sha256 mismatch (got {digest[:16]}..., expected {sha256[:16]}...)")
 
 
 def copy_verified(src, dest, size, sha256):
     """Copy a local file to `dest` after checking its size and sha256; atomic like download()."""
     verify_file(src, size, sha256)
-    f, tmp = _atomic_target(dest)
-    try:
-        with f, open(src, "rb") as s:
-            shutil.copyfileobj(s, f, CHUNK)
+    with atomic_file(dest, make_dirs=True) as (f, tmp), open(src, "rb") as s:
+        shutil.copyfileobj(s, f, CHUNK)
+        f.flush()
         verify_file(tmp, size, sha256)           # the copy, not just the original
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def write_atomic(dest, data: bytes):
-    """Write bytes to `dest` through a temporary file and a rename."""
-    f, tmp = _atomic_target(dest)
-    try:
-        with f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

@@ -32,7 +32,8 @@ from collections import Counter
 
 from .converters import BUILTINS, CONVERTERS
 from .text import VOCAB_LIMIT, read_text_file
-from .download import DownloadError, copy_verified, download, sha256_file, verify_file, write_atomic
+from ..storage.atomic import atomic_write_bytes
+from .download import DownloadError, copy_verified, download, sha256_file, verify_file
 from ..errors import UserError
 
 ENV_CACHE = "LSTM_ENGINE_CACHE"
@@ -271,12 +272,12 @@ def fetch(name, registry=None, base_url=None, from_path=None, force=False, quiet
     text, report = CONVERTERS[entry["convert"]["kind"]](entry["convert"], paths)
     data = text.encode("utf-8")
     path = text_path(name)
-    write_atomic(path, data)                           # text first: without its manifest it is not trusted
+    atomic_write_bytes(path, data, make_dirs=True)                           # text first: without its manifest it is not trusted
     digest = sha256_file(path)
     manifest = {"name": name, "fingerprint": _fingerprint(entry), "sha256": digest, "bytes": len(data),
                 "chars": len(text), "symbols": len(set(text)), "report": report,
                 "fetched": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    write_atomic(_manifest_path(name), json.dumps(manifest, ensure_ascii=False, indent=1).encode("utf-8"))
+    atomic_write_bytes(_manifest_path(name), json.dumps(manifest, ensure_ascii=False, indent=1).encode("utf-8"))
     ref = entry.get("text", {}).get("sha256")
     check = "" if not ref else ("; matches the reference sha256" if ref == digest
                                 else f"; differs from the reference text (sha256 {digest[:16]}..., "

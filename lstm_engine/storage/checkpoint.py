@@ -24,7 +24,8 @@ import stat
 import numpy as np
 
 from ..errors import UserError
-from .rundir import atomic_write_bytes, write_error  # noqa: F401  (atomic_write_bytes re-exported)
+from .atomic import atomic_write_bytes
+from .rundir import write_error
 
 FORMAT = "lstm-engine-checkpoint"
 VERSION = 1

@@ -23,6 +23,7 @@ import os
 import numpy as np
 
 from . import checkpoint
+from .atomic import atomic_write_bytes
 from ..core.data import UNK, Vocab
 from ..errors import UserError
 from ..core.model import ModelConfig
@@ -133,7 +134,7 @@ def vocab_path_for(path):
 
 def _write(path, data, what):
     try:
-        checkpoint.atomic_write_bytes(path, data)
+        atomic_write_bytes(path, data)
     except OSError as e:
         raise UserError(f"could not write {what} {path!r}: {e.strerror or e}; check that the directory exists "
                         f"and is writable") from None

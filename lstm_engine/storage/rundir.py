@@ -1,4 +1,4 @@
-"""Crash-safe files: atomic writes, and the layout of a training run's output directory.
+"""The layout of a training run's output directory (every write through storage.atomic).
 
     DIR/latest.safetensors        the newest checkpoint (always written first)
     DIR/step-000250.safetensors   the newest --keep periodic checkpoints (hard links to what latest was)
@@ -17,15 +17,13 @@ import errno
 import json
 import os
 import re
-import secrets
 import tempfile
 
 from ..errors import UserError
+from .atomic import UMASK, atomic_link, atomic_write_bytes
 
 EXT = ".safetensors"
 _STEP_RE = re.compile(r"^step-(\d+)\.safetensors$")
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
 _REASONS = {errno.ENOSPC: "no space left on the device", errno.EROFS: "the file system is read-only",
             errno.EACCES: "permission denied", errno.EPERM: "permission denied",
             errno.ENOTDIR: "a part of the path is a file, not a directory",
@@ -41,66 +39,6 @@ def reason(e):
 
 def write_error(path, e, hint="free some disk space or choose another --out directory"):
     return UserError(f"could not write {path!r}: {reason(e)}; {hint}")
-
-
-def fsync_dir(d):
-    """Make a rename in directory d durable (a no-op where the OS cannot fsync directories)."""
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path, data):
-    """Write data to path so that a crash at any moment leaves either the old or the new file.
-
-    temp file in the same directory -> write -> flush + fsync -> rename -> fsync the directory.
-    Raises OSError (after removing the temp file) when anything fails.
-    """
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.path.basename(path)}-", dir=d)
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)           # mkstemp makes 0600; checkpoints follow the umask
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    fsync_dir(d)
-
-
-def atomic_link(src, dst, data):
-    """Make dst name the same file as src (a hard link, renamed into place); copy `data` where links fail."""
-    d = os.path.dirname(os.path.abspath(dst))
-    tmp = os.path.join(d, f".tmp-{os.path.basename(dst)}-{secrets.token_hex(4)}")
-    try:
-        os.link(src, tmp)
-    except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.EROFS, getattr(errno, "EDQUOT", -1)):
-            raise
-        atomic_write_bytes(dst, data)            # no hard links on this file system
-        return
-    try:
-        os.replace(tmp, dst)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    fsync_dir(d)
 
 
 def step_files(d):
@@ -164,7 +102,7 @@ class RunDir:
         except ImportError:                    # no flock on this platform: no protection against two trainers
             fcntl = None
         if fcntl is not None:
-            fd = os.open(os.path.join(self.path, ".lock"), os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+            fd = os.open(os.path.join(self.path, ".lock"), os.O_RDWR | os.O_CREAT, 0o666 & ~UMASK)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:

@@ -18,7 +18,7 @@ from lstm_engine.storage import interop
 from lstm_engine.cli import main
 from lstm_engine.core.train import TrainConfig, Trainer
 
-DOCS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "pytorch-interop.md")
+DOCS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "docs", "pytorch-interop.md")
 TEXT = "The quick brown fox jumps over the lazy dog; THE END.\n" * 30 + "zZqQ"   # the rarest become <unk>
 NAMES = {"embedding.weight", "decoder.weight", "decoder.bias"} | {
     f"lstm.{kind}_{part}_l{k}" for kind in ("weight", "bias") for part in ("ih", "hh") for k in range(2)}

@@ -90,7 +90,7 @@ def test_micro_script_prints_the_table_and_writes_json(tmp_path):
     from pathlib import Path
 
     from click.testing import CliRunner
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "micro.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "micro.py"
     spec = importlib.util.spec_from_file_location("bench_micro_script", path)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)

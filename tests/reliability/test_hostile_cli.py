@@ -7,7 +7,7 @@ import pytest
 
 from lstm_engine.storage import checkpoint
 
-from _rel_helpers import assert_one_line_error, run_cli, snapshot, tiny_args, write_corpus
+from helpers import assert_one_line_error, run_cli, snapshot, tiny_args, write_corpus
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,7 @@ import pytest
 import lstm_engine as le
 from lstm_engine.storage import checkpoint
 
-from _rel_helpers import markov_text, run_cli, tiny_args, tiny_cfg, write_corpus
+from helpers import markov_text, run_cli, tiny_args, tiny_cfg, write_corpus
 
 TEXT = markov_text(200)          # 600 chars: 16 windows per epoch, so 24 steps cross an epoch boundary
 CADENCE = dict(steps=24, dropout=0.2, lr_decay=True, eval_every=5, sample_every=4, save_every=3, log_every=2)

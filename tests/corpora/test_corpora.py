@@ -17,7 +17,7 @@ from lstm_engine.corpora.converters import chinese_poetry_json, python_stdlib, r
 from lstm_engine.core.data import load_corpus
 from lstm_engine.errors import UserError
 
-SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "corpora")
+SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "corpora")
 
 
 @pytest.fixture(autouse=True)

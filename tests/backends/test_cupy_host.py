@@ -244,7 +244,7 @@ def test_engine_imports_without_cupy():
             "ok, why = cb.is_available(); assert not ok and 'pip install' in why, why\n"
             "from lstm_engine.backends import get_backend; print(get_backend('auto').NAME)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                       cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() in ("numba", "numpy")
 

@@ -14,7 +14,7 @@ import pytest
 
 from lstm_engine.storage import checkpoint
 
-from _rel_helpers import REPO, markov_text, run_cli, tiny_args
+from helpers import REPO, markov_text, run_cli, tiny_args
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 RUN = dict(steps=40, save_every=2, eval_every=5, dropout=0.1, keep=2)

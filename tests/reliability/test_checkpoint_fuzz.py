@@ -15,7 +15,7 @@ import lstm_engine as le
 from lstm_engine.storage import checkpoint
 from lstm_engine.errors import UserError
 
-from _rel_helpers import markov_text, tiny_cfg
+from helpers import markov_text, tiny_cfg
 
 FUZZ = settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

@@ -10,7 +10,7 @@ from lstm_engine.storage import checkpoint
 from lstm_engine.storage import rundir as storage
 from lstm_engine.errors import UserError
 
-from _rel_helpers import markov_text, snapshot, tiny_cfg
+from helpers import markov_text, snapshot, tiny_cfg
 
 TEXT = markov_text(600)
 

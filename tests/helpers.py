@@ -1,4 +1,4 @@
-"""Shared helpers of the reliability tests (tiny corpora, tiny configs, CLI runners, directory snapshots)."""
+"""Shared test helpers (tiny corpora, tiny configs, CLI runners, directory snapshots)."""
 import hashlib
 import os
 

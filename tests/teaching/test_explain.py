@@ -221,7 +221,7 @@ def test_walkthrough_pastes_real_explain_output():
     below) and may differ between BLAS libraries.
     """
     import pathlib
-    doc = (pathlib.Path(__file__).parents[1] / "docs" / "lstm-walkthrough.md").read_text(encoding="utf-8")
+    doc = (pathlib.Path(__file__).parents[2] / "docs" / "lstm-walkthrough.md").read_text(encoding="utf-8")
     quoted = [b.strip() for b in re.findall(r"```text\n(== .*?)```", doc, re.S)]
     assert len(quoted) >= 10
     out = "\n".join(render(ex.explain(ex.tiny_setup(), backward=True), "text"))

@@ -1,7 +1,7 @@
 """Parity tests of the cupy backend against the NumPy reference.
 
-Shared by tests/test_cupy_backend.py (a real GPU; skipped without one) and
-tests/test_cupy_emulated.py (the same kernels on the CPU emulator of tests/cuda_emu): each of those
+Shared by tests/backends/test_cupy_backend.py (a real GPU; skipped without one) and
+tests/backends/test_cupy_emulated.py (the same kernels on the CPU emulator of tests/backends/cuda_emu): each of those
 modules defines the fixture `env` and imports these tests.  Not collected on its own.
 
 Every comparison logs one line "title | tensor | shape | max abs | normwise rel | tol" to stdout

@@ -1,7 +1,7 @@
 """The cupy backend's kernels and host code on a CPU emulator: CI checks of the CUDA code without a GPU.
 
-tests/cuda_emu/fake_cupy.py stands in for CuPy: kernels/cuda/*.cu are compiled with g++ against
-tests/cuda_emu/cuda_emu.h (each CUDA thread a fiber), arrays are host memory, stream capture
+tests/backends/cuda_emu/fake_cupy.py stands in for CuPy: kernels/cuda/*.cu are compiled with g++ against
+tests/backends/cuda_emu/cuda_emu.h (each CUDA thread a fiber), arrays are host memory, stream capture
 records and replays kernel launches.  The parity tests are those of the GPU run (cupy_cases.py).
 What this cannot check: CuPy's real API beyond the mimicked part, GPU timing and memory model.
 """
