@@ -24,3 +24,19 @@ def test_wheel_maps_kernels_and_cli_under_the_package(tmp_path):
     entry = zipfile.ZipFile(tmp_path / whl).read(
         [n for n in names if n.endswith("entry_points.txt")][0]).decode()
     assert "lstm-engine = lstm_engine.cli:main" in entry
+    assert sorted(_sources()) == sorted(n for n in names if n.endswith((".py", ".cu")))
+
+
+def _sources():
+    """The wheel paths every source file of the checkout must have (a subpackage missing from setup.cfg
+    would silently drop out of the wheel)."""
+    out = []
+    for top, installed in (("lstm_engine", "lstm_engine"), ("kernels", "lstm_engine/kernels"),
+                           ("corpora", "lstm_engine/corpora_data")):
+        for d, dirs, files in os.walk(os.path.join(ROOT, top)):
+            dirs[:] = [x for x in dirs if x != "__pycache__"]
+            rel = os.path.relpath(d, os.path.join(ROOT, top))
+            for f in files:
+                if f.endswith((".py", ".cu")):
+                    out.append(os.path.normpath(os.path.join(installed, rel, f)))
+    return out
