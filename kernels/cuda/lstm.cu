@@ -31,11 +31,13 @@
 //   acts  (T,B,G)   activated gates i,f,g,o per step (the cache of the backward)
 //   dzs   (T,B,G)   dL/dz_t;  dc (B,H) the running dL/dc, in: dc_T, out: dc_0
 //
-// Two ways to run a step (chosen on the host, see cupy_backend.step_mode):
-//   fused : one kernel per step = the recurrent product (a tiled GEMM in shared memory)
-//           with the gate equations as its epilogue; capturable in a CUDA graph.
-//   cublas: cuBLAS computes h_{t-1} W_h (or dz_{t+1} W_h^T) and a cell kernel does the rest:
-//           two launches per step, never captured (CuPy refuses cuBLAS in stream capture).
+// Three ways to run the time loop (chosen on the host, see cupy_backend.step_mode):
+//   fused  : one kernel per step = the recurrent product (a tiled GEMM in shared memory)
+//            with the gate equations as its epilogue; capturable in a CUDA graph.
+//   cublas : cuBLAS computes h_{t-1} W_h (or dz_{t+1} W_h^T) and a cell kernel does the rest:
+//            two launches per step; captured only when cuBLAS is called through ctypes
+//            (cupy_kernels.CublasCtypes: CuPy's own binding refuses calls during a capture).
+//   persist: one kernel for all T steps of a layer, W_h slices in shared memory (below).
 
 // ---------------------------------------------------------------------------------------
 // Scalar helpers: float and double overloads of the math functions

@@ -3,7 +3,7 @@
 // returns to the host between tokens.
 //
 // Loaded by lstm_engine/backends/cupy_kernels.py (cupy.RawModule + name_expressions);
-// `nvcc --ptx` compiles the same text in tests/test_cupy_host.py.  No #include (NVRTC).
+// `nvcc --ptx` compiles the same text in tests/backends/test_cupy_host.py.  No #include (NVRTC).
 //
 // Dimension legend:
 //   S  sequences sampled at once (one thread block each)    V  vocabulary size

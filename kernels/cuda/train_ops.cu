@@ -2,7 +2,7 @@
 // Adam, the gradient norm, and the embedding gather / scatter-add.
 //
 // Loaded by lstm_engine/backends/cupy_kernels.py (cupy.RawModule + name_expressions);
-// `nvcc --ptx` compiles the same text in tests/test_cupy_host.py.  No #include (NVRTC).
+// `nvcc --ptx` compiles the same text in tests/backends/test_cupy_host.py.  No #include (NVRTC).
 //
 // Dimension legend:
 //   N  rows (= T*B time steps x batch)     V  vocabulary size     E  embedding size

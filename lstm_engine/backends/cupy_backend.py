@@ -11,12 +11,14 @@ Where the work goes (per layer and window):
     x W_x for all T steps             one cuBLAS product (N,I)@(I,G) before the loop
     the time loop                     per step either ONE fused kernel (recurrent product in
                                       shared memory + gate equations), replayed as a CUDA graph,
-                                      or cuBLAS h@W_h + one cell kernel (two launches)
+                                      or cuBLAS h@W_h + one cell kernel (two launches, also a
+                                      graph); or ONE persistent kernel for all T steps
     dW_h, dW_x, dx                    one cuBLAS product each over all N rows after the loop
-step_mode() picks the fused path for small B*H*H (launch-bound) and cuBLAS for big layers;
-set_options() or the environment variables LSTM_ENGINE_CUPY_STEP=auto|fused|cublas and
-LSTM_ENGINE_CUPY_GRAPHS=0|1 override it.  Embedding, softmax cross-entropy, Adam and the
-gradient norm are kernels of kernels/cuda/train_ops.cu; sampling lives in cupy_generate.py.
+step_mode() picks the persistent kernels at seed-sized B*H, the fused path for small B*H*H
+(launch-bound) and cuBLAS for big layers; set_options() or the environment variables
+LSTM_ENGINE_CUPY_STEP=auto|fused|cublas|persist and LSTM_ENGINE_CUPY_GRAPHS=0|1 override it.
+Embedding, softmax cross-entropy, Adam and the gradient norm are kernels of
+kernels/cuda/train_ops.cu; sampling lives in cupy_generate.py.
 
 Float32 matrix products use full FP32: CuPy enables TF32 only when CUPY_TF32=1.
 """
@@ -45,12 +47,11 @@ INSTALL_HINT = ("install CuPy for your CUDA version, e.g. `pip install 'lstm-eng
                 "(cupy-cuda12x), on a machine with an NVIDIA GPU; or choose --backend numba")
 
 OPTIONS = ck.OPTIONS    # the launch options, shared with cupy_generate (one dict)
-# fused per-step kernels while B*H*H stays below this, the cuBLAS path above it.  GPU run 3 (H100,
-# cuBLAS called by pointer): medium (B64 H512, 16.8e6) 490k chars/s on cuBLAS vs 353k fused,
-# karpathy (B50 H128, 0.8e6) 418k vs 851k; the boundary sits between them.
+# fused per-step kernels while B*H*H stays below this, the cuBLAS path above it: the boundary lies
+# between karpathy (0.8e6, fused faster) and medium (16.8e6, cuBLAS faster); see docs/gpu.md, 'Step paths'
 FUSED_MAX_WORK = {"float32": 8e6, "float64": 8e6}
-# auto takes the persistent kernels up to this B*H: measured on an H100 (GPU run 2, 2026-11-26) they
-# won at seed (B32 H128: 716k vs 519k chars/s fused) and lost at karpathy (B50 H128), medium and large
+# auto takes the persistent kernels up to this B*H (seed-sized): the only size where they beat the
+# fused path in every measurement; see docs/gpu.md, 'Step paths'
 PERSIST_MAX_BH = 32 * 128
 
 _availability = None
@@ -313,7 +314,7 @@ def _forward_cublas(xproj, W, b, hbuf, cbuf, acts):
     zrec = cp.empty((B, G), W.dtype)             # h_{t-1} @ W_h
     grid, dims = ck.blocks(B * H), (ck.i32(B), ck.i32(H))
     gemm = _direct_gemm(W.dtype)
-    if gemm is None:                             # CuPy arrays per step (GPU runs 1-2): host-bound
+    if gemm is None:                             # cp.matmul on slices: array objects per step, host-bound
         Wh = W[:H]                               # (H,G)
         for t in range(T):
             cp.matmul(hbuf[t], Wh, out=zrec)

@@ -2,7 +2,7 @@
 them once per process, launch configurations, and replaying time loops as CUDA graphs.
 
 Everything here that does not launch a kernel works without CuPy or a GPU, so the host tests
-(tests/test_cupy_host.py) check the instantiation list, the pointer-struct layouts and the
+(tests/backends/test_cupy_host.py) check the instantiation list, the pointer-struct layouts and the
 tile choice, and compile the very text NVRTC gets with `nvcc --ptx` (see ptx_check_source).
 
 Dimension legend: T time, B batch rows, H hidden, G = 4H, V vocab.
@@ -28,8 +28,8 @@ OPTIONS = {
     "graphs": os.environ.get("LSTM_ENGINE_CUPY_GRAPHS", "1") != "0",
     "tile": None,      # None: choose_tile decides; or one of cupy_kernels.TILES (tests)
     "persist_units": None,   # None: persist_plan decides the units per block; an int forces it (tests)
-    # the cuBLAS step path's per-step product: 'direct' (cuBLAS by raw pointer, ~3 us of host time)
-    # or 'matmul' (cp.matmul on slices, the path of GPU runs 1-2; ~10x the host time)
+    # the cuBLAS step path's per-step product: 'direct' (cuBLAS by raw pointer, little host time)
+    # or 'matmul' (cp.matmul on slices: array objects per call; kept for the A/B in gpu_bench.py)
     "blas": os.environ.get("LSTM_ENGINE_CUPY_BLAS", "direct"),
 }
 
@@ -236,7 +236,7 @@ class CublasCtypes:
     """The cuBLAS entry points of the cuBLAS step path, called through ctypes on the libcublas
     that CuPy has loaded, with the call signatures of CuPy's binding.  CuPy's binding refuses
     every call while a stream is capturing ("calling cuBLAS API during stream capture is
-    currently unsupported", GPU run 4); cuBLAS itself can be captured, so this is what lets the
+    currently unsupported"); cuBLAS itself can be captured, so this is what lets the
     cuBLAS path's time loops become CUDA graphs."""
 
     def __init__(self, path):
@@ -289,9 +289,9 @@ def cublas_module():
 class RowMajorGemm:
     """C (M,N) = op(A) (M,K) @ op(B) (K,N) on row-major device buffers given by raw pointers.
 
-    One cuBLAS call and no array objects: cp.matmul on slices costs ~30-60 us of host time per
-    call (views, checks, dispatch), which at T*L*2 calls a step made the cuBLAS step path
-    host-bound (GPU run 2: large 46 ms of host time per step against 29 ms of GPU work).
+    One cuBLAS call and no array objects: cp.matmul on slices spends host time per call on
+    views, checks and dispatch, which at T*L*2 calls a step makes the cuBLAS step path
+    host-bound (figures in docs/gpu.md, 'Where a step's time goes').
     Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T, so the operands swap and
     keep their transpose flags; lda/ldb/ldc are the row strides (in elements) of the stored
     matrices.  alpha = 1, beta = 0 or 1, read from host memory (pointer mode host).

@@ -333,9 +333,9 @@ def bench_config(entries, cfg, batch, ref, whats, seconds, repeats):
     """Rows for every backend on one config (backend by backend, each in the order of whats).
 
     The backends take turns: for each measurement every backend is warmed up, then repeat 1
-    of every backend is timed, then repeat 2, and so on.  This host's speed drifts by 20-30%
-    within minutes, so a backend's repeat and its peer's lie seconds apart and the ratio to
-    the peer can be taken repeat by repeat (add_peer_ratios)."""
+    of every backend is timed, then repeat 2, and so on.  A shared host's speed drifts within
+    minutes, so a backend's repeat and its peer's lie seconds apart and the ratio to the peer
+    can be taken repeat by repeat (add_peer_ratios)."""
     prepared = [prepare_entry(e, cfg, batch, ref, whats) for e in entries]
     rows = {}
     for what in whats:

@@ -38,13 +38,8 @@ def lr_at_time(frac, base_lr, warmup=0.02, floor=0.05):
     return base_lr * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * x)))
 
 
-# Candidate models, smallest first: (embed, hidden, layers, batch, seq_len, dropout, lr).
-# Tuned on tinyshakespeare, 10 minutes, numba on the 2-core machine (docs/time-budget.md): at H256
-# windows of 50 beat 100 (twice the updates at the same chars/s: val 1.475 vs 1.503) and 32 (1.490);
-# dropout 0.2 beat 0.1 (1.485) and 0.3 (1.475 vs 1.461); H320 (1.453) and H384 (1.454) beat H256.
-# H384 at lr 3e-3: 1.4511, against 1.4601 and 1.4654 at 2.5e-3 (own GEMM, machine as it comes);
-# at 3.5e-3 (fourth session) 1.4418 / 1.4546 with per-step dropout masks, 1.4429 / 1.4471 / 1.4408
-# with locked masks (TrainConfig.locked_dropout, the default).
+# Candidate models, smallest first: (embed, hidden, layers, batch, seq_len, dropout, lr); windows,
+# dropout and lr tuned by ten-minute runs on tinyshakespeare (docs/time-budget.md, 'Why these settings').
 CANDIDATES = (
     (16, 32, 1, 16, 32, 0.0, 3e-3),
     (32, 64, 2, 32, 64, 0.0, 3e-3),
@@ -55,15 +50,12 @@ CANDIDATES = (
     (64, 512, 2, 64, 50, 0.25, 2e-3),
     (96, 768, 2, 64, 50, 0.3, 1.5e-3),
 )
-# The recipe wants the model to see at least this many training characters per parameter.  Ten
-# minutes on tinyshakespeare (OpenBLAS hints unset): H256 at 26 chars/param scored 1.461-1.469,
-# H320 at 14 and H384 at 7 both ~1.453: past ~7, a larger model beats more passes over the data.
+# The recipe wants the model to see at least this many training characters per parameter: past
+# about 7, a larger model beats more passes over the data (docs/time-budget.md, 'Why these settings').
 CHARS_PER_PARAM = 7.0
 # ... and to make at least MIN_UPDATES Adam updates, or UPDATES_PER_MINUTE per minute of a shorter
-# budget.  With the machine's OpenBLAS hints H320 ran at 22.5k chars/s: 8.6 chars/param but only
-# 3,861 updates in ten minutes, and scored 1.4827 - no better than H256's 1.4746-1.4785 at
-# 5,600-5,800 (H384 without the hints: 4,741 updates, 1.4541).  At two minutes a flat 4,000 was
-# wrong: it turned H128 (3,760 updates at its calibrated speed) down for H64, 1.6536 against 1.6404.
+# budget: a larger model with too few updates scores worse, and a flat minimum would push short
+# budgets to too small a model (docs/time-budget.md, 'Why these settings').
 MIN_UPDATES = 4000
 UPDATES_PER_MINUTE = 400
 

@@ -83,8 +83,8 @@ class Model:
         (variational dropout, Gal & Ghahramani 2016: a unit is dropped for the whole window);
         otherwise a new mask at every step.  A unit is dropped when a 16-bit uniform integer
         falls below p * 2^16 (rounded), and the kept ones are scaled by 2^16 / (2^16 - that
-        threshold), so the mask's mean is exactly 1.  (16-bit draws: 3.4 ms for H384 B64 T50
-        L2 against 6.7 ms for float64 uniforms.)"""
+        threshold), so the mask's mean is exactly 1.  16-bit draws: about half the time of
+        float64 uniforms (docs/time-budget.md, 'Dropout masks')."""
         p = self.cfg.dropout
         if p <= 0 or rng is None:
             return None
