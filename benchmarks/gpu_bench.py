@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-CONFIGS = {   # the named configs of lstm_engine/bench.py (V = 65), so the two benchmarks line up
+CONFIGS = {   # the named configs of lstm_engine/bench/harness.py (V = 65), so the two benchmarks line up
     "seed": dict(V=65, E=128, H=128, L=2, B=32, T=50),
     "karpathy": dict(V=65, E=65, H=128, L=2, B=50, T=50),
     "medium": dict(V=65, E=128, H=512, L=2, B=64, T=100),

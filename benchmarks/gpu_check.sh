@@ -6,7 +6,7 @@
 # Needs python3 with numpy, cupy, click, safetensors, pytest (torch, numba optional).  Writes few
 # files under $OUT (a device lease returns at most 8):
 #   gpu_check.log     everything this script prints (versions, test summary, tables)
-#   pytest.log        the full pytest output of the GPU and host tests (all run, no -x)
+#   pytest.log        the full pytest output of the GPU, host and torch-parity tests (all run, no -x)
 #   parity.log        one line per compared tensor: max abs / normwise rel error vs the reference
 #   bench.jsonl       `lstm-engine bench` results, if that command exists
 #   gpu_bench.jsonl   benchmarks/gpu_bench.py results (cupy vs torch cuDNN, graphs on/off,
@@ -58,15 +58,21 @@ timeout 60 "$PY" -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | ta
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 "$PY" -c "import lstm_engine.backends.cupy_backend as cb; print('cupy backend available:', cb.is_available())"
 
-step "tests: GPU parity + host checks (CUPY_TF32=0, NVIDIA_TF32_OVERRIDE=0)"
+step "tests: GPU parity + host checks, then cupy against torch float64 (CUPY_TF32=0, NVIDIA_TF32_OVERRIDE=0)"
 PYTEST_TIMEOUT=""
 "$PY" -c "import pytest_timeout" 2>/dev/null && PYTEST_TIMEOUT="--timeout=60"
 : > "$OUT/parity.log"
 CUPY_TF32=0 NVIDIA_TF32_OVERRIDE=0 LSTM_ENGINE_GPU_REPORT="$OUT/parity.log" \
   timeout 120 "$PY" -m pytest -q -rfEs $PYTEST_TIMEOUT -p no:cacheprovider \
-  tests/test_cupy_backend.py tests/test_cupy_host.py > "$OUT/pytest.log" 2>&1
+  tests/backends/test_cupy_backend.py tests/backends/test_cupy_host.py > "$OUT/pytest.log" 2>&1
 echo "pytest exit code $? (0 = all passed, 124 = timed out)"
 tail -n 25 "$OUT/pytest.log"
+# the cupy cases only: the CPU backends' cases would spend the budget on numba's first compile
+echo "=== tests/backends/test_torch_parity.py -k cupy" >> "$OUT/pytest.log"
+CUPY_TF32=0 NVIDIA_TF32_OVERRIDE=0 timeout 60 "$PY" -m pytest -q -rfEs $PYTEST_TIMEOUT -p no:cacheprovider \
+  tests/backends/test_torch_parity.py -k cupy >> "$OUT/pytest.log" 2>&1
+echo "torch parity exit code $? (0 = all passed, 5 = no cupy case collected, 124 = timed out)"
+tail -n 3 "$OUT/pytest.log"
 echo "--- parity lines marked FAIL or NON-FINITE (all lines in parity.log):"
 grep -E "FAIL|NON-FINITE|DIFFER" "$OUT/parity.log" | head -40 || true
 echo "--- worst float32 / float64 relative errors:"

@@ -1,4 +1,4 @@
-"""Where the time of one cupy training step goes, per config and step path (issue 11).
+"""Where the time of one cupy training step goes, per config and step path.
 
     python benchmarks/gpu_profile.py [--configs seed,karpathy,medium,large] [--variants auto,persist,cublas,cublas-matmul]
                                      [--out FILE.jsonl] [--steps 5]

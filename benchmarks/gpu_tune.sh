@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# GPU tuning run for issue 11: where the time of a training step goes, and an A/B of the
-# persistent time-loop kernels (LSTM_ENGINE_CUPY_STEP=persist) against the current automatic
-# choice and torch cuDNN fp32, on the same card.  No network needed.
+# GPU tuning run: where the time of a training step goes, and an A/B of the persistent
+# time-loop kernels (LSTM_ENGINE_CUPY_STEP=persist) against the automatic choice and torch
+# cuDNN fp32, on the same card.  No network needed.
 #
 #   OUT=/some/dir bash benchmarks/gpu_tune.sh        (from anywhere; default OUT=./gpu-out)
 #
 # Files under $OUT (6 at most):
 #   gpu_tune.log       everything printed (versions, test summary, profile and A/B tables)
-#   pytest.log         tests/test_cupy_backend.py (GPU parity, the persistent path included)
+#   pytest.log         tests/backends/test_cupy_backend.py (GPU parity, the persistent path included)
 #   parity.log         one line per compared tensor (max abs / rel error)
 #   gpu_profile.jsonl  benchmarks/gpu_profile.py: per-phase host / gpu / busy ms, wall, idle
 #   gpu_bench.jsonl    benchmarks/gpu_bench.py: train auto vs persist vs torch, sampling S=1
@@ -39,10 +39,10 @@ step "install (editable, offline; PYTHONPATH is the fallback)"
 timeout 40 "$PY" -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -2 || echo "pip install failed"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
-step "GPU tests: tests/test_cupy_backend.py (persist cases included; CUPY_TF32=0)"
+step "GPU tests: tests/backends/test_cupy_backend.py (persist cases included; CUPY_TF32=0)"
 : > "$OUT/parity.log"
 CUPY_TF32=0 NVIDIA_TF32_OVERRIDE=0 LSTM_ENGINE_GPU_REPORT="$OUT/parity.log" \
-  timeout 50 "$PY" -m pytest -q -rfEs -p no:cacheprovider tests/test_cupy_backend.py > "$OUT/pytest.log" 2>&1
+  timeout 50 "$PY" -m pytest -q -rfEs -p no:cacheprovider tests/backends/test_cupy_backend.py > "$OUT/pytest.log" 2>&1
 echo "pytest exit code $? (0 = all passed, 124 = timed out)"
 tail -n 15 "$OUT/pytest.log"
 echo "--- persist parity lines that FAIL (all lines in parity.log):"
@@ -57,7 +57,7 @@ timeout "$(cap "$(left 150)" 50)" "$PY" benchmarks/gpu_profile.py --configs seed
   --variants auto,persist --steps 5 --out "$OUT/gpu_profile.jsonl"
 echo "gpu_profile exit code $?"
 
-step "A/B: cupy auto (old) vs persist (new) vs torch cuDNN; train + batch-1 sampling"
+step "A/B: cupy auto vs persist vs torch cuDNN; train + batch-1 sampling"
 T_AB=$(cap "$(left 175)" 60)
 timeout "$T_AB" "$PY" benchmarks/gpu_bench.py --configs seed,karpathy,medium,large --variants auto,persist \
   --what train,sample --samples 1 --budget $(( T_AB - 12 )) --out "$OUT/gpu_bench.jsonl"
