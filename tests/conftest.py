@@ -21,3 +21,9 @@ def shared_corpus(name):
     here = os.path.dirname(os.path.abspath(__file__))
     p = os.path.join(here, "..", "..", "shared", "corpora", name)
     return p if os.path.exists(p) else None
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The llm.c-style `... parity: ... overall okay` lines of tests/parity.py."""
+    import parity
+    parity.summary(terminalreporter)

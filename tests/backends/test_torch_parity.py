@@ -6,13 +6,11 @@ through lstm_engine.storage.interop's export mapping) computes the reference ten
     the losses and gradient norms of 10 Adam steps with global-norm clipping, hidden state carried
     between windows and detached (as Trainer.train_step does), and the parameters after them;
     a few bare Adam updates on gradients from 1e-10 to 10 (where the placement of eps shows).
-Each backend in lstm_engine.backends.available_backends() recomputes them in float64 (tight
-tolerance) and float32 (looser, stated in TOL) through the real Model / Trainer / Adam code.
-Every tensor is compared by name; `pytest -s` prints max abs / rel error per tensor, and the
-terminal summary ends with one line: `torch parity: ... overall okay` (or `overall NOT okay`).
-
-Error measure per tensor: max_abs = max|ours - ref|, rel = max_abs / max|ref| (scale-relative,
-so entries that are exactly zero in the reference do not divide by zero).
+Each backend (tests/parity.py backend_params: skipped where not usable) recomputes them in float64 (tight
+tolerance) and float32 (looser) through the real Model / Trainer / Adam code.
+Every tensor is compared by name with tests/parity.py (its error measure and tolerance table:
+forward values, gradients, Adam trajectories); `pytest -s` prints max abs / rel error per tensor,
+and the terminal summary ends with one line: `torch parity: ... overall okay` (or `overall NOT okay`).
 
 Known difference, not papered over: nn.LSTM has two biases (bias_ih, bias_hh) where we have one.
 Trained as two parameters, torch counts the bias gradient twice in the clipping norm and Adam
@@ -25,11 +23,13 @@ import numpy as np
 import pytest
 
 from lstm_engine.storage import interop
-from lstm_engine.backends import available_backends, get_backend
+from lstm_engine.backends import get_backend
 from lstm_engine.core.data import Batcher, Vocab
 from lstm_engine.core.model import Model, ModelConfig, init_params
 from lstm_engine.core.optim import Adam, AdamConfig
 from lstm_engine.core.train import TrainConfig, Trainer
+
+from parity import DTYPES, Parity, backend_params
 
 torch = pytest.importorskip("torch")
 
@@ -38,14 +38,7 @@ STEPS, LR, BETAS, EPS, SEED = 10, 1e-2, (0.9, 0.999), 1e-8, 3
 # The trainer's default clip (5) never engages on a model this small (gradient norms are ~0.3-0.5);
 # 0.35 clips about half of the 10 steps, so both branches of clip_scale are compared.
 CLIP = 0.35
-# scale-relative tolerances per dtype and tensor family (measured errors are printed and well below)
-TOL = {
-    "float64": {"forward": 1e-12, "grad": 1e-12, "adam": 1e-10},
-    "float32": {"forward": 2e-6, "grad": 2e-5, "adam": 5e-5},
-}
-DTYPES = ("float64", "float32")
-BACKENDS = available_backends()
-RESULTS = []          # (backend, dtype, name, max_abs, rel, tol) for the summary line
+BACKENDS = backend_params()
 
 
 # ----------------------------------------------------------------------------
@@ -152,55 +145,6 @@ def reference(problem):
 
 
 # ----------------------------------------------------------------------------
-# Comparison, printing and the summary line
-# ----------------------------------------------------------------------------
-
-def compare(backend, dtype, family, ours, ref):
-    """Compare tensors by name; print one row each; -> names out of tolerance."""
-    tol = TOL[dtype][family]
-    bad = []
-    for name, r in ref.items():
-        a = np.asarray(ours[name], np.float64)
-        assert a.shape == np.shape(r), (name, a.shape, np.shape(r))
-        max_abs = float(np.max(np.abs(a - r))) if a.size else 0.0
-        rel = max_abs / max(float(np.max(np.abs(r))), 1e-300)
-        ok = rel <= tol
-        RESULTS.append((backend, dtype, name, max_abs, rel, tol))
-        print(f"{backend:>6} {dtype:<8} {name:<14} max abs {max_abs:9.2e}  rel {rel:9.2e}  "
-              f"(tol {tol:.0e})  {'ok' if ok else 'NOT OK'}")
-        if not ok:
-            bad.append(name)
-    return bad
-
-
-class _Summary:
-    """Prints the llm.c-style `overall okay` line at the end of the pytest run."""
-
-    def pytest_terminal_summary(self, terminalreporter):
-        if not RESULTS:
-            return
-        runs = sorted({f"{b} {d}" for b, d, *_ in RESULTS})
-        bad = [r for r in RESULTS if r[4] > r[5]]
-        worst = max(RESULTS, key=lambda r: r[4] / r[5])
-        tr = terminalreporter
-        tr.write_sep("-", "torch parity")
-        if tr.config.option.verbose > 0:
-            for b, d, name, max_abs, rel, tol in RESULTS:
-                tr.write_line(f"{b:>6} {d:<8} {name:<14} max abs {max_abs:9.2e}  rel {rel:9.2e}  (tol {tol:.0e})")
-        verdict = "overall okay" if not bad else f"{len(bad)} out of tolerance: overall NOT okay"
-        tr.write_line(f"torch parity: {len(RESULTS)} tensors over {', '.join(runs)}; worst {worst[2]} "
-                      f"({worst[0]} {worst[1]}) rel {worst[4]:.1e} = {worst[4] / worst[5]:.2g} x its tol; {verdict}")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _summary_line(request):
-    pm = request.config.pluginmanager
-    if not pm.has_plugin("lstm-engine-torch-parity"):
-        pm.register(_Summary(), "lstm-engine-torch-parity")
-    yield
-
-
-# ----------------------------------------------------------------------------
 # The tests: one window, ten Adam steps, bare Adam updates
 # ----------------------------------------------------------------------------
 
@@ -219,9 +163,11 @@ def test_one_window_forward_and_every_gradient(problem, reference, backend, dtyp
         ours[f"hT{l}"], ours[f"cT{l}"] = be.to_numpy(new_state[l][0]), be.to_numpy(new_state[l][1])
     ours.update({"d" + n: be.to_numpy(g) for n, g in grads.items()})
     fwd = ["logits", "loss"] + [f"{s}T{l}" for l in range(L) for s in "hc"]
-    bad = compare(backend, dtype, "forward", ours, {k: reference[k] for k in fwd})
-    bad += compare(backend, dtype, "grad", ours, {k: v for k, v in reference.items() if k.startswith("d")})
-    assert not bad, f"{backend} {dtype}: out of tolerance: {bad}"
+    with Parity("one window", backend, ref="torch") as p:
+        for name in fwd:
+            p.check(name, ours[name], reference[name], dtype, "forward")
+        for name in (k for k in reference if k.startswith("d")):
+            p.check(name, ours[name], reference[name], dtype, "grad")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -240,8 +186,9 @@ def test_ten_adam_steps_with_clipping(problem, reference, backend, dtype, tmp_pa
     steps = [tr.train_step() for _ in range(STEPS)]
     ours = {"adam.losses": np.array([s[0] for s in steps]), "adam.norms": np.array([s[1] for s in steps])}
     ours.update({"adam." + n: p for n, p in tr.model.host_params().items()})
-    bad = compare(backend, dtype, "adam", ours, {k: v for k, v in reference.items() if k.startswith("adam.")})
-    assert not bad, f"{backend} {dtype}: out of tolerance: {bad}"
+    with Parity("ten Adam steps", backend, ref="torch") as p:
+        for name in (k for k in reference if k.startswith("adam.")):
+            p.check(name, ours[name], reference[name], dtype, "train")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -266,11 +213,10 @@ def test_adam_update_matches_torch_adam(backend, dtype):
         topt.step()
         opt.update(params, {"p": be.asarray(g, dtype)}, LR, grad_scale=scale)
     ref = tp.detach().numpy()
-    bad = compare(backend, dtype, "adam", {"adam.bare": be.to_numpy(params["p"]) - p0}, {"adam.bare": ref - p0})
-    assert not bad
+    with Parity("bare Adam", backend, ref="torch") as p:
+        p.check("adam.bare", be.to_numpy(params["p"]) - p0, ref - p0, dtype, "train")
 
 
-@pytest.mark.skipif(not BACKENDS, reason="no backend")
 def test_two_trainable_biases_train_differently(problem, reference):
     """Why the reference freezes bias_hh: with both torch biases trainable, the forward pass is the
     same but clipped Adam does not follow our one-bias model (first loss equal, later ones not)."""
