@@ -1,4 +1,4 @@
-"""The numba kernels' hand-written GEMM (kernels/numba/gemm.py) against SciPy's BLAS (numba_blas).
+"""The numba kernels' hand-written GEMM (kernels/numba/gemm.py) against SciPy's BLAS (benchmarks/dev/numba/blas.py).
 
     python benchmarks/gemm.py [--threads 1] [--seconds 0.3]
 
@@ -9,14 +9,26 @@ run it); GFLOP/s = 2 m k n / best time.  Run it on an idle machine; the machine 
 which BLAS kernels OpenBLAS picked (OPENBLAS_CORETYPE moves BLAS, not the hand-written GEMM).
 """
 import argparse
+import importlib.util
 import time
+from pathlib import Path
 
 import numba
 import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from lstm_engine.kernels.numba_blas import gemm as blas_gemm
 from lstm_engine.kernels.numba.gemm import gemm as own_gemm
+
+
+def _load(path):
+    """A module of benchmarks/dev by its path (benchmarks/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"dev_{path.stem}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+blas_gemm = _load(Path(__file__).resolve().parent / "dev" / "numba" / "blas.py").gemm
 
 # (what, m, k, n, trans_a, trans_b)
 SHAPES = (

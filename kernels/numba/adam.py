@@ -6,15 +6,13 @@ parameter.  Adam mirrors the reference operation by operation in the parameter d
 """
 from __future__ import annotations
 
-from . import cache as numba_cache  # noqa: F401  (first: the cache locator for everything below)
-
 import numba
 import numpy as np
 
-JIT = dict(cache=True, error_model="numpy")
+from .jit import REASSOC, STRICT
 
 
-@numba.njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
+@numba.njit(**REASSOC)
 def sum_squares_kernel(grads):
     """grads: tuple of 1-D arrays -> sum of squares of every element (float64).  Reassociation
     lets LLVM keep several partial sums in vector registers (the one running sum waited on the
@@ -30,7 +28,7 @@ def sum_squares_kernel(grads):
     return total
 
 
-@numba.njit(**JIT)
+@numba.njit(**STRICT)
 def adam_kernel(params, grads, ms, vs, lr, beta1, one_b1, beta2, one_b2, eps, bc1, bc2, grad_scale):
     """In place over tuples of 1-D arrays (one per parameter, all of one dtype).  Scalars
     arrive computed in float64 and cast to that dtype (one_b1 = 1 - beta1 ...), so the

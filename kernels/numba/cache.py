@@ -3,8 +3,14 @@
 Numba stamps each cached function with its own source file only, so editing a helper in
 fastmath.py would leave the cached machine code of lstm_layer.py (which inlines it)
 stale.  This locator stamps every function defined in kernels/numba/*.py with one hash
-over all of those files, so any edit recompiles them all.  Import this module before
-any @njit(cache=True) in this package (each kernel module does, first thing).
+over all of those files, so any edit recompiles them all.  It must be installed before
+any @njit(cache=True) in this package: jit.py imports it, and every kernel module takes
+its options from jit.py.  Functions defined elsewhere (benchmarks/dev) keep numba's own
+locators.
+
+The hash is taken when this module is imported, before the kernels are compiled: a file
+edited while a process runs then gives that process an older stamp than its code (a
+cache entry no later process loads), never a newer one (stale code that they would load).
 """
 from __future__ import annotations
 
@@ -15,18 +21,22 @@ import os
 from numba.core import caching
 
 _DIR = os.path.dirname(os.path.abspath(__file__))
-_STAMP = None
+
+
+def _hash_sources():
+    """sha256 over the .py sources of this directory."""
+    h = hashlib.sha256()
+    for path in sorted(glob.glob(os.path.join(_DIR, "*.py"))):
+        with open(path, "rb") as f:
+            h.update(os.path.basename(path).encode() + b"\0" + f.read())
+    return h.hexdigest()
+
+
+_STAMP = _hash_sources()
 
 
 def kernels_stamp():
-    """sha256 over the .py sources of this directory (computed once per process)."""
-    global _STAMP
-    if _STAMP is None:
-        h = hashlib.sha256()
-        for path in sorted(glob.glob(os.path.join(_DIR, "*.py"))):
-            with open(path, "rb") as f:
-                h.update(os.path.basename(path).encode() + b"\0" + f.read())
-        _STAMP = h.hexdigest()
+    """The hash of this directory's sources as they were when this process imported them."""
     return _STAMP
 
 

@@ -18,14 +18,14 @@ code never widens to float64.  Accuracy against NumPy is checked in the tests.
 """
 from __future__ import annotations
 
-from . import cache as numba_cache  # noqa: F401  (first: the cache locator for everything below)
-
 import numba
 import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.core.errors import TypingError
 from numba.extending import intrinsic, overload
+
+from .jit import JIT
 
 F32, F64 = np.float32, np.float64
 
@@ -65,7 +65,7 @@ def ftanh(x):
 
 # --- float32 -----------------------------------------------------------------
 
-@numba.njit(inline="always", error_model="numpy", fastmath={"contract"})
+@numba.njit(inline="always", **JIT)
 def _exp32_parts(y):
     """y = n ln2 + r -> (n, e^r) by the polynomial, float32 (y already clamped)."""
     n = np.floor(y * F32(1.44269504088896341) + F32(0.5))

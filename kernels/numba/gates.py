@@ -6,15 +6,10 @@ Used by the time loops in lstm_layer.py (split by batch rows) and lstm_layer_col
 """
 from __future__ import annotations
 
-from . import cache as numba_cache  # noqa: F401  (first: the cache locator for everything below)
-
 import numba
 
 from .fastmath import fsigmoid, ftanh
-
-# error_model="numpy": no Python ZeroDivisionError checks, so the gate loops vectorise.
-JIT = dict(cache=True, error_model="numpy", fastmath={"contract"})
-PAR = dict(JIT, parallel=True)
+from .jit import JIT
 
 
 @numba.njit(inline="always", **JIT)

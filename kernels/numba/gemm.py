@@ -29,8 +29,6 @@ compares both against NumPy).
 """
 from __future__ import annotations
 
-from . import cache as numba_cache  # noqa: F401  (first: the cache locator for everything below)
-
 import numba
 import numpy as np
 from llvmlite import ir
@@ -38,7 +36,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .gates import JIT
+from .jit import JIT, REASSOC
 
 MR, NR, KC = 8, 32, 256
 MC = 64                 # rows of op(A) per pass over the column panels (64 x 256: 64 KB, stays in L2)
@@ -322,7 +320,7 @@ def _scale(C, beta):
                 row[j] *= beta
 
 
-@numba.njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
+@numba.njit(**REASSOC)
 def _few_columns(Af, sai, sak, Bf, ldb, Cf, ldc, m, j0, j1, k, alpha, overwrite):
     """C[:, j0:j1] (+)= alpha * op(A) @ op(B)[:, j0:j1] for the few columns (<= NARROW_MAX) left
     after the NR-wide panels, one column at a time: V = 65 would otherwise compute a 32-wide

@@ -23,13 +23,12 @@ gradient is one product over all N rows.
 """
 from __future__ import annotations
 
-from . import cache as numba_cache  # noqa: F401  (first: the cache locator for everything below)
-
 import numba
 import numpy as np
 
 from .gemm import gemm, padded, pads_b
-from .gates import JIT, PAR, gates_backward, gates_forward
+from .gates import gates_backward, gates_forward
+from .jit import JIT, PAR
 from .lstm_layer_columns import backward_steps_cols, forward_steps_cols
 
 # How a layer uses threads: the entry kernels take (prod, rows, units), each None or a

@@ -17,13 +17,12 @@ than one thread; results equal the one-thread loops to rounding.
 """
 from __future__ import annotations
 
-from . import cache as numba_cache  # noqa: F401  (first: the cache locator for everything below)
-
 import numba
 import numpy as np
 
 from .gemm import PAD, gemm
-from .gates import JIT, PAR, gates_backward, gates_forward
+from .gates import gates_backward, gates_forward
+from .jit import JIT, PAR
 
 
 @numba.njit(inline="always", **JIT)

@@ -14,20 +14,16 @@ split the rows over the threads, each summing its rows' losses into its own slot
 """
 from __future__ import annotations
 
-from . import cache as numba_cache  # noqa: F401  (first: the cache locator for everything below)
-
 import numba
 import numpy as np
 
-from .gemm import MR, gemm
-from .gates import PAR
-from .lstm_layer import column_sums
 from .fastmath import fexp
+from .gemm import MR, gemm
+from .jit import JIT, PAR, REASSOC
+from .lstm_layer import column_sums
 
-JIT = dict(cache=True, error_model="numpy", fastmath={"contract"})
 
-
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(**REASSOC)
 def row_sum(e):
     """Sum in the row dtype, reassociated so that it vectorises."""
     s = e[0] * 0

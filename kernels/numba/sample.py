@@ -13,15 +13,12 @@ seed into the same text.  Filtering follows numpy_backend.filter_probs step by s
 """
 from __future__ import annotations
 
-from . import cache as numba_cache  # noqa: F401  (first: the cache locator for everything below)
-
 import numba
 import numpy as np
 
 from .fastmath import fsigmoid, ftanh
+from .jit import JIT
 from .sync import FLAG_STRIDE, load_acquire, load_seq, spin_pause, store_release, store_seq
-
-JIT = dict(cache=True, error_model="numpy", fastmath={"contract"})
 
 
 @numba.njit(inline="always", **JIT)

@@ -16,8 +16,6 @@ writes do not invalidate the line another thread is polling for a different flag
 """
 from __future__ import annotations
 
-from . import cache as numba_cache  # noqa: F401  (first: the cache locator for everything below)
-
 import platform
 
 import numba
