@@ -11,8 +11,8 @@ import textwrap
 import numpy as np
 
 REF_FILE = "lstm_engine/backends/numpy_backend.py"
-MODULE_OF = {"model.": "lstm_engine/model.py", "Model.": "lstm_engine/model.py",
-             "checkpoint.": "lstm_engine/checkpoint.py"}
+MODULE_OF = {"model.": "lstm_engine/core/model.py", "Model.": "lstm_engine/core/model.py",
+             "checkpoint.": "lstm_engine/storage/checkpoint.py"}
 
 
 def qualified(source):

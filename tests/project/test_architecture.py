@@ -98,3 +98,10 @@ def test_package_root_holds_only_the_api_and_errors():
     root = os.path.dirname(lstm_engine.__file__)
     modules = sorted(f for f in os.listdir(root) if f.endswith(".py"))
     assert modules == ["__init__.py", "api.py", "cli.py", "errors.py"]
+
+
+def test_source_paths_that_explain_prints_exist():
+    from lstm_engine.teaching import explain_render
+    repo = os.path.dirname(os.path.dirname(lstm_engine.__file__))
+    for path in {explain_render.REF_FILE, *explain_render.MODULE_OF.values()}:
+        assert os.path.isfile(os.path.join(repo, path)), path
