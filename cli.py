@@ -13,10 +13,11 @@ import sys
 import click
 
 from lstm_engine import api
+from lstm_engine.core.budget import parse_duration
+from lstm_engine.core.config import defaults as train_defaults
+from lstm_engine.core.generation import bits
 from lstm_engine.corpora import registry as corpora
 from lstm_engine.errors import UserError
-from lstm_engine.core.generation import bits, check_sampling_options
-from lstm_engine.core.train import TrainConfig
 
 
 def err(msg):
@@ -74,6 +75,10 @@ def _print_event(kind, info):
             f" unigram entropy {info['entropy']:.3f})" + ("  * best" if info["best"] else ""))
     elif kind == "recipe":
         err(info["text"])
+    elif kind == "suggested":
+        err("this corpus has many symbols: using " + " ".join(f"--{k.replace('_', '-')} {v}"
+                                                             for k, v in info["options"].items())
+            + " (`lstm-engine corpus info` suggestions; pass the options to override)")
     elif kind == "sample":
         err(f"--- sample at step {info['step']} ---\n{info['text']}\n---")
     elif kind == "done":
@@ -82,66 +87,69 @@ def _print_event(kind, info):
             + (f"; best val loss {best:.4f}" if math.isfinite(best) else ""))
 
 
+_TRAIN = train_defaults()
+
+
+def train_option(name, help=None, **kw):
+    """--NAME for TrainConfig field `name`, with the field's default (a bool: --NAME/--no-NAME)."""
+    flag = "--" + name.replace("_", "-")
+    default = _TRAIN[name]
+    if isinstance(default, bool):
+        flag += "/--no-" + flag[2:]
+    else:
+        kw.setdefault("type", type(default))
+    kw.setdefault("show_default", True)
+    return click.option(flag, name, default=default, help=help, **kw)
+
+
+class Duration(click.ParamType):
+    """A wall-clock duration (90s, 10m, 2h, 1h30m, 45) -> seconds; the default passes through as it is."""
+    name = "text"
+
+    def convert(self, value, param, ctx):
+        return value if isinstance(value, float) else parse_duration(value)
+
+
 @main.command()
-@click.option("--corpus", default="python-docs", show_default=True,
-              help="corpus name (`lstm-engine corpus list`) or path to a UTF-8 file")
-@click.option("--encoding", default="utf-8", show_default=True, help="text encoding of a corpus file")
-@click.option("--backend", default="auto", show_default=True, help="numpy | numba | cupy | auto")
-@click.option("--embed-size", default=64, show_default=True, type=int,
-              help="embedding size (left out: `corpus info`'s suggestion for corpora of over 256 symbols)")
-@click.option("--hidden-size", default=128, show_default=True, type=int)
-@click.option("--layers", default=2, show_default=True, type=int)
-@click.option("--dropout", default=0.0, show_default=True, type=float)
-@click.option("--locked-dropout/--no-locked-dropout", default=True, show_default=True,
-              help="one dropout mask per sequence for the whole window (variational dropout), or a new one each step")
-@click.option("--batch-size", default=32, show_default=True, type=int)
-@click.option("--seq-len", default=64, show_default=True, type=int)
-@click.option("--lr", default=2e-3, show_default=True, type=float)
-@click.option("--lr-decay/--no-lr-decay", default=False, show_default=True, help="cosine decay to 10% of --lr at --steps")
-@click.option("--grad-clip", default=5.0, show_default=True, type=float, help="global-norm clip (0: off)")
-@click.option("--steps", default=1000, show_default=True, type=int, help="total steps of the run (resume counts them)")
-@click.option("--eval-every", default=250, show_default=True, type=int)
-@click.option("--sample-every", default=250, show_default=True, type=int)
-@click.option("--save-every", default=250, show_default=True, type=int)
-@click.option("--log-every", default=10, show_default=True, type=int)
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "float64"]))
-@click.option("--max-vocab", default=0, show_default=True, type=int,
-              help="keep the N most frequent symbols (0: all; left out: `corpus info`'s suggestion above 256 symbols)")
-@click.option("--val-fraction", default=0.1, show_default=True, type=float)
-@click.option("--out", default="", help="run directory (default runs/run-DATE-TIME)")
-@click.option("--time-budget", default=None,
-              help="train the best model that fits this wall-clock time (90s, 10m, 2h): the recipe picks "
-                   "size, batch, length, dropout and lr from the measured speed; options you set win")
-@click.option("--keep", default=3, show_default=True, type=int,
-              help="step-numbered checkpoints to keep besides latest and best")
+@train_option("corpus", "corpus name (`lstm-engine corpus list`) or path to a UTF-8 file")
+@train_option("encoding", "text encoding of a corpus file")
+@train_option("backend", "numpy | numba | cupy | auto")
+@train_option("embed_size", "embedding size (left out: `corpus info`'s suggestion for corpora of over 256 symbols)")
+@train_option("hidden_size")
+@train_option("layers")
+@train_option("dropout")
+@train_option("locked_dropout",
+              "one dropout mask per sequence for the whole window (variational dropout), or a new one each step")
+@train_option("batch_size")
+@train_option("seq_len")
+@train_option("lr")
+@train_option("lr_decay", "cosine decay to 10% of --lr at --steps")
+@train_option("grad_clip", "global-norm clip (0: off)")
+@train_option("steps", "total steps of the run (resume counts them)")
+@train_option("eval_every")
+@train_option("sample_every")
+@train_option("save_every")
+@train_option("log_every")
+@train_option("seed")
+@train_option("dtype", type=click.Choice(["float32", "float64"]))
+@train_option("max_vocab",
+              "keep the N most frequent symbols (0: all; left out: `corpus info`'s suggestion above 256 symbols)")
+@train_option("val_fraction")
+@train_option("out", "run directory (default runs/run-DATE-TIME)", show_default=False)
+@train_option("time_budget", "train the best model that fits this wall-clock time (90s, 10m, 2h): the recipe picks "
+                             "size, batch, length, dropout and lr from the measured speed; options you set win",
+              type=Duration(), show_default=False)
+@train_option("keep", "step-numbered checkpoints to keep besides latest and best")
 @click.option("--resume", default=None,
               help="checkpoint (or run directory) to continue from; options left out are taken from it")
 @click.pass_context
-def train(ctx, resume, time_budget, **opts):
+def train(ctx, resume, **opts):
     """Train a model on a corpus; checkpoints go to --out."""
     from click.core import ParameterSource
     given = {k: v for k, v in opts.items()
              if ctx.get_parameter_source(k) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)}
-    if time_budget is not None:
-        from lstm_engine.core.budget import parse_duration
-        opts["time_budget"] = given["time_budget"] = parse_duration(time_budget)
-    text = None
-    if resume:
-        from lstm_engine.storage.checkpoint import read_meta
-        from lstm_engine.core.train import config_for_resume
-        cfg = config_for_resume(read_meta(resume), given, resume)
-    else:
-        filled, text = api.corpus_defaults(opts["corpus"], opts["encoding"], given)
-        opts.update(filled)
-        changed = {k: v for k, v in filled.items() if v != getattr(TrainConfig, k)}
-        if changed:
-            err("this corpus has many symbols: using " + " ".join(f"--{k.replace('_', '-')} {v}"
-                                                                 for k, v in changed.items())
-                + " (`lstm-engine corpus info` suggestions; pass the options to override)")
-        cfg = TrainConfig(**opts)
-    trainer = api.Trainer(cfg, text=text, resume=resume, on_event=_print_event, explicit=set(given))
-    api.remember_last_run(trainer.out)
+    cfg = api.train_config(given, resume)
+    trainer = api.prepare_training(cfg, resume=resume, on_event=_print_event, explicit=given)
     got = []
 
     def request_stop(signum, frame):
@@ -172,23 +180,11 @@ def train(ctx, resume, time_budget, **opts):
 @click.option("--json", "as_json", is_flag=True, help="print one JSON line")
 def eval_cmd(checkpoint, corpus, encoding, backend, as_json):
     """Score a text as one stream from a zero state: loss in nats/char and bits/char."""
-    from lstm_engine.core.data import load_corpus, split
-    model, vocab, meta = api.load_model(checkpoint, backend)
-    if corpus is None:
-        t = meta["train"]
-        if not t.get("corpus"):
-            raise UserError(f"{checkpoint} records no training corpus (it was imported); pass --corpus FILE")
-        ids = vocab.encode(load_corpus(t["corpus"], t.get("encoding", "utf-8")))
-        _, ids = split(ids, t.get("val_fraction", 0.1))
-        text = vocab.decode(ids)
-        corpus = f"{t['corpus']} (val split)"
-    else:
-        text = load_corpus(corpus, encoding)
-    r = api.evaluate(model, vocab, text)
+    r = api.evaluate_checkpoint(checkpoint, corpus, encoding, backend)
     if as_json:
-        click.echo(json.dumps(dict(r, corpus=corpus, checkpoint=checkpoint)))
+        click.echo(json.dumps(dict(r, checkpoint=checkpoint)))
     else:
-        click.echo(f"{corpus}: {r['loss_nats']:.4f} nats/char, {r['bits_per_char']:.4f} bits/char "
+        click.echo(f"{r['corpus']}: {r['loss_nats']:.4f} nats/char, {r['bits_per_char']:.4f} bits/char "
                    f"over {r['chars']:,} chars")
 
 
@@ -205,14 +201,9 @@ def eval_cmd(checkpoint, corpus, encoding, backend, as_json):
 @click.option("--echo/--no-echo", default=True, show_default=True, help="print the prime before the generated text")
 def generate(checkpoint, prime, length, temperature, top_k, top_p, greedy, seed, backend, echo):
     """Generate text from a checkpoint (default: the latest of the last run), streamed to stdout."""
-    if top_k is not None and top_k < 1:
-        raise UserError(f"--top-k must be >= 1 (got {top_k}); leave it out to keep every symbol")
-    path = checkpoint or api.last_checkpoint()
-    model, vocab, _ = api.load_model(path, backend)
+    model, vocab, path = api.load_for_generation(checkpoint, backend, prime, length, temperature, top_k, top_p)
     if not checkpoint:
         err(f"using {path}")
-    check_sampling_options(temperature, top_k, top_p, length)
-    vocab.encode(prime, strict=True)            # refuse a bad prime before anything is printed
     if echo and prime:
         click.echo(prime, nl=False)
 
@@ -220,7 +211,7 @@ def generate(checkpoint, prime, length, temperature, top_k, top_p, greedy, seed,
         click.echo(text, nl=False)
         sys.stdout.flush()
 
-    api.generate(model, vocab, prime, length, temperature, top_k or 0, top_p, greedy, seed, on_text=out)
+    api.generate(model, vocab, prime, length, temperature, top_k, top_p, greedy, seed, on_text=out)
     click.echo()
 
 
@@ -231,8 +222,7 @@ def generate(checkpoint, prime, length, temperature, top_k, top_p, greedy, seed,
 @click.option("-o", "--out", required=True, help="FILE.safetensors, or FILE.pt (needs torch); vocab: FILE.vocab.json")
 def export_cmd(checkpoint, fmt, out):
     """Write a checkpoint's weights as a PyTorch state dict, with its vocabulary beside it."""
-    from lstm_engine.storage import interop
-    r = interop.export_torch(checkpoint, out)
+    r = api.export_torch(checkpoint, out)
     m = r["config"]
     err(f"wrote {r['path']} (V={m['vocab_size']} E={m['embed_size']} H={m['hidden_size']} L={m['layers']} "
         f"{m['dtype']}) and {r['vocab_path']}")
@@ -244,8 +234,7 @@ def export_cmd(checkpoint, fmt, out):
 @click.option("-o", "--out", required=True, help="checkpoint to write (.safetensors)")
 def import_cmd(state_dict, vocab, out):
     """Make a checkpoint from a PyTorch state dict (.safetensors or .pt) and its vocabulary."""
-    from lstm_engine.storage import interop
-    r = interop.import_torch(state_dict, vocab, out)
+    r = api.import_torch(state_dict, vocab, out)
     m = r["config"]
     err(f"wrote {r['path']} (V={m['vocab_size']} E={m['embed_size']} H={m['hidden_size']} L={m['layers']} "
         f"{m['dtype']})")
@@ -291,8 +280,7 @@ def bench(backends, configs, what, seconds, repeats, threads, json_path, plot_pa
 
 
 # ----------------------------------------------------------------------------
-# Teaching tools: explain, inspect, plot (the logic lives in lstm_engine/explain.py,
-# explain_render.py, inspect_cells.py and plot.py)
+# Teaching tools: explain, inspect, plot (through lstm_engine.api; the logic lives in lstm_engine/teaching)
 # ----------------------------------------------------------------------------
 
 @main.command()
@@ -312,19 +300,11 @@ def bench(backends, configs, what, seconds, repeats, threads, json_path, plot_pa
 def explain(checkpoint, text, layer, input_size, hidden_size, seed, backward, units, max_check, fmt, interactive,
             output):
     """Step through one LSTM layer with real numbers: gates, cell, output, loss (and BPTT with --backward)."""
-    from lstm_engine.teaching import explain as ex
-    from lstm_engine.teaching.explain_render import render
     if interactive and (fmt == "html" or output):
         raise UserError("--interactive prints to the terminal; drop it for --format html or --output")
-    setup = (ex.checkpoint_setup(checkpoint, text, layer) if checkpoint else
-             ex.tiny_setup(text if text is not None else "hello", input_size, hidden_size, seed))
-    chunks = render(ex.explain(setup, backward, units, max_check, seed), fmt)
+    chunks = api.explain(checkpoint, text, layer, input_size, hidden_size, seed, backward, units, max_check, fmt,
+                         output)
     if output:
-        try:
-            with open(output, "w", encoding="utf-8") as f:
-                f.write("\n".join(chunks) + "\n")
-        except OSError as e:
-            raise UserError(f"could not write {output!r}: {e.strerror or e}") from None
         err(f"wrote {output}")
         return
     for k, chunk in enumerate(chunks):
@@ -353,26 +333,17 @@ def explain(checkpoint, text, layer, input_size, hidden_size, seed, backward, un
 @click.option("--html", "out_html", required=True, help="page to write (OUT.html)")
 def inspect_cmd(checkpoint, text_file, prime, encoding, layer, unit, kind, rank, top, max_chars, out_html):
     """Colour a text by what single cells do; --rank finds the units that track a feature."""
-    from lstm_engine.teaching import inspect_cells
-    from lstm_engine.corpora.text import read_text_file
-    if (text_file is None) == (prime is None):
-        raise UserError("pass exactly one of --text FILE or --prime TEXT")
-    if max_chars < 2:
-        raise UserError(f"--max-chars must be >= 2 (got {max_chars})")
-    text = read_text_file(text_file, encoding) if text_file else prime
-    model, vocab, _ = api.load_model(checkpoint, "numpy")
-    if rank:
-        inspect_cells.feature_values("", rank)           # an unknown feature fails before the model runs
-    res = inspect_cells.inspect(model, vocab, text[:max_chars], out_html, layer, unit, kind, rank, top,
-                                source=text_file or "--prime")
+    from lstm_engine.teaching.inspect_cells import FEATURES
+    res = api.inspect_cells(checkpoint, out_html, text=prime, text_file=text_file, encoding=encoding, layer=layer,
+                            unit=unit, kind=kind, rank=rank, top=top, max_chars=max_chars)
     rows = res["ranking"]
     if rows and rank:
-        click.echo(f"units ranked by correlation with {rank!r} ({kind}, {min(len(text), max_chars):,} chars):")
+        click.echo(f"units ranked by correlation with {rank!r} ({kind}, {res['chars']:,} chars):")
         for k, (r, l, u) in enumerate(rows):
             click.echo(f"  #{k + 1}  layer {l}  unit {u:>4}  r = {r:+.3f}")
     elif rows:
         for r, l, u, feat in rows:
-            click.echo(f"  layer {l}  unit {u:>4}  r = {r:+.3f}  {inspect_cells.FEATURES[feat]}")
+            click.echo(f"  layer {l}  unit {u:>4}  r = {r:+.3f}  {FEATURES[feat]}")
     err(f"wrote {out_html}")
 
 
@@ -382,8 +353,7 @@ def inspect_cmd(checkpoint, text_file, prime, encoding, layer, unit, kind, rank,
 @click.option("--title", default=None)
 def plot(run_dir, output, title):
     """Plot a run's train and val loss (nats and bits per char) against steps and wall time."""
-    from lstm_engine.teaching.plot import plot_run
-    plot_run(run_dir, output, title)
+    api.plot_run(run_dir, output, title)
     err(f"wrote {output}")
 
 

@@ -1,4 +1,4 @@
-"""The small Python API the CLI is built on; it works the same from a notebook.
+"""The Python API: every decision the `lstm-engine` command makes lives here; the CLI parses and prints.
 
     import lstm_engine as le
     text = le.load_corpus("python-docs")
@@ -6,19 +6,20 @@
     model, vocab, meta = le.load_model("runs/demo/latest.safetensors")
     print(le.generate(model, vocab, prime="def ", length=100, seed=1))
     print(le.evaluate(model, vocab, text[-5000:]))
+    print(le.evaluate_checkpoint("runs/demo/latest.safetensors"))      # on the run's own val split
 """
 from __future__ import annotations
 
 import os
 
-from .storage import checkpoint
-from .corpora import registry as corpora
 from .backends import get_backend
-from .core.data import Vocab, load_corpus
-from .errors import UserError
-from .core.generation import bits, evaluate_ids, generate_text
+from .core.config import check_names, config_for_resume, explicit_fields, with_corpus_suggestions
+from .core.data import Vocab, load_corpus, split
+from .core.generation import bits, check_sampling_options, evaluate_ids, generate_text
 from .core.model import Model, ModelConfig
 from .core.train import TrainConfig, Trainer
+from .errors import UserError
+from .storage import checkpoint
 
 
 def state_dir():
@@ -53,22 +54,57 @@ def last_checkpoint():
     return path
 
 
-def corpus_defaults(corpus, encoding="utf-8", given=()):
-    """--embed-size / --max-vocab for a new run, where not in `given` (the options set explicitly):
-    the corpus's suggestions (`corpus info`): the engine defaults 64 / all symbols up to 256
-    symbols, fitted values above.  -> ({option: value} for the options filled in, corpus text)."""
-    text = load_corpus(corpus, encoding)
-    suggested = corpora.suggest_train_options(text)
-    return {k: v for k, v in suggested.items() if k not in given}, text
+# -- training --------------------------------------------------------------------------------------
+
+def train_config(options=None, resume=None):
+    """The TrainConfig of a run from the options the user chose ({TrainConfig field: value}).
+
+    A new run: the engine defaults, overridden by `options`.  resume=PATH (a checkpoint or a run
+    directory): the checkpoint's options, overridden by `options`, which must agree with the fixed
+    ones (sizes, windows, seed); --out defaults to the checkpoint's directory.
+    """
+    options = dict(options or {})
+    check_names(options)
+    if resume:
+        return config_for_resume(checkpoint.read_meta(resume), options, resume)
+    return TrainConfig(**options)
 
 
-def train(cfg: TrainConfig, text=None, resume=None, on_event=None):
-    """Train a model; -> the Trainer (its .model, .vocab, .st hold the result)."""
-    trainer = Trainer(cfg, text=text, resume=resume, on_event=on_event)
+def prepare_training(cfg: TrainConfig, text=None, resume=None, on_event=None, explicit=None):
+    """A Trainer with the run's options settled, ready to `run()`; the run is remembered for
+    last_checkpoint().
+
+    explicit: names of the options the user set (default: the fields of cfg that differ from the
+    TrainConfig defaults).  A new run takes the corpus's suggested embed_size and max_vocab
+    (`lstm-engine corpus info`: they differ from the defaults for corpora of over 256 symbols)
+    unless they are explicit, and reports those that differ as a 'suggested' event
+    {'options': {name: value}}; under a time budget the recipe chooses what is not explicit.
+    A resumed run keeps cfg as given (train_config(options, resume) builds it from the checkpoint).
+    """
+    explicit = explicit_fields(cfg) if explicit is None else set(explicit)
+    if not resume:
+        text = load_corpus(cfg.corpus, cfg.encoding) if text is None else text
+        cfg, suggested = with_corpus_suggestions(cfg, explicit, text)
+        if suggested and on_event is not None:
+            on_event("suggested", {"options": suggested})
+    trainer = Trainer(cfg, text=text, resume=resume, on_event=on_event, explicit=explicit)
     remember_last_run(trainer.out)
+    return trainer
+
+
+def train(cfg: TrainConfig, text=None, resume=None, on_event=None, explicit=None):
+    """Train a model; -> the Trainer (its .cfg, .model, .vocab, .st hold the result).
+
+    The options are settled as `lstm-engine train` settles them (see prepare_training): on a corpus
+    of over 256 symbols a new run takes the corpus's suggested embed_size / max_vocab unless cfg sets
+    them (a value differing from the default) or `explicit` names them.
+    """
+    trainer = prepare_training(cfg, text=text, resume=resume, on_event=on_event, explicit=explicit)
     trainer.run()
     return trainer
 
+
+# -- models: load, score, sample ------------------------------------------------------------------
 
 def load_model(path, backend="auto"):
     """-> (Model on the chosen backend, Vocab, metadata dict) from a checkpoint file."""
@@ -86,11 +122,115 @@ def evaluate(model, vocab, text):
     return {"loss_nats": loss, "bits_per_char": bits(loss), "chars": n}
 
 
-def generate(model, vocab, prime="", length=200, temperature=1.0, top_k=0, top_p=1.0,
+def val_split_ids(meta, vocab, path):
+    """Token ids (N,) of the val split of the corpus a checkpoint was trained on, as training split it."""
+    t = meta.get("train") or {}
+    if not t.get("corpus"):
+        raise UserError(f"{path} records no training corpus (it was imported); pass --corpus FILE")
+    ids = vocab.encode(load_corpus(t["corpus"], t.get("encoding", "utf-8")))
+    return split(ids, t.get("val_fraction", 0.1))[1]
+
+
+def evaluate_checkpoint(path, corpus=None, encoding="utf-8", backend="auto", text=None):
+    """Score a checkpoint on `text`, on `corpus` (a name or file), or by default on the val split of
+    the corpus it was trained on (the ids training evaluated, <unk> included).
+
+    -> dict(loss_nats, bits_per_char, chars, corpus: what was scored)."""
+    model, vocab, meta = load_model(path, backend)
+    if text is not None:
+        return dict(evaluate(model, vocab, text), corpus=corpus or "text")
+    if corpus is not None:
+        return dict(evaluate(model, vocab, load_corpus(corpus, encoding)), corpus=corpus)
+    loss, n = evaluate_ids(model, val_split_ids(meta, vocab, path))
+    return {"loss_nats": loss, "bits_per_char": bits(loss), "chars": n,
+            "corpus": f"{meta['train']['corpus']} (val split)"}
+
+
+def generate(model, vocab, prime="", length=200, temperature=1.0, top_k=None, top_p=1.0,
              greedy=False, seed=None, on_text=None):
-    """Sample text after `prime` (see generation.generate_text)."""
-    return generate_text(model, vocab, prime, length, temperature, top_k, top_p, greedy, seed, on_text)
+    """Sample text after `prime` (see generation.generate_text); top_k None or 0: every symbol."""
+    return generate_text(model, vocab, prime, length, temperature, top_k or 0, top_p, greedy, seed, on_text)
 
 
-__all__ = ["TrainConfig", "Trainer", "ModelConfig", "Model", "Vocab", "UserError", "load_corpus",
-           "train", "load_model", "evaluate", "generate", "last_checkpoint", "get_backend"]
+def load_for_generation(path=None, backend="auto", prime="", length=200, temperature=1.0, top_k=None,
+                        top_p=1.0):
+    """Check the sampling options, load the checkpoint (default: the latest of the last run) and
+    check that `prime` is in its vocabulary, so that nothing fails once text is out.
+
+    top_k: None keeps every symbol; a given top_k must be >= 1.  -> (model, vocab, path)."""
+    if top_k is not None and top_k < 1:
+        raise UserError(f"--top-k must be >= 1 (got {top_k}); leave it out to keep every symbol")
+    check_sampling_options(temperature, top_k, top_p, length)
+    path = path or last_checkpoint()
+    model, vocab, _ = load_model(path, backend)
+    vocab.encode(prime, strict=True)
+    return model, vocab, path
+
+
+# -- interop and teaching tools ---------------------------------------------------------------------
+
+def export_torch(path, out):
+    """Checkpoint -> PyTorch state dict at `out`, vocabulary beside it.  -> dict(path, vocab_path, config)."""
+    from .storage import interop
+    return interop.export_torch(path, out)
+
+
+def import_torch(state_dict, vocab, out):
+    """PyTorch state dict + vocabulary JSON (None: beside it) -> a checkpoint at `out`.  -> dict(path, config)."""
+    from .storage import interop
+    return interop.import_torch(state_dict, vocab, out)
+
+
+def explain(checkpoint_path=None, text=None, layer=0, input_size=2, hidden_size=3, seed=0, backward=False,
+            units=None, max_check=64, fmt="text", output=None):
+    """One LSTM layer stepped through with real numbers, as rendered blocks (list of str).
+
+    A checkpoint (then `text` is required) or a fresh tiny model (text default 'hello');
+    with `output` the blocks are also written to that file."""
+    from .teaching import explain as ex
+    from .teaching.explain_render import render
+    if checkpoint_path:
+        setup = ex.checkpoint_setup(checkpoint_path, text, layer)
+    else:
+        setup = ex.tiny_setup(**({} if text is None else {"text": text}), input_size=input_size,
+                              hidden_size=hidden_size, seed=seed)
+    chunks = render(ex.explain(setup, backward, units, max_check, seed), fmt)
+    if output:
+        try:
+            with open(output, "w", encoding="utf-8") as f:
+                f.write("\n".join(chunks) + "\n")
+        except OSError as e:
+            raise UserError(f"could not write {output!r}: {e.strerror or e}") from None
+    return chunks
+
+
+def inspect_cells(path, out_html, text=None, text_file=None, encoding="utf-8", layer=None, unit=None, kind="h",
+                  rank=None, top=5, max_chars=4000):
+    """Colour a text (given, or read from text_file) by single cells of a checkpoint; write out_html.
+
+    -> dict(ranking, shown, chars: characters read) (see teaching.inspect_cells.inspect)."""
+    from .corpora.text import read_text_file
+    from .teaching import inspect_cells as cells
+    if (text_file is None) == (text is None):
+        raise UserError("pass exactly one of --text FILE or --prime TEXT")
+    if max_chars < 2:
+        raise UserError(f"--max-chars must be >= 2 (got {max_chars})")
+    text = read_text_file(text_file, encoding) if text_file else text
+    model, vocab, _ = load_model(path, "numpy")
+    if rank:
+        cells.feature_values("", rank)           # an unknown feature fails before the model runs
+    res = cells.inspect(model, vocab, text[:max_chars], out_html, layer, unit, kind, rank, top,
+                        source=text_file or "--prime")
+    return dict(res, chars=min(len(text), max_chars))
+
+
+def plot_run(run_dir, output="loss.png", title=None):
+    """A run's train and val loss against steps and wall time, written to `output` (needs matplotlib)."""
+    from .teaching.plot import plot_run as plot
+    return plot(run_dir, output, title)
+
+
+__all__ = ["Model", "ModelConfig", "TrainConfig", "Trainer", "UserError", "Vocab", "evaluate",
+           "evaluate_checkpoint", "explain", "export_torch", "generate", "get_backend", "import_torch",
+           "inspect_cells", "last_checkpoint", "load_corpus", "load_for_generation", "load_model", "plot_run",
+           "prepare_training", "train", "train_config"]

@@ -8,78 +8,23 @@ import hashlib
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ..storage import checkpoint
 from ..backends import get_backend
-from .data import Batcher, Vocab, load_corpus, split, unigram_entropy
 from ..errors import UserError
-from .generation import evaluate_ids, generate_text
-from .model import Model, ModelConfig
-from . import budget
-from .optim import Adam, AdamConfig, lr_at
+from ..storage import checkpoint
 from ..storage.rundir import RunDir
+from . import budget
+# TrainConfig and config_for_resume are also imported from here by callers that predate core.config
+from .config import FIXED_ON_RESUME, TrainConfig, config_for_resume, explicit_fields, resume_conflict  # noqa: F401
+from .data import Batcher, Vocab, load_corpus, split, unigram_entropy
+from .generation import evaluate_ids, generate_text
+from .model import Model
+from .optim import Adam, AdamConfig, lr_at
 
 EXT = checkpoint.EXT
-# options a resumed run must share with its checkpoint (shapes, data windows, random streams)
-FIXED_ON_RESUME = ("embed_size", "hidden_size", "layers", "dtype", "batch_size", "seq_len", "max_vocab",
-                   "val_fraction", "seed", "locked_dropout")
-
-
-@dataclass
-class TrainConfig:
-    corpus: str = "python-docs"
-    encoding: str = "utf-8"
-    backend: str = "auto"
-    embed_size: int = 64
-    hidden_size: int = 128
-    layers: int = 2
-    dropout: float = 0.0
-    batch_size: int = 32
-    seq_len: int = 64
-    lr: float = 2e-3
-    lr_decay: bool = False
-    grad_clip: float = 5.0
-    locked_dropout: bool = True    # one dropout mask per window and sequence, shared by its time steps
-    steps: int = 1000
-    eval_every: int = 250
-    sample_every: int = 250
-    save_every: int = 250
-    log_every: int = 10
-    seed: int = 0
-    dtype: str = "float32"
-    max_vocab: int = 0
-    val_fraction: float = 0.1
-    out: str = ""
-    keep: int = 3                  # step-numbered checkpoints kept besides latest and best
-    time_budget: float = 0.0       # seconds of wall clock for the whole run (0: train to --steps)
-    recipe: str = ""               # what the time-budget recipe chose, and why
-
-    def check(self):
-        """Reject impossible values with one line each."""
-        for name in ("embed_size", "hidden_size", "layers", "batch_size", "seq_len", "steps", "keep"):
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
-        for name in ("eval_every", "sample_every", "save_every", "log_every", "max_vocab"):
-            if getattr(self, name) < 0:
-                raise UserError(f"--{name.replace('_', '-')} must be >= 0 (got {getattr(self, name)})")
-        if not 0 <= self.dropout < 1:
-            raise UserError(f"--dropout must be in [0, 1) (got {self.dropout})")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise UserError(f"--lr must be > 0 (got {self.lr})")
-        if not self.grad_clip >= 0:
-            raise UserError(f"--grad-clip must be >= 0 (got {self.grad_clip}); 0 switches clipping off")
-        if self.dtype not in ("float32", "float64"):
-            raise UserError(f"--dtype must be float32 or float64 (got {self.dtype!r})")
-        if not (self.time_budget >= 0 and math.isfinite(self.time_budget)):
-            raise UserError(f"--time-budget must be positive (got {self.time_budget})")
-        if not 0 <= self.val_fraction < 1:
-            raise UserError(f"--val-fraction must be in [0, 1) (got {self.val_fraction})")
-
-    def model_config(self, vocab_size):
-        return ModelConfig(vocab_size, self.embed_size, self.hidden_size, self.layers, self.dropout, self.dtype)
 
 
 @dataclass
@@ -92,40 +37,6 @@ class TrainState:
     history: list = field(default_factory=list)
     log_loss_sum: float = 0.0      # train loss summed since the last log row (train_log.jsonl averages it)
     log_loss_n: int = 0
-
-
-def config_for_resume(meta, given, resume_path):
-    """The TrainConfig that continues a checkpoint's run.
-
-    given: the options the user passed explicitly (name -> value).  Options not given come from the
-    checkpoint; given ones override the adjustable options (--steps, --lr, cadences, ...) and must
-    agree with the fixed ones (FIXED_ON_RESUME).  --out defaults to the checkpoint's directory.
-    """
-    names = {f.name for f in fields(TrainConfig)}
-    # None (or an empty corpus) is what an imported checkpoint records: "not fixed, take the option"
-    saved = {k: v for k, v in (meta.get("train") or {}).items() if k in names and v not in (None, "")}
-    if "corpus" not in saved and "corpus" not in given:
-        raise UserError(f"--resume {resume_path!r} records no training corpus (it was imported); "
-                        f"pass --corpus FILE")
-    if meta.get("train") and "locked_dropout" not in saved:
-        saved["locked_dropout"] = False         # written before locked masks existed: it drew one per step
-    for key in FIXED_ON_RESUME:
-        if key in given and key in saved and given[key] != saved[key]:
-            raise _conflict(key, given[key], saved[key])
-    values = dict(saved, **{k: v for k, v in given.items() if k in names})
-    if "out" not in given:
-        values["out"] = os.path.dirname(checkpoint.resolve(resume_path)) or "."
-    try:
-        return TrainConfig(**values)
-    except TypeError:
-        raise UserError(f"--resume {resume_path!r}: the stored training options are malformed; "
-                        f"pass a checkpoint written by `lstm-engine train`") from None
-
-
-def _conflict(key, asked, saved):
-    opt = "--" + key.replace("_", "-")
-    return UserError(f"{opt} {asked} conflicts with the --resume checkpoint, which was trained with {opt} {saved}; "
-                     f"leave {opt} out to continue the run, or start a new run without --resume")
 
 
 def corpus_fingerprint(text):
@@ -189,8 +100,7 @@ class Trainer:
         """Let the time-budget recipe choose what the user did not set (see budget.plan)."""
         cfg = self.cfg
         if explicit is None:       # API use: a field differing from its default counts as set
-            default = TrainConfig()
-            explicit = {f.name for f in fields(TrainConfig) if getattr(cfg, f.name) != getattr(default, f.name)}
+            explicit = explicit_fields(cfg)
         for name, value in (("steps", 10 ** 9), ("eval_every", 0), ("sample_every", 0)):
             if name not in explicit:
                 setattr(cfg, name, value)       # the clock ends the run; evaluation comes at its end
@@ -204,7 +114,7 @@ class Trainer:
             self.cfg.locked_dropout = False     # a run from before locked masks: keep drawing one per step
         for key in FIXED_ON_RESUME:
             if saved.get(key) is not None and saved[key] != getattr(self.cfg, key):
-                raise _conflict(key, getattr(self.cfg, key), saved[key])
+                raise resume_conflict(key, getattr(self.cfg, key), saved[key])
         step = meta["trainer"]["step"]
         if step >= self.cfg.steps:
             raise UserError(f"the --resume checkpoint is already at step {step} and --steps is {self.cfg.steps}; "
