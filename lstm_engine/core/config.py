@@ -27,6 +27,7 @@ _ADAM = AdamConfig()
 
 @dataclass
 class TrainConfig:
+    """Every option of a training run; `lstm-engine train --NAME` is field NAME with this default."""
     corpus: str = "python-docs"
     encoding: str = "utf-8"
     backend: str = "auto"
@@ -103,7 +104,8 @@ def with_corpus_suggestions(cfg, explicit, text):
     returned unchanged (the same object) when no suggestion changes it."""
     filled = {k: v for k, v in suggest_train_options(text).items() if k in SUGGESTED and k not in explicit}
     changed = {k: v for k, v in filled.items() if v != getattr(cfg, k)}
-    noted = {k: v for k, v in filled.items() if v != defaults()[k]}
+    base = defaults()
+    noted = {k: v for k, v in filled.items() if v != base[k]}
     return (replace(cfg, **changed) if changed else cfg), noted
 
 
