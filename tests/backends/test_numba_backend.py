@@ -91,20 +91,28 @@ def test_activation_functions_match_numpy(dtype):
     np.testing.assert_array_equal(out[:, 1:], [[np.inf, 0, np.inf, 0], [1, 0, 1, 0], [1, -1, 1, -1]])
 
 
-@pytest.mark.parametrize("impl", ["numba_gemm", "numba_blas"])
+@pytest.mark.parametrize("impl", ["numba_gemm", "dev_blas"])
 @pytest.mark.parametrize("trans_a", [False, True])
 @pytest.mark.parametrize("trans_b", [False, True])
 def test_gemm_on_strided_blocks_with_beta(trans_a, trans_b, impl):
-    """Both GEMMs (the hand-written register-blocked one the kernels use, and the BLAS one)
-    against NumPy: strided blocks of bigger arrays, alpha and beta (beta = 0 overwrites NaN),
-    shapes that leave short row blocks (m % 8: the 4- and 2-row kernels, odd k for the 2-row
-    kernel's split sums; the 9-row kernel for the last nine rows, also in a second pass of MC
-    rows: m = 73), narrow column panels (n % 32) and several k blocks (k > 256); nothing
-    outside C is written."""
-    import importlib
+    """Both GEMMs (the hand-written register-blocked one the kernels use, and the BLAS one of
+    benchmarks/dev/numba/blas.py that benchmarks/gemm.py times it against) against NumPy:
+    strided blocks of bigger arrays, alpha and beta (beta = 0 overwrites NaN), shapes that
+    leave short row blocks (m % 8: the 4- and 2-row kernels, odd k for the 2-row kernel's split
+    sums; the 9-row kernel for the last nine rows, also in a second pass of MC rows: m = 73),
+    narrow column panels (n % 32) and several k blocks (k > 256); nothing outside C is written."""
+    import importlib.util
+    from pathlib import Path
 
     import numba
-    gemm = importlib.import_module(f"lstm_engine.kernels.{impl}").gemm
+    if impl == "numba_gemm":
+        from lstm_engine.kernels.numba.gemm import gemm
+    else:
+        path = Path(__file__).resolve().parents[2] / "benchmarks" / "dev" / "numba" / "blas.py"
+        spec = importlib.util.spec_from_file_location("dev_numba_blas", path)
+        blas = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(blas)
+        gemm = blas.gemm
 
     @numba.njit
     def run(A, B, C, ta, tb, alpha, beta):

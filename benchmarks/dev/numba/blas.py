@@ -5,15 +5,14 @@ contiguous operands.  The LSTM kernels also want to accumulate (beta = 1) and to
 multiply blocks of bigger arrays (rows of a window, a slice of the fused weight), so
 `gemm` calls the same BLAS that np.dot uses - SciPy's, through Numba's own
 `numba_xxgemm` helper (the one np.dot and np.linalg.pinv call) - with explicit leading
-dimensions.  The call is a named external symbol, so functions using it can be cached.
+dimensions.  The call is a named external symbol, so functions using it could be cached
+(this experiment compiles without a cache: it is not stamped with the package's kernels).
 
 Operands are 2-D array views whose rows are contiguous (unit stride along the last
 axis); the row stride may be anything >= the row length.  BLAS is column-major, so a
 row-major product C = op(A) op(B) is issued as C^T = op(B)^T op(A)^T.
 """
 from __future__ import annotations
-
-from lstm_engine.kernels.numba import cache as numba_cache  # noqa: F401  (first: the cache locator for everything below)
 
 import numba
 from llvmlite import ir
@@ -23,7 +22,7 @@ from numba.core.errors import TypingError
 from numba.extending import intrinsic
 from numba.np.linalg import ensure_blas
 
-from lstm_engine.kernels.numba.gemm import _row_stride as row_stride
+from lstm_engine.kernels.numba.gemm import row_stride
 from lstm_engine.kernels.numba.gemm import check_rows_contiguous, gemm_sizes
 
 ensure_blas()    # ImportError early when SciPy is missing
@@ -78,7 +77,7 @@ def _xxgemm(typingctx, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, 
 _N, _T = ord("n"), ord("t")
 
 
-@numba.njit(cache=True)
+@numba.njit
 def gemm(A, B, C, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
     """C (m,n) = alpha * op(A) @ op(B) + beta * C, row-major views with contiguous rows.
 
