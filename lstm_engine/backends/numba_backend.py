@@ -246,12 +246,6 @@ def lstm_forward(x, W, b, h0, c0):
     x (T,B,I), W (H+I,G), b (G,), h0 (B,H), c0 (B,H)
     -> hs (T,B,H), hT (B,H), cT (B,H), cache for lstm_backward
     """
-    return _lstm_forward(x, W, b, h0, c0)
-
-
-def _lstm_forward(x, W, b, h0, c0, kernel=None, split=None):
-    """lstm_forward with a chosen kernel (signature of numba_lstm.lstm_forward_kernel) and
-    (threads, mode); None: the current kernel and the policy of _threads."""
     dt = _dtype_of(x, W, b, h0, c0)
     if x.ndim != 3 or x.shape[1] != h0.shape[0]:
         raise UserError(f"x must be (T,B,I) with B = {h0.shape[0]}; got {x.shape}")
@@ -263,8 +257,7 @@ def _lstm_forward(x, W, b, h0, c0, kernel=None, split=None):
     cs = _pool.empty((T, B, H), dt)
     acts = _pool.empty((T, B, 4 * H), dt)
     if T:
-        kernel = kernel or _kernels().lstm.lstm_forward_kernel
-        kernel(x, W, b, h0, c0, hs, cs, acts, *(split or _threads(T, B, H)))
+        _kernels().lstm.lstm_forward_kernel(x, W, b, h0, c0, hs, cs, acts, *_threads(T, B, H))
     hT, cT = (hs[-1], cs[-1]) if T else (h0, c0)
     return hs, hT, cT, LayerCache(x, None, None, W, h0, c0, hs, cs, acts)
 
@@ -289,18 +282,12 @@ def lstm_backward(dhs, dhT, dcT, cache):
     dhs (T,B,H) dL/dh_t from the layer above; dhT, dcT (B,H) from the next window (or zeros)
     -> dx (T,B,I), dW (H+I,G), db (G,), dh0 (B,H), dc0 (B,H)
     """
-    return _lstm_backward(dhs, dhT, dcT, cache)
-
-
-def _lstm_backward(dhs, dhT, dcT, cache, kernel=None, split=None):
-    """lstm_backward with a chosen kernel and thread count (see _lstm_forward)."""
     x = cache.x
     dhs, dh, dc, dzs, dW, db = _backward_buffers(dhs, dhT, dcT, cache)
     dx = _pool.empty(x.shape, x.dtype)
     if x.shape[0]:
-        kernel = kernel or _kernels().lstm.lstm_backward_kernel
-        kernel(dhs, x, cache.W, cache.h0, cache.c0, cache.hs, cache.cs, cache.acts, dzs, dh, dc, dx, dW, db,
-               *(split or _threads(*cache.hs.shape)))
+        _kernels().lstm.lstm_backward_kernel(dhs, x, cache.W, cache.h0, cache.c0, cache.hs, cache.cs, cache.acts,
+                                             dzs, dh, dc, dx, dW, db, *_threads(*cache.hs.shape))
     else:
         dW[...], db[...] = 0, 0
     return dx, dW, db, dh, dc
@@ -407,11 +394,10 @@ def linear_backward(x, dy, W):
     return dx, dW, db
 
 
-def softmax_xent(logits, targets, need_grad=True, kernel=None):
+def softmax_xent(logits, targets, need_grad=True):
     """Mean cross-entropy of logits (N,V) against targets (N,) int.
 
     -> loss (Python float, nats per row), dlogits (N,V) = (softmax - onehot) / N, or None
-    (kernel: another version with the signature of numba_output.softmax_xent_kernel)
     """
     _dtype_of(logits)
     if logits.ndim != 2 or targets.shape != (logits.shape[0],) or logits.shape[0] == 0:
@@ -421,7 +407,7 @@ def softmax_xent(logits, targets, need_grad=True, kernel=None):
     logits = _c(logits)
     nt = _softmax_threads(*logits.shape)
     d = _pool.empty(logits.shape if need_grad else (nt or 1, logits.shape[1]), logits.dtype)
-    loss = (kernel or _kernels().out.softmax_xent_kernel)(logits, targets, d, bool(need_grad), nt)
+    loss = _kernels().out.softmax_xent_kernel(logits, targets, d, bool(need_grad), nt)
     return float(loss), (d if need_grad else None)
 
 

@@ -1,4 +1,4 @@
-"""Per-kernel micro-benchmarks: each version of a kernel is validated against the NumPy reference, then timed.
+"""Per-kernel micro-benchmarks: each candidate for a kernel is validated against the NumPy reference, then timed.
 
 Dimension legend: T time, B batch, E embedding (the input size I of the layer), H hidden, G = 4H,
 V vocab, N = T*B.
@@ -7,20 +7,18 @@ Kernels (the backend function names):  lstm_forward (gate forward), lstm_backwar
 softmax_xent, adam_update, generate (sampling step, batch 1, SAMPLE_CHUNK characters a call).
 
 Candidates for a kernel:
-  * every available backend's own function of that name (row "numba", "cupy", ...);
-  * every version a kernels module lists (row "MODULE:VERSION").  A module kernels/X.py, imported as
-    lstm_engine.kernels.X, may export
-        KERNEL_VERSIONS = {"lstm_forward": {"v1": fn, ...}, "lstm_backward": {...}, "softmax_xent": {...},
-                           "adam_update": {...}, "generate": {...}}
-    each fn with the signature of the backend function of that name.  Its arrays come from the
-    backend named by the module's BACKEND attribute, else the backend whose name starts the module
-    name (numba_lstm -> numba), else numpy.  A version of lstm_backward gets its cache from the
-    module's lstm_forward version of the same name if there is one, else from the backend's own.
+  * every requested backend's own function of that name (row "numba", "cupy", ...);
+  * the versions the caller passes in `modules`, a list of (label, backend name, versions) with
+        versions = {"lstm_forward": {"v1": fn, ...}, "lstm_backward": {...}, "softmax_xent": {...},
+                    "adam_update": {...}, "generate": {...}}
+    each fn with the signature of the backend function of that name, taking that backend's arrays
+    (row "LABEL:VERSION"; only for backends that were asked for, or numpy).  A version of
+    lstm_backward gets its cache from the lstm_forward version of the same name if there is one,
+    else from the backend's own.  The package has no versions of its own: the experiments live
+    outside it and pass theirs in (docs/numba.md).
 """
 from __future__ import annotations
 
-import importlib
-import pkgutil
 import statistics
 from dataclasses import dataclass
 
@@ -53,31 +51,6 @@ def parse_kernels(spec):
             raise UserError(f"unknown kernel {k!r}; choose from {', '.join(KERNELS)} "
                             f"(or {', '.join(ALIASES)})")
     return list(dict.fromkeys(names)) or list(KERNELS)
-
-
-def discover_modules():
-    """-> ([(module name, backend name, KERNEL_VERSIONS)], [(module name, why skipped)])."""
-    import lstm_engine.kernels as pkg
-    found, skipped = [], []
-    for info in pkgutil.iter_modules(pkg.__path__):
-        if info.name.startswith("_"):
-            continue
-        try:
-            mod = importlib.import_module(f"lstm_engine.kernels.{info.name}")
-        except Exception as e:                           # e.g. cupy kernels on a machine without cupy
-            skipped.append((info.name, f"{type(e).__name__}: {e}"))
-            continue
-        versions = getattr(mod, "KERNEL_VERSIONS", None)
-        if isinstance(versions, dict):
-            found.append((info.name, module_backend(info.name, mod), versions))
-    return found, skipped
-
-
-def module_backend(name, mod):
-    explicit = getattr(mod, "BACKEND", None)
-    if explicit:
-        return explicit
-    return next((b for b in backends_mod.BACKENDS if name.startswith(b)), "numpy")
 
 
 def candidates(kernel, backend_names, modules):
@@ -243,19 +216,16 @@ def bench_kernel(kernel, cfg, backend_names, modules, seconds, repeats):
     return rows, notes
 
 
-def run_micro(kernels="", configs="seed", backends="", seconds=1.0, repeats=5, modules=None):
-    """-> (rows, notes).  backends '' means every available one; modules None means discover them."""
+def run_micro(kernels="", configs="seed", backends="", seconds=1.0, repeats=5, modules=()):
+    """-> (rows, notes).  backends '' means every available one; modules: the extra versions
+    (see the module docstring)."""
     ks = parse_kernels(kernels)
     cfgs = parse_configs(configs)
     names = [b.strip() for b in backends.split(",") if b.strip()] or backends_mod.available_backends()
     for n in names:
         if n not in backends_mod.BACKENDS:
             raise UserError(f"unknown backend {n!r}; choose from {', '.join(backends_mod.BACKENDS)}")
-    notes = []
-    if modules is None:
-        modules, skipped = discover_modules()
-        notes += [f"kernels module {m} skipped: {why}" for m, why in skipped]
-    rows = []
+    notes, rows = [], []
     for cfg in cfgs:
         for k in ks:
             r, n = bench_kernel(k, cfg, names, modules, seconds, repeats)

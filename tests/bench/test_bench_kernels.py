@@ -1,15 +1,27 @@
-"""Per-kernel micro-benchmarks: versions are validated against the reference before they are timed."""
+"""Per-kernel micro-benchmarks: versions are validated against the reference before they are timed;
+the experiments under benchmarks/dev are loaded by benchmarks/dev/micro.py, not by the package."""
+import importlib.util
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-import lstm_engine.kernels as kernels_pkg
 from lstm_engine.backends import numpy_backend as nb
-from lstm_engine.bench.kernels import discover_modules, format_micro, max_error, run_micro
+from lstm_engine.bench.kernels import format_micro, max_error, run_micro
 from lstm_engine.errors import UserError
 
 FAST = dict(configs="tiny", backends="numpy", seconds=0.02, repeats=2)
+DEV = Path(__file__).resolve().parents[2] / "benchmarks" / "dev"
+
+
+@pytest.fixture(scope="module")
+def micro():
+    """benchmarks/dev/micro.py as a module."""
+    spec = importlib.util.spec_from_file_location("bench_micro_script", DEV / "micro.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
 
 
 def off_by_a_little(x, W, b, h0, c0):
@@ -63,18 +75,48 @@ def test_max_error_is_per_output_relative():
     assert max_error([np.array([np.nan])], [np.array([1.0])])[1] == float("inf")
 
 
-def test_discovery_reads_kernel_versions_and_skips_broken_modules(tmp_path, monkeypatch):
-    (tmp_path / "numba_fake.py").write_text(
+def test_experiments_are_loaded_by_path_and_broken_ones_skipped(tmp_path, micro, monkeypatch):
+    """load_versions reads KERNEL_VERSIONS from <root>/<backend>/*.py: the folder names the backend
+    unless the module sets BACKEND; a module that fails to import is skipped with its error."""
+    (tmp_path / "numba").mkdir()
+    (tmp_path / "cupy").mkdir()
+    (tmp_path / "numba" / "fake.py").write_text(
         "from lstm_engine.backends import numpy_backend as nb\n"
         "KERNEL_VERSIONS = {'softmax_xent': {'v1': nb.softmax_xent}}\n")
-    (tmp_path / "needs_missing.py").write_text("import a_module_that_is_not_there\n")
-    (tmp_path / "plain.py").write_text("X = 1\n")
-    monkeypatch.setattr(kernels_pkg, "__path__", [str(tmp_path)])
-    for name in ("numba_fake", "needs_missing", "plain"):
-        monkeypatch.delitem(sys.modules, f"lstm_engine.kernels.{name}", raising=False)
-    found, skipped = discover_modules()
-    assert [(m, be, list(v)) for m, be, v in found] == [("numba_fake", "numba", ["softmax_xent"])]
-    assert [m for m, _ in skipped] == ["needs_missing"] and "a_module_that_is_not_there" in skipped[0][1]
+    (tmp_path / "numba" / "other.py").write_text("BACKEND = 'numpy'\nKERNEL_VERSIONS = {'generate': {}}\n")
+    (tmp_path / "cupy" / "needs_missing.py").write_text("import a_module_that_is_not_there\n")
+    (tmp_path / "numba" / "plain.py").write_text("X = 1\n")
+    for name in ("numba_fake", "numba_other", "cupy_needs_missing", "numba_plain"):
+        monkeypatch.delitem(sys.modules, f"dev_{name}", raising=False)
+    found, skipped = micro.load_versions(tmp_path)
+    assert [(m, be, list(v)) for m, be, v in found] == [("numba_fake", "numba", ["softmax_xent"]),
+                                                        ("numba_other", "numpy", ["generate"])]
+    assert [m for m, _ in skipped] == ["cupy_needs_missing"] and "a_module_that_is_not_there" in skipped[0][1]
+    assert "dev_cupy_needs_missing" not in sys.modules
+
+
+def test_the_package_does_not_import_the_experiments():
+    """lstm_engine has no way to reach benchmarks/dev: no discovery, no hooks in the backend."""
+    import inspect
+
+    import lstm_engine.bench.kernels as harness
+    from lstm_engine.backends import numba_backend
+    assert not hasattr(harness, "discover_modules")
+    assert "kernel" not in inspect.signature(numba_backend.softmax_xent).parameters
+    assert not hasattr(numba_backend, "_lstm_forward") and not hasattr(numba_backend, "_lstm_backward")
+
+
+def test_numba_experiments_validate(micro):
+    """The softmax versions of benchmarks/dev/numba/versions.py agree with the reference (tiny shape)."""
+    pytest.importorskip("numba")
+    modules, skipped = micro.load_versions()
+    assert "numba_versions" in [m for m, _, _ in modules], skipped
+    rows, _ = run_micro(kernels="softmax_xent", configs="tiny", backends="numba", seconds=0.02, repeats=1,
+                        modules=modules)
+    by = {r["candidate"]: r for r in rows}
+    assert {"numba_versions:v1", "numba_versions:v2"} <= set(by)
+    for name in ("numba", "numba_versions:v1", "numba_versions:v2"):
+        assert by[name]["valid"] and by[name]["median_us"] > 0, by[name]
 
 
 def test_unknown_kernel_or_backend_is_a_user_error():
@@ -84,23 +126,17 @@ def test_unknown_kernel_or_backend_is_a_user_error():
         run_micro(kernels="adam", modules=[], configs="tiny", backends="tpu")
 
 
-def test_micro_script_prints_the_table_and_writes_json(tmp_path):
-    import importlib.util
+def test_micro_script_prints_the_table_and_writes_json(tmp_path, micro):
     import json
-    from pathlib import Path
 
     from click.testing import CliRunner
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "micro.py"
-    spec = importlib.util.spec_from_file_location("bench_micro_script", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
     out = tmp_path / "micro.jsonl"
-    res = CliRunner().invoke(script.main, ["--kernels", "softmax-xent,adam", "--configs", "tiny", "--backends",
+    res = CliRunner().invoke(micro.main, ["--kernels", "softmax-xent,adam", "--configs", "tiny", "--backends",
                                            "numpy", "--seconds", "0.02", "--repeats", "2", "--json", str(out)])
     assert res.exit_code == 0, res.output
     assert res.output.startswith("machine: ") and "softmax_xent  (E16,H32,L1,B1,T25)" in res.output
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [(r["kernel"], r["candidate"]) for r in rows] == [("softmax_xent", "numpy"), ("adam_update", "numpy")]
     assert all(r["valid"] and r["median_us"] > 0 and r["cpu"] for r in rows)
-    bad = CliRunner().invoke(script.main, ["--kernels", "nope"])
+    bad = CliRunner().invoke(micro.main, ["--kernels", "nope"])
     assert bad.exit_code == 2 and bad.stderr.startswith("error: unknown kernel 'nope'")

@@ -1,45 +1,60 @@
-"""Superseded Numba kernel versions, kept for `python benchmarks/micro.py` (llm.c style).
+"""Earlier Numba kernel versions next to the current ones, for benchmarks/dev/micro.py.
 
 Each entry of KERNEL_VERSIONS has the signature of the numba backend function of its name,
-so the micro-benchmark validates every version against the NumPy reference and times it
-next to the others.  What changed between versions, and what it bought (measured on the
-2-core development machine, float32, one thread unless said):
+so micro.py validates every version against the NumPy reference and times it next to the
+others.  The versions (docs/numba.md has their timings):
 
 lstm_forward / lstm_backward
-    v1  the gate math as first written: one fused loop per row for the forward gates, three
-        loops for the backward.  LLVM did not vectorise them (too many arrays for its run-time
-        alias checks): ~40 and 2.8 ns per hidden unit and row.  One layer at the seed shape
-        (E128 H128 B32 T50): forward 11.0 ms, backward 5.3 ms.
-    v2  one short loop per gate and quantity: 1.9 and 1.2 ns per unit; forward 2.9 ms,
-        backward 5.1 ms (the products dominate it).  On the calling thread, BLAS single-threaded.
-    v3  v2 on numba's threads: each thread runs the whole time loop for its slice of the batch
-        (batch rows never interact, so there is no barrier per step) and the big products are
-        split by columns.  The backend's default for mid sizes: forward 1.75 ms, backward 3.1 ms.
-    v4  v2 on numba's threads split by hidden units, a barrier per step (numba_lstm_cols):
-        each product keeps all B rows and reads only the thread's part of W_h.  The default
-        for big steps (B*H*4H >= COLUMNS_MIN_MACS): at H=512 1.3x v3, at H=1024 1.1-1.4x.
+    v1  the gate math as one fused loop per row (forward) and three loops (backward), products
+        through BLAS (blas.py), one thread: LLVM does not vectorise these gate loops (too many
+        arrays for its run-time alias checks).
+    v2  kernels/numba/lstm_layer.py on the calling thread: one short loop per gate and quantity.
+    v3  the same on numba's threads, each running the whole time loop for its slice of the batch
+        (rows never interact: no barrier per step), the big products split by columns.
+    v4  the same on numba's threads split by hidden units, a barrier per step
+        (kernels/numba/lstm_layer_columns.py).
 softmax_xent
-    v1  row sum accumulated in the exp loop: a sequential reduction, not vectorised (0.42 ms
-        at seed, N=1600, V=65).
-    v2  exps in one loop, then a reassociated sum that vectorises (0.12 ms).
+    v1  the row sum accumulated in the exp loop: a sequential reduction, not vectorised.
+    v2  kernels/numba/output_layer.py on the calling thread: the exps in one loop, then a
+        reassociated sum that vectorises.
+
+The current versions are called as kernels with the thread plan each wants (the backend's
+own choice is the "numba" row).  The earlier ones compile without an on-disk cache.
 
 Dimension legend: T time, B batch, I input, H hidden, G = 4H, N = T*B, V vocabulary.
 """
 from __future__ import annotations
 
-from lstm_engine.kernels.numba import cache as numba_cache  # noqa: F401  (first: the cache locator for everything below)
+import importlib.util
+import os
+import sys
 
 import numba
 import numpy as np
 
-from lstm_engine.kernels.numba_blas import gemm
+from lstm_engine.backends.numba_backend import LayerCache
+from lstm_engine.kernels.numba import lstm_layer, output_layer
 from lstm_engine.kernels.numba.fastmath import fexp, fsigmoid, ftanh
+from lstm_engine.kernels.numba.jit import JIT
 
 BACKEND = "numba"
-JIT = dict(cache=True, error_model="numpy", fastmath={"contract"})
+DEV = dict(JIT, cache=False)     # not stamped with the package's kernels: compiled per process
 
 
-@numba.njit(inline="always", **JIT)
+def _sibling(stem):
+    """benchmarks/dev/numba/<stem>.py, loaded by path once per process."""
+    name = f"dev_numba_{stem}"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, os.path.join(os.path.dirname(__file__), f"{stem}.py"))
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
+
+
+gemm = _sibling("blas").gemm
+
+
+@numba.njit(inline="always", **DEV)
 def gates_forward_v1(z, b, c_prev, c, h):
     """v1: one loop per row doing everything; stays scalar (see the module docstring)."""
     B, G = z.shape
@@ -57,7 +72,7 @@ def gates_forward_v1(z, b, c_prev, c, h):
             hr[j] = o * ftanh(ct)
 
 
-@numba.njit(inline="always", **JIT)
+@numba.njit(inline="always", **DEV)
 def gates_backward_v1(dh_out, dh, dc, a, c, c_prev, dz):
     """v1: three loops per row (the first split); the last two stay scalar."""
     B, G = a.shape
@@ -81,9 +96,9 @@ def gates_backward_v1(dh_out, dh, dc, a, c, c_prev, dz):
             dcr[j] = dct * f
 
 
-@numba.njit(**JIT)
+@numba.njit(**DEV)
 def lstm_forward_kernel_v1(x, W, b, h0, c0, hs, cs, acts, prod, rows, units):
-    """numba_lstm.lstm_forward_kernel with the v1 gates, one thread (prod, rows, units are ignored)."""
+    """lstm_layer.lstm_forward_kernel with the v1 gates, one thread (prod, rows, units are ignored)."""
     T, B, I = x.shape
     H = h0.shape[1]
     gemm(x.reshape(T * B, I), W[H:], acts.reshape(T * B, 4 * H))
@@ -94,9 +109,9 @@ def lstm_forward_kernel_v1(x, W, b, h0, c0, hs, cs, acts, prod, rows, units):
         gates_forward_v1(acts[t], b, c_prev, cs[t], hs[t])
 
 
-@numba.njit(**JIT)
+@numba.njit(**DEV)
 def lstm_backward_kernel_v1(dhs, x, W, h0, c0, hs, cs, acts, dzs, dh, dc, dx, dW, db, prod, rows, units):
-    """numba_lstm.lstm_backward_kernel with the v1 gates, one thread (prod, rows, units are ignored)."""
+    """lstm_layer.lstm_backward_kernel with the v1 gates, one thread (prod, rows, units are ignored)."""
     T, B, I = x.shape
     H = h0.shape[1]
     for t in range(T - 1, -1, -1):
@@ -114,9 +129,9 @@ def lstm_backward_kernel_v1(dhs, x, W, h0, c0, hs, cs, acts, dzs, dh, dc, dx, dW
     gemm(dz2, W[H:], dx.reshape(T * B, I), False, True)
 
 
-@numba.njit(**JIT)
+@numba.njit(**DEV)
 def softmax_xent_kernel_v1(logits, targets, dlogits, need_grad, nt):
-    """v1 of numba_output.softmax_xent_kernel: the row sum inside the exp loop, one thread (nt is ignored)."""
+    """v1 of output_layer.softmax_xent_kernel: the row sum inside the exp loop, one thread (nt is ignored)."""
     N, V = logits.shape
     total = 0.0
     for n in range(N):
@@ -139,37 +154,62 @@ def softmax_xent_kernel_v1(logits, targets, dlogits, need_grad, nt):
     return total / N
 
 
-def _be():
-    from lstm_engine.backends import numba_backend
-    return numba_backend
+# ----------------------------------------------------------------------------
+# The versions as backend functions: each calls its kernel with the thread plan it wants
+# ----------------------------------------------------------------------------
 
-
-def _split(mode, B, H):
-    """(prod, rows, units) for version v2 (mode 0), v3 (1), v4 (2)."""
+def _plan(mode, B, H):
+    """(prod, rows, units) as lstm_layer's entry kernels take them: v2 the calling thread (mode 0),
+    v3 threads on slices of the batch (1), v4 threads on slices of the hidden units (2)."""
     nt = numba.get_num_threads()
     if mode == 0 or nt < 2:
         return None, None, None
     return (nt, min(nt, B), None) if mode == 1 else (nt, None, min(nt, H))
 
 
-def _forward(kernel=None, mode=0):
-    return lambda x, W, b, h0, c0: _be()._lstm_forward(x, W, b, h0, c0, kernel=kernel,
-                                                       split=_split(mode, *h0.shape))
+def _forward(kernel, mode=0):
+    """lstm_forward (the backend's signature) through kernel (lstm_forward_kernel's signature)."""
+    def lstm_forward(x, W, b, h0, c0):
+        x, W, b, h0, c0 = (np.ascontiguousarray(a) for a in (x, W, b, h0, c0))
+        T, B, _ = x.shape
+        H = h0.shape[1]
+        hs, cs = np.empty((T, B, H), x.dtype), np.empty((T, B, H), x.dtype)     # (T,B,H)
+        acts = np.empty((T, B, 4 * H), x.dtype)                                 # (T,B,G)
+        kernel(x, W, b, h0, c0, hs, cs, acts, *_plan(mode, B, H))
+        return hs, hs[-1], cs[-1], LayerCache(x, None, None, W, h0, c0, hs, cs, acts)
+    return lstm_forward
 
 
-def _backward(kernel=None, mode=0):
-    return lambda dhs, dhT, dcT, cache: _be()._lstm_backward(dhs, dhT, dcT, cache, kernel=kernel,
-                                                             split=_split(mode, *dhT.shape))
+def _backward(kernel, mode=0):
+    """lstm_backward (the backend's signature) through kernel (lstm_backward_kernel's signature)."""
+    def lstm_backward(dhs, dhT, dcT, cache):
+        x, W = cache.x, cache.W
+        T, B, H = cache.hs.shape
+        dh, dc = np.array(dhT, order="C"), np.array(dcT, order="C")          # (B,H) in: at T, out: at 0
+        dzs = np.empty((T, B, 4 * H), x.dtype)                                  # (T,B,G)
+        dx, dW, db = np.empty_like(x), np.empty_like(W), np.empty(4 * H, x.dtype)
+        kernel(np.ascontiguousarray(dhs), x, W, cache.h0, cache.c0, cache.hs, cache.cs, cache.acts, dzs, dh, dc,
+               dx, dW, db, *_plan(mode, B, H))
+        return dx, dW, db, dh, dc
+    return lstm_backward
+
+
+def _softmax(kernel):
+    """softmax_xent (the backend's signature) through kernel (softmax_xent_kernel's), on the calling thread."""
+    def softmax_xent(logits, targets, need_grad=True):
+        logits, targets = np.ascontiguousarray(logits), np.ascontiguousarray(targets, dtype=np.int64)
+        d = np.empty(logits.shape if need_grad else (1, logits.shape[1]), logits.dtype)    # (N,V) or scratch
+        loss = kernel(logits, targets, d, bool(need_grad), None)
+        return float(loss), (d if need_grad else None)
+    return softmax_xent
 
 
 KERNEL_VERSIONS = {
-    "lstm_forward": {"v1": _forward(lstm_forward_kernel_v1), "v2": _forward(), "v3": _forward(mode=1),
-                     "v4": _forward(mode=2)},
-    "lstm_backward": {"v1": _backward(lstm_backward_kernel_v1), "v2": _backward(), "v3": _backward(mode=1),
-                      "v4": _backward(mode=2)},
-    "softmax_xent": {
-        "v1": lambda logits, targets, need_grad=True: _be().softmax_xent(logits, targets, need_grad,
-                                                                          kernel=softmax_xent_kernel_v1),
-        "v2": lambda logits, targets, need_grad=True: _be().softmax_xent(logits, targets, need_grad),
-    },
+    "lstm_forward": {"v1": _forward(lstm_forward_kernel_v1), "v2": _forward(lstm_layer.lstm_forward_kernel),
+                     "v3": _forward(lstm_layer.lstm_forward_kernel, mode=1),
+                     "v4": _forward(lstm_layer.lstm_forward_kernel, mode=2)},
+    "lstm_backward": {"v1": _backward(lstm_backward_kernel_v1), "v2": _backward(lstm_layer.lstm_backward_kernel),
+                      "v3": _backward(lstm_layer.lstm_backward_kernel, mode=1),
+                      "v4": _backward(lstm_layer.lstm_backward_kernel, mode=2)},
+    "softmax_xent": {"v1": _softmax(softmax_xent_kernel_v1), "v2": _softmax(output_layer.softmax_xent_kernel)},
 }
