@@ -11,8 +11,10 @@ Error measure per tensor: max_abs = max|got - want|, rel = max_abs / max|want| (
 entries that are exactly zero in the reference do not divide by zero).  NaN or Inf in `got` fails.
 
 TOL[dtype][kind] is the one tolerance table (scale-relative).  Kinds, by how deep the rounding goes:
-    forward  one forward pass or kernel call: outputs, logits, loss, states, probabilities, a GEMM
-    grad     gradients through backpropagation in time
+    forward  one forward pass or kernel call: outputs, logits, loss, states, probabilities
+    wide     the same with sums of hundreds of terms or more (I = H = 256 layers, big GEMMs): float32
+             rounding grows with the length of the sum
+    grad     gradients: backward kernels, backpropagation in time
     train    after optimizer steps: losses, norms, parameters and Adam moments of a trajectory
     fd       float64 analytic gradients against central differences (the difference quotient's
              truncation and round-off, not a backend's rounding)
@@ -34,8 +36,8 @@ import pytest
 from lstm_engine.backends import BACKENDS as REGISTERED
 
 TOL = {
-    "float64": {"forward": 1e-12, "grad": 1e-12, "train": 1e-10, "fd": 1e-7},
-    "float32": {"forward": 2e-6, "grad": 1e-5, "train": 1e-5},
+    "float64": {"forward": 1e-12, "wide": 1e-12, "grad": 1e-12, "train": 1e-10, "fd": 1e-7},
+    "float32": {"forward": 2e-6, "wide": 1e-5, "grad": 1e-5, "train": 1e-5},
 }
 DTYPES = ("float64", "float32")
 
