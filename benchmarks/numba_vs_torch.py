@@ -1,4 +1,4 @@
-"""The Numba backend against PyTorch, timed step by step in alternation (results: NUMBA.md).
+"""The Numba backend against PyTorch, timed step by step in alternation (results: docs/numba.md).
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/numba_vs_torch.py seed --reps 8
     ... --what sample --chars 1000        batch-1 generation instead of training

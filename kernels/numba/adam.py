@@ -14,10 +14,9 @@ from .jit import REASSOC, STRICT
 
 @numba.njit(**REASSOC)
 def sum_squares_kernel(grads):
-    """grads: tuple of 1-D arrays -> sum of squares of every element (float64).  Reassociation
-    lets LLVM keep several partial sums in vector registers (the one running sum waited on the
-    add latency: 150 us for karpathy's 243k parameters); the order differs from NumPy's only
-    in float64 rounding."""
+    """grads: tuple of 1-D arrays -> sum of squares of every element (float64).  Reassociated so
+    that LLVM keeps several partial sums in vector registers (one running sum would wait on the
+    add latency); the order differs from NumPy's only in float64 rounding."""
     total = 0.0
     for g in grads:
         acc = 0.0

@@ -1,10 +1,8 @@
 """Scalar activation functions for Numba kernels that LLVM can vectorise.
 
-Numba lowers np.exp / np.tanh to scalar libm calls (about 2.4 ns for expf and 14 ns
-for tanhf per element here), which blocks vectorisation of the fused gate loops.  The
-functions below use only arithmetic, floor, select and one bit-cast, so a loop over
-them compiles to AVX-512 code (float32 per element here: fexp ~0.2 ns, fsigmoid 0.20 ns,
-ftanh 0.13 ns; the exp-based float32 sigmoid and tanh they replace took 0.32 and 0.38 ns).
+Numba lowers np.exp / np.tanh to scalar libm calls, which blocks vectorisation of the fused
+gate loops.  The functions below use only arithmetic, floor, select and one bit-cast, so a
+loop over them compiles to vector code (docs/numba.md has their cost per element).
 
     fexp(x)      Cephes-style exp: x = n ln2 + r, polynomial (float32) or Pade (float64)
                  for e^r, then 2^n built from its exponent bits.  About 1 ulp.

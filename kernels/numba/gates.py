@@ -18,10 +18,10 @@ def gates_forward(z, b, c_prev, c, h, r0, r1):
     in place -> activated gates; b (G,); c_prev (B,H) -> c (B,H), h (B,H).
 
     Short loops, each touching few arrays, so that LLVM's run-time alias checks stay under
-    its limit and every loop vectorises.  Measured slips into scalar code (5-20x slower):
-    one fused loop writing the gates back into z (gates_forward_v1), a loop written as
-    range(3H, 4H) instead of 3H + range(H), offsets that are not multiples of H, and rows of
-    a batch slice view (numba types them with a run-time stride): hence full arrays + rows."""
+    its limit and every loop vectorises.  These forms fall back to scalar code: one fused loop
+    writing the gates back into z, a loop over range(3H, 4H) rather than 3H + range(H), offsets
+    that are not multiples of H, and rows of a batch slice view (numba types them with a
+    run-time stride): hence full arrays and row ranges."""
     H = z.shape[1] // 4
     for r in range(r0, r1):
         zr, cp, cr, hr = z[r], c_prev[r], c[r], h[r]
@@ -42,7 +42,7 @@ def gates_backward(dh_out, dh, dc, a, c, c_prev, dz, r0, r1):
     """Backprop one step for batch rows r0..r1-1.  dh_out (B,H) from the layer above; dh (B,H) dL/dh_t from step t+1,
     clobbered; dc (B,H) dL/dc_t from step t+1, in place -> dL/dc_{t-1}; a (B,G) activated
     gates; c, c_prev (B,H) -> dz (B,G) gate pre-activation gradients.  One short loop per
-    quantity for vectorisation (see gates_forward): as three loops it ran 2.3x slower."""
+    quantity, so that each vectorises (see gates_forward)."""
     H = a.shape[1] // 4
     for r in range(r0, r1):
         ar, dzr, dcr, dhr, cr, cpr = a[r], dz[r], dc[r], dh[r], c[r], c_prev[r]

@@ -13,7 +13,7 @@ loop by one GEMM, or, for layer 0, copied from a V x G table by each thread for 
 rows at step t), the recurrent product h_{t-1} @ W_h is accumulated into it by the GEMM
 (beta = 1), and `gates_forward` adds the bias, applies sigmoid/tanh in place and writes
 c_t and h_t.  Nothing is allocated inside the time loop.  The time loops read W_h
-(and W_h^T) from a copy with padded rows (numba_gemm.padded: an L1 cache-set conflict).
+(and W_h^T) from a copy with padded rows (gemm.padded: an L1 cache-set conflict).
 
 Backward per step t (in reverse): `gates_backward` turns dL/dh_t, dL/dc_t into the gate
 gradients dz_t (kept for all t in dzs) and dL/dc_{t-1}; the GEMM gives dL/dh_{t-1} = dz_t W_h^T.
@@ -39,12 +39,12 @@ from .lstm_layer_columns import backward_steps_cols, forward_steps_cols
 
 
 # ----------------------------------------------------------------------------
-# Products: one thread (BLAS single-threaded) or nt numba threads on column blocks
+# Products: the calling thread or nt numba threads on column blocks
 # ----------------------------------------------------------------------------
 
 @numba.njit(**PAR)
 def pgemm(A, B, C, trans_a, trans_b, alpha, beta, nt):
-    """gemm split over nt column blocks of C, one numba thread and one BLAS call each."""
+    """gemm split over nt column blocks of C, one numba thread and one gemm call each."""
     n = C.shape[1]
     for k in numba.prange(nt):
         j0, j1 = k * n // nt, (k + 1) * n // nt
@@ -159,7 +159,7 @@ def backward_steps_par(dhs, WhT, c0, cs, acts, dzs, dh, dc, nt, tokens, dbp, dtp
 @numba.njit(**JIT)
 def run_forward_steps(Wh, b, h0, c0, hs, cs, acts, rows, units, tokens, table):
     """The time loop on the calling thread, on `rows` threads split by batch rows, or on
-    `units` threads split by hidden units (numba_lstm_cols).  With a table (layer 0) the
+    `units` threads split by hidden units (lstm_layer_columns).  With a table (layer 0) the
     row loops gather their own rows of it; the unit split gathers every row first."""
     if rows is not None:
         forward_steps_par(padded(Wh), b, h0, c0, hs, cs, acts, rows, tokens, table)

@@ -1,12 +1,12 @@
-"""The time loops of numba_lstm split by hidden units (columns) instead of by batch rows.
+"""The time loops of lstm_layer split by hidden units (columns) instead of by batch rows.
 
 Dimension legend: T time, B batch, H hidden, G = 4H, U = units per thread (H / nt,
 rounded up; the last thread's block is padded), nt threads.
 
 Thread k owns hidden units u0..u1-1 for the whole window.  Per step it multiplies the
 whole h_{t-1} (all B rows) by its own U columns of each gate - so each thread reads only
-its part of W_h and the products keep all B rows (BLAS is 1.3x faster on a 64 x 1024 x 2048
-block than on 32 x 1024 x 4096) - then updates its units' cells.  The end of each step's
+its part of W_h and the products keep all B rows (a product runs faster on all rows and fewer
+columns: docs/numba.md, "Threads") - then updates its units' cells.  The end of each step's
 parallel region is the barrier before step t+1 reads h_t.  The thread's cell state, gate
 pre-activations and gradients live in contiguous per-thread buffers (so the gate loops
 vectorise) and are copied to and from the (T,B,G) caches each step, O(B*G) next to the
@@ -36,7 +36,7 @@ def block(k, H, nt):
 @numba.njit(inline="always", **JIT)
 def copy_row(dst, src):
     """dst[:] = src[:] for two 1-D slices of C-contiguous rows (this form vectorises; an
-    indexed 2-D loop with run-time offsets ran 7x slower)."""
+    indexed 2-D loop with run-time offsets does not)."""
     for j in range(dst.shape[0]):
         dst[j] = src[j]
 
@@ -107,7 +107,7 @@ def forward_buffers(Wh, B, nt):
     H = Wh.shape[0]
     U = (H + nt - 1) // nt
     return (np.zeros((nt, H, 4 * U + PAD), Wh.dtype)[:, :, :4 * U],   # Wp: thread k's gate columns side by
-            # side (padding 0); rows PAD further apart than 4U, as numba_gemm.padded (an L1 set conflict)
+            # side (padding 0); rows PAD further apart than 4U, as gemm.padded (an L1 set conflict)
             np.zeros((nt, 4 * U), Wh.dtype),        # bp: the same for b
             np.zeros((nt, B, 4 * U), Wh.dtype),     # z: pre-activations -> gates of the step
             np.zeros((nt, 2, B, U), Wh.dtype),      # c: c_{t-1} and c_t, alternating
@@ -116,9 +116,9 @@ def forward_buffers(Wh, B, nt):
 
 @numba.njit(**PAR)
 def forward_steps_cols(Wh, b, h0, c0, hs, cs, acts, nt):
-    """numba_lstm.forward_steps on nt threads, split by hidden units.  (The prange bodies
-    are single calls and the buffers come from a plain function: numba's parfor passes
-    compile that several times faster.)"""
+    """lstm_layer.forward_steps on nt threads, split by hidden units.  (The prange bodies
+    are single calls and the buffers come from a plain function, which keeps numba's parfor
+    passes, and so the compile, short.)"""
     T = acts.shape[0]
     Wp, bp, z, c, h = forward_buffers(Wh, h0.shape[0], nt)
     for k in numba.prange(nt):
@@ -178,7 +178,7 @@ def backward_finish(k, WhT, dzs, dck, dh, dc, nt):
 
 @numba.njit(**PAR)
 def backward_steps_cols(dhs, WhT, c0, cs, acts, dzs, dh, dc, nt):
-    """numba_lstm.backward_steps on nt threads, split by hidden units: thread k forms
+    """lstm_layer.backward_steps on nt threads, split by hidden units: thread k forms
     dL/dh_t of its units from the whole dz_{t+1} (its columns of WhT = W_h^T (G,H)), then
     their gate gradients.  dh, dc (B,H): dL/dh_T, dL/dc_T in, dL/dh_0, dL/dc_0 out."""
     T = acts.shape[0]

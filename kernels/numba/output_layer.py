@@ -3,9 +3,9 @@ cross-entropy, forward and backward.
 
 Dimension legend: N = T*B rows, H hidden (input of the layer), V vocabulary.
 
-The linear layer's products go through numba_gemm on `nt` threads, each owning a block of
-C's rows (V = 65 columns split in two would leave each thread a 32-column panel and a
-narrow one: rows split evenly).
+The linear layer's products go through gemm on `nt` threads, each owning a block of C's
+rows (V = 65 columns split in two would leave each thread an NR-wide panel and a narrow one:
+rows split evenly).
 
 One pass per row: the row maximum, the shifted exponentials (written straight into the
 gradient row), their sum, the log-sum-exp loss of the target, then the gradient

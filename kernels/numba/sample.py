@@ -219,7 +219,7 @@ def matvec_part(h, x, W, part, k0, k1):
         matvec_acc(x[a - H:b - H], W[a:b], part)
 
 
-# Flag slots of a team (indices into its int64 flags, FLAG_STRIDE apart, see numba_sync): the
+# Flag slots of a team (indices into its int64 flags, FLAG_STRIDE apart, see sync.py): the
 # job counter, the stop flag, then per thread t its barrier counter and whether it is parked.
 JOB, STOP = 0, FLAG_STRIDE
 

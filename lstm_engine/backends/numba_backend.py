@@ -1,9 +1,9 @@
 """The Numba CPU backend: the reference's interface over fused, jitted kernels.
 
 Every function here validates its arguments, allocates the outputs and calls one
-private @njit kernel from lstm_engine.kernels (numba_lstm, numba_output, numba_adam,
-numba_sample); the kernels only loop, and their matrix products run in the hand-written
-numba_gemm (not BLAS).  Shapes, return values and meaning are those of
+private @njit kernel from lstm_engine.kernels.numba (lstm_layer, output_layer, adam,
+sample); the kernels only loop, and their matrix products run in the hand-written gemm
+(kernels/numba/gemm.py), not BLAS.  Shapes, return values and meaning are those of
 numpy_backend.py, which the tests compare this module against.
 
 Dimension legend:
@@ -18,7 +18,7 @@ Compilation: kernels are compiled on first use for each dtype and thread plan (a
 Adam and the sampler, each parameter count) and cached on disk (cache=True), so a second
 process loads machine code instead of compiling.
 
-Process-wide effects when the kernels first load (see benchmarks/NUMBA.md for why):
+Process-wide effects when the kernels first load (docs/numba.md says why):
 every BLAS in the process is set to one thread (threadpoolctl) - the cores are used by
 numba's threads, numba.get_num_threads() of them (NUMBA_NUM_THREADS=1 on a busy machine) -
 and on glibc freed memory up to 256 MiB stays in the heap (mallopt).  PIN_BLAS and
@@ -42,20 +42,18 @@ _K = None   # the kernels modules, imported (and numba with them) on first use
 # PARALLEL_MIN_MACS multiply-adds (T*B*H*4H) and there are two or more threads: below it,
 # one thread is as fast.  Each thread takes a slice of the batch for the whole window (no
 # barrier inside the loop) or, when one step's product has at least COLUMNS_MIN_MACS
-# (B*H*4H), a slice of the hidden units with a barrier per step (BLAS runs faster on all
-# B rows times fewer columns).  The big products after the loop are split by columns.
+# (B*H*4H), a slice of the hidden units with a barrier per step (a product runs faster on
+# all B rows times fewer columns).  The big products after the loop are split by columns.
 PARALLEL_MIN_MACS = 1 << 22
 COLUMNS_MIN_MACS = 1 << 24
 # Generation splits each layer's weight rows over a team of threads (numba_team.py) when
 # the model has at least SAMPLE_ROWS_PER_THREAD hidden units per thread and one call does at
 # least SAMPLE_TEAM_MIN_MACS multiply-adds (characters x weights; a team without the caller's
-# cache ends with the call, so it pays a thread start).  Batch-1 sampling is bound by one
-# core's cache bandwidth; chars/s one thread / team of two (2-core machine, 2026-11-27,
-# benchmarks/sample_threads.py): see benchmarks/NUMBA.md "Batch-1 sampling on a team".
+# cache ends with the call, so it pays a thread start): batch-1 sampling is bound by one
+# core's cache bandwidth, which each thread of a team adds (docs/numba.md, "Batch-1 sampling").
 SAMPLE_ROWS_PER_THREAD = 64
 SAMPLE_TEAM_MIN_MACS = 1 << 20
-# The softmax cross-entropy splits its rows over the threads from this many logits (N*V);
-# one thread / two, V = 65 (2026-11-27): N*V 13,000 14.4 / 8.7 us, 162,500 174 / 90 us.
+# The softmax cross-entropy splits its rows over the threads from this many logits (N*V).
 SOFTMAX_PARALLEL_MIN = 1 << 13
 # build the layer-0 sampling table (V rows, by BLAS) only when >= this x V characters will read it
 V_TABLE_MIN_CHARS_PER_ROW = 0.5
@@ -85,7 +83,7 @@ _BLAS_LIBS = []    # threadpoolctl controllers of the BLAS libraries loaded with
 
 def _single_threaded_blas():
     """Pin every BLAS loaded in the process (NumPy's, which builds the sampler's layer-0 table,
-    and SciPy's) to one thread.  The two cores are used by numba's OpenMP threads, which run the
+    and SciPy's) to one thread.  The cores are used by numba's OpenMP threads, which run the
     kernels' own GEMM (kernels/numba/gemm.py) on their blocks; a spinning BLAS pool would fight
     them for the cores."""
     try:
@@ -107,9 +105,9 @@ def _keep_freed_memory():
     """glibc: serve buffers up to 32 MiB from the heap and keep up to 256 MiB of freed heap
     instead of returning it to the kernel.  By default every multi-megabyte array NumPy
     allocates (the model's logits and output gradients each step) is a fresh mmap, and its
-    first touch costs a page fault per 4 KiB - with two threads also contention on the
-    process's page tables: seed training ran 18.7 ms a step with 630 faults, 12.1 ms without.
-    A process-wide setting, made once when the kernels load; no-op elsewhere."""
+    first touch costs a page fault per 4 KiB - with several threads also contention on the
+    process's page tables.  A process-wide setting, made once when the kernels load; no-op
+    elsewhere."""
     if not sys.platform.startswith("linux"):
         return
     import ctypes
@@ -123,7 +121,7 @@ def _keep_freed_memory():
 
 def _threads(T, B, H):
     """-> (prod, rows, units) for a layer of window T, batch B, hidden size H, as the kernels
-    of numba_lstm take them: each None (the calling thread) or a thread count."""
+    of lstm_layer take them: each None (the calling thread) or a thread count."""
     import numba
     nt = numba.get_num_threads()
     if nt < 2 or T * B * H * 4 * H < PARALLEL_MIN_MACS:
@@ -171,7 +169,7 @@ class LayerCache:
 
 class _Pool:
     """Recycled big arrays.  Fresh multi-megabyte np.empty arrays come from mmap and cost a
-    page fault per 4 KiB on first touch: 2,600 faults, a quarter of a seed training step.
+    page fault per 4 KiB on first touch, every training step.
     An array is handed out again only when the pool holds the last reference to it (views
     such as hT = hs[-1] keep their base alive), so nothing in use is ever overwritten."""
 
@@ -183,7 +181,7 @@ class _Pool:
 
     def empty(self, shape, dtype):
         dtype = np.dtype(dtype)
-        if math.prod(shape) * dtype.itemsize < self.MIN_BYTES:     # (np.prod: ~4 us a call)
+        if math.prod(shape) * dtype.itemsize < self.MIN_BYTES:     # math.prod: np.prod is slow on a tuple
             return np.empty(shape, dtype)
         kept = self.arrays.setdefault((tuple(shape), dtype), [])
         for a in kept:

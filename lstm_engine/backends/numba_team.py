@@ -2,17 +2,15 @@
 
 Dimension legend: L layers, H hidden, G = 4H, V vocabulary, nt threads, cap characters a job.
 
-One character reads every weight once (about 0.8 MB at H128, two layers), so batch-1
-sampling is bound by how fast one core streams its weights from its own L2 cache.  A team
-of nt threads splits each layer's weight rows, so each core streams 1/nt of them
-(kernels/numba/sample.py, team_share); they meet at one spin barrier per layer and
-character, well under a microsecond, where numba's prange costs several microseconds a
-region.
+One character reads every weight once, so batch-1 sampling is bound by how fast one core
+streams its weights from its own L2 cache.  A team of nt threads splits each layer's weight
+rows, so each core streams 1/nt of them (kernels/numba/sample.py, team_share); they meet at
+one spin barrier per layer and character, far cheaper than opening a numba prange region.
 
-generate_text asks for 32 characters a call, about 160 us of work, so the team cannot be
-started per call: the workers are Python threads (the kernels release the GIL) that stay
-in jitted code between calls, polling the job counter for SPIN_SECONDS, then park on an
-Event (the caller wakes them, ~0.1 ms), and end after IDLE_EXIT_SECONDS without a job.  A
+generate_text asks for 32 characters a call, too little work to start threads for, so the
+workers are Python threads (the kernels release the GIL) that stay in jitted code between
+calls, polling the job counter for SPIN_SECONDS, then park on an Event (the caller wakes
+them), and end after IDLE_EXIT_SECONDS without a job.  A
 team is bound to one set of weight arrays and is kept in the caller's generation cache, so
 a model whose weights are replaced gets a new team and the old one's threads end on their
 own.  The calling thread is thread 0: it writes the job's inputs, publishes the job, wakes
@@ -43,7 +41,7 @@ def _polls_per_second(kernels):
 
 class Team:
     """nt threads generating from one model's arrays (Emb, X0, Ws, bs, Wy, by as
-    numba_sample.generate_kernel takes them).  run() is called from one thread at a time."""
+    kernels/numba/sample.py's generate_kernel takes them).  run() is called from one thread at a time."""
 
     def __init__(self, kernels, nt, arrays, L, H, cap):
         self.k, self.nt, self.arrays, self.cap = kernels, nt, arrays, cap
