@@ -15,7 +15,8 @@ TOL[dtype][kind] is the one tolerance table (scale-relative).  Kinds, by how dee
     wide     the same with sums of hundreds of terms or more (I = H = 256 layers, big GEMMs): float32
              rounding grows with the length of the sum
     grad     gradients: backward kernels, backpropagation in time
-    train    after optimizer steps: losses, norms, parameters and Adam moments of a trajectory
+    steps    after many steps, where rounding compounds: losses, norms, parameters and Adam moments
+             of a training run, the state after characters of generation
     fd       float64 analytic gradients against central differences (the difference quotient's
              truncation and round-off, not a backend's rounding)
 
@@ -36,8 +37,8 @@ import pytest
 from lstm_engine.backends import BACKENDS as REGISTERED
 
 TOL = {
-    "float64": {"forward": 1e-12, "wide": 1e-12, "grad": 1e-12, "train": 1e-10, "fd": 1e-7},
-    "float32": {"forward": 2e-6, "wide": 1e-5, "grad": 1e-5, "train": 1e-5},
+    "float64": {"forward": 1e-12, "wide": 1e-12, "grad": 1e-12, "steps": 1e-10, "fd": 1e-7},
+    "float32": {"forward": 2e-6, "wide": 1e-5, "grad": 1e-5, "steps": 1e-5},
 }
 DTYPES = ("float64", "float32")
 

@@ -314,8 +314,8 @@ def test_training_gives_the_same_loss_curve(dtype, tmp_path):
         curves[be + " params"] = np.concatenate([p.ravel() for p in params.values()])
     print(f"\nloss curve {dtype}: {curves['numpy'][0]:.4f} -> {curves['numpy'][-1]:.4f}")
     assert curves["numpy"][-1] < curves["numpy"][0] - 0.3          # it learned something
-    check("losses", curves["numba"], curves["numpy"], dtype, "train")
-    check("params", curves["numba params"], curves["numpy params"], dtype, "train")
+    check("losses", curves["numba"], curves["numpy"], dtype, "steps")
+    check("params", curves["numba params"], curves["numpy params"], dtype, "steps")
 
 
 @pytest.fixture(scope="module")

@@ -188,7 +188,7 @@ def test_ten_adam_steps_with_clipping(problem, reference, backend, dtype, tmp_pa
     ours.update({"adam." + n: p for n, p in tr.model.host_params().items()})
     with Parity("ten Adam steps", backend, ref="torch") as p:
         for name in (k for k in reference if k.startswith("adam.")):
-            p.check(name, ours[name], reference[name], dtype, "train")
+            p.check(name, ours[name], reference[name], dtype, "steps")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -214,7 +214,7 @@ def test_adam_update_matches_torch_adam(backend, dtype):
         opt.update(params, {"p": be.asarray(g, dtype)}, LR, grad_scale=scale)
     ref = tp.detach().numpy()
     with Parity("bare Adam", backend, ref="torch") as p:
-        p.check("adam.bare", be.to_numpy(params["p"]) - p0, ref - p0, dtype, "train")
+        p.check("adam.bare", be.to_numpy(params["p"]) - p0, ref - p0, dtype, "steps")
 
 
 def test_two_trainable_biases_train_differently(problem, reference):
