@@ -84,12 +84,12 @@ class Parity:
         tol = TOL[dtype][kind] if tol is None else tol
         got_shape, want_shape = np.shape(got), np.shape(want)
         if got_shape != want_shape:
-            self._line(f"{self.backend} {dtype} {name:<12} shape {got_shape} but want {want_shape}  FAIL", True)
+            self.line(f"{self.backend} {dtype} {name:<12} shape {got_shape} but want {want_shape}  FAIL", True)
             return float("inf")
         max_abs, rel = max_error(got, want)
         RESULTS.append(Row(self.ref, self.backend, dtype, name, max_abs, rel, tol))
         ok = rel <= tol
-        self._line(f"{self.backend} {dtype} {name:<12} shape {str(got_shape):<14} max abs {max_abs:.3e}  "
+        self.line(f"{self.backend} {dtype} {name:<12} shape {str(got_shape):<14} max abs {max_abs:.3e}  "
                    f"rel {rel:.3e}  tol {tol:.0e}" + ("" if np.isfinite(rel) else "  NON-FINITE")
                    + ("" if ok else "  FAIL"), not ok)
         return rel
@@ -99,10 +99,10 @@ class Parity:
         got, want = np.asarray(got), np.asarray(want)
         same = got.shape == want.shape and bool(np.all(got == want))
         where = "" if same else f" first difference at {first_diff(got, want)}"
-        self._line(f"{name:<12} exact {'equal' if same else 'DIFFER' + where + '  FAIL'}", not same)
+        self.line(f"{name:<12} exact {'equal' if same else 'DIFFER' + where + '  FAIL'}", not same)
         return same
 
-    def _line(self, text, bad):
+    def line(self, text, bad=False):
         line = f"{self.title} | {text}"
         self.lines.append(line)
         self.bad += bool(bad)

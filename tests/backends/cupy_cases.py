@@ -4,9 +4,9 @@ Shared by tests/backends/test_cupy_backend.py (a real GPU; skipped without one) 
 tests/backends/test_cupy_emulated.py (the same kernels on the CPU emulator of tests/backends/cuda_emu): each of those
 modules defines the fixture `env` and imports these tests.  Not collected on its own.
 
-Every comparison logs one line "title | tensor | shape | max abs | normwise rel | tol" to stdout
-and, when $LSTM_ENGINE_GPU_REPORT names a file, appends it there, so a failure on the GPU machine
-can be read from the log alone.  Normwise relative error = max|got - want| / max|want|.
+Every comparison goes through tests/parity.py: one line "title | backend dtype tensor shape max abs
+rel tol" to stdout and, when $LSTM_ENGINE_GPU_REPORT names a file, appended there, so a failure on
+the GPU machine can be read from the log alone.
 
 Dimension legend: T time, B batch, E embedding, H hidden, V vocab, S sampled sequences.
 """
@@ -23,56 +23,13 @@ from lstm_engine.core.generation import generate_text
 from lstm_engine.core.model import Model, ModelConfig, init_params
 from lstm_engine.core.optim import Adam, AdamConfig
 
-DTYPES = ("float64", "float32")
-TOL = {"float64": 1e-10, "float32": 1e-5}        # forward values, single kernels
-GRAD_TOL = {"float64": 1e-10, "float32": 3e-5}   # gradients through BPTT, whole training steps
+from parity import DTYPES, Parity
 
 
-class Report:
-    """Collects max errors by tensor name; fail() lists every line, not only the first bad one."""
 
-    def __init__(self, title):
-        self.title, self.lines, self.bad = title, [], 0
-
-    def check(self, name, got, want, tol):
-        got = np.asarray(got, np.float64)
-        want = np.asarray(want, np.float64)
-        if got.shape != want.shape:
-            self._line(f"{name:<12} shape {got.shape} but want {want.shape} FAIL", bad=True)
-            return
-        err = np.abs(got - want)
-        mx = float(np.nanmax(err)) if err.size else 0.0
-        scale = max(float(np.abs(want).max()) if want.size else 0.0, 1e-30)
-        finite = bool(np.all(np.isfinite(got)))
-        bad = not finite or not mx / scale <= tol
-        self._line(f"{name:<12} shape {str(got.shape):<14} max abs {mx:.3e}  rel {mx / scale:.3e}  tol {tol:.0e}"
-                   + ("" if finite else "  NON-FINITE") + ("  FAIL" if bad else ""), bad)
-
-    def equal(self, name, got, want):
-        got, want = np.asarray(got), np.asarray(want)
-        same = got.shape == want.shape and bool(np.all(got == want))
-        where = "" if same else f" first difference at {first_diff(got, want)}"
-        self._line(f"{name:<12} exact {'equal' if same else 'DIFFER' + where + '  FAIL'}", not same)
-
-    def _line(self, text, bad):
-        line = f"{self.title} | {text}"
-        self.lines.append(line)
-        self.bad += bad
-        print(line)
-        path = os.environ.get("LSTM_ENGINE_GPU_REPORT")
-        if path:
-            with open(path, "a") as f:
-                f.write(line + "\n")
-
-    def done(self):
-        assert self.bad == 0, "\n" + "\n".join(self.lines)
-
-
-def first_diff(a, b):
-    if a.shape != b.shape:
-        return f"shape {a.shape} vs {b.shape}"
-    idx = np.argwhere(a != b)
-    return tuple(int(i) for i in idx[0]) if len(idx) else None
+def report(env, title):
+    """The parity report of one test (tests/parity.py), its rows labelled by where cupy ran."""
+    return Parity(title, backend="cupy-emu" if env.emulated else "cupy")
 
 
 def host(env, a):
@@ -95,15 +52,15 @@ def options(env):
 @pytest.mark.parametrize("need_grad", [True, False])
 def test_softmax_xent(env, dtype, need_grad):
     rng = np.random.default_rng(1)
-    rep = Report(f"softmax_xent {dtype} grad={need_grad}")
+    rep = report(env, f"softmax_xent {dtype} grad={need_grad}")
     for N, V in [(1, 1), (7, 37), (5, 300)]:
         logits = (3 * rng.standard_normal((N, V))).astype(dtype)
         targets = rng.integers(0, V, N)
         want_loss, want_d = nb.softmax_xent(logits, targets, need_grad)
         loss, d = env.cb.softmax_xent(env.cb.asarray(logits), env.cb.asarray(targets), need_grad)
-        rep.check(f"loss N{N}V{V}", loss, want_loss, TOL[dtype])
+        rep.check(f"loss N{N}V{V}", loss, want_loss, dtype)
         if need_grad:
-            rep.check(f"dlogits N{N}V{V}", host(env, d), want_d, TOL[dtype])
+            rep.check(f"dlogits N{N}V{V}", host(env, d), want_d, dtype, "grad")
         else:
             rep.equal(f"no grad N{N}V{V}", d is None, True)
     rep.done()
@@ -117,18 +74,18 @@ def test_adam_and_global_norm(env, dtype):
     m_ref = {n: np.zeros(s, dtype) for n, s in shapes.items()}
     v_ref = {n: np.zeros(s, dtype) for n, s in shapes.items()}
     p, m, v = ({n: env.cb.asarray(a) for n, a in d.items()} for d in (p_ref, m_ref, v_ref))
-    rep = Report(f"adam/global_norm {dtype}")
+    rep = report(env, f"adam/global_norm {dtype}")
     for step in (1, 2, 3):
         g_ref = {n: rng.standard_normal(s).astype(dtype) for n, s in shapes.items()}
         g = {n: env.cb.asarray(a) for n, a in g_ref.items()}
-        rep.check(f"norm step{step}", env.cb.global_norm(g), nb.global_norm(g_ref), TOL[dtype])
+        rep.check(f"norm step{step}", env.cb.global_norm(g), nb.global_norm(g_ref), dtype)
         scale = 0.5 if step == 2 else 1.0
         nb.adam_update(p_ref, g_ref, m_ref, v_ref, step, 1e-2, 0.9, 0.999, 1e-8, scale)
         env.cb.adam_update(p, g, m, v, step, 1e-2, 0.9, 0.999, 1e-8, scale)
     for n in shapes:
-        rep.check(f"p.{n}", host(env, p[n]), p_ref[n], TOL[dtype])
-        rep.check(f"m.{n}", host(env, m[n]), m_ref[n], TOL[dtype])
-        rep.check(f"v.{n}", host(env, v[n]), v_ref[n], TOL[dtype])
+        rep.check(f"p.{n}", host(env, p[n]), p_ref[n], dtype, "steps")
+        rep.check(f"m.{n}", host(env, m[n]), m_ref[n], dtype, "steps")
+        rep.check(f"v.{n}", host(env, v[n]), v_ref[n], dtype, "steps")
     rep.done()
 
 
@@ -175,9 +132,9 @@ def _check_layer(env, rep, tag, inputs, dtype):
     hs, hT, cT, cache = env.cb.lstm_forward(*d[:5])
     grads = env.cb.lstm_backward(d[5], d[6], d[7], cache)
     for name, got, want in zip(("hs", "hT", "cT"), (hs, hT, cT), want_f[:3]):
-        rep.check(f"{tag}{name}", host(env, got), want, TOL[dtype])
+        rep.check(f"{tag}{name}", host(env, got), want, dtype)
     for name, got, want in zip(("dx", "dW", "db", "dh0", "dc0"), grads, want_b):
-        rep.check(f"{tag}{name}", host(env, got), want, GRAD_TOL[dtype])
+        rep.check(f"{tag}{name}", host(env, got), want, dtype, "grad")
     return host(env, hs), [host(env, g) for g in grads]
 
 
@@ -188,8 +145,8 @@ def _check_layer(env, rep, tag, inputs, dtype):
 def test_lstm_layer(env, options, dtype, mode, graphs, blas, shape):
     options(step=mode, graphs=graphs, blas=blas, persist_units=_persist_units(env, shape[3]))
     rng = np.random.default_rng(3)
-    rep = Report(f"lstm layer {dtype} {mode}{'+graph' if graphs else ''}{'+' + blas if mode == 'cublas' else ''} "
-                 f"T{shape[0]}B{shape[1]}I{shape[2]}H{shape[3]}")
+    rep = report(env, f"lstm layer {dtype} {mode}{'+graph' if graphs else ''}{'+' + blas if mode == 'cublas' else ''} "
+                      f"T{shape[0]}B{shape[1]}I{shape[2]}H{shape[3]}")
     if mode == "persist":
         rep.equal("persistent path taken", env.cb.step_mode(shape[1], shape[3], dtype), "persist")
     calls = 3 if graphs else 1          # eager, capture, replay on new buffers and new values
@@ -209,7 +166,7 @@ def test_lstm_layer_persist_blocks(env, options, units, B):
         pytest.skip("the emulator runs blocks one after another: no grid barrier across blocks")
     options(step="persist", persist_units=units)
     H = 37
-    rep = Report(f"lstm layer float32 persist units={units} B={B} plan={env.cb.persist_plan(B, H, 'float32')}")
+    rep = report(env, f"lstm layer float32 persist units={units} B={B} plan={env.cb.persist_plan(B, H, 'float32')}")
     rep.equal("persistent path taken", env.cb.step_mode(B, H, "float32"), "persist")
     for dt in ("float64", "float32"):
         _check_layer(env, rep, f"{dt} ", _layer_inputs(np.random.default_rng(11), 7, B, 6, H, dt), dt)
@@ -221,7 +178,7 @@ def test_lstm_layer_persist_blocks(env, options, units, B):
 def test_lstm_layer_every_tile(env, options, tile):
     """Each tile config of the fused kernels on a shape that leaves partial tiles."""
     options(step="fused", graphs=False, tile=tile)
-    rep = Report(f"lstm layer float64 fused tile={tile}")
+    rep = report(env, f"lstm layer float64 fused tile={tile}")
     _check_layer(env, rep, "", _layer_inputs(np.random.default_rng(4), 3, 35, 6, 33, "float64"), "float64")
     rep.done()
 
@@ -231,7 +188,7 @@ def test_graph_replay_is_bitwise_eager(env, options):
     rng = np.random.default_rng(5)
     inputs = _layer_inputs(rng, 6, 3, 5, 9, "float32")
     options(step="fused", graphs=False)
-    rep = Report("graph vs eager float32")
+    rep = report(env, "graph vs eager float32")
     hs_eager, g_eager = _check_layer(env, rep, "eager ", inputs, "float32")
     options(graphs=True)
     for k in range(3):
@@ -258,10 +215,10 @@ def test_embed_layer(env, dtype):
     d = env.cb.asarray
     got = env.cb.embed_lstm_forward(d(tokens), d(Emb), d(W), d(b), d(h0), d(h0))
     got_g = env.cb.embed_lstm_backward(d(dhs), d(h0), d(h0), got[3])
-    rep = Report(f"embed layer {dtype}")
-    rep.check("hs", host(env, got[0]), want[0], TOL[dtype])
+    rep = report(env, f"embed layer {dtype}")
+    rep.check("hs", host(env, got[0]), want[0], dtype)
     for name, a, b_ in zip(("dEmb", "dW", "db", "dh0", "dc0"), got_g, want_g):
-        rep.check(name, host(env, a), b_, GRAD_TOL[dtype])
+        rep.check(name, host(env, a), b_, dtype, "grad")
     rep.done()
 
 
@@ -269,6 +226,7 @@ def test_row_major_gemm(env):
     """RowMajorGemm (cuBLAS by raw pointer; on the emulator its column-major stand-in): every
     transpose pair, beta = 0 (C not read: garbage stays out) and beta = 1, against NumPy."""
     rng = np.random.default_rng(0)
+    rep = report(env, "RowMajorGemm")
     for dt in ("float32", "float64"):
         g = env.ck.RowMajorGemm(dt)
         M, N, K = 3, 5, 4
@@ -283,7 +241,8 @@ def test_row_major_gemm(env):
                     dc = env.cp.empty((M, N), dt) if not acc else env.cb.asarray(c0)
                     g(M, N, K, da.data.ptr, a.shape[1], ta, db.data.ptr, bm.shape[1], tb, dc.data.ptr, N,
                       accumulate=acc)
-                    np.testing.assert_allclose(env.cb.to_numpy(dc), want + (c0 if acc else 0), rtol=TOL[dt], atol=TOL[dt])
+                    rep.check(f"ta{ta} tb{tb} acc{int(acc)}", env.cb.to_numpy(dc), want + (c0 if acc else 0), dt)
+    rep.done()
 
 
 # ----------------------------------------------------------------------------
@@ -304,26 +263,26 @@ def test_training_steps(env, options, dtype, mode):
     rng_data = np.random.default_rng(8)
     rng_ref, rng_gpu = np.random.default_rng(9), np.random.default_rng(9)    # the same dropout masks
     st_ref, st_gpu = ref.zero_state(B), gpu.zero_state(B)
-    rep = Report(f"training step {dtype} {mode}")
+    rep = report(env, f"training step {dtype} {mode}")
     for step in range(3):
         x = rng_data.integers(0, cfg.vocab_size, (T, B))
         y = rng_data.integers(0, cfg.vocab_size, (T, B))
         loss_r, g_r, st_ref = ref.forward_backward(x, y, st_ref, ref.dropout_masks(T, B, rng_ref))
         loss_g, g_g, st_gpu = gpu.forward_backward(env.cb.asarray(x), env.cb.asarray(y), st_gpu,
                                                    gpu.dropout_masks(T, B, rng_gpu))
-        rep.check(f"s{step} loss", loss_g, loss_r, GRAD_TOL[dtype])
+        rep.check(f"s{step} loss", loss_g, loss_r, dtype, "steps")
         for n in sorted(g_r):
-            rep.check(f"s{step} d{n}", host(env, g_g[n]), g_r[n], GRAD_TOL[dtype])
+            rep.check(f"s{step} d{n}", host(env, g_g[n]), g_r[n], dtype, "steps")
         norm_r, scale_r = opt_ref.clip_scale(g_r)
         norm_g, scale_g = opt_gpu.clip_scale(g_g)
-        rep.check(f"s{step} |g|", norm_g, norm_r, GRAD_TOL[dtype])
+        rep.check(f"s{step} |g|", norm_g, norm_r, dtype, "steps")
         opt_ref.update(ref.params, g_r, 1e-2, scale_r)
         opt_gpu.update(gpu.params, g_g, 1e-2, scale_g)
     for n in sorted(ref.params):
-        rep.check(f"param {n}", host(env, gpu.params[n]), ref.params[n], GRAD_TOL[dtype])
+        rep.check(f"param {n}", host(env, gpu.params[n]), ref.params[n], dtype, "steps")
     for l, ((h_r, c_r), (h_g, c_g)) in enumerate(zip(st_ref, st_gpu)):
-        rep.check(f"state h{l}", host(env, h_g), h_r, GRAD_TOL[dtype])
-        rep.check(f"state c{l}", host(env, c_g), c_r, GRAD_TOL[dtype])
+        rep.check(f"state h{l}", host(env, h_g), h_r, dtype, "steps")
+        rep.check(f"state c{l}", host(env, c_g), c_r, dtype, "steps")
     rep.done()
 
 
@@ -373,12 +332,12 @@ def test_greedy_generation_matches_reference(env, options, dtype):
     n = 40
     want = generate_text(ref, vocab, prime="abca", length=n, greedy=True)
     got = generate_text(gpu, vocab, prime="abca", length=n, greedy=True, chunk=8)   # 5 calls: eager, graph, replays
-    rep = Report(f"greedy generation {dtype}")
+    rep = report(env, f"greedy generation {dtype}")
     if dtype == "float32" and got != want:
         # float32 sums in another order can flip a genuine near-tie; that is the only excuse
         k = next(i for i, (a, b) in enumerate(zip(got, want)) if a != b)
         _, gaps = _greedy_ids_with_gaps(ref, vocab, "abca", n)
-        rep._line(f"first difference at char {k}: reference top-2 logit gap {gaps[k]:.3e}", gaps[k] > 1e-4)
+        rep.line(f"first difference at char {k}: reference top-2 logit gap {gaps[k]:.3e}", gaps[k] > 1e-4)
     else:
         rep.equal("text", np.array(list(got)), np.array(list(want)))
     rep.done()
@@ -391,7 +350,7 @@ def test_seeded_sampling_matches_reference(env, options, temperature, top_k, top
     want = generate_text(ref, vocab, prime="ba", length=30, temperature=temperature, top_k=top_k, top_p=top_p, seed=11)
     got = generate_text(gpu, vocab, prime="ba", length=30, temperature=temperature, top_k=top_k, top_p=top_p,
                         seed=11, chunk=10)
-    rep = Report(f"seeded sampling float64 T={temperature} k={top_k} p={top_p}")
+    rep = report(env, f"seeded sampling float64 T={temperature} k={top_k} p={top_p}")
     rep.equal("text", np.array(list(got)), np.array(list(want)))
     rep.done()
 
@@ -411,10 +370,10 @@ def test_filter_kernel_matches_filter_probs(env, V, temperature, top_k, top_p):
     logits[1] = rng.standard_normal(V)
     u = rng.random(S)
     probs, tokens = env.cg.filtered_probs(env.cb.asarray(logits), temperature, top_k, top_p, u)
-    rep = Report(f"filter kernel V{V} T={temperature} k={top_k} p={top_p}")
+    rep = report(env, f"filter kernel V{V} T={temperature} k={top_k} p={top_p}")
     for s in range(S):
         want = nb.filter_probs(logits[s], temperature, top_k, top_p)
-        rep.check(f"probs row{s}", probs[s], want, 1e-12)
+        rep.check(f"probs row{s}", probs[s], want, "float64")
         rep.equal(f"kept row{s}", probs[s] > 0, want > 0)
         rep.equal(f"token row{s}", tokens[s], nb.sample_index(want, u[s]))
     rep.done()
@@ -430,7 +389,7 @@ def test_generate_batch_rows_match_single_sequences(env, options):
     state = [[env.cb.asarray(a), env.cb.asarray(b)] for a, b in h]
     ids = env.cb.generate_batch(gpu.params, state, starts, 6, greedy=True)
     none = env.cb.generate_batch(gpu.params, state, starts, 0, greedy=True)
-    rep = Report("generate_batch greedy")
+    rep = report(env, "generate_batch greedy")
     rep.equal("shape", np.array(ids.shape), np.array([S, 6]))
     rep.equal("n=0 shape", np.array(none.shape), np.array([S, 0]))
     for s, tok in enumerate(starts):
@@ -455,7 +414,7 @@ def test_checkpoint_moves_between_backends(env, tmp_path, monkeypatch, train_on)
                       val_fraction=0.0, out=str(tmp_path / "run"))
     trainer = api.train(cfg, text=text)
     path = os.path.join(cfg.out, "latest.safetensors")
-    rep = Report(f"checkpoint trained on {train_on}")
+    rep = report(env, f"checkpoint trained on {train_on}")
     texts = {}
     for be in ("numpy", "cupy"):
         model, vocab, _ = api.load_model(path, backend=be)

@@ -114,10 +114,10 @@ def test_cublas_loops_are_captured_on_repeated_buffers(env, options):
     pointers repeat (the pool hands back the same blocks, as CuPy's does) and replayed with the
     same results as the reference; the fused path's kernel-only graphs are not touched."""
     import numpy as np
-    from cupy_cases import Report, _check_layer, _layer_inputs
+    from cupy_cases import _check_layer, _layer_inputs, report
     options(step="cublas", graphs=True, blas="direct")
     inputs = _layer_inputs(np.random.default_rng(6), 5, 3, 4, 7, "float64")
-    rep = Report("cublas path with graphs, float64")
+    rep = report(env, "cublas path with graphs, float64")
     for k in range(5):
         _check_layer(env, rep, f"call{k} ", inputs, "float64")
     rep.done()
