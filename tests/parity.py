@@ -37,7 +37,7 @@ import pytest
 from lstm_engine.backends import BACKENDS as REGISTERED
 
 TOL = {
-    "float64": {"forward": 1e-12, "wide": 1e-12, "grad": 1e-12, "steps": 1e-10, "fd": 1e-7},
+    "float64": {"forward": 1e-13, "wide": 1e-12, "grad": 1e-13, "steps": 1e-10, "fd": 1e-7},
     "float32": {"forward": 2e-6, "wide": 1e-5, "grad": 1e-5, "steps": 1e-5},
 }
 DTYPES = ("float64", "float32")

@@ -8,7 +8,9 @@ import pytest
 from lstm_engine.backends import numpy_backend as ref
 from lstm_engine.core.model import Model, ModelConfig
 
-EPS = 1e-6
+from parity import Parity, check
+
+EPS = 1e-5     # near the cube root of float64 eps: the step balancing truncation against round-off
 
 
 def numeric_grad(f, x, eps=EPS):
@@ -25,10 +27,6 @@ def numeric_grad(f, x, eps=EPS):
         x[i] = old
         g[i] = (fp - fm) / (2 * eps)
     return g
-
-
-def rel_err(a, b):
-    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(a)), np.max(np.abs(b)), 1e-12))
 
 
 def test_layer_gradients_including_state_paths(rng):
@@ -49,10 +47,9 @@ def test_layer_gradients_including_state_paths(rng):
 
     _, _, _, cache = ref.lstm_forward(x, W, b, h0, c0)
     dx, dW, db, dh0, dc0 = ref.lstm_backward(Rh, RhT, RcT, cache)
-    for name, analytic, arr in (("dx", dx, x), ("dW", dW, W), ("db", db, b), ("dh0", dh0, h0), ("dc0", dc0, c0)):
-        err = rel_err(analytic, numeric_grad(loss, arr))
-        print(f"{name}: max rel error {err:.2e}")
-        assert err < 1e-7, name
+    with Parity("lstm layer vs central differences", "numpy", ref="central differences") as p:
+        for name, analytic, arr in (("dx", dx, x), ("dW", dW, W), ("db", db, b), ("dh0", dh0, h0), ("dc0", dc0, c0)):
+            p.check(name, analytic, numeric_grad(loss, arr), "float64", "fd")
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
@@ -74,10 +71,9 @@ def test_model_gradients_every_parameter(rng, dropout):
 
     _, grads, _ = model.forward_backward(tokens, targets, state, masks)
     assert set(grads) == set(model.params)
-    for name, p in model.params.items():
-        err = rel_err(grads[name], numeric_grad(loss, p))
-        print(f"d{name}: max rel error {err:.2e}")
-        assert err < 1e-6, name
+    with Parity(f"model dropout={dropout} vs central differences", "numpy", ref="central differences") as p:
+        for name, w in model.params.items():
+            p.check("d" + name, grads[name], numeric_grad(loss, w), "float64", "fd")
 
 
 def test_softmax_xent_is_stable_for_huge_logits():
@@ -99,7 +95,7 @@ def test_adam_matches_textbook_formula(rng):
     gs = 0.5 * g["w"]
     mhat = (0.1 * gs) / 0.1
     vhat = (0.001 * gs * gs) / 0.001
-    assert np.allclose(p["w"], w0 - 0.1 * mhat / (np.sqrt(vhat) + 1e-8))
+    check("w", p["w"], w0 - 0.1 * mhat / (np.sqrt(vhat) + 1e-8), "float64", backend="numpy", ref="textbook Adam")
 
 
 @pytest.mark.parametrize("locked", [False, True], ids=["per-step", "locked"])

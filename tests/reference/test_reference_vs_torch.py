@@ -8,6 +8,8 @@ import pytest
 from lstm_engine.backends import numpy_backend as ref
 from lstm_engine.core.model import Model, ModelConfig
 
+from parity import Parity
+
 torch = pytest.importorskip("torch")
 
 
@@ -47,10 +49,6 @@ def test_loss_and_every_gradient_match_torch(rng):
     tloss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(targets.reshape(-1)))
     tloss.backward()
 
-    assert abs(loss - tloss.item()) < 1e-12
-    for l in range(L):
-        assert np.abs(new_state[l][0] - hT[l].detach().numpy()).max() < 1e-12
-        assert np.abs(new_state[l][1] - cT[l].detach().numpy()).max() < 1e-12
     expected = {"Emb": emb.weight.grad.numpy(), "Wy": lin.weight.grad.numpy().T, "by": lin.bias.grad.numpy()}
     for l in range(L):
         expected[f"W{l}"] = np.concatenate([getattr(lstm, f"weight_hh_l{l}").grad.numpy().T,
@@ -58,7 +56,10 @@ def test_loss_and_every_gradient_match_torch(rng):
         bih = getattr(lstm, f"bias_ih_l{l}").grad.numpy()
         assert np.allclose(bih, getattr(lstm, f"bias_hh_l{l}").grad.numpy())   # both see the same gradient
         expected[f"b{l}"] = bih
-    for name, g in expected.items():
-        err = np.abs(grads[name] - g).max()
-        print(f"d{name}: max abs error vs torch {err:.2e}")
-        assert err < 1e-12, name
+    with Parity(f"reference L{L} vs torch.nn.LSTM", "numpy", ref="torch") as p:
+        p.check("loss", loss, tloss.item(), "float64")
+        for l in range(L):
+            p.check(f"hT{l}", new_state[l][0], hT[l].detach().numpy(), "float64")
+            p.check(f"cT{l}", new_state[l][1], cT[l].detach().numpy(), "float64")
+        for name, g in expected.items():
+            p.check("d" + name, grads[name], g, "float64", "grad")
