@@ -84,14 +84,15 @@ class Parity:
         tol = TOL[dtype][kind] if tol is None else tol
         got_shape, want_shape = np.shape(got), np.shape(want)
         if got_shape != want_shape:
+            RESULTS.append(Row(self.ref, self.backend, dtype, name, float("nan"), float("inf"), tol))
             self.line(f"{self.backend} {dtype} {name:<12} shape {got_shape} but want {want_shape}  FAIL", True)
             return float("inf")
         max_abs, rel = max_error(got, want)
         RESULTS.append(Row(self.ref, self.backend, dtype, name, max_abs, rel, tol))
         ok = rel <= tol
         self.line(f"{self.backend} {dtype} {name:<12} shape {str(got_shape):<14} max abs {max_abs:.3e}  "
-                   f"rel {rel:.3e}  tol {tol:.0e}" + ("" if np.isfinite(rel) else "  NON-FINITE")
-                   + ("" if ok else "  FAIL"), not ok)
+                  f"rel {rel:.3e}  tol {tol:.0e}" + ("" if np.isfinite(rel) else "  NON-FINITE")
+                  + ("" if ok else "  FAIL"), not ok)
         return rel
 
     def equal(self, name, got, want):

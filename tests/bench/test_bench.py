@@ -19,6 +19,8 @@ from lstm_engine.bench.harness import BenchConfig, parse_configs, run_bench, tim
 from lstm_engine.cli import main
 from lstm_engine.errors import UserError
 
+from parity import backend_params
+
 FAST = dict(seconds=0.05, repeats=2, threads=1)
 REQUIRED = ("backend", "config", "what", "chars_per_s", "gflops", "valid", "status", "reason", "device",
             "frac_peak", "vs_torch", "compile_s", "spread_pct", "flops_per_char",
@@ -37,7 +39,7 @@ def check_timed_row(r):
     assert r["compile_s"] >= 0 and r["repeats"] == FAST["repeats"] and r["calls_per_repeat"] >= 1
 
 
-@pytest.mark.parametrize("name", backends.available_backends())
+@pytest.mark.parametrize("name", backend_params())
 def test_tiny_runs_for_each_available_backend(name):
     machine, rows = run_bench(name, "tiny", **FAST)
     assert [r["what"] for r in rows] == ["train", "forward", "sample"]

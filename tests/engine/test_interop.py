@@ -18,6 +18,8 @@ from lstm_engine.storage import interop
 from lstm_engine.cli import main
 from lstm_engine.core.train import TrainConfig, Trainer
 
+from parity import check
+
 DOCS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "docs", "pytorch-interop.md")
 TEXT = "The quick brown fox jumps over the lazy dog; THE END.\n" * 30 + "zZqQ"   # the rarest become <unk>
 NAMES = {"embedding.weight", "decoder.weight", "decoder.bias"} | {
@@ -244,8 +246,7 @@ def test_docs_code_loads_export_strictly_and_scores_like_eval(ckpt, suffix, tmp_
     corpus = os.path.join(os.path.dirname(os.path.dirname(ckpt)), "corpus.txt")
     text = open(corpus, encoding="utf-8").read()
     ours, theirs = eval_loss(ckpt, corpus), ns["mean_loss"](ns["model"], text)
-    print(f"eval {ours!r} vs torch {theirs!r} ({dtype}, {suffix})")
-    assert abs(ours - theirs) <= (1e-12 if dtype == "float64" else 2e-6) * ours, (ours, theirs)
+    check(f"eval loss via {suffix}", theirs, ours, dtype, backend="numpy", ref="torch")
 
 
 def test_greedy_text_matches_torch_argmax(ckpt64, tmp_path, monkeypatch, capsys):
@@ -287,7 +288,8 @@ def test_torch_trained_pt_imports_with_the_same_loss(tmp_path, monkeypatch):
     with torch.no_grad():
         out, _ = m.lstm(m.embedding(ids[:-1, None]))
         ref = torch.nn.functional.cross_entropy(m.decoder(out[:, 0]), ids[1:]).item()
-    assert abs(eval_loss("mine.safetensors", "text.txt") - ref) < 1e-12 * ref
+    ours = eval_loss("mine.safetensors", "text.txt")
+    check("eval loss of the import", ours, ref, "float64", backend="numpy", ref="torch")
     # a .pt holding something other than a state dict is refused without running anything
     torch.save({"model": m.state_dict()}, "nested.pt")
     r = run(["import", "nested.pt", "--vocab", "mine.vocab.json", "-o", "x.safetensors"])

@@ -9,11 +9,7 @@ from lstm_engine.storage import checkpoint
 from lstm_engine.core.data import Batcher, Vocab, split
 from lstm_engine.core.generation import evaluate_ids
 
-
-def markov_text(n_units, seed):
-    """'a' then x or y (a fair coin) then '.', repeated: entropy rate ln(2)/3 nats/char exactly."""
-    rng = np.random.default_rng(seed)
-    return "".join("a" + ("x" if c else "y") + "." for c in rng.integers(0, 2, n_units))
+from helpers import markov_text       # entropy rate ln(2)/3 nats/char exactly
 
 
 def small_cfg(tmp_path, **kw):
@@ -21,13 +17,6 @@ def small_cfg(tmp_path, **kw):
                 eval_every=0, sample_every=0, save_every=0, log_every=1, lr=1e-2, out=str(tmp_path / "run"))
     base.update(kw)
     return le.TrainConfig(**base)
-
-
-def collect_losses(events):
-    def on_event(kind, info):
-        if kind == "log":
-            events.append(info["loss"])
-    return on_event
 
 
 def test_learns_a_source_of_known_entropy(tmp_path):
@@ -90,28 +79,6 @@ def test_checkpoint_round_trip_keeps_weights_vocab_and_loss(tmp_path):
     assert evaluate_ids(model, ids)[0] == evaluate_ids(trainer.model, ids)[0]
     tensors, meta2 = checkpoint.load(str(path))
     assert meta2["trainer"]["step"] == 5 and "adam.m.W0" in tensors
-
-
-@pytest.mark.parametrize("dropout", [0.0, 0.2])
-def test_resume_continues_identically(tmp_path, dropout):
-    text = markov_text(400, seed=2)     # 1200 chars: windows wrap around an epoch within the run
-    full = []
-    le.train(small_cfg(tmp_path / "a", steps=16, dropout=dropout, lr_decay=True), text=text,
-             on_event=collect_losses(full))
-    part = []
-    trainer = le.Trainer(small_cfg(tmp_path / "b", steps=16, dropout=dropout, lr_decay=True), text=text)
-
-    def stop_at_7(kind, info):        # as Ctrl-C would: finish the step, save, stop
-        collect_losses(part)(kind, info)
-        if kind == "log" and info["step"] == 7:
-            trainer.stop_requested = True
-    trainer.on_event = stop_at_7
-    trainer.run()
-    assert len(part) == 7
-    le.train(small_cfg(tmp_path / "b", steps=16, dropout=dropout, lr_decay=True), text=text,
-             resume=str(tmp_path / "b" / "run" / "latest.safetensors"), on_event=collect_losses(part))
-    assert len(full) == 16
-    assert part == full        # bit-identical on the reference backend
 
 
 def test_lr_decay_is_cosine_to_ten_percent():
