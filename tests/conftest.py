@@ -1,4 +1,5 @@
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -24,6 +25,7 @@ def shared_corpus(name):
 
 
 def pytest_terminal_summary(terminalreporter):
-    """The llm.c-style `... parity: ... overall okay` lines of tests/parity.py."""
-    import parity
-    parity.summary(terminalreporter)
+    """The llm.c-style `... parity: ... overall okay` lines of tests/parity.py, when a test used it."""
+    parity = sys.modules.get("parity")
+    if parity is not None:
+        parity.summary(terminalreporter)
