@@ -357,6 +357,35 @@ def plot(run_dir, output, title):
     err(f"wrote {output}")
 
 
+@main.command()
+@click.argument("checkpoint", required=False)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="address to listen on (anything but a loopback address prints a warning)")
+@click.option("--port", default=0, type=int, help="port to listen on (default: a free one)")
+@click.option("--html", "out_html", default=None, help="write a self-contained page for --text instead of serving")
+@click.option("--text", default=None, help="with --html: the text whose numbers the page holds (2 to 200 characters)")
+def explore(checkpoint, host, port, out_html, text):
+    """Step a trained model through your text in the browser: gates, c, h, units, influence (docs/explorer.md)."""
+    if out_html:
+        r = api.explore_html(checkpoint, out_html, text)
+        err(f"wrote {r['path']} ({r['chars']} characters, {r['bytes']:,} bytes)")
+        return
+    srv, warning = api.explore_server(checkpoint, host, port, text)
+    if warning:
+        err(f"warning: {warning}")
+    if not checkpoint:
+        err(f"using {srv.checkpoint}")
+    click.echo(srv.url)
+    sys.stdout.flush()
+    err("serving the explorer at that address; Ctrl-C stops it")
+    try:
+        srv.serve_forever()
+    except KeyboardInterrupt:
+        err("stopped")
+    finally:
+        srv.server_close()
+
+
 @main.group()
 def corpus():
     """List, fetch and describe corpora (the names --corpus accepts)."""

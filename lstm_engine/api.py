@@ -224,6 +224,27 @@ def inspect_cells(path, out_html, text=None, text_file=None, encoding="utf-8", l
     return dict(res, chars=min(len(text), max_chars))
 
 
+def explore_server(path=None, host="127.0.0.1", port=0, text=None):
+    """The explorer's web server for a checkpoint (default: the latest of the last run), bound to
+    host:port (port 0: a free one) and not yet serving: call .serve_forever(); .url is its address.
+
+    -> (server, warning): the warning (or None) says what binding off the loopback means."""
+    from .teaching.explore import server
+    if text is not None:
+        raise UserError("--text goes with --html FILE; the served page takes its text in the browser")
+    if not 0 <= port <= 65535:
+        raise UserError(f"--port must be in 0..65535 (got {port}); leave it out for a free port")
+    return server.start(path or last_checkpoint(), host, port), server.host_warning(host)
+
+
+def explore_html(path, out_html, text):
+    """The explorer's page for `text` with every number baked in, written to out_html (no server needed).
+
+    -> dict(path, chars, bytes)."""
+    from .teaching.explore.page import write_page
+    return write_page(path or last_checkpoint(), out_html, text)
+
+
 def plot_run(run_dir, output="loss.png", title=None):
     """A run's train and val loss against steps and wall time, written to `output` (needs matplotlib)."""
     from .teaching.plot import plot_run as plot
@@ -231,6 +252,6 @@ def plot_run(run_dir, output="loss.png", title=None):
 
 
 __all__ = ["Model", "ModelConfig", "TrainConfig", "Trainer", "UserError", "Vocab", "evaluate",
-           "evaluate_checkpoint", "explain", "export_torch", "generate", "get_backend", "import_torch",
+           "evaluate_checkpoint", "explain", "explore_html", "explore_server", "export_torch", "generate", "get_backend", "import_torch",
            "inspect_cells", "last_checkpoint", "load_corpus", "load_for_generation", "load_model", "plot_run",
            "prepare_training", "train", "train_config"]

@@ -7,6 +7,7 @@ import zipfile
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SOURCES = (".py", ".cu", ".html", ".js", ".css")     # code, CUDA sources, the explorer's page
 
 
 def test_wheel_maps_kernels_and_cli_under_the_package(tmp_path):
@@ -24,7 +25,7 @@ def test_wheel_maps_kernels_and_cli_under_the_package(tmp_path):
     entry = zipfile.ZipFile(tmp_path / whl).read(
         [n for n in names if n.endswith("entry_points.txt")][0]).decode()
     assert "lstm-engine = lstm_engine.cli:main" in entry
-    assert sorted(_sources()) == sorted(n for n in names if n.endswith((".py", ".cu")))
+    assert sorted(_sources()) == sorted(n for n in names if n.endswith(SOURCES))
 
 
 def _sources():
@@ -37,6 +38,6 @@ def _sources():
             dirs[:] = [x for x in dirs if x != "__pycache__"]
             rel = os.path.relpath(d, os.path.join(ROOT, top))
             for f in files:
-                if f.endswith((".py", ".cu")):
+                if f.endswith(SOURCES):
                     out.append(os.path.normpath(os.path.join(installed, rel, f)))
     return out
