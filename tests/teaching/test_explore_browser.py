@@ -98,6 +98,10 @@ def test_a_learner_steps_picks_a_unit_searches_traces_influence_and_samples(serv
                 np.testing.assert_allclose(cell_values(pg, l, k), ref[l][k][t], rtol=0, atol=1e-12,
                                            err_msg=f"{k} of layer {l} at {t}")
         assert pg.locator("#textview .ch.cursor").get_attribute("data-t") == str(t)
+    pg.keyboard.press("ArrowLeft")
+    pg.wait_for_function("document.body.dataset.t === '4'")
+    pg.click("#next")
+    pg.wait_for_function("document.body.dataset.t === '5'")
     V = len(served.app.explorer.vocab)
     assert pg.locator("#topbars .bar").count() == min(10, V)
     pg.locator(".cell[data-layer='1'][data-kind='c'][data-unit='3']").click()
@@ -124,8 +128,13 @@ def test_a_learner_steps_picks_a_unit_searches_traces_influence_and_samples(serv
     acts = ref[0]["h"]
     thr = float(np.sort(acts[start:end].min(axis=0))[-3]) - 1e-9
     pg.fill("#layer", "0")
-    pg.fill("#span-start", str(start))
-    pg.fill("#span-end", str(end))
+    a = pg.locator(f"#textview .ch[data-t='{start}']").bounding_box()      # select the span with the mouse
+    b = pg.locator(f"#textview .ch[data-t='{end - 1}']").bounding_box()
+    pg.mouse.move(a["x"] + 1, a["y"] + a["height"] / 2)
+    pg.mouse.down()
+    pg.mouse.move(b["x"] + b["width"] * 0.7, b["y"] + b["height"] / 2, steps=5)
+    pg.mouse.up()
+    assert (pg.input_value("#span-start"), pg.input_value("#span-end")) == (str(start), str(end))
     pg.fill("#threshold", repr(thr))
     pg.click("#search")
     pg.wait_for_function("document.body.dataset.searched === '1'")
