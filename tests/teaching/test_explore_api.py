@@ -276,3 +276,24 @@ def test_the_command_prints_its_url_serves_and_stops_on_ctrl_c(explore_ckpt):
             p.kill()
             p.wait()
     assert p.returncode == 0 and "stopped" in err and "Traceback" not in err, err
+
+
+def test_the_command_warns_off_the_loopback_and_defaults_to_the_last_run(explore_ckpt, monkeypatch):
+    class Unbound:                       # stands in for the server: no socket is opened off the loopback
+        url, checkpoint, closed = "http://0.0.0.0:8765/", explore_ckpt, False
+
+        def serve_forever(self):
+            raise KeyboardInterrupt
+
+        def server_close(self):
+            self.closed = True
+    fake, asked = Unbound(), []
+    monkeypatch.setattr(server, "start", lambda path, host, port: asked.append((path, host, port)) or fake)
+    assert_one_line_error(run_cli(["explore"]), "no previous run found")
+    le.api.remember_last_run(os.path.dirname(explore_ckpt))
+    r = run_cli(["explore", "--host", "0.0.0.0", "--port", "8765"])
+    assert r.exit_code == 0 and fake.closed and asked == [(explore_ckpt, "0.0.0.0", 8765)]
+    lines = r.stderr.splitlines()
+    assert lines[0].startswith("warning: --host 0.0.0.0: anyone who can reach this machine")
+    assert lines[1] == f"using {explore_ckpt}" and lines[-1] == "stopped"
+    assert r.stdout == "http://0.0.0.0:8765/\n"

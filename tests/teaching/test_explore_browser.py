@@ -184,8 +184,20 @@ def test_bad_input_shows_one_message_and_the_page_keeps_working(served, explore_
     pg.fill("#layer", "7")
     pg.click("#colour")
     pg.wait_for_function("document.getElementById('message').textContent.includes('layer must be in 0..1')")
+    model = pg.locator("#model").text_content()
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"PK\x03\x04" + b"\x00" * 60)
+    for path, needle in ((bad, "not a usable lstm-engine checkpoint"), (tmp_path / "none.safetensors", "does not exist")):
+        pg.fill("#ckpt", str(path))
+        pg.click("#load")
+        pg.wait_for_function(f"document.getElementById('message').textContent.includes({needle!r})")
+        assert pg.locator("[role=alert]:visible").count() == 1 and pg.locator("#model").text_content() == model
     pg.locator("#textview .ch[data-t='2']").click()                  # the old text is still there and steps
     pg.wait_for_function("document.body.dataset.t === '2'")
+    assert pg.locator("#message").is_hidden()
+    pg.fill("#ckpt", explore_ckpt)                                   # a good checkpoint loads and rereads the text
+    pg.click("#load")
+    pg.wait_for_function(f"document.body.dataset.loaded === {explore_ckpt!r} && document.body.dataset.t === '0'")
     assert pg.locator("#message").is_hidden()
     assert snapshot(os.path.dirname(explore_ckpt)) == before
 

@@ -31,6 +31,7 @@
     const B = BAKED;
     if (path === "/api/info") return B.info;
     if (path === "/api/search") throw needsServer("pattern search");
+    if (path === "/api/load") throw needsServer("loading another checkpoint");
     if (body && body.text !== undefined && body.text !== B.text) {
       throw new Error("this saved page holds the numbers of its own text only; run `lstm-engine explore` to read another");
     }
@@ -365,28 +366,41 @@
   }
 
   // -- wiring ---------------------------------------------------------------------------------------
-  async function init() {
-    const info = await api("/api/info");
+  function applyInfo(info) {
     S.info = info;
     $("model").textContent = `${info.checkpoint}` + (info.trained_steps == null ? "" : ` (step ${info.trained_steps})`) +
       `: ${info.cell.toUpperCase()}, ${info.layers} layer(s) of ${info.hidden} units, ${info.vocab.length} symbols` +
       (BAKED ? " \u2014 a saved page: its own text only" : "");
+    $("kind").textContent = "";
     info.kinds.forEach((k) => $("kind").appendChild(Object.assign(el("option", "", k), { value: k })));
+    $("feature").length = 1;
     Object.entries(info.features).forEach(([name, what]) =>
       $("feature").appendChild(Object.assign(el("option", "", `${name}: ${what}`), { value: name })));
     $("layer").max = info.layers - 1;
     $("unit").max = info.hidden - 1;
+  }
+
+  async function load() {
+    const info = await api("/api/load", { checkpoint: $("ckpt").value });
+    applyInfo(info);
+    document.body.dataset.loaded = info.checkpoint;
+    if (S.text) await readText(S.text);
+  }
+
+  async function init() {
+    applyInfo(await api("/api/info"));
     $("text").placeholder = "type or paste text made of the model's characters, then Read";
     if (BAKED) {
       $("text").value = BAKED.text;
       $("text").readOnly = true;
-      ["read", "search", "generate"].forEach((id) => { $(id).disabled = true; $(id).title = "needs `lstm-engine explore`"; });
+      ["read", "search", "generate", "load"].forEach((id) => { $(id).disabled = true; $(id).title = "needs `lstm-engine explore`"; });
       await readText(BAKED.text);
     }
     document.body.dataset.ready = "1";
   }
 
   $("read").addEventListener("click", () => act(() => readText($("text").value)));
+  $("load").addEventListener("click", () => act(load));
   $("prev").addEventListener("click", () => act(() => goto(S.t - 1)));
   $("next").addEventListener("click", () => act(() => goto(S.t + 1)));
   $("colour").addEventListener("click", () => act(() => colourBy(intOrRaw($("layer").value), intOrRaw($("unit").value), $("kind").value)));
