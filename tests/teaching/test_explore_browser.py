@@ -187,7 +187,8 @@ def test_bad_input_shows_one_message_and_the_page_keeps_working(served, explore_
     model = pg.locator("#model").text_content()
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"PK\x03\x04" + b"\x00" * 60)
-    for path, needle in ((bad, "not a usable lstm-engine checkpoint"), (tmp_path / "none.safetensors", "does not exist")):
+    for path, needle in ((bad, "not a usable lstm-engine checkpoint"),
+                         (tmp_path / "none.safetensors", "does not exist")):
         pg.fill("#ckpt", str(path))
         pg.click("#load")
         pg.wait_for_function(f"document.getElementById('message').textContent.includes({needle!r})")

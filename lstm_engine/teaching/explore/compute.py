@@ -43,8 +43,8 @@ EQUATIONS = (
     "f_t = σ(z_f) = σ({{pre.f}}) = {{gates.f}}      (forget gate)",
     "g_t = tanh(z_g) = tanh({{pre.g}}) = {{gates.g}}      (cell candidate)",
     "o_t = σ(z_o) = σ({{pre.o}}) = {{gates.o}}      (output gate)",
-    "c_t = f_t·c_{t-1} + i_t·g_t = {{gates.f}}·{{c_prev}} + {{gates.i}}·{{gates.g}} = {{terms.f_c_prev}} + {{terms.i_g}}"
-    " = {{c}}",
+    "c_t = f_t·c_{t-1} + i_t·g_t = {{gates.f}}·{{c_prev}} + {{gates.i}}·{{gates.g}}"
+    " = {{terms.f_c_prev}} + {{terms.i_g}} = {{c}}",
     "h_t = o_t·tanh(c_t) = {{gates.o}}·tanh({{c}}) = {{gates.o}}·{{terms.tanh_c}} = {{h}}",
 )
 

@@ -33,13 +33,15 @@
     if (path === "/api/search") throw needsServer("pattern search");
     if (path === "/api/load") throw needsServer("loading another checkpoint");
     if (body && body.text !== undefined && body.text !== B.text) {
-      throw new Error("this saved page holds the numbers of its own text only; run `lstm-engine explore` to read another");
+      throw new Error("this saved page holds the numbers of its own text only; " +
+                      "run `lstm-engine explore` to read another");
     }
     if (path === "/api/run") return B.run;
     if (path === "/api/step") return B.steps[body.t];
     if (path === "/api/activations") {
       if (!(body.layer >= 0 && body.layer < B.info.layers)) throw new Error(`layer must be in 0..${B.info.layers - 1}`);
-      if (!(body.units[0] >= 0 && body.units[0] < B.info.hidden)) throw new Error(`unit must be in 0..${B.info.hidden - 1}`);
+      const H = B.info.hidden;
+      if (!(body.units[0] >= 0 && body.units[0] < H)) throw new Error(`unit must be in 0..${H - 1}`);
       return { values: B.steps.map((st) => [valuesOf(st.layers[body.layer], body.kind)[body.units[0]]]) };
     }
     if (path === "/api/rank") {
@@ -122,7 +124,8 @@
       s.classList.toggle("hit", !!(S.hits && S.hits.some((m) => k >= m.start && k < m.end)));
       s.classList.toggle("picked", !!(S.picked && k >= S.picked[0] && k < S.picked[1]));
       const loss = S.run.loss[k];
-      let title = `${k}: reads ${quoted(S.run.chars[k])}` + (loss === undefined ? "" : `, loss of the next ${loss.toFixed(4)}`);
+      let title = `${k}: reads ${quoted(S.run.chars[k])}` +
+        (loss === undefined ? "" : `, loss of the next ${loss.toFixed(4)}`);
       s.style.background = "";
       delete s.dataset.value;
       delete s.dataset.influence;
@@ -149,7 +152,8 @@
     lg.textContent = "";
     if (S.mode === "unit" && S.shade) {
       const signed = SIGNED[S.shade.kind];
-      lg.appendChild(document.createTextNode(S.shade.kind === "c" ? `scaled by max |c| = ${S.shade.scale.toFixed(3)}: ` : ""));
+      const note = S.shade.kind === "c" ? `scaled by max |c| = ${S.shade.scale.toFixed(3)}: ` : "";
+      lg.appendChild(document.createTextNode(note));
       (signed ? [-1, -0.5, 0, 0.5, 1] : [0, 0.25, 0.5, 0.75, 1]).forEach((v) => {
         const sp = el("span", "", (v * S.shade.scale).toFixed(2));
         sp.style.background = colour(v, signed);
@@ -177,13 +181,15 @@
   function renderStep() {
     const st = S.step;
     $("pos").textContent = `position ${st.t} of 0..${S.run.n - 1}`;
-    $("stepinfo").textContent = `reads ${quoted(st.char)}` + (st.next === null ? "; the last character, nothing to predict" :
+    $("stepinfo").textContent = `reads ${quoted(st.char)}` + (st.next === null ?
+      "; the last character, nothing to predict" :
       `, the next is ${quoted(st.next)}: p = ${st.p_next.toFixed(4)}, loss = -log p = ${st.loss.toFixed(4)} nats`);
     const hm = $("heatmaps");
     hm.textContent = "";
     st.layers.forEach((ld, l) => {
       const box = el("div", "layer");
-      box.appendChild(el("div", "layer-title", `layer ${l}: ${ld.h.length} units (hover a cell for its number, click it for its equations)`));
+      box.appendChild(el("div", "layer-title",
+                         `layer ${l}: ${ld.h.length} units (hover a cell for its number, click it for its equations)`));
       for (const kind of rows()) {
         const vals = valuesOf(ld, kind), scale = scaleOf(vals, kind);
         const row = el("div", "hrow");
@@ -259,7 +265,8 @@
     ol.textContent = "";
     if (!r.units.length) ol.appendChild(el("li", "", "no feature varies on this text"));
     r.units.forEach(({ r: corr, layer, unit, feature: f }) => {
-      const li = el("li", "", `layer ${layer} unit ${unit}: r = ${corr >= 0 ? "+" : ""}${corr.toFixed(3)} with ${S.info.features[f] || f}`);
+      const li = el("li", "", `layer ${layer} unit ${unit}: r = ${corr >= 0 ? "+" : ""}${corr.toFixed(3)} ` +
+                              `with ${S.info.features[f] || f}`);
       Object.assign(li.dataset, { layer: String(layer), unit: String(unit), kind });
       li.addEventListener("click", () => act(() => colourBy(layer, unit, kind)));
       ol.appendChild(li);
@@ -280,12 +287,14 @@
     if (r.note) {
       box.appendChild(el("p", "", r.note));
     } else {
-      const p = el("p", "", `${r.units.length} unit(s) of layer ${body.layer} on through ${quoted(S.text.slice(start, end))}: `);
+      const p = el("p", "", `${r.units.length} unit(s) of layer ${body.layer} on through ` +
+                            `${quoted(S.text.slice(start, end))}: `);
       const u = el("span", "units", r.units.join(", "));
       u.dataset.units = JSON.stringify(r.units);
       p.appendChild(u);
       box.appendChild(p);
-      box.appendChild(el("p", "", `${r.count} other span(s) where all of them are on` + (r.count > r.matches.length ? ` (the ${r.matches.length} longest):` : ":")));
+      const more = r.count > r.matches.length ? ` (the ${r.matches.length} longest):` : ":";
+      box.appendChild(el("p", "", `${r.count} other span(s) where all of them are on${more}`));
       const ul = el("ul");
       r.matches.forEach((m) => {
         const li = el("li", "match", `${m.start}..${m.end}: ${quoted(m.text)}`);
@@ -320,7 +329,8 @@
     S.shade = { norms: r.norms, max: max > 0 ? max : 1, t: r.t };
     S.hits = null;
     S.picked = null;
-    $("influence-info").textContent = `loss at position ${r.t} (predicting ${quoted(r.target)}): ${r.loss.toFixed(4)} nats; ` +
+    $("influence-info").textContent =
+      `loss at position ${r.t} (predicting ${quoted(r.target)}): ${r.loss.toFixed(4)} nats; ` +
       `the largest |dL/dx_k| is ${max.toExponential(3)}, at k = ${r.norms.indexOf(max)}`;
     paintText();
     document.body.dataset.influence = String(r.t);
@@ -368,7 +378,7 @@
   // -- wiring ---------------------------------------------------------------------------------------
   function applyInfo(info) {
     S.info = info;
-    $("model").textContent = `${info.checkpoint}` + (info.trained_steps == null ? "" : ` (step ${info.trained_steps})`) +
+    $("model").textContent = info.checkpoint + (info.trained_steps == null ? "" : ` (step ${info.trained_steps})`) +
       `: ${info.cell.toUpperCase()}, ${info.layers} layer(s) of ${info.hidden} units, ${info.vocab.length} symbols` +
       (BAKED ? " \u2014 a saved page: its own text only" : "");
     $("kind").textContent = "";
@@ -393,7 +403,10 @@
     if (BAKED) {
       $("text").value = BAKED.text;
       $("text").readOnly = true;
-      ["read", "search", "generate", "load"].forEach((id) => { $(id).disabled = true; $(id).title = "needs `lstm-engine explore`"; });
+      ["read", "search", "generate", "load"].forEach((id) => {
+        $(id).disabled = true;
+        $(id).title = "needs `lstm-engine explore`";
+      });
       await readText(BAKED.text);
     }
     document.body.dataset.ready = "1";
@@ -403,7 +416,8 @@
   $("load").addEventListener("click", () => act(load));
   $("prev").addEventListener("click", () => act(() => goto(S.t - 1)));
   $("next").addEventListener("click", () => act(() => goto(S.t + 1)));
-  $("colour").addEventListener("click", () => act(() => colourBy(intOrRaw($("layer").value), intOrRaw($("unit").value), $("kind").value)));
+  $("colour").addEventListener("click", () => act(() =>
+    colourBy(intOrRaw($("layer").value), intOrRaw($("unit").value), $("kind").value)));
   $("rank").addEventListener("click", () => act(rank));
   $("search").addEventListener("click", () => act(search));
   $("influence").addEventListener("click", () => act(influence));
