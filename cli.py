@@ -36,7 +36,8 @@ class Group(click.Group):
         try:
             return super().invoke(ctx)
         except UserError as e:
-            err(f"error: {e}")
+            if not getattr(e, "quiet", False):     # quiet: another MPI rank reports the same error
+                err(f"error: {e}")
             sys.exit(2)
         except click.UsageError as e:
             sub = f" {e.ctx.info_name}" if e.ctx is not None and e.ctx.parent is not None else ""
@@ -66,10 +67,14 @@ def _print_event(kind, info):
         err(f"corpus: {info['train_chars']:,} train / {info['val_chars']:,} val chars, vocab {info['vocab']}, "
             f"unigram entropy {info['entropy']:.3f} nats/char ({bits(info['entropy']):.3f} bits/char)")
         err(f"writing checkpoints to {info['out']}" + (f" (resuming at step {info['step']})" if info["step"] else ""))
+        if "ranks" in info:
+            err(f"{len(info['ranks'])} ranks: " + ", ".join(f"rank {r} pid {pid} on {host}"
+                                                        for r, (host, pid) in enumerate(info["ranks"])))
     elif kind == "log":
         total = f"/{info['steps']}" if info["steps"] else ""     # None: a time budget has no step count
         err(f"step {info['step']:>6}{total}  loss {info['loss']:.4f} ({bits(info['loss']):.3f} bits/char)"
-            f"  |g| {info['grad_norm']:.2f}  {info['chars_per_s']:,.0f} chars/s  ETA {_fmt_time(info['eta_s'])}")
+            f"  |g| {info['grad_norm']:.2f}  {info['chars_per_s']:,.0f} chars/s  ETA {_fmt_time(info['eta_s'])}"
+            + (f"  K={info['ranks']} all-reduce {info['allreduce_share']:.0%}" if "ranks" in info else ""))
     elif kind == "eval":
         err(f"step {info['step']:>6}  val loss {info['val_loss']:.4f} nats/char ({bits(info['val_loss']):.3f} bits/char,"
             f" unigram entropy {info['entropy']:.3f})" + ("  * best" if info["best"] else ""))
@@ -142,22 +147,26 @@ class Duration(click.ParamType):
 @train_option("keep", "step-numbered checkpoints to keep besides latest and best")
 @click.option("--resume", default=None,
               help="checkpoint (or run directory) to continue from; options left out are taken from it")
+@click.option("--mpi/--no-mpi", default=None,
+              help="train on the ranks of an MPI launch (default: when mpiexec/srun started several; docs/distributed.md)")
 @click.pass_context
-def train(ctx, resume, **opts):
+def train(ctx, resume, mpi, **opts):
     """Train a model on a corpus; checkpoints go to --out."""
     from click.core import ParameterSource
     given = {k: v for k, v in opts.items()
              if ctx.get_parameter_source(k) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)}
-    cfg = api.train_config(given, resume)
+    cfg = api.train_config(given, resume, mpi=mpi)
     trainer = api.prepare_training(cfg, resume=resume, on_event=_print_event, explicit=given)
     got = []
+    root = trainer.dist.root
 
     def request_stop(signum, frame):
         if trainer.stop_requested:          # second Ctrl-C: give up at once (checkpoints stay intact)
             raise KeyboardInterrupt
         trainer.stop_requested = True
         got.append(signum)
-        err("stopping after this step and saving ...")
+        if root:
+            err("stopping after this step and saving ...")
 
     old = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -165,10 +174,10 @@ def train(ctx, resume, **opts):
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-    if trainer.stop_requested:
-        path = trainer.rundir.latest
-        err(f"interrupted at step {st.step}; checkpoint saved to {path}\n"
-            f"resume with: lstm-engine train --resume {shlex.quote(trainer.out)}")
+    if trainer.interrupted:
+        if root:
+            err(f"interrupted at step {st.step}; checkpoint saved to {trainer.rundir.latest}\n"
+                f"resume with: {trainer.dist.launch_prefix()}lstm-engine train --resume {shlex.quote(trainer.out)}")
         sys.exit(128 + (got[0] if got else signal.SIGINT))
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 
+from . import parallel
 from .backends import get_backend
 from .core.config import check_names, config_for_resume, explicit_fields, with_corpus_suggestions
 from .core.data import Vocab, load_corpus, split
@@ -56,18 +57,22 @@ def last_checkpoint():
 
 # -- training --------------------------------------------------------------------------------------
 
-def train_config(options=None, resume=None):
+def train_config(options=None, resume=None, mpi=None):
     """The TrainConfig of a run from the options the user chose ({TrainConfig field: value}).
 
     A new run: the engine defaults, overridden by `options`.  resume=PATH (a checkpoint or a run
     directory): the checkpoint's options, overridden by `options`, which must agree with the fixed
     ones (sizes, windows, seed); --out defaults to the checkpoint's directory.
+    mpi: train on the ranks of an MPI launch (True), in this process alone (False), or the first
+    when a launcher started several ranks (None; see lstm_engine.parallel).
     """
-    options = dict(options or {})
-    check_names(options)
-    if resume:
-        return config_for_resume(checkpoint.read_meta(resume), options, resume)
-    return TrainConfig(**options)
+    def settle():
+        opts = dict(options or {})
+        check_names(opts)
+        if resume:
+            return config_for_resume(checkpoint.read_meta(resume), opts, resume)
+        return TrainConfig(**opts)
+    return parallel.connect(mpi).agree(settle)
 
 
 def prepare_training(cfg: TrainConfig, text=None, resume=None, on_event=None, explicit=None):
@@ -81,14 +86,19 @@ def prepare_training(cfg: TrainConfig, text=None, resume=None, on_event=None, ex
     {'options': {name: value}}; under a time budget the recipe chooses what is not explicit.
     A resumed run keeps cfg as given (train_config(options, resume) builds it from the checkpoint).
     """
-    explicit = explicit_fields(cfg) if explicit is None else set(explicit)
-    if not resume:
-        text = load_corpus(cfg.corpus, cfg.encoding) if text is None else text
-        cfg, suggested = with_corpus_suggestions(cfg, explicit, text)
-        if suggested and on_event is not None:
-            on_event("suggested", {"options": suggested})
-    trainer = Trainer(cfg, text=text, resume=resume, on_event=on_event, explicit=explicit)
-    remember_last_run(trainer.out)
+    group = parallel.connect()
+
+    def settle(cfg=cfg, text=text):
+        explicit_ = explicit_fields(cfg) if explicit is None else set(explicit)
+        if not resume:
+            text = load_corpus(cfg.corpus, cfg.encoding) if text is None else text
+            cfg, suggested = with_corpus_suggestions(cfg, explicit_, text)
+            if suggested and on_event is not None and group.root:
+                on_event("suggested", {"options": suggested})
+        return Trainer(cfg, text=text, resume=resume, on_event=on_event, explicit=explicit_, group=group)
+    trainer = group.agree(settle)          # a failure on any rank fails every rank, reported once
+    if group.root:
+        remember_last_run(trainer.out)
     return trainer
 
 

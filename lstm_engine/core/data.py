@@ -1,6 +1,6 @@
 """Corpus -> vocabulary -> token ids -> training windows.
 
-Dimension legend: T time steps per window, B parallel streams, V vocabulary size.
+Dimension legend: T time steps per window, B parallel streams (b of them read by this rank), V vocabulary size.
 """
 from __future__ import annotations
 
@@ -85,21 +85,24 @@ class Batcher:
     real next character, never a wrapped one.  Window k of stream b is inputs
     ids[b*S + k*T : b*S + (k+1)*T] and targets shifted by one.  After the last whole window
     the epoch ends and the position (and the carried hidden state) start again from zero.
+    streams: the slice of the B streams this process reads (a rank of a data-parallel group);
+    they are the streams one process would read, whatever the number of ranks.
     """
 
-    def __init__(self, ids, B, T):
+    def __init__(self, ids, B, T, streams=None):
         self.ids, self.B, self.T = ids, B, T
+        self.streams = streams if streams is not None else slice(0, B)
         self.S = (len(ids) - 1) // B                       # characters per stream
         self.windows = self.S // T                         # windows per epoch
         if self.windows < 1:
             raise UserError(f"the training text ({len(ids)} chars) is shorter than one batch window "
                             f"(batch {B} x seq-len {T} + 1); use a longer corpus or smaller --batch-size/--seq-len")
-        starts = np.arange(B) * self.S                     # (B,)
-        # (windows, T, B) time-major views of inputs and targets
+        starts = np.arange(B)[self.streams] * self.S       # (b,) the streams read here (b = B in one process)
+        # (windows, T, b) time-major views of inputs and targets
         offs = starts[None, None, :] + np.arange(self.windows * T).reshape(self.windows, T)[:, :, None]
-        self.inputs = ids[offs]                            # (windows, T, B)
-        self.targets = ids[offs + 1]                       # (windows, T, B)
+        self.inputs = ids[offs]                            # (windows, T, b)
+        self.targets = ids[offs + 1]                       # (windows, T, b)
 
     def window(self, k):
-        """-> inputs (T,B) int32, targets (T,B) int32 of window k (0 <= k < windows)."""
+        """-> inputs (T,b) int32, targets (T,b) int32 of window k (0 <= k < windows)."""
         return self.inputs[k], self.targets[k]

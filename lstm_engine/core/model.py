@@ -3,7 +3,7 @@
 It owns the parameters and calls the chosen backend's kernels; it never asks which
 backend it is running on.
 
-Dimension legend: T time, B batch, E embedding, H hidden, V vocab, G = 4H, N = T*B.
+Dimension legend: T time, B batch (b of its streams on this rank), E embedding, H hidden, V vocab, G = 4H, N = T*B.
 Parameters (names follow the math):
     Emb (V,E)          embedding table
     W{l} (H+I_l, G)    fused LSTM weight of layer l over [h_{t-1}, x_t]; I_0 = E, I_l = H
@@ -76,8 +76,12 @@ class Model:
         return {n: self.be.to_numpy(p) for n, p in self.params.items()}
 
     # -- passes ------------------------------------------------------------
-    def dropout_masks(self, T, B, rng, locked=False):
-        """Inverted-dropout masks (T,B,H), one after each LSTM layer, drawn on the host.
+    def dropout_masks(self, T, B, rng, locked=False, streams=None):
+        """Inverted-dropout masks (T,b,H), one after each LSTM layer, drawn on the host.
+
+        The masks of all B streams are drawn, then those of `streams` (a slice; default all, b = B)
+        kept: the ranks of a data-parallel run use the masks one process would, and the generator's
+        state stays the same on every rank.
 
         locked: one mask per sequence of the batch, shared by all T steps of the window
         (variational dropout, Gal & Ghahramani 2016: a unit is dropped for the whole window);
@@ -91,10 +95,12 @@ class Model:
         L, H = self.cfg.layers, self.cfg.hidden_size
         drop = min(int(round(p * 65536)), 65535)                              # threshold of 2^16
         u = rng.integers(0, 65536, (L, 1 if locked else T, B, H), dtype=np.uint16)   # (L,T or 1,B,H)
+        if streams is not None:
+            u = u[:, :, streams]                                               # (L,T or 1,b,H)
         keep = (u >= drop).astype(self.cfg.dtype)                              # 0 / 1
         keep *= 65536.0 / (65536 - drop)
         if locked:
-            keep = np.repeat(keep, T, axis=1)                                  # (L,T,B,H)
+            keep = np.repeat(keep, T, axis=1)                                  # (L,T,b,H)
         return [self.be.asarray(keep[l]) for l in range(self.cfg.layers)]
 
     def forward(self, tokens, state, masks=None):

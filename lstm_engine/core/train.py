@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from .. import parallel
 from ..backends import get_backend
 from ..errors import UserError
 from ..storage import checkpoint
@@ -50,14 +51,20 @@ class Trainer:
     Events go to `on_event(kind, info)`: 'start', 'log', 'eval', 'sample', 'save', 'done'.
     With resume=PATH (a checkpoint or a run directory) everything a checkpoint holds is restored,
     so the run continues exactly as if it had never stopped.
+    group: the data-parallel group (lstm_engine.parallel; default the one connect() made, or one
+    process); this rank trains its shard of the streams, only rank 0 reports, evaluates and saves.
     """
 
-    def __init__(self, cfg: TrainConfig, text=None, resume=None, on_event=None, explicit=None):
+    def __init__(self, cfg: TrainConfig, text=None, resume=None, on_event=None, explicit=None, group=None):
         self._clock0 = time.perf_counter()     # a --time-budget covers everything from here
         cfg.check()
         self.cfg = cfg
-        self.on_event = on_event or (lambda kind, info: None)
+        self.dist = group or parallel.current()
+        self._check_parallel()
+        self.on_event = (on_event if self.dist.root else None) or (lambda kind, info: None)
         self.stop_requested = False
+        self._stop_agreed = False          # a stop every rank has seen (in the step's all-reduce)
+        self._gathered = (None, None)      # (step, every stream's carried state on rank 0)
         self.be = get_backend(cfg.backend)
         tensors, meta = (None, None)
         if resume:
@@ -81,19 +88,23 @@ class Trainer:
         if cfg.time_budget and not resume:
             RunDir(self.out, cfg.keep).refuse_taken()     # a taken --out fails before calibration time is spent
             self._plan_budget(explicit)
-        self.batcher = Batcher(self.train_ids, cfg.batch_size, cfg.seq_len)
+        self.streams = parallel.shard(cfg.batch_size, self.dist.size, self.dist.rank)   # this rank's streams
+        self.batcher = Batcher(self.train_ids, cfg.batch_size, cfg.seq_len, self.streams)
         self.model_cfg = cfg.model_config(len(self.vocab))
         params = {n[6:]: t for n, t in tensors.items() if n.startswith("param.")} if tensors else None
+        if params is None and not self.dist.root:     # rank 0 draws the initial weights and broadcasts them
+            params = {n: np.zeros(shape, cfg.dtype) for n, shape in self.model_cfg.param_shapes().items()}
         self.model = Model(self.model_cfg, self.be, params, seed=cfg.seed)
         self.opt = Adam(self.model.params, self.be, AdamConfig(cfg.lr, grad_clip=cfg.grad_clip))
         self.rng = np.random.default_rng(cfg.seed + 1)   # dropout masks
         self.st = TrainState()
-        self.state = self.model.zero_state(cfg.batch_size)
+        self.state = self.model.zero_state(self._local_batch())
         if resume:
             self._restore(tensors, meta)
         self.rundir = RunDir(self.out, cfg.keep)
         same_dir = resume and os.path.realpath(os.path.dirname(resume)) == os.path.realpath(self.out)
-        self.rundir.prepare(self.st.step if same_dir else None)
+        if self.dist.root:                                # only rank 0 writes
+            self.rundir.prepare(self.st.step if same_dir else None)
         self._saved = {}                                  # step -> checkpoint bytes (this step only)
 
     def _plan_budget(self, explicit):
@@ -139,8 +150,9 @@ class Trainer:
                              t.get("log_loss_sum", 0.0), t.get("log_loss_n", 0))
         self.rng.bit_generator.state = t["rng"]
         for l in range(self.model_cfg.layers):
-            self.state[l][0][...] = be.asarray(tensors[f"state.h{l}"])
-            self.state[l][1][...] = be.asarray(tensors[f"state.c{l}"])
+            for j, name in enumerate((f"state.h{l}", f"state.c{l}")):
+                t = tensors[name]                                   # (B,H), or (1,H) zeros of an import
+                self.state[l][j][...] = be.asarray(t[self.streams] if len(t) == self.cfg.batch_size else t)
 
     # -- checkpoints -------------------------------------------------------
     def checkpoint_bytes(self):
@@ -157,7 +169,7 @@ class Trainer:
             params,
             {n: be.to_numpy(a) for n, a in self.opt.m.items()},
             {n: be.to_numpy(a) for n, a in self.opt.v.items()},
-            [(be.to_numpy(h), be.to_numpy(c)) for h, c in self.state],
+            self._host_state(),
             self.model_cfg, self.cfg, self.vocab, self.entropy,
             {"step": st.step, "position": st.position, "best_val": _finite_or_none(st.best_val),
              "elapsed": st.elapsed + self._elapsed(), "history": st.history[-2000:],
@@ -192,14 +204,19 @@ class Trainer:
         cfg, be, b = self.cfg, self.be, self.batcher
         k = self.st.position % b.windows
         if k == 0:
-            self.state = self.model.zero_state(cfg.batch_size)   # a new epoch starts from zero state
+            self.state = self.model.zero_state(self._local_batch())   # a new epoch starts from zero state
         x, y = b.window(k)
-        tokens, targets = be.asarray(x), be.asarray(y)            # (T,B) each
-        masks = self.model.dropout_masks(cfg.seq_len, cfg.batch_size, self.rng, locked=cfg.locked_dropout)
+        tokens, targets = be.asarray(x), be.asarray(y)            # (T,b) each: this rank's streams
+        masks = self.model.dropout_masks(cfg.seq_len, cfg.batch_size, self.rng, locked=cfg.locked_dropout,
+                                         streams=self.streams)
         loss, grads, new_state = self.model.forward_backward(tokens, targets, self.state, masks)
+        # every rank gets the mean over all B streams (and any rank's stop request) from one all-reduce
+        grads, loss, self._stop_agreed = self.dist.reduce_step(grads, loss, self.stop_requested)
         norm, scale = self.opt.clip_scale(grads)
         if not (math.isfinite(loss) and math.isfinite(norm)):
-            raise self._diverged(f"loss {loss}, gradient norm {norm}")
+            e = self._diverged(f"loss {loss}, gradient norm {norm}")
+            e.collective = True                       # every rank sees the same reduced loss and norm
+            raise e
         if cfg.time_budget:
             lr = budget.lr_at_time(self._used() / max(cfg.time_budget - self._reserve, 1e-9), cfg.lr) \
                 if cfg.lr_decay else cfg.lr
@@ -239,13 +256,66 @@ class Trainer:
         return loss
 
     def run(self):
-        """Train to cfg.steps (or until stop_requested); the directory lock is held meanwhile."""
-        self.rundir.acquire()
+        """Train to cfg.steps (or until stop_requested); the directory lock is held meanwhile.
+
+        With several ranks every rank calls run(); a failure on one rank stops them all (dist.fail)."""
+        root = self.dist.root
+        self.dist.agree(self.rundir.acquire if root else lambda: None)
         try:
-            self.rundir.reset_logs(self.st.step)
+            if root:
+                self.rundir.reset_logs(self.st.step)
+            self._join()
             return self._run()
+        except BaseException as e:
+            if self.dist.size > 1:
+                if getattr(e, "collective", False):       # raised on every rank alike: rank 0 reports it
+                    raise e if root else parallel.QuietError(str(e)) from None
+                self.dist.fail(e, self.st.step, self.out)
+            raise
         finally:
-            self.rundir.release()
+            if root:
+                self.rundir.release()
+
+    # -- data-parallel ranks (lstm_engine.parallel) ---------------------------
+    def _check_parallel(self):
+        K = self.dist.size
+        if K > 1:
+            parallel.check_batch(self.cfg.batch_size, K)
+            if self.cfg.time_budget:
+                raise UserError(f"--time-budget runs in one process (its calibration would differ between the "
+                                f"{K} ranks); pass --steps instead, or run without mpiexec")
+
+    def _local_batch(self):
+        return self.streams.stop - self.streams.start
+
+    def _join(self):
+        """Collective: the gradient buffer and transport, rank 0's weights and run directory on every rank."""
+        self.dist.bind(self.be, self.model_cfg.param_shapes(), self.model_cfg.dtype)
+        self.dist.broadcast_params(self.model.params)
+        self.out = self.dist.share(self.out)
+        self.members = self.dist.members()               # [(host, pid)] per rank; None in one process
+
+    @property
+    def interrupted(self):
+        """The run stopped on request (Ctrl-C / SIGTERM on any rank) before --steps."""
+        return self._stopping()
+
+    def _stopping(self):
+        """One process stops when asked; ranks stop together, after the step whose all-reduce carried the request."""
+        return self.stop_requested if self.dist.size == 1 else self._stop_agreed
+
+    def _gather_state(self):
+        """Collective: every stream's carried state on rank 0, for the checkpoints of this step."""
+        host = [[self.be.to_numpy(h), self.be.to_numpy(c)] for h, c in self.state]    # per layer (b,H) x 2
+        self._gathered = (self.st.step, self.dist.gather_streams(host))
+
+    def _host_state(self):
+        """Per layer (h (B,H), c (B,H)) on the host: the carried state of all B streams."""
+        if self.dist.size == 1:
+            return [(self.be.to_numpy(h), self.be.to_numpy(c)) for h, c in self.state]
+        step, state = self._gathered
+        assert step == self.st.step, "the state is gathered (collectively) before rank 0 saves"
+        return [tuple(hc) for hc in state]
 
     def _run(self):
         cfg, st = self.cfg, self.st
@@ -255,10 +325,12 @@ class Trainer:
         self.on_event("start", {"out": self.out, "vocab": len(self.vocab), "entropy": self.entropy,
                                 "train_chars": len(self.train_ids), "val_chars": len(self.val_ids),
                                 "backend": self.be.NAME, "model": self.model_cfg.to_dict(), "step": st.step,
-                                "params": sum(int(np.prod(p.shape)) for p in self.model.params.values())})
+                                "params": sum(int(np.prod(p.shape)) for p in self.model.params.values()),
+                                **({"ranks": self.members} if self.members else {})})
         start_step, t_log, last_loss, n_chars = st.step, time.perf_counter(), float("nan"), 0
-        saved_at, step_time = None, 0.0
-        while st.step < cfg.steps and not self.stop_requested:
+        saved_at, step_time, root = None, 0.0, self.dist.root
+        self._reduce_mark = self.dist.reduce_seconds
+        while st.step < cfg.steps and not self._stopping():
             if cfg.time_budget and not self._budget_left(step_time):
                 break
             t_step = time.perf_counter()
@@ -267,15 +339,13 @@ class Trainer:
             st.log_loss_sum, st.log_loss_n = st.log_loss_sum + last_loss, st.log_loss_n + 1
             n_chars += cfg.batch_size * cfg.seq_len
             s = st.step
+            if self.dist.size > 1:
+                self._gather_if_saving(s)
+                if not root:
+                    continue                                  # only rank 0 logs, evaluates, samples and saves
             if cfg.log_every and (s % cfg.log_every == 0 or s == cfg.steps):
                 now = time.perf_counter()
-                speed = n_chars / max(now - t_log, 1e-9)
-                eta = (cfg.steps - s) * cfg.batch_size * cfg.seq_len / max(speed, 1e-9)
-                if cfg.time_budget:
-                    eta = min(eta, cfg.time_budget - self._used())
-                self.on_event("log", {"step": s, "steps": None if cfg.time_budget else cfg.steps,   # a budget: open-ended
-                                      "loss": last_loss, "grad_norm": norm, "chars_per_s": speed, "eta_s": eta,
-                                      "entropy": self.entropy})
+                self.on_event("log", self._log_info(s, last_loss, norm, n_chars / max(now - t_log, 1e-9), now - t_log))
                 t_log, n_chars = now, 0
                 self.rundir.append_log({"step": s, "time": st.elapsed + self._elapsed(),
                                         "train_loss": st.log_loss_sum / st.log_loss_n, "grad_norm": norm},
@@ -291,13 +361,38 @@ class Trainer:
                 saved_at = s
             if s - start_step == 1:
                 t_log, n_chars = time.perf_counter(), 0       # keep compile/warm-up out of chars/s
+                self._reduce_mark = self.dist.reduce_seconds
         if cfg.time_budget and len(self.val_ids) > 1 and not self.stop_requested and \
                 not (st.history and st.history[-1]["step"] == st.step):
             self._eval_and_keep_best(last_loss)          # the budget closes with evaluation and `best`
+        if self.dist.size > 1 and self._gathered[0] != st.step:
+            self._gather_state()
+        if not root:
+            return st
         path = self.rundir.latest if saved_at == st.step else self.save("latest")
         self.on_event("done", {"step": st.step, "path": path, "best_val": st.best_val,
-                               "interrupted": self.stop_requested})
+                               "interrupted": self.interrupted})
         return st
+
+    def _log_info(self, s, loss, norm, speed, seconds):
+        """The progress line's numbers; with several ranks also K and the all-reduce's share of the time."""
+        cfg = self.cfg
+        eta = (cfg.steps - s) * cfg.batch_size * cfg.seq_len / max(speed, 1e-9)
+        if cfg.time_budget:
+            eta = min(eta, cfg.time_budget - self._used())
+        info = {"step": s, "steps": None if cfg.time_budget else cfg.steps,   # a budget: open-ended
+                "loss": loss, "grad_norm": norm, "chars_per_s": speed, "eta_s": eta, "entropy": self.entropy}
+        if self.dist.size > 1:
+            reduced, self._reduce_mark = self.dist.reduce_seconds - self._reduce_mark, self.dist.reduce_seconds
+            info.update(ranks=self.dist.size, allreduce_share=min(reduced / max(seconds, 1e-9), 1.0))
+        return info
+
+    def _gather_if_saving(self, s):
+        """Collective, at the steps where rank 0 may save (an evaluation can save `best`)."""
+        cfg = self.cfg
+        evaluating = len(self.val_ids) > 1 and cfg.eval_every and (s % cfg.eval_every == 0 or s == cfg.steps)
+        if evaluating or (cfg.save_every and s % cfg.save_every == 0):
+            self._gather_state()
 
     def _eval_and_keep_best(self, train_loss):
         st = self.st
