@@ -67,9 +67,8 @@ def _print_event(kind, info):
         err(f"corpus: {info['train_chars']:,} train / {info['val_chars']:,} val chars, vocab {info['vocab']}, "
             f"unigram entropy {info['entropy']:.3f} nats/char ({bits(info['entropy']):.3f} bits/char)")
         err(f"writing checkpoints to {info['out']}" + (f" (resuming at step {info['step']})" if info["step"] else ""))
-        if "ranks" in info:
-            err(f"{len(info['ranks'])} ranks: " + ", ".join(f"rank {r} pid {pid} on {host}"
-                                                        for r, (host, pid) in enumerate(info["ranks"])))
+        if "ranks" in info:         # a launcher that reports a dead process names its pid
+            err("MPI ranks: " + ", ".join(f"rank {r} pid {pid} on {host}" for r, (host, pid) in enumerate(info["ranks"])))
     elif kind == "log":
         total = f"/{info['steps']}" if info["steps"] else ""     # None: a time budget has no step count
         err(f"step {info['step']:>6}{total}  loss {info['loss']:.4f} ({bits(info['loss']):.3f} bits/char)"

@@ -85,6 +85,7 @@ def prepare_training(cfg: TrainConfig, text=None, resume=None, on_event=None, ex
     unless they are explicit, and reports those that differ as a 'suggested' event
     {'options': {name: value}}; under a time budget the recipe chooses what is not explicit.
     A resumed run keeps cfg as given (train_config(options, resume) builds it from the checkpoint).
+    Under an MPI launch every rank calls this (docs/distributed.md): rank 0 alone reports and writes.
     """
     group = parallel.connect()
 

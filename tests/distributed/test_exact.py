@@ -111,3 +111,18 @@ def test_one_process_never_imports_mpi(tmp_path):
     r = subprocess.run([sys.executable, "-c", code, *map(str, args)], env=env(), capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def test_mpi_flag_without_a_launcher_trains_as_one_rank(tmp_path):
+    """--mpi joins MPI without mpiexec (a launcher that sets no size variable): one rank, the same run."""
+    import subprocess
+    import sys
+    from mpi_run import env
+    corpus = write_corpus(tmp_path)
+    ref = one_process(corpus, tmp_path / "one", backend="numpy", dropout=0.25)
+    args = tiny_args(corpus, tmp_path / "flag", **dict(FLAGS, backend="numpy", dropout=0.25)) + ["--mpi"]
+    r = subprocess.run([sys.executable, "-m", "lstm_engine.cli", *map(str, args)], env=env(), capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "MPI ranks: rank 0 pid " in r.stderr
+    assert_same_run(str(tmp_path / "flag"), ref)

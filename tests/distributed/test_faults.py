@@ -45,7 +45,9 @@ def test_a_failed_rank_stops_every_rank(tmp_path, kind):
         assert re.search(rf"PID {pid} RUNNING AT .*\n.*EXIT CODE: 9", r.stdout + r.stderr), (r.stdout, r.stderr)
 
 
-def test_sigterm_to_mpiexec_saves_once(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_mpiexec_saves_once(tmp_path, signum):
+    """mpiexec forwards SIGTERM and SIGINT (Ctrl-C) to every rank; they stop after the same step."""
     corpus = write_corpus(tmp_path)
     out = str(tmp_path / "out")
     p = start(2, tiny_args(corpus, out, **dict(FLAGS, save_every=0)))
@@ -55,14 +57,14 @@ def test_sigterm_to_mpiexec_saves_once(tmp_path):
         while not (os.path.exists(log) and sum(1 for _ in open(log)) >= 3):
             assert p.poll() is None and time.time() < deadline, p.stderr.read() if p.poll() is not None else "slow"
             time.sleep(0.2)
-        p.send_signal(signal.SIGTERM)
+        p.send_signal(signum)
         t0 = time.time()
         _, err = p.communicate(timeout=60)
         assert time.time() - t0 < STOP_WITHIN, err
     finally:
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
-    assert p.returncode != 0, err
+    assert p.returncode == 128 + signum, err
     assert err.count("interrupted at step") == 1 and err.count("stopping after this step") <= 1, err
     assert f"resume with: mpiexec -n 2 lstm-engine train --resume {out}" in err
     step = int(err.split("interrupted at step ")[1].split(";")[0])
