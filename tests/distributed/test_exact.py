@@ -75,6 +75,9 @@ def test_resume_on_other_rank_counts(tmp_path):
     half = tmp_path / "half"
     r = run(2, tiny_args(corpus, half, **dict(kw, steps=10)))
     assert r.returncode == 0, r.stderr
+    for args in (["eval", half / "latest.safetensors"], ["generate", half, "--length", 20, "--seed", 1]):
+        r1 = run_cli(args)                              # a checkpoint of K ranks is like any other
+        assert r1.exit_code == 0, r1.output
     for K in (2, 3, 1):
         out = tmp_path / f"resume{K}"
         shutil.copytree(half, out)
