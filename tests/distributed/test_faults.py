@@ -23,6 +23,13 @@ def saved_step(out):
     return meta["trainer"]["step"]
 
 
+def rows(path):
+    if not os.path.exists(path):
+        return 0
+    with open(path) as f:
+        return sum(1 for _ in f)
+
+
 @pytest.mark.parametrize("kind", ["raise", "kill"])
 def test_a_failed_rank_stops_every_rank(tmp_path, kind):
     corpus = write_corpus(tmp_path)
@@ -54,7 +61,7 @@ def test_a_signal_to_mpiexec_saves_once(tmp_path, signum):
     try:
         log = os.path.join(out, "train_log.jsonl")
         deadline = time.time() + 120
-        while not (os.path.exists(log) and sum(1 for _ in open(log)) >= 3):
+        while rows(log) < 3:
             assert p.poll() is None and time.time() < deadline, p.stderr.read() if p.poll() is not None else "slow"
             time.sleep(0.2)
         p.send_signal(signum)
