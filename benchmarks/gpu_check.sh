@@ -73,6 +73,12 @@ CUPY_TF32=0 NVIDIA_TF32_OVERRIDE=0 timeout 60 "$PY" -m pytest -q -rfEs $PYTEST_T
   tests/backends/test_torch_parity.py -k cupy >> "$OUT/pytest.log" 2>&1
 echo "torch parity exit code $? (0 = all passed, 5 = no cupy case collected, 124 = timed out)"
 tail -n 3 "$OUT/pytest.log"
+# data-parallel: the NCCL all-reduce through a real one-GPU communicator (docs/distributed.md)
+echo "=== tests/distributed/test_nccl.py -k one_gpu" >> "$OUT/pytest.log"
+timeout 40 "$PY" -m pytest -q -rfEs $PYTEST_TIMEOUT -p no:cacheprovider \
+  tests/distributed/test_nccl.py -k one_gpu >> "$OUT/pytest.log" 2>&1
+echo "one-GPU NCCL exit code $? (0 = passed, 124 = timed out; skipped shows the reason)"
+tail -n 3 "$OUT/pytest.log"
 echo "--- parity lines marked FAIL or NON-FINITE (all lines in parity.log):"
 grep -E "FAIL|NON-FINITE|DIFFER" "$OUT/parity.log" | head -40 || true
 echo "--- worst float32 / float64 relative errors:"

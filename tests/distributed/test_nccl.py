@@ -9,12 +9,16 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import os
+import shutil
 import sys
 import threading
 import types
 
 import numpy as np
+import pytest
 
+from helpers import tiny_cfg, write_corpus
+from lstm_engine.parallel import Local
 from lstm_engine.parallel import mpi as pmpi
 
 K = 3
@@ -31,11 +35,12 @@ def _fake_cupy():
 
 
 class World:
-    """What the K fake ranks share: a barrier, one slot per rank, and the record of calls."""
+    """What the n fake ranks share: a barrier, one slot per rank, and the record of calls."""
 
-    def __init__(self):
-        self.barrier = threading.Barrier(K, timeout=20)
-        self.slots = [None] * K
+    def __init__(self, n=K):
+        self.n = n
+        self.barrier = threading.Barrier(n, timeout=20)
+        self.slots = [None] * n
         self.calls = []
         self.lock = threading.Lock()
 
@@ -62,7 +67,7 @@ class FakeComm:
         return self.rank
 
     def Get_size(self):
-        return K
+        return self.world.n
 
     def Split_type(self, kind, key=0):
         return self                       # one machine: the node's ranks are all ranks
@@ -76,6 +81,13 @@ class FakeComm:
 
     def allgather(self, obj):
         return self.world.exchange(self.rank, obj)
+
+    def gather(self, obj, root=0):
+        got = self.world.exchange(self.rank, obj)
+        return got if self.rank == root else None
+
+
+FAKE_MPI = types.SimpleNamespace(COMM_TYPE_SHARED=1, Get_processor_name=lambda: "emulator")
 
 
 def _host_view(ptr, count, dtype):
@@ -137,7 +149,7 @@ def test_nccl_allreduce_of_one_flat_buffer(monkeypatch):
 
     def rank_main(r):
         try:
-            group = pmpi.MPIGroup(FakeComm(world, r), types.SimpleNamespace(COMM_TYPE_SHARED=1))
+            group = pmpi.MPIGroup(FakeComm(world, r), FAKE_MPI)
             group.bind(be, SHAPES, np.float64)
             params = {n: fake.asarray(params0[n] if r == 0 else np.zeros(s)) for n, s in SHAPES.items()}
             group.broadcast_params(params)
@@ -179,3 +191,90 @@ def test_nccl_allreduce_of_one_flat_buffer(monkeypatch):
                 np.testing.assert_allclose(mean[n], want, rtol=1e-14, atol=1e-15)
             assert loss == np.mean([1.0 + q for q in range(K)])
             assert stop == (step == 1)                                     # rank 2 asked at step 1: all stop
+
+
+def _clear_kernel_caches(ck):
+    for cache in (ck.module, ck.sm_count, ck.smem_optin):
+        cache.cache_clear()
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="the CUDA emulator needs g++")
+def test_trainer_on_the_cupy_emulator_reduces_over_nccl(monkeypatch, tmp_path):
+    """The whole training loop of --backend cupy (kernels on the CPU emulator) in a one-rank group
+    whose gradients go through the recorded NCCL: one all-reduce of the flat device buffer per step,
+    and the run equals the same run without a group (float64, dropout on)."""
+    from lstm_engine.backends import cupy_backend as cb
+    from lstm_engine.backends import cupy_generate as cg
+    from lstm_engine.backends import cupy_kernels as ck
+    from lstm_engine.core.train import Trainer
+    fake, world = _fake_cupy(), World(1)
+
+    class Device(fake.cuda.Device):
+        def use(self):
+            world.record("Device.use", self.id)
+
+    cuda = types.SimpleNamespace(**vars(fake.cuda), nccl=fake_nccl(world))
+    cuda.Device = Device
+    monkeypatch.setattr(fake, "cuda", cuda)
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setitem(sys.modules, "cupy.cuda", cuda)
+    for mod, name in ((cb, "cp"), (cb, "xp"), (cg, "cp")):
+        monkeypatch.setattr(mod, name, fake)
+    monkeypatch.setattr(cb, "_availability", None)
+    monkeypatch.setattr(cb, "PERSIST_MAX_BH", 0)          # the emulator runs one block at a time
+    monkeypatch.setattr(ck, "cublas_module", lambda: fake.CUBLAS)
+    monkeypatch.setattr(cb, "_LOOPS", ck.LoopGraphs())
+    monkeypatch.setattr(cb, "_BLAS_LOOPS", ck.LoopGraphs(status="BLAS_GRAPH_STATUS"))
+    monkeypatch.setattr(cg, "_PLANS", cg._Plans())
+    monkeypatch.setattr(ck, "GRAPH_STATUS", {"captured": 0, "replayed": 0, "error": None})
+    monkeypatch.setattr(ck, "BLAS_GRAPH_STATUS", {"captured": 0, "replayed": 0, "error": None})
+    _clear_kernel_caches(ck)
+    monkeypatch.setattr(ck, "_FUNCTIONS", {})            # the emulator's kernels never outlive this test
+    kw = dict(corpus=write_corpus(tmp_path), backend="cupy", dtype="float64", dropout=0.25, steps=4)
+    runs = {}
+    try:
+        for name, group in (("one", Local()), ("nccl", pmpi.MPIGroup(FakeComm(world, 0), FAKE_MPI))):
+            trainer = Trainer(tiny_cfg(tmp_path / name, **kw), group=group)
+            assert trainer.be.NAME == "cupy"
+            trainer.run()
+            runs[name] = trainer.model.host_params()
+    finally:
+        _clear_kernel_caches(ck)
+    for n, p in runs["one"].items():
+        assert float(np.max(np.abs(runs["nccl"][n] - p))) <= 1e-12, n
+    P = sum(p.size for p in runs["one"].values())
+    reduces = [c for c in world.calls if c[0] == "allReduce"]
+    assert len(reduces) == 4 and all(c[4] == P + 2 and c[5] == 8 for c in reduces)      # one per step
+    assert ("Device.use", 0) in world.calls and [c[0] for c in world.calls].count("get_unique_id") == 1
+
+
+def _gpu_with_nccl():
+    """Why the real one-GPU check cannot run here, or None."""
+    from lstm_engine.backends import cupy_backend as cb
+    ok, why = cb.is_available()
+    if not ok:
+        return why
+    try:
+        from cupy.cuda import nccl
+    except ImportError as e:
+        return f"CuPy cannot load NCCL ({e})"
+    return None if getattr(nccl, "available", True) else "CuPy cannot load NCCL"
+
+
+def test_one_gpu_nccl_communicator(tmp_path):
+    """Where a GPU is lent: a real NCCL communicator of one rank (its id still travels over the
+    group's MPI channel) carries each step's gradients; the run equals the run without a group."""
+    why = _gpu_with_nccl()
+    if why:
+        pytest.skip(f"needs a GPU with NCCL: {why}")
+    from lstm_engine.core.train import Trainer
+    kw = dict(corpus=write_corpus(tmp_path), backend="cupy", dtype="float64", dropout=0.25, steps=4)
+    group = pmpi.MPIGroup(FakeComm(World(1), 0), FAKE_MPI)
+    runs = {}
+    for name, g in (("one", Local()), ("nccl", group)):
+        trainer = Trainer(tiny_cfg(tmp_path / name, **kw), group=g)
+        trainer.run()
+        runs[name] = trainer.model.host_params()
+    assert type(group._reducer).__name__ == "NcclReducer"
+    for n, p in runs["one"].items():
+        assert float(np.max(np.abs(runs["nccl"][n] - p))) <= 1e-10, n
