@@ -68,7 +68,8 @@ def _print_event(kind, info):
             f"unigram entropy {info['entropy']:.3f} nats/char ({bits(info['entropy']):.3f} bits/char)")
         err(f"writing checkpoints to {info['out']}" + (f" (resuming at step {info['step']})" if info["step"] else ""))
         if "ranks" in info:         # a launcher that reports a dead process names its pid
-            err("MPI ranks: " + ", ".join(f"rank {r} pid {pid} on {host}" for r, (host, pid) in enumerate(info["ranks"])))
+            err("MPI ranks: " + ", ".join(f"rank {r} pid {pid} on {host}"
+                                         for r, (host, pid) in enumerate(info["ranks"])))
     elif kind == "log":
         total = f"/{info['steps']}" if info["steps"] else ""     # None: a time budget has no step count
         err(f"step {info['step']:>6}{total}  loss {info['loss']:.4f} ({bits(info['loss']):.3f} bits/char)"
@@ -147,7 +148,8 @@ class Duration(click.ParamType):
 @click.option("--resume", default=None,
               help="checkpoint (or run directory) to continue from; options left out are taken from it")
 @click.option("--mpi/--no-mpi", default=None,
-              help="train on the ranks of an MPI launch (default: when mpiexec/srun started several; docs/distributed.md)")
+              help="train on the ranks of an MPI launch (default: when mpiexec/srun started several; "
+                   "docs/distributed.md)")
 @click.pass_context
 def train(ctx, resume, mpi, **opts):
     """Train a model on a corpus; checkpoints go to --out."""
