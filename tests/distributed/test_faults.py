@@ -52,6 +52,16 @@ def test_a_failed_rank_stops_every_rank(tmp_path, kind):
         assert re.search(rf"PID {pid} RUNNING AT .*\n.*EXIT CODE: 9", r.stdout + r.stderr), (r.stdout, r.stderr)
 
 
+def test_a_setup_failure_on_one_rank_is_one_line_from_rank_0(tmp_path):
+    corpus = write_corpus(tmp_path)
+    out = str(tmp_path / "out")
+    r = run(2, ["1:0:setup", *tiny_args(corpus, out, **FLAGS)], timeout=60,
+            driver=os.path.join(HERE, "fault_driver.py"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.splitlines() == ["error: rank 1 of 2: the corpus is not readable on this machine"], r.stderr
+    assert not os.path.exists(os.path.join(out, "latest.safetensors"))
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_to_mpiexec_saves_once(tmp_path, signum):
     """mpiexec forwards SIGTERM and SIGINT (Ctrl-C) to every rank; they stop after the same step."""
