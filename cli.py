@@ -34,6 +34,7 @@ class Group(click.Group):
 
     def invoke(self, ctx):
         try:
+            api.check_environment()
             return super().invoke(ctx)
         except UserError as e:
             if not getattr(e, "quiet", False):     # quiet: another MPI rank reports the same error
@@ -211,7 +212,8 @@ def eval_cmd(checkpoint, corpus, encoding, backend, as_json):
 @click.option("--echo/--no-echo", default=True, show_default=True, help="print the prime before the generated text")
 def generate(checkpoint, prime, length, temperature, top_k, top_p, greedy, seed, backend, echo):
     """Generate text from a checkpoint (default: the latest of the last run), streamed to stdout."""
-    model, vocab, path = api.load_for_generation(checkpoint, backend, prime, length, temperature, top_k, top_p)
+    model, vocab, path = api.load_for_generation(checkpoint, backend, prime, length, temperature, top_k, top_p,
+                                                 seed)
     if not checkpoint:
         err(f"using {path}")
     if echo and prime:
@@ -221,7 +223,7 @@ def generate(checkpoint, prime, length, temperature, top_k, top_p, greedy, seed,
         click.echo(text, nl=False)
         sys.stdout.flush()
 
-    api.generate(model, vocab, prime, length, temperature, top_k, top_p, greedy, seed, on_text=out)
+    api.generate(model, vocab, prime, length, temperature, top_k, top_p, greedy, seed, on_text=out, keep=False)
     click.echo()
 
 
@@ -230,9 +232,10 @@ def generate(checkpoint, prime, length, temperature, top_k, top_p, greedy, seed,
 @click.option("--format", "fmt", type=click.Choice(["torch"]), default="torch", show_default=True,
               help="torch: a state dict for nn.Embedding -> nn.LSTM -> nn.Linear (docs/pytorch-interop.md)")
 @click.option("-o", "--out", required=True, help="FILE.safetensors, or FILE.pt (needs torch); vocab: FILE.vocab.json")
-def export_cmd(checkpoint, fmt, out):
+@click.option("--force", is_flag=True, help="replace an existing checkpoint at -o (never the input or a run's file)")
+def export_cmd(checkpoint, fmt, out, force):
     """Write a checkpoint's weights as a PyTorch state dict, with its vocabulary beside it."""
-    r = api.export_torch(checkpoint, out)
+    r = api.export_torch(checkpoint, out, force)
     m = r["config"]
     err(f"wrote {r['path']} (V={m['vocab_size']} E={m['embed_size']} H={m['hidden_size']} L={m['layers']} "
         f"{m['dtype']}) and {r['vocab_path']}")
@@ -242,9 +245,10 @@ def export_cmd(checkpoint, fmt, out):
 @click.argument("state_dict")
 @click.option("--vocab", default=None, help="JSON list of the symbols in index order (default: FILE.vocab.json)")
 @click.option("-o", "--out", required=True, help="checkpoint to write (.safetensors)")
-def import_cmd(state_dict, vocab, out):
+@click.option("--force", is_flag=True, help="replace an existing checkpoint at -o (never an input or a run's file)")
+def import_cmd(state_dict, vocab, out, force):
     """Make a checkpoint from a PyTorch state dict (.safetensors or .pt) and its vocabulary."""
-    r = api.import_torch(state_dict, vocab, out)
+    r = api.import_torch(state_dict, vocab, out, force)
     m = r["config"]
     err(f"wrote {r['path']} (V={m['vocab_size']} E={m['embed_size']} H={m['hidden_size']} L={m['layers']} "
         f"{m['dtype']})")
@@ -275,6 +279,9 @@ def bench(backends, configs, what, seconds, repeats, threads, json_path, plot_pa
     from lstm_engine.bench import report as bench_report
     from lstm_engine.bench.harness import run_bench
     from lstm_engine.bench.machine import machine_line
+    for path, option in ((json_path, "--json"), (plot_path, "--plot")):
+        if path and path != "-":
+            api.check_output_path(path, option)
     if plot_path:
         bench_report.require_matplotlib()
     machine, rows = run_bench(backends, configs, what, seconds, repeats, threads, on_progress=err)

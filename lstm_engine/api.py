@@ -14,18 +14,25 @@ import os
 
 from . import parallel
 from .backends import get_backend
+from .core import environment as env
 from .core.config import check_names, config_for_resume, explicit_fields, with_corpus_suggestions
 from .core.data import Vocab, load_corpus, split
 from .core.generation import bits, check_sampling_options, evaluate_ids, generate_text
 from .core.model import Model, ModelConfig
+from .core.resources import check_fits_memory
 from .core.train import TrainConfig, Trainer
 from .errors import UserError
 from .storage import checkpoint
+from .storage.atomic import atomic_write_bytes
+from .storage.files import check_output, read_regular
+from .storage.schema import INT_MAX
+
+INSPECT_BYTES = 6 * 4 * 3         # per character, layer and unit: six float32 states, their statistics
 
 
 def state_dir():
     """Where the engine remembers the last run ($LSTM_ENGINE_STATE_DIR or XDG state home)."""
-    d = os.environ.get("LSTM_ENGINE_STATE_DIR")
+    d = env.get("LSTM_ENGINE_STATE_DIR")
     if not d:
         base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
         d = os.path.join(base, "lstm-engine")
@@ -43,10 +50,10 @@ def remember_last_run(out_dir):
 
 def last_checkpoint():
     """Path of the latest checkpoint of the last run, or a UserError saying what to pass."""
+    record = os.path.join(state_dir(), "last_run")
     try:
-        with open(os.path.join(state_dir(), "last_run")) as f:
-            run = f.read().strip()
-    except OSError:
+        run = read_regular(record, "the last-run record").decode("utf-8", "replace").strip()
+    except UserError:
         run = ""
     path = os.path.join(run, "latest" + checkpoint.EXT) if run else ""
     if not path or not os.path.exists(path):
@@ -117,6 +124,11 @@ def train(cfg: TrainConfig, text=None, resume=None, on_event=None, explicit=None
 
 # -- models: load, score, sample ------------------------------------------------------------------
 
+def check_environment():
+    """Every LSTM_ENGINE_* variable that is set holds a value it accepts (one line naming it if not)."""
+    env.check_all()
+
+
 def load_model(path, backend="auto"):
     """-> (Model on the chosen backend, Vocab, metadata dict) from a checkpoint file."""
     tensors, meta = checkpoint.load(path)
@@ -158,20 +170,23 @@ def evaluate_checkpoint(path, corpus=None, encoding="utf-8", backend="auto", tex
 
 
 def generate(model, vocab, prime="", length=200, temperature=1.0, top_k=None, top_p=1.0,
-             greedy=False, seed=None, on_text=None):
-    """Sample text after `prime` (see generation.generate_text); top_k None or 0: every symbol."""
-    return generate_text(model, vocab, prime, length, temperature, top_k or 0, top_p, greedy, seed, on_text)
+             greedy=False, seed=None, on_text=None, keep=True):
+    """Sample text after `prime` (see generation.generate_text); top_k None or 0: every symbol.
+
+    keep=False (with on_text) holds one chunk at a time and returns "": any length in constant memory."""
+    return generate_text(model, vocab, prime, length, temperature, top_k or 0, top_p, greedy, seed, on_text,
+                         keep=keep)
 
 
 def load_for_generation(path=None, backend="auto", prime="", length=200, temperature=1.0, top_k=None,
-                        top_p=1.0):
+                        top_p=1.0, seed=None):
     """Check the sampling options, load the checkpoint (default: the latest of the last run) and
     check that `prime` is in its vocabulary, so that nothing fails once text is out.
 
     top_k: None keeps every symbol; a given top_k must be >= 1.  -> (model, vocab, path)."""
     if top_k is not None and top_k < 1:
         raise UserError(f"--top-k must be >= 1 (got {top_k}); leave it out to keep every symbol")
-    check_sampling_options(temperature, top_k, top_p, length)
+    check_sampling_options(temperature, top_k, top_p, length, seed)
     path = path or last_checkpoint()
     model, vocab, _ = load_model(path, backend)
     vocab.encode(prime, strict=True)
@@ -180,16 +195,20 @@ def load_for_generation(path=None, backend="auto", prime="", length=200, tempera
 
 # -- interop and teaching tools ---------------------------------------------------------------------
 
-def export_torch(path, out):
-    """Checkpoint -> PyTorch state dict at `out`, vocabulary beside it.  -> dict(path, vocab_path, config)."""
+def export_torch(path, out, force=False):
+    """Checkpoint -> PyTorch state dict at `out`, vocabulary beside it.  -> dict(path, vocab_path, config).
+
+    Never onto the checkpoint or a run's file; onto another existing checkpoint only with force."""
     from .storage import interop
-    return interop.export_torch(path, out)
+    return interop.export_torch(path, out, force)
 
 
-def import_torch(state_dict, vocab, out):
-    """PyTorch state dict + vocabulary JSON (None: beside it) -> a checkpoint at `out`.  -> dict(path, config)."""
+def import_torch(state_dict, vocab, out, force=False):
+    """PyTorch state dict + vocabulary JSON (None: beside it) -> a checkpoint at `out`.  -> dict(path, config).
+
+    Never onto an input or a run's file; onto an existing checkpoint only with force."""
     from .storage import interop
-    return interop.import_torch(state_dict, vocab, out)
+    return interop.import_torch(state_dict, vocab, out, force)
 
 
 def explain(checkpoint_path=None, text=None, layer=0, input_size=2, hidden_size=3, seed=0, backward=False,
@@ -200,6 +219,14 @@ def explain(checkpoint_path=None, text=None, layer=0, input_size=2, hidden_size=
     with `output` the blocks are also written to that file."""
     from .teaching import explain as ex
     from .teaching.explain_render import render
+    if output:
+        check_output(output, _checkpoint_inputs(checkpoint_path), "-o")
+    if not 0 <= seed <= INT_MAX:
+        raise UserError(f"--seed must be in [0, {INT_MAX}] (got {seed})")
+    if not checkpoint_path:
+        # the tiny model in float64: W (H+I, 4H), its gradient, a copy per checked entry, the states
+        check_fits_memory(8 * 4 * (hidden_size + input_size) * 4 * hidden_size,
+                          f"a model of --input-size {input_size} --hidden-size {hidden_size}", "pass smaller sizes")
     if checkpoint_path:
         setup = ex.checkpoint_setup(checkpoint_path, text, layer)
     else:
@@ -208,11 +235,26 @@ def explain(checkpoint_path=None, text=None, layer=0, input_size=2, hidden_size=
     chunks = render(ex.explain(setup, backward, units, max_check, seed), fmt)
     if output:
         try:
-            with open(output, "w", encoding="utf-8") as f:
-                f.write("\n".join(chunks) + "\n")
+            atomic_write_bytes(output, ("\n".join(chunks) + "\n").encode("utf-8", "backslashreplace"))
         except OSError as e:
             raise UserError(f"could not write {output!r}: {e.strerror or e}") from None
     return chunks
+
+
+def check_output_path(path, option, inputs=(), force=None):
+    """UserError when writing `path` would overwrite one of `inputs`, a training run's file or (without
+    force; None: the command has no --force) a checkpoint; links resolved (see storage.files.check_output)."""
+    check_output(path, list(inputs), option, force)
+
+
+def _checkpoint_inputs(path):
+    """The files a checkpoint argument reads: the path itself and, for a run directory, its checkpoint."""
+    if not path:
+        return []
+    try:
+        return [path, checkpoint.resolve(path)]
+    except UserError:
+        return [path]
 
 
 def inspect_cells(path, out_html, text=None, text_file=None, encoding="utf-8", layer=None, unit=None, kind="h",
@@ -226,8 +268,12 @@ def inspect_cells(path, out_html, text=None, text_file=None, encoding="utf-8", l
         raise UserError("pass exactly one of --text FILE or --prime TEXT")
     if max_chars < 2:
         raise UserError(f"--max-chars must be >= 2 (got {max_chars})")
+    check_output(out_html, _checkpoint_inputs(path) + [text_file], "--html")
     text = read_text_file(text_file, encoding) if text_file else text
     model, vocab, _ = load_model(path, "numpy")
+    L, H, n = model.cfg.layers, model.cfg.hidden_size, min(len(text), max_chars)
+    check_fits_memory(n * L * H * INSPECT_BYTES, f"inspecting {n:,} characters (--max-chars) with L{L} H{H}",
+                      "pass a smaller --max-chars")
     if rank:
         cells.feature_values("", rank)           # an unknown feature fails before the model runs
     res = cells.inspect(model, vocab, text[:max_chars], out_html, layer, unit, kind, rank, top,
@@ -259,10 +305,14 @@ def explore_html(path, out_html, text):
 def plot_run(run_dir, output="loss.png", title=None):
     """A run's train and val loss against steps and wall time, written to `output` (needs matplotlib)."""
     from .teaching.plot import plot_run as plot
+    run = os.path.dirname(run_dir) if os.path.isfile(run_dir) else run_dir
+    names = ("history.jsonl", "train_log.jsonl", "latest" + checkpoint.EXT, "best" + checkpoint.EXT)
+    check_output(output, [run_dir] + [os.path.join(run, n) for n in names], "-o")
     return plot(run_dir, output, title)
 
 
-__all__ = ["Model", "ModelConfig", "TrainConfig", "Trainer", "UserError", "Vocab", "evaluate",
+__all__ = ["Model", "ModelConfig", "TrainConfig", "Trainer", "UserError", "Vocab", "check_environment",
+           "check_output_path", "evaluate",
            "evaluate_checkpoint", "explain", "explore_html", "explore_server", "export_torch", "generate", "get_backend", "import_torch",
            "inspect_cells", "last_checkpoint", "load_corpus", "load_for_generation", "load_model", "plot_run",
            "prepare_training", "train", "train_config"]

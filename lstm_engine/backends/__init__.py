@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import importlib
 
+from ..core.environment import check_all
 from ..errors import UserError
 
 # name -> module path; the order of AUTO_ORDER is the preference of --backend auto
@@ -57,6 +58,7 @@ def available_backends():
 
 def get_backend(name="auto"):
     """Return the backend module for `name` ('auto' picks the fastest available)."""
+    check_all()          # a bad LSTM_ENGINE_* value fails here, not as a silent skip of a backend
     if name == "auto":
         for cand in AUTO_ORDER:
             mod = _import(cand)

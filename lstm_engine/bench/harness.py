@@ -409,8 +409,12 @@ def run_bench(backends=DEFAULT_BACKENDS, configs=DEFAULT_CONFIGS, what="train,fo
     names, cfgs, whats = parse_backends(backends), parse_configs(configs), parse_whats(what)
     if not seconds > 0:
         raise UserError(f"--seconds must be > 0 (got {seconds})")
+    if not seconds <= 3600:                     # inf would time one measurement for ever
+        raise UserError(f"--seconds must be at most 3600 (got {seconds})")
     if repeats < 1:
         raise UserError(f"--repeats must be >= 1 (got {repeats})")
+    if repeats > 1000 or (threads is not None and threads > 4096):
+        raise UserError(f"--repeats must be at most 1000 and --threads at most 4096 (got {repeats}, {threads})")
     say = on_progress or (lambda msg: None)
     with thread_settings(threads, torch_too=any(n in bench_torch.NAMES for n in names)):
         entries = resolve(names, threads)

@@ -11,7 +11,9 @@ from dataclasses import dataclass, fields, replace
 
 from ..corpora.registry import suggest_train_options
 from ..errors import UserError
+from .resources import check_training_memory
 from ..storage import checkpoint
+from ..storage.schema import INT_MAX, SIZE_MAX
 from .model import ModelConfig
 from .optim import AdamConfig
 
@@ -20,6 +22,12 @@ FIXED_ON_RESUME = ("embed_size", "hidden_size", "layers", "dtype", "batch_size",
                    "val_fraction", "seed", "locked_dropout")
 # options the corpus's suggestions fill in for a new run (`lstm-engine corpus info`)
 SUGGESTED = ("embed_size", "max_vocab")
+
+# integer options: (smallest, largest); sizes are indexed with 32-bit integers by the kernels
+INT_RANGES = {**{k: (1, SIZE_MAX) for k in ("embed_size", "hidden_size", "layers", "batch_size", "seq_len", "keep")},
+              **{k: (0, INT_MAX) for k in ("eval_every", "sample_every", "save_every", "log_every", "seed")},
+              "steps": (1, INT_MAX), "max_vocab": (0, SIZE_MAX)}
+FLOAT_OPTIONS = ("dropout", "lr", "grad_clip", "val_fraction", "time_budget")
 
 _MODEL = ModelConfig(vocab_size=0)      # the model's and the optimiser's defaults are the training defaults
 _ADAM = AdamConfig()
@@ -56,13 +64,15 @@ class TrainConfig:
     recipe: str = ""               # what the time-budget recipe chose, and why
 
     def check(self):
-        """Reject impossible values with one line each."""
-        for name in ("embed_size", "hidden_size", "layers", "batch_size", "seq_len", "steps", "keep"):
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
-        for name in ("eval_every", "sample_every", "save_every", "log_every", "max_vocab"):
-            if getattr(self, name) < 0:
-                raise UserError(f"--{name.replace('_', '-')} must be >= 0 (got {getattr(self, name)})")
+        """Reject impossible values with one line each, and sizes that cannot fit in memory."""
+        for name, (lo, hi) in INT_RANGES.items():
+            v = getattr(self, name)
+            if not (isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi):
+                raise UserError(f"--{name.replace('_', '-')} must be an integer in [{lo}, {hi}] (got {v!r})")
+        for name in FLOAT_OPTIONS:
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)):
+                raise UserError(f"--{name.replace('_', '-')} must be a finite number (got {v!r})")
         if not 0 <= self.dropout < 1:
             raise UserError(f"--dropout must be in [0, 1) (got {self.dropout})")
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -75,6 +85,9 @@ class TrainConfig:
             raise UserError(f"--time-budget must be positive (got {self.time_budget})")
         if not 0 <= self.val_fraction < 1:
             raise UserError(f"--val-fraction must be in [0, 1) (got {self.val_fraction})")
+        # the vocabulary is not known yet: --max-vocab (or 2 symbols) is a lower bound
+        check_training_memory(max(self.max_vocab, 2), self.embed_size, self.hidden_size, self.layers,
+                              self.batch_size, self.seq_len, self.dtype)
 
     def model_config(self, vocab_size):
         return ModelConfig(vocab_size, self.embed_size, self.hidden_size, self.layers, self.dropout, self.dtype)

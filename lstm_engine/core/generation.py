@@ -9,19 +9,23 @@ import math
 import numpy as np
 
 from ..errors import UserError
+from ..storage.schema import INT_MAX, SIZE_MAX
 
 REPLACEMENT = "\ufffd"   # printed for <unk>
 
 
-def check_sampling_options(temperature, top_k, top_p, length):
-    if not temperature > 0:
-        raise UserError(f"--temperature must be > 0 (got {temperature}); use --greedy for deterministic text")
-    if top_k is not None and top_k < 0:
-        raise UserError(f"--top-k must be >= 1 (got {top_k}); leave it out to keep every symbol")
+def check_sampling_options(temperature, top_k, top_p, length, seed=None):
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise UserError(f"--temperature must be a finite number > 0 (got {temperature}); use --greedy for "
+                        f"deterministic text")
+    if top_k is not None and not 0 <= top_k <= SIZE_MAX:
+        raise UserError(f"--top-k must be in [1, {SIZE_MAX}] (got {top_k}); leave it out to keep every symbol")
+    if seed is not None and not 0 <= seed <= INT_MAX:
+        raise UserError(f"--seed must be in [0, {INT_MAX}] (got {seed})")
     if not 0 < top_p <= 1:
         raise UserError(f"--top-p must be in (0, 1] (got {top_p}); 1 keeps every symbol")
-    if length < 0:
-        raise UserError(f"--length must be >= 0 (got {length})")
+    if not 0 <= length <= INT_MAX:
+        raise UserError(f"--length must be in [0, {INT_MAX}] (got {length})")
 
 
 def prime_state(model, vocab, prime):
@@ -42,12 +46,13 @@ def prime_state(model, vocab, prime):
 
 
 def generate_text(model, vocab, prime="", length=200, temperature=1.0, top_k=0, top_p=1.0,
-                  greedy=False, seed=None, on_text=None, chunk=32):
+                  greedy=False, seed=None, on_text=None, chunk=32, keep=True):
     """Sample `length` characters after `prime`.  on_text(str) receives them as they come.
 
-    -> the generated text (without the prime).
+    -> the generated text (without the prime); keep=False returns "" and holds no more than one
+    chunk, so that a --length of any size streams in constant memory.
     """
-    check_sampling_options(temperature, top_k, top_p, length)
+    check_sampling_options(temperature, top_k, top_p, length, seed)
     rng = np.random.default_rng(seed)
     state, token = prime_state(model, vocab, prime)
     pieces = []
@@ -60,7 +65,8 @@ def generate_text(model, vocab, prime="", length=200, temperature=1.0, top_k=0, 
         ids = np.asarray(model.be.to_numpy(ids))
         token = int(ids[-1])
         text = "".join(REPLACEMENT if i == vocab.unk else vocab.symbols[int(i)] for i in ids)
-        pieces.append(text)
+        if keep:
+            pieces.append(text)
         if on_text:
             on_text(text)
         done += n

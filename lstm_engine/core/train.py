@@ -16,7 +16,7 @@ from .. import parallel
 from ..backends import get_backend
 from ..errors import UserError
 from ..storage import checkpoint
-from ..storage.rundir import RunDir
+from ..storage.rundir import RunDir, default_run_dir
 from . import budget
 # TrainConfig and config_for_resume are also imported from here by callers that predate core.config
 from .config import FIXED_ON_RESUME, TrainConfig, config_for_resume, explicit_fields, resume_conflict  # noqa: F401
@@ -24,6 +24,7 @@ from .data import Batcher, Vocab, load_corpus, split, unigram_entropy
 from .generation import evaluate_ids, generate_text
 from .model import Model
 from .optim import Adam, AdamConfig, lr_at
+from .resources import check_training_memory
 
 EXT = checkpoint.EXT
 
@@ -83,11 +84,12 @@ class Trainer:
         self.entropy = unigram_entropy(text)
         ids = self.vocab.encode(text)
         self.train_ids, self.val_ids = split(ids, cfg.val_fraction)
-        self.out = cfg.out or ((os.path.dirname(resume) or ".") if resume else
-                               os.path.join("runs", time.strftime("run-%Y%m%d-%H%M%S")))
+        self.out = cfg.out or ((os.path.dirname(resume) or ".") if resume else default_run_dir())
         if cfg.time_budget and not resume:
             RunDir(self.out, cfg.keep).refuse_taken()     # a taken --out fails before calibration time is spent
             self._plan_budget(explicit)
+        check_training_memory(len(self.vocab), cfg.embed_size, cfg.hidden_size, cfg.layers, cfg.batch_size,
+                              cfg.seq_len, cfg.dtype)
         self.streams = parallel.shard(cfg.batch_size, self.dist.size, self.dist.rank)   # this rank's streams
         self.batcher = Batcher(self.train_ids, cfg.batch_size, cfg.seq_len, self.streams)
         self.model_cfg = cfg.model_config(len(self.vocab))
@@ -101,10 +103,11 @@ class Trainer:
         self.state = self.model.zero_state(self._local_batch())
         if resume:
             self._restore(tensors, meta)
-        self.rundir = RunDir(self.out, cfg.keep)
+        self.rundir = RunDir(self.out, cfg.keep, claim=not (cfg.out or resume))
         same_dir = resume and os.path.realpath(os.path.dirname(resume)) == os.path.realpath(self.out)
         if self.dist.root:                                # only rank 0 writes
             self.rundir.prepare(self.st.step if same_dir else None)
+        self.out = self.rundir.path                       # a default name may have taken a suffix
         self._saved = {}                                  # step -> checkpoint bytes (this step only)
 
     def _plan_budget(self, explicit):

@@ -34,6 +34,7 @@ from .converters import BUILTINS, CONVERTERS
 from .text import VOCAB_LIMIT, read_text_file
 from ..storage.atomic import atomic_write_bytes
 from .download import DownloadError, copy_verified, download, sha256_file, verify_file
+from ..core import environment as env
 from ..errors import UserError
 
 ENV_CACHE = "LSTM_ENGINE_CACHE"
@@ -115,7 +116,7 @@ def load_registry(registry=None):
     """{name: entry}: the built-in registry plus $LSTM_ENGINE_REGISTRY plus `registry`
     (a path or a registry object), later entries replacing earlier ones of the same name."""
     merged = dict(_builtin_registry())
-    for extra in (os.environ.get(ENV_REGISTRY), registry):
+    for extra in (env.get(ENV_REGISTRY), registry):
         if not extra:
             continue
         data = extra if isinstance(extra, dict) else _read_registry_file(extra)
@@ -131,7 +132,7 @@ def names(registry=None):
 
 def cache_dir():
     """$LSTM_ENGINE_CACHE, else $XDG_CACHE_HOME/lstm-engine, else ~/.cache/lstm-engine."""
-    d = os.environ.get(ENV_CACHE)
+    d = env.get(ENV_CACHE)
     if d:
         return d
     base = os.environ.get("XDG_CACHE_HOME", "")
@@ -180,7 +181,7 @@ def cached_path(entry):
 # -- fetching --------------------------------------------------------------------------------------
 
 def source_url(entry, src, base_url=None):
-    base = base_url or os.environ.get(ENV_BASE_URL) or entry["base_url"]
+    base = base_url or env.get(ENV_BASE_URL) or entry["base_url"]
     return base.rstrip("/") + "/" + urllib.parse.quote(src["path"], safe="/")
 
 

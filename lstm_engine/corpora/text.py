@@ -4,8 +4,11 @@ from __future__ import annotations
 import os
 
 from ..errors import UserError
+from ..core.resources import check_fits_memory
+from ..storage.files import open_regular
 
 VOCAB_LIMIT = 50_000      # more distinct symbols than this needs an explicit --max-vocab
+READ_BYTES_PER_BYTE = 6   # the bytes read plus the decoded text (up to 4 bytes a character) and some slack
 
 
 def read_text_file(path, encoding="utf-8", strict=True):
@@ -17,13 +20,15 @@ def read_text_file(path, encoding="utf-8", strict=True):
                         f"(see `lstm-engine corpus list`)")
     if os.path.isdir(path):
         raise UserError(f"corpus {path!r} is a directory; pass a text file inside it")
-    if not os.path.isfile(path):
-        raise UserError(f"corpus {path!r} is not a regular file (a device, pipe or socket); pass a text file")
-    try:
-        with open(path, "rb") as f:
+    f, size = open_regular(path, "corpus file",
+                           lambda why: UserError(f"corpus {path!r} is not a regular file ({why}); pass a text file"))
+    with f:
+        check_fits_memory(size * READ_BYTES_PER_BYTE, f"corpus file {path!r} ({size:,} bytes)",
+                          "pass a smaller file (split the text) or train on a machine with more memory")
+        try:
             raw = f.read()
-    except OSError as e:
-        raise UserError(f"cannot read corpus file {path!r}: {e.strerror or e}") from None
+        except OSError as e:
+            raise UserError(f"cannot read corpus file {path!r}: {e.strerror or e}") from None
     if not raw and strict:
         raise UserError(f"corpus file {path!r} is empty; pass a file with text in it")
     if raw[:2] in (b"\xff\xfe", b"\xfe\xff") and not encoding.lower().replace("-", "").startswith("utf16"):

@@ -19,12 +19,13 @@ import hashlib
 import json
 import math
 import os
-import stat
 
 import numpy as np
 
 from ..errors import UserError
+from . import schema
 from .atomic import atomic_write_bytes
+from .files import open_regular
 from .rundir import write_error
 
 FORMAT = "lstm-engine-checkpoint"
@@ -32,7 +33,6 @@ VERSION = 1
 EXT = ".safetensors"
 _META_KEY = "lstm_engine"
 _DIGEST_KEY = "lstm_engine_sha256"
-_DTYPES = ("float32", "float64")
 _ST_DTYPES = {"F32": np.dtype("<f4"), "F64": np.dtype("<f8")}   # safetensors name -> little-endian dtype
 _MAX_HEADER = 100 * 1024 * 1024                                 # safetensors' own limit
 _MAGIC = ((b"PK\x03\x04", "a ZIP archive (e.g. a NumPy .npz or PyTorch .pt file)"),
@@ -99,15 +99,7 @@ def _open_checked(path):
     if not os.path.exists(path):
         raise UserError(f"checkpoint {path!r} does not exist; pass the path of a .safetensors checkpoint "
                         f"(train writes DIR/latest{EXT} and DIR/best{EXT})")
-    try:
-        f = open(path, "rb")
-    except OSError as e:
-        raise UserError(f"cannot read checkpoint {path!r}: {e.strerror}") from None
-    st = os.fstat(f.fileno())
-    if not stat.S_ISREG(st.st_mode):
-        f.close()
-        raise _bad(path, "not a regular file")
-    return f, st.st_size
+    return open_regular(path, "checkpoint", lambda why: _bad(path, f"not a regular file: {why}"))
 
 
 def read_meta(path):
@@ -117,8 +109,8 @@ def read_meta(path):
         head = f.read(8)
         n = _header_length(head, size, path)
         header = _parse_header(f.read(n), path, head)
-    _check_layout(header, size - 8 - n, path)
-    return _meta_of(header, path)
+    entries = _check_layout(header, size - 8 - n, path)
+    return _checked_meta(header, entries, path)
 
 
 def load(path):
@@ -217,13 +209,23 @@ def _meta_of(header, path):
     return meta
 
 
+def _checked_meta(header, entries, path):
+    """The metadata, checked against the schema and the tensor shapes the header describes."""
+    meta = _meta_of(header, path)
+    described = {name: (_ST_DTYPES[dt].name, shape) for name, dt, shape, _, _ in entries}
+    try:
+        return schema.check_meta(meta, described)
+    except schema.SchemaError as e:
+        raise _bad(path, str(e)) from None
+
+
 def parse(raw, path="<bytes>"):
     """Parse checkpoint bytes without executing anything.  -> (tensors dict, meta dict)."""
     raw = bytes(raw)
     n = _header_length(bytes(raw[:8]), len(raw), path)
     header = _parse_header(raw[8:8 + n], path, raw[:8])
     entries = _check_layout(header, len(raw) - 8 - n, path)
-    meta = _meta_of(header, path)
+    meta = _checked_meta(header, entries, path)
     base = 8 + n
     described = {name: (dt, shape, raw[base + a:base + b]) for name, dt, shape, a, b in entries}
     if header["__metadata__"].get(_DIGEST_KEY) != _digest(header["__metadata__"][_META_KEY], described):
@@ -236,18 +238,15 @@ def parse(raw, path="<bytes>"):
 
 # -- validation ---------------------------------------------------------------
 def model_config(meta, path="<checkpoint>"):
-    """The ModelConfig stored in meta, checked field by field (with the vocabulary)."""
-    from ..core.data import UNK
+    """The ModelConfig stored in meta, checked field by field (with the vocabulary; see schema.py)."""
     from ..core.model import ModelConfig
-    m, vocab = meta.get("model"), meta.get("vocab")
-    ok = isinstance(m, dict) and set(m) == {"vocab_size", "embed_size", "hidden_size", "layers", "dropout", "dtype"}
-    ok = ok and all(_is_int(m[k]) and 1 <= m[k] <= 2 ** 31 for k in ("vocab_size", "embed_size", "hidden_size",
-                                                                      "layers"))
-    ok = ok and isinstance(m["dropout"], (int, float)) and 0 <= m["dropout"] < 1 and m["dtype"] in _DTYPES
-    ok = ok and isinstance(vocab, list) and len(vocab) == m["vocab_size"] and len(set(vocab)) == len(vocab)
-    ok = ok and all(isinstance(s, str) and (len(s) == 1 or s == UNK) for s in vocab)
-    if not ok:
-        raise _bad(path, "model config or vocabulary missing or inconsistent")
+    try:
+        m = schema.check_model(meta.get("model"))
+        why = schema.vocab_problem(meta.get("vocab"))
+        if why or len(meta["vocab"]) != m["vocab_size"]:
+            raise schema.SchemaError(f"vocab: {why or 'its length is not model.vocab_size'}")
+    except schema.SchemaError as e:
+        raise _bad(path, f"model config or vocabulary missing or inconsistent: {e}") from None
     return ModelConfig(**m)
 
 
@@ -284,14 +283,8 @@ def validate_resumable(tensors, meta, path="<checkpoint>"):
     for l in range(cfg.layers):
         _check_tensor(tensors, f"state.h{l}", (B, cfg.hidden_size), cfg.dtype, path)
         _check_tensor(tensors, f"state.c{l}", (B, cfg.hidden_size), cfg.dtype, path)
-    ok = all(_is_int(t.get(k)) and t[k] >= 0 for k in ("step", "position"))
-    ok = ok and (t.get("best_val") is None or isinstance(t.get("best_val"), (int, float)))
-    ok = ok and isinstance(t.get("elapsed"), (int, float)) and isinstance(t.get("history", []), list)
-    ok = ok and isinstance(t.get("log_loss_sum", 0.0), (int, float)) and _is_int(t.get("log_loss_n", 0))
     try:
-        np.random.default_rng().bit_generator.state = t.get("rng")
-    except (TypeError, ValueError, KeyError, AttributeError, OverflowError):
-        ok = False
-    if not ok:
-        raise _bad(path, "trainer state (step, position, best loss, RNG) is malformed")
+        schema.check_trainer(t)
+    except schema.SchemaError as e:
+        raise _bad(path, f"trainer state (step, position, best loss, RNG) is malformed: {e}") from None
     return cfg

@@ -19,11 +19,14 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 
 import numpy as np
 
 from . import checkpoint
 from .atomic import atomic_write_bytes
+from .files import check_output, read_regular
+from .schema import vocab_problem
 from ..core.data import UNK, Vocab
 from ..errors import UserError
 from ..core.model import ModelConfig
@@ -162,9 +165,22 @@ def write_state_dict(path, sd):
     _write(path, data, "state dict")
 
 
+TORCH_SAFE_LOAD = (2, 6)     # from 2.6 torch.load(weights_only=True) refuses every pickle that could run code
+
+
+def torch_version(torch):
+    """(major, minor) of an imported torch ('2.6.0+cpu' -> (2, 6)); (0, 0) when unreadable."""
+    m = re.match(r"(\d+)\.(\d+)", str(getattr(torch, "__version__", "")))
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
 def _read_torch_file(raw, path):
     """A torch.save'd state dict, loaded with weights_only=True (no code runs) -> name -> ndarray."""
     torch = _import_torch(f"reading {path!r} (a torch.save file)")
+    if torch_version(torch) < TORCH_SAFE_LOAD:
+        raise UserError(f"reading {path!r} (a .pt file) needs PyTorch 2.6 or later, whose weights_only loading "
+                        f"runs no code (torch {torch.__version__} is installed); `pip install -U torch`, or "
+                        f"convert the file to .safetensors with a current torch")
     try:
         obj = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except Exception as e:   # torch raises many types for damaged or unsafe files
@@ -181,10 +197,9 @@ def _read_torch_file(raw, path):
 def read_state_dict(path):
     """A state dict file -> name -> ndarray.  The format is told by content: a zip is torch.save's
     format (needs torch), anything else is read as safetensors (no torch needed)."""
-    if not os.path.isfile(path):
-        raise UserError(f"state dict {path!r} does not exist or is not a file; pass a .safetensors or .pt file")
-    with open(path, "rb") as f:
-        raw = f.read()
+    if not os.path.exists(path):
+        raise UserError(f"state dict {path!r} does not exist; pass a .safetensors or .pt file")
+    raw = read_regular(path, "state dict")
     if raw[:4] == b"PK\x03\x04":
         return _read_torch_file(raw, path)
     from safetensors.numpy import load as st_load
@@ -202,56 +217,53 @@ def write_vocab(path, symbols):
 
 def read_vocab(path, V):
     """A JSON list of V distinct symbols (single characters, or <unk>) -> Vocab."""
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise UserError(f"vocabulary {path!r} does not exist; pass --vocab with the JSON list of symbols "
                         f"in index order (export writes it as FILE.vocab.json)")
     try:
-        with open(path, encoding="utf-8") as f:
-            symbols = json.load(f)
-    except (UnicodeDecodeError, ValueError) as e:
+        symbols = json.loads(read_regular(path, "vocabulary").decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise UserError(f"vocabulary {path!r} is not valid UTF-8 JSON ({str(e)[:80]})") from None
-    if not isinstance(symbols, list) or not all(isinstance(s, str) and (len(s) == 1 or s == UNK)
-                                                for s in symbols):
-        raise UserError(f"vocabulary {path!r} must be a JSON list of single characters (and optionally "
-                        f"{UNK!r}) in index order")
-    if len(set(symbols)) != len(symbols):
-        dup = next(s for i, s in enumerate(symbols) if s in symbols[:i])
-        raise UserError(f"vocabulary {path!r} lists {dup!r} twice; each symbol needs its own index")
+    why = vocab_problem(symbols)
+    if why:
+        raise UserError(f"vocabulary {path!r} must be a JSON list of distinct single characters (and optionally "
+                        f"{UNK!r}) in index order: {why}")
     if len(symbols) != V:
         raise UserError(f"vocabulary {path!r} has {len(symbols)} symbols but the weights have V={V} rows "
                         f"(embedding.weight); pass the vocabulary the model was trained with")
     return Vocab(symbols)
 
 
-def _check_distinct(src, dst):
-    if os.path.exists(src) and os.path.exists(dst) and os.path.samefile(src, dst):
-        raise UserError(f"-o {dst!r} is the input file; choose another output path")
-
-
 # ----------------------------------------------------------------------------
 # The two commands
 # ----------------------------------------------------------------------------
 
-def export_torch(ckpt_path, out_path):
-    """Checkpoint -> state dict at out_path and vocabulary beside it.  -> dict(path, vocab_path, config)."""
-    _check_distinct(ckpt_path, out_path)
+def export_torch(ckpt_path, out_path, force=False):
+    """Checkpoint -> state dict at out_path and vocabulary beside it.  -> dict(path, vocab_path, config).
+
+    Neither output may be the checkpoint or a run's file; an existing checkpoint needs force."""
+    vocab_out = vocab_path_for(out_path)
+    inputs = [ckpt_path, checkpoint.resolve(ckpt_path)]
+    check_output(out_path, inputs, "-o", force)
+    check_output(vocab_out, inputs, "the vocabulary file", force)
     tensors, meta = checkpoint.load(ckpt_path)
     cfg = ModelConfig(**meta["model"])
     params = {n[6:]: t for n, t in tensors.items() if n.startswith("param.")}
-    vocab_out = vocab_path_for(out_path)
     write_state_dict(out_path, to_state_dict(params, cfg.layers))
     write_vocab(vocab_out, meta["vocab"])
     return {"path": out_path, "vocab_path": vocab_out, "config": cfg.to_dict()}
 
 
-def import_torch(path, vocab_path, out_path):
+def import_torch(path, vocab_path, out_path, force=False):
     """State dict + vocabulary JSON -> an lstm-engine checkpoint at out_path (fresh Adam moments,
-    zero hidden state, step 0, no training corpus recorded).  -> dict(path, config)."""
+    zero hidden state, step 0, no training corpus recorded).  -> dict(path, config).
+
+    out_path may not be an input or a run's file; an existing checkpoint needs force."""
     from ..core.train import TrainConfig, checkpoint_contents
-    _check_distinct(path, out_path)
+    vocab_path = vocab_path or vocab_path_for(path)
+    check_output(out_path, [path, vocab_path], "-o", force)
     sd = read_state_dict(path)
     cfg, params = from_state_dict(sd, repr(path))
-    vocab_path = vocab_path or vocab_path_for(path)
     vocab = read_vocab(vocab_path, cfg.vocab_size)
     # no corpus, batch size or window length were used here: None lets `train --resume` take any
     tcfg = TrainConfig(corpus="", embed_size=cfg.embed_size, hidden_size=cfg.hidden_size, layers=cfg.layers,

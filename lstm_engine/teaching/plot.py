@@ -13,6 +13,7 @@ import math
 import os
 
 from ..storage import checkpoint
+from ..storage.files import refuse_non_regular
 from ..errors import UserError
 
 LN2 = math.log(2)
@@ -22,7 +23,8 @@ MISSING = "lstm-engine plot needs matplotlib; install it with: pip install 'lstm
 def read_jsonl(path):
     """Rows of a JSON-lines file; a torn last line (a run killed mid-write) is skipped."""
     rows = []
-    with open(path, encoding="utf-8") as f:
+    refuse_non_regular(path, "run log")          # a FIFO would block the read for ever
+    with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
             try:
                 rows.append(json.loads(line))
@@ -35,7 +37,7 @@ def _by_step(rows, key):
     """Rows that have `key`, one per step (a resumed run may repeat steps: the last row wins), by step."""
     keep = {}
     for r in rows:
-        if isinstance(r, dict) and isinstance(r.get(key), (int, float)) and "step" in r:
+        if isinstance(r, dict) and isinstance(r.get(key), (int, float)) and type(r.get("step")) is int:
             keep[r["step"]] = r
     return [keep[s] for s in sorted(keep)]
 

@@ -224,8 +224,6 @@ def test_inconsistent_content_is_refused(good, damage, needle):
     (lambda t, m: t.pop("adam.v.W0"), "adam.v.W0 is missing"),
     (lambda t, m: t.__setitem__("state.h0", t["state.h0"][:1].copy()), "state.h0 has shape"),
     (lambda t, m: t["adam.m.by"].__setitem__(0, np.inf), "non-finite"),
-    (lambda t, m: m["trainer"].__setitem__("rng", {"bit_generator": "MT19937"}), "trainer state"),
-    (lambda t, m: m["trainer"].__setitem__("step", -1), "trainer state"),
     (lambda t, m: m.pop("trainer"), "trainer state missing"),
 ])
 def test_not_resumable_is_refused_for_resume(good, damage, needle):
@@ -234,3 +232,17 @@ def test_not_resumable_is_refused_for_resume(good, damage, needle):
     t2, m2 = checkpoint.parse(checkpoint.serialize(tensors, meta))      # still fine for eval / generate
     with pytest.raises(UserError, match=needle):
         checkpoint.validate_resumable(t2, m2)
+
+
+@pytest.mark.parametrize("damage", [
+    lambda m: m["trainer"].__setitem__("rng", {"bit_generator": "MT19937"}),
+    lambda m: m["trainer"].__setitem__("step", -1),
+])
+def test_a_malformed_trainer_state_is_refused_on_every_read(good, damage):
+    """The metadata schema covers the trainer section: refused when read, for resume and for eval alike."""
+    tensors, meta = _tensors_meta(good)
+    damage(meta)
+    with pytest.raises(UserError, match="trainer state"):
+        checkpoint.parse(checkpoint.serialize(tensors, meta))
+    with pytest.raises(UserError, match="trainer state"):
+        checkpoint.validate_resumable(tensors, meta)
