@@ -147,7 +147,7 @@ def test_step_mode_and_options(monkeypatch):
         assert cb.step_mode(50, 128, "float32") == "fused"        # karpathy-sized: launch-bound
         assert cb.step_mode(128, 1024, "float32") == "cublas"     # large: the product dominates
         assert cb.step_mode(64, 512, "float64") == "cublas"
-        assert cb.step_mode(64, 512, "float32") == "cublas"      # medium: cuBLAS by pointer won in GPU run 3
+        assert cb.step_mode(64, 512, "float32") == "cublas"      # medium: the cuBLAS path (docs/gpu.md, "Step paths")
         cb.set_options(step="fused", tile="big")
         assert cb.step_mode(128, 1024, "float32") == "fused" and cb.OPTIONS["tile"] == "big"
         with pytest.raises(ValueError):
