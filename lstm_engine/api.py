@@ -24,7 +24,7 @@ from .core.train import TrainConfig, Trainer
 from .errors import UserError
 from .storage import checkpoint
 from .storage.atomic import atomic_write_bytes
-from .storage.files import check_output, read_regular
+from .storage.files import check_output, display_name, read_regular
 from .storage.schema import INT_MAX
 
 INSPECT_BYTES = 6 * 4 * 3         # per character, layer and unit: six float32 states, their statistics
@@ -42,8 +42,8 @@ def state_dir():
 def remember_last_run(out_dir):
     try:
         os.makedirs(state_dir(), exist_ok=True)
-        with open(os.path.join(state_dir(), "last_run"), "w") as f:
-            f.write(os.path.abspath(out_dir))
+        # bytes as the file system gave them: a name that is not UTF-8 round-trips through os.fsdecode
+        atomic_write_bytes(os.path.join(state_dir(), "last_run"), os.fsencode(os.path.abspath(out_dir)))
     except OSError:
         pass   # remembering is a convenience; never fail a run over it
 
@@ -52,7 +52,7 @@ def last_checkpoint():
     """Path of the latest checkpoint of the last run, or a UserError saying what to pass."""
     record = os.path.join(state_dir(), "last_run")
     try:
-        run = read_regular(record, "the last-run record").decode("utf-8", "replace").strip()
+        run = os.fsdecode(read_regular(record, "the last-run record").strip())
     except UserError:
         run = ""
     path = os.path.join(run, "latest" + checkpoint.EXT) if run else ""
@@ -158,15 +158,15 @@ def evaluate_checkpoint(path, corpus=None, encoding="utf-8", backend="auto", tex
     """Score a checkpoint on `text`, on `corpus` (a name or file), or by default on the val split of
     the corpus it was trained on (the ids training evaluated, <unk> included).
 
-    -> dict(loss_nats, bits_per_char, chars, corpus: what was scored)."""
+    -> dict(loss_nats, bits_per_char, chars, corpus: what was scored, printable)."""
     model, vocab, meta = load_model(path, backend)
     if text is not None:
         return dict(evaluate(model, vocab, text), corpus=corpus or "text")
     if corpus is not None:
-        return dict(evaluate(model, vocab, load_corpus(corpus, encoding)), corpus=corpus)
+        return dict(evaluate(model, vocab, load_corpus(corpus, encoding)), corpus=display_name(corpus))
     loss, n = evaluate_ids(model, val_split_ids(meta, vocab, path))
     return {"loss_nats": loss, "bits_per_char": bits(loss), "chars": n,
-            "corpus": f"{meta['train']['corpus']} (val split)"}
+            "corpus": f"{display_name(meta['train']['corpus'])} (val split)"}
 
 
 def generate(model, vocab, prime="", length=200, temperature=1.0, top_k=None, top_p=1.0,
@@ -277,7 +277,7 @@ def inspect_cells(path, out_html, text=None, text_file=None, encoding="utf-8", l
     if rank:
         cells.feature_values("", rank)           # an unknown feature fails before the model runs
     res = cells.inspect(model, vocab, text[:max_chars], out_html, layer, unit, kind, rank, top,
-                        source=text_file or "--prime")
+                        source=display_name(text_file) if text_file else "--prime")
     return dict(res, chars=min(len(text), max_chars))
 
 

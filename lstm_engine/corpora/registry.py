@@ -33,6 +33,7 @@ from collections import Counter
 from .converters import BUILTINS, CONVERTERS
 from .text import VOCAB_LIMIT, read_text_file
 from ..storage.atomic import atomic_write_bytes
+from ..storage.files import display_name
 from .download import DownloadError, copy_verified, download, sha256_file, verify_file
 from ..core import environment as env
 from ..errors import UserError
@@ -377,7 +378,7 @@ def describe(name_or_path, encoding="utf-8", registry=None, base_url=None, with_
         return out
     if not os.path.exists(name_or_path) and os.sep not in name_or_path and "." not in name_or_path:
         get_entry(name_or_path, registry)              # raises the unknown-name error
-    out["path"] = name_or_path
+    out["path"] = display_name(name_or_path)          # printed: a name that is not UTF-8 shows U+FFFD
     out.update(text_stats(read_text_file(name_or_path, encoding, strict=False)))
     return out
 

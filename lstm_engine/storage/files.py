@@ -18,6 +18,14 @@ EXT = ".safetensors"
 RUN_FILE = re.compile(r"^(latest|best|step-\d+)\.safetensors$|^(history|train_log)\.jsonl$|^\.lock$")
 
 
+def display_name(path):
+    """A file name for text meant to be read (a page, a plot title): bytes that are not UTF-8 become U+FFFD."""
+    try:
+        return os.fsencode(path).decode("utf-8", "replace")
+    except UnicodeEncodeError:
+        return path.encode("utf-8", "replace").decode("utf-8")
+
+
 def _kind(mode):
     if stat.S_ISDIR(mode):
         return "a directory"

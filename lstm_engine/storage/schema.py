@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import codecs
 import math
+import os
 import re
 
 import numpy as np
@@ -75,6 +76,16 @@ def need_str(x, where, choices=None):
         raise SchemaError(f"{where} holds a lone surrogate, which UTF-8 cannot encode")
 
 
+def need_path(x, where):
+    """A file name as the OS gave it: a file name that is not UTF-8 arrives with surrogate escapes."""
+    if not isinstance(x, str):
+        raise SchemaError(f"{where} must be a string (got {_short(x)})")
+    try:
+        os.fsencode(x)
+    except UnicodeEncodeError:
+        raise SchemaError(f"{where} holds a lone surrogate that is no escaped file-name byte") from None
+
+
 def need_dict(x, where):
     if not isinstance(x, dict):
         raise SchemaError(f"section {where} must be a JSON object (got {type(x).__name__})")
@@ -120,9 +131,9 @@ def check_model(m):
     return m
 
 
-# train field -> (kind, lo, hi, nullable); kinds: int, real, bool, str; every field optional
+# train field -> (kind, lo, hi, nullable); kinds: int, real, bool, str, path (a file name); every field optional
 TRAIN_FIELDS = {
-    "corpus": ("str",), "encoding": ("encoding",), "backend": ("str",), "out": ("str",), "recipe": ("str",),
+    "corpus": ("path",), "encoding": ("encoding",), "backend": ("str",), "out": ("path",), "recipe": ("str",),
     "dtype": ("dtype",), "lr_decay": ("bool",), "locked_dropout": ("bool",),
     "embed_size": ("int", 1, SIZE_MAX), "hidden_size": ("int", 1, SIZE_MAX), "layers": ("int", 1, SIZE_MAX),
     "batch_size": ("int", 1, SIZE_MAX, True), "seq_len": ("int", 1, SIZE_MAX, True),
@@ -138,6 +149,8 @@ def _check_train_field(k, v, spec):
     where, kind = f"train.{k}", spec[0]
     if kind == "str":
         need_str(v, where)
+    elif kind == "path":
+        need_path(v, where)
     elif kind == "dtype":
         need_str(v, where, tuple(DTYPES))
     elif kind == "bool":
@@ -213,7 +226,7 @@ def check_optional(meta):
     imp = meta.get("imported")
     if imp is not None:
         for k, v in need_dict(imp, "imported").items():
-            need_str(v, f"imported.{k}")
+            need_path(v, f"imported.{k}")
 
 
 # -- sizes against the tensors ----------------------------------------------------------------------

@@ -13,7 +13,7 @@ import math
 import os
 
 from ..storage import checkpoint
-from ..storage.files import refuse_non_regular
+from ..storage.files import display_name, refuse_non_regular
 from ..errors import UserError
 
 LN2 = math.log(2)
@@ -68,7 +68,8 @@ def load_run(run_dir):
         raise UserError(f"{run_dir!r} holds no loss history (history.jsonl, train_log.jsonl or a checkpoint "
                         f"with history); train with --eval-every or --log-every above 0")
     entropy = (meta or {}).get("unigram_entropy")
-    return {"evals": evals, "train": train, "entropy": entropy, "name": os.path.basename(os.path.abspath(run_dir))}
+    name = display_name(os.path.basename(os.path.abspath(run_dir)))      # a title: bytes that are not UTF-8 as U+FFFD
+    return {"evals": evals, "train": train, "entropy": entropy, "name": name}
 
 
 def _time_axis(seconds):

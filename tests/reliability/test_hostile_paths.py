@@ -189,3 +189,28 @@ def test_devices_and_directories_are_refused(tmp_path, run):
     assert run_cli(["export", latest(run), "-o", sd]).exit_code == 0
     assert_one_line_error(run_cli(["import", sd, "--vocab", tmp_path / "v.json", "-o", tmp_path / "i.safetensors"]),
                           "directory")
+
+
+# -- file names that are not UTF-8 ----------------------------------------------------------------------
+def test_file_names_that_are_not_utf8_work_in_every_command(tmp_path):
+    """A byte that is not UTF-8 in the corpus and run names (Python's surrogate escape) travels through
+    training, the checkpoint's metadata, the last-run record, pages and plots."""
+    weird = os.fsdecode(b"\xff")
+    try:
+        (tmp_path / f"c{weird}.txt").write_text("probe")
+    except (UnicodeEncodeError, OSError):
+        pytest.skip("this file system takes no such names")
+    corpus = tiny_run(tmp_path)[0]
+    named = str(tmp_path / f"c{weird}.txt")
+    os.replace(corpus, named)
+    out = str(tmp_path / f"run{weird}")
+    r = run_cli(tiny_args(named, out, steps=2, eval_every=1))
+    assert r.exit_code == 0, r.output
+    for args in (["generate", "--length", "5", "--backend", "numpy"], ["eval", out, "--backend", "numpy"],
+                 ["eval", out, "--corpus", named, "--json"], ["corpus", "info", named], ["corpus", "info", named, "--json"],
+                 ["train", "--resume", out, "--steps", "3"], ["plot", out, "-o", str(tmp_path / f"l{weird}.png")],
+                 ["inspect", out, "--text", named, "--html", str(tmp_path / f"p{weird}.html")],
+                 ["explain", "--checkpoint", out, "--text", "ax", "-o", str(tmp_path / f"x{weird}.txt")],
+                 ["export", out, "-o", str(tmp_path / f"e{weird}.safetensors")]):
+        r = run_cli(args)
+        assert r.exit_code == 0, (args, r.output)
