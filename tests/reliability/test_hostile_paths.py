@@ -207,7 +207,8 @@ def test_file_names_that_are_not_utf8_work_in_every_command(tmp_path):
     r = run_cli(tiny_args(named, out, steps=2, eval_every=1))
     assert r.exit_code == 0, r.output
     for args in (["generate", "--length", "5", "--backend", "numpy"], ["eval", out, "--backend", "numpy"],
-                 ["eval", out, "--corpus", named, "--json"], ["corpus", "info", named], ["corpus", "info", named, "--json"],
+                 ["eval", out, "--corpus", named, "--json"], ["corpus", "info", named],
+                 ["corpus", "info", named, "--json"],
                  ["train", "--resume", out, "--steps", "3"], ["plot", out, "-o", str(tmp_path / f"l{weird}.png")],
                  ["inspect", out, "--text", named, "--html", str(tmp_path / f"p{weird}.html")],
                  ["explain", "--checkpoint", out, "--text", "ax", "-o", str(tmp_path / f"x{weird}.txt")],
