@@ -112,8 +112,11 @@ def test_sizes_beyond_memory_name_the_option(tmp_path, run, monkeypatch):
 
 def test_a_corpus_larger_than_memory_is_refused_before_reading(tmp_path):
     big = tmp_path / "big.txt"
-    with open(big, "wb") as f:
-        f.truncate(2 ** 43)                                  # sparse: 8 TiB that take no disk
+    try:
+        with open(big, "wb") as f:
+            f.truncate(2 ** 43)                              # sparse: 8 TiB that take no disk
+    except OSError:
+        pytest.skip("this file system holds no sparse file of 8 TiB")
     with deadline(20):
         r = run_cli(tiny_args(str(big), tmp_path / "out", steps=1))
     assert_one_line_error(r, "corpus file")
