@@ -20,11 +20,6 @@ from helpers import markov_text, tiny_cfg
 FUZZ = settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
-@pytest.fixture(autouse=True)
-def _state(tmp_path, monkeypatch):
-    monkeypatch.setenv("LSTM_ENGINE_STATE_DIR", str(tmp_path / "state"))
-
-
 @pytest.fixture(scope="module")
 def good(tmp_path_factory):
     """Bytes of a small, valid, resumable checkpoint (1-layer model, 3 steps, one eval in its history)."""

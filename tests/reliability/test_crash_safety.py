@@ -15,11 +15,6 @@ from helpers import markov_text, snapshot, tiny_cfg
 TEXT = markov_text(600)
 
 
-@pytest.fixture(autouse=True)
-def _state(tmp_path, monkeypatch):
-    monkeypatch.setenv("LSTM_ENGINE_STATE_DIR", str(tmp_path / "state"))
-
-
 def trainer_failing_after(tmp_path, step, arm, **kw):
     """A Trainer (saves and evals every 2 steps) that calls arm() once it has finished `step` steps."""
     cfg = tiny_cfg(tmp_path / "run", steps=12, save_every=2, eval_every=2, **kw)

@@ -10,11 +10,6 @@ from lstm_engine.storage import checkpoint
 from helpers import assert_one_line_error, run_cli, snapshot, tiny_args, write_corpus
 
 
-@pytest.fixture(autouse=True)
-def _state(tmp_path, monkeypatch):
-    monkeypatch.setenv("LSTM_ENGINE_STATE_DIR", str(tmp_path / "state"))
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A finished tiny run: (corpus path, run dir); checkpoints at steps 2 and 4."""

@@ -20,11 +20,6 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 RUN = dict(steps=40, save_every=2, eval_every=5, dropout=0.1, keep=2)
 
 
-@pytest.fixture(autouse=True)
-def _state(tmp_path, monkeypatch):
-    monkeypatch.setenv("LSTM_ENGINE_STATE_DIR", str(tmp_path / "state"))
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """(corpus path, {file: tensors} of latest and best of an uninterrupted in-process run, its duration in s)."""

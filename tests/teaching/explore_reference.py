@@ -2,6 +2,8 @@
 
 Dimension legend: N characters, T steps, E embedding, H hidden, L layers.
 """
+import contextlib
+
 import numpy as np
 
 from lstm_engine.backends import numpy_backend as nb
@@ -86,3 +88,16 @@ def pattern_search(acts, start, end, threshold):
         else:
             p += 1
     return units, runs
+
+
+@contextlib.contextmanager
+def serving(path):
+    """The explorer's server for checkpoint `path` on a free 127.0.0.1 port, in a thread."""
+    from lstm_engine.teaching.explore import server
+    srv = server.start(path, "127.0.0.1", 0)
+    server.serve_in_thread(srv)
+    try:
+        yield srv
+    finally:
+        srv.shutdown()
+        srv.server_close()

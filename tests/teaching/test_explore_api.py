@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import lstm_engine as le
-from explore_reference import KINDS, TEXT, explained, influence_fd, params64, pattern_search
+from explore_reference import KINDS, TEXT, explained, influence_fd, params64, pattern_search, serving
 from helpers import REPO, assert_one_line_error, run_cli, snapshot
 from lstm_engine.backends import numpy_backend as nb
 from lstm_engine.core.model import Model, ModelConfig
@@ -22,11 +22,8 @@ from lstm_engine.teaching.explore import compute, page, server
 
 @pytest.fixture(scope="module")
 def served(explore_ckpt):
-    srv = server.start(explore_ckpt, "127.0.0.1", 0)
-    server.serve_in_thread(srv)
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+    with serving(explore_ckpt) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pytest
 
-from explore_reference import KINDS, TEXT, explained, influence_fd, pattern_search
+from explore_reference import KINDS, TEXT, explained, influence_fd, pattern_search, serving
 from helpers import snapshot
 from lstm_engine.teaching.explore import compute, page, server
 
@@ -34,11 +34,8 @@ def browser():
 
 @pytest.fixture
 def served(explore_ckpt):
-    srv = server.start(explore_ckpt, "127.0.0.1", 0)
-    server.serve_in_thread(srv)
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+    with serving(explore_ckpt) as srv:
+        yield srv
 
 
 @pytest.fixture
