@@ -58,6 +58,9 @@ CHARS_PER_PARAM = 7.0
 # budgets to too small a model (docs/time-budget.md, 'Why these settings').
 MIN_UPDATES = 4000
 UPDATES_PER_MINUTE = 400
+# A budget must hold at least this many training steps besides the calibration and the closing
+# evaluation and saves: fewer leave a model that has learned nothing worth saving.
+MIN_TRAIN_STEPS = 10
 
 
 def n_params(V, E, H, L):
@@ -106,6 +109,20 @@ def choose(budget_s, train_chars, vocab_size, speed_of, window_of=None, warmup_s
     return chosen, chosen_speed, reasons
 
 
+def check_minimum(budget_s, spent_s, reserve_s, step_s):
+    """UserError, before the first step, when budget_s cannot hold what the run has already spent
+    (reading the corpus, the calibration with any JIT compile: spent_s), MIN_TRAIN_STEPS steps of
+    step_s seconds and the closing evaluation and saves (reserve_s); it names the minimum in seconds."""
+    need = spent_s + MIN_TRAIN_STEPS * step_s + reserve_s
+    if budget_s >= need:
+        return
+    minimum = math.ceil(need)
+    raise UserError(f"--time-budget {budget_s:g}s is shorter than this run needs on this machine: at least "
+                    f"{minimum}s ({spent_s:.1f}s setup and calibration, {MIN_TRAIN_STEPS} training steps of "
+                    f"{step_s:.2g}s, {reserve_s:.1f}s closing evaluation and saves); pass --time-budget {minimum}s "
+                    f"or more, or --steps N instead")
+
+
 # --------------------------------------------------------------------------
 # Planning a budgeted run
 # --------------------------------------------------------------------------
@@ -144,7 +161,8 @@ def plan(cfg, explicit, train_ids, vocab_size, backend, say=print):
     """Fill the recipe's choices into cfg (a TrainConfig) for a run of cfg.time_budget seconds.
 
     Options in `explicit` (names of TrainConfig fields the user set) are never changed.
-    -> the recipe as text (printed at start and stored in the checkpoint as cfg.recipe).
+    -> (the recipe as text: printed at start and stored in the checkpoint as cfg.recipe,
+        the measured training speed of the chosen settings in chars/s)
     """
     fixed = {k: getattr(cfg, k) for k in RECIPE_FIELDS if k in explicit}
 
@@ -175,4 +193,4 @@ def plan(cfg, explicit, train_ids, vocab_size, backend, say=print):
     text = (f"time budget {cfg.time_budget:g}s on {backend.NAME}: {chosen}; warm-up then cosine decay over the "
             f"budget's time; measured {speed:,.0f} chars/s ({'; '.join(reasons)})")
     say(text)
-    return text
+    return text, speed

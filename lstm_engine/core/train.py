@@ -103,12 +103,16 @@ class Trainer:
         self.state = self.model.zero_state(self._local_batch())
         if resume:
             self._restore(tensors, meta)
+        self._saved = {}                                  # step -> checkpoint bytes (this step only)
+        self._reserve = self._estimate_reserve() if cfg.time_budget else 0.0   # before the run directory is touched
+        if cfg.time_budget and not resume:
+            budget.check_minimum(cfg.time_budget, time.perf_counter() - self._clock0, self._reserve, self._step_s)
+            self.on_event("recipe", {"text": cfg.recipe})
         self.rundir = RunDir(self.out, cfg.keep, claim=not (cfg.out or resume))
         same_dir = resume and os.path.realpath(os.path.dirname(resume)) == os.path.realpath(self.out)
         if self.dist.root:                                # only rank 0 writes
             self.rundir.prepare(self.st.step if same_dir else None)
         self.out = self.rundir.path                       # a default name may have taken a suffix
-        self._saved = {}                                  # step -> checkpoint bytes (this step only)
 
     def _plan_budget(self, explicit):
         """Let the time-budget recipe choose what the user did not set (see budget.plan)."""
@@ -118,8 +122,9 @@ class Trainer:
         for name, value in (("steps", 10 ** 9), ("eval_every", 0), ("sample_every", 0)):
             if name not in explicit:
                 setattr(cfg, name, value)       # the clock ends the run; evaluation comes at its end
-        cfg.recipe = budget.plan(cfg, explicit, self.train_ids, len(self.vocab), self.be,
-                                 say=lambda text: self.on_event("recipe", {"text": text}))
+        cfg.recipe, speed = budget.plan(cfg, explicit, self.train_ids, len(self.vocab), self.be,
+                                        say=lambda text: None)       # reported once the budget is known to fit
+        self._step_s = cfg.batch_size * cfg.seq_len / speed       # seconds per step at the measured speed
 
     # -- resume ------------------------------------------------------------
     def _check_resume_matches(self, meta):
@@ -324,7 +329,6 @@ class Trainer:
         cfg, st = self.cfg, self.st
         self._t0 = time.perf_counter()
         self._elapsed_before = st.elapsed
-        self._reserve = self._estimate_reserve() if cfg.time_budget else 0.0
         self.on_event("start", {"out": self.out, "vocab": len(self.vocab), "entropy": self.entropy,
                                 "train_chars": len(self.train_ids), "val_chars": len(self.val_ids),
                                 "backend": self.be.NAME, "model": self.model_cfg.to_dict(), "step": st.step,

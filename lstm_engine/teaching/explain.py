@@ -36,6 +36,10 @@ from ..core.model import Model, ModelConfig, init_params
 GATES = ("i", "f", "g", "o")
 MAX_TEXT = 33                   # at most 32 steps: the printout grows with every step
 TINY, REL_OK, ABS_OK = 1e-7, 1e-5, 1e-9   # gradient check: "zero" gradient, pass thresholds
+# multiply-adds the gradient check may cost: the default --max-check on the largest model the
+# time-budget recipe trains (E96 H768 L2) over a 32-character text stays within it
+MAX_CHECK_WORK = 3e11
+STEP_OVERHEAD = 20_000          # one forward step's fixed cost (NumPy calls) in multiply-add equivalents
 
 
 @dataclass
@@ -419,6 +423,27 @@ def explain(setup: Setup, backward=False, units=None, max_check=64, seed=0):
     """-> the list of Blocks for `setup` (forward, the loss, and with backward=True BPTT + gradient check)."""
     if units is not None and units < 1:
         raise UserError(f"--units must be >= 1 (got {units})")
-    if max_check < 1:
-        raise UserError(f"--max-check must be >= 1 (got {max_check})")
+    check_max_check(setup, max_check, backward)
     return Explainer(setup, units).run(backward, max_check, seed)
+
+
+def check_max_check(setup, max_check, backward=True):
+    """UserError unless 1 <= max_check and (with backward) the gradient check stays within MAX_CHECK_WORK.
+
+    Each checked entry costs two forward passes over the text, about T·(P + STEP_OVERHEAD) multiply-adds
+    each; up to max_check entries of every parameter are checked (from the largest size on, every entry)."""
+    sizes = [p.size for p in setup.params.values()]                 # entries of each parameter tensor
+    per_entry = 2 * (len(setup.text) - 1) * (sum(sizes) + STEP_OVERHEAD)
+
+    def cost(n):
+        return per_entry * sum(min(n, s) for s in sizes)
+    lo, hi = 1, max(sizes)                   # the largest useful value within the bound, by bisection
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if cost(mid) <= MAX_CHECK_WORK else (lo, mid - 1)
+    if max_check < 1 and lo == max(sizes):
+        raise UserError(f"--max-check must be >= 1 (got {max_check}); from {lo} on it checks every entry")
+    if max_check < 1 or (backward and max_check > lo < max(sizes)):
+        raise UserError(f"--max-check must be in 1..{lo} for this model and text (got {max_check}): each checked "
+                        f"entry costs two forward passes over the text, and more entries of each of its "
+                        f"{len(sizes)} parameter tensors would cost over {MAX_CHECK_WORK:.0e} multiply-adds")
