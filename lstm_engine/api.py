@@ -299,7 +299,9 @@ def explore_html(path, out_html, text):
 
     -> dict(path, chars, bytes)."""
     from .teaching.explore.page import write_page
-    return write_page(path or last_checkpoint(), out_html, text)
+    path = path or last_checkpoint()
+    check_output(out_html, _checkpoint_inputs(path), "--html")
+    return write_page(path, out_html, text)
 
 
 def plot_run(run_dir, output="loss.png", title=None):
@@ -312,7 +314,7 @@ def plot_run(run_dir, output="loss.png", title=None):
 
 
 __all__ = ["Model", "ModelConfig", "TrainConfig", "Trainer", "UserError", "Vocab", "check_environment",
-           "check_output_path", "evaluate",
-           "evaluate_checkpoint", "explain", "explore_html", "explore_server", "export_torch", "generate", "get_backend", "import_torch",
-           "inspect_cells", "last_checkpoint", "load_corpus", "load_for_generation", "load_model", "plot_run",
-           "prepare_training", "train", "train_config"]
+           "check_output_path", "evaluate", "evaluate_checkpoint", "explain", "explore_html", "explore_server",
+           "export_torch", "generate", "get_backend", "import_torch", "inspect_cells", "last_checkpoint",
+           "load_corpus", "load_for_generation", "load_model", "plot_run", "prepare_training", "train",
+           "train_config"]

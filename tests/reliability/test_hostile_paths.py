@@ -66,6 +66,30 @@ def test_teaching_outputs_never_overwrite_an_input(tmp_path, run):
     assert snapshot(run[1]) == before
 
 
+def test_explore_html_never_overwrites_a_checkpoint_or_an_input(tmp_path, run):
+    """explore --html goes through the same output check as the other writers, and writes atomically."""
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in ("latest.safetensors", "history.jsonl"):
+        (copy / name).write_bytes(open(os.path.join(run[1], name), "rb").read())
+    other = tmp_path / "other.safetensors"
+    other.write_bytes(open(os.path.join(run[1], "step-000002.safetensors"), "rb").read())
+    before, kept = snapshot(copy), other.read_bytes()
+    ckpt = copy / "latest.safetensors"
+    for out, needle in ((ckpt, "input"), (other, "existing lstm-engine checkpoint"),
+                        (copy / "history.jsonl", "training run"), (tmp_path, "directory")):
+        assert_one_line_error(run_cli(["explore", ckpt, "--html", out, "--text", "ax.ay"]), needle)
+    assert_one_line_error(run_cli(["explore", copy, "--html", ckpt, "--text", "ax.ay"]), "input")
+    assert snapshot(copy) == before and other.read_bytes() == kept
+    page = tmp_path / "page.html"
+    page.write_text("an older page", encoding="utf-8")
+    assert_one_line_error(run_cli(["explore", ckpt, "--html", page, "--text", "a"]), "--text")
+    assert page.read_text(encoding="utf-8") == "an older page"        # a refused run leaves it as it was
+    assert run_cli(["explore", ckpt, "--html", page, "--text", "ax.ay"]).exit_code == 0
+    assert "EXPLORER_BAKED" in page.read_text(encoding="utf-8")
+    assert sorted(os.listdir(tmp_path)) == ["copy", "other.safetensors", "page.html"]    # no temporary file left
+
+
 def test_bench_never_writes_onto_a_checkpoint(tmp_path, run):
     before = snapshot(run[1])
     for option in ("--json", "--plot"):
