@@ -2,6 +2,7 @@
 
 Per token and sequence batch, L + 2 kernel launches and no host round trip:
     gen_lstm_step   (layer l)  z = b + [h_{t-1}, x_t] W, gates, cell   (x_t = Emb[token] for l = 0)
+                               (the other cells: gen_{cell}_step of kernels/cuda/cells.cu)
     gen_logits                 logits = h_{L-1} Wy + by
     sample_tokens              greedy argmax, or temperature / top-k / top-p + inverse-CDF draw
 The uniforms are drawn on the host up front (rng.random((n, S)): the same numbers, in the same
@@ -18,6 +19,7 @@ import collections
 
 import numpy as np
 
+from . import cupy_cells
 from . import cupy_kernels as ck
 
 try:
@@ -43,15 +45,15 @@ def _layers(weights):
 
 
 class GenPlan:
-    """Device buffers and launch sequence of one generation shape (weights, S, n, greedy)."""
+    """Device buffers and launch sequence of one generation shape (weights, S, n, greedy, cell)."""
 
-    def __init__(self, weights, S, n, greedy):
+    def __init__(self, weights, S, n, greedy, cell="lstm"):
         self.L = L = _layers(weights)
         self.dtype = dt = weights["W0"].dtype
         w = {k: _contiguous(k, a) for k, a in weights.items()}
         self.Emb = w["Emb"]                                  # (V,E)
-        self.W = [w[f"W{l}"] for l in range(L)]              # (H+I_l,G)
-        self.b = [w[f"b{l}"] for l in range(L)]              # (G,)
+        # per layer the step kernel's arguments before h_prev: W (H+I_l,G), then b / b, wc / bx, bh
+        self.layer_args = [tuple(cupy_cells.gen_layer_params(cell, w, l)) for l in range(L)]
         self.Wy, self.by = w["Wy"], w["by"]                  # (H,V), (V,)
         self.V, self.E = self.Emb.shape
         self.H = H = self.Wy.shape[0]
@@ -68,7 +70,12 @@ class GenPlan:
         self.idx = cp.empty((S, self.Vp), cp.int32)
         self.p = cp.zeros((S, self.V), cp.float64)      # filtered probabilities
         self.tile = ck.choose_tile(S, H, gen=True)
-        self.step_kern = ck.get("gen_lstm_step", dt, self.tile)
+        if cell == "lstm":
+            self.step_kern = ck.get("gen_lstm_step", dt, self.tile)
+            self.grid_h = ck.tile_grid(self.tile, S, H)
+        else:                                    # one thread per (sequence, unit)
+            self.step_kern = cupy_cells.gen_step_kernel(cell, dt)
+            self.grid_h = ck.blocks(S * H)
         self.logit_kern = ck.get("gen_logits", dt, self.tile)
         self.sample_kern = ck.get("sample_tokens", dt)
 
@@ -76,7 +83,6 @@ class GenPlan:
         """Launch the n steps on the current stream (eagerly, or into a capture)."""
         L, S, H, V, E = self.L, self.S, self.H, self.V, self.E
         i32, blk = ck.i32, (ck.THREADS,)
-        grid_h = ck.tile_grid(self.tile, S, H)
         grid_v = ck.tile_grid(self.tile, S, V)
         for k in range(self.n):
             src, dst = self.h[k % 2], self.h[(k + 1) % 2]
@@ -86,8 +92,8 @@ class GenPlan:
                     x, rows, I = self.Emb, self.tok, E
                 else:
                     x, rows, I = dst[l - 1], ck.NULL, H
-                self.step_kern(grid_h, blk, (self.W[l], self.b[l], src[l], csrc[l], x, rows, i32(I),
-                                             dst[l], cdst[l], i32(S), i32(H)))
+                self.step_kern(self.grid_h, blk, self.layer_args[l] + (src[l], csrc[l], x, rows, i32(I),
+                                                                      dst[l], cdst[l], i32(S), i32(H)))
             self.logit_kern(grid_v, blk, (dst[L - 1], self.Wy, self.by, self.logits, i32(S), i32(H), i32(V)))
             u = ck.NULL if self.greedy else self.u[k]
             self.sample_kern((S,), blk, (self.logits, i32(S), i32(V), i32(self.Vp), u, self.params,
@@ -106,12 +112,12 @@ class _Plans:
         self.capacity = capacity
         self.graphs = ck.LoopGraphs()             # only for its capture stream
 
-    def get(self, weights, S, n, greedy):
+    def get(self, weights, S, n, greedy, cell="lstm"):
         key = (tuple((k, a.data.ptr, a.shape, a.dtype.name) for k, a in sorted(weights.items())),
-               S, n, bool(greedy))
+               S, n, bool(greedy), cell)
         entry = self.plans.get(key)
         if entry is None:
-            entry = self.plans[key] = [GenPlan(weights, S, n, greedy), None, 0]
+            entry = self.plans[key] = [GenPlan(weights, S, n, greedy, cell), None, 0]
             if len(self.plans) > self.capacity:
                 self.plans.popitem(last=False)
         self.plans.move_to_end(key)
@@ -153,8 +159,9 @@ def check_request(weights, tokens, n, temperature, top_k, top_p, greedy):
     return tokens.astype(np.int32)
 
 
-def generate_batch(weights, state, tokens, n, temperature=1.0, top_k=0, top_p=1.0, greedy=False, rng=None):
-    """Sample n tokens for each of S sequences after tokens (S,).
+def generate_batch(weights, state, tokens, n, temperature=1.0, top_k=0, top_p=1.0, greedy=False, rng=None,
+                   cell="lstm"):
+    """Sample n tokens for each of S sequences after tokens (S,) with the layers of `cell`.
 
     state: list over layers of [h (S,H), c (S,H)] on the GPU; replaced by the new state.
     rng: numpy Generator; draws rng.random((n, S)) unless greedy.  -> ids (S, n) int64 on the host.
@@ -163,7 +170,7 @@ def generate_batch(weights, state, tokens, n, temperature=1.0, top_k=0, top_p=1.
     S = tok.size
     if n == 0:
         return np.empty((S, 0), np.int64)
-    entry = _PLANS.get(weights, S, n, greedy)
+    entry = _PLANS.get(weights, S, n, greedy, cell)
     plan = entry[0]
     if len(state) != plan.L:
         raise ValueError(f"state has {len(state)} layers, the weights {plan.L}")

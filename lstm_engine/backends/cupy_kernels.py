@@ -67,8 +67,18 @@ KERNELS = {
     "embed_gather": ("train_ops.cu", None),
     "embed_scatter_add": ("train_ops.cu", None),
     "sample_tokens": ("sampling.cu", None),
+    # the cell variants (cupy_cells.py): a training step's gates, a generation step
+    "peephole_fwd_cell": ("cells.cu", None),
+    "peephole_bwd_cell": ("cells.cu", None),
+    "coupled_fwd_cell": ("cells.cu", None),
+    "coupled_bwd_cell": ("cells.cu", None),
+    "gru_fwd_cell": ("cells.cu", None),
+    "gru_bwd_cell": ("cells.cu", None),
+    "gen_peephole_step": ("cells.cu", None),
+    "gen_coupled_step": ("cells.cu", None),
+    "gen_gru_step": ("cells.cu", None),
 }
-KERNEL_FILES = ("lstm.cu", "train_ops.cu", "sampling.cu")
+KERNEL_FILES = ("lstm.cu", "train_ops.cu", "sampling.cu", "cells.cu")
 
 # field order of the pointer structs FwdPtrs / BwdPtrs in kernels/cuda/lstm.cu
 FWD_FIELDS = ("xproj", "W", "b", "hbuf", "cbuf", "acts")

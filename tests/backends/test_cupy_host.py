@@ -138,6 +138,29 @@ def test_check_lstm_shapes():
             cb.check_lstm_shapes(*shapes)
 
 
+def test_cell_kernels_are_registered_and_shapes_checked():
+    """cells.cu holds a forward and a backward step kernel and a generation step per cell variant,
+    each instantiated for float and double; the host check names the cell's wrong parameter."""
+    from lstm_engine.backends import cupy_cells as cc
+    want = {f"{c}_{d}_cell" for c in cc.CELLS for d in ("fwd", "bwd")} | {f"gen_{c}_step" for c in cc.CELLS}
+    names = ck.name_expressions("cells.cu")
+    assert {n.split("<")[0] for n in names} == want and len(names) == 2 * len(want)
+    assert ck.kernel_name("gru_bwd_cell", "float64") == "gru_bwd_cell<double>"
+    z = np.zeros
+    gru = {"W": z((44, 111)), "bx": z(111), "bh": z(111)}
+    assert cc.check_cell("gru", (5, 3, 7), gru, (3, 37), (3, 37)) == (5, 3, 7, 37)
+    peep = {"W": z((44, 148)), "b": z(148), "wc": z((3, 37))}
+    assert cc.check_cell("peephole", (5, 3, 7), peep, (3, 37), (3, 37)) == (5, 3, 7, 37)
+    bad = [("coupled", (5, 3, 7), {"W": z((44, 148)), "b": z(148)}, "coupled W must be"),
+           ("peephole", (5, 3, 7), {**peep, "wc": z((4, 37))}, "peephole wc must be"),
+           ("gru", (5, 3, 7), {"W": z((44, 111)), "b": z(111)}, "a gru layer takes parameters W, bx, bh"),
+           ("gru", (5, 3), gru, "x must be"),
+           ("lstm", (5, 3, 7), {"W": z((44, 148)), "b": z(148)}, "cover peephole, coupled, gru")]
+    for cell, x_shape, p, msg in bad:
+        with pytest.raises(ValueError, match=msg):
+            cc.check_cell(cell, x_shape, p, (3, 37), (3, 37))
+
+
 def test_step_mode_and_options(monkeypatch):
     old = cb.set_options(step="auto", graphs=True, tile="auto", blas="direct")
     try:
