@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
 import math
 import os
@@ -43,6 +44,9 @@ ENV_BASE_URL = "LSTM_ENGINE_BASE_URL"
 ENV_REGISTRY = "LSTM_ENGINE_REGISTRY"
 REQUIRED = ("name", "description", "language", "license", "convert")
 SHA256 = re.compile(r"[0-9a-f]{64}")
+# a corpus name becomes a file name in the cache: no path separator, no leading dot, no upper case
+NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+NAME_RULE = "1 to 64 of a-z, 0-9, '-' and '_', starting with a letter or digit"
 BIG_VOCAB = 256          # above this many symbols, --max-vocab and --embed-size get corpus-specific suggestions
 MIN_COUNT = 5            # a symbol seen fewer times than this is folded into <unk> by the suggested --max-vocab
 
@@ -63,24 +67,82 @@ def _builtin_registry_text():
         return f.read(), path
 
 
+def check_name(name):
+    """UserError unless `name` is a safe corpus name (NAME): it becomes a file name in the cache."""
+    if not (isinstance(name, str) and NAME.fullmatch(name)):
+        raise UserError(f"{name!r} is not a corpus name ({NAME_RULE}); pass a registry name "
+                        f"(`lstm-engine corpus list`) or a path to a text file")
+
+
+def _count(v):
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _safe_source_path(p):
+    parts = p.split("/") if isinstance(p, str) else []
+    return bool(parts) and "\0" not in p and all(s not in ("", ".", "..") for s in parts)
+
+
+def _field(cond, where, name, field, what):
+    if not cond:
+        raise UserError(f"{where}: entry {name!r} field {field!r} must be {what}")
+
+
 def _check_entry(e, where):
+    """One registry entry: required fields, their types and ranges; UserError naming the entry and field."""
+    name = e.get("name")
+    if not (isinstance(name, str) and NAME.fullmatch(name)):
+        raise UserError(f"{where}: entry name {name!r} is not a corpus name ({NAME_RULE})")
     missing = [k for k in REQUIRED if k not in e]
     if missing:
-        raise UserError(f"{where}: entry {e.get('name', '?')!r} lacks {', '.join(missing)}")
-    kind = e["convert"].get("kind")
+        raise UserError(f"{where}: entry {name!r} lacks {', '.join(missing)}")
+    for k in ("description", "language", "license", "origin"):
+        _field(k not in e or isinstance(e[k], str), where, name, k, "a string")
+    conv = e["convert"]
+    _field(isinstance(conv, dict) and isinstance(conv.get("kind"), str), where, name, "convert",
+           "an object with a string 'kind'")
+    _field(isinstance(conv.get("rule", ""), str), where, name, "convert.rule", "a string")
+    _field(isinstance(e.get("builtin", False), bool), where, name, "builtin", "true or false")
     if e.get("builtin"):
-        if kind not in BUILTINS:
-            raise UserError(f"{where}: built-in entry {e['name']!r} names unknown kind {kind!r}")
+        if conv["kind"] not in BUILTINS:
+            raise UserError(f"{where}: built-in entry {name!r} names unknown kind {conv['kind']!r}")
+        _check_builtin_convert(conv, where, name)
         return
-    if kind not in CONVERTERS:
-        raise UserError(f"{where}: entry {e['name']!r} names unknown converter {kind!r} "
+    if conv["kind"] not in CONVERTERS:
+        raise UserError(f"{where}: entry {name!r} names unknown converter {conv['kind']!r} "
                         f"({', '.join(CONVERTERS)})")
-    if not isinstance(e.get("base_url"), str) or not e.get("sources"):
-        raise UserError(f"{where}: entry {e['name']!r} needs a base_url and a list of sources")
-    for s in e["sources"]:
-        if not (isinstance(s.get("path"), str) and isinstance(s.get("bytes"), int)
-                and SHA256.fullmatch(str(s.get("sha256")))):
-            raise UserError(f"{where}: a source of {e['name']!r} lacks path, bytes or a hex sha256")
+    _field(isinstance(conv.get("select", ""), str), where, name, "convert.select", "a string")
+    _field(isinstance(e.get("base_url"), str) and e["base_url"].startswith(("http://", "https://")),
+           where, name, "base_url", "an http:// or https:// URL")
+    _field(isinstance(e.get("sources"), list) and e["sources"], where, name, "sources", "a non-empty list")
+    for k, s in enumerate(e["sources"]):
+        _field(isinstance(s, dict), where, name, f"sources[{k}]", "an object with path, bytes and sha256")
+        _field(_safe_source_path(s.get("path")), where, name, f"sources[{k}].path",
+               "a relative path with no '.', '..' or empty parts")
+        _field(_count(s.get("bytes")), where, name, f"sources[{k}].bytes", "a non-negative integer")
+        _field(isinstance(s.get("sha256"), str) and SHA256.fullmatch(s["sha256"]), where, name,
+               f"sources[{k}].sha256", "a hex sha256 (64 characters 0-9a-f)")
+    text = e.get("text", {})
+    _field(isinstance(text, dict), where, name, "text", "an object")
+    for k in ("chars", "symbols"):
+        _field(k not in text or _count(text[k]), where, name, f"text.{k}", "a non-negative integer")
+    _field("sha256" not in text or isinstance(text["sha256"], str) and SHA256.fullmatch(text["sha256"]),
+           where, name, "text.sha256", "a hex sha256 (64 characters 0-9a-f)")
+
+
+def _check_builtin_convert(conv, where, name):
+    """The fields python_stdlib reads (pydoc-topics reads none)."""
+    if conv["kind"] != "python-stdlib":
+        return
+    _field(_count(conv.get("max_chars")), where, name, "convert.max_chars", "a non-negative integer")
+    ex = conv.get("exclude_dirs", [])
+    _field(isinstance(ex, list) and all(isinstance(d, str) for d in ex), where, name, "convert.exclude_dirs",
+           "a list of strings")
+    try:
+        conv["header"].format(path="p")
+    except (KeyError, IndexError, ValueError, AttributeError, TypeError):
+        raise UserError(f"{where}: entry {name!r} field 'convert.header' must be a string whose only "
+                        f"placeholder is {{path}}") from None
 
 
 def parse_registry(data, where="registry"):
@@ -143,10 +205,12 @@ def cache_dir():
 
 
 def text_path(name):
+    check_name(name)
     return os.path.join(cache_dir(), "corpora", name + ".txt")
 
 
 def _manifest_path(name):
+    check_name(name)
     return os.path.join(cache_dir(), "corpora", name + ".json")
 
 
@@ -170,13 +234,21 @@ def _manifest(entry):
 
 
 def cached_path(entry):
-    """Path of the entry's cached text if it is complete and intact, else None."""
+    """Path of the entry's cached text if it is complete and intact, else None (it is remade).
+
+    Where the entry pins the text's sha256, a cached text that differs is a UserError instead: the file
+    is left as it is and the message says how to fetch it again."""
     if entry.get("builtin"):
         return None
     m, path = _manifest(entry), text_path(entry["name"])
-    if m is None or not os.path.isfile(path) or sha256_file(path) != m.get("sha256"):
+    if m is None or not os.path.isfile(path):
         return None
-    return path
+    digest, pinned = sha256_file(path), entry.get("text", {}).get("sha256")
+    if pinned and digest != pinned:
+        raise UserError(f"the cached text of corpus {entry['name']} ({path}) is damaged: sha256 {digest[:16]}..., "
+                        f"the registry pins {pinned[:16]}...; fetch it again with "
+                        f"`lstm-engine corpus fetch {entry['name']} --force`")
+    return path if digest == m.get("sha256") else None
 
 
 # -- fetching --------------------------------------------------------------------------------------
@@ -273,6 +345,7 @@ def fetch(name, registry=None, base_url=None, from_path=None, force=False, quiet
     paths = _obtain_sources(entry, base_url, from_path, quiet)
     text, report = CONVERTERS[entry["convert"]["kind"]](entry["convert"], paths)
     data = text.encode("utf-8")
+    _check_pinned_text(entry, data)
     path = text_path(name)
     atomic_write_bytes(path, data, make_dirs=True)                           # text first: without its manifest it is not trusted
     digest = sha256_file(path)
@@ -281,16 +354,25 @@ def fetch(name, registry=None, base_url=None, from_path=None, force=False, quiet
                 "fetched": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     atomic_write_bytes(_manifest_path(name), json.dumps(manifest, ensure_ascii=False, indent=1).encode("utf-8"))
     ref = entry.get("text", {}).get("sha256")
-    check = "" if not ref else ("; matches the reference sha256" if ref == digest
-                                else f"; differs from the reference text (sha256 {digest[:16]}..., "
-                                     f"reference {ref[:16]}...)")
+    check = "; matches the reference sha256" if ref == digest else ""     # a differing text was refused above
     _say(f"corpus {name}: {report}; {len(text):,} characters saved to {path}{check}", quiet)
     return path
+
+
+def _check_pinned_text(entry, data):
+    """UserError, before anything is written, when the converted text differs from the entry's pinned sha256."""
+    pinned = entry.get("text", {}).get("sha256")
+    digest = hashlib.sha256(data).hexdigest()
+    if pinned and digest != pinned:
+        raise UserError(f"the text made from corpus {entry['name']}'s verified sources has sha256 {digest[:16]}..., "
+                        f"not the pinned {pinned[:16]}... (the cached text, if any, is unchanged); pass --corpus "
+                        f"PATH to a text file instead")
 
 
 # -- resolving -------------------------------------------------------------------------------------
 
 def get_entry(name, registry=None):
+    check_name(name)
     reg = load_registry(registry)
     if name not in reg:
         raise UserError(f"unknown corpus {name!r}; known corpora: {', '.join(reg)} (see `lstm-engine corpus list`)")
