@@ -14,7 +14,8 @@
 //      gru: r | z | n)
 //   A  cached values per step: 4H (peephole: i,f,g,o), 3H (coupled: f,g,o), 4H (gru: r,z,n,hn)
 // All arrays are row-major.  W (H+I, G) acts on [h_{t-1}, x_t]: rows 0..H-1 = W_h, rows H.. = W_x.
-// One thread per (batch row b, hidden unit j); grid ceil(B*H/256) blocks of 256.
+// Training steps: one thread per (batch row b, hidden unit j), grid ceil(B*H/256) blocks of 256;
+// generation steps: see their section.
 //
 // Forward equations per (b, j), z = x_t W_x + b + h_{t-1} W_h (gru: xz = x_t W_x + bx,
 // hz = h_{t-1} W_h + bh kept apart):
@@ -266,30 +267,47 @@ __global__ void gru_bwd_cell(const T* __restrict__ dhs_t,     // (B,H) from the 
 // Generation: one step of one layer for S sequences (B = S), the product inside, the input read
 // in place: x_t = Emb[token] (layer 0, x_rows = the tokens) or the new h of the layer below.
 // Pointers are plain arguments (a generation graph is keyed by them on the host).
+// grid (ceil(H/GEN_UNITS), S), THREADS threads: block (u, s) computes units u*GEN_UNITS.. of sequence s.
 // ---------------------------------------------------------------------------------------
 
-// zh[g] = sum_k h_prev[s,k] W[k, g*H+j];  zx[g] = sum_k x[row,k] W[H+k, g*H+j], NG gate blocks.
-// The threads of a warp hold consecutive units j: their reads of a row of W are coalesced.
+#define GEN_UNITS 32                        // units per block: one warp's lanes
+#define GEN_KSPLIT (THREADS / GEN_UNITS)    // the reduction is split over the block's warps
+
+// zh[g] = sum_k h_prev[s,k] W[k, g*H+j];  zx[g] = sum_k x[row,k] W[H+k, g*H+j], NG gate blocks, for the
+// block's GEN_UNITS units j.  Warp w sums k = w, w + GEN_KSPLIT, ... (its lanes read consecutive
+// columns of a row of W: coalesced); the partial sums are added in warp order through shared memory.
+// Every thread must call it (a barrier inside); the sums are valid in warp 0 only.
 template <typename T, int NG>
 __device__ __forceinline__ void gen_product(const T* __restrict__ W, const T* __restrict__ h_prev,
                                             const T* __restrict__ x, const int* __restrict__ x_rows, int I,
                                             int s, int j, int H, T (&zh)[NG], T (&zx)[NG]) {
-    const int G = NG * H;
+    __shared__ T part[GEN_KSPLIT][2 * NG][GEN_UNITS];
+    const int lane = threadIdx.x % GEN_UNITS, ks = threadIdx.x / GEN_UNITS, G = NG * H;
     const T* hrow = h_prev + (long long)s * H;
     const T* xrow = x + (long long)(x_rows ? x_rows[s] : s) * I;
 #pragma unroll
     for (int g = 0; g < NG; ++g) { zh[g] = T(0); zx[g] = T(0); }
-    for (int k = 0; k < H; ++k) {
-        const T v = hrow[k];
-        const T* w = W + (long long)k * G + j;
+    if (j < H) {
+        for (int k = ks; k < H; k += GEN_KSPLIT) {
+            const T v = hrow[k];
+            const T* w = W + (long long)k * G + j;
 #pragma unroll
-        for (int g = 0; g < NG; ++g) zh[g] += v * w[g * H];
+            for (int g = 0; g < NG; ++g) zh[g] += v * w[g * H];
+        }
+        for (int k = ks; k < I; k += GEN_KSPLIT) {
+            const T v = xrow[k];
+            const T* w = W + (long long)(H + k) * G + j;
+#pragma unroll
+            for (int g = 0; g < NG; ++g) zx[g] += v * w[g * H];
+        }
     }
-    for (int k = 0; k < I; ++k) {
-        const T v = xrow[k];
-        const T* w = W + (long long)(H + k) * G + j;
 #pragma unroll
-        for (int g = 0; g < NG; ++g) zx[g] += v * w[g * H];
+    for (int g = 0; g < NG; ++g) { part[ks][g][lane] = zh[g]; part[ks][NG + g][lane] = zx[g]; }
+    __syncthreads();
+    if (ks == 0) {
+        for (int q = 1; q < GEN_KSPLIT; ++q)
+#pragma unroll
+            for (int g = 0; g < NG; ++g) { zh[g] += part[q][g][lane]; zx[g] += part[q][NG + g][lane]; }
     }
 }
 
@@ -305,11 +323,11 @@ __global__ void gen_peephole_step(const T* __restrict__ W,        // (H+I,G)
                                   T* __restrict__ h_out,          // (S,H)
                                   T* __restrict__ c_out,          // (S,H)
                                   int S, int H) {
-    const long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (e >= (long long)S * H) return;
-    const int s = (int)(e / H), j = (int)(e % H);
+    const int s = blockIdx.y, j = blockIdx.x * GEN_UNITS + threadIdx.x % GEN_UNITS;
     T zh[4], zx[4];
     gen_product<T, 4>(W, h_prev, x, x_rows, I, s, j, H, zh, zx);
+    if (threadIdx.x >= GEN_UNITS || j >= H) return;
+    const long long e = (long long)s * H + j;
     T i, f, g, o, c, h;
     peephole_forward((zx[0] + bias[j]) + zh[0], (zx[1] + bias[H + j]) + zh[1], (zx[2] + bias[2 * H + j]) + zh[2],
                      (zx[3] + bias[3 * H + j]) + zh[3], wc[j], wc[H + j], wc[2 * H + j], c_prev[e],
@@ -329,11 +347,11 @@ __global__ void gen_coupled_step(const T* __restrict__ W,        // (H+I,G)
                                  T* __restrict__ h_out,          // (S,H)
                                  T* __restrict__ c_out,          // (S,H)
                                  int S, int H) {
-    const long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (e >= (long long)S * H) return;
-    const int s = (int)(e / H), j = (int)(e % H);
+    const int s = blockIdx.y, j = blockIdx.x * GEN_UNITS + threadIdx.x % GEN_UNITS;
     T zh[3], zx[3];
     gen_product<T, 3>(W, h_prev, x, x_rows, I, s, j, H, zh, zx);
+    if (threadIdx.x >= GEN_UNITS || j >= H) return;
+    const long long e = (long long)s * H + j;
     T f, g, o, c, h;
     coupled_forward((zx[0] + bias[j]) + zh[0], (zx[1] + bias[H + j]) + zh[1], (zx[2] + bias[2 * H + j]) + zh[2],
                     c_prev[e], f, g, o, c, h);
@@ -354,11 +372,11 @@ __global__ void gen_gru_step(const T* __restrict__ W,        // (H+I,G)
                              T* __restrict__ h_out,          // (S,H)
                              T* __restrict__ c_out,          // (S,H)
                              int S, int H) {
-    const long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (e >= (long long)S * H) return;
-    const int s = (int)(e / H), j = (int)(e % H);
+    const int s = blockIdx.y, j = blockIdx.x * GEN_UNITS + threadIdx.x % GEN_UNITS;
     T zh[3], zx[3];
     gen_product<T, 3>(W, h_prev, x, x_rows, I, s, j, H, zh, zx);
+    if (threadIdx.x >= GEN_UNITS || j >= H) return;
+    const long long e = (long long)s * H + j;
     T r, z, n, h;
     gru_forward(zx[0] + bx[j], zx[1] + bx[H + j], zx[2] + bx[2 * H + j],
                 zh[0] + bh[j], zh[1] + bh[H + j], zh[2] + bh[2 * H + j], h_prev[e], r, z, n, h);

@@ -312,6 +312,15 @@ def gen_layer_params(cell, weights, l):
     return [weights[f"W{l}"]] + [weights[f"{n}{l}"] for n in names]
 
 
-def gen_step_kernel(cell, dtype):
-    """The compiled generation step of a cell (grid ceil(S*H/256), one thread per (s, j))."""
-    return ck.get(f"gen_{cell}_step", dtype)
+GEN_UNITS = 32     # units per block of a generation step (#define GEN_UNITS in cells.cu)
+
+
+def gen_grid(S, H):
+    """Grid of a generation step: block (u, s) computes GEN_UNITS units of sequence s, its
+    THREADS threads splitting the reduction."""
+    return (-(-H // GEN_UNITS), S)
+
+
+def gen_step_kernel(cell, dtype, S, H):
+    """The compiled generation step of a cell and its grid -> (kernel, grid)."""
+    return ck.get(f"gen_{cell}_step", dtype), gen_grid(S, H)

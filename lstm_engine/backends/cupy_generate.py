@@ -73,9 +73,8 @@ class GenPlan:
         if cell == "lstm":
             self.step_kern = ck.get("gen_lstm_step", dt, self.tile)
             self.grid_h = ck.tile_grid(self.tile, S, H)
-        else:                                    # one thread per (sequence, unit)
-            self.step_kern = cupy_cells.gen_step_kernel(cell, dt)
-            self.grid_h = ck.blocks(S * H)
+        else:
+            self.step_kern, self.grid_h = cupy_cells.gen_step_kernel(cell, dt, S, H)
         self.logit_kern = ck.get("gen_logits", dt, self.tile)
         self.sample_kern = ck.get("sample_tokens", dt)
 

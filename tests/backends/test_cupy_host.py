@@ -146,6 +146,10 @@ def test_cell_kernels_are_registered_and_shapes_checked():
     names = ck.name_expressions("cells.cu")
     assert {n.split("<")[0] for n in names} == want and len(names) == 2 * len(want)
     assert ck.kernel_name("gru_bwd_cell", "float64") == "gru_bwd_cell<double>"
+    src = ck.kernel_source("cells.cu")
+    assert re.search(r"#define THREADS %d\b" % ck.THREADS, src)
+    assert re.search(r"#define GEN_UNITS %d\b" % cc.GEN_UNITS, src) and ck.THREADS % cc.GEN_UNITS == 0
+    assert cc.gen_grid(3, 65) == (3, 3) and cc.gen_grid(1, 32) == (1, 1)
     z = np.zeros
     gru = {"W": z((44, 111)), "bx": z(111), "bh": z(111)}
     assert cc.check_cell("gru", (5, 3, 7), gru, (3, 37), (3, 37)) == (5, 3, 7, 37)
