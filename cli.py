@@ -4,6 +4,7 @@ Installed as lstm_engine.cli (lstm_engine/cli.py links here; see setup.cfg); not
 """
 from __future__ import annotations
 
+import codecs
 import json
 import math
 import shlex
@@ -29,11 +30,23 @@ def _fmt_time(s):
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
+def _unwritable_output(exc):
+    """Error handler of a strict stdout: a character its encoding lacks ends the command with one line."""
+    ch = exc.object[exc.start]
+    raise UserError(f"the output encoding {sys.stdout.encoding} cannot write {ch!r} (U+{ord(ch):04X}); set "
+                    f"PYTHONIOENCODING=utf-8 or a UTF-8 locale to print this text")
+
+
+codecs.register_error("lstm-engine-stdout", _unwritable_output)
+
+
 class Group(click.Group):
     """Turns UserError (and a mistyped option) into one line on stderr and exit status 2; Ctrl-C into status 130."""
 
     def invoke(self, ctx):
         try:
+            if getattr(sys.stdout, "errors", None) == "strict" and hasattr(sys.stdout, "reconfigure"):
+                sys.stdout.reconfigure(errors="lstm-engine-stdout")     # not a traceback mid-text
             api.check_environment()
             return super().invoke(ctx)
         except UserError as e:

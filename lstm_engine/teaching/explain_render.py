@@ -6,6 +6,7 @@ CLI can wait for Enter between them.  Vectors are 1-D arrays of size H (or I).
 from __future__ import annotations
 
 import html
+import re
 import textwrap
 
 import numpy as np
@@ -70,6 +71,28 @@ def item_lines(item, label_width=24):
 # text and markdown
 # ----------------------------------------------------------------------------
 
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")       # C0 (but tab, newline) and C1 controls
+MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|&])")                   # what could open markup, a link, HTML or a cell
+
+
+def plain(s):
+    """Text for a terminal: control characters (an escape sequence in a file name) shown as \\xNN."""
+    return CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", s)
+
+
+def md(s):
+    """Markdown inline text: every character that could start markup, a link, HTML or end a table cell
+    backslash-escaped, and line breaks shown as \\n (they would end a heading or a table row)."""
+    s = MD_SPECIAL.sub(r"\\\1", plain(str(s)))
+    return s.replace("\n", "\\\\n")                              # \r is a control: plain() showed it
+
+
+def fence(lines):
+    """A code fence longer than any run of backticks in `lines`, so no line can close it."""
+    longest = max([len(r) for line in lines for r in re.findall("`+", line)] or [0])
+    return "`" * max(3, longest + 1)
+
+
 def render_text(blocks):
     chunks = []
     for b in blocks:
@@ -78,7 +101,7 @@ def render_text(blocks):
         lw = max([len(it[1]) for it in b.items if it[0] == "vec"] or [0])
         for it in b.items:
             lines += ["   " + s for s in item_lines(it, lw)]
-        chunks.append("\n".join(lines))
+        chunks.append(plain("\n".join(lines)))
     return chunks
 
 
@@ -87,22 +110,23 @@ def render_markdown(blocks):
     for b in blocks:
         srcs = ", ".join(f"`{qualified(s)[0]}`" for s in b.sources)
         files = sorted({qualified(s)[1] for s in b.sources})
-        out = [f"#### {b.title}", "", f"*computed by* {srcs} (in {', '.join(files)})", ""]
+        out = [f"#### {md(b.title)}", "", f"*computed by* {srcs} (in {', '.join(files)})", ""]
         code = []
         lw = max([len(it[1]) for it in b.items if it[0] == "vec"] or [0])
 
         def flush():
             if code:
-                out.extend(["```text", *code, "```", ""])
+                lines = [plain(c) for c in code]
+                out.extend([fence(lines) + "text", *lines, fence(lines), ""])
                 code.clear()
         for it in b.items:
             if it[0] == "text":
                 flush()
-                out += [it[1], ""]
+                out += [md(it[1]), ""]
             elif it[0] == "table":
                 flush()
-                out += ["| " + " | ".join(it[1]) + " |", "|" + "---|" * len(it[1])]
-                out += ["| " + " | ".join(str(c) for c in r) + " |" for r in it[2]] + [""]
+                out += ["| " + " | ".join(md(h) for h in it[1]) + " |", "|" + "---|" * len(it[1])]
+                out += ["| " + " | ".join(md(c) for c in r) + " |" for r in it[2]] + [""]
             else:
                 code += item_lines(it, lw)
         flush()
