@@ -1,0 +1,108 @@
+"""Numba kernel for batch-1 generation with the LSTM variants: n characters in one jitted call.
+
+Dimension legend: L layers, H hidden, G gates (peephole 4H; coupled, GRU 3H), E embedding,
+V vocabulary, n characters.
+
+sample.py's plan (its docstring says it): per character every layer's cell, with the sums
+z = b + h_{t-1} W_h + x_t W_x as matrix-vector loops over the rows of the fused W (layer 0 may
+read b + x_t W_x as one row of the table X0 = Emb @ W_x + b0 (V,G)), then the output
+projection and sample.py's draw (temperature, top-k / top-p, the caller's uniforms), so both
+backends turn one seed into the same text.  The GRU keeps its h side apart,
+zh = bh + h_{t-1} W_h, because the reset gate multiplies its n block; its c is left as it is.
+
+Which cell: the int `cell` (cell_layers.PEEPHOLE, COUPLED, or GRU), a run-time branch, so one
+compiled kernel serves all three; `extras` holds per layer the peepholes wc (3H,) flat
+[w_ci; w_cf; w_co], the GRU's bh (G,), or nothing (0,) for the coupled cell.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from .cell_layers import COUPLED, PEEPHOLE
+from .fastmath import fsigmoid, ftanh
+from .jit import JIT
+from .sample import draw, layer_input, matvec_acc, sample_buffers
+
+GRU = 3
+
+
+@numba.njit(inline="always", **JIT)
+def gate_sums(W, zx, x, h, z):
+    """z (G,) = zx + h (H,) @ W_h + x (I,) @ W_x (x empty: the table row zx already holds x W_x)."""
+    H = h.shape[0]
+    for j in range(z.shape[0]):
+        z[j] = zx[j]
+    matvec_acc(h, W[:H], z)
+    if x.shape[0] > 0:
+        matvec_acc(x, W[H:], z)
+
+
+@numba.njit(inline="always", **JIT)
+def peephole_cell(z, wc, h, c):
+    """h, c (H,) <- the peephole cell's update from z (4H,) = pre-activations i, f, g, o."""
+    H = h.shape[0]
+    for j in range(H):
+        i = fsigmoid(z[j] + wc[j] * c[j])
+        f = fsigmoid(z[H + j] + wc[H + j] * c[j])
+        g = ftanh(z[2 * H + j])
+        c[j] = f * c[j] + i * g
+        o = fsigmoid(z[3 * H + j] + wc[2 * H + j] * c[j])               # o sees c_t
+        h[j] = o * ftanh(c[j])
+
+
+@numba.njit(inline="always", **JIT)
+def coupled_cell(z, h, c):
+    """h, c (H,) <- the coupled cell's update from z (3H,) = pre-activations f, g, o."""
+    H = h.shape[0]
+    for j in range(H):
+        f = fsigmoid(z[j])
+        g = ftanh(z[H + j])
+        o = fsigmoid(z[2 * H + j])
+        c[j] = f * c[j] + (1 - f) * g
+        h[j] = o * ftanh(c[j])
+
+
+@numba.njit(inline="always", **JIT)
+def gru_cell(W, zx, x, bh, h, z, zh):
+    """h (H,) <- the GRU's update: z (G,) = zx + x W_x (x side), zh (G,) = bh + h W_h (h side)."""
+    H = h.shape[0]
+    for j in range(3 * H):
+        z[j] = zx[j]
+        zh[j] = bh[j]
+    matvec_acc(h, W[:H], zh)
+    if x.shape[0] > 0:
+        matvec_acc(x, W[H:], z)
+    for j in range(H):
+        r = fsigmoid(z[j] + zh[j])
+        u = fsigmoid(z[H + j] + zh[H + j])                              # the update gate z_t
+        n = ftanh(z[2 * H + j] + r * zh[2 * H + j])
+        h[j] = (1 - u) * n + u * h[j]
+
+
+@numba.njit(**JIT)
+def generate_cells_kernel(cell, Emb, X0, Ws, bs, extras, Wy, by, h, c, token, temperature, top_k, top_p, greedy,
+                          us, out):
+    """Emb (V,E); X0 (V,G) the layer-0 table Emb @ W_x + b0 (GRU: + bx0), or (0,G); Ws, bs,
+    extras tuples over layers of W (H+I,G), b (G,) (GRU: bx), extras (see the module docstring);
+    Wy (H,V), by (V,); h, c (L,H) state, updated in place; us (n,) uniforms (ignored when
+    greedy) -> out (n,) int64 token ids."""
+    L, H = h.shape
+    V = by.shape[0]
+    G = Ws[0].shape[1]
+    _, logits, zd, probs, p, order, none = sample_buffers(H, V, Wy)
+    z, zh = np.empty(G, Wy.dtype), np.empty(G, Wy.dtype)                   # (G,) gate sums
+    for k in range(out.shape[0]):
+        for l in range(L):
+            zx, x = layer_input(Emb, X0, bs, h[l - 1], l, token, none)
+            if cell == GRU:
+                gru_cell(Ws[l], zx, x, extras[l], h[l], z, zh)
+            else:
+                gate_sums(Ws[l], zx, x, h[l], z)
+                if cell == PEEPHOLE:
+                    peephole_cell(z, extras[l], h[l], c[l])
+                elif cell == COUPLED:
+                    coupled_cell(z, h[l], c[l])
+        token = draw(h[L - 1], Wy, by, logits, temperature, top_k, top_p, greedy,
+                     us[k] if not greedy else 0.0, zd, probs, order, p)
+        out[k] = token

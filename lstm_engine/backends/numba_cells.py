@@ -1,0 +1,307 @@
+"""The numba backend's LSTM variants (peephole, coupled, gru): validate, allocate, call one kernel.
+
+numba_backend's cell_forward / cell_backward / embed_cell_forward / embed_cell_backward /
+generate call these for every cell but "lstm"; shapes, return values and meaning are those of
+the reference (numpy_cells.py), which the tests compare them against.  The kernels are in
+kernels/numba/cell_layers.py (peephole, coupled), gru_layer.py and sample_cells.py.
+
+Dimension legend:
+    T time steps   B batch   I input size   H hidden   E embedding   V vocabulary   L layers
+    G gates: 4H (peephole: i, f, g, o), 3H (coupled: f, g, o; gru: r, z, n)
+
+Parameters p of a layer by short name: peephole {"W" (H+I,G), "b" (G,), "wc" (3,H)};
+coupled {"W", "b"}; gru {"W", "bx" (G,), "bh" (G,)}.  Every cell's state is the pair h, c
+(B,H); the GRU carries c unchanged and passes dcT through as dc0.
+
+Threads: as the LSTM's layers (numba_backend._threads), except that the time loops split only
+by batch rows: where the LSTM would split by hidden units, these split by rows too (B > 1).
+
+Every function takes the numba backend module first (nb: its array pool, thread plan, checks
+and knobs), passed in by numba_backend so that this module does not import it back.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import UserError
+
+CELLS = ("peephole", "coupled", "gru")
+GATES = {"peephole": 4, "coupled": 3, "gru": 3}            # G / H
+BIASES = {"peephole": ("b", "wc"), "coupled": ("b",), "gru": ("bx", "bh")}
+
+_K = None   # the kernel modules, imported on first use (after numba_backend's own)
+
+
+def _kernels(nb):
+    global _K
+    if _K is None:
+        from types import SimpleNamespace
+
+        from ..kernels.numba import cell_layers, gru_layer, sample_cells
+        lstm = nb._kernels().lstm                       # also pins BLAS and tunes malloc, once
+        _K = SimpleNamespace(cells=cell_layers, gru=gru_layer, sample=sample_cells, lstm=lstm,
+                             code={"peephole": cell_layers.PEEPHOLE, "coupled": cell_layers.COUPLED,
+                                   "gru": sample_cells.GRU})
+    return _K
+
+
+def _threads(nb, T, B, H):
+    """-> (prod, rows): numba_backend._threads with its split by hidden units turned into rows."""
+    prod, rows, units = nb._threads(T, B, H)
+    if units is not None:
+        rows = min(units, B) if B > 1 else None
+    return prod, rows
+
+
+class CellCache:
+    """What BPTT needs from one layer's forward: .cell, .x (T,B,I) (None for layer 0 with the
+    table), .tokens (T,B), .Emb (V,E) for layer 0, .p the parameters, .h0, .c0 (B,H),
+    .hs (T,B,H), .acts (T,B,G) activated gates; .cs (T,B,H) c_t (peephole, coupled), .hn (T,B,H)
+    h_{t-1} W_hn + b_hn (gru)."""
+
+    __slots__ = ("cell", "x", "tokens", "Emb", "p", "h0", "c0", "hs", "cs", "acts", "hn")
+
+    def __init__(self, cell, x, p, h0, c0, hs, cs, acts, hn):
+        self.cell, self.x, self.tokens, self.Emb, self.p = cell, x, None, None, p
+        self.h0, self.c0, self.hs, self.cs, self.acts, self.hn = h0, c0, hs, cs, acts, hn
+
+
+# ----------------------------------------------------------------------------
+# Validation
+# ----------------------------------------------------------------------------
+
+def _params(nb, cell, p, h0, c0, I):
+    """Contiguous parameters of a layer of `cell` after checking names and shapes -> (dict, dtype)."""
+    if cell not in CELLS:
+        raise UserError(f"the numba cell kernels know {', '.join(CELLS)}, not {cell!r}")
+    names = ("W",) + BIASES[cell]
+    missing = [n for n in names if n not in p]
+    if missing:
+        raise UserError(f"the {cell} layer needs parameters {', '.join(names)}; missing {', '.join(missing)}")
+    if h0.ndim != 2 or c0.shape != h0.shape:
+        raise UserError(f"h0 and c0 must both be (B,H); got {h0.shape} and {c0.shape}")
+    H = h0.shape[1]
+    G = GATES[cell] * H
+    want = {"W": (H + I, G), "b": (G,), "bx": (G,), "bh": (G,), "wc": (3, H)}
+    bad = [f"{n} {p[n].shape} (want {want[n]})" for n in names if p[n].shape != want[n]]
+    if bad:
+        raise UserError(f"the {cell} layer's parameters have the wrong shape: {', '.join(bad)}")
+    dt = nb._dtype_of(*(p[n] for n in names), h0, c0)
+    return {n: nb._c(p[n]) for n in names}, dt
+
+
+def _wc(p, dt):
+    """The peepholes flat (3H,) = [w_ci; w_cf; w_co], or (0,) for the coupled cell."""
+    return p["wc"].reshape(-1) if "wc" in p else np.empty(0, dt)
+
+
+# ----------------------------------------------------------------------------
+# Layers
+# ----------------------------------------------------------------------------
+
+def cell_forward(nb, cell, x, p, h0, c0):
+    """One layer of `cell` over a window: x (T,B,I), p (see module docstring), h0, c0 (B,H)
+    -> hs (T,B,H), hT (B,H), cT (B,H), cache for cell_backward."""
+    if x.ndim != 3 or h0.ndim != 2 or x.shape[1] != h0.shape[0]:
+        raise UserError(f"x must be (T,B,I) with B = {h0.shape[0]}; got {x.shape}")
+    p, dt = _params(nb, cell, p, h0, c0, x.shape[2])
+    nb._dtype_of(x, h0)
+    x, h0, c0 = nb._c(x), nb._c(h0), nb._c(c0)
+    T, B, _ = x.shape
+    H = h0.shape[1]
+    K = _kernels(nb)
+    hs = nb._pool.empty((T, B, H), dt)
+    acts = nb._pool.empty((T, B, GATES[cell] * H), dt)
+    if cell == "gru":
+        hn = nb._pool.empty((T, B, H), dt)
+        if T:
+            K.gru.gru_forward_kernel(x, p["W"], p["bx"], p["bh"], h0, hs, acts, hn, *_threads(nb, T, B, H))
+        cache = CellCache(cell, x, p, h0, c0, hs, None, acts, hn)
+        return hs, (hs[-1] if T else h0), c0, cache          # the GRU carries c unchanged
+    cs = nb._pool.empty((T, B, H), dt)
+    if T:
+        K.cells.cell_forward_kernel(K.code[cell], x, p["W"], p["b"], _wc(p, dt), h0, c0, hs, cs, acts,
+                                    *_threads(nb, T, B, H))
+    hT, cT = (hs[-1], cs[-1]) if T else (h0, c0)
+    return hs, hT, cT, CellCache(cell, x, p, h0, c0, hs, cs, acts, None)
+
+
+def _state_grads(nb, dhs, dhT, dcT, cache):
+    """Checked gradients -> dhs (T,B,H) contiguous, dh, dc (B,H) fresh copies of dhT, dcT."""
+    T, B, H = cache.hs.shape
+    dt = nb._dtype_of(dhs, dhT, dcT, cache.p["W"])
+    if dhs.shape != (T, B, H) or dhT.shape != (B, H) or dcT.shape != (B, H):
+        raise UserError(f"gradients must be dhs {(T, B, H)}, dhT and dcT {(B, H)}; "
+                        f"got {dhs.shape}, {dhT.shape}, {dcT.shape}")
+    return nb._c(dhs), np.array(dhT, dtype=dt, order="C"), np.array(dcT, dtype=dt, order="C")
+
+
+def _grad_buffers(nb, cache):
+    """dW (H+I,G) and the bias gradients by name, allocated (zeros where the window is empty)."""
+    W = cache.p["W"]
+    T = cache.hs.shape[0]
+    dp = {"W": nb._pool.empty(W.shape, W.dtype)}
+    for n in BIASES[cache.cell]:
+        dp[n] = np.empty(cache.p[n].shape, W.dtype)
+    if not T:
+        for a in dp.values():
+            a[...] = 0
+    return dp
+
+
+def _backward(nb, dhs, dh, dc, cache, tokens, Emb, dEmb):
+    """The BPTT kernel of cache.cell, into fresh gradient buffers -> dx (T,B,I) or None (layer 0
+    with the table: dEmb (V,E) filled instead), dp; dh, dc become dh0, dc0 in place."""
+    T, B, H = cache.hs.shape
+    K, dt = _kernels(nb), cache.p["W"].dtype
+    dp = _grad_buffers(nb, cache)
+    x = cache.x
+    dx = nb._pool.empty(x.shape, dt) if x is not None else None
+    if not T:
+        if dEmb is not None:
+            dEmb[...] = 0
+        return dx, dp
+    G = dp["W"].shape[1]
+    thr = _threads(nb, T, B, H)
+    c = cache
+    if cache.cell == "gru":
+        dzx, dzh = nb._pool.empty((T, B, G), dt), nb._pool.empty((T, B, G), dt)
+        if x is not None:
+            K.gru.gru_backward_kernel(dhs, x, c.p["W"], c.h0, c.hs, c.acts, c.hn, dzx, dzh, dh, dx, dp["W"],
+                                      dp["bx"], dp["bh"], *thr)
+        else:
+            dtable = nb._pool.empty((Emb.shape[0], G), dt)
+            K.gru.embed_gru_backward_kernel(dhs, tokens, Emb, c.p["W"], c.h0, c.hs, c.acts, c.hn, dzx, dzh, dh,
+                                            dEmb, dp["W"], dp["bx"], dp["bh"], dtable, *thr)
+        return dx, dp
+    dzs = nb._pool.empty((T, B, G), dt)
+    dwc = np.empty(3 * H if "wc" in dp else 0, dt)
+    code, wc = K.code[cache.cell], _wc(c.p, dt)
+    if x is not None:
+        K.cells.cell_backward_kernel(code, dhs, x, c.p["W"], wc, c.h0, c.c0, c.hs, c.cs, c.acts, dzs, dh, dc, dx,
+                                     dp["W"], dp["b"], dwc, *thr)
+    else:
+        dtable = nb._pool.empty((Emb.shape[0], G), dt)
+        K.cells.embed_cell_backward_kernel(code, dhs, tokens, Emb, c.p["W"], wc, c.h0, c.c0, c.hs, c.cs, c.acts,
+                                           dzs, dh, dc, dEmb, dp["W"], dp["b"], dwc, dtable, *thr)
+    if "wc" in dp:
+        dp["wc"] = dwc.reshape(3, H)
+    return dx, dp
+
+
+def cell_backward(nb, dhs, dhT, dcT, cache):
+    """BPTT through one layer: dhs (T,B,H) from above; dhT, dcT (B,H) from the next window
+    -> dx (T,B,I), dp (by short name), dh0 (B,H), dc0 (B,H)."""
+    dhs, dh, dc = _state_grads(nb, dhs, dhT, dcT, cache)
+    dx, dp = _backward(nb, dhs, dh, dc, cache, None, None, None)
+    return dx, dp, dh, dc
+
+
+def embed_cell_forward(nb, cell, tokens, Emb, p, h0, c0):
+    """Layer 0: embedding then cell_forward.  tokens (T,B) int, Emb (V,E).  With V <= T*B the
+    input projections are rows of the table Emb @ W_x (V,G), built once per call and gathered
+    (as numba_backend.embed_lstm_forward); otherwise the embeddings are gathered and projected."""
+    if Emb.ndim != 2:
+        raise UserError(f"Emb must be (V,E); got {Emb.shape}")
+    V, E = Emb.shape
+    tokens = nb._check_tokens(tokens, V)
+    T, B = tokens.shape
+    if h0.ndim != 2 or B != h0.shape[0]:
+        raise UserError(f"tokens must be (T,B) with B = {h0.shape[0]}; got {tokens.shape}")
+    p, dt = _params(nb, cell, p, h0, c0, E)
+    nb._dtype_of(Emb, h0)
+    Emb = nb._c(Emb)
+    if V > T * B:                                  # the table would cost more than it saves
+        x = nb._pool.empty((T, B, E), dt)
+        _kernels(nb).lstm.gather_rows(tokens.reshape(-1), Emb, x.reshape(T * B, E))
+        hs, hT, cT, cache = cell_forward(nb, cell, x, p, h0, c0)
+        cache.tokens, cache.Emb = tokens, Emb
+        return hs, hT, cT, cache
+    K, h0, c0 = _kernels(nb), nb._c(h0), nb._c(c0)
+    H = h0.shape[1]
+    G = GATES[cell] * H
+    hs, acts = nb._pool.empty((T, B, H), dt), nb._pool.empty((T, B, G), dt)
+    table = nb._pool.empty((V, G), dt)             # Emb @ W_x
+    if cell == "gru":
+        hn = nb._pool.empty((T, B, H), dt)
+        if T:
+            K.gru.embed_gru_forward_kernel(tokens, Emb, p["W"], p["bx"], p["bh"], h0, hs, acts, hn, table,
+                                           *_threads(nb, T, B, H))
+        cs, hT, cT = None, (hs[-1] if T else h0), c0
+    else:
+        hn, cs = None, nb._pool.empty((T, B, H), dt)
+        if T:
+            K.cells.embed_cell_forward_kernel(K.code[cell], tokens, Emb, p["W"], p["b"], _wc(p, dt), h0, c0, hs,
+                                              cs, acts, table, *_threads(nb, T, B, H))
+        hT, cT = (hs[-1], cs[-1]) if T else (h0, c0)
+    cache = CellCache(cell, None, p, h0, c0, hs, cs, acts, hn)
+    cache.tokens, cache.Emb = tokens, Emb
+    return hs, hT, cT, cache
+
+
+def embed_cell_backward(nb, dhs, dhT, dcT, cache):
+    """-> dEmb (V,E), dp, dh0, dc0 (the embedding gradient is a scatter-add over tokens)."""
+    Emb, tokens = cache.Emb, cache.tokens
+    dhs, dh, dc = _state_grads(nb, dhs, dhT, dcT, cache)
+    dEmb = nb._pool.empty(Emb.shape, Emb.dtype)
+    dx, dp = _backward(nb, dhs, dh, dc, cache, tokens, Emb, dEmb)
+    if dx is not None:                             # gathered path: scatter dx into dEmb
+        _kernels(nb).lstm.scatter_add_rows(tokens.reshape(-1), dx.reshape(-1, Emb.shape[1]), dEmb)
+    return dEmb, dp, dh, dc
+
+
+# ----------------------------------------------------------------------------
+# Sampling
+# ----------------------------------------------------------------------------
+
+def generate(nb, weights, state, token, n, temperature, top_k, top_p, greedy, rng, cache, cell):
+    """numba_backend.generate for `cell` on one thread (sample_cells.py): n token ids after
+    `token`, state [h (1,H), c (1,H)] per layer carried and updated; the layer-0 table
+    Emb @ W_x + b0 (V,G) (GRU: + bx0) is kept in `cache` as the LSTM's -> ids (n,) int64."""
+    if cell not in CELLS:
+        raise UserError(f"the numba cell kernels know {', '.join(CELLS)}, not {cell!r}")
+    L = len(state)
+    b = "bx" if cell == "gru" else "b"
+    Ws = tuple(nb._c(weights[f"W{l}"]) for l in range(L))
+    bs = tuple(nb._c(weights[f"{b}{l}"]) for l in range(L))
+    Emb, Wy, by = nb._c(weights["Emb"]), nb._c(weights["Wy"]), nb._c(weights["by"])
+    dt = nb._dtype_of(Emb, Wy, by, *Ws, *bs)
+    if cell == "peephole":
+        extras = tuple(nb._c(weights[f"wc{l}"]).reshape(-1) for l in range(L))      # (3H,) each
+    elif cell == "gru":
+        extras = tuple(nb._c(weights[f"bh{l}"]) for l in range(L))                  # (G,) each
+    else:
+        extras = tuple(np.empty(0, dt) for _ in range(L))
+    nb._dtype_of(Wy, *extras)
+    V = Emb.shape[0]
+    if not 0 <= int(token) < V:
+        raise UserError(f"token must lie in [0, {V}); got {token}")
+    h = np.concatenate([s[0].reshape(1, -1) for s in state]).astype(dt)       # (L,H)
+    c = np.concatenate([s[1].reshape(1, -1) for s in state]).astype(dt)       # (L,H)
+    out = np.empty(n, np.int64)
+    us = np.zeros(0) if greedy else rng.random(n)                             # one uniform per token
+    if n:
+        K = _kernels(nb)
+        X0 = _layer0_table(nb, Emb, Ws[0], bs[0], h.shape[1], n, cache)          # (V,G) or (0,G)
+        K.sample.generate_cells_kernel(K.code[cell], Emb, X0, Ws, bs, extras, Wy, by, h, c, int(token),
+                                       float(temperature), int(top_k), float(top_p), bool(greedy), us, out)
+    for l in range(L):
+        state[l][0], state[l][1] = h[l:l + 1], c[l:l + 1]
+    return out
+
+
+def _layer0_table(nb, Emb, W0, b0, H, n, cache):
+    """numba_backend._layer0_table for a layer of any gate count: X0 = Emb (V,E) @ W0_x (E,G)
+    + b0 (G,) -> (V,G), kept in `cache` under the same key; (0,G) when it would not pay."""
+    key = ("X0", id(Emb), id(W0), id(b0))
+    if cache is not None and key in cache:
+        return cache[key]
+    chars = cache.get("chars", n) if cache is not None else n
+    if chars < nb.V_TABLE_MIN_CHARS_PER_ROW * Emb.shape[0]:
+        return np.empty((0, W0.shape[1]), W0.dtype)
+    X0 = np.ascontiguousarray(Emb @ W0[H:] + b0)                               # (V,G)
+    if cache is not None:
+        for k in [k for k in cache if isinstance(k, tuple) and k[0] == "X0"]:
+            del cache[k]                                # another model's table
+        cache[key] = X0
+    return X0
