@@ -13,7 +13,7 @@ import lstm_engine as le
 
 from helpers import markov_text, run_cli, tiny_cfg
 
-HOSTILE = "<blink>x</blink> | `c` *e* _f_ [g](h) & \\ \"q\""     # every character that means something in markdown / HTML
+HOSTILE = "<blink>x</blink> | `c` *e* _f_ [g](h) & \\ \"q\""     # every markdown / HTML character
 TEXT = "a|b`c*d_e<f>g[h]i\nj&k\\l"                             # explain --text: 23 characters, 22 steps
 NS = {"h": "http://www.w3.org/1999/xhtml"}
 
@@ -113,7 +113,8 @@ def test_text_output_shows_control_characters_escaped(tmp_path):
 @pytest.fixture(scope="module")
 def chinese_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("zh") / "run"
-    le.train(tiny_cfg(out, steps=2, log_every=0), text="白日依山盡，黃河入海流。欲窮千里目，更上一層樓。\n" * 30)
+    poem = "白日依山盡，黃河入海流。欲窮千里目，更上一層樓。\n"
+    le.train(tiny_cfg(out, steps=2, log_every=0), text=poem * 30)
     return str(out / "latest.safetensors")
 
 
