@@ -272,41 +272,93 @@ def import_cmd(state_dict, vocab, out, force):
               help="numpy, numba, cupy and the PyTorch peer: torch (same device as the others), torch-cpu, torch-cuda")
 @click.option("--configs", default="tiny,seed,karpathy", show_default=True,
               help="tiny, seed, karpathy, medium, large, or E,H,L,B,T (e.g. 64,128,2,32,50); V=65")
-@click.option("--what", default="train,forward,sample", show_default=True, help="train, forward, sample")
+@click.option("--what", default="train,forward,sample", show_default=True,
+              help="train, forward, sample; memory: peak resident memory of 12 training steps + the closing "
+                   "evaluation, each backend in a fresh process")
+@click.option("--cell", default="lstm", show_default=True,
+              help="lstm, peephole, coupled, gru (a list); peephole and coupled, which PyTorch lacks, run beside "
+                   "the engine's own lstm (vs lstm)")
 @click.option("--seconds", default=2.0, show_default=True, type=float, help="timed seconds per measurement")
 @click.option("--repeats", default=5, show_default=True, type=int, help="timed repeats (median and spread)")
 @click.option("--threads", default=None, type=int, help="BLAS, numba and torch threads (default: as they are)")
 @click.option("--json", "json_path", default=None, help="write JSON lines here ('-': stdout)")
 @click.option("--plot", "plot_path", default=None, help="write a bar chart PNG here (needs lstm-engine[plot])")
-def bench(backends, configs, what, seconds, repeats, threads, json_path, plot_path):
+@click.option("--sweep", multiple=True, help="DIM=N,N,... (hidden, batch, embed, layers, seq, vocab): time each size, "
+                                             "the rest from each --configs config; repeat for more dimensions")
+@click.option("--sweep-out", default="bench-sweep", show_default=True,
+              help="with --sweep: write PREFIX.md (tables), PREFIX.json and PREFIX.png (needs lstm-engine[plot])")
+def bench(backends, configs, what, cell, seconds, repeats, threads, json_path, plot_path, sweep, sweep_out):
     """Validate each backend against the NumPy reference, then time it.
 
     \b
     train: forward + BPTT + clip + Adam over B*T chars; forward: loss only;
     sample: batch-1 generation, 32 chars a call.  Warm-up is not timed.
-    FLOP model per char: forward sum_l 2(I_l+H)4H + 2HV (I_0=E, I_l=H),
-    train 3x forward, sample 1x forward.  % peak is of the float32 sgemm
-    peak measured in the same run; vs torch is the speed ratio to the
-    PyTorch peer (nn.LSTM on CPU, cuDNN on GPU) on the same device.
+    FLOP model per char: forward sum_l 2(I_l+H)G + 2HV (I_0=E, I_l=H;
+    G=4H lstm/peephole, 3H coupled/gru), train 3x forward, sample 1x
+    forward.  % peak is of the float32 sgemm peak measured in the same
+    run; vs torch is the speed ratio to the PyTorch peer (nn.LSTM or
+    nn.GRU on CPU, cuDNN on GPU) on the same device.  A config may end
+    in a vocabulary size: E128,H256,L2,B32,T50,V6746 or seed,V6746.
     """
     from lstm_engine.bench import report as bench_report
+    from lstm_engine.bench import sweep as bench_sweep
     from lstm_engine.bench.harness import run_bench
     from lstm_engine.bench.machine import machine_line
-    for path, option in ((json_path, "--json"), (plot_path, "--plot")):
+    outputs = [(json_path, "--json"), (plot_path, "--plot")]
+    if sweep:
+        bench_sweep.check_options(plot_path)
+        outputs += [(f"{sweep_out}.{ext}", "--sweep-out") for ext in ("md", "json", "png")]
+    for path, option in outputs:
         if path and path != "-":
             api.check_output_path(path, option)
     if plot_path:
         bench_report.require_matplotlib()
-    machine, rows = run_bench(backends, configs, what, seconds, repeats, threads, on_progress=err)
+    if sweep:
+        machine, rows = bench_sweep.run_sweep(sweep, backends, configs, what, seconds, repeats, threads,
+                                              on_progress=err, cell=cell)
+    else:
+        machine, rows = run_bench(backends, configs, what, seconds, repeats, threads, on_progress=err, cell=cell)
     out = sys.stderr if json_path == "-" else sys.stdout
     click.echo(machine_line(machine), file=out)
-    click.echo(bench_report.format_table(rows), file=out)
-    click.echo(bench_report.legend(rows), file=out)
+    timed = any(r["what"] != "memory" for r in rows)
+    if sweep:
+        command = shlex.join(["lstm-engine", "bench", "--backends", backends, "--configs", configs, "--what", what,
+                              "--cell", cell, "--seconds", str(seconds), "--repeats", str(repeats)]
+                             + (["--threads", str(threads)] if threads else [])
+                             + [a for s in sweep for a in ("--sweep", s)])
+        click.echo(bench_sweep.markdown(machine, rows, command).split("\n", 4)[4], file=out)
+    elif timed:
+        click.echo(bench_report.format_table(rows), file=out)
+        click.echo(bench_report.legend(rows), file=out)
+    if any(r["what"] == "memory" for r in rows):
+        click.echo(bench_report.format_memory(rows), file=out)
     if json_path:
         bench_report.write_jsonl(rows, json_path)
     if plot_path:
         bench_report.plot(rows, plot_path, title=machine_line(machine))
         err(f"wrote {plot_path}")
+    if sweep:
+        paths, note = bench_sweep.write_outputs(sweep_out, machine, rows, command)
+        err(f"wrote {', '.join(paths)}" + (f"; {note}" if note else ""))
+
+
+@main.command()
+@click.option("--configs", default="seed", show_default=True,
+              help="model sizes to tune for: tiny, seed, karpathy, medium, large, or E,H,L,B,T[,V]")
+@click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "float64"]))
+def tune(configs, dtype):
+    """Choose the numba backend's GEMM per product on this machine, and show why.
+
+    \b
+    Every candidate (own: the shipped 8x32 GEMM; gemm12x32, gemm6x16: other
+    register blockings; blas: SciPy's BLAS) is validated against NumPy on
+    each product's shape, then timed; the fastest valid one is cached beside
+    numba's cache (LSTM_ENGINE_TUNE=auto uses it; off: the shipped GEMM).
+    """
+    from lstm_engine.backends import numba_tune
+    key, records = api.tune(configs, dtype, on_record=lambda r: err(f"tuned {r['product']} {r['shape']}"))
+    click.echo(numba_tune.machine_line(key, numba_tune.tune_file()))
+    click.echo(numba_tune.format_table(records))
 
 
 # ----------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Benchmark harness: validate every backend against the NumPy reference, then time it.
 
-Dimension legend: V vocab (65 here), E embedding, H hidden, L layers, B batch, T time steps,
-I_l input size of layer l (E for layer 0, H above).
+Dimension legend: V vocab (65 unless a config says V), E embedding, H hidden, L layers, B batch, T time steps,
+I_l input size of layer l (E for layer 0, H above), G gate columns of a layer (4H: lstm, peephole; 3H: coupled, gru).
 
 What is timed (the engine's own code paths, warm-up excluded and reported separately):
     train    one full step: Model.forward_backward (forward, BPTT), global-norm clip, Adam   B*T chars
@@ -9,7 +9,7 @@ What is timed (the engine's own code paths, warm-up excluded and reported separa
     sample   backend.generate at batch 1, SAMPLE_CHUNK characters a call                      SAMPLE_CHUNK chars
 
 FLOP model (matrix products only; the elementwise gate math is left out):
-    forward, per character:  sum over layers l of 2*(I_l + H)*4H  +  2*H*V
+    forward, per character:  sum over layers l of 2*(I_l + H)*G  +  2*H*V
     train step:              3 x forward    (backward = 2 x forward: gradients of inputs and of weights)
     sample (batch 1):        1 x forward
 GFLOP/s = FLOP per char * chars/s / 1e9, shown against the sgemm peak measured in the same run.
@@ -22,20 +22,23 @@ import re
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from .. import backends as backends_mod
+from . import memory as bench_memory
 from . import torch_peer as bench_torch
 from .machine import machine_info, sgemm_peak_cpu, sgemm_peak_gpu, thread_settings
 from ..backends import numpy_backend
 from ..errors import UserError
 from ..core.model import Model, ModelConfig, init_params
 from ..core.optim import Adam, AdamConfig
+from ..core.resources import check_training_memory
 
 VOCAB = 65
 WHATS = ("train", "forward", "sample")
+MEASURES = WHATS + ("memory",)   # memory: peak resident memory of a training run (bench/memory.py), not timed
 SAMPLE_CHUNK = 32          # characters per generate() call, as generation.generate_text uses
 GREEDY_CHECK = 16          # greedy characters compared with the reference
 LR = AdamConfig().lr
@@ -43,6 +46,9 @@ LOSS_RTOL = 1e-4           # float32 loss agreement with the reference
 NORM_RTOL = 1e-3           # gradient-norm agreement
 DEFAULT_BACKENDS = "numpy,numba,cupy,torch"
 DEFAULT_CONFIGS = "tiny,seed,karpathy"
+CELLS = ("lstm", "peephole", "coupled", "gru")
+GATE_BLOCKS = {"lstm": 4, "peephole": 4, "coupled": 3, "gru": 3}
+MAX_VOCAB = 0x110000 + 1   # every Unicode code point and <unk>
 
 
 @dataclass(frozen=True)
@@ -54,18 +60,26 @@ class BenchConfig:
     B: int
     T: int
     V: int = VOCAB
+    cell: str = "lstm"
 
     @property
     def shape(self):
-        return f"E{self.E},H{self.H},L{self.L},B{self.B},T{self.T}"
+        return f"E{self.E},H{self.H},L{self.L},B{self.B},T{self.T}" + (f",V{self.V}" if self.V != VOCAB else "")
 
     def model_config(self):
-        return ModelConfig(self.V, self.E, self.H, self.L)
+        """-> ModelConfig; UserError when this installation's model has no such cell."""
+        if self.cell == "lstm":
+            return ModelConfig(self.V, self.E, self.H, self.L)
+        try:
+            return ModelConfig(self.V, self.E, self.H, self.L, cell=self.cell)
+        except TypeError:          # a ModelConfig without cells
+            raise UserError(f"this installation's model has no {self.cell} cell (lstm only)") from None
 
     def forward_flops_per_char(self):
-        """sum_l 2*(I_l + H)*4H + 2*H*V (see the module docstring)."""
+        """sum_l 2*(I_l + H)*G + 2*H*V (see the module docstring)."""
         E, H, L, V = self.E, self.H, self.L, self.V
-        return sum(2 * ((E if l == 0 else H) + H) * 4 * H for l in range(L)) + 2 * H * V
+        G = GATE_BLOCKS[self.cell] * H
+        return sum(2 * ((E if l == 0 else H) + H) * G for l in range(L)) + 2 * H * V
 
     def flops_per_char(self, what):
         return self.forward_flops_per_char() * (3 if what == "train" else 1)
@@ -91,30 +105,59 @@ def _split(spec):
     return [t.strip() for t in spec.split(",") if t.strip()] if isinstance(spec, str) else list(spec)
 
 
+def _vocab_token(tok):
+    """'V6746' -> 6746, None when tok is not a vocabulary size (the letter is required)."""
+    m = re.fullmatch(r"V(\d+)", tok, re.IGNORECASE)
+    if not m:
+        return None
+    V = int(m.group(1))
+    if not 2 <= V <= MAX_VOCAB:
+        raise UserError(f"vocabulary size {tok!r} must be between 2 and {MAX_VOCAB}")
+    return V
+
+
 def parse_configs(spec):
-    """'tiny,seed' or '64,128,2,32,50' (E,H,L,B,T; letters allowed: E64,H128,L2,B32,T50) -> [BenchConfig]."""
+    """'tiny,seed' or '64,128,2,32,50' (E,H,L,B,T; letters allowed: E64,H128,L2,B32,T50) -> [BenchConfig].
+
+    A lettered vocabulary size after a config sets its V: 'E128,H256,L2,B32,T50,V6746', 'seed,V6746'."""
     tokens, out, k = _split(spec), [], 0
     while k < len(tokens):
         tok = tokens[k]
         if tok in CONFIGS:
-            out.append(CONFIGS[tok])
+            c, k = CONFIGS[tok], k + 1
+        else:
+            dims = []
+            for letter, t in zip("EHLBT", tokens[k:k + 5]):
+                m = re.fullmatch(rf"{letter}?(\d+)", t, re.IGNORECASE)
+                if not m or int(m.group(1)) < 1:
+                    break
+                dims.append(int(m.group(1)))
+            if len(dims) < 5:
+                raise UserError(f"unknown config {tok!r}; choose from {', '.join(CONFIGS)} "
+                                f"or give five positive numbers E,H,L,B,T such as 64,128,2,32,50 "
+                                f"(then V6746 for a vocabulary other than {VOCAB})")
+            c, k = BenchConfig("", *dims), k + 5
+            c = replace(c, name=c.shape)
+        V = _vocab_token(tokens[k]) if k < len(tokens) else None
+        if V is not None:
             k += 1
-            continue
-        dims = []
-        for letter, t in zip("EHLBT", tokens[k:k + 5]):
-            m = re.fullmatch(rf"{letter}?(\d+)", t, re.IGNORECASE)
-            if not m or int(m.group(1)) < 1:
-                break
-            dims.append(int(m.group(1)))
-        if len(dims) < 5:
-            raise UserError(f"unknown config {tok!r}; choose from {', '.join(CONFIGS)} "
-                            f"or give five positive numbers E,H,L,B,T such as 64,128,2,32,50")
-        c = BenchConfig("", *dims)
-        out.append(BenchConfig(c.shape, *dims))
-        k += 5
+            c = replace(c, V=V)
+            c = replace(c, name=c.shape if c.name not in CONFIGS else f"{c.name}-V{V}")
+        out.append(c)
     if not out:
         raise UserError(f"--configs is empty; choose from {', '.join(CONFIGS)} or E,H,L,B,T")
     return list(dict.fromkeys(out))
+
+
+def parse_cells(spec):
+    """'lstm,gru' -> ['lstm', 'gru']."""
+    cells = list(dict.fromkeys(_split(spec)))
+    for c in cells:
+        if c not in CELLS:
+            raise UserError(f"unknown cell {c!r}; choose from {', '.join(CELLS)}")
+    if not cells:
+        raise UserError(f"--cell is empty; choose from {', '.join(CELLS)}")
+    return cells
 
 
 def parse_backends(spec):
@@ -131,10 +174,10 @@ def parse_backends(spec):
 def parse_whats(spec):
     whats = list(dict.fromkeys(_split(spec)))
     for w in whats:
-        if w not in WHATS:
-            raise UserError(f"unknown measurement {w!r}; choose from {', '.join(WHATS)}")
+        if w not in MEASURES:
+            raise UserError(f"unknown measurement {w!r}; choose from {', '.join(MEASURES)}")
     if not whats:
-        raise UserError(f"--what is empty; choose from {', '.join(WHATS)}")
+        raise UserError(f"--what is empty; choose from {', '.join(MEASURES)}")
     return whats
 
 
@@ -178,8 +221,9 @@ class EngineRunner:
 
     def sample(self, n=SAMPLE_CHUNK, greedy=False, state=None, token=None):
         st = self.sample_state if state is None else state
+        cell = {} if self.cfg.cell == "lstm" else {"cell": self.cfg.cell}
         ids = self.be.generate(self.model.params, st, self.token if token is None else token, n,
-                               1.0, 0, 1.0, greedy, self.rng, self.sample_cache)
+                               1.0, 0, 1.0, greedy, self.rng, self.sample_cache, **cell)
         ids = np.asarray(self.be.to_numpy(ids))
         if state is None:
             self.token = int(ids[-1])
@@ -271,12 +315,12 @@ def stats(per_call, chars):
 # ----------------------------------------------------------------------------
 
 def _row(name, cfg, what, device=None, status="ok", valid=False, reason=""):
-    return {"backend": name, "config": cfg.name, "shape": cfg.shape, "E": cfg.E, "H": cfg.H, "L": cfg.L,
+    return {"backend": name, "config": cfg.name, "cell": cfg.cell, "shape": cfg.shape, "E": cfg.E, "H": cfg.H, "L": cfg.L,
             "B": cfg.B, "T": cfg.T, "V": cfg.V, "what": what, "device": device, "status": status,
             "valid": valid, "reason": reason, "chars_per_s": None, "chars_per_s_min": None,
             "chars_per_s_max": None, "chars_per_s_each": None, "spread_pct": None, "seconds_per_call": None, "first_call_s": None,
             "compile_s": None, "repeats": 0, "calls_per_repeat": 0, "gflops": None,
-            "flops_per_char": cfg.flops_per_char(what)}
+            "flops_per_char": cfg.flops_per_char(what) if what in WHATS else None}
 
 
 def _module_missing(path):
@@ -313,13 +357,19 @@ def resolve(names, threads):
 
 def prepare_entry(entry, cfg, batch, ref, whats):
     """Build one backend on one config and validate it -> (runner, verdict, None), or
-    (None, None, rows) when it is unavailable or raised."""
-    name, factory, reason, device = entry
+    (None, None, rows) when it is unavailable, lacks the config's cell or raised."""
+    name, factory, reason, device = entry[:4]
     if factory is None:
-        return None, None, [_row(name, cfg, w, device, "unavailable", False, reason) for w in whats]
+        status = "skipped" if len(entry) > 4 and entry[4] == "skipped" else "unavailable"
+        return None, None, [_row(name, cfg, w, device, status, False, reason) for w in whats]
+    if isinstance(ref, Exception):
+        return None, None, [_row(name, cfg, w, device, "skipped", False, f"no reference to validate against: {ref}")
+                            for w in whats]
     try:
         runner = factory(cfg, batch)
         return runner, compare(runner.check(GREEDY_CHECK), ref), None
+    except UserError as e:                               # the backend lacks this cell (CELLS.md: a UserError)
+        return None, None, [_row(name, cfg, w, device, "skipped", False, str(e)) for w in whats]
     except Exception as e:                               # a backend bug must not stop the other rows
         return None, None, [_row(name, cfg, w, device, "error", False, f"{type(e).__name__}: {e}") for w in whats]
 
@@ -329,14 +379,18 @@ def _timed(runner, what):
             "sample": lambda: runner.sample(SAMPLE_CHUNK)}[what]
 
 
-def bench_config(entries, cfg, batch, ref, whats, seconds, repeats):
+def bench_config(entries, cfg, batch, ref, whats, seconds, repeats, cells=None, refs=None):
     """Rows for every backend on one config (backend by backend, each in the order of whats).
 
     The backends take turns: for each measurement every backend is warmed up, then repeat 1
     of every backend is timed, then repeat 2, and so on.  A shared host's speed drifts within
     minutes, so a backend's repeat and its peer's lie seconds apart and the ratio to the peer
-    can be taken repeat by repeat (add_peer_ratios)."""
-    prepared = [prepare_entry(e, cfg, batch, ref, whats) for e in entries]
+    can be taken repeat by repeat (add_peer_ratios).
+
+    cells: one cell per entry (default cfg.cell for all), validated against refs[cell]
+    (default ref), so the cells of one config take turns too (the ratio to the lstm)."""
+    cfgs = [replace(cfg, cell=c) for c in cells] if cells else [cfg] * len(entries)
+    prepared = [prepare_entry(e, c, batch, refs[c.cell] if refs else ref, whats) for e, c in zip(entries, cfgs)]
     rows = {}
     for what in whats:
         turns = []                                        # [(entry index, fn, k, first s)]
@@ -344,7 +398,7 @@ def bench_config(entries, cfg, batch, ref, whats, seconds, repeats):
             if runner is None:
                 continue
             valid, why = verdict[what]
-            rows[i, what] = _row(entry[0], cfg, what, runner.device, "ok" if valid else "invalid", bool(valid), why)
+            rows[i, what] = _row(entry[0], cfgs[i], what, runner.device, "ok" if valid else "invalid", bool(valid), why)
             try:
                 first, k = warm_up(_timed(runner, what), runner.sync, seconds, repeats)
                 turns.append((i, _timed(runner, what), runner.sync, k, first))
@@ -363,7 +417,7 @@ def bench_config(entries, cfg, batch, ref, whats, seconds, repeats):
             row = rows[i, what]
             if row["status"] == "error":
                 continue
-            chars = cfg.chars_per_call(what)
+            chars = cfgs[i].chars_per_call(what)
             row.update(stats(per_call[i], chars), first_call_s=first, repeats=len(per_call[i]),
                        calls_per_repeat=k, compile_s=max(0.0, first - statistics.median(per_call[i])),
                        chars_per_s_each=[chars / t for t in per_call[i]])
@@ -384,37 +438,64 @@ def paired_ratio(mine, peer):
 
 
 def add_peer_ratios(rows, peaks):
-    """Fraction of the device's sgemm peak, and speed relative to the torch peer on the same device."""
-    peers = {(r["config"], r["what"], r["device"]): r for r in rows
+    """Fraction of the device's sgemm peak, speed relative to the torch peer of the same cell on the
+    same device, and (cells other than lstm) relative to the same backend's lstm on the same config."""
+    def cell(r):
+        return r.get("cell", "lstm")
+    peers = {(r["config"], cell(r), r["what"], r["device"]): r for r in rows
              if r["backend"] in bench_torch.NAMES and r["chars_per_s"]}
+    lstms = {(r["backend"], r["config"], r["what"]): r for r in rows if cell(r) == "lstm" and r["chars_per_s"]}
     for r in rows:
         peak = peaks.get(r["device"])
         r["peak_gflops"] = peak
         r["frac_peak"] = r["gflops"] / peak if r["gflops"] and peak else None
-        r["vs_torch"], r["torch_peer"] = None, None
-        if r["backend"] in bench_torch.NAMES or not r["chars_per_s"]:
+        r["vs_torch"], r["torch_peer"], r["vs_lstm"] = None, None, None
+        if not r["chars_per_s"]:
             continue
-        peer = peers.get((r["config"], r["what"], r["device"])) or next(
-            (p for (c, w, _), p in peers.items() if c == r["config"] and w == r["what"]), None)
+        own = lstms.get((r["backend"], r["config"], r["what"]))
+        if cell(r) != "lstm" and own:
+            r["vs_lstm"] = paired_ratio(r, own)
+        if r["backend"] in bench_torch.NAMES:
+            continue
+        peer = peers.get((r["config"], cell(r), r["what"], r["device"])) or next(
+            (p for (c, k, w, _), p in peers.items() if c == r["config"] and k == cell(r) and w == r["what"]), None)
         if peer:
             r["vs_torch"], r["torch_peer"] = paired_ratio(r, peer), peer["backend"]
 
 
-def run_bench(backends=DEFAULT_BACKENDS, configs=DEFAULT_CONFIGS, what="train,forward,sample", seconds=2.0,
-              repeats=5, threads=None, on_progress=None):
-    """Validate then time each backend x config x measurement.
+def references(cfg, cells, batch):
+    """{cell: the NumPy reference's check() on cfg with that cell, or the UserError saying it has none}."""
+    refs = {}
+    for c in cells:
+        try:
+            refs[c] = EngineRunner(numpy_backend, replace(cfg, cell=c), batch).check(GREEDY_CHECK)
+        except UserError as e:
+            refs[c] = e
+    return refs
 
+
+def run_cells(cells):
+    """The cells to run: those asked for, with the lstm first where peephole or coupled (which
+    PyTorch lacks) need it as their yardstick."""
+    if "lstm" not in cells and any(c in ("peephole", "coupled") for c in cells):
+        return ["lstm", *cells]
+    return list(cells)
+
+
+def run_bench(backends=DEFAULT_BACKENDS, configs=DEFAULT_CONFIGS, what="train,forward,sample", seconds=2.0,
+              repeats=5, threads=None, on_progress=None, cell="lstm"):
+    """Validate then time each backend x config x cell x measurement.
+
+    configs: a spec for parse_configs or a list of BenchConfig (the sweep's).
     -> (machine dict, rows); each row is a flat dict that already carries the machine fields.
     """
-    names, cfgs, whats = parse_backends(backends), parse_configs(configs), parse_whats(what)
-    if not seconds > 0:
-        raise UserError(f"--seconds must be > 0 (got {seconds})")
-    if not seconds <= 3600:                     # inf would time one measurement for ever
-        raise UserError(f"--seconds must be at most 3600 (got {seconds})")
-    if repeats < 1:
-        raise UserError(f"--repeats must be >= 1 (got {repeats})")
-    if repeats > 1000 or (threads is not None and threads > 4096):
-        raise UserError(f"--repeats must be at most 1000 and --threads at most 4096 (got {repeats}, {threads})")
+    names, whats = parse_backends(backends), parse_whats(what)
+    memory, whats = "memory" in whats, [w for w in whats if w != "memory"]
+    cfgs = configs if isinstance(configs, list) else parse_configs(configs)
+    cells = run_cells(parse_cells(cell))
+    check_options(seconds, repeats, threads)
+    for c in cfgs:
+        check_training_memory(c.V, c.E, c.H, c.L, c.B, c.T, "float32")
     say = on_progress or (lambda msg: None)
     with thread_settings(threads, torch_too=any(n in bench_torch.NAMES for n in names)):
         entries = resolve(names, threads)
@@ -425,12 +506,50 @@ def run_bench(backends=DEFAULT_BACKENDS, configs=DEFAULT_CONFIGS, what="train,fo
         machine.update(sgemm_cpu_gflops=peaks["cpu"], sgemm_gpu_gflops=peaks["gpu"])
         rows = []
         for cfg in cfgs:
-            batch = make_batch(cfg)
-            say(f"{cfg.name}: reference loss (numpy) ...")
-            ref = EngineRunner(numpy_backend, cfg, batch).check(GREEDY_CHECK)
-            say(f"{cfg.name}: {', '.join(e[0] for e in entries)}, taking turns ...")
-            rows.extend(bench_config(entries, cfg, batch, ref, whats, seconds, repeats))
+            if whats:
+                batch = make_batch(cfg)
+                say(f"{cfg.name}: reference loss (numpy) ...")
+                refs = references(cfg, cells, batch)
+                say(f"{cfg.name}: {', '.join(e[0] for e in entries)}"
+                    + (f" x {', '.join(cells)}" if cells != ["lstm"] else "") + ", taking turns ...")
+                rows.extend(bench_config([e for _ in cells for e in entries], cfg, batch, None, whats, seconds,
+                                         repeats, cells=[c for c in cells for _ in entries], refs=refs))
+            if memory:
+                say(f"{cfg.name}: peak memory of {bench_memory.MEMORY_STEPS} training steps, a fresh process each ...")
+                rows.extend(memory_rows(entries, cfg, cells, threads))
     add_peer_ratios(rows, peaks)
     for r in rows:
         r.update(machine)
     return machine, rows
+
+
+def memory_rows(entries, cfg, cells, threads):
+    """One 'memory' row per backend x cell: the peak resident memory of a training run in a fresh
+    process (bench/memory.py), and its ratio to the torch peer's of the same cell."""
+    rows = []
+    for cell in cells:
+        c = replace(cfg, cell=cell)
+        for name, factory, reason, device in (e[:4] for e in entries):
+            row = _row(name, c, "memory", device, "unavailable", False, reason)
+            if factory is not None and device == "gpu":
+                row.update(status="skipped", reason="the peak resident memory is measured for CPU backends only")
+            elif factory is not None:
+                got = bench_memory.measure(name, c, threads=threads)
+                row.update(got, valid=got["status"] == "ok")
+            rows.append(row)
+        peer = next((r for r in rows[-len(entries):] if r["backend"] == "torch-cpu" and r.get("peak_rss_bytes")), None)
+        for r in rows[-len(entries):]:
+            r["memory_vs_torch"] = (r["peak_rss_bytes"] / peer["peak_rss_bytes"]
+                                    if peer and r.get("peak_rss_bytes") and r is not peer else None)
+    return rows
+
+
+def check_options(seconds, repeats, threads):
+    if not seconds > 0:
+        raise UserError(f"--seconds must be > 0 (got {seconds})")
+    if not seconds <= 3600:                     # inf would time one measurement for ever
+        raise UserError(f"--seconds must be at most 3600 (got {seconds})")
+    if repeats < 1:
+        raise UserError(f"--repeats must be >= 1 (got {repeats})")
+    if repeats > 1000 or (threads is not None and threads > 4096):
+        raise UserError(f"--repeats must be at most 1000 and --threads at most 4096 (got {repeats}, {threads})")

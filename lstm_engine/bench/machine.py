@@ -33,30 +33,59 @@ def _cupy_version():
     return None
 
 
-def cpu_model():
-    """The CPU's marketing name from /proc/cpuinfo (Linux), else what platform knows."""
+def _cpuinfo():
+    """The first processor's fields of /proc/cpuinfo (what lscpu shows) -> {key: value}; {} elsewhere."""
+    out = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                if not line.strip():
+                    break
+                key, _, value = line.partition(":")
+                out[key.strip().lower()] = value.strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine() or "unknown"
+    return out
+
+
+def cpu_model():
+    """The CPU's marketing name from /proc/cpuinfo (Linux), else what platform knows."""
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine() or "unknown"
+
+
+def cpu_id():
+    """-> 'vendor family F model M' and the vector ISA the CPU offers ('avx512f+amx', 'avx2', ...), from lscpu's source."""
+    info = _cpuinfo()
+    ident = " ".join(p for p in (info.get("vendor_id"), info.get("cpu family") and f"family {info['cpu family']}",
+                                 info.get("model") and f"model {info['model']}") if p) or None
+    flags = set(info.get("flags", "").split())
+    isa = next((f for f in ("avx512f", "avx2", "avx", "sse4_2") if f in flags), None)
+    if isa and "amx_tile" in flags:
+        isa += "+amx"
+    return ident, isa
+
+
+def torch_isa(torch):
+    """The vector ISA PyTorch's CPU kernels dispatch to ('AVX512', 'AVX2', ...); None when unknown."""
+    try:
+        return torch.backends.cpu.get_cpu_capability()
+    except Exception:
+        return None
 
 
 def numpy_blas():
-    """-> (name and version, thread count) of the BLAS NumPy calls, read by threadpoolctl."""
+    """-> (name and version, thread count, kernel) of the BLAS NumPy calls, read by threadpoolctl;
+    kernel: the core type it runs (OpenBLAS: 'Haswell', 'SkylakeX', ...), None when it does not say."""
     try:
         from threadpoolctl import threadpool_info
     except ImportError:
-        return "unknown (install threadpoolctl)", None
+        return "unknown (install threadpoolctl)", None, None
     blas = [i for i in threadpool_info() if i.get("user_api") == "blas"]
     mine = [i for i in blas if "numpy" in i.get("filepath", "")] or blas
     if not mine:
-        return "unknown", None
+        return "unknown", None, None
     i = mine[0]
-    return f"{i.get('internal_api')} {i.get('version') or ''}".strip(), i.get("num_threads")
+    return f"{i.get('internal_api')} {i.get('version') or ''}".strip(), i.get("num_threads"), i.get("architecture")
 
 
 def gpu_name():
@@ -81,7 +110,8 @@ def gpu_name():
 
 def machine_info(threads=None):
     """Flat dict of the machine fields every result row carries."""
-    blas, blas_threads = numpy_blas()
+    blas, blas_threads, blas_kernel = numpy_blas()
+    ident, isa = cpu_id()
     torch = sys.modules.get("torch")
     try:
         usable = len(os.sched_getaffinity(0))
@@ -94,14 +124,18 @@ def machine_info(threads=None):
     return {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
         "cpu": cpu_model(),
+        "cpu_id": ident,
+        "cpu_isa": isa,
         "cores": os.cpu_count(),
         "cores_usable": usable,
         "threads": threads,
         "load_avg": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
         "blas": blas,
         "blas_threads": blas_threads,
+        "blas_kernel": blas_kernel,
         "numba_threads": numba_threads,
         "torch_threads": torch.get_num_threads() if torch is not None else None,
+        "torch_isa": torch_isa(torch) if torch is not None else None,
         "python_version": platform.python_version(),
         "numpy_version": np.__version__,
         "numba_version": _version("numba"),
@@ -116,11 +150,16 @@ def machine_line(m):
     peaks = [f"CPU {m['sgemm_cpu_gflops']:.1f}" if m.get("sgemm_cpu_gflops") else None,
              f"GPU {m['sgemm_gpu_gflops']:.0f}" if m.get("sgemm_gpu_gflops") else None]
     peak = ", ".join(p for p in peaks if p)
-    return (f"machine: {m['cpu']}, {m['cores']} cores ({m['cores_usable']} usable, load {m['load_avg']}); "
-            f"BLAS {m['blas']} (threads: {m['blas_threads']}); numba threads: {m['numba_threads']}; "
+    cpu = ", ".join(p for p in (m.get("cpu_id"), m.get("cpu_isa")) if p)
+    kernel = f", kernel {m['blas_kernel']}" if m.get("blas_kernel") else ""
+    torch_extra = ", ".join(p for p in (m.get("torch_threads") and f"threads: {m['torch_threads']}",
+                                        m.get("torch_isa") and f"ISA {m['torch_isa']}") if p)
+    return (f"machine: {m['cpu']}" + (f" ({cpu})" if cpu else "")
+            + f", {m['cores']} cores ({m['cores_usable']} usable, load {m['load_avg']}); "
+            f"BLAS {m['blas']} (threads: {m['blas_threads']}{kernel}); numba threads: {m['numba_threads']}; "
             f"numpy {m['numpy_version']}, numba {m['numba_version'] or '-'}, cupy {m['cupy_version'] or '-'}, "
             f"torch {m['torch_version'] or '-'}"
-            + (f" (threads: {m['torch_threads']})" if m.get("torch_threads") else "")
+            + (f" ({torch_extra})" if torch_extra else "")
             + f"; GPU {m['gpu'] or 'none'}"
             + (f"; sgemm peak GFLOP/s: {peak}" if peak else "") + f"; {m['date']}")
 

@@ -29,33 +29,52 @@ def _cells(r):
             "yes" if r["valid"] else "INVALID" if r["status"] == "invalid" else r["status"]]
 
 
+def _with_cells(columns, body, rows):
+    """Insert the cell column after config, and 'vs lstm' after 'vs torch', when a cell other than lstm ran."""
+    if all(r.get("cell", "lstm") == "lstm" for r in rows):
+        return columns, body
+    columns = list(columns)
+    columns[1:1] = ["cell"]
+    columns.insert(columns.index("vs torch") + 1, "vs lstm")
+    out = []
+    for r, b in zip(rows, body):
+        b = list(b)
+        b[1:1] = [r.get("cell", "lstm")]
+        b.insert(columns.index("vs lstm"), f"{r['vs_lstm']:.2f}x" if r.get("vs_lstm") else "-")
+        out.append(b)
+    return columns, out
+
+
 def format_table(rows):
-    """Aligned table, one line per measurement (one per backend x config when none ran);
+    """Aligned table, one line per measurement (one per backend x config x cell when none ran);
     then one note per backend x config that is not a clean pass, saying why."""
     shown, collapsed = [], set()
     for r in rows:
-        if r["status"] in ("unavailable", "error") and r["chars_per_s"] is None:
-            key = (r["config"], r["backend"])
+        if r["what"] == "memory":
+            continue
+        if r["status"] in ("unavailable", "error", "skipped") and r["chars_per_s"] is None:
+            key = (r["config"], r.get("cell"), r["backend"])
             if key in collapsed:
                 continue
             collapsed.add(key)
             r = dict(r, what="all")
         shown.append(r)
-    body = [_cells(r) for r in shown]
-    widths = [max(len(c), *(len(b[k]) for b in body)) if body else len(c) for k, c in enumerate(COLUMNS)]
-    right = {3, 4, 5, 6, 7, 8}
+    columns, body = _with_cells(COLUMNS, [_cells(r) for r in shown], shown)
+    widths = [max(len(c), *(len(b[k]) for b in body)) if body else len(c) for k, c in enumerate(columns)]
+    right = {k for k, c in enumerate(columns) if c not in ("config", "cell", "backend", "what", "valid")}
 
     def line(cells):
         return "  ".join(c.rjust(w) if k in right else c.ljust(w)
                          for k, (c, w) in enumerate(zip(cells, widths))).rstrip()
 
-    out = [line(COLUMNS), line(["-" * w for w in widths])] + [line(b) for b in body]
+    out = [line(columns), line(["-" * w for w in widths])] + [line(b) for b in body]
     notes, seen = [], set()
     for r in shown:
-        key = (r["backend"], r["config"], r["status"], r["reason"])
+        key = (r["backend"], r["config"], r.get("cell"), r["status"], r["reason"])
         if r["status"] != "ok" and key not in seen:
             seen.add(key)
-            notes.append(f"  {r['backend']} on {r['config']} ({r['what']}): {r['status']}: {r['reason']}")
+            cell = f" {r['cell']}" if r.get("cell", "lstm") != "lstm" else ""
+            notes.append(f"  {r['backend']} on {r['config']}{cell} ({r['what']}): {r['status']}: {r['reason']}")
     return "\n".join(out + (["notes:"] + notes if notes else []))
 
 
@@ -63,12 +82,14 @@ def legend(rows):
     """What the columns mean, printed under the table."""
     peers = sorted({r["torch_peer"] for r in rows if r.get("torch_peer")})
     return ("chars/s: median over repeats (spread: half the min-max range); GFLOP/s from the FLOP model "
-            "(per char forward sum_l 2(I_l+H)4H + 2HV, train 3x forward); % peak: of the same device's "
+            "(per char forward sum_l 2(I_l+H)G + 2HV, G = 4H lstm/peephole, 3H coupled/gru; train 3x forward); % peak: of the same device's "
             "float32 sgemm peak measured in this run; "
             "compile s: first call minus a steady call (JIT compile, warm-up); "
             + (f"vs torch: speed / the torch peer's, median over the repeats (the backends take turns, so each "
                f"repeat's pair is timed seconds apart), on the same device when it ran ({', '.join(peers)})" if peers
-               else "vs torch: no torch peer in this run"))
+               else "vs torch: no torch peer in this run")
+            + ("; vs lstm: speed / the same backend's lstm on the same config, paired the same way"
+               if any(r.get("vs_lstm") for r in rows) else ""))
 
 
 def write_jsonl(rows, path):
@@ -100,6 +121,8 @@ def plot(rows, path, title=""):
     import matplotlib.pyplot as plt
 
     timed = [r for r in rows if r["chars_per_s"]]
+    if any(r.get("cell", "lstm") != "lstm" for r in timed):
+        timed = [dict(r, config=f"{r['config']} {r['cell']}") for r in timed]
     whats = list(dict.fromkeys(r["what"] for r in timed))
     if not whats:
         raise UserError("nothing was timed, so there is nothing to plot")
@@ -140,3 +163,29 @@ def plot(rows, path, title=""):
         raise UserError(f"cannot write --plot {path}: {e.strerror}") from None
     finally:
         plt.close(fig)
+
+
+def _mb(n):
+    return "-" if n is None else f"{n / 2 ** 20:,.0f}"
+
+
+def format_memory(rows):
+    """The peak resident memory of a training run per config x cell x backend, beside the torch peer's."""
+    mem = [r for r in rows if r["what"] == "memory"]
+    if not mem:
+        return ""
+    head = ("config", "cell", "backend", "peak MiB", "imports MiB", "vs torch", "status")
+    body = [[r["config"], r.get("cell", "lstm"), r["backend"], _mb(r.get("peak_rss_bytes")),
+             _mb(r.get("import_rss_bytes")),
+             f"{r['memory_vs_torch']:.2f}x" if r.get("memory_vs_torch") else "-",
+             "ok" if r["status"] == "ok" else f"{r['status']}: {r['reason']}"] for r in mem]
+    widths = [max(len(h), *(len(b[k]) for b in body)) for k, h in enumerate(head)]
+
+    def line(cells):
+        return "  ".join(c.rjust(w) if 3 <= k <= 5 else c.ljust(w)
+                         for k, (c, w) in enumerate(zip(cells, widths))).rstrip()
+    steps = next((r["memory_steps"] for r in mem if r.get("memory_steps")), None)
+    what = (f"{steps} training steps + the closing evaluation" if steps else "a training run")
+    return "\n".join([f"peak resident memory of {what}, each backend in a fresh process "
+                      f"(ru_maxrss; imports: its peak before any model existed; vs torch: peak / the torch peer's)",
+                      line(head), line(["-" * w for w in widths])] + [line(b) for b in body])

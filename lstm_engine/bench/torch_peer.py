@@ -1,4 +1,4 @@
-"""The PyTorch peer for the benchmark: the same model in nn.Embedding + nn.LSTM + nn.Linear.
+"""The PyTorch peer for the benchmark: the same model in nn.Embedding + nn.LSTM (nn.GRU) + nn.Linear.
 
 On the CPU it runs PyTorch's own LSTM kernels; on a GPU, cuDNN, with TF32 switched off so that
 both sides compute in float32.  It starts from the engine's initial weights (so its loss can be
@@ -13,6 +13,10 @@ Dimension legend: T time, B batch, E embedding, H hidden, L layers, V vocab.
 Weight mapping from the engine's fused W{l} (H+I, 4H) over [h, x], gate order i,f,g,o (PyTorch's):
     weight_hh_l{l} (4H,H) = W[:H].T     weight_ih_l{l} (4H,I) = W[H:].T
     bias_ih_l{l} = b{l}, bias_hh_l{l} = 0 and frozen (so clipping sees each bias once)
+GRU (cell "gru"): W{l} (H+I, 3H) gate blocks r,z,n (nn.GRU's order), biases bx{l}, bh{l} (3H,):
+    weight_hh_l{l} (3H,H) = W[:H].T     weight_ih_l{l} (3H,I) = W[H:].T
+    bias_ih_l{l} = bx{l}, bias_hh_l{l} = bh{l} (both trained: the GRU's n gate sees b_hn inside r * (...))
+peephole and coupled: PyTorch has neither, so the peer refuses them (the row says so).
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ import numpy as np
 
 from ..core.model import init_params
 from ..core.optim import AdamConfig
+from ..errors import UserError
 
 NAMES = ("torch", "torch-cpu", "torch-cuda")
 
@@ -67,6 +72,8 @@ class TorchRunner:
     """train_step / forward / sample / check / sync, mirroring bench.EngineRunner."""
 
     def __init__(self, dev, cfg, batch, threads=None):
+        if cfg.cell not in ("lstm", "gru"):
+            raise UserError(f"PyTorch has no {cfg.cell} cell: the engine's {cfg.cell} is compared with its own lstm")
         import torch
         from torch import nn
         self.torch, self.cfg = torch, cfg
@@ -79,7 +86,7 @@ class TorchRunner:
             torch.set_num_threads(threads)
         V, E, H, L = cfg.V, cfg.E, cfg.H, cfg.L
         self.emb = nn.Embedding(V, E).to(self.dev)
-        self.lstm = nn.LSTM(E, H, L).to(self.dev)
+        self.lstm = (nn.GRU if cfg.cell == "gru" else nn.LSTM)(E, H, L).to(self.dev)   # named lstm for both
         self.lin = nn.Linear(H, V).to(self.dev)
         self._load(init_params(cfg.model_config(), seed=0))
         self.params = [p for p in (*self.emb.parameters(), *self.lstm.parameters(), *self.lin.parameters())
@@ -96,7 +103,10 @@ class TorchRunner:
 
     def _zero_state(self, B):
         z = self.torch.zeros(self.cfg.L, B, self.cfg.H, device=self.dev)   # (L,B,H)
-        return (z, z.clone())
+        return z if self.cfg.cell == "gru" else (z, z.clone())
+
+    def _detach(self, state):
+        return state.detach() if self.cfg.cell == "gru" else tuple(s.detach() for s in state)
 
     def _load(self, P):
         t, H = self.torch, self.cfg.H
@@ -106,8 +116,12 @@ class TorchRunner:
                 W = P[f"W{l}"]                                               # (H+I,4H)
                 getattr(self.lstm, f"weight_hh_l{l}").copy_(t.from_numpy(np.ascontiguousarray(W[:H].T)))
                 getattr(self.lstm, f"weight_ih_l{l}").copy_(t.from_numpy(np.ascontiguousarray(W[H:].T)))
-                getattr(self.lstm, f"bias_ih_l{l}").copy_(t.from_numpy(P[f"b{l}"]))
                 bhh = getattr(self.lstm, f"bias_hh_l{l}")
+                if self.cfg.cell == "gru":
+                    getattr(self.lstm, f"bias_ih_l{l}").copy_(t.from_numpy(P[f"bx{l}"]))
+                    bhh.copy_(t.from_numpy(P[f"bh{l}"]))
+                    continue
+                getattr(self.lstm, f"bias_ih_l{l}").copy_(t.from_numpy(P[f"b{l}"]))
                 bhh.zero_()
                 bhh.requires_grad_(False)
             self.lin.weight.copy_(t.from_numpy(np.ascontiguousarray(P["Wy"].T)))  # (V,H)
@@ -125,12 +139,12 @@ class TorchRunner:
     def train_step(self):
         F = self.torch.nn.functional
         self.opt.zero_grad(set_to_none=True)
-        logits, (h, c) = self._logits(self.x, self.state)
+        logits, state = self._logits(self.x, self.state)
         loss = F.cross_entropy(logits, self.y)
         loss.backward()
         norm = self.torch.nn.utils.clip_grad_norm_(self.params, self.clip)
         self.opt.step()
-        self.state = (h.detach(), c.detach())
+        self.state = self._detach(state)
         return loss, norm
 
     def forward(self):
@@ -139,14 +153,14 @@ class TorchRunner:
             return self.torch.nn.functional.cross_entropy(logits, self.y)
 
     def sample(self, n=32, greedy=False, state=None, token=None):
-        """Batch-1 loop of nn.LSTM steps, softmax + torch.multinomial per character."""
+        """Batch-1 loop of nn.LSTM (nn.GRU) steps, softmax + torch.multinomial per character."""
         t = self.torch
         with t.inference_mode():
-            h, c = self.sample_state if state is None else state
+            st = self.sample_state if state is None else state
             tok = t.tensor([[self.token if token is None else token]], device=self.dev)   # (1,1)
             ids = []
             for _ in range(n):
-                out, (h, c) = self.lstm(self.emb(tok), (h, c))               # (1,1,H)
+                out, st = self.lstm(self.emb(tok), st)                       # (1,1,H)
                 logits = self.lin(out[0, 0])                                 # (V,)
                 if greedy:
                     tok = logits.argmax().view(1, 1)
@@ -155,7 +169,7 @@ class TorchRunner:
                 ids.append(tok)
             ids = t.cat(ids).reshape(-1).cpu().numpy()                        # (n,)
         if state is None:
-            self.sample_state, self.token = (h, c), int(ids[-1])
+            self.sample_state, self.token = st, int(ids[-1])
         return ids
 
     def check(self, n_greedy=16):

@@ -109,7 +109,12 @@ def test_a_wrong_gradient_makes_train_invalid_but_not_forward(monkeypatch):
     def wrong_backward(dhs, dhT, dcT, cache):             # tiny has one layer: the embedding layer's
         dEmb, dW, db, dh0, dc0 = numpy_backend.embed_lstm_backward(dhs, dhT, dcT, cache)
         return dEmb, dW * 1.5, db, dh0, dc0
-    fake_backend(monkeypatch, "badgrad", embed_lstm_backward=wrong_backward)
+
+    def wrong_cell_backward(dhs, dhT, dcT, cache):        # the model's path since it runs any cell
+        dEmb, dp, dh0, dc0 = numpy_backend.embed_cell_backward(dhs, dhT, dcT, cache)
+        return dEmb, dict(dp, W=dp["W"] * 1.5), dh0, dc0
+    cell_path = {"embed_cell_backward": wrong_cell_backward} if hasattr(numpy_backend, "embed_cell_backward") else {}
+    fake_backend(monkeypatch, "badgrad", embed_lstm_backward=wrong_backward, **cell_path)
     _, rows = run_bench("badgrad", "tiny", what="train,forward", **FAST)
     by = {r["what"]: r for r in rows}
     assert by["forward"]["valid"] is True
