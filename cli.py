@@ -271,7 +271,8 @@ def import_cmd(state_dict, vocab, out, force):
 @click.option("--backends", default="numpy,numba,cupy,torch", show_default=True,
               help="numpy, numba, cupy and the PyTorch peer: torch (same device as the others), torch-cpu, torch-cuda")
 @click.option("--configs", default="tiny,seed,karpathy", show_default=True,
-              help="tiny, seed, karpathy, medium, large, or E,H,L,B,T (e.g. 64,128,2,32,50); V=65")
+              help="tiny, seed, karpathy, medium, large, or E,H,L,B,T (e.g. 64,128,2,32,50); V=65 unless a config "
+                   "ends in V6746 (E128,H256,L2,B32,T50,V6746 or seed,V6746)")
 @click.option("--what", default="train,forward,sample", show_default=True,
               help="train, forward, sample; memory: peak resident memory of 12 training steps + the closing "
                    "evaluation, each backend in a fresh process")
