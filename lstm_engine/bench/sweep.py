@@ -18,7 +18,8 @@ import textwrap
 from dataclasses import replace
 
 from ..errors import UserError
-from .harness import MAX_VOCAB, parse_configs, run_bench
+from .configs import MAX_VOCAB, parse_configs
+from .harness import run_bench
 from .machine import machine_line
 
 DIMENSIONS = {"hidden": "H", "batch": "B", "embed": "E", "layers": "L", "seq": "T", "vocab": "V"}
