@@ -307,7 +307,7 @@ def bench(backends, configs, what, cell, seconds, repeats, threads, json_path, p
     from lstm_engine.bench.machine import machine_line
     outputs = [(json_path, "--json"), (plot_path, "--plot")]
     if sweep:
-        bench_sweep.check_options(plot_path)
+        bench_sweep.check_options(plot_path, sweep_out)
         outputs += [(f"{sweep_out}.{ext}", "--sweep-out") for ext in ("md", "json", "png")]
     for path, option in outputs:
         if path and path != "-":

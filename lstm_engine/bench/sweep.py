@@ -11,13 +11,16 @@ of chars/s against the swept size (matplotlib, the [plot] extra; without it the 
 """
 from __future__ import annotations
 
+import io
 import json
 import math
+import os
 import re
 import textwrap
 from dataclasses import replace
 
 from ..errors import UserError
+from ..storage.atomic import atomic_write_bytes
 from .configs import MAX_VOCAB, parse_configs
 from .harness import run_bench
 from .machine import machine_line
@@ -106,10 +109,10 @@ def markdown(machine, rows, command=""):
     return "\n".join(out).rstrip() + "\n"
 
 
-def _write(path, text, option):
+def _write(path, data, option):
+    """Replace path by data (str or bytes) atomically: a failed write leaves what was there."""
     try:
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(text)
+        atomic_write_bytes(path, data.encode("utf-8") if isinstance(data, str) else data)
     except OSError as e:
         raise UserError(f"cannot write {option} {path}: {e.strerror}") from None
 
@@ -157,16 +160,20 @@ def plot(rows, path, title=""):
     if title:
         fig.suptitle("\n".join(textwrap.wrap(title, 70 * cols)), fontsize="x-small")
     fig.tight_layout()
+    png = io.BytesIO()
     try:
-        fig.savefig(path, dpi=110)
-    except OSError as e:
-        raise UserError(f"cannot write --sweep-out {path}: {e.strerror}") from None
+        fig.savefig(png, format="png", dpi=110)
     finally:
         plt.close(fig)
+    _write(path, png.getvalue(), "--sweep-out")
 
 
-def check_options(plot_path):
-    """--plot draws the bar chart of a plain run; a sweep has its own chart."""
+def check_options(plot_path, prefix):
+    """Before anything runs: --plot draws the bar chart of a plain run (a sweep has its own chart), and
+    the outputs' folder must exist."""
     if plot_path:
         raise UserError("--plot draws the bar chart of a run without --sweep; a sweep writes its chart to "
                         "--sweep-out PREFIX.png")
+    folder = os.path.dirname(os.path.abspath(prefix))
+    if not os.path.isdir(folder):
+        raise UserError(f"--sweep-out {prefix!r}: the folder {folder!r} does not exist; create it or choose another")

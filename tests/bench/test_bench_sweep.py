@@ -119,3 +119,13 @@ def test_cli_sweep_refuses_plot(tmp_path, monkeypatch):
     res = CliRunner().invoke(main, ["bench", "--backends", "numpy", "--configs", "tiny", "--sweep", "hidden=8",
                                     "--plot", str(tmp_path / "p.png")])
     assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1 and "--sweep-out" in res.stderr
+
+
+def test_cli_sweep_into_a_missing_folder_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("LSTM_ENGINE_STATE_DIR", str(tmp_path))
+    res = CliRunner().invoke(main, ["bench", "--backends", "numpy", "--configs", "tiny", "--what", "forward",
+                                    "--sweep", "hidden=8", "--sweep-out", str(tmp_path / "nowhere" / "s"),
+                                    "--seconds", "0.05", "--repeats", "1", "--threads", "1"])
+    assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1       # refused before running
+    assert res.stderr.startswith("error: --sweep-out") and "does not exist" in res.stderr
+    assert not (tmp_path / "nowhere").exists()
