@@ -65,11 +65,14 @@ def measure(backend, cfg, steps=MEMORY_STEPS, threads=None, timeout=3600):
 
 
 def _wait(proc, timeout):
-    """Wait for the launcher; on timeout stop its whole session (launcher and child) -> finished in time."""
+    """Wait for the launcher -> finished in time.  On a timeout or Ctrl-C its whole session (launcher and
+    child, which the terminal's SIGINT does not reach) is killed first."""
     try:
         proc.wait(timeout)
         return True
-    except subprocess.TimeoutExpired:
+    except BaseException as e:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        return False
+        if isinstance(e, subprocess.TimeoutExpired):
+            return False
+        raise

@@ -3,7 +3,9 @@
 Tiny sizes only; no speed and no memory figure is asserted beyond being the run's own numbers.
 """
 import json
+import os
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -129,3 +131,41 @@ def test_cli_sweep_into_a_missing_folder_is_one_line(tmp_path, monkeypatch):
     assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1       # refused before running
     assert res.stderr.startswith("error: --sweep-out") and "does not exist" in res.stderr
     assert not (tmp_path / "nowhere").exists()
+
+
+def test_an_interrupted_memory_run_leaves_no_process(monkeypatch, tmp_path):
+    pidfile = tmp_path / "pid"
+    script = f"import os, time; open({str(pidfile)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    monkeypatch.setattr(bench_memory, "_child_argv", lambda *a: [sys.executable, "-c", script])
+    real_wait = bench_memory.subprocess.Popen.wait
+
+    def interrupted(self, timeout=None):           # Ctrl-C once the child is up
+        while not pidfile.exists() or not pidfile.read_text():
+            time.sleep(0.02)
+        if timeout is not None:
+            raise KeyboardInterrupt
+        return real_wait(self)
+    monkeypatch.setattr(bench_memory.subprocess.Popen, "wait", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        bench_memory.measure("numpy", CONFIGS["tiny"])
+    pid = int(pidfile.read_text())
+    for _ in range(100):                            # the grandchild is gone: killed (a zombie counts as gone)
+        if not running(pid):
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail(f"the memory child {pid} still runs")
+
+
+def running(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+    except OSError:                                 # no /proc: ask the kernel
+        try:
+            os.kill(pid, 0)
+            return True
+        except ProcessLookupError:
+            return False
