@@ -9,12 +9,16 @@ backend runs:
     embed_lstm_backward(dhs, dhT, dcT, cache)     -> dEmb, dW, db, dh0, dc0
     lstm_forward(x, W, b, h0, c0)                  -> hs, hT, cT, cache
     lstm_backward(dhs, dhT, dcT, cache)            -> dx, dW, db, dh0, dc0
+    cell_forward(cell, x, p, h0, c0)               -> hs, hT, cT, cache   (any cell of core.model.CELLS;
+    cell_backward(dhs, dhT, dcT, cache)            -> dx, dp, dh0, dc0     p, dp: the layer's parameters
+    embed_cell_forward(cell, tokens, Emb, p, h0, c0) -> hs, hT, cT, cache  by short name, e.g. gru
+    embed_cell_backward(dhs, dhT, dcT, cache)      -> dEmb, dp, dh0, dc0   {"W", "bx", "bh"})
     linear_forward(x, W, b)                        -> y = x W + b   (the output layer)
     linear_backward(x, dy, W)                      -> dx, dW, db
     softmax_xent(logits, targets, need_grad)       -> loss, dlogits
     global_norm(grads)                             -> float
     adam_update(params, grads, m, v, step, lr, beta1, beta2, eps, grad_scale)
-    generate(weights, state, token, n, temperature, top_k, top_p, greedy, rng) -> ids
+    generate(weights, state, token, n, temperature, top_k, top_p, greedy, rng, cache, cell) -> ids
 
 See numpy_backend.py (the reference) for shapes and meaning.
 """
@@ -35,6 +39,7 @@ AUTO_ORDER = ("cupy", "numba", "numpy")
 INTERFACE = (
     "NAME", "xp", "is_available", "asarray", "to_numpy", "synchronize",
     "embed_lstm_forward", "embed_lstm_backward", "lstm_forward", "lstm_backward",
+    "cell_forward", "cell_backward", "embed_cell_forward", "embed_cell_backward",
     "linear_forward", "linear_backward", "softmax_xent", "global_norm", "adam_update", "generate",
 )
 

@@ -30,6 +30,7 @@ import warnings
 
 import numpy as np
 
+from ..errors import UserError
 from . import cupy_kernels as ck
 
 try:
@@ -450,6 +451,54 @@ def embed_lstm_backward(dhs, dhT, dcT, cache):
 
 
 # ----------------------------------------------------------------------------
+# Any cell (the interface's cell_*): p holds the layer's parameters by short name;
+# the cache carries the cell so the backward knows which to run
+# ----------------------------------------------------------------------------
+
+def _cells():
+    """-> (numba_cells, this module): the variants' wrappers, handed this backend (its pool,
+    thread plan and checks) so that they do not import it back."""
+    from . import numba_cells
+    return numba_cells, sys.modules[__name__]
+
+
+def cell_forward(cell, x, p, h0, c0):
+    """One layer of `cell` over a window (as numpy_backend.cell_forward)."""
+    if cell != "lstm":
+        cells, nb = _cells()
+        return cells.cell_forward(nb, cell, x, p, h0, c0)
+    hs, hT, cT, cache = lstm_forward(x, p["W"], p["b"], h0, c0)
+    return hs, hT, cT, ("lstm", cache)
+
+
+def cell_backward(dhs, dhT, dcT, cache):
+    """-> dx (T,B,I), dp (dict by short name), dh0, dc0"""
+    if not isinstance(cache, tuple):               # a variant's numba_cells.CellCache
+        cells, nb = _cells()
+        return cells.cell_backward(nb, dhs, dhT, dcT, cache)
+    dx, dW, db, dh0, dc0 = lstm_backward(dhs, dhT, dcT, cache[1])
+    return dx, {"W": dW, "b": db}, dh0, dc0
+
+
+def embed_cell_forward(cell, tokens, Emb, p, h0, c0):
+    """Layer 0 of `cell` with the embedding gather (as numpy_backend.embed_cell_forward)."""
+    if cell != "lstm":
+        cells, nb = _cells()
+        return cells.embed_cell_forward(nb, cell, tokens, Emb, p, h0, c0)
+    hs, hT, cT, cache = embed_lstm_forward(tokens, Emb, p["W"], p["b"], h0, c0)
+    return hs, hT, cT, ("lstm", cache)
+
+
+def embed_cell_backward(dhs, dhT, dcT, cache):
+    """-> dEmb (V,E), dp (dict by short name), dh0, dc0"""
+    if not isinstance(cache, tuple):               # a variant's numba_cells.CellCache
+        cells, nb = _cells()
+        return cells.embed_cell_backward(nb, dhs, dhT, dcT, cache)
+    dEmb, dW, db, dh0, dc0 = embed_lstm_backward(dhs, dhT, dcT, cache[1])
+    return dEmb, {"W": dW, "b": db}, dh0, dc0
+
+
+# ----------------------------------------------------------------------------
 # Output layer: linear map to the logits
 # ----------------------------------------------------------------------------
 
@@ -523,9 +572,12 @@ def adam_update(params, grads, m, v, step, lr, beta1, beta2, eps, grad_scale=1.0
 # Sampling (on the device; see cupy_generate.py)
 # ----------------------------------------------------------------------------
 
-def generate(weights, state, token, n, temperature=1.0, top_k=0, top_p=1.0, greedy=False, rng=None, cache=None):
+def generate(weights, state, token, n, temperature=1.0, top_k=0, top_p=1.0, greedy=False, rng=None, cache=None,
+             cell="lstm"):
     """Sample n tokens after `token` on the GPU; state is carried and updated -> ids (n,) int64.
     cache: as in numba_backend.generate; unused here (the GPU step is not bound by the input product)."""
+    if cell != "lstm":
+        raise _no_cell(cell)
     from .cupy_generate import generate_batch
     return generate_batch(weights, state, [token], n, temperature, top_k, top_p, greedy, rng)[0]
 

@@ -21,10 +21,16 @@ belongs to gate k, so W_f = W[:, H:2H].
     o_t = sigmoid(W_o . [h_{t-1}, x_t] + b_o)
     c_t = f_t * c_{t-1} + i_t * g_t
     h_t = o_t * tanh(c_t)
+
+The variants (peephole, coupled, gru) live in numpy_cells.py; cell_forward / cell_backward below
+choose by cell name, the plain LSTM going to lstm_forward / lstm_backward.
 """
 from __future__ import annotations
 
 import numpy as np
+
+from ..core.model import layer_params
+from . import numpy_cells
 
 NAME = "numpy"
 xp = np
@@ -147,7 +153,7 @@ def gate_activations_backward(di, df, dg, do, a):
     return dz
 
 
-def cell_backward(dh, dc_next, a, c, c_prev):
+def lstm_step_backward(dh, dc_next, a, c, c_prev):
     """Backprop one step through h_t = o*tanh(c_t), c_t = f*c_{t-1} + i*g, and the gates.
 
     dh (B,H): dL/dh_t from above and from step t+1;  dc_next (B,H): dL/dc_t from step t+1
@@ -172,7 +178,7 @@ def lstm_backward(dhs, dhT, dcT, cache):
     dh_next, dc_next = dhT, dcT
     for t in reversed(range(T)):
         c_prev = cs[t - 1] if t > 0 else c0
-        dz, dc_next = cell_backward(dhs[t] + dh_next, dc_next, acts[t], cs[t], c_prev)
+        dz, dc_next = lstm_step_backward(dhs[t] + dh_next, dc_next, acts[t], cs[t], c_prev)
         dzs[t] = dz
         dh_next = dz @ Wh.T                  # z = h_{t-1} @ W_h + ...  -> dL/dh_{t-1}
     # weight gradients: one product each, over all T*B rows (the cuDNN layout)
@@ -201,6 +207,48 @@ def embed_lstm_backward(dhs, dhT, dcT, cache):
     dEmb = np.zeros(emb_shape, dx.dtype)     # (V,E)
     np.add.at(dEmb, tokens.reshape(-1), dx.reshape(-1, emb_shape[1]))
     return dEmb, dW, db, dh0, dc0
+
+
+# ----------------------------------------------------------------------------
+# Any cell: p holds the layer's parameters by short name (lstm: W, b; peephole: W, b, wc;
+# coupled: W, b; gru: W, bx, bh); the cache carries the cell so the backward knows which to run
+# ----------------------------------------------------------------------------
+
+def cell_forward(cell, x, p, h0, c0):
+    """One layer of `cell` over a window.  x (T,B,I), h0, c0 (B,H) -> hs (T,B,H), hT, cT (B,H), cache"""
+    if cell == "lstm":
+        hs, hT, cT, cache = lstm_forward(x, p["W"], p["b"], h0, c0)
+        return hs, hT, cT, ("lstm", cache)
+    return numpy_cells.forward(cell, x, p, h0, c0)
+
+
+def cell_backward(dhs, dhT, dcT, cache):
+    """BPTT through cell_forward's layer -> dx (T,B,I), dp (dict by short name), dh0, dc0 (B,H)"""
+    if cache[0] == "lstm":
+        dx, dW, db, dh0, dc0 = lstm_backward(dhs, dhT, dcT, cache[1])
+        return dx, {"W": dW, "b": db}, dh0, dc0
+    return numpy_cells.backward(dhs, dhT, dcT, cache)
+
+
+def embed_cell_forward(cell, tokens, Emb, p, h0, c0):
+    """Layer 0: embedding gather then cell_forward.  tokens (T,B) int, Emb (V,E)."""
+    if cell == "lstm":
+        hs, hT, cT, cache = embed_lstm_forward(tokens, Emb, p["W"], p["b"], h0, c0)
+        return hs, hT, cT, ("lstm", cache)
+    hs, hT, cT, cache = cell_forward(cell, Emb[tokens], p, h0, c0)   # Emb[tokens] (T,B,E)
+    return hs, hT, cT, ("embed", (tokens, Emb.shape, cache))
+
+
+def embed_cell_backward(dhs, dhT, dcT, cache):
+    """-> dEmb (V,E), dp, dh0, dc0.  The embedding gradient is a scatter-add over tokens."""
+    if cache[0] == "lstm":
+        dEmb, dW, db, dh0, dc0 = embed_lstm_backward(dhs, dhT, dcT, cache[1])
+        return dEmb, {"W": dW, "b": db}, dh0, dc0
+    tokens, emb_shape, lcache = cache[1]
+    dx, dp, dh0, dc0 = cell_backward(dhs, dhT, dcT, lcache)
+    dEmb = np.zeros(emb_shape, dx.dtype)     # (V,E)
+    np.add.at(dEmb, tokens.reshape(-1), dx.reshape(-1, emb_shape[1]))
+    return dEmb, dp, dh0, dc0
 
 
 # ----------------------------------------------------------------------------
@@ -301,22 +349,24 @@ def sample_index(probs, u):
     return int(min(np.searchsorted(csum, u * csum[-1], side="right"), len(probs) - 1))
 
 
-def step_logits(weights, state, token):
+def step_logits(weights, state, token, cell="lstm"):
     """Run one token through every layer; updates state in place -> logits (V,).
 
-    weights: dict with Emb, W{l}, b{l}, Wy, by;  state: list of [h (1,H), c (1,H)] per layer.
+    weights: dict with Emb, the layers' parameters (W{l}, b{l}, ...), Wy, by;
+    state: list of [h (1,H), c (1,H)] per layer.
     """
     tok = np.array([[token]])                        # (T=1,B=1)
     L = len(state)
-    hs, state[0][0], state[0][1], _ = embed_lstm_forward(
-        tok, weights["Emb"], weights["W0"], weights["b0"], state[0][0], state[0][1])
+    hs, state[0][0], state[0][1], _ = embed_cell_forward(
+        cell, tok, weights["Emb"], layer_params(weights, cell, 0), state[0][0], state[0][1])
     for l in range(1, L):
-        hs, state[l][0], state[l][1], _ = lstm_forward(
-            hs, weights[f"W{l}"], weights[f"b{l}"], state[l][0], state[l][1])
+        hs, state[l][0], state[l][1], _ = cell_forward(
+            cell, hs, layer_params(weights, cell, l), state[l][0], state[l][1])
     return hs[0, 0] @ weights["Wy"] + weights["by"]  # (V,)
 
 
-def generate(weights, state, token, n, temperature=1.0, top_k=0, top_p=1.0, greedy=False, rng=None, cache=None):
+def generate(weights, state, token, n, temperature=1.0, top_k=0, top_p=1.0, greedy=False, rng=None, cache=None,
+             cell="lstm"):
     """Sample n tokens after `token`, one at a time; state is carried and updated.
 
     rng: a numpy.random.Generator (one uniform draw per sampled token).
@@ -326,7 +376,7 @@ def generate(weights, state, token, n, temperature=1.0, top_k=0, top_p=1.0, gree
     """
     out = np.empty(n, np.int64)
     for k in range(n):
-        logits = step_logits(weights, state, token)
+        logits = step_logits(weights, state, token, cell)
         if greedy:
             token = int(np.argmax(logits))
         else:

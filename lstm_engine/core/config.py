@@ -14,11 +14,11 @@ from ..errors import UserError
 from .resources import check_training_memory
 from ..storage import checkpoint
 from ..storage.schema import INT_MAX, SIZE_MAX
-from .model import ModelConfig
+from .model import CELLS, ModelConfig, check_cell
 from .optim import AdamConfig
 
 # options a resumed run must share with its checkpoint (shapes, data windows, random streams)
-FIXED_ON_RESUME = ("embed_size", "hidden_size", "layers", "dtype", "batch_size", "seq_len", "max_vocab",
+FIXED_ON_RESUME = ("cell", "embed_size", "hidden_size", "layers", "dtype", "batch_size", "seq_len", "max_vocab",
                    "val_fraction", "seed", "locked_dropout")
 # options the corpus's suggestions fill in for a new run (`lstm-engine corpus info`)
 SUGGESTED = ("embed_size", "max_vocab")
@@ -39,6 +39,7 @@ class TrainConfig:
     corpus: str = "python-docs"
     encoding: str = "utf-8"
     backend: str = "auto"
+    cell: str = _MODEL.cell        # the recurrent cell, one of core.model.CELLS
     embed_size: int = _MODEL.embed_size
     hidden_size: int = _MODEL.hidden_size
     layers: int = _MODEL.layers
@@ -79,6 +80,8 @@ class TrainConfig:
             raise UserError(f"--lr must be > 0 (got {self.lr})")
         if not self.grad_clip >= 0:
             raise UserError(f"--grad-clip must be >= 0 (got {self.grad_clip}); 0 switches clipping off")
+        if self.cell not in CELLS:
+            raise UserError(f"--cell must be one of {', '.join(CELLS)} (got {self.cell!r})")
         if self.dtype not in ("float32", "float64"):
             raise UserError(f"--dtype must be float32 or float64 (got {self.dtype!r})")
         if not (self.time_budget >= 0 and math.isfinite(self.time_budget)):
@@ -90,7 +93,8 @@ class TrainConfig:
                               self.batch_size, self.seq_len, self.dtype)
 
     def model_config(self, vocab_size):
-        return ModelConfig(vocab_size, self.embed_size, self.hidden_size, self.layers, self.dropout, self.dtype)
+        return ModelConfig(vocab_size, self.embed_size, self.hidden_size, self.layers, self.dropout, self.dtype,
+                           check_cell(self.cell))
 
 
 def defaults():
@@ -137,6 +141,7 @@ def config_for_resume(meta, given, resume_path):
                         f"pass --corpus FILE")
     if meta.get("train") and "locked_dropout" not in saved:
         saved["locked_dropout"] = False         # written before locked masks existed: it drew one per step
+    saved["cell"] = (meta.get("model") or {}).get("cell", "lstm")   # the weights' cell; absent: an lstm
     for key in FIXED_ON_RESUME:
         if key in given and key in saved and given[key] != saved[key]:
             raise resume_conflict(key, given[key], saved[key])

@@ -61,7 +61,7 @@ def generate_text(model, vocab, prime="", length=200, temperature=1.0, top_k=0, 
     while done < length:
         n = min(chunk, length - done)
         ids = model.be.generate(model.params, state, token, n, temperature, top_k or 0, top_p, greedy, rng,
-                                cache)
+                                cache, cell=model.cfg.cell)
         ids = np.asarray(model.be.to_numpy(ids))
         token = int(ids[-1])
         text = "".join(REPLACEMENT if i == vocab.unk else vocab.symbols[int(i)] for i in ids)

@@ -1,13 +1,16 @@
-"""The character language model: embedding -> L stacked LSTM layers -> linear -> softmax.
+"""The character language model: embedding -> L stacked recurrent layers -> linear -> softmax.
 
 It owns the parameters and calls the chosen backend's kernels; it never asks which
-backend it is running on.
+backend it is running on.  The recurrent cell is one of CELLS (the equations: backends/numpy_cells.py).
 
-Dimension legend: T time, B batch (b of its streams on this rank), E embedding, H hidden, V vocab, G = 4H, N = T*B.
-Parameters (names follow the math):
+Dimension legend: T time, B batch (b of its streams on this rank), E embedding, H hidden, V vocab, N = T*B,
+G the gate blocks stacked: 4H (lstm, peephole), 3H (coupled, gru).
+Parameters (names follow the math; the short name plus the layer index l):
     Emb (V,E)          embedding table
-    W{l} (H+I_l, G)    fused LSTM weight of layer l over [h_{t-1}, x_t]; I_0 = E, I_l = H
-    b{l} (G,)          LSTM bias of layer l (forget-gate slice initialised to 1)
+    W{l} (H+I_l, G)    fused weight of layer l over [h_{t-1}, x_t]; I_0 = E, I_l = H
+    b{l} (G,)          bias of layer l (lstm, peephole, coupled; forget-gate slice initialised to 1)
+    wc{l} (3,H)        peephole: the diagonal peepholes w_ci, w_cf, w_co
+    bx{l}, bh{l} (G,)  gru: nn.GRU's bias_ih and bias_hh
     Wy (H,V), by (V,)  output projection
 """
 from __future__ import annotations
@@ -15,6 +18,33 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
+from ..errors import UserError
+
+CELLS = ("lstm", "peephole", "coupled", "gru")
+# each cell's per-layer parameters by short name, in the order they are drawn at init
+CELL_PARAMS = {"lstm": ("W", "b"), "peephole": ("W", "b", "wc"), "coupled": ("W", "b"), "gru": ("W", "bx", "bh")}
+GATE_BLOCKS = {"lstm": 4, "peephole": 4, "coupled": 3, "gru": 3}
+FORGET_BLOCK = {"lstm": 1, "peephole": 1, "coupled": 0}     # the bias block set to 1 at init (gru: none)
+
+
+def check_cell(cell):
+    """-> cell, or a UserError naming the choices."""
+    if cell not in CELLS:
+        raise UserError(f"unknown cell {cell!r}; choose one of: {', '.join(CELLS)}")
+    return cell
+
+
+def cell_param_shapes(cell, I, H):
+    """Short name -> shape of one layer of `cell` with input size I and hidden size H."""
+    G = GATE_BLOCKS[cell] * H
+    shapes = {"W": (H + I, G), "b": (G,), "wc": (3, H), "bx": (G,), "bh": (G,)}
+    return {k: shapes[k] for k in CELL_PARAMS[cell]}
+
+
+def layer_params(weights, cell, l):
+    """The parameters of layer l by short name ({"W": W{l}, "b": b{l}, ...}) from a model's dict."""
+    return {k: weights[f"{k}{l}"] for k in CELL_PARAMS[cell]}
 
 
 @dataclass
@@ -25,6 +55,10 @@ class ModelConfig:
     layers: int = 2
     dropout: float = 0.0
     dtype: str = "float32"
+    cell: str = "lstm"
+
+    def __post_init__(self):
+        check_cell(self.cell)
 
     def to_dict(self):
         return asdict(self)
@@ -33,8 +67,8 @@ class ModelConfig:
         V, E, H, L = self.vocab_size, self.embed_size, self.hidden_size, self.layers
         shapes = {"Emb": (V, E)}
         for l in range(L):
-            shapes[f"W{l}"] = (H + (E if l == 0 else H), 4 * H)
-            shapes[f"b{l}"] = (4 * H,)
+            for k, shape in cell_param_shapes(self.cell, E if l == 0 else H, H).items():
+                shapes[f"{k}{l}"] = shape
         shapes["Wy"] = (H, V)
         shapes["by"] = (V,)
         return shapes
@@ -50,9 +84,10 @@ def init_params(cfg: ModelConfig, seed=0):
         if name == "Emb":
             params[name] = rng.standard_normal(shape)          # nn.Embedding: N(0, 1)
         else:
-            params[name] = rng.uniform(-k, k, shape)           # nn.LSTM / nn.Linear: U(-1/sqrt(H), 1/sqrt(H))
-    for l in range(cfg.layers):
-        params[f"b{l}"][H:2 * H] = 1.0                         # forget gate starts open: remember by default
+            params[name] = rng.uniform(-k, k, shape)           # nn.LSTM / nn.GRU / nn.Linear: U(-1/sqrt(H), 1/sqrt(H))
+    f = FORGET_BLOCK.get(cfg.cell)
+    for l in range(cfg.layers if f is not None else 0):
+        params[f"b{l}"][f * H:(f + 1) * H] = 1.0               # forget gate starts open: remember by default
     return {n: np.ascontiguousarray(p, dtype=cfg.dtype) for n, p in params.items()}
 
 
@@ -74,6 +109,10 @@ class Model:
 
     def host_params(self):
         return {n: self.be.to_numpy(p) for n, p in self.params.items()}
+
+    def layer_params(self, l):
+        """Layer l's parameters by short name, as the backend's cell_* take them."""
+        return layer_params(self.params, self.cfg.cell, l)
 
     # -- passes ------------------------------------------------------------
     def dropout_masks(self, T, B, rng, locked=False, streams=None):
@@ -105,14 +144,15 @@ class Model:
 
     def forward(self, tokens, state, masks=None):
         """tokens (T,B) -> logits (N,V), new state, caches for backward."""
-        P, be, L = self.params, self.be, self.cfg.layers
+        P, be, L, cell = self.params, self.be, self.cfg.layers, self.cfg.cell
         caches, new_state = [], []
-        hs, hT, cT, cache = be.embed_lstm_forward(tokens, P["Emb"], P["W0"], P["b0"], state[0][0], state[0][1])
+        hs, hT, cT, cache = be.embed_cell_forward(cell, tokens, P["Emb"], self.layer_params(0),
+                                                  state[0][0], state[0][1])
         caches.append(cache)
         new_state.append([hT, cT])
         x = hs * masks[0] if masks else hs                       # (T,B,H) dropout between layers
         for l in range(1, L):
-            hs, hT, cT, cache = be.lstm_forward(x, P[f"W{l}"], P[f"b{l}"], state[l][0], state[l][1])
+            hs, hT, cT, cache = be.cell_forward(cell, x, self.layer_params(l), state[l][0], state[l][1])
             caches.append(cache)
             new_state.append([hT, cT])
             x = hs * masks[l] if masks else hs                   # (T,B,H) dropout before the next layer / output
@@ -144,7 +184,8 @@ class Model:
             if masks:
                 dx = dx * masks[l]                                      # backprop through dropout
             if l > 0:
-                dx, grads[f"W{l}"], grads[f"b{l}"], _, _ = be.lstm_backward(dx, zeros, zeros, caches[l])
+                dx, dp, _, _ = be.cell_backward(dx, zeros, zeros, caches[l])
             else:
-                grads["Emb"], grads["W0"], grads["b0"], _, _ = be.embed_lstm_backward(dx, zeros, zeros, caches[0])
+                grads["Emb"], dp, _, _ = be.embed_cell_backward(dx, zeros, zeros, caches[0])
+            grads.update({f"{k}{l}": g for k, g in dp.items()})      # dW{l}, db{l}, ... by the model's names
         return loss, grads, new_state

@@ -128,7 +128,8 @@ class Trainer:
 
     # -- resume ------------------------------------------------------------
     def _check_resume_matches(self, meta):
-        saved = dict(meta["train"], **{k: meta["model"][k] for k in ("embed_size", "hidden_size", "layers", "dtype")})
+        saved = dict(meta["train"], **{k: meta["model"][k] for k in ("embed_size", "hidden_size", "layers", "dtype")},
+                     cell=meta["model"].get("cell", "lstm"))         # absent: a checkpoint of an lstm
         if meta["train"] and "locked_dropout" not in meta["train"]:
             self.cfg.locked_dropout = False     # a run from before locked masks: keep drawing one per step
         for key in FIXED_ON_RESUME:

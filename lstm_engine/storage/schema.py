@@ -6,10 +6,11 @@ sections for their presence, the vocabulary for distinct single characters that 
 and the model's sizes against the tensor shapes (from the header, before any tensor is read).
 After `check_meta` the commands may index the metadata without further checks.
 
-Sections:  model (required), vocab (required), train (required), trainer, unigram_entropy,
+Sections:  model (required; its cell is optional, absent = lstm), vocab (required), train (required), trainer, unigram_entropy,
            corpus, imported (optional; typed when present).  Unknown keys are ignored (never read).
 
-Dimension legend: V vocab, E embedding, H hidden, L layers, G = 4H, B batch of the training run.
+Dimension legend: V vocab, E embedding, H hidden, L layers, G the gate blocks (4H lstm, peephole; 3H coupled, gru),
+B batch of the training run.
 """
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ import re
 
 import numpy as np
 
+from ..core.model import CELLS, cell_param_shapes
+
 UNK = "<unk>"                       # the one multi-character vocabulary entry (core.data.UNK)
 SIZE_MAX = 2 ** 31 - 1              # sizes the kernels index with 32-bit integers
 INT_MAX = 2 ** 63 - 1               # counters and seeds stored as 64-bit integers
@@ -29,6 +32,7 @@ LOSS_MAX = 1e9                      # nats/char: far beyond any loss a finite mo
 TIME_MAX = 1e12                     # seconds (some 30,000 years) of recorded training time
 ENTROPY_MAX = math.log(SIZE_MAX + 1)  # nats: the entropy of a uniform choice among the most symbols a model has
 MODEL_KEYS = ("vocab_size", "embed_size", "hidden_size", "layers", "dropout", "dtype")
+MODEL_OPTIONAL = ("cell",)          # absent in checkpoints written before the cell variants: an lstm
 DTYPES = {"float32": "F32", "float64": "F64"}
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
@@ -120,21 +124,24 @@ def vocab_problem(symbols):
 
 # -- sections ---------------------------------------------------------------------------------------
 def check_model(m):
-    """The model section -> dict of its fields (exactly MODEL_KEYS)."""
+    """The model section -> dict of its fields (MODEL_KEYS, and the cell when present)."""
     need_dict(m, "model")
-    if set(m) != set(MODEL_KEYS):
-        raise SchemaError(f"section model must hold exactly {', '.join(MODEL_KEYS)} (has {', '.join(sorted(m))})")
+    if not set(MODEL_KEYS) <= set(m) <= set(MODEL_KEYS + MODEL_OPTIONAL):
+        raise SchemaError(f"section model must hold exactly {', '.join(MODEL_KEYS)} and optionally "
+                          f"{', '.join(MODEL_OPTIONAL)} (has {', '.join(sorted(map(str, m)))})")
     for k in MODEL_KEYS[:4]:
         need_int(m[k], f"model.{k}", 1, SIZE_MAX)
     need_real(m["dropout"], "model.dropout", 0, 1, hi_open=True)
     need_str(m["dtype"], "model.dtype", tuple(DTYPES))
+    if "cell" in m:
+        need_str(m["cell"], "model.cell", CELLS)
     return m
 
 
 # train field -> (kind, lo, hi, nullable); kinds: int, real, bool, str, path (a file name); every field optional
 TRAIN_FIELDS = {
     "corpus": ("path",), "encoding": ("encoding",), "backend": ("str",), "out": ("path",), "recipe": ("str",),
-    "dtype": ("dtype",), "lr_decay": ("bool",), "locked_dropout": ("bool",),
+    "dtype": ("dtype",), "cell": ("cell",), "lr_decay": ("bool",), "locked_dropout": ("bool",),
     "embed_size": ("int", 1, SIZE_MAX), "hidden_size": ("int", 1, SIZE_MAX), "layers": ("int", 1, SIZE_MAX),
     "batch_size": ("int", 1, SIZE_MAX, True), "seq_len": ("int", 1, SIZE_MAX, True),
     "steps": ("int", 1, INT_MAX), "keep": ("int", 1, SIZE_MAX), "seed": ("int", 0, INT_MAX),
@@ -153,6 +160,8 @@ def _check_train_field(k, v, spec):
         need_path(v, where)
     elif kind == "dtype":
         need_str(v, where, tuple(DTYPES))
+    elif kind == "cell":
+        need_str(v, where, CELLS)
     elif kind == "bool":
         if not isinstance(v, bool):
             raise SchemaError(f"{where} must be true or false (got {_short(v)})")
@@ -180,6 +189,8 @@ def check_train(t, model):
     for k in ("embed_size", "hidden_size", "layers", "dtype"):
         if k in t and t[k] != model[k]:
             raise SchemaError(f"train.{k} ({_short(t[k])}) disagrees with model.{k} ({_short(model[k])})")
+    if "cell" in t and t["cell"] != model.get("cell", "lstm"):
+        raise SchemaError(f"train.cell ({_short(t['cell'])}) disagrees with model.cell ({model.get('cell', 'lstm')})")
     if t.get("max_vocab") and model["vocab_size"] > t["max_vocab"]:
         raise SchemaError(f"model.vocab_size {model['vocab_size']} exceeds train.max_vocab {t['max_vocab']}")
 
@@ -235,8 +246,8 @@ def param_shapes(m):
     V, E, H, L = m["vocab_size"], m["embed_size"], m["hidden_size"], m["layers"]
     shapes = {"Emb": (V, E)}
     for l in range(L):
-        shapes[f"W{l}"] = (H + (E if l == 0 else H), 4 * H)          # (H+I, G)
-        shapes[f"b{l}"] = (4 * H,)                                   # (G,)
+        for k, shape in cell_param_shapes(m.get("cell", "lstm"), E if l == 0 else H, H).items():
+            shapes[f"{k}{l}"] = shape                                # W (H+I, G), b (G,), ...
     shapes["Wy"] = (H, V)
     shapes["by"] = (V,)
     return shapes

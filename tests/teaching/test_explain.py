@@ -151,7 +151,7 @@ def test_split_cell_backward_is_the_composition_of_its_sub_steps():
     B, H = 2, 4
     a = nb.gate_activations(rng.standard_normal((B, 4 * H)))
     c, c_prev, dh, dcn = (rng.standard_normal((B, H)) for _ in range(4))
-    dz, dc_prev = nb.cell_backward(dh, dcn, a, c, c_prev)
+    dz, dc_prev = nb.lstm_step_backward(dh, dcn, a, c, c_prev)
     do, dc, di, df, dg, dc_prev2 = nb.cell_update_backward(dh, dcn, a, c, c_prev)
     np.testing.assert_array_equal(dz, nb.gate_activations_backward(di, df, dg, do, a))
     np.testing.assert_array_equal(dc_prev, dc_prev2)
