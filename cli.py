@@ -17,6 +17,7 @@ from lstm_engine import api
 from lstm_engine.core.budget import parse_duration
 from lstm_engine.core.config import defaults as train_defaults
 from lstm_engine.core.generation import bits
+from lstm_engine.core.model import CELLS
 from lstm_engine.corpora import registry as corpora
 from lstm_engine.errors import UserError
 
@@ -76,7 +77,7 @@ def main():
 def _print_event(kind, info):
     if kind == "start":
         m = info["model"]
-        err(f"backend {info['backend']}  model E{m['embed_size']} H{m['hidden_size']} L{m['layers']} "
+        err(f"backend {info['backend']}  model {'' if m['cell'] == 'lstm' else m['cell'] + ' '}E{m['embed_size']} H{m['hidden_size']} L{m['layers']} "
             f"dropout {m['dropout']} {m['dtype']}  {info['params']:,} parameters")
         err(f"corpus: {info['train_chars']:,} train / {info['val_chars']:,} val chars, vocab {info['vocab']}, "
             f"unigram entropy {info['entropy']:.3f} nats/char ({bits(info['entropy']):.3f} bits/char)")
@@ -133,6 +134,8 @@ class Duration(click.ParamType):
 @train_option("corpus", "corpus name (`lstm-engine corpus list`) or path to a UTF-8 file")
 @train_option("encoding", "text encoding of a corpus file")
 @train_option("backend", "numpy | numba | cupy | auto")
+@train_option("cell", "the recurrent cell (docs/lstm-walkthrough.md); every other command follows the checkpoint's",
+              type=click.Choice(CELLS))
 @train_option("embed_size", "embedding size (left out: `corpus info`'s suggestion for corpora of over 256 symbols)")
 @train_option("hidden_size")
 @train_option("layers")

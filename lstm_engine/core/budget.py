@@ -63,11 +63,13 @@ UPDATES_PER_MINUTE = 400
 MIN_TRAIN_STEPS = 10
 
 
-def n_params(V, E, H, L):
-    return V * E + sum((H + (E if l == 0 else H)) * 4 * H + 4 * H for l in range(L)) + H * V + V
+def n_params(V, E, H, L, cell="lstm"):
+    from .model import cell_param_shapes
+    layers = sum(math.prod(s) for l in range(L) for s in cell_param_shapes(cell, E if l == 0 else H, H).values())
+    return V * E + layers + H * V + V
 
 
-def choose(budget_s, train_chars, vocab_size, speed_of, window_of=None, warmup_s=None):
+def choose(budget_s, train_chars, vocab_size, speed_of, window_of=None, warmup_s=None, cell="lstm"):
     """Pick the candidate that best fits the budget.
 
     speed_of(candidate) -> measured training chars/s on this backend; window_of(candidate) -> the
@@ -93,7 +95,7 @@ def choose(budget_s, train_chars, vocab_size, speed_of, window_of=None, warmup_s
             reasons.append("calibration stopped at 5% of the budget")
             break
         E, H, L, B, T, _, _ = cand
-        p = n_params(vocab_size, E, H, L)
+        p = n_params(vocab_size, E, H, L, cell)
         if p > 4 * train_chars and chosen_speed is not None:
             reasons.append(f"H{H}: {p:,} params is too many for {train_chars:,} training chars")
             break
@@ -129,7 +131,7 @@ def check_minimum(budget_s, spent_s, reserve_s, step_s):
 RECIPE_FIELDS = ("embed_size", "hidden_size", "layers", "batch_size", "seq_len", "dropout", "lr")
 
 
-def measure_train_speed(backend, vocab_size, cand, dtype, train_ids, steps=4, locked_dropout=True):
+def measure_train_speed(backend, vocab_size, cand, dtype, train_ids, steps=4, locked_dropout=True, cell="lstm"):
     """chars/s of whole training steps (forward, BPTT, clip, Adam) for a candidate, after one warm-up.
     -> (chars/s, seconds of the warm-up step beyond a steady step: JIT compile, first touches)"""
     import time
@@ -140,7 +142,7 @@ def measure_train_speed(backend, vocab_size, cand, dtype, train_ids, steps=4, lo
     from .model import Model, ModelConfig
     from .optim import Adam, AdamConfig
     E, H, L, B, T, p, lr = cand
-    model = Model(ModelConfig(vocab_size, E, H, L, p, dtype), backend, seed=0)
+    model = Model(ModelConfig(vocab_size, E, H, L, p, dtype, cell), backend, seed=0)
     opt = Adam(model.params, backend, AdamConfig(lr))
     b = Batcher(train_ids, B, T)
     rng = np.random.default_rng(0)
@@ -173,7 +175,7 @@ def plan(cfg, explicit, train_ids, vocab_size, backend, say=print):
 
     def speed_of(cand):
         speed, warm_s = measure_train_speed(backend, vocab_size, with_fixed(cand), cfg.dtype, train_ids,
-                                            locked_dropout=cfg.locked_dropout)
+                                            locked_dropout=cfg.locked_dropout, cell=cfg.cell)
         warm[0] += warm_s
         return speed
 
@@ -183,7 +185,7 @@ def plan(cfg, explicit, train_ids, vocab_size, backend, say=print):
     else:
         cand, speed, reasons = choose(cfg.time_budget, len(train_ids), vocab_size, speed_of,
                                       window_of=lambda c: with_fixed(c)[3] * with_fixed(c)[4],
-                                      warmup_s=lambda: warm[0])
+                                      warmup_s=lambda: warm[0], cell=cfg.cell)
         cand = with_fixed(cand)
     for k, v in zip(RECIPE_FIELDS, cand):
         setattr(cfg, k, v)

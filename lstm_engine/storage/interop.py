@@ -1,6 +1,7 @@
-"""PyTorch interop: lstm-engine checkpoints <-> state dicts of nn.Embedding -> nn.LSTM -> nn.Linear.
+"""PyTorch interop: lstm-engine checkpoints <-> state dicts of nn.Embedding -> nn.LSTM (or nn.GRU) -> nn.Linear.
 
-Dimension legend: V vocab, E embedding, H hidden, L layers, G = 4H, I_l input size of layer l (E, then H).
+Dimension legend: V vocab, E embedding, H hidden, L layers, G = 4H (lstm) or 3H (gru), I_l input size of layer l
+(E, then H).
 
     ours                 PyTorch (module attribute . parameter)      relation
     Emb (V,E)            embedding.weight (V,E)                      equal
@@ -10,6 +11,14 @@ Dimension legend: V vocab, E embedding, H hidden, L layers, G = 4H, I_l input si
     Wy (H,V)             decoder.weight (V,H)                        transposed
     by (V,)              decoder.bias (V,)                           equal
 
+A gru model maps to nn.GRU under the attribute `gru` (gate order r, z, n on both sides):
+
+    W{l}[H:] (I_l,G)     gru.weight_ih_l{l} (G,I_l)                  transposed
+    W{l}[:H] (H,G)       gru.weight_hh_l{l} (G,H)                    transposed
+    bx{l} (G,)           gru.bias_ih_l{l} (G,)                       equal
+    bh{l} (G,)           gru.bias_hh_l{l} (G,)                       equal (r multiplies W_hn h + b_hn: not foldable)
+
+PyTorch has no peephole or coupled cell: their export is refused.
 The gate order is the same on both sides (i, f, g, o), so no columns move.  The state dict is
 written as safetensors (no torch needed) or, when the file name ends in .pt and torch is
 installed, with torch.save; the vocabulary goes beside it as a JSON list (FILE.vocab.json).
@@ -32,17 +41,24 @@ from ..errors import UserError
 from ..core.model import ModelConfig
 
 DTYPES = ("float32", "float64")
+TORCH_CELLS = ("lstm", "gru")        # the cells nn.LSTM and nn.GRU hold; the module attribute is the cell's name
 
 
 # ----------------------------------------------------------------------------
 # The mapping (pure array functions, no files)
 # ----------------------------------------------------------------------------
 
-def to_state_dict(params, layers):
+def to_state_dict(params, layers, cell="lstm"):
     """Our parameters (name -> ndarray) -> PyTorch state dict (name -> ndarray, torch layouts)."""
     H = params["Wy"].shape[0]
     sd = {"embedding.weight": params["Emb"]}                       # (V,E)
-    for l in range(layers):
+    for l in range(layers if cell == "gru" else 0):
+        W = params[f"W{l}"]                                        # (H+I,G)
+        sd[f"gru.weight_ih_l{l}"] = W[H:].T                        # (G,I)
+        sd[f"gru.weight_hh_l{l}"] = W[:H].T                        # (G,H)
+        sd[f"gru.bias_ih_l{l}"] = params[f"bx{l}"]                 # (G,)
+        sd[f"gru.bias_hh_l{l}"] = params[f"bh{l}"]                 # (G,)
+    for l in range(layers if cell == "lstm" else 0):
         W, b = params[f"W{l}"], params[f"b{l}"]                    # (H+I,G), (G,)
         sd[f"lstm.weight_ih_l{l}"] = W[H:].T                       # (G,I)
         sd[f"lstm.weight_hh_l{l}"] = W[:H].T                       # (G,H)
@@ -60,43 +76,46 @@ def fuse_lstm_weight(weight_ih, weight_hh):
     return np.ascontiguousarray(np.concatenate([weight_hh.T, weight_ih.T], axis=0))
 
 
-def expected_shapes(V, E, H, L):
+def expected_shapes(V, E, H, L, cell="lstm"):
     """State-dict name -> shape for a model of these sizes (the documented names, nothing else)."""
+    G = (4 if cell == "lstm" else 3) * H
     shapes = {"embedding.weight": (V, E)}
     for l in range(L):
-        shapes[f"lstm.weight_ih_l{l}"] = (4 * H, E if l == 0 else H)
-        shapes[f"lstm.weight_hh_l{l}"] = (4 * H, H)
-        shapes[f"lstm.bias_ih_l{l}"] = (4 * H,)
-        shapes[f"lstm.bias_hh_l{l}"] = (4 * H,)
+        shapes[f"{cell}.weight_ih_l{l}"] = (G, E if l == 0 else H)
+        shapes[f"{cell}.weight_hh_l{l}"] = (G, H)
+        shapes[f"{cell}.bias_ih_l{l}"] = (G,)
+        shapes[f"{cell}.bias_hh_l{l}"] = (G,)
     shapes["decoder.weight"] = (V, H)
     shapes["decoder.bias"] = (V,)
     return shapes
 
 
 def infer_config(sd, where):
-    """Sizes from the shapes of a state dict -> ModelConfig (dropout 0, dtype of the tensors)."""
-    for key in ("embedding.weight", "lstm.weight_hh_l0"):
+    """Sizes from the shapes of a state dict -> ModelConfig (dropout 0, dtype of the tensors; an nn.GRU's
+    `gru.*` tensors make a gru model, else an lstm)."""
+    cell = "gru" if "gru.weight_hh_l0" in sd and "lstm.weight_hh_l0" not in sd else "lstm"
+    for key in ("embedding.weight", f"{cell}.weight_hh_l0"):
         if key not in sd:
             raise UserError(f"{where} has no tensor {key!r}; expected the state dict of "
-                            f"nn.Embedding -> nn.LSTM -> nn.Linear named embedding/lstm/decoder "
+                            f"nn.Embedding -> nn.LSTM (or nn.GRU) -> nn.Linear named embedding/lstm (gru)/decoder "
                             f"(see docs/pytorch-interop.md)")
         if np.ndim(sd[key]) != 2:
             raise UserError(f"{where}: {key} has shape {tuple(np.shape(sd[key]))}, expected a matrix")
     V, E = sd["embedding.weight"].shape
-    G, H = sd["lstm.weight_hh_l0"].shape
+    G, H = sd[f"{cell}.weight_hh_l0"].shape
     L = 0
-    while f"lstm.weight_ih_l{L}" in sd or f"lstm.weight_hh_l{L}" in sd:
+    while f"{cell}.weight_ih_l{L}" in sd or f"{cell}.weight_hh_l{L}" in sd:
         L += 1
     dtypes = sorted({str(t.dtype) for t in sd.values()})
     if len(dtypes) != 1 or dtypes[0] not in DTYPES:
         raise UserError(f"{where} holds tensors of dtype {', '.join(dtypes)}; lstm-engine needs all float32 "
                         f"or all float64 - convert in PyTorch first (model.float() or model.double())")
-    return ModelConfig(vocab_size=V, embed_size=E, hidden_size=H, layers=L, dropout=0.0, dtype=dtypes[0])
+    return ModelConfig(vocab_size=V, embed_size=E, hidden_size=H, layers=L, dropout=0.0, dtype=dtypes[0], cell=cell)
 
 
 def check_state_dict(sd, cfg, where):
     """Exactly the documented names, each with its shape and only finite values, or a one-line UserError."""
-    shapes = expected_shapes(cfg.vocab_size, cfg.embed_size, cfg.hidden_size, cfg.layers)
+    shapes = expected_shapes(cfg.vocab_size, cfg.embed_size, cfg.hidden_size, cfg.layers, cfg.cell)
     missing = [k for k in shapes if k not in sd]
     if missing:
         raise UserError(f"{where} lacks {len(missing)} tensor(s): {', '.join(missing[:4])}"
@@ -104,7 +123,8 @@ def check_state_dict(sd, cfg, where):
     extra = sorted(k for k in sd if k not in shapes)
     if extra:
         raise UserError(f"{where} has unexpected tensor(s): {', '.join(extra[:4])}{' ...' if len(extra) > 4 else ''}; "
-                        f"only a unidirectional nn.LSTM without projections named 'lstm' is supported")
+                        f"only a unidirectional nn.LSTM without projections named 'lstm' (or nn.GRU named 'gru') "
+                        f"is supported")
     for k, shape in shapes.items():
         if tuple(sd[k].shape) != shape:
             raise UserError(f"{where}: {k} has shape {tuple(sd[k].shape)}, expected {shape} "
@@ -118,7 +138,11 @@ def from_state_dict(sd, where="state dict"):
     cfg = infer_config(sd, where)
     check_state_dict(sd, cfg, where)
     params = {"Emb": np.ascontiguousarray(sd["embedding.weight"])}                  # (V,E)
-    for l in range(cfg.layers):
+    for l in range(cfg.layers if cfg.cell == "gru" else 0):
+        params[f"W{l}"] = fuse_lstm_weight(sd[f"gru.weight_ih_l{l}"], sd[f"gru.weight_hh_l{l}"])    # (H+I,G)
+        params[f"bx{l}"] = np.ascontiguousarray(sd[f"gru.bias_ih_l{l}"])                          # (G,)
+        params[f"bh{l}"] = np.ascontiguousarray(sd[f"gru.bias_hh_l{l}"])                          # (G,)
+    for l in range(cfg.layers if cfg.cell == "lstm" else 0):
         params[f"W{l}"] = fuse_lstm_weight(sd[f"lstm.weight_ih_l{l}"], sd[f"lstm.weight_hh_l{l}"])  # (H+I,G)
         params[f"b{l}"] = np.ascontiguousarray(sd[f"lstm.bias_ih_l{l}"] + sd[f"lstm.bias_hh_l{l}"])  # (G,)
     params["Wy"] = np.ascontiguousarray(sd["decoder.weight"].T)                     # (H,V)
@@ -248,8 +272,11 @@ def export_torch(ckpt_path, out_path, force=False):
     check_output(vocab_out, inputs, "the vocabulary file", force)
     tensors, meta = checkpoint.load(ckpt_path)
     cfg = ModelConfig(**meta["model"])
+    if cfg.cell not in TORCH_CELLS:
+        raise UserError(f"{ckpt_path!r} holds a {cfg.cell} model, which PyTorch has no module for; "
+                        f"export takes lstm and gru models (nn.LSTM, nn.GRU)")
     params = {n[6:]: t for n, t in tensors.items() if n.startswith("param.")}
-    write_state_dict(out_path, to_state_dict(params, cfg.layers))
+    write_state_dict(out_path, to_state_dict(params, cfg.layers, cfg.cell))
     write_vocab(vocab_out, meta["vocab"])
     return {"path": out_path, "vocab_path": vocab_out, "config": cfg.to_dict()}
 
@@ -266,8 +293,8 @@ def import_torch(path, vocab_path, out_path, force=False):
     cfg, params = from_state_dict(sd, repr(path))
     vocab = read_vocab(vocab_path, cfg.vocab_size)
     # no corpus, batch size or window length were used here: None lets `train --resume` take any
-    tcfg = TrainConfig(corpus="", embed_size=cfg.embed_size, hidden_size=cfg.hidden_size, layers=cfg.layers,
-                       dropout=0.0, dtype=cfg.dtype, batch_size=None, seq_len=None)
+    tcfg = TrainConfig(corpus="", cell=cfg.cell, embed_size=cfg.embed_size, hidden_size=cfg.hidden_size,
+                       layers=cfg.layers, dropout=0.0, dtype=cfg.dtype, batch_size=None, seq_len=None)
     zeros = {n: np.zeros_like(p) for n, p in params.items()}
     state = [(np.zeros((1, cfg.hidden_size), cfg.dtype),) * 2 for _ in range(cfg.layers)]  # (1,H) broadcasts to (B,H)
     trainer = {"step": 0, "position": 0, "best_val": None, "elapsed": 0.0, "history": [],

@@ -74,3 +74,24 @@ def test_bad_train_options_are_one_line_errors(corpus, tmp_path):
         r = run(train_args(corpus, str(tmp_path / "r"), steps=1) + args)
         assert r.exit_code == 2, args
         assert needle in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_train_cell_gru_then_every_command_follows_the_checkpoint(corpus, tmp_path):
+    out = str(tmp_path / "run")
+    r = run(train_args(corpus, out) + ["--cell", "gru"])
+    assert r.exit_code == 0, r.output
+    assert "model gru E8" in r.stderr
+    ckpt = out + "/latest.safetensors"
+    r = run(["eval", ckpt, "--corpus", corpus, "--json", "--backend", "numpy"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["loss_nats"] > 0
+    gen = ["generate", ckpt, "--prime", "In the", "--length", "30", "--seed", "3", "--backend", "numpy"]
+    r = run(gen)
+    assert r.exit_code == 0 and r.stdout.startswith("In the") and len(r.stdout.rstrip("\n")) >= 35
+    r = run(["train", "--resume", out, "--steps", "8", "--sample-every", "0"])     # the cell comes with it
+    assert r.exit_code == 0, r.output
+    from lstm_engine.storage import checkpoint
+    meta = checkpoint.load(ckpt)[1]
+    assert meta["model"]["cell"] == meta["train"]["cell"] == "gru" and meta["trainer"]["step"] == 8
+    for args, needle in ((["--cell", "lstm"], "--cell lstm conflicts"), (["--cell", "rnn"], "--cell")):
+        r = run(["train", "--resume", out, "--steps", "10"] + args)
+        assert r.exit_code == 2 and needle in r.stderr and r.stderr.count("\n") == 1, r.output

@@ -30,14 +30,15 @@ def run(args):
     return CliRunner().invoke(main, args, catch_exceptions=False)
 
 
-def train_ckpt(dirpath, dtype, steps=30):
-    """A small trained checkpoint (E8 H16 L2, vocabulary with <unk>) -> its path."""
+def train_ckpt(dirpath, dtype, steps=30, cell="lstm"):
+    """A small trained checkpoint (E8 H16 L2, vocabulary with <unk>) of `cell` -> its path."""
     corpus = os.path.join(dirpath, "corpus.txt")
     with open(corpus, "w", encoding="utf-8") as f:
         f.write(TEXT)
     cfg = TrainConfig(corpus=corpus, backend="numpy", embed_size=8, hidden_size=16, layers=2, batch_size=4,
                       seq_len=16, lr=1e-2, steps=steps, eval_every=0, sample_every=0, save_every=0,
-                      log_every=0, dtype=dtype, max_vocab=len(set(TEXT)) - 3, out=os.path.join(dirpath, "run"))
+                      log_every=0, dtype=dtype, max_vocab=len(set(TEXT)) - 3, out=os.path.join(dirpath, "run"),
+                      cell=cell)
     Trainer(cfg).run()
     return os.path.join(dirpath, "run", "latest.safetensors")
 
@@ -294,3 +295,90 @@ def test_torch_trained_pt_imports_with_the_same_loss(tmp_path, monkeypatch):
     torch.save({"model": m.state_dict()}, "nested.pt")
     r = run(["import", "nested.pt", "--vocab", "mine.vocab.json", "-o", "x.safetensors"])
     assert r.exit_code == 2 and "state dict" in r.stderr and r.stderr.count("\n") == 1
+
+
+# ----------------------------------------------------------------------------
+# The other cells: gru <-> nn.GRU; peephole and coupled have no PyTorch module
+# ----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def gru64(tmp_path_factory):
+    return train_ckpt(str(tmp_path_factory.mktemp("gru64")), "float64", steps=10, cell="gru")
+
+
+def test_gru_export_names_layouts_and_import_back_bit_for_bit(gru64, tmp_path):
+    path, vocab_path = export(gru64, tmp_path / "gru.safetensors")
+    sd = load_file(path)
+    tensors, meta = checkpoint.load(gru64)
+    P = {n[6:]: t for n, t in tensors.items() if n.startswith("param.")}
+    H = meta["model"]["hidden_size"]
+    assert set(sd) == {n.replace("lstm.", "gru.") for n in NAMES}
+    for k in range(2):
+        assert sd[f"gru.weight_ih_l{k}"].shape == (3 * H, 8 if k == 0 else H)
+        assert np.array_equal(sd[f"gru.weight_ih_l{k}"], P[f"W{k}"][H:].T)
+        assert np.array_equal(sd[f"gru.weight_hh_l{k}"], P[f"W{k}"][:H].T)
+        assert np.array_equal(sd[f"gru.bias_ih_l{k}"], P[f"bx{k}"])
+        assert np.array_equal(sd[f"gru.bias_hh_l{k}"], P[f"bh{k}"])
+    imported = str(tmp_path / "imported.safetensors")
+    r = run(["import", path, "-o", imported])
+    assert r.exit_code == 0, r.output
+    t1, m1 = checkpoint.load(imported)
+    assert m1["model"] == dict(meta["model"], dropout=0.0) and m1["model"]["cell"] == "gru"
+    for n in (k for k in tensors if k.startswith("param.")):
+        assert np.array_equal(tensors[n], t1[n]), n
+    corpus = os.path.join(os.path.dirname(os.path.dirname(gru64)), "corpus.txt")
+    assert eval_loss(imported, corpus) == eval_loss(gru64, corpus)
+
+
+def test_gru_export_gives_nn_gru_the_same_logits(gru64, tmp_path):
+    torch = import_torch()
+    path, _ = export(gru64, tmp_path / "gru.safetensors")
+    tensors, meta = checkpoint.load(gru64)
+    V, E, H, L = (meta["model"][k] for k in ("vocab_size", "embed_size", "hidden_size", "layers"))
+    m = torch.nn.Module()
+    m.embedding, m.gru, m.decoder = torch.nn.Embedding(V, E), torch.nn.GRU(E, H, L), torch.nn.Linear(H, V)
+    m = m.double()
+    m.load_state_dict({k: torch.from_numpy(v) for k, v in load_file(path).items()}, strict=True)
+    ids = np.array([i % V for i in range(0, 7 * 23, 7)]).reshape(-1, 1)             # (T,1)
+    with torch.no_grad():
+        out, _ = m.gru(m.embedding(torch.from_numpy(ids)))
+        theirs = m.decoder(out[:, 0]).numpy()                                       # (T,V)
+    from lstm_engine import api
+    model, _, _ = api.load_model(gru64, backend="numpy")
+    ours, _, _ = model.forward(ids, model.zero_state(1))
+    check("gru logits via nn.GRU", ours, theirs, "float64", backend="numpy", ref="torch")
+
+
+@pytest.mark.parametrize("cell", ["peephole", "coupled"])
+def test_export_of_a_cell_pytorch_lacks_is_one_line_and_writes_nothing(cell, tmp_path):
+    ckpt = train_ckpt(str(tmp_path), "float32", steps=1, cell=cell)
+    out = tmp_path / "x.safetensors"
+    r = CliRunner().invoke(main, ["export", ckpt, "--format", "torch", "-o", str(out)])
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1 and cell in r.stderr and "Traceback" not in r.output
+    assert not out.exists() and not os.path.exists(interop.vocab_path_for(str(out)))
+
+
+def test_a_torch_made_nn_gru_imports_as_a_gru_with_the_same_loss(tmp_path, monkeypatch):
+    """nn.GRU's own random init (both biases non-zero) -> .safetensors -> import -> a gru checkpoint whose eval
+    loss is torch's."""
+    torch = import_torch()
+    from safetensors.torch import save_file as torch_save_file
+    monkeypatch.chdir(tmp_path)
+    symbols = sorted(set(TEXT))
+    V, E, H, L = len(symbols), 5, 7, 2
+    torch.manual_seed(0)
+    m = torch.nn.Module()
+    m.embedding, m.gru, m.decoder = torch.nn.Embedding(V, E), torch.nn.GRU(E, H, L), torch.nn.Linear(H, V)
+    m = m.double()
+    torch_save_file(m.state_dict(), "gru.safetensors")
+    (tmp_path / "gru.vocab.json").write_text(json.dumps(symbols))
+    r = run(["import", "gru.safetensors", "-o", "mine.safetensors"])
+    assert r.exit_code == 0, r.output
+    assert checkpoint.load("mine.safetensors")[1]["model"]["cell"] == "gru"
+    (tmp_path / "text.txt").write_text(TEXT, encoding="utf-8")
+    ids = torch.tensor([symbols.index(ch) for ch in TEXT])
+    with torch.no_grad():
+        out, _ = m.gru(m.embedding(ids[:-1, None]))
+        ref = torch.nn.functional.cross_entropy(m.decoder(out[:, 0]), ids[1:]).item()
+    check("eval loss of the gru import", eval_loss("mine.safetensors", "text.txt"), ref, "float64",
+          backend="numpy", ref="torch")
