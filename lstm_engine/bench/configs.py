@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 
 from .. import backends as backends_mod
 from . import torch_peer as bench_torch
-from ..core.model import ModelConfig
+from ..core.model import CELLS, GATE_BLOCKS, ModelConfig
 from ..errors import UserError
 
 VOCAB = 65
@@ -20,8 +20,6 @@ MEASURES = WHATS + ("memory",)   # memory: peak resident memory of a training ru
 SAMPLE_CHUNK = 32          # characters per generate() call, as generation.generate_text uses
 DEFAULT_BACKENDS = "numpy,numba,cupy,torch"
 DEFAULT_CONFIGS = "tiny,seed,karpathy"
-CELLS = ("lstm", "peephole", "coupled", "gru")
-GATE_BLOCKS = {"lstm": 4, "peephole": 4, "coupled": 3, "gru": 3}
 MAX_VOCAB = 0x110000 + 1   # every Unicode code point and <unk>
 
 
@@ -41,13 +39,7 @@ class BenchConfig:
         return f"E{self.E},H{self.H},L{self.L},B{self.B},T{self.T}" + (f",V{self.V}" if self.V != VOCAB else "")
 
     def model_config(self):
-        """-> ModelConfig; UserError when this installation's model has no such cell."""
-        if self.cell == "lstm":
-            return ModelConfig(self.V, self.E, self.H, self.L)
-        try:
-            return ModelConfig(self.V, self.E, self.H, self.L, cell=self.cell)
-        except TypeError:          # a ModelConfig without cells
-            raise UserError(f"this installation's model has no {self.cell} cell (lstm only)") from None
+        return ModelConfig(self.V, self.E, self.H, self.L, cell=self.cell)
 
     def forward_flops_per_char(self):
         """sum_l 2*(I_l + H)*G + 2*H*V (see the module docstring)."""

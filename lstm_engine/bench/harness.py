@@ -230,7 +230,7 @@ def prepare_entry(entry, cfg, batch, ref, whats):
     try:
         runner = factory(cfg, batch)
         return runner, compare(runner.check(GREEDY_CHECK), ref), None
-    except UserError as e:                               # the backend lacks this cell (CELLS.md: a UserError)
+    except UserError as e:                               # a backend without this cell says so in a UserError
         return None, None, [_row(name, cfg, w, device, "skipped", False, str(e)) for w in whats]
     except Exception as e:                               # a backend bug must not stop the other rows
         return None, None, [_row(name, cfg, w, device, "error", False, f"{type(e).__name__}: {e}") for w in whats]

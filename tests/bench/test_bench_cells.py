@@ -14,14 +14,11 @@ from lstm_engine.bench import torch_peer
 from lstm_engine.bench.harness import parse_configs, run_bench
 from lstm_engine.bench.report import format_table
 from lstm_engine.cli import main
-from lstm_engine.core.model import ModelConfig
 from lstm_engine.errors import UserError
 
 from test_bench import fake_backend
 
 FAST = dict(seconds=0.05, repeats=2, threads=1)
-HAS_CELLS = "cell" in ModelConfig.__dataclass_fields__
-needs_cells = pytest.mark.skipif(not HAS_CELLS, reason="this installation's model has no cell variants")
 
 
 # -- vocabulary size in a config -------------------------------------------------------------------
@@ -64,7 +61,6 @@ def test_unknown_cell_is_one_line(tmp_path, monkeypatch):
         "error: unknown cell 'rnn'; choose from lstm, peephole, coupled, gru"
 
 
-@needs_cells
 def test_gru_against_nn_gru_rows_carry_the_cell():
     pytest.importorskip("torch")
     _, rows = run_bench("numpy,torch-cpu", "tiny", what="train,sample", cell="gru", **FAST)
@@ -77,7 +73,6 @@ def test_gru_against_nn_gru_rows_carry_the_cell():
     assert by["numpy", "sample"]["flops_per_char"] == 2 * (16 + 32) * G + 2 * 32 * 65
 
 
-@needs_cells
 def test_a_wrong_gru_weight_mapping_is_caught(monkeypatch):
     pytest.importorskip("torch")
     real = torch_peer.TorchRunner._load
@@ -89,7 +84,6 @@ def test_a_wrong_gru_weight_mapping_is_caught(monkeypatch):
     assert rows[0]["status"] == "invalid" and "reference" in rows[0]["reason"]
 
 
-@needs_cells
 def test_peephole_and_coupled_run_beside_the_engines_own_lstm():
     pytest.importorskip("torch")
     _, rows = run_bench("numpy,torch-cpu", "tiny", what="train", cell="peephole,coupled", **FAST)
@@ -106,7 +100,6 @@ def test_peephole_and_coupled_run_beside_the_engines_own_lstm():
     assert "vs lstm" in table.splitlines()[0] and "torch-cpu on tiny peephole (all): skipped" in table
 
 
-@needs_cells
 def test_a_backend_without_the_cell_is_skipped_not_a_crash(monkeypatch):
     from lstm_engine.backends import numpy_backend
 
@@ -121,7 +114,6 @@ def test_a_backend_without_the_cell_is_skipped_not_a_crash(monkeypatch):
     assert by["nocells", "gru"]["status"] == "skipped" and "no gru cell" in by["nocells", "gru"]["reason"]
 
 
-@needs_cells
 def test_cli_json_records_carry_the_cell(tmp_path, monkeypatch):
     monkeypatch.setenv("LSTM_ENGINE_STATE_DIR", str(tmp_path))
     out = tmp_path / "b.jsonl"
