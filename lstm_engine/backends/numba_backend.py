@@ -508,8 +508,9 @@ def generate(weights, state, token, n, temperature=1.0, top_k=0, top_p=1.0, gree
     row blocks, so float32 states may differ from the one-thread kernel's in the last bits.
     -> ids (n,) int64
     """
-    if cell != "lstm":
-        raise _no_cell(cell)
+    if cell != "lstm":                             # the variants: one thread (numba_cells)
+        cells, nb = _cells()
+        return cells.generate(nb, weights, state, token, n, temperature, top_k, top_p, greedy, rng, cache, cell)
     L = len(state)
     Ws = tuple(_c(weights[f"W{l}"]) for l in range(L))
     bs = tuple(_c(weights[f"b{l}"]) for l in range(L))
