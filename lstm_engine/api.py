@@ -124,6 +124,26 @@ def train(cfg: TrainConfig, text=None, resume=None, on_event=None, explicit=None
 
 # -- models: load, score, sample ------------------------------------------------------------------
 
+def tune(configs="seed", dtype="float32", on_record=None):
+    """Measure the numba backend's GEMM candidates on every big product of these model sizes (bench's
+    config names or E,H,L,B,T[,V]), validate each against NumPy and cache the choices for this machine
+    (backends/numba_tune.py) -> (machine key dict, [record]); on_record(record) as each is done."""
+    from .backends import numba_backend, numba_tune
+    from .bench.configs import parse_configs
+    if dtype not in ("float32", "float64"):
+        raise UserError(f"--dtype must be float32 or float64, not {dtype!r}")
+    ok, why = numba_backend.is_available()
+    if not ok:
+        raise UserError(f"lstm-engine tune needs the numba backend: {why}")
+    items = []
+    for c in parse_configs(configs):
+        items += numba_backend.tune_products(c.E, c.H, c.L, c.B, c.T, c.V)
+    if not items:
+        raise UserError("no products to tune in these configs")
+    import numba
+    return numba_tune.machine_key(numba.get_num_threads()), numba_tune.retune(items, dtype, on_record)
+
+
 def check_environment():
     """Every LSTM_ENGINE_* variable that is set holds a value it accepts (one line naming it if not)."""
     env.check_all()

@@ -10,6 +10,9 @@ def _isolated_state(tmp_path, monkeypatch):
     """Keep the 'last run' pointer and download cache of tests away from the user's."""
     monkeypatch.setenv("LSTM_ENGINE_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.setenv("LSTM_ENGINE_CACHE", str(tmp_path / "cache"))
+    # the numba backend's fixed kernels unless a test turns tuning on (tests/backends/test_numba_tune.py)
+    monkeypatch.setenv("LSTM_ENGINE_TUNE", "off")
+    monkeypatch.setenv("LSTM_ENGINE_TUNE_FILE", str(tmp_path / "tune.json"))
 
 
 @pytest.fixture

@@ -110,6 +110,15 @@ def linear_forward_kernel(x, W, b, y, nt):
 
 
 @numba.njit(**JIT)
+def add_bias(y, b):
+    """y (N,V) += b (V,) on every row (after a product numba_tune chose)."""
+    for n in range(y.shape[0]):
+        row = y[n]
+        for j in range(y.shape[1]):
+            row[j] += b[j]
+
+
+@numba.njit(**JIT)
 def linear_backward_kernel(x, dy, W, dx, dW, db, nt):
     """dy (N,V) -> dx (N,H) = dy W^T, dW (H,V) = x^T dy, db (V,) = column sums of dy."""
     mm_rows(dy, np.ascontiguousarray(W.T), dx, False, False, nt)     # W^T (V,H) copied once, not per thread

@@ -14,6 +14,10 @@ Caches are `LayerCache` objects: .x (T,B,I) input (None for layer 0 with the tab
 .tokens (T,B) and .Emb (V,E) for layer 0, .W, .h0, .c0, .hs (T,B,H), .cs (T,B,H) and
 .acts (T,B,G) activated gates i,f,g,o - the reference's tuple by name.
 
+Per-machine choice: the big products (input projection, weight gradients, the output layer) may
+run in another GEMM than the kernels' own when numba_tune.py measured one faster here; the
+backend then calls the time loop and the chosen products one by one (LSTM_ENGINE_TUNE=off: never).
+
 Compilation: kernels are compiled on first use for each dtype and thread plan (and, for
 Adam and the sampler, each parameter count) and cached on disk (cache=True), so a second
 process loads machine code instead of compiling.
@@ -67,10 +71,12 @@ def _kernels():
         from types import SimpleNamespace
 
         from ..kernels.numba import adam as numba_adam
+        from ..kernels.numba import gemm as numba_gemm
         from ..kernels.numba import lstm_layer as numba_lstm
         from ..kernels.numba import output_layer as numba_output
         from ..kernels.numba import sample as numba_sample
-        _K = SimpleNamespace(lstm=numba_lstm, out=numba_output, adam=numba_adam, sample=numba_sample)
+        _K = SimpleNamespace(lstm=numba_lstm, out=numba_output, adam=numba_adam, sample=numba_sample,
+                             gemm=numba_gemm)
         if PIN_BLAS:
             _single_threaded_blas()
         if TUNE_MALLOC:
@@ -133,8 +139,41 @@ def _threads(T, B, H):
     return (nt, min(nt, B), None) if B > 1 else (nt, None, None)
 
 
+def _tuned(products, dt, prod):
+    """The product functions numba_tune chose for these products, or None when every one is the
+    kernels' own (tuning off, products small, or own measured fastest): the fused entry kernels run."""
+    from . import numba_tune
+    if not numba_tune.active(products):
+        return None
+    names = [numba_tune.choose(p, dt, prod) for p in products]
+    if all(n == "own" for n in names):
+        return None
+    return [numba_tune.product_fn(p.kind, n) for p, n in zip(products, names)]
+
+
+def _layer_products(T, B, I, H, table):
+    from .numba_tune import layer_products
+    return layer_products(T, B, I, H, table)
+
+
+def tune_products(E, H, L, B, T, V):
+    """[(Product, prod threads)] the backend asks numba_tune about for a model of these sizes
+    (`lstm-engine tune`), with the thread plans it would use."""
+    from .numba_tune import output_products
+    _kernels()
+    items = []
+    for l in range(L):
+        table = l == 0 and V <= T * B
+        prod = _threads(T, B, H)[0]
+        items += [(p, prod) for p in _layer_products(T, B, E if l == 0 else H, H, table)]
+    items += [(p, _linear_threads(T * B, H, V)) for p in output_products(T * B, H, V)]
+    return items
+
+
 def is_available():
     """(True, '') when numba and SciPy (numba's BLAS for np.dot; benchmarks/gemm.py) import."""
+    from ..core.environment import apply_numba_isa
+    apply_numba_isa()                      # LSTM_ENGINE_NUMBA_ISA: before numba is imported
     try:
         import numba  # noqa: F401
         import scipy.linalg.cython_blas  # noqa: F401
@@ -255,9 +294,30 @@ def lstm_forward(x, W, b, h0, c0):
     cs = _pool.empty((T, B, H), dt)
     acts = _pool.empty((T, B, 4 * H), dt)
     if T:
-        _kernels().lstm.lstm_forward_kernel(x, W, b, h0, c0, hs, cs, acts, *_threads(T, B, H))
+        prod, rows, units = _threads(T, B, H)
+        fns = _tuned(_layer_products(T, B, I, H, False)[:1], dt, prod)
+        if fns is None:
+            _kernels().lstm.lstm_forward_kernel(x, W, b, h0, c0, hs, cs, acts, prod, rows, units)
+        else:                                      # the chosen product, then the time loop
+            fns[0](x.reshape(T * B, I), W[H:], acts.reshape(T * B, 4 * H), False, False, 1.0, 0.0, prod)
+            _kernels().lstm.run_forward_steps(W[:H], b, h0, c0, hs, cs, acts, rows, units, _NO_TOKENS,
+                                              np.empty((0, 4 * H), dt))
     hT, cT = (hs[-1], cs[-1]) if T else (h0, c0)
     return hs, hT, cT, LayerCache(x, None, None, W, h0, c0, hs, cs, acts)
+
+
+_NO_TOKENS = np.empty((0, 0), np.int64)     # the tokens of a layer without the table
+
+
+def _weight_grads(fns, cache, dz2, dW, prod):
+    """dW_h = sum_t h_{t-1}^T dz_t (two products) and, with fns[1], dW_x = x^T dz, by the chosen
+    products; dz2 (N,G) the dz rows."""
+    B, H = cache.h0.shape
+    N = dz2.shape[0]
+    fns[0](cache.h0, dz2[:B], dW[:H], True, False, 1.0, 0.0, prod)                       # h_0^T dz_1
+    fns[0](cache.hs.reshape(N, H)[:N - B], dz2[B:], dW[:H], True, False, 1.0, 1.0, prod)  # + the rest
+    if len(fns) > 1:
+        fns[1](cache.x.reshape(N, -1), dz2, dW[H:], True, False, 1.0, 0.0, prod)          # dW_x (I,G)
 
 
 def _backward_buffers(dhs, dhT, dcT, cache):
@@ -283,9 +343,19 @@ def lstm_backward(dhs, dhT, dcT, cache):
     x = cache.x
     dhs, dh, dc, dzs, dW, db = _backward_buffers(dhs, dhT, dcT, cache)
     dx = _pool.empty(x.shape, x.dtype)
-    if x.shape[0]:
+    T, B, H = cache.hs.shape
+    I, dt = x.shape[2], dW.dtype
+    prod, rows, units = _threads(T, B, H)
+    fns = _tuned(_layer_products(T, B, I, H, False)[1:], dt, prod) if T else None
+    if fns is not None:                            # the time loop, then the chosen products
+        _kernels().lstm.run_backward_steps(dhs, cache.W[:H], cache.c0, cache.cs, cache.acts, dzs, dh, dc, rows,
+                                           units, _NO_TOKENS, db, np.empty((0, 4 * H), dt))
+        dz2 = dzs.reshape(T * B, 4 * H)                                                     # (N,G)
+        _weight_grads(fns, cache, dz2, dW, prod)
+        fns[2](dz2, cache.W[H:], dx.reshape(T * B, I), False, True, 1.0, 0.0, prod)        # dx = dz W_x^T
+    elif T:
         _kernels().lstm.lstm_backward_kernel(dhs, x, cache.W, cache.h0, cache.c0, cache.hs, cache.cs, cache.acts,
-                                             dzs, dh, dc, dx, dW, db, *_threads(*cache.hs.shape))
+                                             dzs, dh, dc, dx, dW, db, prod, rows, units)
     else:
         dW[...], db[...] = 0, 0
     return dx, dW, db, dh, dc
@@ -335,10 +405,20 @@ def embed_lstm_backward(dhs, dhT, dcT, cache):
     dhs, dh, dc, dzs, dW, db = _backward_buffers(dhs, dhT, dcT, cache)
     dEmb = _pool.empty(Emb.shape, Emb.dtype)
     dtable = _pool.empty((Emb.shape[0], dW.shape[1]), dW.dtype)   # (V,G) gate gradients per symbol
-    if tokens.shape[0]:
+    T, B, H = cache.hs.shape
+    prod, rows, units = _threads(T, B, H)
+    fns = _tuned(_layer_products(T, B, Emb.shape[1], H, True), dW.dtype, prod) if T else None
+    if fns is not None:                            # the time loop, then dW_h by the chosen product
+        K = _kernels()
+        K.lstm.run_backward_steps(dhs, cache.W[:H], cache.c0, cache.cs, cache.acts, dzs, dh, dc, rows, units,
+                                  tokens, db, dtable)
+        _weight_grads(fns, cache, dzs.reshape(T * B, 4 * H), dW, prod)
+        K.gemm.gemm(Emb, dtable, dW[H:], True, False)                                       # dW_x (E,G)
+        K.gemm.gemm(dtable, cache.W[H:], dEmb, False, True)                                 # dEmb (V,E)
+    elif T:
         _kernels().lstm.embed_lstm_backward_kernel(dhs, tokens, Emb, cache.W, cache.h0, cache.c0, cache.hs,
                                                    cache.cs, cache.acts, dzs, dh, dc, dEmb, dW, db, dtable,
-                                                   *_threads(*cache.hs.shape))
+                                                   prod, rows, units)
     else:
         dEmb[...], dW[...], db[...] = 0, 0, 0
     return dEmb, dW, db, dh, dc
@@ -425,8 +505,19 @@ def linear_forward(x, W, b):
     _dtype_of(x, W, b)
     _check_linear(x, W, b)
     y = _pool.empty((x.shape[0], W.shape[1]), x.dtype)
-    _kernels().out.linear_forward_kernel(_c(x), _c(W), _c(b), y, _linear_threads(*x.shape, W.shape[1]))
+    nt = _linear_threads(*x.shape, W.shape[1])
+    fns = _tuned(_output_products(*x.shape, W.shape[1])[:1], x.dtype, nt)
+    if fns is None:
+        _kernels().out.linear_forward_kernel(_c(x), _c(W), _c(b), y, nt)
+    else:
+        fns[0](_c(x), _c(W), y, False, False, 1.0, 0.0, nt)
+        _kernels().out.add_bias(y, _c(b))
     return y
+
+
+def _output_products(N, H, V):
+    from .numba_tune import output_products
+    return output_products(N, H, V)
 
 
 def linear_backward(x, dy, W):
@@ -436,7 +527,15 @@ def linear_backward(x, dy, W):
     if dy.shape != (x.shape[0], W.shape[1]):
         raise UserError(f"dy must be (N,V) = {(x.shape[0], W.shape[1])}; got {dy.shape}")
     dx, dW, db = _pool.empty(x.shape, x.dtype), np.empty(W.shape, x.dtype), np.empty(W.shape[1], x.dtype)
-    _kernels().out.linear_backward_kernel(_c(x), _c(dy), _c(W), dx, dW, db, _linear_threads(*x.shape, W.shape[1]))
+    nt = _linear_threads(*x.shape, W.shape[1])
+    fns = _tuned(_output_products(*x.shape, W.shape[1])[1:], x.dtype, nt)
+    if fns is None:
+        _kernels().out.linear_backward_kernel(_c(x), _c(dy), _c(W), dx, dW, db, nt)
+    else:
+        x, dy = _c(x), _c(dy)
+        fns[0](dy, np.ascontiguousarray(W.T), dx, False, False, 1.0, 0.0, nt)    # dx = dy W^T (W^T copied once)
+        fns[1](x, dy, dW, True, False, 1.0, 0.0, nt)                             # dW = x^T dy
+        _kernels().lstm.column_sums(dy, db)
     return dx, dW, db
 
 

@@ -1,0 +1,405 @@
+"""Which GEMM runs each big product of the numba backend, chosen per machine from measurements.
+
+The candidates for a product: `own` (what the backend runs with no tuning: gemm.py's 8 x 32
+blocking, split as today), the same GEMM in other register blockings (gemm_variants.py: 12 x 32
+for AVX-512 cores with two FMA units, 6 x 16 for AVX2-only cores) and BLAS (SciPy's, the ?gemm
+np.dot calls; blas.py).  On the first use of a product's shape (LSTM_ENGINE_TUNE=auto, the
+default) every candidate is validated against a float64 NumPy product of the same inputs, then
+timed; the fastest valid one is kept in a JSON file beside numba's cache, keyed by CPU model,
+thread count, numba's target, library versions, the kernels' source stamp, dtype and shape, so a
+change of any of them tunes again.  `own` wins unless another is faster by MARGIN.
+LSTM_ENGINE_TUNE=off runs `own` everywhere, tunes nothing and reads no file.
+
+Dimension legend: a product is C (m,n) = op(A) (m,k) @ op(B) (k,n) as in BLAS; nt threads.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..core import environment as env
+from ..errors import UserError
+
+TUNE_MIN_MACS = 1 << 22      # smaller products keep `own` untuned (compile time would not pay)
+MARGIN = 1.05                # another candidate replaces `own` only when this much faster
+SECONDS_PER_PRODUCT = 0.3    # timed rounds (one call of each valid candidate in turn): at least REPEATS,
+REPEATS = 3                  # then more while within this; each candidate's best call counts, so a
+MAX_ROUNDS = 25              # burst of load hits every candidate alike and a quiet moment serves all
+MEASURE_MAX_MACS = 1 << 28   # a bigger product is measured on fewer rows (m) or a shorter sum (k): cost per
+                             # row is constant at these sizes, and the float64 reference stays cheap
+TOLERANCE = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}   # scale-relative, as tests/parity.py 'wide'
+MAX_ENTRIES = 512            # choices kept in the file (the oldest go first)
+FILE_NAME = "lstm_engine_tune.json"
+FORMAT = 1
+
+_memory = {}                 # key -> choice name, this process
+_file_cache = None           # the file's entries as read once by this process
+
+
+@dataclass(frozen=True)
+class Product:
+    """One product the backend asks about.  kind 'lstm': `own` is lstm_layer.mm (split by columns);
+    'output': output_layer.mm_rows (rows split, alpha 1, beta 0).  betas: the betas it is called with."""
+    label: str = field(compare=False)
+    kind: str
+    m: int
+    k: int
+    n: int
+    trans_a: bool = False
+    trans_b: bool = False
+    betas: tuple = field(default=(0.0,), compare=False)
+
+    @property
+    def shape(self):
+        return f"{self.m}x{self.k}x{self.n}"
+
+
+def layer_products(T, B, I, H, table):
+    """The tuned products of one LSTM layer (T,B) I -> H; with the layer-0 table only dW_h's."""
+    N, G = T * B, 4 * H
+    rec = Product("h^T dz", "lstm", H, N, G, True, False, (0.0, 1.0))               # dW_h (H,G)
+    if table:
+        return [rec]
+    return [Product("x W_x", "lstm", N, I, G),                                      # acts (N,G)
+            rec,
+            Product("x^T dz", "lstm", I, N, G, True, False, (0.0, 1.0)),            # dW_x (I,G)
+            Product("dz W_x^T", "lstm", N, G, I, False, True)]                      # dx (N,I)
+
+
+def output_products(N, H, V):
+    """The output layer's products: logits, dx (W^T copied once) and dW."""
+    return [Product("x Wy", "output", N, H, V),                                     # logits (N,V)
+            Product("dy Wy^T", "output", N, V, H),                                  # dx (N,H)
+            Product("x^T dy", "output", H, N, V, True)]                             # dWy (H,V)
+
+
+def mode():
+    """'auto', 'off', or the name of a candidate forced for every product (LSTM_ENGINE_TUNE, checked)."""
+    return env.get("LSTM_ENGINE_TUNE", "auto")
+
+
+def active(products):
+    """True when the backend must ask `choose` about these products: tuning on and one of them
+    big enough, or a candidate forced (whatever the size: tests run forced candidates on small shapes)."""
+    m = mode()
+    return m != "off" and m != "own" and (m != "auto" or max(p.m * p.k * p.n for p in products) >= TUNE_MIN_MACS)
+
+
+# ----------------------------------------------------------------------------
+# Candidates
+# ----------------------------------------------------------------------------
+
+def candidates(kind):
+    """name -> product(A, B, C, trans_a, trans_b, alpha, beta, prod) for a product kind, `own` first;
+    BLAS only where numba finds it."""
+    from ..kernels.numba import blas, gemm_variants, lstm_layer, output_layer
+    if kind == "lstm":
+        out = {"own": lstm_layer.mm}
+    else:
+        def own_rows(A, B, C, trans_a, trans_b, alpha, beta, prod):
+            output_layer.mm_rows(A, B, C, trans_a, trans_b, prod)
+        out = {"own": own_rows}
+    out.update(gemm_variants.PRODUCTS)
+    if blas.available()[0]:
+        out["blas"] = blas.mm_blas
+    return out
+
+
+_EXTRA = {}          # name -> product added to every kind's candidates (tests inject a wrong one here)
+_FNS = {}
+
+
+def product_fn(kind, name):
+    """The candidate `name` of a product kind (as the backend calls it)."""
+    fn = _FNS.get((kind, name))
+    if fn is None:
+        fn = _FNS[kind, name] = {**candidates(kind), **_EXTRA}[name]
+    return fn
+
+
+# ----------------------------------------------------------------------------
+# Keys and the file
+# ----------------------------------------------------------------------------
+
+def machine_key(nt):
+    """What a measurement depends on besides the product: CPU, threads, numba's target, versions."""
+    from importlib import metadata
+
+    from ..kernels.numba.cache import kernels_stamp
+
+    def version(dist):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return None
+    import numba
+    return {"cpu": cpu_model(), "threads": int(nt), "numba_cpu": numba.config.CPU_NAME or "host",
+            "numba": numba.__version__, "numpy": np.__version__, "scipy": version("scipy"),
+            "engine": version("lstm-engine"), "kernels": kernels_stamp()[:16]}
+
+
+def cpu_model():
+    """The CPU's model name from /proc/cpuinfo, with its family/model numbers where listed."""
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if not line.strip():
+                    break                                  # the first processor is enough
+                name, _, value = line.partition(":")
+                fields[name.strip().lower()] = value.strip()
+    except OSError:
+        pass
+    import platform
+    name = fields.get("model name") or platform.processor() or platform.machine() or "unknown"
+    ids = "/".join(fields[k] for k in ("cpu family", "model", "stepping") if k in fields)
+    return f"{name} ({ids})" if ids else name
+
+
+def key_of(product, dtype, nt):
+    """The file's key of one choice (a JSON string: readable, and any change of a part misses)."""
+    return json.dumps([machine_key(nt), product.kind, np.dtype(dtype).name, product.m, product.k, product.n,
+                       product.trans_a, product.trans_b], sort_keys=True)
+
+
+def tune_file():
+    """LSTM_ENGINE_TUNE_FILE, else beside numba's cache of the kernels: $NUMBA_CACHE_DIR, the
+    kernels' __pycache__ when writable, else the user's cache directory."""
+    path = env.get("LSTM_ENGINE_TUNE_FILE")
+    if path:
+        return path
+    return os.path.join(os.environ.get("NUMBA_CACHE_DIR") or env._default_numba_cache(), FILE_NAME)
+
+
+def read_entries(path):
+    """The file's entries {key: record}; {} when it is missing, unreadable or not ours (rewritten later)."""
+    try:
+        with open(path, "rb") as f:
+            data = json.loads(f.read().decode("utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return {}
+    entries = data.get("entries") if isinstance(data, dict) and data.get("format") == FORMAT else None
+    if not isinstance(entries, dict):
+        return {}
+    return {k: v for k, v in entries.items() if isinstance(v, dict) and isinstance(v.get("choice"), str)}
+
+
+def write_entry(path, key, record):
+    """Add one choice to the file (read, merge, atomic replace); a file that cannot be written is
+    left as it is and the choice stays in this process only."""
+    from ..storage.atomic import atomic_write_bytes
+    entries = read_entries(path)
+    entries.pop(key, None)
+    entries[key] = record
+    while len(entries) > MAX_ENTRIES:
+        entries.pop(next(iter(entries)))
+    data = json.dumps({"format": FORMAT, "entries": entries}, indent=1, sort_keys=False).encode()
+    try:
+        atomic_write_bytes(path, data, make_dirs=True)
+    except OSError as e:
+        print(f"numba tune: could not write {path} ({e.strerror or e}); the choice holds for this run only",
+              file=sys.stderr)
+    return entries
+
+
+# ----------------------------------------------------------------------------
+# Validating and timing
+# ----------------------------------------------------------------------------
+
+def _operands(product, dtype, seed=0):
+    """Random A, B of the product's layout and the float64 reference of op(A) op(B)."""
+    rng = np.random.default_rng(seed)
+    p = product
+    A = rng.standard_normal((p.k, p.m) if p.trans_a else (p.m, p.k)).astype(dtype)    # (m,k) or (k,m)
+    B = rng.standard_normal((p.n, p.k) if p.trans_b else (p.k, p.n)).astype(dtype)    # (k,n) or (n,k)
+    C0 = rng.standard_normal((p.m, p.n)).astype(dtype)                                # (m,n) for beta = 1
+    ref = (A.T if p.trans_a else A).astype(np.float64) @ (B.T if p.trans_b else B).astype(np.float64)
+    return A, B, C0, ref
+
+
+def validate(fn, product, dtype, operands, prod):
+    """Worst scale-relative error of fn over the product's betas (beta 0 writes over NaN); inf
+    when it raises or returns NaN."""
+    A, B, C0, ref = operands
+    worst = 0.0
+    for beta in product.betas:
+        C = C0.copy() if beta else np.full(C0.shape, np.nan, C0.dtype)               # (m,n)
+        want = ref + C0 if beta else ref
+        try:
+            fn(A, B, C, product.trans_a, product.trans_b, 1.0, float(beta), prod)
+        except Exception:      # noqa: BLE001 - a candidate that crashes is reported, never chosen
+            return float("inf")
+        if not np.isfinite(C).all():
+            return float("inf")
+        worst = max(worst, float(np.abs(C - want).max() / max(np.abs(want).max(), 1e-30)))
+    return worst
+
+
+def time_calls(fns, product, operands, prod):
+    """name -> best seconds of one call, the candidates timed in turns (see SECONDS_PER_PRODUCT)."""
+    A, B, C0, _ = operands
+    C = C0.copy()                                                                  # (m,n)
+    best = {name: float("inf") for name in fns}
+    t_start, rounds = time.perf_counter(), 0
+    while fns and (rounds < REPEATS or time.perf_counter() - t_start < SECONDS_PER_PRODUCT and rounds < MAX_ROUNDS):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn(A, B, C, product.trans_a, product.trans_b, 1.0, 0.0, prod)
+            best[name] = min(best[name], time.perf_counter() - t0)
+        rounds += 1
+    return best
+
+
+def measured_shape(product):
+    """The product as measured: m, then k, cut so that m*k*n <= MEASURE_MAX_MACS (never below 512)."""
+    from dataclasses import replace
+    m, k, n = product.m, product.k, product.n
+    if m * k * n > MEASURE_MAX_MACS and m > 512:
+        m = max(512, MEASURE_MAX_MACS // (k * n))
+    if m * k * n > MEASURE_MAX_MACS and k > 512:
+        k = max(512, MEASURE_MAX_MACS // (m * n))
+    return replace(product, m=m, k=k)
+
+
+def measure(product, dtype, prod):
+    """-> record {choice, why, seconds, rows: [{name, error, seconds, valid}]} for one product."""
+    dtype = np.dtype(dtype)
+    t_start = time.perf_counter()
+    timed = measured_shape(product)
+    operands = _operands(timed, dtype)
+    tol = TOLERANCE[dtype]
+    fns = {**candidates(product.kind), **_EXTRA}
+    errors = {name: validate(fn, timed, dtype, operands, prod) for name, fn in fns.items()}   # also compiles
+    seconds = time_calls({n: f for n, f in fns.items() if errors[n] <= tol}, timed, operands, prod)
+    rows = [{"name": name, "error": err if np.isfinite(err) else None, "seconds": seconds.get(name),
+             "valid": err <= tol} for name, err in errors.items()]
+    choice, why = decide(rows, tol)
+    return {"choice": choice, "why": why, "product": product.label, "shape": product.shape, "timed": timed.shape,
+            "dtype": dtype.name, "threads": prod or 1, "rows": rows,
+            "tuned_seconds": round(time.perf_counter() - t_start, 3)}
+
+
+def decide(rows, tol):
+    """The fastest valid candidate if it beats `own` by MARGIN, else `own` -> (name, why)."""
+    valid = [r for r in rows if r["valid"]]
+    own = next((r for r in valid if r["name"] == "own"), None)
+    if not valid:
+        return "own", f"no candidate within {tol:.0e} of the reference"
+    best = min(valid, key=lambda r: r["seconds"])
+    if own is None:
+        return best["name"], f"fastest valid candidate (own failed validation)"
+    if best["name"] != "own" and best["seconds"] * MARGIN <= own["seconds"]:
+        return best["name"], f"{own['seconds'] / best['seconds']:.2f}x faster than own"
+    return "own", ("fastest" if best["name"] == "own"
+                   else f"{best['name']} only {own['seconds'] / best['seconds']:.2f}x faster (< {MARGIN}x)")
+
+
+# ----------------------------------------------------------------------------
+# The backend's question
+# ----------------------------------------------------------------------------
+
+def choose(product, dtype, prod):
+    """The candidate name for a product of this dtype on `prod` threads (None: one): `own` when
+    tuning is off or the product is small; else the cached choice, tuned now on a miss."""
+    m = mode()
+    if m != "auto":
+        return _forced(m, product.kind)
+    if product.m * product.k * product.n < TUNE_MIN_MACS:
+        return "own"
+    nt = prod or 1
+    mem_key = (product, np.dtype(dtype).name, nt)
+    got = _memory.get(mem_key)
+    if got is not None:
+        return got
+    global _file_cache
+    path = tune_file()
+    if _file_cache is None:
+        _file_cache = read_entries(path)
+    key = key_of(product, dtype, nt)
+    record = _file_cache.get(key)
+    names = set(candidates(product.kind)) | set(_EXTRA)
+    if record is None or record["choice"] not in names:
+        record = measure(product, dtype, prod)
+        _file_cache = write_entry(path, key, record)
+        print(f"numba tune: {report_line(record)} (cached in {path})", file=sys.stderr)
+    _memory[mem_key] = record["choice"]
+    return record["choice"]
+
+
+def _forced(name, kind):
+    """The candidate LSTM_ENGINE_TUNE forces ('off' runs `own`); a UserError where it is missing here."""
+    if name == "off":
+        return "own"
+    if name not in candidates(kind):
+        raise UserError(f"LSTM_ENGINE_TUNE={name}: that GEMM is not available here ({_missing(name)}); "
+                        f"choose auto or another")
+    return name
+
+
+def _missing(name):
+    from ..kernels.numba import blas
+    return blas.available()[1] if name == "blas" else "unknown"
+
+
+def retune(items, dtype, on_record=None):
+    """Measure every (product, prod) of items again, whatever is cached, and store the choices
+    (`lstm-engine tune`) -> [record] in order, one per distinct product."""
+    global _file_cache
+    path, records, seen = tune_file(), [], set()
+    for product, prod in items:
+        if (product, prod) in seen:
+            continue
+        seen.add((product, prod))
+        record = measure(product, dtype, prod)
+        _file_cache = write_entry(path, key_of(product, dtype, prod or 1), record)
+        _memory[(product, np.dtype(dtype).name, prod or 1)] = record["choice"]
+        records.append(record)
+        if on_record is not None:
+            on_record(record)
+    return records
+
+
+def forget():
+    """Drop what this process remembers (tests; the file stays)."""
+    global _file_cache
+    _memory.clear()
+    _FNS.clear()
+    _file_cache = None
+
+
+def report_line(record):
+    """'x W_x 1600x128x512 float32 2 thr: gemm12x32 (1.20x faster than own); own 80us, ...'."""
+    times = ", ".join(f"{r['name']} {r['seconds'] * 1e6:.0f}us" if r["valid"] else f"{r['name']} invalid"
+                      for r in record["rows"])
+    timed = "" if record["timed"] == record["shape"] else f" (timed on {record['timed']})"
+    return (f"{record['product']} {record['shape']}{timed} {record['dtype']} {record['threads']} thr: "
+            f"{record['choice']} ({record['why']}); {times}; {record['tuned_seconds']:.2f}s")
+
+
+def format_table(records):
+    """The table `lstm-engine tune` prints: one row per candidate of each product, the choice marked."""
+    head = ("product", "shape m x k x n", "dtype", "thr", "candidate", "us a call", "error", "chosen")
+    rows = []
+    for r in records:
+        for c in r["rows"]:
+            mark = f"<- {r['why']}" if c["name"] == r["choice"] else ""
+            err = "crashed" if c["error"] is None else f"{c['error']:.1e}"
+            us = f"{c['seconds'] * 1e6:,.0f}" if c["valid"] else "invalid"
+            shape = r["shape"] if r["timed"] == r["shape"] else f"{r['shape']} (timed {r['timed']})"
+            rows.append((r["product"], shape, r["dtype"], str(r["threads"]), c["name"], us, err, mark))
+    widths = [max(len(x[i]) for x in rows + [head]) for i in range(len(head))]
+    fmt = lambda row: "  ".join(v.ljust(w) if i in (0, 1, 2, 4, 7) else v.rjust(w)      # noqa: E731
+                                for i, (v, w) in enumerate(zip(row, widths))).rstrip()
+    return "\n".join([fmt(head), fmt(tuple("-" * w for w in widths))] + [fmt(r) for r in rows])
+
+
+def machine_line(key, path):
+    """One line: what the choices are keyed by, and where they are kept."""
+    return (f"numba tune: {key['cpu']}, {key['threads']} threads, numba {key['numba']} target {key['numba_cpu']}, "
+            f"numpy {key['numpy']}, scipy {key['scipy']}; choices in {path} (used when LSTM_ENGINE_TUNE="
+            f"{mode()}{'' if mode() == 'auto' else ', auto uses them'})")

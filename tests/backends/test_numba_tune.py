@@ -1,0 +1,340 @@
+"""The numba backend's per-machine GEMM choice (lstm_engine/backends/numba_tune.py): the cache file's
+keys, invalidation and corruption, validation before choosing, the chosen kernels' parity, `lstm-engine
+tune`, and the AVX2 target switch.  No speed is asserted: the tests fix which candidate is fastest
+by stubs where a choice depends on it."""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from lstm_engine.errors import UserError
+
+nb = pytest.importorskip("lstm_engine.backends.numba_backend")
+from lstm_engine.backends import numba_tune as nt  # noqa: E402
+
+from test_numba_backend import compare_layer, layer_inputs  # noqa: E402
+from parity import Parity  # noqa: E402
+from lstm_engine.backends import numpy_backend as ref  # noqa: E402
+
+PRODUCT = nt.Product("x W_x", "lstm", 24, 16, 40)
+
+
+def _matmul(A, B, C, trans_a, trans_b, alpha, beta, prod):
+    """A correct product in NumPy (the stubs' reference behaviour)."""
+    C[...] = alpha * ((A.T if trans_a else A) @ (B.T if trans_b else B)) + (beta * C if beta else 0)
+
+
+class Stubs:
+    """Candidates by name -> kind: fast, slow (sleeps), wrong (fast, off by 1e-3), crash; each counts its calls."""
+
+    def __init__(self, **speeds):
+        self.calls = {name: 0 for name in speeds}
+        self.fns = {name: self._make(name, kind) for name, kind in speeds.items()}
+
+    def _make(self, name, kind):
+        def fn(A, B, C, trans_a, trans_b, alpha, beta, prod):
+            self.calls[name] += 1
+            if kind == "crash":
+                raise RuntimeError("a candidate that crashes")
+            if kind == "slow":
+                time.sleep(0.002)
+            _matmul(A, B, C, trans_a, trans_b, alpha, beta, prod)
+            if kind == "wrong":
+                C *= 1.001                                  # within no tolerance of the reference
+        return fn
+
+
+@pytest.fixture
+def auto(monkeypatch, tmp_path):
+    """Tuning on, a fresh cache file, every product big enough; forgets the process's choices."""
+    monkeypatch.setenv("LSTM_ENGINE_TUNE", "auto")
+    monkeypatch.setenv("LSTM_ENGINE_TUNE_FILE", str(tmp_path / "tune.json"))
+    monkeypatch.setattr(nt, "TUNE_MIN_MACS", 0)
+    monkeypatch.setattr(nt, "SECONDS_PER_PRODUCT", 0.0)
+    nt.forget()
+    yield tmp_path / "tune.json"
+    nt.forget()
+
+
+def use(monkeypatch, stubs):
+    monkeypatch.setattr(nt, "candidates", lambda kind: dict(stubs.fns))
+
+
+def test_choice_is_measured_once_then_read_from_the_file(auto, monkeypatch, capsys):
+    stubs = Stubs(own="slow", fast="fast")
+    use(monkeypatch, stubs)
+    assert nt.choose(PRODUCT, np.float32, None) == "fast"
+    assert stubs.calls["fast"] > 0 and "numba tune: x W_x 24x16x40" in capsys.readouterr().err
+    data = json.loads(auto.read_text())
+    assert data["format"] == nt.FORMAT and len(data["entries"]) == 1
+    (record,) = data["entries"].values()
+    assert record["choice"] == "fast" and {r["name"] for r in record["rows"]} == {"own", "fast"}
+    nt.forget()                                             # a later process: reads, measures nothing
+    before = dict(stubs.calls)
+    assert nt.choose(PRODUCT, np.float32, None) == "fast"
+    assert stubs.calls == before and capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("change", ["cpu", "threads", "numba", "numpy", "dtype", "shape", "kernels"])
+def test_a_change_of_any_key_part_measures_again(auto, monkeypatch, change):
+    stubs = Stubs(own="slow", fast="fast")
+    use(monkeypatch, stubs)
+    nt.choose(PRODUCT, np.float32, None)
+    nt.forget()
+    product, dtype, prod = PRODUCT, np.float32, None
+    if change == "cpu":
+        monkeypatch.setattr(nt, "cpu_model", lambda: "another CPU")
+    elif change == "threads":
+        prod = 3
+    elif change == "numba":
+        import numba
+        monkeypatch.setattr(numba, "__version__", "0.0.1")
+    elif change == "numpy":
+        monkeypatch.setattr(np, "__version__", "0.0.1")
+    elif change == "kernels":
+        from lstm_engine.kernels.numba import cache
+        monkeypatch.setattr(cache, "_STAMP", "0" * 64)
+    elif change == "dtype":
+        dtype = np.float64
+    else:
+        product = nt.Product("x W_x", "lstm", 24, 16, 41)
+    before = stubs.calls["fast"]
+    assert nt.choose(product, dtype, prod) == "fast"
+    assert stubs.calls["fast"] > before                     # measured again
+    assert len(json.loads(auto.read_text())["entries"]) == 2   # beside the first, not over it
+
+
+@pytest.mark.parametrize("content", [b"", b"\x00garbage{", b"[1, 2]", b'{"format": 1, "entries": [3]}',
+                                     b'{"format": 1, "entries": {"k": {"choice": 5}}}', b'{"format": 99}',
+                                     "\u00e9t\u00e9".encode("latin-1")])
+def test_a_corrupt_file_is_ignored_and_rewritten(auto, monkeypatch, content):
+    stubs = Stubs(own="slow", fast="fast")
+    use(monkeypatch, stubs)
+    auto.write_bytes(content)
+    assert nt.choose(PRODUCT, np.float32, None) == "fast"
+    data = json.loads(auto.read_text())
+    assert data["format"] == nt.FORMAT and [r["choice"] for r in data["entries"].values()] == ["fast"]
+
+
+def test_a_cached_choice_that_is_gone_is_measured_again(auto, monkeypatch):
+    """A file naming a candidate this installation lacks (BLAS gone) is not trusted."""
+    use(monkeypatch, Stubs(own="slow", fast="fast"))
+    nt.choose(PRODUCT, np.float32, None)
+    nt.forget()
+    stubs = Stubs(own="fast", other="slow")
+    use(monkeypatch, stubs)
+    assert nt.choose(PRODUCT, np.float32, None) == "own" and stubs.calls["own"] > 0
+
+
+def test_an_unwritable_file_keeps_the_choice_for_the_run(auto, monkeypatch, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("LSTM_ENGINE_TUNE_FILE", str(blocker / "tune.json"))   # a folder that is a file
+    use(monkeypatch, Stubs(own="slow", fast="fast"))
+    assert nt.choose(PRODUCT, np.float32, None) == "fast"
+    assert "could not write" in capsys.readouterr().err
+
+
+def test_a_candidate_that_fails_validation_is_never_chosen(auto, monkeypatch):
+    """The wrong and the crashing candidates are the fastest; the valid, slower one is chosen."""
+    stubs = Stubs(own="slow", wrong="wrong", crash="crash", right="slow")
+    use(monkeypatch, stubs)
+    record = nt.measure(nt.Product("x^T dz", "lstm", 16, 24, 40, True, False, (0.0, 1.0)), np.float32, None)
+    rows = {r["name"]: r for r in record["rows"]}
+    assert not rows["wrong"]["valid"] and rows["wrong"]["error"] > nt.TOLERANCE[np.dtype(np.float32)]
+    assert not rows["crash"]["valid"] and rows["crash"]["error"] is None
+    assert rows["own"]["valid"] and rows["right"]["valid"] and record["choice"] in ("own", "right")
+    assert stubs.calls["wrong"] == 2                    # validated at beta 0 and 1, never timed
+    use(monkeypatch, Stubs(own="crash", wrong="wrong"))  # nothing valid: the shipped kernel, said so
+    record = nt.measure(PRODUCT, np.float32, None)
+    assert record["choice"] == "own" and "no candidate" in record["why"]
+
+
+def test_a_wrong_real_candidate_is_not_chosen_over_the_real_ones(auto, monkeypatch):
+    """The real candidates and an injected wrong one (instant, zeros) on a real product."""
+    monkeypatch.setitem(nt._EXTRA, "zeros", lambda A, B, C, ta, tb, alpha, beta, prod: C.fill(0))
+    record = nt.measure(nt.Product("x Wy", "output", 40, 16, 24), np.float64, None)
+    rows = {r["name"]: r for r in record["rows"]}
+    assert not rows["zeros"]["valid"] and record["choice"] != "zeros"
+    assert rows["own"]["valid"] and all(r["valid"] for n, r in rows.items() if n != "zeros")
+
+
+def test_decide_prefers_own_within_the_margin():
+    rows = [dict(name="own", valid=True, seconds=1.0), dict(name="b", valid=True, seconds=1.0 / 1.01),
+            dict(name="c", valid=False, seconds=None)]
+    assert nt.decide(rows, 1e-5)[0] == "own"
+    rows[1]["seconds"] = 0.5
+    assert nt.decide(rows, 1e-5) == ("b", "2.00x faster than own")
+
+
+def test_tuning_off_and_small_products_ask_nothing(monkeypatch, auto):
+    stubs = Stubs(own="slow", fast="fast")
+    use(monkeypatch, stubs)
+    monkeypatch.setenv("LSTM_ENGINE_TUNE", "off")
+    assert nt.choose(PRODUCT, np.float32, None) == "own" and not nb._tuned([PRODUCT], np.float32, None)
+    monkeypatch.setenv("LSTM_ENGINE_TUNE", "auto")
+    monkeypatch.setattr(nt, "TUNE_MIN_MACS", 1 << 40)
+    assert nt.choose(PRODUCT, np.float32, None) == "own" and nb._tuned([PRODUCT], np.float32, None) is None
+    assert sum(stubs.calls.values()) == 0 and not auto.exists()
+
+
+@pytest.mark.parametrize("name,value", [("LSTM_ENGINE_TUNE", "fastest"), ("LSTM_ENGINE_NUMBA_ISA", "avx512"),
+                                        ("LSTM_ENGINE_TUNE", "Auto")])
+def test_bad_switch_values_are_one_line_errors(monkeypatch, name, value):
+    from lstm_engine.core import environment
+    monkeypatch.setenv(name, value)
+    with pytest.raises(UserError) as e:
+        environment.check_all()
+    assert name in str(e.value) and "\n" not in str(e.value)
+
+
+# ----------------------------------------------------------------------------
+# The chosen kernels through the backend
+# ----------------------------------------------------------------------------
+
+@pytest.fixture(params=["one-thread", "threads"])
+def threads(request, monkeypatch):
+    import numba
+    if request.param == "threads" and numba.get_num_threads() < 2:
+        pytest.skip("numba has one thread here")
+    monkeypatch.setattr(nb, "PARALLEL_MIN_MACS", 0 if request.param == "threads" else 1 << 62)
+    return request.param
+
+
+@pytest.mark.parametrize("candidate", ["blas", "gemm12x32", "gemm6x16"])
+def test_forced_candidates_pass_the_backend_parity_tests(candidate, threads, monkeypatch, rng):
+    """Each candidate forced for every product (LSTM_ENGINE_TUNE=<name>): a layer, layer 0 on both
+    paths and the output layer against the reference, float32 (the training dtype)."""
+    monkeypatch.setenv("LSTM_ENGINE_TUNE", candidate)
+    nt.forget()
+    called = []
+    product_fn = nt.product_fn
+    monkeypatch.setattr(nt, "product_fn", lambda kind, name: called.append(name) or product_fn(kind, name))
+    dtype = "float32"
+    for T, B, I, H in ((5, 3, 7, 13), (3, 4, 40, 33)):
+        compare_layer(f"{candidate} lstm layer T{T} B{B} I{I} H{H}", layer_inputs(rng, T, B, I, H, dtype), dtype)
+    a = layer_inputs(rng, 4, 3, 6, 9, dtype)
+    for V in (5, 40):                                               # table path, gathered path
+        Emb = rng.standard_normal((V, 6)).astype(dtype)
+        tokens = rng.integers(0, V, (4, 3))
+        r = ref.embed_lstm_forward(tokens, Emb, a["W"], a["b"], a["h0"], a["c0"])
+        n = nb.embed_lstm_forward(tokens, Emb, a["W"], a["b"], a["h0"], a["c0"])
+        got = nb.embed_lstm_backward(a["dhs"], a["dhT"], a["dcT"], n[3])
+        want = ref.embed_lstm_backward(a["dhs"], a["dhT"], a["dcT"], r[3])
+        with Parity(f"{candidate} embed layer V{V}", backend="numba") as p:
+            p.check("hs", n[0], r[0], dtype)
+            for name, g, w in zip(("dEmb", "dW", "db", "dh0", "dc0"), got, want):
+                p.check(name, g, w, dtype, "grad")
+    for N, H, V in ((37, 13, 65), (203, 40, 33)):
+        x, W, b, dy = (rng.standard_normal(s).astype(dtype) for s in ((N, H), (H, V), (V,), (N, V)))
+        with Parity(f"{candidate} output layer N{N} H{H} V{V}", backend="numba") as p:
+            p.check("logits", nb.linear_forward(x, W, b), ref.linear_forward(x, W, b), dtype)
+            for name, g, w in zip(("dx", "dWy", "dby"), nb.linear_backward(x, dy, W), ref.linear_backward(x, dy, W)):
+                p.check(name, g, w, dtype, "grad")
+    assert set(called) == {candidate}                               # the forced one ran
+
+
+# ----------------------------------------------------------------------------
+# lstm-engine tune
+# ----------------------------------------------------------------------------
+
+def test_tune_command_prints_every_candidate_and_the_choice(auto, monkeypatch):
+    from click.testing import CliRunner
+
+    import cli
+    stubs = Stubs(own="slow", fast="fast", wrong="wrong")
+    use(monkeypatch, stubs)
+    r = CliRunner().invoke(cli.main, ["tune", "--configs", "E8,H32,L2,B4,T5,V50"])
+    assert r.exit_code == 0, r.output
+    out = r.stdout
+    lines = out.splitlines()
+    assert lines[0].startswith("numba tune: ") and str(auto) in lines[0]
+    assert lines[1].split() == ["product", "shape", "m", "x", "k", "x", "n", "dtype", "thr", "candidate",
+                                "us", "a", "call", "error", "chosen"]
+    body = [ln.split() for ln in lines[3:]]
+    labels = {"x W_x", "h^T dz", "x^T dz", "dz W_x^T", "x Wy", "dy Wy^T", "x^T dy"}
+    assert {" ".join(b[:2]) for b in body} == labels                   # V > T*B: layer 0 gathers
+    assert {b[b.index("float32") + 2] for b in body} == {"own", "fast", "wrong"}
+    for b in body:
+        name = b[b.index("float32") + 2]
+        assert ("<-" in b) == (name == "fast")                          # fast chosen for every product
+        assert ("invalid" in b) == (name == "wrong")
+    assert "20x8x128" in out and "20x32x128" in out                     # x W_x of layer 0 and of layer 1
+    entries = json.loads(auto.read_text())["entries"]
+    assert {e["choice"] for e in entries.values()} == {"fast"}
+
+
+def test_tune_command_rejects_a_bad_config_in_one_line(auto):
+    from click.testing import CliRunner
+
+    import cli
+    r = CliRunner().invoke(cli.main, ["tune", "--configs", "huge"])
+    assert r.exit_code == 2 and r.stderr.startswith("error: unknown config") and r.stderr.count("\n") == 1
+    assert not auto.exists()
+
+
+# ----------------------------------------------------------------------------
+# The AVX2 target
+# ----------------------------------------------------------------------------
+
+_AVX2_SCRIPT = r"""
+import numpy as np
+from lstm_engine.backends import numba_backend as nb, numpy_backend as ref
+from lstm_engine.kernels.numba import gemm, lstm_layer     # sets numba's target before importing numba
+import numba
+rng = np.random.default_rng(1)
+f = lambda *s: (rng.standard_normal(s) * 0.5).astype(np.float64)
+T, B, I, H, V = 4, 3, 5, 8, 11
+x, W, b, h0, c0, dhs, dhT, dcT = f(T, B, I), f(H + I, 4 * H), f(4 * H), f(B, H), f(B, H), f(T, B, H), f(B, H), f(B, H)
+r, n = ref.lstm_forward(x, W, b, h0, c0), nb.lstm_forward(x, W, b, h0, c0)
+errs = [np.abs(n[0] - r[0]).max()]
+errs += [np.abs(g - w).max() for g, w in zip(nb.lstm_backward(dhs, dhT, dcT, n[3]), ref.lstm_backward(dhs, dhT, dcT, r[3]))]
+weights = dict(Emb=f(V, I), W0=W, b0=b, W1=f(2 * H, 4 * H), b1=f(4 * H), Wy=f(H, V) * 4, by=f(V))
+ids = {}
+for name, be in (("numpy", ref), ("numba", nb)):
+    state = [[np.zeros((1, H)), np.zeros((1, H))] for _ in range(2)]
+    ids[name] = be.generate(weights, state, 1, 40, 0.9, 0, 1.0, False, np.random.default_rng(7))
+asm = "".join(gemm._block8.inspect_asm().values()) + "".join(lstm_layer.forward_steps.inspect_asm().values())
+print("cpu", numba.config.CPU_NAME)
+print("cache", numba.config.CACHE_DIR)
+print("ymm", asm.count("ymm"), "zmm", asm.count("zmm"))
+print("sample", int((ids["numpy"] == ids["numba"]).all()), len(set(ids["numpy"].tolist())))
+print("err", max(errs))
+"""
+
+
+def test_the_avx2_switch_compiles_for_haswell_and_matches_the_reference(tmp_path):
+    """LSTM_ENGINE_NUMBA_ISA=avx2 in a fresh process: numba targets Haswell (no zmm register in the
+    GEMM's register block or the layer's time loop), caches in its own folder, and a small layer
+    (forward and BPTT) and the sampler match the reference."""
+    env = dict(os.environ, LSTM_ENGINE_NUMBA_ISA="avx2", NUMBA_CACHE_DIR=str(tmp_path / "numba"),
+               NUMBA_NUM_THREADS="1")
+    env.pop("NUMBA_CPU_NAME", None)
+    env.pop("NUMBA_CPU_FEATURES", None)
+    r = subprocess.run([sys.executable, "-c", _AVX2_SCRIPT], env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = dict(line.split(" ", 1) for line in r.stdout.splitlines())
+    assert out["cpu"] == "haswell"
+    assert out["cache"] == str(tmp_path / "numba" / "isa-avx2")
+    regs = out["ymm"].split()
+    assert int(regs[0]) > 0 and regs[1:] == ["zmm", "0"], out["ymm"]
+    same, distinct = map(int, out["sample"].split())
+    assert same == 1 and distinct > 3
+    assert float(out["err"]) < 1e-12
+    assert os.listdir(tmp_path / "numba" / "isa-avx2")                   # cached there, not beside the native code
+
+
+def test_the_avx2_switch_refuses_once_numba_is_imported_for_another_target(monkeypatch):
+    import numba  # noqa: F401  (imported by the backend already)
+
+    from lstm_engine.core import environment
+    monkeypatch.setenv("LSTM_ENGINE_NUMBA_ISA", "avx2")
+    if (numba.config.CPU_NAME or "") == "haswell":
+        pytest.skip("this process already targets haswell")
+    with pytest.raises(UserError) as e:
+        environment.apply_numba_isa()
+    assert "before numba is imported" in str(e.value)
