@@ -77,7 +77,8 @@ def main():
 def _print_event(kind, info):
     if kind == "start":
         m = info["model"]
-        err(f"backend {info['backend']}  model {'' if m['cell'] == 'lstm' else m['cell'] + ' '}E{m['embed_size']} H{m['hidden_size']} L{m['layers']} "
+        cell = "" if m["cell"] == "lstm" else m["cell"] + " "
+        err(f"backend {info['backend']}  model {cell}E{m['embed_size']} H{m['hidden_size']} L{m['layers']} "
             f"dropout {m['dropout']} {m['dtype']}  {info['params']:,} parameters")
         err(f"corpus: {info['train_chars']:,} train / {info['val_chars']:,} val chars, vocab {info['vocab']}, "
             f"unigram entropy {info['entropy']:.3f} nats/char ({bits(info['entropy']):.3f} bits/char)")

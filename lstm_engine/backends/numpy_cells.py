@@ -129,7 +129,7 @@ def peephole_output_backward(dh, dc_next, o, c, wc):
     -> dzo (B,H) gradient of o's pre-activation, dc (B,H) dL/dc_t over all paths, dwco (H,)"""
     tc = np.tanh(c)
     dzo = dh * tc * o * (1.0 - o)                         # h = o*tanh(c), o = s(zo + w_co*c): s' = s(1-s)
-    dc = dc_next + dh * o * (1.0 - tc * tc) + dzo * wc[2] # c reaches h through tanh and through o's peephole
+    dc = dc_next + dh * o * (1.0 - tc * tc) + dzo * wc[2]  # c reaches h through tanh and through o's peephole
     dwco = (dzo * c).sum(axis=0)                          # d(w_co * c)/dw_co = c, summed over the batch
     return dzo, dc, dwco
 

@@ -6,8 +6,8 @@ sections for their presence, the vocabulary for distinct single characters that 
 and the model's sizes against the tensor shapes (from the header, before any tensor is read).
 After `check_meta` the commands may index the metadata without further checks.
 
-Sections:  model (required; its cell is optional, absent = lstm), vocab (required), train (required), trainer, unigram_entropy,
-           corpus, imported (optional; typed when present).  Unknown keys are ignored (never read).
+Sections:  model (required; its cell optional, absent = lstm), vocab (required), train (required), trainer,
+           unigram_entropy, corpus, imported (optional; typed when present).  Unknown keys are ignored (never read).
 
 Dimension legend: V vocab, E embedding, H hidden, L layers, G the gate blocks (4H lstm, peephole; 3H coupled, gru),
 B batch of the training run.

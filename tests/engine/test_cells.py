@@ -159,6 +159,6 @@ def test_the_time_budget_counts_and_calibrates_the_cell(cell, monkeypatch):
     monkeypatch.setattr(Model, "forward_backward", recording)
     tcfg = le.TrainConfig(cell=cell, time_budget=60.0, embed_size=4, hidden_size=8, layers=1, batch_size=2,
                           seq_len=4)
-    text, speed = budget.plan(tcfg, {"embed_size", "hidden_size", "layers", "batch_size", "seq_len"},
+    _, speed = budget.plan(tcfg, {"embed_size", "hidden_size", "layers", "batch_size", "seq_len"},
                               np.arange(200) % 7, 7, ref, say=lambda text: None)
     assert speed > 0 and seen and set(seen) == {cell}

@@ -73,7 +73,7 @@ def test_gru_carries_c_unchanged_and_passes_its_gradient_through(rng):
     T, B, I, H = 3, 2, 4, 5
     p = {k: rng.standard_normal(s) for k, s in cell_param_shapes("gru", I, H).items()}
     c0 = rng.standard_normal((B, H))
-    hs, hT, cT, cache = ref.cell_forward("gru", rng.standard_normal((T, B, I)), p, np.zeros((B, H)), c0)
+    _, _, cT, cache = ref.cell_forward("gru", rng.standard_normal((T, B, I)), p, np.zeros((B, H)), c0)
     dcT = rng.standard_normal((B, H))
     _, _, _, dc0 = ref.cell_backward(np.zeros((T, B, H)), np.zeros((B, H)), dcT, cache)
     assert np.array_equal(cT, c0) and np.array_equal(dc0, dcT)
@@ -95,6 +95,7 @@ def test_float32_keeps_its_dtype_and_follows_float64(rng, cell):
     dx32, dp32, dh32, dc32 = ref.cell_backward(f32[3], 0 * f32[1], 0 * f32[2], cache32)
     assert all(a.dtype == np.float32 for a in (hs32, hT32, cT32, dx32, dh32, dc32, *dp32.values()))
     check(f"{cell} hs", hs32, hs64, "float32", backend="numpy", ref="numpy float64")
+    check(f"{cell} dx", dx32, dx64, "float32", kind="grad", backend="numpy", ref="numpy float64")
     for k in p:
         check(f"{cell} d{k}", dp32[k], dp64[k], "float32", kind="grad", backend="numpy", ref="numpy float64")
 
@@ -111,6 +112,7 @@ def test_model_parameters_and_init_follow_the_cell(cell):
         assert np.abs(np.concatenate([P["bx0"], P["bh0"]])).max() <= 0.5   # U(-1/sqrt(H), 1/sqrt(H))
     else:
         f = 0 if cell == "coupled" else 1
-        assert np.all(P["b1"][f * 4:(f + 1) * 4] == 1.0) and np.abs(np.delete(P["b1"], np.s_[f * 4:f * 4 + 4])).max() <= 0.5
+        assert np.all(P["b1"][f * 4:(f + 1) * 4] == 1.0)                    # the forget gate's block
+        assert np.abs(np.delete(P["b1"], np.s_[f * 4:f * 4 + 4])).max() <= 0.5
     if cell == "peephole":
         assert P["wc0"].shape == (3, 4)
