@@ -26,7 +26,8 @@ from ..core import environment as env
 from ..errors import UserError
 
 TUNE_MIN_MACS = 1 << 22      # smaller products keep `own` untuned (compile time would not pay)
-MARGIN = 1.05                # another candidate replaces `own` only when this much faster
+MARGIN = 1.1                 # another candidate replaces `own` only when this much faster
+BUSY_LOAD_PER_CORE = 1.5     # above this 1-minute load per usable core timings are noise: no tuning then
 SECONDS_PER_PRODUCT = 0.3    # timed rounds (one call of each valid candidate in turn): at least REPEATS,
 REPEATS = 3                  # then more while within this; each candidate's best call counts, so a
 MAX_ROUNDS = 25              # burst of load hits every candidate alike and a quiet moment serves all
@@ -323,6 +324,12 @@ def choose(product, dtype, prod):
     key = key_of(product, dtype, nt)
     record = _file_cache.get(key)
     names = set(candidates(product.kind)) | set(_EXTRA)
+    if (record is None or record["choice"] not in names) and busy():
+        if not _memory:
+            print(f"numba tune: the machine is busy ({busy()}): the shipped GEMM for now, nothing cached; "
+                  f"run `lstm-engine tune` when it is idle", file=sys.stderr)
+        _memory[mem_key] = "own"
+        return "own"
     if record is None or record["choice"] not in names:
         record = measure(product, dtype, prod)
         _file_cache = write_entry(path, key, record)
@@ -364,6 +371,16 @@ def retune(items, dtype, on_record=None):
     return records
 
 
+def busy():
+    """'load L on N cores' when other work holds the cores (threaded timings would measure the
+    scheduler, and a choice is cached for good), else ''."""
+    try:
+        load, cores = os.getloadavg()[0], len(os.sched_getaffinity(0))
+    except (OSError, AttributeError):          # no load average here: measure
+        return ""
+    return f"load {load:.1f} on {cores} cores" if load > BUSY_LOAD_PER_CORE * cores else ""
+
+
 def forget():
     """Drop what this process remembers (tests; the file stays)."""
     global _file_cache
@@ -402,4 +419,5 @@ def machine_line(key, path):
     """One line: what the choices are keyed by, and where they are kept."""
     return (f"numba tune: {key['cpu']}, {key['threads']} threads, numba {key['numba']} target {key['numba_cpu']}, "
             f"numpy {key['numpy']}, scipy {key['scipy']}; choices in {path} (used when LSTM_ENGINE_TUNE="
-            f"{mode()}{'' if mode() == 'auto' else ', auto uses them'})")
+            f"{mode()}{'' if mode() == 'auto' else ', auto uses them'})"
+            + (f"; measured while busy ({busy()}): times are noisy" if busy() else ""))

@@ -55,6 +55,7 @@ def auto(monkeypatch, tmp_path):
     monkeypatch.setenv("LSTM_ENGINE_TUNE_FILE", str(tmp_path / "tune.json"))
     monkeypatch.setattr(nt, "TUNE_MIN_MACS", 0)
     monkeypatch.setattr(nt, "SECONDS_PER_PRODUCT", 0.0)
+    monkeypatch.setattr(nt, "busy", lambda: "")
     nt.forget()
     yield tmp_path / "tune.json"
     nt.forget()
@@ -163,8 +164,21 @@ def test_a_wrong_real_candidate_is_not_chosen_over_the_real_ones(auto, monkeypat
     assert rows["own"]["valid"] and all(r["valid"] for n, r in rows.items() if n != "zeros")
 
 
+def test_a_busy_machine_runs_the_shipped_gemm_and_caches_nothing(auto, monkeypatch, capsys):
+    stubs = Stubs(own="slow", fast="fast")
+    use(monkeypatch, stubs)
+    monkeypatch.setattr(nt, "busy", lambda: "load 9.0 on 2 cores")
+    assert nt.choose(PRODUCT, np.float32, None) == "own"
+    assert nt.choose(nt.Product("x Wy", "output", 40, 16, 24), np.float32, None) == "own"
+    assert sum(stubs.calls.values()) == 0 and not auto.exists()
+    assert capsys.readouterr().err.count("busy (load 9.0 on 2 cores)") == 1    # said once
+    nt.forget()
+    monkeypatch.setattr(nt, "busy", lambda: "")                                  # idle later: measured
+    assert nt.choose(PRODUCT, np.float32, None) == "fast" and auto.exists()
+
+
 def test_decide_prefers_own_within_the_margin():
-    rows = [dict(name="own", valid=True, seconds=1.0), dict(name="b", valid=True, seconds=1.0 / 1.01),
+    rows = [dict(name="own", valid=True, seconds=1.0), dict(name="b", valid=True, seconds=1.0 / 1.05),
             dict(name="c", valid=False, seconds=None)]
     assert nt.decide(rows, 1e-5)[0] == "own"
     rows[1]["seconds"] = 0.5
