@@ -1,6 +1,7 @@
 """Time the cupy backend against PyTorch's cuDNN LSTM on the same GPU (the fallback to `lstm-engine bench`).
 
     python benchmarks/gpu_bench.py [--configs seed,karpathy,medium,large] [--out FILE.jsonl] [--budget SECONDS]
+                                   [--cells lstm,peephole,coupled,gru]
 
 Training: chars/s of whole steps (forward, BPTT, clipping, Adam; the loss read back every step, as
 the trainer does) for the cupy backend with each step path (fused kernels with and without CUDA
@@ -9,7 +10,10 @@ graphs, cuBLAS + cell kernel) and its automatic choice, against torch nn.LSTM (c
 Sampling: tokens/s of 512 tokens for 1 sequence (in chunks of 32, as the CLI streams) and of 256
 tokens for 64 sequences at once (generate_batch), graphs on and off, against a torch loop that also
 stays on the GPU (multinomial, no host round trip).
-Prints a table; writes one JSON line per measurement.  Stops starting new measurements once
+--cells: the same rows per cell; the variants (peephole, coupled, gru) run one step path (cuBLAS +
+cell kernel, kernels/cuda/cells.cu), so only their `auto` row is timed; the torch peer is nn.GRU
+for gru and none for peephole and coupled (PyTorch has neither: compare them with the lstm rows).
+Prints a table; writes one JSON line per measurement (with its `cell`).  Stops starting new measurements once
 --budget seconds have passed, so it fits a short GPU lease.
 
 Dimension legend: V vocab, E embedding, H hidden, L layers, B batch, T seq-len, S sequences.
@@ -65,12 +69,12 @@ def timed(step, sync, warmup=3, min_time=0.4, max_steps=40, min_steps=3):
 # cupy backend
 # ----------------------------------------------------------------------------
 
-def cupy_train(cfg, step_mode, graphs, blas="direct"):
+def cupy_train(cfg, step_mode, graphs, blas="direct", cell="lstm"):
     from lstm_engine.backends import cupy_backend as cb
     from lstm_engine.core.model import Model, ModelConfig
     from lstm_engine.core.optim import Adam, AdamConfig
     cb.set_options(step=step_mode, graphs=graphs, blas=blas)
-    mc = ModelConfig(cfg["V"], cfg["E"], cfg["H"], cfg["L"], 0.0, "float32")
+    mc = ModelConfig(cfg["V"], cfg["E"], cfg["H"], cfg["L"], 0.0, "float32", cell=cell)
     model = Model(mc, cb, seed=0)
     opt = Adam(model.params, cb, AdamConfig())
     rng = np.random.default_rng(0)
@@ -88,14 +92,14 @@ def cupy_train(cfg, step_mode, graphs, blas="direct"):
 
     sec = timed(step, cb.synchronize)
     return {"chars_per_s": B * T / sec, "ms_per_step": 1e3 * sec,
-            "path": cb.step_mode(B, cfg["H"], "float32")}
+            "path": cb.step_mode(B, cfg["H"], "float32") if cell == "lstm" else "cublas (cells.cu)"}
 
 
-def cupy_sample(cfg, S, n, graphs, chunk=32):
+def cupy_sample(cfg, S, n, graphs, chunk=32, cell="lstm"):
     from lstm_engine.backends import cupy_backend as cb
     from lstm_engine.core.model import Model, ModelConfig
     cb.set_options(graphs=graphs)
-    mc = ModelConfig(cfg["V"], cfg["E"], cfg["H"], cfg["L"], 0.0, "float32")
+    mc = ModelConfig(cfg["V"], cfg["E"], cfg["H"], cfg["L"], 0.0, "float32", cell=cell)
     model = Model(mc, cb, seed=0)
     rng = np.random.default_rng(0)
     state = model.zero_state(S)
@@ -105,7 +109,7 @@ def cupy_sample(cfg, S, n, graphs, chunk=32):
         done = 0
         while done < n:
             k = min(chunk, n - done) if S == 1 else n
-            ids = cb.generate_batch(model.params, state, tokens, k, temperature=0.8, rng=rng)
+            ids = cb.generate_batch(model.params, state, tokens, k, temperature=0.8, rng=rng, cell=cell)
             tokens[:] = ids[:, -1].tolist()
             done += k
 
@@ -117,7 +121,7 @@ def cupy_sample(cfg, S, n, graphs, chunk=32):
 # torch cuDNN
 # ----------------------------------------------------------------------------
 
-def _torch_model(cfg):
+def _torch_model(cfg, cell="lstm"):
     import torch
     from torch import nn
 
@@ -125,7 +129,7 @@ def _torch_model(cfg):
         def __init__(self):
             super().__init__()
             self.emb = nn.Embedding(cfg["V"], cfg["E"])
-            self.lstm = nn.LSTM(cfg["E"], cfg["H"], cfg["L"])
+            self.lstm = (nn.GRU if cell == "gru" else nn.LSTM)(cfg["E"], cfg["H"], cfg["L"])
             self.out = nn.Linear(cfg["H"], cfg["V"])
 
         def forward(self, x, state):
@@ -142,23 +146,30 @@ def _torch_tf32(on):
     torch.backends.cuda.matmul.allow_tf32 = on
 
 
-def torch_train(cfg, tf32):
+def _torch_state(cell, L, B, H):
+    """nn.LSTM's (h, c) or nn.GRU's h, zeros on the GPU."""
+    import torch
+    h = torch.zeros(L, B, H, device="cuda")
+    return h if cell == "gru" else (h, torch.zeros(L, B, H, device="cuda"))
+
+
+def torch_train(cfg, tf32, cell="lstm"):
     import torch
     import torch.nn.functional as F
     _torch_tf32(tf32)
-    model = _torch_model(cfg)
+    model = _torch_model(cfg, cell)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     T, B, V, H, L = cfg["T"], cfg["B"], cfg["V"], cfg["H"], cfg["L"]
     gen = torch.Generator(device="cuda").manual_seed(0)
     windows = [(torch.randint(0, V, (T, B), device="cuda", generator=gen),
                 torch.randint(0, V, (T, B), device="cuda", generator=gen)) for _ in range(4)]
-    box = {"state": (torch.zeros(L, B, H, device="cuda"), torch.zeros(L, B, H, device="cuda")), "k": 0}
+    box = {"state": _torch_state(cell, L, B, H), "k": 0}
 
     def step():
         x, y = windows[box["k"] % 4]
         box["k"] += 1
         logits, state = model(x, box["state"])
-        box["state"] = tuple(s.detach() for s in state)
+        box["state"] = state.detach() if cell == "gru" else tuple(s.detach() for s in state)
         loss = F.cross_entropy(logits.reshape(-1, V), y.reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -170,16 +181,16 @@ def torch_train(cfg, tf32):
     return {"chars_per_s": B * T / sec, "ms_per_step": 1e3 * sec, "cudnn": torch.backends.cudnn.version()}
 
 
-def torch_sample(cfg, S, n):
+def torch_sample(cfg, S, n, cell="lstm"):
     import torch
     _torch_tf32(False)
-    model = _torch_model(cfg).eval()
+    model = _torch_model(cfg, cell).eval()
     L, H = cfg["L"], cfg["H"]
 
     @torch.no_grad()
     def run():
         x = torch.arange(S, device="cuda").reshape(1, S) % cfg["V"]
-        state = (torch.zeros(L, S, H, device="cuda"), torch.zeros(L, S, H, device="cuda"))
+        state = _torch_state(cell, L, S, H)
         out = torch.empty(n, S, dtype=torch.long, device="cuda")
         for k in range(n):
             logits, state = model(x, state)
@@ -223,6 +234,7 @@ def main(argv=None):
     ap.add_argument("--variants", default=",".join(v[0] for v in CUPY_TRAIN_VARIANTS),
                     help="cupy training variants to time (names as in the table)")
     ap.add_argument("--samples", default="1,64", help="sequence counts S of the sampling rows")
+    ap.add_argument("--cells", default="lstm", help="cells to time: lstm, peephole, coupled, gru")
     args = ap.parse_args(argv)
     budget = Budget(args.budget)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
@@ -237,8 +249,8 @@ def main(argv=None):
         return 1
     rows = []
 
-    def record(config, what, impl, variant, fn, *fargs):
-        row = dict(config=config, what=what, impl=impl, variant=variant, dtype="float32", **info)
+    def record(config, cell, what, impl, variant, fn, *fargs):
+        row = dict(config=config, cell=cell, what=what, impl=impl, variant=variant, dtype="float32", **info)
         if budget.left() <= 0:
             row["skipped"] = "time budget spent"
         else:
@@ -260,7 +272,7 @@ def main(argv=None):
         speed = row.get("chars_per_s") or row.get("tokens_per_s")
         shown = f"{speed:>12,.0f}" if speed else f"{row.get('skipped') or row.get('error', '?')}"
         extra = f"  path={row['path']}" if "path" in row else ""
-        print(f"{config:<9} {what:<6} {impl:<6} {variant:<22} {shown}{extra}", flush=True)
+        print(f"{config:<9} {cell:<8} {what:<6} {impl:<6} {variant:<22} {shown}{extra}", flush=True)
 
     wants = set(args.what.split(","))
     names = [c for c in args.configs.split(",") if c]
@@ -269,44 +281,57 @@ def main(argv=None):
         have_torch = torch.cuda.is_available()
     except ImportError:
         have_torch = False
-    print(f"{'config':<9} {'what':<6} {'impl':<6} {'variant':<22} {'chars|tokens /s':>12}")
+    print(f"{'config':<9} {'cell':<8} {'what':<6} {'impl':<6} {'variant':<22} {'chars|tokens /s':>12}")
     for name in names:
-        cfg = CONFIGS[name]
-        if "train" in wants:
-            for variant, mode, graphs, blas in CUPY_TRAIN_VARIANTS:
-                if variant not in args.variants.split(","):
-                    continue
-                record(name, "train", "cupy", variant, cupy_train, cfg, mode, graphs, blas)
-            if have_torch:
-                record(name, "train", "torch", "cudnn fp32 (tf32 off)", torch_train, cfg, False)
-                record(name, "train", "torch", "cudnn default (tf32)", torch_train, cfg, True)
-        if "sample" in wants:
-            for S, n in [(S, 512 if S == 1 else 256) for S in map(int, args.samples.split(","))]:
-                for graphs in (True, False):
-                    record(name, "sample", "cupy", f"S={S} graph={'on' if graphs else 'off'}",
-                           cupy_sample, cfg, S, n, graphs)
-                if have_torch:
-                    record(name, "sample", "torch", f"S={S}", torch_sample, cfg, S, n)
+        for cell in [c for c in args.cells.split(",") if c]:
+            bench_config(record, name, cell, wants, args.variants.split(","), args.samples, have_torch)
     summarize(rows)
     return 0
 
 
+def bench_config(record, name, cell, wants, variants, samples, have_torch):
+    """The rows of one config and cell (torch: nn.LSTM for lstm, nn.GRU for gru, none otherwise)."""
+    cfg = CONFIGS[name]
+    peer = have_torch and cell in ("lstm", "gru")
+    if "train" in wants:
+        for variant, mode, graphs, blas in CUPY_TRAIN_VARIANTS:
+            if variant not in variants or (cell != "lstm" and variant != "auto"):   # the cells have one path
+                continue
+            record(name, cell, "train", "cupy", variant, cupy_train, cfg, mode, graphs, blas, cell)
+        if peer:
+            record(name, cell, "train", "torch", "cudnn fp32 (tf32 off)", torch_train, cfg, False, cell)
+            record(name, cell, "train", "torch", "cudnn default (tf32)", torch_train, cfg, True, cell)
+    if "sample" in wants:
+        for S, n in [(S, 512 if S == 1 else 256) for S in map(int, samples.split(","))]:
+            for graphs in (True, False):
+                record(name, cell, "sample", "cupy", f"S={S} graph={'on' if graphs else 'off'}",
+                       cupy_sample, cfg, S, n, graphs, 32, cell)
+            if peer:
+                record(name, cell, "sample", "torch", f"S={S}", torch_sample, cfg, S, n, cell)
+
+
 def summarize(rows):
-    """cupy (automatic choice) / torch cuDNN with TF32 off, per config."""
-    print("\n# ratios: cupy auto vs torch cuDNN fp32 (train), cupy graph=on vs torch (sample)")
-    by = {(r["config"], r["what"], r["impl"], r["variant"]): r for r in rows}
-    for (config, what, impl, variant), r in by.items():
+    """cupy (automatic choice) / torch cuDNN with TF32 off, per config and cell; peephole and
+    coupled (no torch peer) against the cupy lstm row."""
+    print("\n# ratios: cupy auto vs torch cuDNN fp32 (train), cupy graph=on vs torch (sample); "
+          "peephole / coupled vs the cupy lstm")
+    by = {(r["config"], r["cell"], r["what"], r["impl"], r["variant"]): r for r in rows}
+    for (config, cell, what, impl, variant), r in by.items():
         if impl != "cupy" or r.get("chars_per_s", r.get("tokens_per_s")) is None:
             continue
+        peer, against = (cell, "torch") if cell in ("lstm", "gru") else ("lstm", "cupy lstm")
         if what == "train":
-            t = by.get((config, "train", "torch", "cudnn fp32 (tf32 off)"), {})
+            t = by.get((config, peer, "train", "torch", "cudnn fp32 (tf32 off)") if peer == cell
+                       else (config, "lstm", "train", "cupy", variant), {})
             if t.get("chars_per_s"):
-                print(f"{config:<9} train  {variant:<14} {r['chars_per_s'] / t['chars_per_s']:.2f}x  "
-                      f"(path {r.get('path')})")
+                print(f"{config:<9} {cell:<8} train  {variant:<14} {r['chars_per_s'] / t['chars_per_s']:.2f}x "
+                      f"{against}  (path {r.get('path')})")
         if what == "sample" and variant.endswith("graph=on"):
-            t = by.get((config, "sample", "torch", variant.split()[0]), {})
+            t = by.get((config, peer, "sample", "torch", variant.split()[0]) if peer == cell
+                       else (config, "lstm", "sample", "cupy", variant), {})
             if t.get("tokens_per_s"):
-                print(f"{config:<9} sample {variant.split()[0]:<5} {r['tokens_per_s'] / t['tokens_per_s']:.2f}x")
+                print(f"{config:<9} {cell:<8} sample {variant.split()[0]:<5} "
+                      f"{r['tokens_per_s'] / t['tokens_per_s']:.2f}x {against}")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@
 #   parity.log        one line per compared tensor: max abs / normwise rel error vs the reference
 #   bench.jsonl       `lstm-engine bench` results, if that command exists
 #   gpu_bench.jsonl   benchmarks/gpu_bench.py results (cupy vs torch cuDNN, graphs on/off,
-#                     cuBLAS path direct vs matmul)
+#                     cuBLAS path direct vs matmul; then the cell variants peephole, coupled, gru)
 #   gpu_profile.jsonl benchmarks/gpu_profile.py: host / GPU / busy ms per phase of a training step
 # Every step has a timeout; the whole script stays under 6 minutes.
 set -u
@@ -58,12 +58,12 @@ timeout 60 "$PY" -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | ta
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 "$PY" -c "import lstm_engine.backends.cupy_backend as cb; print('cupy backend available:', cb.is_available())"
 
-step "tests: GPU parity + host checks, then cupy against torch float64 (CUPY_TF32=0, NVIDIA_TF32_OVERRIDE=0)"
+step "tests: GPU parity (LSTM and the cell variants) + host checks, then cupy against torch float64 (CUPY_TF32=0, NVIDIA_TF32_OVERRIDE=0)"
 PYTEST_TIMEOUT=""
 "$PY" -c "import pytest_timeout" 2>/dev/null && PYTEST_TIMEOUT="--timeout=60"
 : > "$OUT/parity.log"
 CUPY_TF32=0 NVIDIA_TF32_OVERRIDE=0 LSTM_ENGINE_GPU_REPORT="$OUT/parity.log" \
-  timeout 120 "$PY" -m pytest -q -rfEs $PYTEST_TIMEOUT -p no:cacheprovider \
+  timeout 150 "$PY" -m pytest -q -rfEs $PYTEST_TIMEOUT -p no:cacheprovider \
   tests/backends/test_cupy_backend.py tests/backends/test_cupy_host.py > "$OUT/pytest.log" 2>&1
 echo "pytest exit code $? (0 = all passed, 124 = timed out)"
 tail -n 25 "$OUT/pytest.log"
@@ -87,8 +87,13 @@ for dt in float32 float64; do
 done
 
 step "benchmarks/gpu_bench.py: cupy step paths and graphs on/off vs torch cuDNN on this card"
-timeout 120 "$PY" benchmarks/gpu_bench.py --out "$OUT/gpu_bench.jsonl" --budget 95
+timeout 95 "$PY" benchmarks/gpu_bench.py --out "$OUT/gpu_bench.jsonl" --budget 70
 echo "gpu_bench exit code $?"
+
+step "benchmarks/gpu_bench.py --cells: peephole, coupled, gru (kernels/cuda/cells.cu) vs nn.GRU / the cupy lstm"
+timeout 60 "$PY" benchmarks/gpu_bench.py --out "$OUT/gpu_bench.jsonl" --budget 40 --cells lstm,gru,peephole,coupled \
+  --configs seed,medium --variants auto --samples 1
+echo "gpu_bench --cells exit code $?"
 
 step "benchmarks/gpu_profile.py: host vs GPU time per phase; the cuBLAS path direct vs matmul"
 timeout 60 "$PY" benchmarks/gpu_profile.py --configs seed,medium,large --variants auto,cublas,cublas-matmul \

@@ -18,7 +18,8 @@ step_mode() picks the persistent kernels at seed-sized B*H, the fused path for s
 (launch-bound) and cuBLAS for big layers; set_options() or the environment variables
 LSTM_ENGINE_CUPY_STEP=auto|fused|cublas|persist and LSTM_ENGINE_CUPY_GRAPHS=0|1 override it.
 Embedding, softmax cross-entropy, Adam and the gradient norm are kernels of
-kernels/cuda/train_ops.cu; sampling lives in cupy_generate.py.
+kernels/cuda/train_ops.cu; sampling lives in cupy_generate.py.  The cell variants (peephole,
+coupled, gru) run through cupy_cells.py (kernels/cuda/cells.cu, the cuBLAS step path).
 
 Float32 matrix products use full FP32: CuPy enables TF32 only when CUPY_TF32=1.
 """
@@ -26,11 +27,11 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import warnings
 
 import numpy as np
 
-from ..errors import UserError
 from . import cupy_kernels as ck
 
 try:
@@ -455,27 +456,27 @@ def embed_lstm_backward(dhs, dhT, dcT, cache):
 # the cache carries the cell so the backward knows which to run
 # ----------------------------------------------------------------------------
 
-def _cells():
-    """-> (numba_cells, this module): the variants' wrappers, handed this backend (its pool,
-    thread plan and checks) so that they do not import it back."""
-    from . import numba_cells
-    return numba_cells, sys.modules[__name__]
+def _variants():
+    """-> (cupy_cells, this module): the host code of the peephole, coupled and gru kernels, handed
+    this backend (its cuBLAS binding and graph cache) so that it does not import it back."""
+    from . import cupy_cells
+    return cupy_cells, sys.modules[__name__]
 
 
 def cell_forward(cell, x, p, h0, c0):
     """One layer of `cell` over a window (as numpy_backend.cell_forward)."""
     if cell != "lstm":
-        cells, nb = _cells()
-        return cells.cell_forward(nb, cell, x, p, h0, c0)
+        cells, be = _variants()
+        hs, hT, cT, cache = cells.cell_forward(be, cell, x, p, h0, c0)
+        return hs, hT, cT, (cell, cache)
     hs, hT, cT, cache = lstm_forward(x, p["W"], p["b"], h0, c0)
     return hs, hT, cT, ("lstm", cache)
 
 
 def cell_backward(dhs, dhT, dcT, cache):
     """-> dx (T,B,I), dp (dict by short name), dh0, dc0"""
-    if not isinstance(cache, tuple):               # a variant's numba_cells.CellCache
-        cells, nb = _cells()
-        return cells.cell_backward(nb, dhs, dhT, dcT, cache)
+    if cache[0] != "lstm":
+        return _variants()[0].cell_backward(dhs, dhT, dcT, cache[1])
     dx, dW, db, dh0, dc0 = lstm_backward(dhs, dhT, dcT, cache[1])
     return dx, {"W": dW, "b": db}, dh0, dc0
 
@@ -483,17 +484,17 @@ def cell_backward(dhs, dhT, dcT, cache):
 def embed_cell_forward(cell, tokens, Emb, p, h0, c0):
     """Layer 0 of `cell` with the embedding gather (as numpy_backend.embed_cell_forward)."""
     if cell != "lstm":
-        cells, nb = _cells()
-        return cells.embed_cell_forward(nb, cell, tokens, Emb, p, h0, c0)
+        cells, be = _variants()
+        hs, hT, cT, cache = cells.embed_cell_forward(be, cell, tokens, Emb, p, h0, c0)
+        return hs, hT, cT, (cell, cache)
     hs, hT, cT, cache = embed_lstm_forward(tokens, Emb, p["W"], p["b"], h0, c0)
     return hs, hT, cT, ("lstm", cache)
 
 
 def embed_cell_backward(dhs, dhT, dcT, cache):
     """-> dEmb (V,E), dp (dict by short name), dh0, dc0"""
-    if not isinstance(cache, tuple):               # a variant's numba_cells.CellCache
-        cells, nb = _cells()
-        return cells.embed_cell_backward(nb, dhs, dhT, dcT, cache)
+    if cache[0] != "lstm":
+        return _variants()[0].embed_cell_backward(dhs, dhT, dcT, cache[1])
     dEmb, dW, db, dh0, dc0 = embed_lstm_backward(dhs, dhT, dcT, cache[1])
     return dEmb, {"W": dW, "b": db}, dh0, dc0
 
@@ -576,13 +577,12 @@ def generate(weights, state, token, n, temperature=1.0, top_k=0, top_p=1.0, gree
              cell="lstm"):
     """Sample n tokens after `token` on the GPU; state is carried and updated -> ids (n,) int64.
     cache: as in numba_backend.generate; unused here (the GPU step is not bound by the input product)."""
-    if cell != "lstm":
-        raise _no_cell(cell)
     from .cupy_generate import generate_batch
-    return generate_batch(weights, state, [token], n, temperature, top_k, top_p, greedy, rng)[0]
+    return generate_batch(weights, state, [token], n, temperature, top_k, top_p, greedy, rng, cell)[0]
 
 
-def generate_batch(weights, state, tokens, n, temperature=1.0, top_k=0, top_p=1.0, greedy=False, rng=None):
+def generate_batch(weights, state, tokens, n, temperature=1.0, top_k=0, top_p=1.0, greedy=False, rng=None,
+                   cell="lstm"):
     """S sequences at once: tokens (S,), state [h (S,H), c (S,H)] per layer -> ids (S, n) int64."""
     from .cupy_generate import generate_batch as _gb
-    return _gb(weights, state, tokens, n, temperature, top_k, top_p, greedy, rng)
+    return _gb(weights, state, tokens, n, temperature, top_k, top_p, greedy, rng, cell)

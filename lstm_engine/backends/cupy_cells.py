@@ -1,7 +1,8 @@
 """The cell variants on the GPU: peephole, coupled and gru (kernels/cuda/cells.cu) behind the cupy backend.
 
 The equations are those of numpy_cells.py (the reference); this module validates, allocates and
-launches.  Per layer and window, as the LSTM's cuBLAS step path:
+launches.  cupy_backend hands itself in as `be` (its cuBLAS binding and graph cache), so that this
+module does not import it back.  Per layer and window, as the LSTM's cuBLAS step path:
     x W_x for all T steps           one cuBLAS product (N,I)@(I,G) before the loop
     the time loop                   per step cuBLAS h_{t-1} W_h (backward: dz_{t+1} W_h^T) by raw
                                     pointer + one cell kernel; the loop is a CUDA graph keyed by
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import cupy_backend as cb
 from . import cupy_kernels as ck
 
 try:
@@ -60,8 +60,8 @@ def check_cell(cell, x_shape, p, h0_shape, c0_shape):
 class CellCache:
     """What cell_backward needs: the cell, its inputs and the per-step values of the forward."""
 
-    def __init__(self, cell, x, p, hbuf, cbuf, acts):
-        self.cell = cell
+    def __init__(self, be, cell, x, p, hbuf, cbuf, acts):
+        self.be, self.cell = be, cell         # the backend module, the cell
         self.x, self.p = x, p                 # (T,B,I), parameters by short name (contiguous)
         self.hbuf, self.cbuf = hbuf, cbuf     # (T+1,B,H): slot 0 = h0, c0 (gru: cbuf = (c0,) only)
         self.acts = acts                      # (T,B,A)
@@ -71,8 +71,8 @@ class _Loop:
     """Raw pointers of a time loop's buffers and its per-step product (cuBLAS by pointer, or
     cp.matmul on slices when blas='matmul' or the binding is missing)."""
 
-    def __init__(self, dtype):
-        self.gemm = cb._direct_gemm(dtype)
+    def __init__(self, be, dtype):
+        self.be, self.gemm = be, be._direct_gemm(dtype)
         self.sz = np.dtype(dtype).itemsize
 
     def at(self, a, t):
@@ -100,7 +100,7 @@ class _Loop:
             self.gemm.bind_stream()
             launch(struct)
 
-        cb._BLAS_LOOPS.run(key, None, with_stream, ck.OPTIONS["graphs"])
+        self.be._BLAS_LOOPS.run(key, None, with_stream, ck.OPTIONS["graphs"])
 
 
 def _params(p, dt):
@@ -111,7 +111,7 @@ def _params(p, dt):
 # Forward over a window
 # ----------------------------------------------------------------------------
 
-def cell_forward(cell, x, p, h0, c0):
+def cell_forward(be, cell, x, p, h0, c0):
     """x (T,B,I), p by short name, h0, c0 (B,H) -> hs (T,B,H), hT, cT (B,H), cache."""
     T, B, I, H = check_cell(cell, x.shape, p, h0.shape, c0.shape)
     dt = p["W"].dtype
@@ -125,15 +125,15 @@ def cell_forward(cell, x, p, h0, c0):
     acts = cp.empty((T, B, CACHED[cell] * H), dt)                      # (T,B,A)
     if cell == "gru":
         cbuf = cp.array(c0, dtype=dt, order="C", copy=True)[None]      # (1,B,H): c is carried unchanged
-        _gru_forward_loop(xproj, p, hbuf, acts)
-        return hbuf[1:], hbuf[T], cbuf[0], CellCache(cell, x, p, hbuf, cbuf, acts)
+        _gru_forward_loop(_Loop(be, dt), xproj, p, hbuf, acts)
+        return hbuf[1:], hbuf[T], cbuf[0], CellCache(be, cell, x, p, hbuf, cbuf, acts)
     cbuf = cp.empty((T + 1, B, H), dt)                                 # (T+1,B,H)
     cbuf[0] = c0
-    _lstm_like_forward_loop(cell, xproj, p, hbuf, cbuf, acts)
-    return hbuf[1:], hbuf[T], cbuf[T], CellCache(cell, x, p, hbuf, cbuf, acts)
+    _lstm_like_forward_loop(_Loop(be, dt), cell, xproj, p, hbuf, cbuf, acts)
+    return hbuf[1:], hbuf[T], cbuf[T], CellCache(be, cell, x, p, hbuf, cbuf, acts)
 
 
-def _lstm_like_forward_loop(cell, xproj, p, hbuf, cbuf, acts):
+def _lstm_like_forward_loop(loop, cell, xproj, p, hbuf, cbuf, acts):
     """Peephole / coupled: per step zrec = h_{t-1} W_h, then the gates and the cell."""
     T, B, G = xproj.shape
     H = hbuf.shape[2]
@@ -141,7 +141,7 @@ def _lstm_like_forward_loop(cell, xproj, p, hbuf, cbuf, acts):
     kern = ck.get(f"{cell}_fwd_cell", dt)
     zrec = cp.empty((B, G), dt)                  # (B,G) h_{t-1} W_h
     extra = (p["wc"],) if cell == "peephole" else ()
-    grid, dims, loop = ck.blocks(B * H), (ck.i32(B), ck.i32(H)), _Loop(dt)
+    grid, dims = ck.blocks(B * H), (ck.i32(B), ck.i32(H))
 
     def launch(_):
         for t in range(T):
@@ -152,14 +152,14 @@ def _lstm_like_forward_loop(cell, xproj, p, hbuf, cbuf, acts):
     loop.run(("cell fwd", cell, dt.name, T, B, H) + _ptrs(xproj, hbuf, cbuf, acts, zrec, *p.values()), launch)
 
 
-def _gru_forward_loop(xproj, p, hbuf, acts):
+def _gru_forward_loop(loop, xproj, p, hbuf, acts):
     """GRU: per step zrec = h_{t-1} W_h, then r, z, n and h (hn = zrec_n + bh_n cached)."""
     T, B, G = xproj.shape
     H = hbuf.shape[2]
     W, dt = p["W"], p["W"].dtype
     kern = ck.get("gru_fwd_cell", dt)
     zrec = cp.empty((B, G), dt)                  # (B,G) h_{t-1} W_h
-    grid, dims, loop = ck.blocks(B * H), (ck.i32(B), ck.i32(H)), _Loop(dt)
+    grid, dims = ck.blocks(B * H), (ck.i32(B), ck.i32(H))
 
     def launch(_):
         for t in range(T):
@@ -190,7 +190,7 @@ def cell_backward(dhs, dhT, dcT, cache):
         return _gru_backward(dhs, dhT, dcT, cache)
     dc = cp.array(dcT, dtype=dt, order="C", copy=True)                # running dL/dc: dc_T in, dc_0 out
     dzs = cp.empty((T, B, GATES[cache.cell] * H), dt)                  # (T,B,G) dL/dz_t
-    _lstm_like_backward_loop(cache.cell, W, p, cache.acts, cache.cbuf, dhs, dhT, dzs, dc)
+    _lstm_like_backward_loop(_Loop(cache.be, dt), cache.cell, W, p, cache.acts, cache.cbuf, dhs, dhT, dzs, dc)
     dz2 = dzs.reshape(N, -1)                                           # (N,G)
     dW = cp.empty_like(W)
     cp.matmul(hbuf[:T].reshape(N, H).T, dz2, out=dW[:H])               # dW_h = sum_t h_{t-1}^T dz_t
@@ -213,14 +213,14 @@ def _peephole_dwc(dzs, cbuf, H):
     return dwc
 
 
-def _lstm_like_backward_loop(cell, W, p, acts, cbuf, dhs, dhT, dzs, dc):
+def _lstm_like_backward_loop(loop, cell, W, p, acts, cbuf, dhs, dhT, dzs, dc):
     """Peephole / coupled: per step dhrec = dz_{t+1} W_h^T (dhT at the last step), then the cell."""
     T, B, _ = dzs.shape
     H, dt = cbuf.shape[2], W.dtype
     kern = ck.get(f"{cell}_bwd_cell", dt)
     dhrec = cp.empty((B, H), dt)                 # (B,H) dz_{t+1} W_h^T
     extra = (p["wc"],) if cell == "peephole" else ()
-    grid, dims, loop = ck.blocks(B * H), (ck.i32(B), ck.i32(H)), _Loop(dt)
+    grid, dims = ck.blocks(B * H), (ck.i32(B), ck.i32(H))
 
     def launch(_):
         for t in reversed(range(T)):
@@ -242,7 +242,7 @@ def _gru_backward(dhs, dhT, dcT, cache):
     carry = cp.array(dhT, dtype=dt, order="C", copy=True)   # (B,H) dL/dh_t through z h_{t-1}: dhT in
     dxp = cp.empty((T, B, G), dt)                            # (T,B,G) dL/d(x_t W_x + bx)
     dhp = cp.empty((T, B, G), dt)                            # (T,B,G) dL/d(h_{t-1} W_h + bh)
-    _gru_backward_loop(W, acts, hbuf, dhs, carry, dxp, dhp)
+    _gru_backward_loop(_Loop(cache.be, dt), W, acts, hbuf, dhs, carry, dxp, dhp)
     dx2, dh2 = dxp.reshape(N, G), dhp.reshape(N, G)          # (N,G)
     dW = cp.empty_like(W)
     cp.matmul(hbuf[:T].reshape(N, H).T, dh2, out=dW[:H])     # dW_h = sum_t h_{t-1}^T dhp_t
@@ -254,13 +254,13 @@ def _gru_backward(dhs, dhT, dcT, cache):
     return dx, dp, dh0, dc0
 
 
-def _gru_backward_loop(W, acts, hbuf, dhs, carry, dxp, dhp):
+def _gru_backward_loop(loop, W, acts, hbuf, dhs, carry, dxp, dhp):
     """GRU: per step dhrec = dhp_{t+1} W_h^T (none at the last step), then the gates."""
     T, B, _ = dxp.shape
     H, dt = hbuf.shape[2], W.dtype
     kern = ck.get("gru_bwd_cell", dt)
     dhrec = cp.empty((B, H), dt)                 # (B,H) dhp_{t+1} W_h^T
-    grid, loop = ck.blocks(B * H), _Loop(dt)
+    grid = ck.blocks(B * H)
 
     def launch(_):
         for t in reversed(range(T)):
@@ -276,7 +276,7 @@ def _gru_backward_loop(W, acts, hbuf, dhs, carry, dxp, dhp):
 # Layer 0: the embedding gather / scatter-add around the cell (kernels of train_ops.cu)
 # ----------------------------------------------------------------------------
 
-def embed_cell_forward(cell, tokens, Emb, p, h0, c0):
+def embed_cell_forward(be, cell, tokens, Emb, p, h0, c0):
     """tokens (T,B) int, Emb (V,E) -> as cell_forward.  Ids outside [0,V) give NaN rows."""
     tok = cp.ascontiguousarray(cp.asarray(tokens), dtype=cp.int32)     # (T,B)
     if tok.ndim != 2:
@@ -287,7 +287,7 @@ def embed_cell_forward(cell, tokens, Emb, p, h0, c0):
     x = cp.empty((T, B, E), Emb.dtype)                                  # (T,B,E) = Emb[tokens]
     ck.get("embed_gather", Emb.dtype)(ck.blocks(T * B * E), (ck.THREADS,),
                                       (Emb, tok, x, np.int64(T * B), ck.i32(E), ck.i32(V)))
-    hs, hT, cT, cache = cell_forward(cell, x, p, h0, c0)
+    hs, hT, cT, cache = cell_forward(be, cell, x, p, h0, c0)
     cache.embed = (tok, (V, E))
     return hs, hT, cT, cache
 

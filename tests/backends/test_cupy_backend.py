@@ -23,6 +23,7 @@ pytestmark = pytest.mark.skipif(not _OK, reason=f"needs CuPy and an NVIDIA GPU: 
 
 from cupy_cases import *  # noqa: E402,F401,F403  (the shared parity tests)
 from cupy_cases import make_env, report  # noqa: E402
+from cupy_cell_cases import *  # noqa: E402,F401,F403  (the cell variants' parity tests)
 
 
 @pytest.fixture

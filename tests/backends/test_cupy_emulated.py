@@ -15,6 +15,7 @@ import sys
 import pytest
 
 from lstm_engine.backends import cupy_backend as cb
+from lstm_engine.backends import cupy_cells as cc
 from lstm_engine.backends import cupy_generate as cg
 from lstm_engine.backends import cupy_kernels as ck
 
@@ -22,6 +23,7 @@ pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="the CUDA em
 
 from cupy_cases import *  # noqa: E402,F401,F403  (the shared tests)
 from cupy_cases import make_env  # noqa: E402
+from cupy_cell_cases import *  # noqa: E402,F401,F403  (the cell variants' shared tests)
 
 _FAKE = None
 
@@ -47,7 +49,7 @@ def _clear_kernel_caches():
 def env(monkeypatch):
     fake = _fake_cupy()
     monkeypatch.setitem(sys.modules, "cupy", fake)
-    for mod, name in ((cb, "cp"), (cb, "xp"), (cg, "cp")):
+    for mod, name in ((cb, "cp"), (cb, "xp"), (cg, "cp"), (cc, "cp")):
         monkeypatch.setattr(mod, name, fake)
     monkeypatch.setattr(cb, "_availability", None)
     monkeypatch.setattr(ck, "cublas_module", lambda: fake.CUBLAS)
@@ -124,6 +126,29 @@ def test_cublas_loops_are_captured_on_repeated_buffers(env, options):
     st = env.ck.BLAS_GRAPH_STATUS
     assert st["error"] is None and st["captured"] == 2 and st["replayed"] >= 4, st      # fwd + bwd
     assert env.ck.GRAPH_STATUS["captured"] == 0
+
+
+@pytest.mark.parametrize("cell", ["peephole", "gru"])
+def test_cell_loops_are_captured_on_repeated_buffers(env, options, cell):
+    """The cell variants' loops (gemm + gate kernel per step) become graphs once their pointers
+    repeat, and the replays give the reference's numbers; with blas='matmul' no gemm goes through
+    the pointer binding and nothing is captured."""
+    import numpy as np
+    from cupy_cases import report
+    from cupy_cell_cases import _cell_inputs, _check_cell_layer
+    inputs = _cell_inputs(np.random.default_rng(7), cell, 5, 3, 4, 7, "float64")
+    options(graphs=True, blas="matmul")
+    calls = env.cp.CUBLAS.calls
+    with report(env, f"{cell} matmul") as rep:
+        _check_cell_layer(env, rep, "", cell, inputs, "float64")
+    assert env.cp.CUBLAS.calls == calls and env.ck.BLAS_GRAPH_STATUS["captured"] == 0
+    options(blas="direct")
+    rep = report(env, f"{cell} cuBLAS path with graphs, float64")
+    for k in range(5):
+        _check_cell_layer(env, rep, f"call{k} ", cell, inputs, "float64")
+    rep.done()
+    st = env.ck.BLAS_GRAPH_STATUS
+    assert st["error"] is None and st["captured"] == 2 and st["replayed"] >= 4, st      # fwd + bwd
 
 
 @pytest.mark.parametrize("var,key", [("LSTM_ENGINE_CUPY_STEP", "step"), ("LSTM_ENGINE_CUPY_BLAS", "blas")])
