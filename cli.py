@@ -372,6 +372,8 @@ def tune(configs, dtype):
 
 @main.command()
 @click.option("--checkpoint", default=None, help="explain a trained checkpoint instead of a fresh tiny model")
+@click.option("--cell", default=None, type=click.Choice(CELLS),
+              help="tiny model: the cell to step through (default lstm); a checkpoint explains its own cell")
 @click.option("--text", default=None, help="characters to step through (default 'hello'; needed with --checkpoint)")
 @click.option("--layer", default=0, show_default=True, type=int, help="which layer of the checkpoint to explain")
 @click.option("--input-size", default=2, show_default=True, type=int, help="tiny model: input (embedding) size")
@@ -384,13 +386,13 @@ def tune(configs, dtype):
 @click.option("--format", "fmt", default="text", show_default=True, type=click.Choice(["text", "markdown", "html"]))
 @click.option("--interactive", is_flag=True, help="wait for Enter between blocks (q + Enter stops)")
 @click.option("-o", "--output", default=None, help="write to this file instead of stdout")
-def explain(checkpoint, text, layer, input_size, hidden_size, seed, backward, units, max_check, fmt, interactive,
+def explain(checkpoint, cell, text, layer, input_size, hidden_size, seed, backward, units, max_check, fmt, interactive,
             output):
-    """Step through one LSTM layer with real numbers: gates, cell, output, loss (and BPTT with --backward)."""
+    """Step through one layer of a cell with real numbers: gates, state, loss (and BPTT with --backward)."""
     if interactive and (fmt == "html" or output):
         raise UserError("--interactive prints to the terminal; drop it for --format html or --output")
     chunks = api.explain(checkpoint, text, layer, input_size, hidden_size, seed, backward, units, max_check, fmt,
-                         output)
+                         output, cell)
     if output:
         err(f"wrote {output}")
         return
@@ -412,7 +414,9 @@ def explain(checkpoint, text, layer, input_size, hidden_size, seed, backward, un
 @click.option("--encoding", default="utf-8", show_default=True)
 @click.option("--layer", default=None, type=int, help="only this layer (default: all; --unit: the last)")
 @click.option("--unit", default=None, type=int, help="colour the text by this unit")
-@click.option("--state", "kind", default="h", show_default=True, type=click.Choice(["h", "c", "i", "f", "g", "o"]))
+@click.option("--state", "kind", default="h", show_default=True,
+              type=click.Choice(["h", "c", "i", "f", "g", "o", "r", "z", "n"]),
+              help="h, c and the gates (i f g o; coupled f g o); a GRU has h, r, z, n")
 @click.option("--rank", default=None, help="feature to rank units by: quotes, brackets, depth, line-pos, "
                                            "after-newline, space, alpha, upper, digit, punct, vowel, char:X")
 @click.option("--top", default=5, show_default=True, type=int, help="units to show")

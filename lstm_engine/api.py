@@ -232,12 +232,13 @@ def import_torch(state_dict, vocab, out, force=False):
 
 
 def explain(checkpoint_path=None, text=None, layer=0, input_size=2, hidden_size=3, seed=0, backward=False,
-            units=None, max_check=64, fmt="text", output=None):
-    """One LSTM layer stepped through with real numbers, as rendered blocks (list of str).
+            units=None, max_check=64, fmt="text", output=None, cell=None):
+    """One layer of a cell stepped through with real numbers, as rendered blocks (list of str).
 
-    A checkpoint (then `text` is required) or a fresh tiny model (text default 'hello');
-    with `output` the blocks are also written to that file."""
+    A checkpoint (then `text` is required; its own cell) or a fresh tiny model of `cell` (default lstm;
+    text default 'hello'); with `output` the blocks are also written to that file."""
     from .teaching import explain as ex
+    from .teaching.explain_cells import explain as explain_any_cell
     from .teaching.explain_render import render
     if output:
         check_output(output, _checkpoint_inputs(checkpoint_path), "-o")
@@ -249,10 +250,13 @@ def explain(checkpoint_path=None, text=None, layer=0, input_size=2, hidden_size=
                           f"a model of --input-size {input_size} --hidden-size {hidden_size}", "pass smaller sizes")
     if checkpoint_path:
         setup = ex.checkpoint_setup(checkpoint_path, text, layer)
+        if cell is not None and cell != setup.cfg.cell:
+            raise UserError(f"--cell {cell}: this checkpoint holds a {setup.cfg.cell} model; "
+                            f"leave --cell out to explain the checkpoint's own cell")
     else:
         setup = ex.tiny_setup(**({} if text is None else {"text": text}), input_size=input_size,
-                              hidden_size=hidden_size, seed=seed)
-    chunks = render(ex.explain(setup, backward, units, max_check, seed), fmt)
+                              hidden_size=hidden_size, seed=seed, cell=cell or "lstm")
+    chunks = render(explain_any_cell(setup, backward, units, max_check, seed), fmt)
     if output:
         try:
             atomic_write_bytes(output, ("\n".join(chunks) + "\n").encode("utf-8", "backslashreplace"))

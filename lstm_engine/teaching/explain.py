@@ -128,7 +128,7 @@ class Explainer:
         state = self.model.zero_state(1)
         self.logits, _, (self.caches, self.x2) = self.model.forward(self.tokens, state)   # (T,V)
         self.loss, self.dlogits = nb.softmax_xent(self.logits, self.targets.reshape(-1))   # float, (T,V)
-        lc = self.caches[0][2] if setup.layer == 0 else self.caches[setup.layer]
+        lc = self.caches[0][1][2] if setup.layer == 0 else self.caches[setup.layer][1]   # cell_forward's (cell, cache)
         # lstm_forward's cache: x (T,1,I), W (H+I,G), h0, c0 (1,H), hs, cs (T,1,H), acts (T,1,G)
         self.x, self.W, self.h0, self.c0, self.hs, self.cs, self.acts = lc
         self.lcache = lc
@@ -254,7 +254,7 @@ class Explainer:
         dx = (self.dlogits @ P["Wy"].T).reshape(self.T, 1, self.H)   # as in Model.forward_backward
         zeros = np.zeros((1, self.H))
         for l in reversed(range(self.s.layer + 1, L)):
-            dx, _, _, _, _ = nb.lstm_backward(dx, zeros, zeros, self.caches[l])
+            dx, _, _, _, _ = nb.lstm_backward(dx, zeros, zeros, self.caches[l][1])
         return dx
 
     def backward_blocks(self):
@@ -340,7 +340,7 @@ class Explainer:
         s = self.s
         if s.layer == 0:
             _, dW_ref, db_ref, dh0_ref, dc0_ref = nb.embed_lstm_backward(dhs, np.zeros_like(dh0), np.zeros_like(dc0),
-                                                                         self.caches[0])
+                                                                         self.caches[0][1])
             dx_ref = nb.lstm_backward(dhs, np.zeros_like(dh0), np.zeros_like(dc0), self.lcache)[0]
         else:
             dx_ref, dW_ref, db_ref, dh0_ref, dc0_ref = nb.lstm_backward(dhs, np.zeros_like(dh0),

@@ -94,7 +94,7 @@ def collect_states(model, vocab, text, chunk=256):
         tokens = ids[s:s + chunk].reshape(-1, 1)                      # (T,1)
         _, state, (caches, _) = model.forward(tokens, state)
         for l in range(L):
-            lc = caches[0][2] if l == 0 else caches[l]
+            lc = caches[0][1][2] if l == 0 else caches[l][1]     # cell_forward's (cell, cache)
             _, _, _, _, hs, cs, acts = lc           # lstm_forward's cache: hs, cs (T,1,H), acts (T,1,G)
             out["h"][l, s:s + len(tokens)] = hs[:, 0]
             out["c"][l, s:s + len(tokens)] = cs[:, 0]

@@ -131,7 +131,7 @@ class Explorer:
         states = {k: np.empty((L, N, H)) for k in KINDS}
         pre = np.empty((L, N, 4 * H))
         for l in range(L):
-            lc = caches[0][2] if l == 0 else caches[l]      # lstm_forward's cache of layer l
+            lc = caches[0][1][2] if l == 0 else caches[l][1]   # lstm_forward's cache of layer l
             _, _, _, _, hs, cs, acts = lc                   # hs, cs (N,1,H), acts (N,1,G)
             states["h"][l], states["c"][l] = hs[:, 0], cs[:, 0]
             for k, g in enumerate(GATES):
@@ -244,8 +244,8 @@ class Explorer:
         dh[t] = nb.linear_backward(x2[t:t + 1], dlogits, P["Wy"])[0]                    # only L_t
         zeros = np.zeros((1, H))
         for l in reversed(range(1, L)):
-            dh = nb.lstm_backward(dh, zeros, zeros, caches[l])[0]                        # (T,1,H)
-        dx = nb.lstm_backward(dh, zeros, zeros, caches[0][2])[0]                        # (T,1,E)
+            dh = nb.lstm_backward(dh, zeros, zeros, caches[l][1])[0]                     # (T,1,H)
+        dx = nb.lstm_backward(dh, zeros, zeros, caches[0][1][2])[0]                     # (T,1,E)
         norms = np.linalg.norm(dx[:, 0], axis=1)                                         # (T,)
         return {"t": t, "target": text[t + 1], "loss": loss, "norms": norms.tolist()}
 
