@@ -8,8 +8,8 @@ models (backends/numpy_backend.py, reached through model.Model with the numpy ba
     gate_activations         -> i, f, g, o from the pre-activations z_t
     cell_update              -> c_t and h_t
     softmax_xent             -> the loss and dL/dlogits
-    cell_update_backward     -> dL/do, dL/dc, dL/di, dL/df, dL/dg, dL/dc_{t-1}   (called by cell_backward)
-    gate_activations_backward-> dL/dz                                         (called by cell_backward)
+    cell_update_backward     -> dL/do, dL/dc, dL/di, dL/df, dL/dg, dL/dc_{t-1}   (called by lstm_step_backward)
+    gate_activations_backward-> dL/dz                                         (called by lstm_step_backward)
     lstm_backward            -> dW, db, dx, dh0, dc0 (the per-step terms below are checked against it)
     Model.forward_backward / Model.loss -> the gradient check
 
@@ -22,6 +22,7 @@ The result is a list of Blocks that explain_render.py prints as text, markdown o
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -32,6 +33,7 @@ from ..backends import numpy_backend as nb
 from ..core.data import Vocab
 from ..errors import UserError
 from ..core.model import Model, ModelConfig, init_params
+from .cells import layer_cache
 
 GATES = ("i", "f", "g", "o")
 MAX_TEXT = 33                   # at most 32 steps: the printout grows with every step
@@ -68,13 +70,13 @@ class Setup:
     origin: str = ""
 
 
-def tiny_setup(text="hello", input_size=2, hidden_size=3, seed=0):
-    """A fresh one-layer model (embedding size = input size) whose vocabulary is the text's characters."""
+def tiny_setup(text="hello", input_size=2, hidden_size=3, seed=0, cell="lstm"):
+    """A fresh one-layer model of `cell` (embedding size = input size) whose vocabulary is the text's characters."""
     if input_size < 1 or hidden_size < 1:
         raise UserError("--input-size and --hidden-size must be >= 1")
     _check_text(text)
     vocab = Vocab.build(text)
-    cfg = ModelConfig(len(vocab), input_size, hidden_size, layers=1, dtype="float64")
+    cfg = ModelConfig(len(vocab), input_size, hidden_size, layers=1, dtype="float64", cell=cell)
     params = init_params(cfg, seed)
     return Setup(cfg, params, vocab, text, 0, f"a fresh model (seed {seed}), PyTorch-style initialisation")
 
@@ -91,7 +93,7 @@ def checkpoint_setup(path, text, layer=0):
     vocab = Vocab(meta["vocab"])
     vocab.encode(text, strict=True)                    # one-line error for characters it never saw
     params = {n: tensors["param." + n].astype(np.float64) for n in cfg.param_shapes()}
-    cfg = ModelConfig(cfg.vocab_size, cfg.embed_size, cfg.hidden_size, cfg.layers, 0.0, "float64")
+    cfg = dataclasses.replace(cfg, dropout=0.0, dtype="float64")
     step = meta.get("trainer", {}).get("step", "?")
     return Setup(cfg, params, vocab, text, layer, f"checkpoint {path} (step {step}), widened to float64")
 
@@ -128,14 +130,16 @@ class Explainer:
         state = self.model.zero_state(1)
         self.logits, _, (self.caches, self.x2) = self.model.forward(self.tokens, state)   # (T,V)
         self.loss, self.dlogits = nb.softmax_xent(self.logits, self.targets.reshape(-1))   # float, (T,V)
-        lc = self.caches[0][1][2] if setup.layer == 0 else self.caches[setup.layer][1]   # cell_forward's (cell, cache)
-        # lstm_forward's cache: x (T,1,I), W (H+I,G), h0, c0 (1,H), hs, cs (T,1,H), acts (T,1,G)
-        self.x, self.W, self.h0, self.c0, self.hs, self.cs, self.acts = lc
-        self.lcache = lc
+        self.cell, self.lcache = layer_cache(self.caches, setup.layer)
+        self.read_cache(self.lcache)
         self.I = self.x.shape[2]
-        self.b = self.model.params[f"b{setup.layer}"]                # (G,)
         self.blocks = []
         self.values = {}        # (name, 1-based step) -> full vector, and "dW", "db": what the blocks show
+
+    def read_cache(self, lc):
+        """lstm_forward's cache: x (T,1,I), W (H+I,G), h0, c0 (1,H), hs, cs (T,1,H), acts (T,1,G)."""
+        self.x, self.W, self.h0, self.c0, self.hs, self.cs, self.acts = lc
+        self.b = self.model.params[f"b{self.s.layer}"]               # (G,)
 
     def cut(self, v):
         """The first `units` entries of a hidden-sized vector (all of an input-sized one)."""
@@ -238,7 +242,7 @@ class Explainer:
                          f"{-logp[t, y]:.4f}", f"{-logp[t, y] / math.log(2):.4f}"])
         V = self.cfg.vocab_size
         top = "" if self.s.layer == self.cfg.layers - 1 else \
-            f" (layers {self.s.layer + 1}..{self.cfg.layers - 1} run by lstm_forward on top)"
+            f" (layers {self.s.layer + 1}..{self.cfg.layers - 1} run by {self.cell}_forward on top)"
         self.blocks.append(Block("the loss", ["Model.forward (logits = h_t·W_y + b_y)", "softmax_xent",
                                               "log_softmax"], [
             ("eq", "p_t = softmax(h_t·W_y + b_y)     L = -(1/T) Σ_t log p_t[next char]" + top),
@@ -254,7 +258,7 @@ class Explainer:
         dx = (self.dlogits @ P["Wy"].T).reshape(self.T, 1, self.H)   # as in Model.forward_backward
         zeros = np.zeros((1, self.H))
         for l in reversed(range(self.s.layer + 1, L)):
-            dx, _, _, _, _ = nb.lstm_backward(dx, zeros, zeros, self.caches[l][1])
+            dx = nb.cell_backward(dx, zeros, zeros, self.caches[l])[0]   # the layer's own backward
         return dx
 
     def backward_blocks(self):
@@ -419,12 +423,14 @@ def _same(a, b, what, ref):
         raise AssertionError(f"{what} disagrees with {ref}")
 
 
-def explain(setup: Setup, backward=False, units=None, max_check=64, seed=0):
-    """-> the list of Blocks for `setup` (forward, the loss, and with backward=True BPTT + gradient check)."""
+def explain(setup: Setup, backward=False, units=None, max_check=64, seed=0, explainer=None):
+    """-> the list of Blocks for `setup` (forward, the loss, and with backward=True BPTT + gradient check).
+
+    explainer: the class that steps the cell (default Explainer, the LSTM's; explain_cells for the others)."""
     if units is not None and units < 1:
         raise UserError(f"--units must be >= 1 (got {units})")
     check_max_check(setup, max_check, backward)
-    return Explainer(setup, units).run(backward, max_check, seed)
+    return (explainer or Explainer)(setup, units).run(backward, max_check, seed)
 
 
 def check_max_check(setup, max_check, backward=True):

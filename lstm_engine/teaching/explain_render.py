@@ -13,7 +13,7 @@ import numpy as np
 
 REF_FILE = "lstm_engine/backends/numpy_backend.py"
 MODULE_OF = {"model.": "lstm_engine/core/model.py", "Model.": "lstm_engine/core/model.py",
-             "checkpoint.": "lstm_engine/storage/checkpoint.py"}
+             "checkpoint.": "lstm_engine/storage/checkpoint.py", "numpy_cells.": "lstm_engine/backends/numpy_cells.py"}
 
 
 def qualified(source):
@@ -152,7 +152,8 @@ th { background: #f0f0f0; } td.lab { text-align: left; background: #fafafa; bord
 svg { display: block; margin: 0.6em 0; max-width: 100%; height: auto; }
 """
 
-GATE_COLOR = {"f": "#d1495b", "i": "#2e86de", "g": "#3a9d23", "o": "#8e44ad"}
+GATE_COLOR = {"f": "#d1495b", "i": "#2e86de", "g": "#3a9d23", "o": "#8e44ad", "r": "#d1495b", "z": "#2e86de",
+              "n": "#3a9d23"}
 
 
 def cell_color(x, scale):
@@ -245,7 +246,10 @@ def _box(x, y, fn, gate):
 
 
 def cell_svg(d):
-    """d: slot -> (label, vector) for the slots h_prev x c_prev f i g o c tanh_c h."""
+    """d: slot -> (label, vector) for the slots h_prev x c_prev f i g o c tanh_c h (a GRU's: see gru_svg)."""
+    if "z" in d:
+        return gru_svg(d)
+    coupled = "1-f" in d.get("i", ("",))[0].replace(" ", "")       # the coupled cell's input gate is 1 - f
     fx, ix, gx, ox, gy = 230, 390, 530, 700, 290           # gate boxes: x centres, y centre
     mx, tx, right = (ix + gx) // 2, 800, 940               # i*g and + column, tanh/output column, right edge
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {right + 20} 450" width="{right + 20}" '
@@ -266,12 +270,46 @@ def cell_svg(d):
     parts += [_node(fx, 90, "×"), _node(mx, 90, "+"), _node(mx, 180, "×"), _node(tx, 230, "×"),
               f'<ellipse cx="{tx}" cy="150" rx="26" ry="12" fill="#fff4d6" stroke="#444" stroke-width="1.5"/>'
               f'<text x="{tx}" y="155" text-anchor="middle" font-size="13">tanh</text>',
-              _box(fx, gy, "σ", "f"), _box(ix, gy, "σ", "i"), _box(gx, gy, "tanh", "g"), _box(ox, gy, "σ", "o")]
+              _box(fx, gy, "σ", "f"), _box(ix, gy, "1-f" if coupled else "σ", "i"), _box(gx, gy, "tanh", "g"),
+              _box(ox, gy, "σ", "o")]
     spots = {"c_prev": (64, 52, "start", "#222"), "c": (right, 52, "end", "#222"),
              "f": (fx - 8, 150, "end", GATE_COLOR["f"]), "i": (ix - 8, 236, "end", GATE_COLOR["i"]),
              "g": (gx + 8, 236, "start", GATE_COLOR["g"]), "o": (ox - 8, 196, "end", GATE_COLOR["o"]),
              "tanh_c": (tx - 32, 140, "end", "#222"), "h": (right, 250, "end", "#222"),
              "h_prev": (64, 380, "start", "#222"), "x": (212, 404, "start", "#222")}
+    for slot, (x, y, anchor, color) in spots.items():
+        if slot in d:
+            parts.append(_svg_label(x, y, anchor, d[slot][0], d[slot][1], color))
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def gru_svg(d):
+    """The GRU: d: slot -> (label, vector) for h_prev x r z n hn (W_hn h + b_hn) z_h zn h."""
+    zx, rx, mx, nx, gy, top, mid, right = 300, 520, 600, 700, 290, 90, 200, 940
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {right + 20} 450" width="{right + 20}" '
+             'height="450" font-family="monospace" font-size="11">',
+             '<defs><marker id="arr" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" '
+             'orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="#444"/></marker></defs>',
+             f'<rect x="140" y="30" width="{nx - 60}" height="355" rx="18" fill="#f4f7fb" stroke="#9ab"/>',
+             _line([(60, top), (zx - 12, top)]), _line([(zx + 12, top), (nx - 12, top)]),      # h_{t-1}, z*h
+             _line([(nx + 12, top), (right, top)]),                                           # h_t
+             _line([(zx, gy - 18), (zx, top + 12)]), _line([(zx, mid), (388, mid)]),          # z up; to 1-z
+             _line([(412, mid), (nx - 12, mid)]), _line([(nx, gy - 18), (nx, mid + 12)]),     # (1-z) and n meet
+             _line([(nx, mid - 12), (nx, top + 12)]),                                         # (1-z)*n -> +
+             _line([(rx + 38, gy), (mx - 12, gy)]), _line([(mx + 12, gy), (nx - 38, gy)]),    # r*(W_hn h + b_hn)
+             _line([(150, top), (150, 360)], False), _line([(150, 360), (nx, 360)], False),
+             _line([(200, 430), (200, 362)], False)]
+    parts += [_line([(x, 360), (x, gy + 20)]) for x in (zx, rx, nx)] + [_line([(mx, 360), (mx, gy + 12)])]
+    parts += [_node(zx, top, "×"), _node(nx, top, "+"), _node(nx, mid, "×"), _node(mx, gy, "×"),
+              f'<circle cx="400" cy="{mid}" r="12" fill="#fff4d6" stroke="#444" stroke-width="1.5"/>'
+              f'<text x="400" y="{mid + 4}" text-anchor="middle" font-size="11">1-</text>',
+              _box(zx, gy, "σ", "z"), _box(rx, gy, "σ", "r"), _box(nx, gy, "tanh", "n")]
+    spots = {"h_prev": (64, 52, "start", "#222"), "z_h": (zx + 14, 52, "start", "#222"),
+             "h": (right, 52, "end", "#222"), "zn": (nx + 14, 150, "start", "#222"),
+             "z": (zx - 8, 150, "end", GATE_COLOR["z"]), "r": (rx, 240, "middle", GATE_COLOR["r"]),
+             "n": (nx + 46, 250, "start", GATE_COLOR["n"]), "hn": (mx - 8, 340, "end", "#222"),
+             "x": (212, 404, "start", "#222")}
     for slot, (x, y, anchor, color) in spots.items():
         if slot in d:
             parts.append(_svg_label(x, y, anchor, d[slot][0], d[slot][1], color))

@@ -2,13 +2,14 @@
 
 The model reads the text as one stream from a zero state (Model.forward with the NumPy
 reference backend, the code that trains it).  For every character we keep, per layer, h_t,
-c_t and the gates, read from the reference lstm_forward cache.  A unit's activation after
+c_t and the gates the cell has (cells.kinds: the GRU has h, r, z, n), read from the reference
+forward's cache.  A unit's activation after
 reading character t colours character t, as in Karpathy's "quote-detecting cell" pictures.
 
 --rank FEATURE correlates every unit with a simple feature of the text (inside quotes,
 inside brackets, position in line, ...) and shows the units that track it best.
 
-Dimension legend: N characters, L layers, H hidden, G = 4H, T chunk length.
+Dimension legend: N characters, L layers, H hidden, T chunk length.
 """
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ import numpy as np
 
 from ..backends import numpy_backend as nb
 from ..errors import UserError
+from . import cells
 
-KINDS = ("h", "c", "i", "f", "g", "o")
+KINDS = cells.kinds("lstm")          # h c i f g o: the LSTM's states (cells.kinds(cell) for the others)
 OPEN, CLOSE = "([{", ")]}"
 FEATURES = {
     "quotes": "inside double quotes",
@@ -82,24 +84,20 @@ def _nesting(text, name):
 # ----------------------------------------------------------------------------
 
 def collect_states(model, vocab, text, chunk=256):
-    """Run text through the model (numpy backend) -> dict kind -> (L,N,H) float32 for h, c, i, f, g, o."""
+    """Run text through the model (numpy backend) -> dict kind -> (L,N,H) float32 for cells.kinds(cell)."""
     if model.be is not nb:
         raise ValueError("collect_states reads the NumPy reference backend's caches; "
                          "load the model with backend='numpy'")
     ids = vocab.encode(text)
-    N, L, H = len(ids), model.cfg.layers, model.cfg.hidden_size
-    out = {k: np.empty((L, N, H), np.float32) for k in KINDS}
+    N, L, H, cell = len(ids), model.cfg.layers, model.cfg.hidden_size, model.cfg.cell
+    out = {k: np.empty((L, N, H), np.float32) for k in cells.kinds(cell)}
     state = model.zero_state(1)
     for s in range(0, N, chunk):
         tokens = ids[s:s + chunk].reshape(-1, 1)                      # (T,1)
         _, state, (caches, _) = model.forward(tokens, state)
         for l in range(L):
-            lc = caches[0][1][2] if l == 0 else caches[l][1]     # cell_forward's (cell, cache)
-            _, _, _, _, hs, cs, acts = lc           # lstm_forward's cache: hs, cs (T,1,H), acts (T,1,G)
-            out["h"][l, s:s + len(tokens)] = hs[:, 0]
-            out["c"][l, s:s + len(tokens)] = cs[:, 0]
-            for k, g in enumerate("ifgo"):
-                out[g][l, s:s + len(tokens)] = acts[:, 0, k * H:(k + 1) * H]
+            for k, v in cells.layer_states(*cells.layer_cache(caches, l)).items():   # v (T,1,H)
+                out[k][l, s:s + len(tokens)] = v[:, 0]
     return out
 
 
@@ -168,7 +166,7 @@ def _color(v, signed):
 
 def coloured_text(text, values, kind):
     """Every character in a span whose background is the unit's activation (scaled to [-1,1])."""
-    signed = kind in ("h", "c", "g")
+    signed = kind in cells.SIGNED
     scale = float(np.abs(values).max()) if kind == "c" else 1.0      # c is unbounded: scale per unit
     scale = scale or 1.0
     out = []
@@ -187,7 +185,7 @@ def page_html(title, intro, sections, table=None):
              f"<h1>{html.escape(title)}</h1><p>{html.escape(intro)}</p>",
              '<p class="legend">colour: ' + "".join(
                  f'<span style="background:{_color(v, True)}">{v:+.1f}</span>' for v in (-1, -0.5, 0, 0.5, 1))
-             + " (h and g in [-1, 1]; c scaled by its largest |c|; gates i, f, o from 0 white to 1 blue)</p>"]
+             + " (h, g and n in [-1, 1]; c scaled by its largest |c|; the sigmoid gates from 0 white to 1 blue)</p>"]
     if table:
         head = "".join(f"<th>{html.escape(h)}</th>" for h in table[0])
         rows = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in table[1])
@@ -201,8 +199,7 @@ def page_html(title, intro, sections, table=None):
 def inspect(model, vocab, text, out_html, layer=None, unit=None, kind="h", rank=None, top=5, source=""):
     """Build the page and write it.  -> dict(ranking=[(r, layer, unit[, feature])...], shown=[(layer, unit)...])."""
     L, H = model.cfg.layers, model.cfg.hidden_size
-    if kind not in KINDS:
-        raise UserError(f"--state must be one of {', '.join(KINDS)} (got {kind!r})")
+    cells.check_kind(model.cfg.cell, kind)
     if layer is not None and not 0 <= layer < L:
         raise UserError(f"--layer must be in 0..{L - 1} for this model (got {layer})")
     if unit is not None and not 0 <= unit < H:

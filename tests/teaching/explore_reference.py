@@ -7,8 +7,10 @@ import contextlib
 import numpy as np
 
 from lstm_engine.backends import numpy_backend as nb
+from lstm_engine.core.model import layer_params
 from lstm_engine.storage import checkpoint
 from lstm_engine.teaching import explain as ex
+from lstm_engine.teaching import explain_cells
 
 # 'a' then quotes, brackets, a newline: every character is in the training corpus's vocabulary
 TEXT = 'ab "cd" (a (b) c)\nd "ab" c'
@@ -32,19 +34,34 @@ def explained(path, text, layer):
     return out
 
 
+def explained_cell(path, text, layer):
+    """explained() for a peephole, coupled or gru checkpoint: kind -> (N,H) for its gates, h (and c), 'pre' (N,G)."""
+    e = explain_cells.CellExplainer(ex.checkpoint_setup(path, text + "a", layer))
+    e.run()
+    N, H = len(text), e.H
+    a = np.array([e.values["a", p + 1] for p in range(N)])                          # (N,G)
+    out = {g: a[:, k * H:(k + 1) * H] for k, g in enumerate(e.gates)}
+    out["pre"] = np.array([e.values["pre", p + 1] for p in range(N)])
+    for kind in ("h", "c", "hn"):
+        if (kind, 1) in e.values:
+            out[kind] = np.array([e.values[kind, p + 1] for p in range(N)])
+    out["logp"] = nb.log_softmax(e.logits)[:N]                                     # (N,V)
+    return out
+
+
 def params64(path):
     tensors, meta = checkpoint.load(path)
     return {n[6:]: t.astype(np.float64) for n, t in tensors.items() if n.startswith("param.")}, meta
 
 
-def loss_at(P, x, t, target):
-    """-log p_t(target) with x (T,1,E) the embeddings read, through lstm_forward layer by layer."""
+def loss_at(P, x, t, target, cell="lstm"):
+    """-log p_t(target) with x (T,1,E) the embeddings read, through the cell's reference forward layer by layer."""
     L = sum(1 for n in P if n.startswith("W") and n[1:].isdigit())
     H = P["Wy"].shape[0]
     hs = x
     for l in range(L):
         zeros = np.zeros((1, H))
-        hs, _, _, _ = nb.lstm_forward(hs, P[f"W{l}"], P[f"b{l}"], zeros, zeros)
+        hs, _, _, _ = nb.cell_forward(cell, hs, layer_params(P, cell, l), zeros, zeros)
     logits = hs[t] @ P["Wy"] + P["by"]                                             # (1,V)
     return -float(nb.log_softmax(logits)[0, target])
 
@@ -52,6 +69,7 @@ def loss_at(P, x, t, target):
 def influence_fd(path, text, t, eps=1e-6):
     """|dL_t/dx_k| for k = 0..t by central differences on each embedding read -> (t+1,)."""
     P, meta = params64(path)
+    cell = meta["model"].get("cell", "lstm")
     index = {s: i for i, s in enumerate(meta["vocab"])}
     ids = [index[ch] for ch in text]
     x = P["Emb"][ids[:t + 1]].reshape(t + 1, 1, -1).copy()                         # (T,1,E)
@@ -60,9 +78,9 @@ def influence_fd(path, text, t, eps=1e-6):
         for e in range(x.shape[2]):
             old = x[k, 0, e]
             x[k, 0, e] = old + eps
-            lp = loss_at(P, x, t, ids[t + 1])
+            lp = loss_at(P, x, t, ids[t + 1], cell)
             x[k, 0, e] = old - eps
-            lm = loss_at(P, x, t, ids[t + 1])
+            lm = loss_at(P, x, t, ids[t + 1], cell)
             x[k, 0, e] = old
             grad[k, 0, e] = (lp - lm) / (2 * eps)
     return np.linalg.norm(grad[:, 0], axis=1)

@@ -215,17 +215,23 @@ def test_cli_bad_input_is_one_line(ckpt, args, msg):
 
 
 def test_walkthrough_pastes_real_explain_output():
-    """docs/lstm-walkthrough.md quotes `lstm-engine explain --backward`; its blocks must be what that prints.
+    """docs/lstm-walkthrough.md quotes `lstm-engine explain [--cell X] --backward`; its blocks must be what that prints.
 
     The gradient-check and sums blocks are left out: their last digits are float64 rounding (1e-11 and
     below) and may differ between BLAS libraries.
     """
     import pathlib
+    from lstm_engine.teaching import explain_cells
     doc = (pathlib.Path(__file__).parents[2] / "docs" / "lstm-walkthrough.md").read_text(encoding="utf-8")
-    quoted = [b.strip() for b in re.findall(r"```text\n(== .*?)```", doc, re.S)]
-    assert len(quoted) >= 10
-    out = "\n".join(render(ex.explain(ex.tiny_setup(), backward=True), "text"))
-    for block in quoted:
-        if block.startswith(("== gradient check", "== backward: the sums")):
-            continue
-        assert block in out, block.splitlines()[0]
+    # a section headed '### ... (`--cell X`)' quotes `explain --cell X --backward`; the rest quotes the LSTM's
+    parts = re.split(r"\n### [^\n]*\(`--cell (\w+)`\)\n", doc)
+    sections = [("lstm", parts[0])] + list(zip(parts[1::2], parts[2::2]))
+    assert [cell for cell, _ in sections] == ["lstm", "peephole", "coupled", "gru"]
+    for cell, text in sections:
+        quoted = [b.strip() for b in re.findall(r"```text\n(== .*?)```", text, re.S)]
+        assert len(quoted) >= (10 if cell == "lstm" else 3), cell
+        out = "\n".join(render(explain_cells.explain(ex.tiny_setup(cell=cell), backward=True), "text"))
+        for block in quoted:
+            if block.startswith(("== gradient check", "== backward: the sums")):
+                continue
+            assert block in out, (cell, block.splitlines()[0])

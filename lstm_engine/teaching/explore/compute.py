@@ -1,18 +1,20 @@
 """The numbers behind the explorer, every one from the NumPy reference backend in float64.
 
-Nothing here is a second LSTM: Model.forward (embed_lstm_forward / lstm_forward per layer, the
-output projection) gives the gates, c and h of every step from lstm_forward's cache; log_softmax
-the next-character distribution; lstm_backward / linear_backward / softmax_xent the influence;
-the reference generate the samples; inspect_cells the feature ranking.  The one repeated line is
-lstm_forward's glue z_t = x_t·W_x + b + h_{t-1}·W_h (as explain repeats it), checked against the
-gates lstm_forward returned.  Parameters are widened to float64, as explain widens them.
+Nothing here is a second cell: Model.forward (embed_cell_forward / cell_forward per layer, the
+output projection) gives the gates, c and h of every step from the reference forward's cache
+(teaching/cells.py reads it, for every cell); log_softmax the next-character distribution;
+cell_backward / linear_backward / softmax_xent the influence; the reference generate the samples;
+inspect_cells the feature ranking.  The one repeated line is the forward's glue
+z_t = x_t·W_x + b + h_{t-1}·W_h (as explain repeats it), checked against the gates the forward
+returned (cells.preactivations).  Parameters are widened to float64, as explain widens them.
 
 Position p reads character p and predicts character p+1 (explain's step p+1).
-Dimension legend: N characters read, L layers, H hidden, G = 4H, V vocabulary, E embedding,
+Dimension legend: N characters read, L layers, H hidden, G the gate blocks (4H or 3H), V vocabulary, E embedding,
 T steps of the prefix the influence runs over, U units.
 """
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -25,10 +27,9 @@ from ...core.generation import REPLACEMENT, check_sampling_options, generate_tex
 from ...core.model import Model, ModelConfig
 from ...errors import UserError
 from ...storage import checkpoint
+from .. import cells
 from .. import inspect_cells as ic
 
-GATES = ("i", "f", "g", "o")
-KINDS = ic.KINDS                # h c i f g o: what a unit's activation can be read from
 MAX_CHARS = 2000                # characters one request may read: each costs L·14H numbers of JSON per step
 MAX_GENERATE = 2000             # characters one sample may have
 TOP = 10                        # next-character bars shown
@@ -47,6 +48,32 @@ EQUATIONS = (
     " = {{terms.f_c_prev}} + {{terms.i_g}} = {{c}}",
     "h_t = o_t·tanh(c_t) = {{gates.o}}·tanh({{c}}) = {{gates.o}}·{{terms.tanh_c}} = {{h}}",
 )
+CELL_EQUATIONS = {
+    "lstm": EQUATIONS,
+    "peephole": (
+        "z_t = W·[h_{t-1}, x_t] + b      (before the peepholes; input_projection + h_{t-1}·W_h)",
+        "i_t = σ(z_i + w_ci·c_{t-1}) = σ({{pre.i}}) = {{gates.i}}    (input gate; w_ci·c_{t-1} = "
+        "{{terms.wci_c_prev}})",
+        "f_t = σ(z_f + w_cf·c_{t-1}) = σ({{pre.f}}) = {{gates.f}}    (forget gate; w_cf·c_{t-1} = "
+        "{{terms.wcf_c_prev}})",
+        EQUATIONS[3], EQUATIONS[5],
+        "o_t = σ(z_o + w_co·c_t) = σ({{pre.o}}) = {{gates.o}}      (output gate; w_co·c_t = {{terms.wco_c}})",
+        EQUATIONS[6]),
+    "coupled": (
+        "z_t = W·[h_{t-1}, x_t] + b      (pre-activations of f, g, o; input_projection + h_{t-1}·W_h)",
+        "f_t = σ(z_f) = σ({{pre.f}}) = {{gates.f}}      (forget gate; the input gate is 1 - f_t)",
+        EQUATIONS[3], EQUATIONS[4],
+        "c_t = f_t·c_{t-1} + (1 - f_t)·g_t = {{gates.f}}·{{c_prev}} + (1 - {{gates.f}})·{{gates.g}}"
+        " = {{terms.f_c_prev}} + {{terms.one_minus_f_g}} = {{c}}",
+        EQUATIONS[6]),
+    "gru": (
+        "r_t = σ(W_ir·x_t + b_ir + W_hr·h_{t-1} + b_hr) = σ({{pre.r}}) = {{gates.r}}      (reset gate)",
+        "z_t = σ(W_iz·x_t + b_iz + W_hz·h_{t-1} + b_hz) = σ({{pre.z}}) = {{gates.z}}      (update gate)",
+        "n_t = tanh(W_in·x_t + b_in + r_t·(W_hn·h_{t-1} + b_hn)) = tanh({{terms.x_n}} + {{gates.r}}·{{terms.h_n}})"
+        " = tanh({{pre.n}}) = {{gates.n}}      (candidate)",
+        "h_t = (1 - z_t)·n_t + z_t·h_{t-1} = (1 - {{gates.z}})·{{gates.n}} + {{gates.z}}·{{h_prev}}"
+        " = {{terms.one_minus_z_n}} + {{terms.z_h_prev}} = {{h}}"),
+}
 
 
 @dataclass
@@ -54,25 +81,11 @@ class Run:
     """One text read from a zero state."""
     text: str
     ids: np.ndarray             # (N,) token ids
-    states: dict                # kind -> (L,N,H): h, c and the gates i, f, g, o after reading each character
+    states: dict                # kind -> (L,N,H): h, c and the gates (cells.kinds) after reading each character
     pre: np.ndarray             # (L,N,G) gate pre-activations z
+    extra: dict                 # gru: x_n, h_n -> (L,N,H), the two terms of n's pre-activation; {} otherwise
     logp: np.ndarray            # (N,V) log p(next character)
     loss: np.ndarray            # (N-1,) -log p(the real next character)
-
-
-def preactivations(lcache, b):
-    """z of every step of an lstm_forward cache -> (T,G), as lstm_forward's loop forms it."""
-    x, W, h0, c0, hs, cs, acts = lcache       # x (T,1,I), W (H+I,G), h0 (1,H), hs (T,1,H), acts (T,1,G)
-    T, H = x.shape[0], h0.shape[1]
-    xproj = nb.input_projection(x, W[H:], b)  # (T,1,G)
-    z = np.empty_like(acts)                   # (T,1,G)
-    h = h0
-    for t in range(T):
-        z[t] = xproj[t] + h @ W[:H]           # the glue line of lstm_forward
-        h = hs[t]
-    if not np.array_equal(nb.gate_activations(z[:, 0]), acts[:, 0]):
-        raise AssertionError("the explorer's pre-activations disagree with lstm_forward's gates")
-    return z[:, 0]
 
 
 def _index(value, n, what, hint):
@@ -87,8 +100,9 @@ class Explorer:
     def __init__(self, path):
         tensors, meta = checkpoint.load(path)              # validated; nothing executes
         stored = ModelConfig(**meta["model"])
-        self.cfg = ModelConfig(stored.vocab_size, stored.embed_size, stored.hidden_size, stored.layers, 0.0,
-                               "float64")
+        self.cfg = dataclasses.replace(stored, dropout=0.0, dtype="float64")
+        self.cell = stored.cell
+        self.gates, self.kinds = cells.GATES[self.cell], cells.kinds(self.cell)
         params = {n: tensors["param." + n].astype(np.float64) for n in stored.param_shapes()}
         self.model = Model(self.cfg, nb, params)
         self.vocab = Vocab(meta["vocab"])
@@ -100,8 +114,8 @@ class Explorer:
     def info(self):
         L, H = self.cfg.layers, self.cfg.hidden_size
         return {"checkpoint": self.path, "trained_steps": self.trained_steps, "model": self.stored.to_dict(),
-                "layers": L, "hidden": H, "vocab": self.vocab.symbols, "cell": "lstm", "gates": list(GATES),
-                "kinds": list(KINDS), "equations": list(EQUATIONS), "features": ic.FEATURES,
+                "layers": L, "hidden": H, "vocab": self.vocab.symbols, "cell": self.cell, "gates": list(self.gates),
+                "kinds": list(self.kinds), "equations": list(CELL_EQUATIONS[self.cell]), "features": ic.FEATURES,
                 "limits": {"max_chars": MAX_CHARS, "max_generate": MAX_GENERATE}}
 
     # -- reading a text ---------------------------------------------------------------------------
@@ -128,18 +142,20 @@ class Explorer:
         L, H, N = self.cfg.layers, self.cfg.hidden_size, len(ids)
         tokens = ids.reshape(N, 1).astype(np.int64)         # (N,1)
         logits, _, (caches, _) = self.model.forward(tokens, self.model.zero_state(1))   # (N,V)
-        states = {k: np.empty((L, N, H)) for k in KINDS}
-        pre = np.empty((L, N, 4 * H))
+        states = {k: np.empty((L, N, H)) for k in self.kinds}
+        pre = np.empty((L, N, len(self.gates) * H))
+        extra = {}
         for l in range(L):
-            lc = caches[0][1][2] if l == 0 else caches[l][1]   # lstm_forward's cache of layer l
-            _, _, _, _, hs, cs, acts = lc                   # hs, cs (N,1,H), acts (N,1,G)
-            states["h"][l], states["c"][l] = hs[:, 0], cs[:, 0]
-            for k, g in enumerate(GATES):
-                states[g][l] = acts[:, 0, k * H:(k + 1) * H]
-            pre[l] = preactivations(lc, self.model.params[f"b{l}"])
+            cell, lc = cells.layer_cache(caches, l)          # the reference forward's cache of layer l
+            for k, v in cells.layer_states(cell, lc).items():
+                states[k][l] = v[:, 0]                        # (N,H)
+            z, more = cells.preactivations(cell, lc, self.model.layer_params(l))
+            pre[l] = z[:, 0]                                  # (N,G)
+            for k, v in more.items():
+                extra.setdefault(k, np.empty((L, N, H)))[l] = v[:, 0]
         logp = nb.log_softmax(logits)                       # (N,V)
         loss = -logp[np.arange(N - 1), ids[1:]]             # (N-1,)
-        return Run(text, ids, states, pre, logp, loss)
+        return Run(text, ids, states, pre, extra, logp, loss)
 
     def summary(self, text):
         """The text as the model reads it: its characters and the loss of each prediction."""
@@ -155,20 +171,9 @@ class Explorer:
         """Everything at position t: per layer the gates, pre-activations, c, h and the equation terms;
         the next-character distribution (top bars) and the loss of the real next character."""
         run = self.read(text)
-        N, H = len(run.ids), self.cfg.hidden_size
+        N = len(run.ids)
         _index(t, N, "t", f"the text has {N} characters")
-        layers = []
-        for l in range(self.cfg.layers):
-            s = run.states
-            c_prev = s["c"][l, t - 1] if t else np.zeros(H)   # (H,) the zero state before the text
-            h_prev = s["h"][l, t - 1] if t else np.zeros(H)
-            g = {k: s[k][l, t] for k in GATES}               # (H,) each
-            layers.append({"gates": {k: v.tolist() for k, v in g.items()},
-                           "pre": {k: run.pre[l, t, j * H:(j + 1) * H].tolist() for j, k in enumerate(GATES)},
-                           "c": s["c"][l, t].tolist(), "h": s["h"][l, t].tolist(),
-                           "c_prev": c_prev.tolist(), "h_prev": h_prev.tolist(),
-                           "terms": {"f_c_prev": (g["f"] * c_prev).tolist(), "i_g": (g["i"] * g["g"]).tolist(),
-                                     "tanh_c": np.tanh(s["c"][l, t]).tolist()}})
+        layers = [self._layer_step(run, l, t) for l in range(self.cfg.layers)]
         p = np.exp(run.logp[t])                              # (V,)
         top = np.argsort(-p, kind="stable")[:TOP]
         nxt = int(run.ids[t + 1]) if t + 1 < N else None
@@ -177,13 +182,39 @@ class Explorer:
                 "p_next": None if nxt is None else float(p[nxt]),
                 "top": [{"char": self.symbol(i), "p": float(p[i])} for i in top], "layers": layers}
 
+    def _layer_step(self, run, l, t):
+        """Layer l at position t: gates, pre-activations, states before and after, and the terms the
+        cell's equations (CELL_EQUATIONS) add up."""
+        s, H = run.states, self.cfg.hidden_size
+        g = {k: s[k][l, t] for k in self.gates}                  # (H,) each
+        h_prev = s["h"][l, t - 1] if t else np.zeros(H)          # (H,) the zero state before the text
+        out = {"gates": g, "pre": {k: run.pre[l, t, j * H:(j + 1) * H] for j, k in enumerate(self.gates)},
+               "h": s["h"][l, t], "h_prev": h_prev}
+        if self.cell == "gru":
+            x_n, h_n = run.extra["x_n"][l, t], run.extra["h_n"][l, t]
+            out["terms"] = {"x_n": x_n, "h_n": h_n, "one_minus_z_n": (1.0 - g["z"]) * g["n"],
+                            "z_h_prev": g["z"] * h_prev}
+        else:
+            c, c_prev = s["c"][l, t], (s["c"][l, t - 1] if t else np.zeros(H))
+            out.update(c=c, c_prev=c_prev)
+            terms = {"f_c_prev": g["f"] * c_prev, "tanh_c": np.tanh(c)}
+            if self.cell == "coupled":
+                terms["one_minus_f_g"] = (1.0 - g["f"]) * g["g"]
+            else:
+                terms["i_g"] = g["i"] * g["g"]
+            if self.cell == "peephole":
+                wc = self.model.params[f"wc{l}"]                 # (3,H) w_ci, w_cf, w_co
+                terms.update(wci_c_prev=wc[0] * c_prev, wcf_c_prev=wc[1] * c_prev, wco_c=wc[2] * c)
+            out["terms"] = terms
+        return {k: ({n: u.tolist() for n, u in v.items()} if isinstance(v, dict) else v.tolist())
+                for k, v in out.items()}
+
     def activations(self, text, layer, kind="h", units=None):
         """One layer's `kind` over the whole text -> values (N,U) for the units asked (default all)."""
         run = self.read(text)
         L, H = self.cfg.layers, self.cfg.hidden_size
         _index(layer, L, "layer", f"the model has {L} layer(s)")
-        if kind not in KINDS:
-            raise UserError(f"kind must be one of {', '.join(KINDS)} (got {kind!r})")
+        cells.check_kind(self.cell, kind, "kind")
         units = list(range(H)) if units is None else units
         for u in units:
             _index(u, H, "unit", f"the model has {H} units per layer")
@@ -193,8 +224,7 @@ class Explorer:
     def rank(self, text, kind="h", feature=None, top=10):
         """Units ranked by |r| with a feature inspect --rank knows, or the best unit of every feature."""
         run = self.read(text)
-        if kind not in KINDS:
-            raise UserError(f"kind must be one of {', '.join(KINDS)} (got {kind!r})")
+        cells.check_kind(self.cell, kind, "kind")
         if feature:
             rows = ic.rank_units(run.states, text, feature, kind, None, top)
             return {"kind": kind, "feature": feature,
@@ -209,8 +239,7 @@ class Explorer:
         run = self.read(text)
         N, L = len(run.ids), self.cfg.layers
         _index(layer, L, "layer", f"the model has {L} layer(s)")
-        if kind not in KINDS:
-            raise UserError(f"kind must be one of {', '.join(KINDS)} (got {kind!r})")
+        cells.check_kind(self.cell, kind, "kind")
         if not 0 <= start < end <= N:
             raise UserError(f"the span must satisfy 0 <= start < end <= {N} (got {start}..{end}); "
                             f"select at least one character of the text")
@@ -244,8 +273,8 @@ class Explorer:
         dh[t] = nb.linear_backward(x2[t:t + 1], dlogits, P["Wy"])[0]                    # only L_t
         zeros = np.zeros((1, H))
         for l in reversed(range(1, L)):
-            dh = nb.lstm_backward(dh, zeros, zeros, caches[l][1])[0]                     # (T,1,H)
-        dx = nb.lstm_backward(dh, zeros, zeros, caches[0][1][2])[0]                     # (T,1,E)
+            dh = nb.cell_backward(dh, zeros, zeros, caches[l])[0]                        # (T,1,H)
+        dx = nb.cell_backward(dh, zeros, zeros, cells.layer_cache(caches, 0))[0]       # (T,1,E)
         norms = np.linalg.norm(dx[:, 0], axis=1)                                         # (T,)
         return {"t": t, "target": text[t + 1], "loss": loss, "norms": norms.tolist()}
 

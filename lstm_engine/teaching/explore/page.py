@@ -13,7 +13,7 @@ import json
 
 from ...errors import UserError
 from ...storage.atomic import atomic_write_bytes
-from .compute import KINDS, Explorer
+from .compute import Explorer
 from .server import asset
 
 MAX_HTML_CHARS = 200            # every step is baked in: the page grows with N·L·14H numbers (N² for influence)
@@ -37,7 +37,7 @@ def baked(explorer, text):
                         f"step is stored in the page; run `lstm-engine explore` for longer texts")
     N, info = len(text), explorer.info()
     rank = {}
-    for kind in KINDS:
+    for kind in info["kinds"]:
         for feature in [None] + list(info["features"]):
             try:
                 rank[f"{kind}/{feature or ''}"] = explorer.rank(text, kind, feature)

@@ -3,7 +3,7 @@
 (function () {
   const BAKED = window.EXPLORER_BAKED || null;
   const $ = (id) => document.getElementById(id);
-  const SIGNED = { h: true, c: true, g: true };     // states in [-1, 1] (c unbounded); gates i, f, o in [0, 1]
+  const SIGNED = { h: true, c: true, g: true, n: true };   // tanh-valued states (c unbounded); sigmoid gates in [0, 1]
   const S = { info: null, text: "", run: null, t: 0, step: null, sel: { layer: 0, unit: 0 },
               mode: "cursor", shade: null, hits: null, picked: null, seq: 0 };
 
@@ -78,7 +78,7 @@
   }
   const quoted = (ch) => JSON.stringify(ch);
   const shown = (ch) => (ch === "\n" ? "\u21b5" : ch === " " ? "\u2423" : ch === "\t" ? "\u21e5" : ch);
-  const rows = () => S.info.gates.concat(["c", "h"]);
+  const rows = () => S.info.gates.concat(["c", "h"].filter((k) => S.info.kinds.includes(k)));   // a GRU has no c
   const valuesOf = (layer, kind) => (layer.gates[kind] !== undefined ? layer.gates[kind] : layer[kind]);
 
   function colour(v, signed) {   // blue for positive, red for negative (signed) or white -> blue
