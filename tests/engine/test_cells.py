@@ -162,3 +162,13 @@ def test_the_time_budget_counts_and_calibrates_the_cell(cell, monkeypatch):
     _, speed = budget.plan(tcfg, {"embed_size", "hidden_size", "layers", "batch_size", "seq_len"},
                               np.arange(200) % 7, 7, ref, say=lambda text: None)
     assert speed > 0 and seen and set(seen) == {cell}
+
+
+def test_the_python_api_takes_the_cell(tmp_path):
+    """le.train with TrainConfig(cell=...) trains that cell; an unknown cell is one line naming the choices."""
+    trainer = le.train(tiny_cfg(tmp_path / "run", cell="coupled", steps=2), text=TEXT)
+    assert trainer.model.cfg.cell == "coupled" and "wc0" not in trainer.model.params
+    assert trainer.model.params["W1"].shape == (16, 24)                             # (H+H, 3H)
+    with pytest.raises(UserError, match="--cell must be one of lstm, peephole, coupled, gru") as e:
+        le.train(tiny_cfg(tmp_path / "bad", cell="rnn", steps=2), text=TEXT)
+    assert "\n" not in str(e.value) and not (tmp_path / "bad").exists()
