@@ -1,5 +1,6 @@
 """`lstm-engine explore` serving a peephole, coupled or gru checkpoint: the JSON API against explain's numbers,
 torch.nn.GRU and central differences; the page draws the gates the server lists (a GRU: r, z, n and h, no c)."""
+import http.client
 import json
 import re
 
@@ -125,3 +126,20 @@ def test_the_page_draws_the_gates_the_server_lists(served_cell, page_of):
     pg.click(".cell[data-layer='0'][data-kind='h'][data-unit='3']")
     eqs = pg.inner_text("#equations")
     assert "{{" not in eqs and ("n_t = tanh(" in eqs if cell == "gru" else "c_t = f_t" in eqs)
+
+
+def test_greedy_sample_follows_the_forward_pass(served_cell):
+    """The streamed sample (the reference generate, one step at a time) against the forward pass over the text:
+    greedy sampling must pick each step's most likely next character that /api/step reports."""
+    cell, _, srv = served_cell
+    host, port = srv.server_address[:2]
+    conn = http.client.HTTPConnection(host, port, timeout=60)
+    conn.request("POST", "/api/generate", body=json.dumps({"prime": "ab", "length": 12, "greedy": True}),
+                 headers={"Content-Type": "application/json"})
+    lines = [json.loads(line) for line in conn.getresponse().read().decode().splitlines()]
+    conn.close()
+    sample = "".join(m["text"] for m in lines if "text" in m)
+    assert len(sample) == 12 and lines[-1] == {"done": True, "chars": 12}
+    text = "ab" + sample
+    for t in range(1, len(text) - 1):
+        assert post(srv, "/api/step", {"text": text, "t": t})["top"][0]["char"] == text[t + 1], (cell, t)
