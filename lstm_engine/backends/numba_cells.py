@@ -37,9 +37,9 @@ def _kernels(nb):
     if _K is None:
         from types import SimpleNamespace
 
-        from ..kernels.numba import cell_layers, gru_layer, sample_cells
+        from ..kernels.numba import cell_layers, gemm, gru_layer, sample_cells
         lstm = nb._kernels().lstm                       # also pins BLAS and tunes malloc, once
-        _K = SimpleNamespace(cells=cell_layers, gru=gru_layer, sample=sample_cells, lstm=lstm,
+        _K = SimpleNamespace(cells=cell_layers, gru=gru_layer, sample=sample_cells, lstm=lstm, gemm=gemm,
                              code={"peephole": cell_layers.PEEPHOLE, "coupled": cell_layers.COUPLED,
                                    "gru": sample_cells.GRU})
     return _K
@@ -51,6 +51,45 @@ def _threads(nb, T, B, H):
     if units is not None:
         rows = min(units, B) if B > 1 else None
     return prod, rows
+
+
+_NO_TOKENS = np.empty((0, 0), np.int64)     # the tokens of a layer without the table
+
+
+def _tuned(nb, T, B, I, H, G, table, dt, prod, part):
+    """The GEMMs numba_tune chose for the layer's big products (numba_backend._tuned), or None
+    for the fused kernels.  The products are numba_tune.layer_products' with G gate columns;
+    part "forward": x W_x; "backward": dW_h, and without the table dW_x and dx."""
+    from . import numba_tune
+    if not T:
+        return None
+    N, P = T * B, numba_tune.Product
+    rec = P("h^T dz", "lstm", H, N, G, True, False, (0.0, 1.0))                    # dW_h (H,G)
+    if part == "forward":
+        products = [] if table else [P("x W_x", "lstm", N, I, G)]                  # acts (N,G)
+    elif table:
+        products = [rec]
+    else:
+        products = [rec, P("x^T dz", "lstm", I, N, G, True, False, (0.0, 1.0)),    # dW_x (I,G)
+                    P("dz W_x^T", "lstm", N, G, I, False, True)]                   # dx (N,I)
+    return nb._tuned(products, dt, prod) if products else None
+
+
+def _products_after(K, fns, cache, dzr2, dzx2, dW, dx, dtable, dEmb, prod):
+    """The weight gradients after the time loop by the chosen GEMMs fns: dW_h = sum_t h_{t-1}^T dzr_t
+    (dzr2 (N,G): the recurrent side's dz rows); with x, dW_x = x^T dzx and dx = dzx W_x^T (dzx2
+    (N,G)); layer 0 with the table, dW_x = Emb^T dtable and dEmb = dtable W_x^T (gemm.py)."""
+    B, H = cache.h0.shape
+    N = dzr2.shape[0]
+    W = cache.p["W"]
+    fns[0](cache.h0, dzr2[:B], dW[:H], True, False, 1.0, 0.0, prod)                          # h_0^T dz_1
+    fns[0](cache.hs.reshape(N, H)[:N - B], dzr2[B:], dW[:H], True, False, 1.0, 1.0, prod)    # + the rest
+    if cache.x is not None:
+        fns[1](cache.x.reshape(N, -1), dzx2, dW[H:], True, False, 1.0, 0.0, prod)           # dW_x (I,G)
+        fns[2](dzx2, W[H:], dx.reshape(N, -1), False, True, 1.0, 0.0, prod)                 # dx (N,I)
+    else:
+        K.gemm.gemm(cache.Emb, dtable, dW[H:], True, False)                                 # dW_x (E,G)
+        K.gemm.gemm(dtable, W[H:], dEmb, False, True)                                       # dEmb (V,E)
 
 
 class CellCache:
@@ -107,21 +146,28 @@ def cell_forward(nb, cell, x, p, h0, c0):
     p, dt = _params(nb, cell, p, h0, c0, x.shape[2])
     nb._dtype_of(x, h0)
     x, h0, c0 = nb._c(x), nb._c(h0), nb._c(c0)
-    T, B, _ = x.shape
-    H = h0.shape[1]
-    K = _kernels(nb)
-    hs = nb._pool.empty((T, B, H), dt)
-    acts = nb._pool.empty((T, B, GATES[cell] * H), dt)
+    T, B, I = x.shape
+    H, G = h0.shape[1], GATES[cell] * h0.shape[1]
+    K, W = _kernels(nb), p["W"]
+    hs, acts = nb._pool.empty((T, B, H), dt), nb._pool.empty((T, B, G), dt)
+    prod, rows = _threads(nb, T, B, H)
+    fns = _tuned(nb, T, B, I, H, G, False, dt, prod, "forward")
+    if fns is not None:                            # the chosen product, then the time loop alone
+        fns[0](x.reshape(T * B, I), W[H:], acts.reshape(T * B, G), False, False, 1.0, 0.0, prod)
     if cell == "gru":
         hn = nb._pool.empty((T, B, H), dt)
-        if T:
-            K.gru.gru_forward_kernel(x, p["W"], p["bx"], p["bh"], h0, hs, acts, hn, *_threads(nb, T, B, H))
+        if T and fns is None:
+            K.gru.gru_forward_kernel(x, W, p["bx"], p["bh"], h0, hs, acts, hn, prod, rows)
+        elif T:
+            K.gru.run_forward_steps(W[:H], p["bx"], p["bh"], h0, hs, acts, hn, rows, _NO_TOKENS, np.empty((0, G), dt))
         cache = CellCache(cell, x, p, h0, c0, hs, None, acts, hn)
         return hs, (hs[-1] if T else h0), c0, cache          # the GRU carries c unchanged
     cs = nb._pool.empty((T, B, H), dt)
-    if T:
-        K.cells.cell_forward_kernel(K.code[cell], x, p["W"], p["b"], _wc(p, dt), h0, c0, hs, cs, acts,
-                                    *_threads(nb, T, B, H))
+    if T and fns is None:
+        K.cells.cell_forward_kernel(K.code[cell], x, W, p["b"], _wc(p, dt), h0, c0, hs, cs, acts, prod, rows)
+    elif T:
+        K.cells.run_forward_steps(K.code[cell], W[:H], p["b"], _wc(p, dt), h0, c0, hs, cs, acts, rows, _NO_TOKENS,
+                                  np.empty((0, G), dt))
     hT, cT = (hs[-1], cs[-1]) if T else (h0, c0)
     return hs, hT, cT, CellCache(cell, x, p, h0, c0, hs, cs, acts, None)
 
@@ -150,40 +196,48 @@ def _grad_buffers(nb, cache):
 
 
 def _backward(nb, dhs, dh, dc, cache, tokens, Emb, dEmb):
-    """The BPTT kernel of cache.cell, into fresh gradient buffers -> dx (T,B,I) or None (layer 0
-    with the table: dEmb (V,E) filled instead), dp; dh, dc become dh0, dc0 in place."""
+    """The BPTT of cache.cell into fresh gradient buffers: one fused kernel, or (products tuned
+    here) its time loop then the chosen products -> dx (T,B,I) or None (layer 0 with the table:
+    dEmb (V,E) filled instead), dp; dh, dc become dh0, dc0 in place."""
     T, B, H = cache.hs.shape
-    K, dt = _kernels(nb), cache.p["W"].dtype
-    dp = _grad_buffers(nb, cache)
-    x = cache.x
+    K, c, dt = _kernels(nb), cache, cache.p["W"].dtype
+    dp, x, W = _grad_buffers(nb, cache), cache.x, cache.p["W"]
     dx = nb._pool.empty(x.shape, dt) if x is not None else None
     if not T:
         if dEmb is not None:
             dEmb[...] = 0
         return dx, dp
-    G = dp["W"].shape[1]
-    thr = _threads(nb, T, B, H)
-    c = cache
+    N, G = T * B, W.shape[1]
+    prod, rows = _threads(nb, T, B, H)
+    fns = _tuned(nb, T, B, W.shape[0] - H, H, G, x is None, dt, prod, "backward")
+    dtable = nb._pool.empty((Emb.shape[0], G), dt) if x is None else np.empty((0, G), dt)   # (V,G) or none
+    tok = tokens if x is None else _NO_TOKENS
     if cache.cell == "gru":
         dzx, dzh = nb._pool.empty((T, B, G), dt), nb._pool.empty((T, B, G), dt)
-        if x is not None:
-            K.gru.gru_backward_kernel(dhs, x, c.p["W"], c.h0, c.hs, c.acts, c.hn, dzx, dzh, dh, dx, dp["W"],
-                                      dp["bx"], dp["bh"], *thr)
+        if fns is not None:
+            K.gru.run_backward_steps(dhs, W[:H], c.h0, c.hs, c.acts, c.hn, dzx, dzh, dh, rows, tok, dp["bx"],
+                                     dp["bh"], dtable)
+            _products_after(K, fns, c, dzh.reshape(N, G), dzx.reshape(N, G), dp["W"], dx, dtable, dEmb, prod)
+        elif x is not None:
+            K.gru.gru_backward_kernel(dhs, x, W, c.h0, c.hs, c.acts, c.hn, dzx, dzh, dh, dx, dp["W"], dp["bx"],
+                                      dp["bh"], prod, rows)
         else:
-            dtable = nb._pool.empty((Emb.shape[0], G), dt)
-            K.gru.embed_gru_backward_kernel(dhs, tokens, Emb, c.p["W"], c.h0, c.hs, c.acts, c.hn, dzx, dzh, dh,
-                                            dEmb, dp["W"], dp["bx"], dp["bh"], dtable, *thr)
+            K.gru.embed_gru_backward_kernel(dhs, tokens, Emb, W, c.h0, c.hs, c.acts, c.hn, dzx, dzh, dh, dEmb,
+                                            dp["W"], dp["bx"], dp["bh"], dtable, prod, rows)
         return dx, dp
     dzs = nb._pool.empty((T, B, G), dt)
-    dwc = np.empty(3 * H if "wc" in dp else 0, dt)
+    dwc = np.empty(3 * H if "wc" in dp else 0, dt)                 # (3H,) peepholes, flat
     code, wc = K.code[cache.cell], _wc(c.p, dt)
-    if x is not None:
-        K.cells.cell_backward_kernel(code, dhs, x, c.p["W"], wc, c.h0, c.c0, c.hs, c.cs, c.acts, dzs, dh, dc, dx,
-                                     dp["W"], dp["b"], dwc, *thr)
+    if fns is not None:
+        K.cells.run_backward_steps(code, dhs, W[:H], wc, c.c0, c.cs, c.acts, dzs, dh, dc, rows, tok, dp["b"], dwc,
+                                   dtable)
+        _products_after(K, fns, c, dzs.reshape(N, G), dzs.reshape(N, G), dp["W"], dx, dtable, dEmb, prod)
+    elif x is not None:
+        K.cells.cell_backward_kernel(code, dhs, x, W, wc, c.h0, c.c0, c.hs, c.cs, c.acts, dzs, dh, dc, dx, dp["W"],
+                                     dp["b"], dwc, prod, rows)
     else:
-        dtable = nb._pool.empty((Emb.shape[0], G), dt)
-        K.cells.embed_cell_backward_kernel(code, dhs, tokens, Emb, c.p["W"], wc, c.h0, c.c0, c.hs, c.cs, c.acts,
-                                           dzs, dh, dc, dEmb, dp["W"], dp["b"], dwc, dtable, *thr)
+        K.cells.embed_cell_backward_kernel(code, dhs, tokens, Emb, W, wc, c.h0, c.c0, c.hs, c.cs, c.acts, dzs, dh,
+                                           dc, dEmb, dp["W"], dp["b"], dwc, dtable, prod, rows)
     if "wc" in dp:
         dp["wc"] = dwc.reshape(3, H)
     return dx, dp

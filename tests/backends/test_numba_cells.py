@@ -117,6 +117,33 @@ def test_embedding_layer_both_paths(cell, T, B, I, H, V, dtype, rng, path):
         compare_grads(p, ("dEmb", "dp", "dh0", "dc0"), got, want, dtype)
 
 
+@pytest.mark.parametrize("cell", CELLS)
+def test_forced_gemm_candidate_runs_the_time_loop_and_products_apart(cell, rng, monkeypatch):
+    """A GEMM of the per-machine choice forced for every product (LSTM_ENGINE_TUNE=<name>): the
+    time loop, then the chosen products, for a layer and layer 0 on both paths, float32."""
+    from lstm_engine.backends import numba_tune as nt
+    candidate = "blas" if "blas" in nt.candidates("lstm") else "gemm6x16"
+    monkeypatch.setenv("LSTM_ENGINE_TUNE", candidate)
+    nt.forget()
+    called = []
+    product_fn = nt.product_fn
+    monkeypatch.setattr(nt, "product_fn", lambda kind, name: called.append(name) or product_fn(kind, name))
+    dtype = "float32"
+    compare_layer(f"{candidate} {cell} layer", cell, layer_inputs(rng, cell, 5, 3, 7, 13, dtype), dtype)
+    a = layer_inputs(rng, cell, 4, 3, 6, 9, dtype)
+    for V in (5, 40):                                               # table path, gathered path
+        Emb = rng.standard_normal((V, 6)).astype(dtype)
+        tokens = rng.integers(0, V, (4, 3))
+        r = ref.embed_cell_forward(cell, tokens, Emb, a["p"], a["h0"], a["c0"])
+        n = nb.embed_cell_forward(cell, tokens, Emb, a["p"], a["h0"], a["c0"])
+        got = nb.embed_cell_backward(a["dhs"], a["dhT"], a["dcT"], n[3])
+        want = ref.embed_cell_backward(a["dhs"], a["dhT"], a["dcT"], r[3])
+        with Parity(f"{candidate} {cell} embed layer V{V}", backend="numba") as p:
+            p.check("hs", n[0], r[0], dtype)
+            compare_grads(p, ("dEmb", "dp", "dh0", "dc0"), got, want, dtype)
+    assert called and set(called) == {candidate}                    # the forced one ran
+
+
 def test_empty_window_returns_the_state_and_zero_gradients(rng):
     a = layer_inputs(rng, "gru", 0, 2, 3, 4, "float64")
     hs, hT, cT, cache = nb.cell_forward("gru", a["x"], a["p"], a["h0"], a["c0"])
