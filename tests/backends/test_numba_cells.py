@@ -205,6 +205,26 @@ def test_model_forward_backward(cell, dtype, rng):
             p.check(f"d{name}", grads[name], r_grads[name], dtype, "grad")
 
 
+@pytest.mark.parametrize("cell", CELLS)
+def test_training_gives_the_same_loss_curve(cell, tmp_path):
+    """Same seed, numpy vs numba, float64: 25 steps with dropout, clipping and the state carried
+    between windows (B=4, T=11, L=2): losses and every parameter after them."""
+    curves = {}
+    for be in ("numpy", "numba"):
+        cfg = le.TrainConfig(backend=be, cell=cell, embed_size=5, hidden_size=11, layers=2, dropout=0.2,
+                             batch_size=4, seq_len=11, steps=25, lr=1e-2, grad_clip=0.5, dtype="float64", seed=7,
+                             eval_every=0, sample_every=0, save_every=0, log_every=0, out=str(tmp_path / be))
+        trainer = le.Trainer(cfg, text=TEXT)
+        assert trainer.model.cfg.cell == cell
+        curves[be] = np.array([trainer.train_step()[0] for _ in range(cfg.steps)])
+        curves[be + " params"] = trainer.model.host_params()
+    assert curves["numpy"][-1] < curves["numpy"][0] - 0.2          # it learned something
+    with Parity(f"{cell} training 25 steps", backend="numba") as p:
+        p.check("losses", curves["numba"], curves["numpy"], "float64", "steps")
+        for name, want in curves["numpy params"].items():
+            p.check(name, curves["numba params"][name], want, "float64", "steps")
+
+
 @pytest.fixture(scope="module")
 def gen_models():
     vocab = le.Vocab.build(TEXT)
