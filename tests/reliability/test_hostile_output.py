@@ -67,8 +67,9 @@ def check_markdown(text):
     return rows
 
 
-def test_markdown_escapes_the_text_and_vocabulary_of_a_tiny_model():
-    r = run_cli(["explain", "--text", TEXT, "--format", "markdown", "--backward"])
+@pytest.mark.parametrize("cell", ["lstm", "peephole", "coupled", "gru"])
+def test_markdown_escapes_the_text_and_vocabulary_of_a_tiny_model(cell):
+    r = run_cli(["explain", "--cell", cell, "--text", TEXT, "--format", "markdown", "--backward"])
     assert r.exit_code == 0, r.output
     assert check_markdown(r.stdout) >= len(TEXT) + 2                     # the loss table kept all its rows
     assert "\\<f\\>" in r.stdout and "\\|" in r.stdout
