@@ -10,7 +10,8 @@ Names:  torch       the peer on the device(s) the other requested backends use
         torch-cpu   the CPU peer          torch-cuda   the cuDNN peer
 
 Dimension legend: T time, B batch, E embedding, H hidden, L layers, V vocab.
-Weight mapping from the engine's fused W{l} (H+I, 4H) over [h, x], gate order i,f,g,o (PyTorch's):
+Weight mapping (export's: storage.interop.to_state_dict) from the engine's fused W{l} (H+I, 4H) over [h, x],
+gate order i,f,g,o (PyTorch's):
     weight_hh_l{l} (4H,H) = W[:H].T     weight_ih_l{l} (4H,I) = W[H:].T
     bias_ih_l{l} = b{l}, bias_hh_l{l} = 0 and frozen (so clipping sees each bias once)
 GRU (cell "gru"): W{l} (H+I, 3H) gate blocks r,z,n (nn.GRU's order), biases bx{l}, bh{l} (3H,):
@@ -22,11 +23,10 @@ from __future__ import annotations
 
 import importlib.util
 
-import numpy as np
-
 from ..core.model import init_params
 from ..core.optim import AdamConfig
 from ..errors import UserError
+from ..storage.interop import to_state_dict
 
 NAMES = ("torch", "torch-cpu", "torch-cuda")
 
@@ -109,23 +109,17 @@ class TorchRunner:
         return state.detach() if self.cfg.cell == "gru" else tuple(s.detach() for s in state)
 
     def _load(self, P):
-        t, H = self.torch, self.cfg.H
+        """The engine's weights through `export`'s own mapping (storage.interop.to_state_dict)."""
+        t, cell = self.torch, self.cfg.cell
+        sd = to_state_dict(P, self.cfg.L, cell)                             # name -> array, torch layouts
         with t.no_grad():
-            self.emb.weight.copy_(t.from_numpy(P["Emb"]))
-            for l in range(self.cfg.L):
-                W = P[f"W{l}"]                                               # (H+I,4H)
-                getattr(self.lstm, f"weight_hh_l{l}").copy_(t.from_numpy(np.ascontiguousarray(W[:H].T)))
-                getattr(self.lstm, f"weight_ih_l{l}").copy_(t.from_numpy(np.ascontiguousarray(W[H:].T)))
-                bhh = getattr(self.lstm, f"bias_hh_l{l}")
-                if self.cfg.cell == "gru":
-                    getattr(self.lstm, f"bias_ih_l{l}").copy_(t.from_numpy(P[f"bx{l}"]))
-                    bhh.copy_(t.from_numpy(P[f"bh{l}"]))
-                    continue
-                getattr(self.lstm, f"bias_ih_l{l}").copy_(t.from_numpy(P[f"b{l}"]))
-                bhh.zero_()
-                bhh.requires_grad_(False)
-            self.lin.weight.copy_(t.from_numpy(np.ascontiguousarray(P["Wy"].T)))  # (V,H)
-            self.lin.bias.copy_(t.from_numpy(P["by"]))
+            self.emb.weight.copy_(t.from_numpy(sd["embedding.weight"]))    # (V,E)
+            for name, p in self.lstm.named_parameters():
+                p.copy_(t.from_numpy(sd[f"{cell}.{name}"]))                 # (G,I), (G,H), (G,)
+                if cell == "lstm" and name.startswith("bias_hh"):
+                    p.requires_grad_(False)                                 # zeros: clipping sees each bias once
+            self.lin.weight.copy_(t.from_numpy(sd["decoder.weight"]))      # (V,H)
+            self.lin.bias.copy_(t.from_numpy(sd["decoder.bias"]))          # (V,)
         self.lstm.flatten_parameters()
 
     def _logits(self, x, state):
