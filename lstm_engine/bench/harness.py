@@ -177,11 +177,11 @@ def stats(per_call, chars):
 # ----------------------------------------------------------------------------
 
 def _row(name, cfg, what, device=None, status="ok", valid=False, reason=""):
-    return {"backend": name, "config": cfg.name, "cell": cfg.cell, "shape": cfg.shape, "E": cfg.E, "H": cfg.H, "L": cfg.L,
-            "B": cfg.B, "T": cfg.T, "V": cfg.V, "what": what, "device": device, "status": status,
+    return {"backend": name, "config": cfg.name, "cell": cfg.cell, "shape": cfg.shape, "E": cfg.E, "H": cfg.H,
+            "L": cfg.L, "B": cfg.B, "T": cfg.T, "V": cfg.V, "what": what, "device": device, "status": status,
             "valid": valid, "reason": reason, "chars_per_s": None, "chars_per_s_min": None,
-            "chars_per_s_max": None, "chars_per_s_each": None, "spread_pct": None, "seconds_per_call": None, "first_call_s": None,
-            "compile_s": None, "repeats": 0, "calls_per_repeat": 0, "gflops": None,
+            "chars_per_s_max": None, "chars_per_s_each": None, "spread_pct": None, "seconds_per_call": None,
+            "first_call_s": None, "compile_s": None, "repeats": 0, "calls_per_repeat": 0, "gflops": None,
             "flops_per_char": cfg.flops_per_char(what) if what in WHATS else None}
 
 
@@ -396,6 +396,8 @@ def memory_rows(entries, cfg, cells, threads):
             if factory is not None and device == "gpu":
                 row.update(status="skipped", reason="the peak resident memory is measured for CPU backends only")
             elif factory is not None:
+                if name in bench_memory.JIT_BACKENDS:   # fill the on-disk cache: the compiler's memory is not the run's
+                    bench_memory.measure(name, c, steps=1, threads=threads)
                 got = bench_memory.measure(name, c, threads=threads)
                 row.update(got, valid=got["status"] == "ok")
             rows.append(row)

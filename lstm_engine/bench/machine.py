@@ -54,7 +54,8 @@ def cpu_model():
 
 
 def cpu_id():
-    """-> 'vendor family F model M' and the vector ISA the CPU offers ('avx512f+amx', 'avx2', ...), from lscpu's source."""
+    """-> 'vendor family F model M' and the vector ISA the CPU offers ('avx512f+amx', 'avx2', ...),
+    from lscpu's source."""
     info = _cpuinfo()
     ident = " ".join(p for p in (info.get("vendor_id"), info.get("cpu family") and f"family {info['cpu family']}",
                                  info.get("model") and f"model {info['model']}") if p) or None

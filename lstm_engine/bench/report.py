@@ -82,7 +82,8 @@ def legend(rows):
     """What the columns mean, printed under the table."""
     peers = sorted({r["torch_peer"] for r in rows if r.get("torch_peer")})
     return ("chars/s: median over repeats (spread: half the min-max range); GFLOP/s from the FLOP model "
-            "(per char forward sum_l 2(I_l+H)G + 2HV, G = 4H lstm/peephole, 3H coupled/gru; train 3x forward); % peak: of the same device's "
+            "(per char forward sum_l 2(I_l+H)G + 2HV, G = 4H lstm/peephole, 3H coupled/gru; train 3x forward); "
+            "% peak: of the same device's "
             "float32 sgemm peak measured in this run; "
             "compile s: first call minus a steady call (JIT compile, warm-up); "
             + (f"vs torch: speed / the torch peer's, median over the repeats (the backends take turns, so each "

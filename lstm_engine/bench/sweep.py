@@ -81,7 +81,9 @@ def _groups(rows):
 
 
 def _chars(r):
-    return "-" if r is None or not r["chars_per_s"] else f"{r['chars_per_s']:,.0f}" + ("" if r["valid"] else " (INVALID)")
+    if r is None or not r["chars_per_s"]:
+        return "-"
+    return f"{r['chars_per_s']:,.0f}" + ("" if r["valid"] else " (INVALID)")
 
 
 def markdown(machine, rows, command=""):
@@ -95,7 +97,8 @@ def markdown(machine, rows, command=""):
         peer = next((b for b in backends if b.startswith("torch")), None)
         out.append(f"## {what}, {cell}: {dim} swept from {base}")
         out.append("")
-        head = [dim, "shape"] + [f"{b} chars/s" for b in backends] + ([f"{b} / {peer}" for b in engines] if peer else [])
+        head = [dim, "shape"] + [f"{b} chars/s" for b in backends]
+        head += [f"{b} / {peer}" for b in engines] if peer else []
         out += ["| " + " | ".join(head) + " |", "|" + "|".join(" ---: " for _ in head) + "|"]
         for v in dict.fromkeys(r["sweep_value"] for r in group):
             by = {r["backend"]: r for r in group if r["sweep_value"] == v}

@@ -169,3 +169,15 @@ def running(pid):
             return True
         except ProcessLookupError:
             return False
+
+
+def test_a_jit_backend_fills_its_cache_before_the_measured_run(monkeypatch):
+    calls = []
+
+    def fake(name, cfg, steps=bench_memory.MEMORY_STEPS, threads=None):
+        calls.append((name, steps))
+        return {"status": "ok", "reason": "", "peak_rss_bytes": 100 * steps, "import_rss_bytes": 1}
+    monkeypatch.setattr(bench_memory, "measure", fake)
+    _, rows = run_bench("numba,numpy", "tiny", what="memory", **FAST)
+    assert calls == [("numba", 1), ("numba", bench_memory.MEMORY_STEPS), ("numpy", bench_memory.MEMORY_STEPS)]
+    assert [r["peak_rss_bytes"] for r in rows] == [100 * bench_memory.MEMORY_STEPS] * 2   # the warm-up is not reported
