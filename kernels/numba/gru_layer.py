@@ -17,7 +17,8 @@ Backward per step (in reverse): gru_backward gives the x-side pre-activation gra
 the h-side ones dzh_t (equal but for the n block) and z dL/dh_t; the GEMM adds
 dzh_t W_h^T to it, giving dL/dh_{t-1}.  dbx, dbh and (layer 0) the table gradient are summed
 per thread inside the loop; then dW_h = sum_t h_{t-1}^T dzh_t, dW_x = x^T dzx and
-dx = dzx W_x^T are products over all N rows.  Threads: as cell_layers.py (batch rows).
+dx = dzx W_x^T are products over all N rows.  Threads: as lstm_layer.py, (prod, rows, units);
+the split by hidden units is gru_layer_columns.py.
 """
 from __future__ import annotations
 
@@ -26,14 +27,18 @@ import numpy as np
 
 from .cell_gates import gru_backward, gru_forward
 from .gemm import gemm, padded
+from .gru_layer_columns import backward_steps_cols, forward_steps_cols
 from .jit import JIT, PAR
 from .lstm_layer import (
     accumulate_step,
+    column_sums,
+    gather_rows,
     gather_step,
     mm,
     no_table,
     no_tokens,
     recurrent_weight_grads,
+    scatter_add_rows,
 )
 
 
@@ -81,17 +86,23 @@ def backward_steps_par(dhs, WhT, h0, hs, acts, hn, dzx, dzh, dh, nt, tokens, dbx
 
 
 @numba.njit(**JIT)
-def run_forward_steps(Wh, bx, bh, h0, hs, acts, hn, rows, tokens, table):
-    """The time loop on the calling thread (rows None) or on `rows` threads split by batch rows."""
+def run_forward_steps(Wh, bx, bh, h0, hs, acts, hn, rows, units, tokens, table):
+    """The time loop on the calling thread, on `rows` threads split by batch rows, or on `units`
+    threads split by hidden units (which gathers layer 0's table rows first)."""
     ah = np.empty((h0.shape[0], acts.shape[2]), acts.dtype)                # (B,G) h_{t-1} W_h
     if rows is not None:
         forward_steps_par(padded(Wh), bx, bh, h0, hs, acts, hn, ah, rows, tokens, table)
+    elif units is not None:
+        if table.shape[0] > 0:
+            T, B = tokens.shape
+            gather_rows(tokens.reshape(T * B), table, acts.reshape(T * B, acts.shape[2]))
+        forward_steps_cols(Wh, bx, bh, h0, hs, acts, hn, units)
     else:
         forward_steps(padded(Wh), bx, bh, h0, hs, acts, hn, ah, 0, h0.shape[0], tokens, table)
 
 
 @numba.njit(**JIT)
-def run_backward_steps(dhs, Wh, h0, hs, acts, hn, dzx, dzh, dh, rows, tokens, dbx, dbh, dtable):
+def run_backward_steps(dhs, Wh, h0, hs, acts, hn, dzx, dzh, dh, rows, units, tokens, dbx, dbh, dtable):
     """The reverse time loop (see run_forward_steps) -> dzx, dzh, dbx, dbh (G,), dtable (V,G)."""
     dbx[:] = 0
     dbh[:] = 0
@@ -105,35 +116,43 @@ def run_backward_steps(dhs, Wh, h0, hs, acts, hn, dzx, dzh, dh, rows, tokens, db
             dbx += dbxp[k]
             dbh += dbhp[k]
             dtable += dtp[k]
+    elif units is not None:
+        backward_steps_cols(dhs, padded(Wh.T), h0, hs, acts, hn, dzx, dzh, dh, units)
+        T, B, G = dzx.shape
+        column_sums(dzx.reshape(T * B, G), dbx)
+        column_sums(dzh.reshape(T * B, G), dbh)
+        if dtable.shape[0] > 0:
+            scatter_add_rows(tokens.reshape(T * B), dzx.reshape(T * B, G), dtable)
     else:
         backward_steps(dhs, padded(Wh.T), h0, hs, acts, hn, dzx, dzh, dh, 0, dh.shape[0], tokens, dbx, dbh, dtable)
 
 
 @numba.njit(**JIT)
-def gru_forward_kernel(x, W, bx, bh, h0, hs, acts, hn, prod, rows):
+def gru_forward_kernel(x, W, bx, bh, h0, hs, acts, hn, prod, rows, units):
     """x (T,B,I), W (H+I,G), bx, bh (G,), h0 (B,H) -> hs, hn (T,B,H), acts (T,B,G)."""
     T, B, I = x.shape
     H = h0.shape[1]
     mm(x.reshape(T * B, I), W[H:], acts.reshape(T * B, 3 * H), False, False, 1.0, 0.0, prod)  # x_t W_x, all t
-    run_forward_steps(W[:H], bx, bh, h0, hs, acts, hn, rows, no_tokens(), no_table(acts))
+    run_forward_steps(W[:H], bx, bh, h0, hs, acts, hn, rows, units, no_tokens(), no_table(acts))
 
 
 @numba.njit(**JIT)
-def embed_gru_forward_kernel(tokens, Emb, W, bx, bh, h0, hs, acts, hn, table, prod, rows):
+def embed_gru_forward_kernel(tokens, Emb, W, bx, bh, h0, hs, acts, hn, table, prod, rows, units):
     """Layer 0 with the embedding folded in: x_t W_x = (Emb @ W_x)[token].  tokens (T,B) int64,
     Emb (V,E), table (V,G) scratch."""
     H = h0.shape[1]
     gemm(Emb, W[H:], table)                                         # (V,G) = Emb @ W_x
-    run_forward_steps(W[:H], bx, bh, h0, hs, acts, hn, rows, tokens, table)
+    run_forward_steps(W[:H], bx, bh, h0, hs, acts, hn, rows, units, tokens, table)
 
 
 @numba.njit(**JIT)
-def gru_backward_kernel(dhs, x, W, h0, hs, acts, hn, dzx, dzh, dh, dx, dW, dbx, dbh, prod, rows):
+def gru_backward_kernel(dhs, x, W, h0, hs, acts, hn, dzx, dzh, dh, dx, dW, dbx, dbh, prod, rows, units):
     """BPTT through one layer.  dhs (T,B,H); dh (B,H) in: dhT, out: dh0
     -> dx (T,B,I), dW (H+I,G), dbx, dbh (G,); dzx, dzh (T,B,G) scratch."""
     T, B, I = x.shape
     H = h0.shape[1]
-    run_backward_steps(dhs, W[:H], h0, hs, acts, hn, dzx, dzh, dh, rows, no_tokens(), dbx, dbh, no_table(dW))
+    run_backward_steps(dhs, W[:H], h0, hs, acts, hn, dzx, dzh, dh, rows, units, no_tokens(), dbx, dbh,
+                       no_table(dW))
     dzx2, dzh2 = dzx.reshape(T * B, 3 * H), dzh.reshape(T * B, 3 * H)      # (N,G)
     recurrent_weight_grads(h0, hs, dzh2, dW, prod)                          # dW_h = sum_t h_{t-1}^T dzh_t
     mm(x.reshape(T * B, I), dzx2, dW[H:], True, False, 1.0, 0.0, prod)      # dW_x = x^T dzx  (I,G)
@@ -142,11 +161,11 @@ def gru_backward_kernel(dhs, x, W, h0, hs, acts, hn, dzx, dzh, dh, dx, dW, dbx, 
 
 @numba.njit(**JIT)
 def embed_gru_backward_kernel(dhs, tokens, Emb, W, h0, hs, acts, hn, dzx, dzh, dh, dEmb, dW, dbx, dbh, dtable,
-                              prod, rows):
+                              prod, rows, units):
     """BPTT through layer 0: dzx rows summed by token into dtable (V,G) inside the time loop,
     then dW_x = Emb^T dtable and dEmb = dtable W_x^T."""
     H = h0.shape[1]
-    run_backward_steps(dhs, W[:H], h0, hs, acts, hn, dzx, dzh, dh, rows, tokens, dbx, dbh, dtable)
+    run_backward_steps(dhs, W[:H], h0, hs, acts, hn, dzx, dzh, dh, rows, units, tokens, dbx, dbh, dtable)
     T, B, G = dzh.shape
     recurrent_weight_grads(h0, hs, dzh.reshape(T * B, G), dW, prod)
     gemm(Emb, dtable, dW[H:], True, False)                          # (E,G)

@@ -13,8 +13,9 @@ Parameters p of a layer by short name: peephole {"W" (H+I,G), "b" (G,), "wc" (3,
 coupled {"W", "b"}; gru {"W", "bx" (G,), "bh" (G,)}.  Every cell's state is the pair h, c
 (B,H); the GRU carries c unchanged and passes dcT through as dc0.
 
-Threads: as the LSTM's layers (numba_backend._threads), except that the time loops split only
-by batch rows: where the LSTM would split by hidden units, these split by rows too (B > 1).
+Threads: as the LSTM's layers (numba_backend._threads); the GRU also splits by hidden units
+(kernels/numba/gru_layer_columns.py), the peephole and coupled loops split only by batch rows
+(where the LSTM would split by hidden units, by rows too, B > 1).
 
 Every function takes the numba backend module first (nb: its array pool, thread plan, checks
 and knobs), passed in by numba_backend so that this module does not import it back.
@@ -45,12 +46,13 @@ def _kernels(nb):
     return _K
 
 
-def _threads(nb, T, B, H):
-    """-> (prod, rows): numba_backend._threads with its split by hidden units turned into rows."""
+def _threads(nb, T, B, H, cell):
+    """-> (prod, rows, units) of numba_backend._threads; for the peephole and coupled cells a split
+    by hidden units becomes one by batch rows (their loops have no unit split)."""
     prod, rows, units = nb._threads(T, B, H)
-    if units is not None:
-        rows = min(units, B) if B > 1 else None
-    return prod, rows
+    if units is not None and cell != "gru":
+        rows, units = (min(units, B) if B > 1 else None), None
+    return prod, rows, units
 
 
 _NO_TOKENS = np.empty((0, 0), np.int64)     # the tokens of a layer without the table
@@ -150,16 +152,17 @@ def cell_forward(nb, cell, x, p, h0, c0):
     H, G = h0.shape[1], GATES[cell] * h0.shape[1]
     K, W = _kernels(nb), p["W"]
     hs, acts = nb._pool.empty((T, B, H), dt), nb._pool.empty((T, B, G), dt)
-    prod, rows = _threads(nb, T, B, H)
+    prod, rows, units = _threads(nb, T, B, H, cell)
     fns = _tuned(nb, T, B, I, H, G, False, dt, prod, "forward")
     if fns is not None:                            # the chosen product, then the time loop alone
         fns[0](x.reshape(T * B, I), W[H:], acts.reshape(T * B, G), False, False, 1.0, 0.0, prod)
     if cell == "gru":
         hn = nb._pool.empty((T, B, H), dt)
         if T and fns is None:
-            K.gru.gru_forward_kernel(x, W, p["bx"], p["bh"], h0, hs, acts, hn, prod, rows)
+            K.gru.gru_forward_kernel(x, W, p["bx"], p["bh"], h0, hs, acts, hn, prod, rows, units)
         elif T:
-            K.gru.run_forward_steps(W[:H], p["bx"], p["bh"], h0, hs, acts, hn, rows, _NO_TOKENS, np.empty((0, G), dt))
+            K.gru.run_forward_steps(W[:H], p["bx"], p["bh"], h0, hs, acts, hn, rows, units, _NO_TOKENS,
+                                    np.empty((0, G), dt))
         cache = CellCache(cell, x, p, h0, c0, hs, None, acts, hn)
         return hs, (hs[-1] if T else h0), c0, cache          # the GRU carries c unchanged
     cs = nb._pool.empty((T, B, H), dt)
@@ -208,22 +211,22 @@ def _backward(nb, dhs, dh, dc, cache, tokens, Emb, dEmb):
             dEmb[...] = 0
         return dx, dp
     N, G = T * B, W.shape[1]
-    prod, rows = _threads(nb, T, B, H)
+    prod, rows, units = _threads(nb, T, B, H, cache.cell)
     fns = _tuned(nb, T, B, W.shape[0] - H, H, G, x is None, dt, prod, "backward")
     dtable = nb._pool.empty((Emb.shape[0], G), dt) if x is None else np.empty((0, G), dt)   # (V,G) or none
     tok = tokens if x is None else _NO_TOKENS
     if cache.cell == "gru":
         dzx, dzh = nb._pool.empty((T, B, G), dt), nb._pool.empty((T, B, G), dt)
         if fns is not None:
-            K.gru.run_backward_steps(dhs, W[:H], c.h0, c.hs, c.acts, c.hn, dzx, dzh, dh, rows, tok, dp["bx"],
-                                     dp["bh"], dtable)
+            K.gru.run_backward_steps(dhs, W[:H], c.h0, c.hs, c.acts, c.hn, dzx, dzh, dh, rows, units, tok,
+                                     dp["bx"], dp["bh"], dtable)
             _products_after(K, fns, c, dzh.reshape(N, G), dzx.reshape(N, G), dp["W"], dx, dtable, dEmb, prod)
         elif x is not None:
             K.gru.gru_backward_kernel(dhs, x, W, c.h0, c.hs, c.acts, c.hn, dzx, dzh, dh, dx, dp["W"], dp["bx"],
-                                      dp["bh"], prod, rows)
+                                      dp["bh"], prod, rows, units)
         else:
             K.gru.embed_gru_backward_kernel(dhs, tokens, Emb, W, c.h0, c.hs, c.acts, c.hn, dzx, dzh, dh, dEmb,
-                                            dp["W"], dp["bx"], dp["bh"], dtable, prod, rows)
+                                            dp["W"], dp["bx"], dp["bh"], dtable, prod, rows, units)
         return dx, dp
     dzs = nb._pool.empty((T, B, G), dt)
     dwc = np.empty(3 * H if "wc" in dp else 0, dt)                 # (3H,) peepholes, flat
@@ -280,13 +283,13 @@ def embed_cell_forward(nb, cell, tokens, Emb, p, h0, c0):
         hn = nb._pool.empty((T, B, H), dt)
         if T:
             K.gru.embed_gru_forward_kernel(tokens, Emb, p["W"], p["bx"], p["bh"], h0, hs, acts, hn, table,
-                                           *_threads(nb, T, B, H))
+                                           *_threads(nb, T, B, H, cell))
         cs, hT, cT = None, (hs[-1] if T else h0), c0
     else:
         hn, cs = None, nb._pool.empty((T, B, H), dt)
         if T:
             K.cells.embed_cell_forward_kernel(K.code[cell], tokens, Emb, p["W"], p["b"], _wc(p, dt), h0, c0, hs,
-                                              cs, acts, table, *_threads(nb, T, B, H))
+                                              cs, acts, table, *_threads(nb, T, B, H, cell)[:2])
         hT, cT = (hs[-1], cs[-1]) if T else (h0, c0)
     cache = CellCache(cell, None, p, h0, c0, hs, cs, acts, hn)
     cache.tokens, cache.Emb = tokens, Emb

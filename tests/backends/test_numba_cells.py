@@ -28,9 +28,9 @@ SHAPES = [(5, 3, 7, 13), (1, 1, 5, 3), (4, 2, 6, 9)]   # (T, B, I, H)
 
 @pytest.fixture(params=["one-thread", "batch-split", "unit-split"])
 def path(request, monkeypatch):
-    """Each time loop whatever the size: one thread; threads on slices of the batch; and the
-    LSTM's unit-split sizes, which the cells run split by batch rows.  Threaded: float64 only,
-    to keep JIT compile time down (same code)."""
+    """Each time loop whatever the size: one thread; threads on slices of the batch; threads on
+    slices of the hidden units (the GRU; the peephole and coupled cells split by batch rows
+    there).  Threaded: float64 only, to keep JIT compile time down (same code)."""
     import numba
     if request.param != "one-thread":
         if numba.get_num_threads() < 2:
@@ -93,7 +93,7 @@ def test_layer_big_enough_to_choose_threads(cell, rng):
     T, B, H = 4, 4, 256
     assert T * B * H * 4 * H >= nb.PARALLEL_MIN_MACS
     if numba.get_num_threads() >= 2:
-        assert numba_cells._threads(nb, T, B, H)[1] == min(numba.get_num_threads(), B)
+        assert numba_cells._threads(nb, T, B, H, cell)[1] == min(numba.get_num_threads(), B)
     compare_layer(f"{cell} layer T{T} B{B} I{H} H{H}", cell,
                   layer_inputs(rng, cell, T, B, H, H, "float64", scale=0.6 / 8), "float64", forward="wide")
 
