@@ -127,7 +127,7 @@ class StubBackend:
     """Returns token 0 for every character: isolates generate_text's own memory use."""
     NAME = "stub"
 
-    def generate(self, params, state, token, n, *a):
+    def generate(self, params, state, token, n, *a, **kw):
         return np.zeros(n, np.int32)
 
     def to_numpy(self, a):
@@ -135,7 +135,7 @@ class StubBackend:
 
 
 def test_generation_streams_in_constant_memory():
-    model = SimpleNamespace(be=StubBackend(), params={}, zero_state=lambda b: [])
+    model = SimpleNamespace(be=StubBackend(), params={}, zero_state=lambda b: [], cfg=SimpleNamespace(cell="lstm"))
     vocab = Vocab(["a", "b"])
     seen = [0]                                           # a count, not a list: the callback holds nothing
 
