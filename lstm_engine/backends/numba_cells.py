@@ -312,9 +312,10 @@ def embed_cell_backward(nb, dhs, dhT, dcT, cache):
 # ----------------------------------------------------------------------------
 
 def generate(nb, weights, state, token, n, temperature, top_k, top_p, greedy, rng, cache, cell):
-    """numba_backend.generate for `cell` on one thread (sample_cells.py): n token ids after
-    `token`, state [h (1,H), c (1,H)] per layer carried and updated; the layer-0 table
-    Emb @ W_x + b0 (V,G) (GRU: + bx0) is kept in `cache` as the LSTM's -> ids (n,) int64."""
+    """numba_backend.generate for `cell` (sample_cells.py): n token ids after `token`, state
+    [h (1,H), c (1,H)] per layer carried and updated; the layer-0 table Emb @ W_x + b0 (V,G)
+    (GRU: + bx0) is kept in `cache` as the LSTM's, and so is the team of threads the LSTM's
+    sizes would use (numba_backend._sample_team) -> ids (n,) int64."""
     if cell not in CELLS:
         raise UserError(f"the numba cell kernels know {', '.join(CELLS)}, not {cell!r}")
     L = len(state)
@@ -340,11 +341,50 @@ def generate(nb, weights, state, token, n, temperature, top_k, top_p, greedy, rn
     if n:
         K = _kernels(nb)
         X0 = _layer0_table(nb, Emb, Ws[0], bs[0], h.shape[1], n, cache)          # (V,G) or (0,G)
-        K.sample.generate_cells_kernel(K.code[cell], Emb, X0, Ws, bs, extras, Wy, by, h, c, int(token),
-                                       float(temperature), int(top_k), float(top_p), bool(greedy), us, out)
+        arrays = (Emb, X0, Ws, bs, Wy, by, extras, K.code[cell])
+        team = _sample_team(nb, arrays, h.shape, n, cache)
+        if team is None:
+            K.sample.generate_cells_kernel(K.code[cell], Emb, X0, Ws, bs, extras, Wy, by, h, c, int(token),
+                                           float(temperature), int(top_k), float(top_p), bool(greedy), us, out)
+        else:
+            for k0 in range(0, n, team.cap):                                   # jobs of at most cap chars
+                k1 = min(n, k0 + team.cap)
+                out[k0:k1] = team.run(h, c, token if k0 == 0 else out[k0 - 1], k1 - k0, temperature,
+                                      top_k, top_p, greedy, us[k0:k1])
+            if cache is None:
+                team.close()
     for l in range(L):
         state[l][0], state[l][1] = h[l:l + 1], c[l:l + 1]
     return out
+
+
+def _sample_team(nb, arrays, shape, n, cache):
+    """numba_backend._sample_team for the variants: the team for arrays = (Emb, X0, Ws, bs, Wy,
+    by, extras, cell code), or None for the one-thread kernel; kept in `cache` under the same
+    slot (a team for other arrays or another cell is told to end and replaced)."""
+    import numba
+
+    from . import numba_team
+    L, H = shape
+    nt = min(numba.get_num_threads(), H // nb.SAMPLE_ROWS_PER_THREAD)
+    Emb, X0, Ws, bs, Wy, by, extras, code = arrays
+    if nt < 2 or n * (sum(W.size for W in Ws) + Wy.size) < nb.SAMPLE_TEAM_MIN_MACS:
+        return None
+    G = Ws[0].shape[1]
+    P = 2 * G if code == _kernels(nb).code["gru"] else G       # (nt,P) partials: the GRU's two sides apart
+    if cache is None:
+        return numba_team.Team(_kernels(nb).sample, nt, arrays, L, H, n, P)
+    same = [0 if not e.size else id(e if e.base is None else e.base) for e in extras]   # wc: views made per call
+    key = (nt, code, id(Emb), id(X0) if len(X0) else 0, *map(id, Ws), *map(id, bs), *same, id(Wy), id(by))
+    old = cache.get("team")
+    if old is not None and old[0] == key and old[1].usable():
+        return old[1]
+    if old is not None:
+        old[1].close()
+    cap = int(max(n, min(cache.get("chars", n), 256)))
+    team = numba_team.Team(_kernels(nb).sample, nt, arrays, L, H, cap, P)
+    cache["team"] = (key, team)
+    return team
 
 
 def _layer0_table(nb, Emb, W0, b0, H, n, cache):

@@ -41,12 +41,14 @@ def _polls_per_second(kernels):
 
 class Team:
     """nt threads generating from one model's arrays (Emb, X0, Ws, bs, Wy, by as
-    kernels/numba/sample.py's generate_kernel takes them).  run() is called from one thread at a time."""
+    kernels/numba/sample.py's generate_kernel takes them; sample_cells.py's add extras, cell).
+    P: the width of a thread's partial sums (4H, the LSTM's gates, unless told).
+    run() is called from one thread at a time."""
 
-    def __init__(self, kernels, nt, arrays, L, H, cap):
+    def __init__(self, kernels, nt, arrays, L, H, cap, P=None):
         self.k, self.nt, self.arrays, self.cap = kernels, nt, arrays, cap
         dt = arrays[4].dtype                                          # Wy's
-        G = 4 * H
+        G = 4 * H if P is None else P
         self.h = np.zeros((nt, L, H), dt)                             # each thread's own state copy
         self.c = np.zeros((nt, L, H), dt)
         self.h_in = np.zeros((2, L, H), dt)                           # job inputs by job parity

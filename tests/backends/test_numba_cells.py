@@ -249,6 +249,29 @@ def test_generated_text_is_the_same(gen_models, cell, dtype, opts, table, monkey
     assert len(set(texts["numba"])) > (1 if opts.get("greedy") else 5)   # not a degenerate test
 
 
+@pytest.mark.parametrize("opts", [dict(greedy=True), dict(temperature=0.8, top_p=0.9)], ids=["greedy", "sampled"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_threaded_generation_is_the_same(gen_models, cell, opts, monkeypatch):
+    """Generation on a team of threads (each summing a block of every layer's weight rows), forced
+    on a small model, in chunks of 41 characters so the state is carried between calls and the
+    team between jobs: the same text as the reference, float64."""
+    import numba
+
+    from lstm_engine.backends import numba_team
+    if numba.get_num_threads() < 2:
+        pytest.skip("numba has one thread here")
+    monkeypatch.setattr(nb, "SAMPLE_ROWS_PER_THREAD", 1)
+    monkeypatch.setattr(nb, "SAMPLE_TEAM_MIN_MACS", 0)
+    jobs, teams = [], set()
+    monkeypatch.setattr(numba_team.Team, "run", lambda self, *a, _run=numba_team.Team.run:
+                        jobs.append(self.nt) or teams.add(id(self)) or _run(self, *a))
+    vocab, models = gen_models
+    texts = {be: generate_text(m, vocab, prime="the", length=123, seed=3, chunk=41, **opts)
+             for be, m in models[cell, "float64"].items()}
+    assert texts["numba"] == texts["numpy"]
+    assert len(jobs) == 3 and min(jobs) >= 2 and len(teams) == 1     # one team ran every chunk
+
+
 @pytest.mark.parametrize("cell", CELLS)
 def test_generate_updates_state_like_the_reference(gen_models, cell):
     vocab, models = gen_models
