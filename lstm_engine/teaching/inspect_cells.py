@@ -20,6 +20,7 @@ import numpy as np
 
 from ..backends import numpy_backend as nb
 from ..errors import UserError
+from ..storage.atomic import atomic_write_bytes
 from . import cells
 
 KINDS = cells.kinds("lstm")          # h c i f g o: the LSTM's states (cells.kinds(cell) for the others)
@@ -232,8 +233,7 @@ def inspect(model, vocab, text, out_html, layer=None, unit=None, kind="h", rank=
     sections = [(head, coloured_text(text, states[kind][l, :, u], kind)) for l, u, head in shown]
     page = page_html("lstm-engine inspect", intro, sections, table)
     try:
-        with open(out_html, "w", encoding="utf-8") as f:
-            f.write(page)
+        atomic_write_bytes(out_html, page.encode("utf-8"))    # a crash leaves any earlier page whole
     except OSError as e:
         raise UserError(f"could not write {out_html!r}: {e.strerror or e}") from None
     return {"ranking": ranking, "shown": [(l, u) for l, u, _ in shown], "states": states}

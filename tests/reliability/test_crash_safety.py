@@ -186,3 +186,46 @@ def test_log_rows_of_a_lost_future_and_a_torn_line_are_dropped_on_resume(tmp_pat
     trainer.rundir.reset_logs(trainer.st.step)
     trainer.rundir.release()
     assert hist.read_text() == kept
+
+
+def test_disk_full_while_inspect_writes_its_page(tmp_path, monkeypatch):
+    """inspect's HTML page is replaced whole or not at all: a failed write leaves the earlier page."""
+    import builtins
+
+    from lstm_engine.core.model import Model, ModelConfig
+    from lstm_engine.backends import numpy_backend
+    from lstm_engine.core.data import Vocab
+    from lstm_engine.teaching import inspect_cells
+
+    text = "(ab)\ncd(a)\n" * 4
+    vocab = Vocab.build(text)
+    model = Model(ModelConfig(vocab_size=len(vocab), embed_size=4, hidden_size=6, layers=1), numpy_backend)
+    page = tmp_path / "page.html"
+    page.write_text("the earlier page")
+
+    class FullDisk:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            self.f.close()
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    real_open, real_fdopen = builtins.open, os.fdopen
+
+    def full_open(file, mode="r", *a, **k):
+        f = real_open(file, mode, *a, **k)
+        return FullDisk(f) if any(c in mode for c in "wax") else f
+    monkeypatch.setattr(builtins, "open", full_open)
+    monkeypatch.setattr(os, "fdopen", lambda fd, mode="r", *a, **k: FullDisk(real_fdopen(fd, mode, *a, **k)))
+    with pytest.raises(UserError) as e:
+        inspect_cells.inspect(model, vocab, text, str(page))
+    monkeypatch.undo()
+    assert "could not write" in str(e.value) and "\n" not in str(e.value)
+    assert page.read_text() == "the earlier page"
+    assert [p.name for p in tmp_path.iterdir()] == ["page.html"]
