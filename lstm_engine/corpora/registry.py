@@ -347,7 +347,7 @@ def fetch(name, registry=None, base_url=None, from_path=None, force=False, quiet
     data = text.encode("utf-8")
     _check_pinned_text(entry, data)
     path = text_path(name)
-    atomic_write_bytes(path, data, make_dirs=True)                           # text first: without its manifest it is not trusted
+    atomic_write_bytes(path, data, make_dirs=True)   # text first: without its manifest it is not trusted
     digest = sha256_file(path)
     manifest = {"name": name, "fingerprint": _fingerprint(entry), "sha256": digest, "bytes": len(data),
                 "chars": len(text), "symbols": len(set(text)), "report": report,
