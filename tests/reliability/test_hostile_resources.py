@@ -1,4 +1,4 @@
-"""Resources, round 3: a --time-budget shorter than the calibration needs, and an explain --max-check
+"""Resources: a --time-budget shorter than the calibration needs, and an explain --max-check
 whose gradient check would run for hours."""
 import math
 import re
