@@ -18,7 +18,7 @@ from .core import environment as env
 from .core.config import check_names, config_for_resume, explicit_fields, with_corpus_suggestions
 from .core.data import Vocab, load_corpus, split
 from .core.generation import bits, check_sampling_options, evaluate_ids, generate_text
-from .core.model import Model, ModelConfig
+from .core.model import GATE_BLOCKS, Model, ModelConfig
 from .core.resources import check_fits_memory
 from .core.train import TrainConfig, Trainer
 from .errors import UserError
@@ -141,7 +141,30 @@ def tune(configs="seed", dtype="float32", on_record=None):
     if not items:
         raise UserError("no products to tune in these configs")
     import numba
-    return numba_tune.machine_key(numba.get_num_threads()), numba_tune.retune(items, dtype, on_record)
+    records = numba_tune.retune(items, dtype, on_record)
+    for c in parse_configs(configs):
+        records += _tune_sampler(c, dtype, on_record)
+    return numba_tune.machine_key(numba.get_num_threads()), records
+
+
+def _tune_sampler(c, dtype, on_record):
+    """The sampler's one-thread-or-team choice measured again on a model of config c (random
+    weights) -> [record], none where it is ruled (one thread, H below numba_tune_sample.MIN_H)."""
+    import numpy as np
+
+    from .backends import numba_backend, numba_tune_sample
+    from .core.model import init_params
+    cfg = ModelConfig(c.V, c.E, c.H, c.L, dtype=dtype)
+    weights = init_params(cfg)
+    state = [[np.zeros((1, c.H), dtype), np.zeros((1, c.H), dtype)] for _ in range(c.L)]
+    cache = {"chars": 256}
+    with numba_tune_sample.retuning() as records:
+        numba_backend.generate(weights, state, 0, 1, rng=np.random.default_rng(0), cache=cache)
+    if "team" in cache:
+        cache["team"][1].close()
+    for r in records if on_record is not None else ():
+        on_record(r)
+    return records
 
 
 def check_environment():
@@ -245,8 +268,8 @@ def explain(checkpoint_path=None, text=None, layer=0, input_size=2, hidden_size=
     if not 0 <= seed <= INT_MAX:
         raise UserError(f"--seed must be in [0, {INT_MAX}] (got {seed})")
     if not checkpoint_path:
-        # the tiny model in float64: W (H+I, 4H), its gradient, a copy per checked entry, the states
-        check_fits_memory(8 * 4 * (hidden_size + input_size) * 4 * hidden_size,
+        # the tiny model in float64: W (H+I, G), its gradient, a copy per checked entry, the states
+        check_fits_memory(8 * 4 * (hidden_size + input_size) * GATE_BLOCKS.get(cell, 4) * hidden_size,
                           f"a model of --input-size {input_size} --hidden-size {hidden_size}", "pass smaller sizes")
     if checkpoint_path:
         setup = ex.checkpoint_setup(checkpoint_path, text, layer)

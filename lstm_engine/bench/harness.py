@@ -357,7 +357,8 @@ def run_bench(backends=DEFAULT_BACKENDS, configs=DEFAULT_CONFIGS, what="train,fo
     cells = run_cells(parse_cells(cell))
     check_options(seconds, repeats, threads)
     for c in cfgs:
-        check_training_memory(c.V, c.E, c.H, c.L, c.B, c.T, "float32")
+        for cl in cells:
+            check_training_memory(c.V, c.E, c.H, c.L, c.B, c.T, "float32", cl)
     say = on_progress or (lambda msg: None)
     with thread_settings(threads, torch_too=any(n in bench_torch.NAMES for n in names)):
         entries = resolve(names, threads)

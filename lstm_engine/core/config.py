@@ -90,7 +90,7 @@ class TrainConfig:
             raise UserError(f"--val-fraction must be in [0, 1) (got {self.val_fraction})")
         # the vocabulary is not known yet: --max-vocab (or 2 symbols) is a lower bound
         check_training_memory(max(self.max_vocab, 2), self.embed_size, self.hidden_size, self.layers,
-                              self.batch_size, self.seq_len, self.dtype)
+                              self.batch_size, self.seq_len, self.dtype, self.cell)
 
     def model_config(self, vocab_size):
         return ModelConfig(vocab_size, self.embed_size, self.hidden_size, self.layers, self.dropout, self.dtype,

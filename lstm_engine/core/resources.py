@@ -4,13 +4,16 @@ An option sized beyond memory must fail with one line before anything is allocat
 MemoryError (or the OOM killer) minutes into a run.  The estimates are deliberately rough (within
 a small factor): they only have to tell a size that can never fit from one that may.
 
-Dimension legend: V vocab, E embedding, H hidden, L layers, G = 4H, B batch, T seq-len.
+Dimension legend: V vocab, E embedding, H hidden, L layers, B batch, T seq-len, N = T*B rows,
+G the gate columns of the cell: 4H (lstm, peephole), 3H (coupled, gru).
 """
 from __future__ import annotations
 
+import math
 import os
 
 from ..errors import UserError
+from .model import GATE_BLOCKS, cell_param_shapes
 
 
 def available_memory():
@@ -54,29 +57,49 @@ def check_fits_memory(need, what, hint):
         raise UserError(f"{what} needs about {human(need)} of memory, more than the {human(avail)} available; {hint}")
 
 
-def model_terms(V, E, H, L):
-    """Parameter counts of a model by the option that sizes them: {option: count}."""
-    lstm = (H + E) * 4 * H + 4 * H + (L - 1) * ((2 * H) * 4 * H + 4 * H)   # W (H+I_l, G) and b (G,) per layer
-    return {"--embed-size": V * E, "--hidden-size": lstm, "--max-vocab": H * V + V}
+def model_terms(V, E, H, L, cell="lstm"):
+    """Parameter counts of a model of `cell` by the option that sizes them: {option: count}."""
+    layers = sum(sum(math.prod(shape) for shape in cell_param_shapes(cell, E if l == 0 else H, H).values())
+                 for l in range(L))                                      # W (H+I_l, G), biases, peepholes
+    return {"--embed-size": V * E, "--hidden-size": layers, "--max-vocab": H * V + V}
 
 
-def training_estimate(V, E, H, L, B, T, itemsize):
+def cached_terms(E, H, L, cell="lstm"):
+    """Elements per row (of the N = T*B) of the arrays one window's forward keeps for BPTT: per layer
+    its input x (I_l: the embeddings, or the masked output below) and what its cell keeps, hs (H),
+    acts (G, the activated gates) and cs (H, c_t: lstm, peephole, coupled) or hn (H, the GRU's
+    h-side n sum W_hn h + b_hn, kept apart for r); last the output layer's input (H, the masked top
+    hs).  As the numpy and numba caches with dropout (without, x is the hs below; numba on layer
+    0's table path keeps no x: this counts the larger)."""
+    G = GATE_BLOCKS[cell] * H
+    return [(E if l == 0 else H) + H + G + H for l in range(L)] + [H]
+
+
+def backward_terms(E, H, cell="lstm"):
+    """Elements per row of BPTT's scratch, one layer at a time: the pre-activation gradients dz (G;
+    the GRU keeps its x- and h-side sums apart: 2G), dx (I <= max(E, H)) and dL/dh from above (H)."""
+    G = GATE_BLOCKS[cell] * H
+    return (2 * G if cell == "gru" else G) + max(E, H) + H
+
+
+def training_estimate(V, E, H, L, B, T, itemsize, cell="lstm"):
     """-> (bytes, {driver: bytes}) of training: parameters, gradients and two Adam moments, plus the
-    activations of one window that BPTT keeps (inputs, gates, cells per layer; logits and their gradient)."""
-    params = sum(model_terms(V, E, H, L).values())
-    acts = B * T * (E + 9 * H + (L - 1) * 10 * H + 3 * V)
+    activations of one window: what the forward keeps for BPTT, BPTT's scratch, logits, their
+    gradient and the softmax's log-probabilities (3V per row)."""
+    params = sum(model_terms(V, E, H, L, cell).values())
+    acts = B * T * (sum(cached_terms(E, H, L, cell)) + backward_terms(E, H, cell) + 3 * V)
     parts = {"the model (--hidden-size, --embed-size, --layers, vocabulary)": 4 * params * itemsize,
              "one window's activations (--batch-size x --seq-len)": acts * itemsize}
     return sum(parts.values()), parts
 
 
-def check_training_memory(V, E, H, L, B, T, dtype):
-    """UserError naming the options when a training run of these sizes cannot fit in memory."""
-    need, parts = training_estimate(V, E, H, L, B, T, 8 if dtype == "float64" else 4)
+def check_training_memory(V, E, H, L, B, T, dtype, cell="lstm"):
+    """UserError naming the options when a training run of `cell` at these sizes cannot fit in memory."""
+    need, parts = training_estimate(V, E, H, L, B, T, 8 if dtype == "float64" else 4, cell)
     avail = available_memory()
     if avail is None or need <= avail:
         return
     driver = max(parts, key=parts.get)
-    raise UserError(f"training E{E} H{H} L{L} on {V} symbols with batch {B} x seq-len {T} ({dtype}) needs about "
-                    f"{human(need)} of memory, {human(parts[driver])} of it for {driver}, more than the "
-                    f"{human(avail)} available; choose smaller sizes")
+    raise UserError(f"training a {cell} E{E} H{H} L{L} on {V} symbols with batch {B} x seq-len {T} ({dtype}) "
+                    f"needs about {human(need)} of memory, {human(parts[driver])} of it for {driver}, more "
+                    f"than the {human(avail)} available; choose smaller sizes")

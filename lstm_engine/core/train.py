@@ -89,7 +89,7 @@ class Trainer:
             RunDir(self.out, cfg.keep).refuse_taken()     # a taken --out fails before calibration time is spent
             self._plan_budget(explicit)
         check_training_memory(len(self.vocab), cfg.embed_size, cfg.hidden_size, cfg.layers, cfg.batch_size,
-                              cfg.seq_len, cfg.dtype)
+                              cfg.seq_len, cfg.dtype, cfg.cell)
         self.streams = parallel.shard(cfg.batch_size, self.dist.size, self.dist.rank)   # this rank's streams
         self.batcher = Batcher(self.train_ids, cfg.batch_size, cfg.seq_len, self.streams)
         self.model_cfg = cfg.model_config(len(self.vocab))
