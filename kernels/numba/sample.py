@@ -16,7 +16,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .fastmath import fsigmoid, ftanh
+from .fastmath import fexp, fsigmoid, ftanh
 from .jit import JIT
 from .sync import FLAG_STRIDE, load_acquire, load_seq, spin_pause, store_release, store_seq
 
@@ -112,7 +112,7 @@ def filter_probs_kernel(logits, temperature, top_k, top_p, zd, probs, order, p):
         top = max(top, zd[j])
     s = 0.0
     for i in range(keep):
-        p[i] = np.exp(zd[order[i]] - top)
+        p[i] = fexp(zd[order[i]] - top)  # vectorises, unlike libm's exp: V exps a character
         s += p[i]
     for i in range(keep):
         p[i] /= s
@@ -246,6 +246,47 @@ def wait_for_team(flags, tid, nt, s):
     return True
 
 
+@numba.njit(inline="always", **JIT)
+def logits_block(h, Wy, by, logits, j0, j1):
+    """logits[j0:j1] = by[j0:j1] + h (H,) @ Wy[:, j0:j1], four rows of Wy (H,V) a pass."""
+    for j in range(j0, j1):
+        logits[j] = by[j]
+    z = logits[j0:j1]
+    K = h.shape[0]
+    k = 0
+    while k + 4 <= K:
+        a0, a1, a2, a3 = h[k], h[k + 1], h[k + 2], h[k + 3]
+        r0, r1, r2, r3 = Wy[k][j0:j1], Wy[k + 1][j0:j1], Wy[k + 2][j0:j1], Wy[k + 3][j0:j1]
+        for j in range(z.shape[0]):
+            z[j] += a0 * r0[j] + a1 * r1[j] + a2 * r2[j] + a3 * r3[j]
+        k += 4
+    while k < K:
+        a0, r0 = h[k], Wy[k][j0:j1]
+        for j in range(z.shape[0]):
+            z[j] += a0 * r0[j]
+        k += 1
+
+
+@numba.njit(inline="always", **JIT)
+def team_draw(tid, nt, flags, s, parts, split, h, Wy, by, logits, temperature, top_k, top_p, greedy, u, zd,
+              probs, order, pr):
+    """-> (token, s), the next token from the top layer's h (H,) and the barrier count after it
+    (token -1: told to stop).  split (the team's choice, for a big output layer): thread tid
+    writes its block of the logits into parts[s % 2, 0] (width >= V), one barrier, then every
+    thread draws from all V of them (the same arithmetic on each); else each thread computes
+    the whole output layer (draw)."""
+    V = by.shape[0]
+    if not split:
+        return draw(h, Wy, by, logits, temperature, top_k, top_p, greedy, u, zd, probs, order, pr), s
+    shared = parts[s & 1, 0]                                      # (width,) the logits, by blocks
+    logits_block(h, Wy, by, shared, tid * V // nt, (tid + 1) * V // nt)
+    s += 1
+    store_release(flags, ready_slot(tid), s)
+    if not wait_for_team(flags, tid, nt, s):
+        return -1, s
+    return next_token(shared[:V], temperature, top_k, top_p, greedy, u, zd, probs, order, pr), s
+
+
 @numba.njit(nogil=True, **JIT)
 def team_share(tid, nt, Emb, X0, Ws, bs, Wy, by, h, c, h_in, c_in, params, us, out, parts, flags, job):
     """Thread tid's share of one generation job of the team (nt threads, each running this).
@@ -258,14 +299,18 @@ def team_share(tid, nt, Emb, X0, Ws, bs, Wy, by, h, c, h_in, c_in, params, us, o
     (L,H), and computes the same logits and the same token from the same uniform: identical
     arithmetic, so the copies never differ and no second barrier is needed.  Thread 0 writes out.
 
+    With params[p, 6] set, the output layer is split by columns as well (team_draw): one more
+    barrier a character.
+
     Job inputs are double-buffered by job parity p, because a worker may still finish the last
     character of the previous job while the caller writes the next one's: h_in, c_in (2,L,H)
-    state, params (2,6) = (token, n, temperature, top_k, top_p, greedy), us (2,cap) uniforms.
+    state, params (2,7) = (token, n, temperature, top_k, top_p, greedy, split), us (2,cap) uniforms.
     -> 0, or -1 when the STOP flag was raised while waiting (then out and the state are partial).
     """
     p = job & 1
     token, n, temperature = np.int64(params[p, 0]), np.int64(params[p, 1]), params[p, 2]
     top_k, top_p, greedy = np.int64(params[p, 3]), params[p, 4], params[p, 5] != 0
+    split = params[p, 6] != 0                                     # the output layer split too
     L, H = h.shape[1], h.shape[2]
     V = by.shape[0]
     G = 4 * H
@@ -279,7 +324,7 @@ def team_share(tid, nt, Emb, X0, Ws, bs, Wy, by, h, c, h_in, c_in, params, us, o
             zx, x = layer_input(Emb, X0, bs, ht[l - 1], l, token, none)
             K = H + x.shape[0]
             buf = parts[s & 1]                                    # (nt,G)
-            matvec_part(ht[l], x, Ws[l], buf[tid], tid * K // nt, (tid + 1) * K // nt)
+            matvec_part(ht[l], x, Ws[l], buf[tid, :G], tid * K // nt, (tid + 1) * K // nt)
             s += 1
             store_release(flags, ready_slot(tid), s)
             if not wait_for_team(flags, tid, nt, s):
@@ -290,8 +335,10 @@ def team_share(tid, nt, Emb, X0, Ws, bs, Wy, by, h, c, h_in, c_in, params, us, o
                 for j in range(G):
                     z[j] += buf[u, j]
             cell_gates(z, ht[l], ct[l])
-        token = draw(ht[L - 1], Wy, by, logits, temperature, top_k, top_p, greedy,
-                     us[p, k] if not greedy else 0.0, zd, probs, order, pr)
+        token, s = team_draw(tid, nt, flags, s, parts, split, ht[L - 1], Wy, by, logits, temperature, top_k,
+                             top_p, greedy, us[p, k] if not greedy else 0.0, zd, probs, order, pr)
+        if token < 0:
+            return -1
         if tid == 0:
             out[k] = token
     return 0

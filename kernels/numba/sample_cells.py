@@ -33,6 +33,7 @@ from .sample import (
     ready_slot,
     sample_buffers,
     spin_polls,
+    team_draw,
     team_publish,
     wait_for_team,
 )
@@ -192,6 +193,7 @@ def team_share(tid, nt, Emb, X0, Ws, bs, Wy, by, extras, cell, h, c, h_in, c_in,
     p = job & 1
     token, n, temperature = np.int64(params[p, 0]), np.int64(params[p, 1]), params[p, 2]
     top_k, top_p, greedy = np.int64(params[p, 3]), params[p, 4], params[p, 5] != 0
+    split = params[p, 6] != 0                                     # the output layer split too
     L, H = h.shape[1], h.shape[2]
     V = by.shape[0]
     G = Ws[0].shape[1]
@@ -212,8 +214,10 @@ def team_share(tid, nt, Emb, X0, Ws, bs, Wy, by, extras, cell, h, c, h_in, c_in,
             if not wait_for_team(flags, tid, nt, s):
                 return -1
             team_update(cell, buf, zx, extras[l], ht[l], ct[l], z, zh)
-        token = draw(ht[L - 1], Wy, by, logits, temperature, top_k, top_p, greedy,
-                     us[p, k] if not greedy else 0.0, zd, probs, order, pr)
+        token, s = team_draw(tid, nt, flags, s, parts, split, ht[L - 1], Wy, by, logits, temperature, top_k,
+                             top_p, greedy, us[p, k] if not greedy else 0.0, zd, probs, order, pr)
+        if token < 0:
+            return -1
         if tid == 0:
             out[k] = token
     return 0

@@ -5,7 +5,9 @@ Dimension legend: L layers, H hidden, G = 4H, V vocabulary, nt threads, cap char
 One character reads every weight once, so batch-1 sampling is bound by how fast one core
 streams its weights from its own L2 cache.  A team of nt threads splits each layer's weight
 rows, so each core streams 1/nt of them (kernels/numba/sample.py, team_share); they meet at
-one spin barrier per layer and character, far cheaper than opening a numba prange region.
+one spin barrier per layer and character, far cheaper than opening a numba prange region.  A
+large output layer (H x V of at least OUT_SPLIT_MIN_MACS: a big vocabulary) is split by its
+columns too, with one more barrier a character.
 
 generate_text asks for 32 characters a call, too little work to start threads for, so the
 workers are Python threads (the kernels release the GIL) that stay in jitted code between
@@ -24,6 +26,7 @@ import time
 
 import numpy as np
 
+OUT_SPLIT_MIN_MACS = 1 << 16   # from this output layer size (H x V) its columns are split over the team too
 SPIN_SECONDS = 0.002        # a worker polls this long for the next job before it parks
 IDLE_EXIT_SECONDS = 0.5     # a parked worker ends after this long without a job
 _POLLS_PER_SECOND = None    # measured once: polls of team_worker's idle loop per second
@@ -49,14 +52,19 @@ class Team:
         self.k, self.nt, self.arrays, self.cap = kernels, nt, arrays, cap
         dt = arrays[4].dtype                                          # Wy's
         G = 4 * H if P is None else P
+        V = arrays[5].shape[0]                                        # by's
+        self.split = H * V >= OUT_SPLIT_MIN_MACS
+        if self.split:
+            G = max(G, V)                                             # row 0 also carries the split logits
         self.h = np.zeros((nt, L, H), dt)                             # each thread's own state copy
         self.c = np.zeros((nt, L, H), dt)
         self.h_in = np.zeros((2, L, H), dt)                           # job inputs by job parity
         self.c_in = np.zeros((2, L, H), dt)
-        self.params = np.zeros((2, 6))                                # token n temperature top_k top_p greedy
+        self.params = np.zeros((2, 7))                                # token n temperature top_k top_p greedy split
+        self.params[:, 6] = self.split
         self.us = np.zeros((2, cap))                                  # uniforms
         self.out = np.zeros(cap, np.int64)
-        self.parts = np.zeros((2, nt, G), dt)                         # partial gate sums, by barrier parity
+        self.parts = np.zeros((2, nt, G), dt)                         # partial sums, by barrier parity
         self.flags = np.zeros((2 + 2 * nt) * kernels.FLAG_STRIDE, np.int64)
         self.job = 0
         self.spin_limit = int(SPIN_SECONDS * _polls_per_second(kernels))
@@ -110,7 +118,7 @@ class Team:
         self.job += 1
         p = self.job & 1
         self.h_in[p], self.c_in[p] = h, c
-        self.params[p] = (token, n, temperature, top_k, top_p, 1.0 if greedy else 0.0)
+        self.params[p, :6] = (token, n, temperature, top_k, top_p, 1.0 if greedy else 0.0)
         self.us[p, :len(us)] = us
         finished = False
         try:            # once published, thread 0 must take part, or the workers wait for it

@@ -35,9 +35,9 @@ def team_always(monkeypatch):
     monkeypatch.setattr(nb, "SAMPLE_TEAM_MIN_MACS", 0)
 
 
-def make_models(seed, dtype="float64", H=13, L=2):
+def make_models(seed, dtype="float64", H=13, L=2, cell="lstm"):
     vocab = le.Vocab.build(TEXT)
-    cfg = ModelConfig(len(vocab), 6, H, L, dtype=dtype)
+    cfg = ModelConfig(len(vocab), 6, H, L, dtype=dtype, cell=cell)
     params = init_params(cfg, seed=seed)
     for name in [f"W{l}" for l in range(L)] + ["Wy"]:
         params[name] *= 4                                       # peaky predictions, varied text
@@ -100,6 +100,22 @@ def test_call_without_a_cache_ends_its_team():
     want = m_ref.be.generate(m_ref.params, m_ref.zero_state(1), 1, 60, 1.0, 0, 1.0, False, np.random.default_rng(4))
     np.testing.assert_array_equal(got, want)
     assert wait_until(lambda: not sampler_threads())
+
+
+@pytest.mark.parametrize("opts", [dict(greedy=True), dict(temperature=0.8, top_p=0.9)], ids=["greedy", "sampled"])
+@pytest.mark.parametrize("cell", ["lstm", "peephole", "coupled", "gru"])
+def test_a_split_output_layer_gives_the_reference_text(monkeypatch, cell, opts):
+    """The output layer split by its columns over the team too (forced: OUT_SPLIT_MIN_MACS = 0,
+    so the vocabulary's columns are cut in blocks, one more barrier a character), in chunks of 17
+    so the team carries over between jobs: the reference's text, float64, for every cell."""
+    monkeypatch.setattr(numba_team, "OUT_SPLIT_MIN_MACS", 0)
+    splits = []
+    monkeypatch.setattr(numba_team.Team, "run", lambda self, *a, _run=numba_team.Team.run:
+                        splits.append(self.split) or _run(self, *a))
+    vocab, m_ref, m_nb = make_models(12, cell=cell)
+    want = generate_text(m_ref, vocab, prime="the", length=120, seed=5, chunk=17, **opts)
+    assert generate_text(m_nb, vocab, prime="the", length=120, seed=5, chunk=17, **opts) == want
+    assert len(splits) >= 7 and all(splits)                       # every chunk ran on a splitting team
 
 
 def test_float32_team_matches_the_one_thread_kernel(monkeypatch):
