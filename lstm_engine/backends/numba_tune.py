@@ -8,6 +8,10 @@ default) every candidate is validated against a float64 NumPy product of the sam
 timed; the fastest valid one is kept in a JSON file beside numba's cache, keyed by CPU model,
 thread count, numba's target, library versions, the kernels' source stamp, dtype and shape, so a
 change of any of them tunes again.  `own` wins unless another is faster by MARGIN.
+At first use only the candidates whose machine code is ready (in this process or numba's disk
+cache: compiling them, `own`'s entry included, costs minutes on a cold cache) take part, within FIRST_USE_SECONDS
+for the whole process; such a record names what it timed and is redone when more are ready.
+`lstm-engine tune` compiles and times every candidate.
 LSTM_ENGINE_TUNE=off runs `own` everywhere, tunes nothing and reads no file.
 
 Dimension legend: a product is C (m,n) = op(A) (m,k) @ op(B) (k,n) as in BLAS; nt threads.
@@ -34,12 +38,17 @@ MAX_ROUNDS = 25              # burst of load hits every candidate alike and a qu
 MEASURE_MAX_MACS = 1 << 28   # a bigger product is measured on fewer rows (m) or a shorter sum (k): cost per
                              # row is constant at these sizes, and the float64 reference stays cheap
 TOLERANCE = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}   # scale-relative, as tests/parity.py 'wide'
+FIRST_USE_SECONDS = 3.0      # all first-use tuning of a process; products past it run `own`, unrecorded
+QUICK_COMPILE = ()           # candidates timed at first use even when cold (none: blas compiles in seconds too)
 MAX_ENTRIES = 512            # choices kept in the file (the oldest go first)
 FILE_NAME = "lstm_engine_tune.json"
 FORMAT = 1
 
 _memory = {}                 # key -> choice name, this process
 _file_cache = None           # the file's entries as read once by this process
+_spent = [0.0]               # seconds of first-use tuning in this process (against FIRST_USE_SECONDS)
+_said = set()                # the one-time stderr lines already printed
+_clock = time.perf_counter   # the tuner's clock (tests give it a fake one)
 
 
 @dataclass(frozen=True)
@@ -104,6 +113,7 @@ def candidates(kind):
     else:
         def own_rows(A, B, C, trans_a, trans_b, alpha, beta, prod):
             output_layer.mm_rows(A, B, C, trans_a, trans_b, prod)
+        own_rows.calls = lambda args: (output_layer.mm_rows, args[:5] + args[7:])    # what `compiled` checks
         out = {"own": own_rows}
     out.update(gemm_variants.PRODUCTS)
     if blas.available()[0]:
@@ -121,6 +131,32 @@ def product_fn(kind, name):
     if fn is None:
         fn = _FNS[kind, name] = {**candidates(kind), **_EXTRA}[name]
     return fn
+
+
+def compiled(fn, args):
+    """True when fn(*args) runs without compiling: a plain Python function, or a numba dispatcher
+    with machine code for these argument types in this process or in its disk cache."""
+    if not hasattr(fn, "overloads") or not hasattr(fn, "typeof_pyval"):
+        return True
+    try:
+        sig = tuple(fn.typeof_pyval(a) for a in args)
+        if sig in fn.overloads:
+            return True
+        cache = fn._cache              # numba's index: (sig, target, code hash) -> data file; stale source -> {}
+        return cache._index_key(sig, fn.targetctx.codegen()) in cache._cache_file._load_index()
+    except Exception:  # noqa: BLE001 - no disk cache, or numba's internals moved: counted as not ready
+        return False
+
+
+def ready(product, dtype, prod):
+    """name -> product of the candidates measure() can time now without a long compile: those in
+    QUICK_COMPILE and those compiled for the argument types measure() calls them with (`own`'s
+    entry too: cold, it compiles for tens of seconds like the others)."""
+    a = np.zeros((1, 1), dtype)                                                    # (1,1): only its type counts
+    args = (a, a, a, product.trans_a, product.trans_b, 1.0, 0.0, prod)
+    fns = {**candidates(product.kind), **_EXTRA}
+    return {n: f for n, f in fns.items()
+            if n in QUICK_COMPILE or compiled(*(f.calls(args) if hasattr(f, "calls") else (f, args)))}
 
 
 # ----------------------------------------------------------------------------
@@ -267,21 +303,23 @@ def measured_shape(product):
     return replace(product, m=m, k=k)
 
 
-def measure(product, dtype, prod):
-    """-> record {choice, why, seconds, rows: [{name, error, seconds, valid}]} for one product."""
+def measure(product, dtype, prod, fns=None):
+    """-> record {choice, why, seconds, rows: [{name, error, seconds, valid}], untimed} for one
+    product, over the candidates fns (name -> product; all of them when None)."""
     dtype = np.dtype(dtype)
     t_start = time.perf_counter()
     timed = measured_shape(product)
     operands = _operands(timed, dtype)
     tol = TOLERANCE[dtype]
-    fns = {**candidates(product.kind), **_EXTRA}
+    every = {**candidates(product.kind), **_EXTRA}
+    fns = every if fns is None else fns
     errors = {name: validate(fn, timed, dtype, operands, prod) for name, fn in fns.items()}   # also compiles
     seconds = time_calls({n: f for n, f in fns.items() if errors[n] <= tol}, timed, operands, prod)
     rows = [{"name": name, "error": err if np.isfinite(err) else None, "seconds": seconds.get(name),
              "valid": err <= tol} for name, err in errors.items()]
     choice, why = decide(rows, tol)
     return {"choice": choice, "why": why, "product": product.label, "shape": product.shape, "timed": timed.shape,
-            "dtype": dtype.name, "threads": prod or 1, "rows": rows,
+            "dtype": dtype.name, "threads": prod or 1, "rows": rows, "untimed": [n for n in every if n not in fns],
             "tuned_seconds": round(time.perf_counter() - t_start, 3)}
 
 
@@ -306,7 +344,8 @@ def decide(rows, tol):
 
 def choose(product, dtype, prod):
     """The candidate name for a product of this dtype on `prod` threads (None: one): `own` when
-    tuning is off or the product is small; else the cached choice, tuned now on a miss."""
+    tuning is off or the product is small; else the cached choice, measured now on a miss or when
+    candidates that record did not time are ready now."""
     m = mode()
     if m != "auto":
         return _forced(m, product.kind)
@@ -317,25 +356,74 @@ def choose(product, dtype, prod):
     got = _memory.get(mem_key)
     if got is not None:
         return got
+    record = cached(key_of(product, dtype, nt))
+    fns, kept = None, "own"
+    if record is not None and record["choice"] in set(candidates(product.kind)) | set(_EXTRA):
+        kept = record["choice"]
+        if record.get("untimed"):
+            fns = ready(product, dtype, prod)              # a first use's record: redone once more are ready
+        if fns is None or not set(fns) & set(record["untimed"]):
+            _memory[mem_key] = kept
+            return kept
+    _memory[mem_key] = choice = _first_use(product, dtype, prod, fns, kept)
+    return choice
+
+
+def _first_use(product, dtype, prod, fns, kept):
+    """Measure a product at first use over the ready candidates (fns, else found now) and store
+    the record -> choice; `kept` (the cached choice, else `own`), nothing stored, when the machine
+    is busy, the process's FIRST_USE_SECONDS are spent or only `own` is ready."""
+    if not may_measure():
+        return kept
+    t0 = _clock()
+    fns = ready(product, dtype, prod) if fns is None else fns
+    if "own" not in fns or len(fns) < 2:                   # nothing to compare without compiling
+        _spent[0] += _clock() - t0
+        cold = [n for n in {**candidates(product.kind), **_EXTRA} if n not in fns]
+        _say("cold", f"numba tune: not measured: {', '.join(cold)} not compiled yet for these products; the "
+                     f"shipped GEMM runs, nothing cached (`lstm-engine tune` compiles and times every candidate)")
+        return kept
+    record = measure(product, dtype, prod, fns)
+    _spent[0] += _clock() - t0
+    path = store(key_of(product, dtype, prod or 1), record)
+    print(f"numba tune: {report_line(record)} (cached in {path})", file=sys.stderr)
+    return record["choice"]
+
+
+def cached(key):
+    """The file's record under key (the file read once a process), or None."""
+    global _file_cache
+    if _file_cache is None:
+        _file_cache = read_entries(tune_file())
+    return _file_cache.get(key)
+
+
+def store(key, record):
+    """Write a record under key into the file and this process's copy of it -> the file's path."""
     global _file_cache
     path = tune_file()
-    if _file_cache is None:
-        _file_cache = read_entries(path)
-    key = key_of(product, dtype, nt)
-    record = _file_cache.get(key)
-    names = set(candidates(product.kind)) | set(_EXTRA)
-    if (record is None or record["choice"] not in names) and busy():
-        if not _memory:
-            print(f"numba tune: the machine is busy ({busy()}): the shipped GEMM for now, nothing cached; "
-                  f"run `lstm-engine tune` when it is idle", file=sys.stderr)
-        _memory[mem_key] = "own"
-        return "own"
-    if record is None or record["choice"] not in names:
-        record = measure(product, dtype, prod)
-        _file_cache = write_entry(path, key, record)
-        print(f"numba tune: {report_line(record)} (cached in {path})", file=sys.stderr)
-    _memory[mem_key] = record["choice"]
-    return record["choice"]
+    _file_cache = write_entry(path, key, record)
+    return path
+
+
+def may_measure():
+    """False, said once, when the machine is busy or this process's FIRST_USE_SECONDS are spent."""
+    if busy():
+        _say("busy", f"numba tune: the machine is busy ({busy()}): the shipped kernels for now, nothing cached; "
+                     f"run `lstm-engine tune` when it is idle")
+        return False
+    if _spent[0] >= FIRST_USE_SECONDS:
+        _say("budget", f"numba tune: first-use budget of {FIRST_USE_SECONDS:g}s spent: what is left keeps the "
+                       f"shipped kernels and is measured by a later run (`lstm-engine tune`: all now)")
+        return False
+    return True
+
+
+def _say(what, line):
+    """Print a line on stderr once per process."""
+    if what not in _said:
+        _said.add(what)
+        print(line, file=sys.stderr)
 
 
 def _forced(name, kind):
@@ -356,14 +444,13 @@ def _missing(name):
 def retune(items, dtype, on_record=None):
     """Measure every (product, prod) of items again, whatever is cached, and store the choices
     (`lstm-engine tune`) -> [record] in order, one per distinct product."""
-    global _file_cache
-    path, records, seen = tune_file(), [], set()
+    records, seen = [], set()
     for product, prod in items:
         if (product, prod) in seen:
             continue
         seen.add((product, prod))
         record = measure(product, dtype, prod)
-        _file_cache = write_entry(path, key_of(product, dtype, prod or 1), record)
+        store(key_of(product, dtype, prod or 1), record)
         _memory[(product, np.dtype(dtype).name, prod or 1)] = record["choice"]
         records.append(record)
         if on_record is not None:
@@ -386,6 +473,8 @@ def forget():
     global _file_cache
     _memory.clear()
     _FNS.clear()
+    _said.clear()
+    _spent[0] = 0.0
     _file_cache = None
 
 
@@ -394,8 +483,10 @@ def report_line(record):
     times = ", ".join(f"{r['name']} {r['seconds'] * 1e6:.0f}us" if r["valid"] else f"{r['name']} invalid"
                       for r in record["rows"])
     timed = "" if record["timed"] == record["shape"] else f" (timed on {record['timed']})"
+    rest = record.get("untimed")
+    rest = f"; {', '.join(rest)} not compiled yet: `lstm-engine tune` times them" if rest else ""
     return (f"{record['product']} {record['shape']}{timed} {record['dtype']} {record['threads']} thr: "
-            f"{record['choice']} ({record['why']}); {times}; {record['tuned_seconds']:.2f}s")
+            f"{record['choice']} ({record['why']}); {times}; {record['tuned_seconds']:.2f}s{rest}")
 
 
 def format_table(records):

@@ -177,6 +177,141 @@ def test_a_busy_machine_runs_the_shipped_gemm_and_caches_nothing(auto, monkeypat
     assert nt.choose(PRODUCT, np.float32, None) == "fast" and auto.exists()
 
 
+# ----------------------------------------------------------------------------
+# First use: only what is compiled, within a budget
+# ----------------------------------------------------------------------------
+
+def cold(monkeypatch, *fns):
+    """These candidates count as not compiled (what a cold numba cache gives)."""
+    monkeypatch.setattr(nt, "compiled", lambda fn, args: all(fn is not f for f in fns))
+
+
+def test_first_use_times_only_compiled_candidates_and_redoes_when_more_are(auto, monkeypatch, capsys):
+    stubs = Stubs(own="slow", warm="slow", late="fast")
+    use(monkeypatch, stubs)
+    cold(monkeypatch, stubs.fns["late"])
+    assert nt.choose(PRODUCT, np.float32, None) == "own"
+    assert stubs.calls["late"] == 0 and stubs.calls["warm"] > 0
+    (record,) = json.loads(auto.read_text())["entries"].values()
+    assert {r["name"] for r in record["rows"]} == {"own", "warm"} and record["untimed"] == ["late"]
+    err = capsys.readouterr().err
+    assert "late not compiled yet: `lstm-engine tune` times them" in err and "s; late" in err   # its seconds
+    nt.forget()                                             # a later process, late still cold: read only
+    before = dict(stubs.calls)
+    assert nt.choose(PRODUCT, np.float32, None) == "own" and stubs.calls == before
+    nt.forget()                                             # late compiled since (`tune`): measured again
+    cold(monkeypatch)
+    assert nt.choose(PRODUCT, np.float32, None) == "late" and stubs.calls["late"] > 0
+    (record,) = json.loads(auto.read_text())["entries"].values()
+    assert record["untimed"] == [] and {r["name"] for r in record["rows"]} == {"own", "warm", "late"}
+
+
+@pytest.mark.parametrize("uncompiled", [["fast"], ["own"]])
+def test_nothing_to_compare_without_compiling_measures_and_caches_nothing(auto, monkeypatch, capsys, uncompiled):
+    """Only own compiled, or own's entry not compiled (a cold cache compiles it for tens of seconds too)."""
+    stubs = Stubs(own="slow", fast="fast", other="fast")
+    use(monkeypatch, stubs)
+    cold(monkeypatch, *(stubs.fns[n] for n in uncompiled + ["other"]))
+    assert nt.choose(PRODUCT, np.float32, None) == "own"
+    assert nt.choose(nt.Product("x Wy", "output", 40, 16, 24), np.float32, None) == "own"
+    assert sum(stubs.calls.values()) == 0 and not auto.exists()
+    err = capsys.readouterr().err
+    assert err.count("numba tune: not measured: ") == 1 and "not compiled yet" in err and "lstm-engine tune" in err
+    assert all(n in err.split("not compiled")[0] for n in uncompiled + ["other"])
+
+
+def test_the_first_use_budget_is_kept(auto, monkeypatch, capsys):
+    """A fake clock: each first use costs 1 s; with 2 s of budget the third product runs `own`,
+    unrecorded, and a later process measures it."""
+    ticks = iter(range(1000))
+    monkeypatch.setattr(nt, "_clock", lambda: float(next(ticks)))
+    monkeypatch.setattr(nt, "FIRST_USE_SECONDS", 2.0)
+    stubs = Stubs(own="slow", fast="fast")
+    use(monkeypatch, stubs)
+    products = [nt.Product("x W_x", "lstm", 24, 16, n) for n in (40, 41, 42)]
+    assert [nt.choose(p, np.float32, None) for p in products] == ["fast", "fast", "own"]
+    assert len(json.loads(auto.read_text())["entries"]) == 2
+    assert capsys.readouterr().err.count("first-use budget of 2s spent") == 1
+    nt.forget()
+    assert nt.choose(products[2], np.float32, None) == "fast"
+    assert len(json.loads(auto.read_text())["entries"]) == 3
+
+
+_COLD_KERNEL = """
+import numba
+
+
+@numba.njit(cache=True)
+def mm_cold(A, B, C, trans_a, trans_b, alpha, beta, prod):
+    # C = alpha A B + beta C, no transposes (a candidate for the untransposed products only)
+    for i in range(C.shape[0]):
+        for j in range(C.shape[1]):
+            s = 0.0
+            for k in range(A.shape[1]):
+                s += A[i, k] * B[k, j]
+            C[i, j] = alpha * s + (beta * C[i, j] if beta != 0.0 else 0.0)
+"""
+
+
+def _load(path, name):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_compiled_reads_the_process_and_numba_disk_cache(tmp_path):
+    """A jitted function of a fresh file: not compiled; compiled in this process; in a second copy
+    of the module (as a later process sees it) ready from numba's disk cache, without loading it;
+    another signature not."""
+    path = tmp_path / "cold_kernel.py"
+    path.write_text(_COLD_KERNEL)
+    first = _load(path, "cold_kernel_a").mm_cold
+    a = np.ones((3, 3))
+    args = (a, a, a, False, False, 1.0, 0.0, None)
+    assert not nt.compiled(first, args)
+    first(a, a, a.copy(), False, False, 1.0, 0.0, None)
+    assert nt.compiled(first, args)
+    second = _load(path, "cold_kernel_b").mm_cold
+    assert nt.compiled(second, args) and not second.overloads          # read from the index, nothing loaded
+    assert not nt.compiled(second, (a.astype(np.float32),) * 3 + args[3:])
+    assert not nt.compiled(second, args[:-1] + (2,))                     # prod: another type
+    assert nt.compiled(lambda *args: None, args)                          # plain Python compiles nothing
+
+
+def test_a_cold_jitted_candidate_is_not_compiled_at_first_use(auto, monkeypatch, tmp_path):
+    """The real readiness check on a jitted candidate of a fresh file: the first use leaves it
+    uncompiled (no machine code, nothing in its disk cache) and says so in the record; once it is
+    compiled, a later process measures the product again with it."""
+    path = tmp_path / "cold_kernel.py"
+    path.write_text(_COLD_KERNEL)
+    kernel = _load(path, "cold_kernel_c").mm_cold
+    use(monkeypatch, Stubs(own="slow", warm="slow"))
+    monkeypatch.setitem(nt._EXTRA, "cold", kernel)
+    product = nt.Product("x W_x", "lstm", 24, 16, 40)
+    nt.choose(product, np.float64, None)
+    assert not kernel.overloads and not list((tmp_path / "__pycache__").glob("*.nbi"))
+    (record,) = json.loads(auto.read_text())["entries"].values()
+    assert record["untimed"] == ["cold"]
+    a = np.ones((2, 2))
+    kernel(a, a, a.copy(), False, False, 1.0, 0.0, None)                # compiled (what `tune` does)
+    nt.forget()
+    nt.choose(product, np.float64, None)
+    (record,) = json.loads(auto.read_text())["entries"].values()
+    assert record["untimed"] == [] and {r["name"]: r["valid"] for r in record["rows"]}["cold"]
+
+
+def test_tune_times_every_candidate_compiled_or_not(auto, monkeypatch):
+    from lstm_engine import api
+    stubs = Stubs(own="slow", fast="fast", late="fast")
+    use(monkeypatch, stubs)
+    cold(monkeypatch, stubs.fns["fast"], stubs.fns["late"])
+    key, records = api.tune("E8,H32,L1,B4,T5,V50")
+    assert records and all(r["untimed"] == [] and len(r["rows"]) == 3 for r in records)
+    assert stubs.calls["late"] >= len(records) * (1 + nt.REPEATS)
+
+
 def test_decide_prefers_own_within_the_margin():
     rows = [dict(name="own", valid=True, seconds=1.0), dict(name="b", valid=True, seconds=1.0 / 1.05),
             dict(name="c", valid=False, seconds=None)]
@@ -352,3 +487,4 @@ def test_the_avx2_switch_refuses_once_numba_is_imported_for_another_target(monke
     with pytest.raises(UserError) as e:
         environment.apply_numba_isa()
     assert "before numba is imported" in str(e.value)
+
