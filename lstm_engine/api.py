@@ -141,7 +141,30 @@ def tune(configs="seed", dtype="float32", on_record=None):
     if not items:
         raise UserError("no products to tune in these configs")
     import numba
-    return numba_tune.machine_key(numba.get_num_threads()), numba_tune.retune(items, dtype, on_record)
+    records = numba_tune.retune(items, dtype, on_record)
+    for c in parse_configs(configs):
+        records += _tune_sampler(c, dtype, on_record)
+    return numba_tune.machine_key(numba.get_num_threads()), records
+
+
+def _tune_sampler(c, dtype, on_record):
+    """The sampler's one-thread-or-team choice measured again on a model of config c (random
+    weights) -> [record], none where it is ruled (one thread, H below numba_tune_sample.MIN_H)."""
+    import numpy as np
+
+    from .backends import numba_backend, numba_tune_sample
+    from .core.model import init_params
+    cfg = ModelConfig(c.V, c.E, c.H, c.L, dtype=dtype)
+    weights = init_params(cfg)
+    state = [[np.zeros((1, c.H), dtype), np.zeros((1, c.H), dtype)] for _ in range(c.L)]
+    cache = {"chars": 256}
+    with numba_tune_sample.retuning() as records:
+        numba_backend.generate(weights, state, 0, 1, rng=np.random.default_rng(0), cache=cache)
+    if "team" in cache:
+        cache["team"][1].close()
+    for r in records if on_record is not None else ():
+        on_record(r)
+    return records
 
 
 def check_environment():

@@ -626,7 +626,7 @@ def generate(weights, state, token, n, temperature=1.0, top_k=0, top_p=1.0, gree
         X0 = _layer0_table(Emb, Ws[0], bs[0], n, cache)                        # (V,G) or (0,G)
         args = (Emb, X0, Ws, bs, Wy, by, h, c, int(token), float(temperature), int(top_k), float(top_p),
                 bool(greedy), us, out)
-        team = _sample_team(args[:6], h.shape, n, cache)
+        team = _sample_team(args[:6], h.shape, n, cache, _sample_run(args), (h, c, token))
         if team is None:
             _kernels().sample.generate_kernel(*args)
         else:
@@ -641,17 +641,24 @@ def generate(weights, state, token, n, temperature=1.0, top_k=0, top_p=1.0, gree
     return out
 
 
-def _sample_team(arrays, shape, n, cache):
+def _sample_team(arrays, shape, n, cache, run=None, state=None):
     """The team of threads for generating from arrays = (Emb, X0, Ws, bs, Wy, by), or None for
     the one-thread kernel.  Kept in `cache` for the same arrays (replaced, and the old one told
-    to end, when other arrays come with the same cache); without a cache, one for this call."""
+    to end, when other arrays come with the same cache); without a cache, one for this call.
+    With a cache and LSTM_ENGINE_TUNE=auto the choice is measured once per shape on this machine
+    (numba_tune_sample.py: run and state = (h, c, token) time both ways on copies); otherwise from
+    SAMPLE_ROWS_PER_THREAD hidden units a thread and SAMPLE_TEAM_MIN_MACS a call."""
     import numba
 
-    from . import numba_team
+    from . import numba_team, numba_tune_sample
     L, H = shape
-    nt = min(numba.get_num_threads(), H // SAMPLE_ROWS_PER_THREAD)
+    threads = numba.get_num_threads()
+    nt = min(threads, H // SAMPLE_ROWS_PER_THREAD)
     macs = sum(W.size for W in arrays[2]) + arrays[4].size
-    if nt < 2 or n * macs < SAMPLE_TEAM_MIN_MACS:
+    tuned = run is not None and numba_tune_sample.active(cache, threads, H)
+    if tuned:
+        nt = max(nt, 2)                                         # the fixed rule's team size, at least two
+    elif nt < 2 or n * macs < SAMPLE_TEAM_MIN_MACS:
         return None
     if cache is None:
         return numba_team.Team(_kernels().sample, nt, arrays, L, H, n)
@@ -662,10 +669,29 @@ def _sample_team(arrays, shape, n, cache):
         return old[1]
     if old is not None:
         old[1].close()
-    cap = int(max(n, min(cache.get("chars", n), 256)))
-    team = numba_team.Team(_kernels().sample, nt, arrays, L, H, cap)
+    cap = int(max(n, min(cache.get("chars", n), 256), numba_tune_sample.CALL_CHARS if tuned else 0))
+    new = lambda: numba_team.Team(_kernels().sample, nt, arrays, L, H, cap)       # noqa: E731
+    if not tuned:
+        team = new()
+    else:
+        desc = numba_tune_sample.describe("lstm", L, H, Emb.shape[1], Emb.shape[0], Wy.dtype, len(X0))
+        team = numba_tune_sample.choose(desc, threads, new, run, *state)
+        if team is None:
+            return None
     cache["team"] = (key, team)
     return team
+
+
+def _sample_run(args):
+    """run(team or None, h, c, token, us) -> ids: generate's model and settings (args as
+    generate_kernel takes them) from another state and uniforms, for numba_tune_sample."""
+    def run(team, h, c, token, us):
+        if team is not None:
+            return team.run(h, c, token, len(us), *args[9:13], us)
+        ids = np.empty(len(us), np.int64)                                          # (n,)
+        _kernels().sample.generate_kernel(*args[:6], h, c, int(token), *args[9:13], us, ids)
+        return ids
+    return run
 
 
 def _layer0_table(Emb, W0, b0, n, cache):

@@ -342,7 +342,8 @@ def generate(nb, weights, state, token, n, temperature, top_k, top_p, greedy, rn
         K = _kernels(nb)
         X0 = _layer0_table(nb, Emb, Ws[0], bs[0], h.shape[1], n, cache)          # (V,G) or (0,G)
         arrays = (Emb, X0, Ws, bs, Wy, by, extras, K.code[cell])
-        team = _sample_team(nb, arrays, h.shape, n, cache)
+        run = _sample_run(K, arrays, (temperature, top_k, top_p, greedy))
+        team = _sample_team(nb, arrays, h.shape, n, cache, run, (h, c, token), cell)
         if team is None:
             K.sample.generate_cells_kernel(K.code[cell], Emb, X0, Ws, bs, extras, Wy, by, h, c, int(token),
                                            float(temperature), int(top_k), float(top_p), bool(greedy), us, out)
@@ -358,17 +359,22 @@ def generate(nb, weights, state, token, n, temperature, top_k, top_p, greedy, rn
     return out
 
 
-def _sample_team(nb, arrays, shape, n, cache):
+def _sample_team(nb, arrays, shape, n, cache, run=None, state=None, cell=None):
     """numba_backend._sample_team for the variants: the team for arrays = (Emb, X0, Ws, bs, Wy,
     by, extras, cell code), or None for the one-thread kernel; kept in `cache` under the same
-    slot (a team for other arrays or another cell is told to end and replaced)."""
+    slot (a team for other arrays or another cell is told to end and replaced); measured or
+    ruled as the LSTM's (run, state: numba_tune_sample's; cell: its name)."""
     import numba
 
-    from . import numba_team
+    from . import numba_team, numba_tune_sample
     L, H = shape
-    nt = min(numba.get_num_threads(), H // nb.SAMPLE_ROWS_PER_THREAD)
+    threads = numba.get_num_threads()
+    nt = min(threads, H // nb.SAMPLE_ROWS_PER_THREAD)
     Emb, X0, Ws, bs, Wy, by, extras, code = arrays
-    if nt < 2 or n * (sum(W.size for W in Ws) + Wy.size) < nb.SAMPLE_TEAM_MIN_MACS:
+    tuned = run is not None and numba_tune_sample.active(cache, threads, H)
+    if tuned:
+        nt = max(nt, 2)
+    elif nt < 2 or n * (sum(W.size for W in Ws) + Wy.size) < nb.SAMPLE_TEAM_MIN_MACS:
         return None
     G = Ws[0].shape[1]
     P = 2 * G if code == _kernels(nb).code["gru"] else G       # (nt,P) partials: the GRU's two sides apart
@@ -381,10 +387,33 @@ def _sample_team(nb, arrays, shape, n, cache):
         return old[1]
     if old is not None:
         old[1].close()
-    cap = int(max(n, min(cache.get("chars", n), 256)))
-    team = numba_team.Team(_kernels(nb).sample, nt, arrays, L, H, cap, P)
+    cap = int(max(n, min(cache.get("chars", n), 256), numba_tune_sample.CALL_CHARS if tuned else 0))
+    new = lambda: numba_team.Team(_kernels(nb).sample, nt, arrays, L, H, cap, P)   # noqa: E731
+    if not tuned:
+        team = new()
+    else:
+        desc = numba_tune_sample.describe(cell, L, H, Emb.shape[1], Emb.shape[0], Wy.dtype, len(X0))
+        team = numba_tune_sample.choose(desc, threads, new, run, *state)
+        if team is None:
+            return None
     cache["team"] = (key, team)
     return team
+
+
+def _sample_run(K, arrays, opts):
+    """run(team or None, h, c, token, us) -> ids for numba_tune_sample: this model and the
+    settings opts = (temperature, top_k, top_p, greedy) from another state and uniforms."""
+    Emb, X0, Ws, bs, Wy, by, extras, code = arrays
+    temperature, top_k, top_p, greedy = float(opts[0]), int(opts[1]), float(opts[2]), bool(opts[3])
+
+    def run(team, h, c, token, us):
+        if team is not None:
+            return team.run(h, c, token, len(us), temperature, top_k, top_p, greedy, us)
+        ids = np.empty(len(us), np.int64)                                          # (n,)
+        K.sample.generate_cells_kernel(code, Emb, X0, Ws, bs, extras, Wy, by, h, c, int(token), temperature,
+                                       top_k, top_p, greedy, us, ids)
+        return ids
+    return run
 
 
 def _layer0_table(nb, Emb, W0, b0, H, n, cache):

@@ -488,3 +488,125 @@ def test_the_avx2_switch_refuses_once_numba_is_imported_for_another_target(monke
         environment.apply_numba_isa()
     assert "before numba is imported" in str(e.value)
 
+
+# ----------------------------------------------------------------------------
+# The sampler: one thread or a team (numba_tune_sample.py)
+# ----------------------------------------------------------------------------
+
+from lstm_engine.backends import numba_team, numba_tune_sample as nts  # noqa: E402
+
+
+@pytest.fixture
+def sampler(auto, monkeypatch):
+    """Tuning on with two or more numba threads, the sampler's memory forgotten; the team's
+    jobs counted in the list yielded."""
+    import numba
+    if numba.get_num_threads() < 2:
+        pytest.skip("numba has one thread here")
+    nts.forget()
+    jobs = []
+    monkeypatch.setattr(numba_team.Team, "run", lambda self, *a, _run=numba_team.Team.run:
+                        jobs.append(self.nt) or _run(self, *a))
+    yield jobs
+    nts.forget()
+
+
+def sample_model(H=64, L=2, V=23, E=6, dtype="float64", cell="lstm"):
+    from lstm_engine.core.model import ModelConfig, init_params
+    params = init_params(ModelConfig(V, E, H, L, dtype=dtype, cell=cell), seed=3)
+    for name in [f"W{l}" for l in range(L)] + ["Wy"]:
+        params[name] *= 4                                       # peaky predictions, varied text
+    return params
+
+
+def sample_both(params, n=150, seed=5, cache=None, cell="lstm", **opts):
+    """(numba ids, numpy ids, numba rng after, numpy rng after, numba state, numpy state)."""
+    L, H = len([k for k in params if k.startswith("W") and k[1:].isdigit()]), params["Wy"].shape[0]
+    out = []
+    for be in (nb, ref):
+        state = [[np.zeros((1, H)), np.zeros((1, H))] for _ in range(L)]
+        rng = np.random.default_rng(seed)
+        args = (opts.get("temperature", 0.9), 0, 1.0, opts.get("greedy", False))
+        ids = be.generate(params, state, 1, n, *args, rng, cache if be is nb else None, cell)
+        out.append((ids, rng, state))
+    return out
+
+
+def shape_of(params, table=True, cell="lstm"):
+    import numba
+    L = len([k for k in params if k.startswith("W") and k[1:].isdigit()])
+    V, E = params["Emb"].shape
+    desc = nts.describe(cell, L, params["Wy"].shape[0], E, V, params["Wy"].dtype, table)
+    return nts.key_of(desc, numba.get_num_threads())
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("way", ["team", "one"])
+def test_the_sampler_choice_is_read_from_the_record(sampler, monkeypatch, way, cell):
+    """A record says team or one: generation follows it, measures nothing, and the text is the
+    reference's either way (the LSTM's sampler and the variants')."""
+    params = sample_model(cell=cell)
+    record = {"choice": way, "rows": []}
+    nt.store(shape_of(params, cell=cell), record)
+    monkeypatch.setattr(nts, "measure", lambda *a: pytest.fail("measured although a record holds the choice"))
+    (got, _, _), (want, _, _) = sample_both(params, cache={"chars": 10 ** 6}, cell=cell)
+    np.testing.assert_array_equal(got, want)
+    assert bool(sampler) == (way == "team")
+
+
+@pytest.mark.parametrize("way", ["team", "one"])
+def test_sampler_tuning_leaves_the_callers_text_rng_and_state_alone(sampler, monkeypatch, capsys, way):
+    """The first generate of a shape measures both ways (the outcome forced): the caller's ids, its
+    generator's position and its state are those of the reference, and the record is written."""
+    monkeypatch.setattr(nts, "decide", lambda one, team, same: (way, "forced by the test"))
+    measured = []
+    monkeypatch.setattr(nts, "measure", lambda *a, _m=nts.measure: measured.append(1) or _m(*a))
+    params = sample_model()
+    (got, rng_nb, st_nb), (want, rng_ref, st_ref) = sample_both(params, cache={"chars": 10 ** 6})
+    np.testing.assert_array_equal(got, want)
+    assert rng_nb.bit_generator.state == rng_ref.bit_generator.state          # no draw of the tuner's
+    for (h, c), (h1, c1) in zip(st_nb, st_ref):
+        np.testing.assert_allclose(h, h1, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(c, c1, rtol=0, atol=1e-12)
+    assert measured == [1] and nt.cached(shape_of(params))["choice"] == way
+    assert "numba tune: sample lstm L2 H64" in capsys.readouterr().err
+    jobs_after_tuning = len(sampler)
+    sample_both(params, cache={"chars": 10 ** 6})                              # the memory: nothing measured
+    assert measured == [1] and (len(sampler) > jobs_after_tuning) == (way == "team")
+
+
+def test_the_team_is_measured_against_one_thread_and_a_wrong_one_loses(sampler, monkeypatch):
+    """A team whose ids differ from one thread's is never chosen, however fast."""
+    params = sample_model()
+    run = numba_team.Team.run
+    monkeypatch.setattr(numba_team.Team, "run", lambda self, h, c, token, n, *a: (run(self, h, c, token, n, *a) + 1)
+                        % params["Emb"].shape[0])
+    nb.generate(params, [[np.zeros((1, 64)), np.zeros((1, 64))] for _ in range(2)], 1, 5, 0.9, 0, 1.0, False,
+                np.random.default_rng(0), {"chars": 10 ** 6})
+    record = nt.cached(shape_of(params))
+    assert record["choice"] == "one" and not record["rows"][1]["valid"] and "ids differ" in record["why"]
+
+
+def test_tuning_off_keeps_the_fixed_sampler_rule(sampler, monkeypatch):
+    monkeypatch.setenv("LSTM_ENGINE_TUNE", "off")
+    monkeypatch.setattr(nts, "measure", lambda *a: pytest.fail("measured with tuning off"))
+    params = sample_model(H=64)                       # below 2 * SAMPLE_ROWS_PER_THREAD: one thread by the rule
+    nt.store(shape_of(params), {"choice": "team", "rows": []})                 # not read when off
+    (got, _, _), (want, _, _) = sample_both(params, cache={"chars": 10 ** 6})
+    np.testing.assert_array_equal(got, want)
+    assert sampler == []
+
+
+def test_tune_command_measures_the_sampler(auto, sampler, monkeypatch):
+    from click.testing import CliRunner
+
+    import cli
+    use(monkeypatch, Stubs(own="slow", fast="fast"))
+    r = CliRunner().invoke(cli.main, ["tune", "--configs", "E8,H64,L2,B4,T5,V50"])
+    assert r.exit_code == 0, r.output
+    rows = [ln.split() for ln in r.stdout.splitlines() if ln.startswith("sample lstm")]
+    assert {row[row.index("float32") + 2] for row in rows} == {"one", "team"}
+    assert sum("<-" in row for row in rows) == 1
+    desc = nts.describe("lstm", 2, 64, 8, 50, np.float32, True)       # 256 characters pay for the table
+    import numba
+    assert nt.cached(nts.key_of(desc, numba.get_num_threads()))["choice"] in ("one", "team")
