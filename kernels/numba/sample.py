@@ -18,7 +18,7 @@ import numpy as np
 
 from .fastmath import fexp, fsigmoid, ftanh
 from .jit import JIT
-from .sync import FLAG_STRIDE, load_acquire, load_seq, spin_pause, store_release, store_seq
+from .sync import FLAG_STRIDE, load_acquire, load_seq, spin_pause, spin_yield, store_release, store_seq
 
 
 @numba.njit(inline="always", **JIT)
@@ -234,15 +234,27 @@ def parked_slot(t, nt):
     return (2 + nt + t) * FLAG_STRIDE
 
 
+# Polls of a barrier (tens of ns each) before its waiter yields the CPU at every further poll:
+# with more runnable threads than cores a partner may be off the CPU for a whole time slice,
+# and spinning through it would keep it off longer.
+SPINS_BEFORE_YIELD = 1024
+
+
 @numba.njit(inline="always", **JIT)
 def wait_for_team(flags, tid, nt, s):
-    """Spin until every other thread's barrier counter reached s.  -> False when told to stop."""
+    """Spin until every other thread's barrier counter reached s (yielding the CPU after
+    SPINS_BEFORE_YIELD polls).  -> False when told to stop."""
     for u in range(nt):
         if u != tid:
+            spins = 0
             while load_acquire(flags, ready_slot(u)) < s:
                 if load_acquire(flags, STOP) != 0:
                     return False
-                spin_pause()
+                if spins < SPINS_BEFORE_YIELD:
+                    spins += 1
+                    spin_pause()
+                else:
+                    spin_yield()
     return True
 
 

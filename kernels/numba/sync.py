@@ -10,6 +10,9 @@ instructions on one element of a C-contiguous int64 array:
                             the same, sequentially consistent (a store then a load of another
                             slot are not reordered: what two threads need to agree who parks)
     spin_pause()            the CPU's spin-wait hint (x86 `pause`; nothing elsewhere)
+    spin_yield()            hand the CPU to another runnable thread: libc's sched_yield on Linux
+                            (a symbol the linker resolves when the cached code loads, no
+                            address baked in), spin_pause elsewhere -> its result (0 when it ran)
 
 Each flag should sit on its own cache line (FLAG_STRIDE slots apart), so that one thread's
 writes do not invalidate the line another thread is polling for a different flag.
@@ -17,6 +20,7 @@ writes do not invalidate the line another thread is polling for a different flag
 from __future__ import annotations
 
 import platform
+import sys
 
 import numba
 from llvmlite import ir
@@ -25,6 +29,7 @@ from numba.extending import intrinsic
 
 FLAG_STRIDE = 16        # int64 slots between two flags: 128 bytes, two cache lines
 _X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+_LINUX = sys.platform.startswith("linux")
 
 
 def _slot(context, builder, aryty, ary, idx):
@@ -81,4 +86,22 @@ def spin_pause(typingctx):
                                                 "llvm.x86.sse2.pause")
             builder.call(fn, [])
         return context.get_dummy_value()
+    return sig, codegen
+
+
+@intrinsic
+def spin_yield(typingctx):
+    sig = types.int64()
+
+    def codegen(context, builder, sig, args):
+        i64 = ir.IntType(64)
+        if _LINUX:
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(32), []),
+                                                "sched_yield")
+            return builder.sext(builder.call(fn, []), i64)
+        if _X86:
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []),
+                                                "llvm.x86.sse2.pause")
+            builder.call(fn, [])
+        return ir.Constant(i64, 0)
     return sig, codegen
