@@ -3,7 +3,8 @@
 Dimension legend: B batch, H hidden; G = 4H gates (i, f, g, o) for the peephole cell,
 G = 3H (f, g, o) for the coupled cell, G = 3H (r, z, n) for the GRU.
 Equations: lstm_engine/backends/numpy_cells.py.  Used by the time loops in cell_layers.py and
-gru_layer.py (split by batch rows), so every function works on batch rows r0..r1-1.
+gru_layer.py (split by batch rows: every function works on batch rows r0..r1-1) and in
+cell_layers_columns.py and gru_layer_columns.py (split by hidden units: on a thread's (B,qU) block).
 
 As in gates.py: one short loop per quantity over full rows (so that each vectorises), the
 activated gates written back over their pre-activations.  The peephole weights come flat,
@@ -15,6 +16,8 @@ import numba
 
 from .fastmath import fsigmoid, ftanh
 from .jit import JIT
+
+PEEPHOLE, COUPLED = 1, 2    # the int `cell` of the peephole and coupled kernels (a run-time branch per step)
 
 # ----------------------------------------------------------------------------
 # Peephole LSTM: i, f see c_{t-1}; o sees c_t

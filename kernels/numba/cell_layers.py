@@ -12,8 +12,9 @@ recurrent product h_{t-1} W_h is added into it per step, and the cell's gate loo
 (cell_gates.py) activates it in place and writes c_t, h_t.  Backward: the gate loop gives dz_t
 and dL/dc_{t-1}, the GEMM dL/dh_{t-1} = dz_t W_h^T; db, the peephole gradients dwc and
 (layer 0) the table gradient are summed per thread inside the loop; the weight gradients are
-products over all N rows after it.  The time loop runs on the calling thread or on `rows`
-threads, each owning a slice of the batch (no barrier inside the loop).
+products over all N rows after it.  The time loop runs on the calling thread, on `rows`
+threads, each owning a slice of the batch (no barrier inside the loop), or on `units` threads
+split by hidden units (cell_layers_columns.py), as lstm_layer.py's (prod, rows, units).
 
 Which cell: the int `cell` (PEEPHOLE or COUPLED), a run-time branch per step, so one compiled
 loop serves both; wc (3H,) holds the peepholes [w_ci; w_cf; w_co] flat, (0,) for the coupled cell.
@@ -23,25 +24,29 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .cell_gates import (
+from .cell_gates import (  # noqa: F401  (COUPLED: numba_cells and sample_cells read the codes here)
+    COUPLED,
+    PEEPHOLE,
     coupled_backward,
     coupled_forward,
     peephole_backward,
     peephole_forward,
 )
+from .cell_layers_columns import backward_steps_cols, forward_steps_cols
 from .gemm import gemm, padded, pads_b
 from .jit import JIT, PAR
 from .lstm_layer import (
     accumulate_step,
+    column_sums,
+    gather_rows,
     gather_step,
     mm,
     no_table,
     no_tokens,
     recurrent_weight_grads,
+    scatter_add_rows,
     weight_grads,
 )
-
-PEEPHOLE, COUPLED = 1, 2
 
 
 @numba.njit(**JIT)
@@ -94,17 +99,23 @@ def backward_steps_par(cell, dhs, WhT, wc, c0, cs, acts, dzs, dh, dc, nt, tokens
 
 
 @numba.njit(**JIT)
-def run_forward_steps(cell, Wh, b, wc, h0, c0, hs, cs, acts, rows, tokens, table):
-    """The time loop on the calling thread (rows None) or on `rows` threads split by batch rows;
-    W_h read from a copy with padded rows (gemm.padded)."""
+def run_forward_steps(cell, Wh, b, wc, h0, c0, hs, cs, acts, rows, units, tokens, table):
+    """The time loop on the calling thread, on `rows` threads split by batch rows (W_h read from a
+    copy with padded rows, gemm.padded), or on `units` threads split by hidden units (which gathers
+    layer 0's table rows first)."""
     if rows is not None:
         forward_steps_par(cell, padded(Wh), b, wc, h0, c0, hs, cs, acts, rows, tokens, table)
+    elif units is not None:
+        if table.shape[0] > 0:
+            T, B = tokens.shape
+            gather_rows(tokens.reshape(T * B), table, acts.reshape(T * B, acts.shape[2]))
+        forward_steps_cols(cell, Wh, b, wc, h0, c0, hs, cs, acts, units)
     else:
         forward_steps(cell, padded(Wh), b, wc, h0, c0, hs, cs, acts, 0, h0.shape[0], tokens, table)
 
 
 @numba.njit(**JIT)
-def run_backward_steps(cell, dhs, Wh, wc, c0, cs, acts, dzs, dh, dc, rows, tokens, db, dwc, dtable):
+def run_backward_steps(cell, dhs, Wh, wc, c0, cs, acts, dzs, dh, dc, rows, units, tokens, db, dwc, dtable):
     """The reverse time loop (see run_forward_steps) -> dzs, db (G,), dwc (3H,) or (0,),
     dtable (V,G) or (0,G); W_h^T copied once (G,H, rows padded)."""
     db[:] = 0
@@ -119,38 +130,46 @@ def run_backward_steps(cell, dhs, Wh, wc, c0, cs, acts, dzs, dh, dc, rows, token
             db += dbp[k]
             dwc += dwcp[k]
             dtable += dtp[k]
+    elif units is not None:
+        backward_steps_cols(cell, dhs, padded(Wh.T), wc, c0, cs, acts, dzs, dh, dc, dwc, units)
+        T, B, G = dzs.shape
+        column_sums(dzs.reshape(T * B, G), db)
+        if dtable.shape[0] > 0:
+            scatter_add_rows(tokens.reshape(T * B), dzs.reshape(T * B, G), dtable)
     else:
         backward_steps(cell, dhs, padded(Wh.T), wc, c0, cs, acts, dzs, dh, dc, 0, dh.shape[0], tokens,
                        db, dwc, dtable)
 
 
 @numba.njit(**JIT)
-def cell_forward_kernel(cell, x, W, b, wc, h0, c0, hs, cs, acts, prod, rows):
+def cell_forward_kernel(cell, x, W, b, wc, h0, c0, hs, cs, acts, prod, rows, units):
     """x (T,B,I), W (H+I,G), b (G,), wc (3H,) or (0,), h0, c0 (B,H) -> hs, cs (T,B,H), acts (T,B,G)."""
     T, B, I = x.shape
     H = h0.shape[1]
     G = acts.shape[2]
     mm(x.reshape(T * B, I), W[H:], acts.reshape(T * B, G), False, False, 1.0, 0.0, prod)  # x_t W_x, all t
-    run_forward_steps(cell, W[:H], b, wc, h0, c0, hs, cs, acts, rows, no_tokens(), no_table(acts))
+    run_forward_steps(cell, W[:H], b, wc, h0, c0, hs, cs, acts, rows, units, no_tokens(), no_table(acts))
 
 
 @numba.njit(**JIT)
-def embed_cell_forward_kernel(cell, tokens, Emb, W, b, wc, h0, c0, hs, cs, acts, table, prod, rows):
+def embed_cell_forward_kernel(cell, tokens, Emb, W, b, wc, h0, c0, hs, cs, acts, table, prod, rows, units):
     """Layer 0 with the embedding folded in: x_t W_x = (Emb @ W_x)[token].  tokens (T,B) int64,
     Emb (V,E), table (V,G) scratch."""
     H = h0.shape[1]
     gemm(Emb, W[H:], table)                                         # (V,G) = Emb @ W_x
-    run_forward_steps(cell, W[:H], b, wc, h0, c0, hs, cs, acts, rows, tokens, table)
+    run_forward_steps(cell, W[:H], b, wc, h0, c0, hs, cs, acts, rows, units, tokens, table)
 
 
 @numba.njit(**JIT)
-def cell_backward_kernel(cell, dhs, x, W, wc, h0, c0, hs, cs, acts, dzs, dh, dc, dx, dW, db, dwc, prod, rows):
+def cell_backward_kernel(cell, dhs, x, W, wc, h0, c0, hs, cs, acts, dzs, dh, dc, dx, dW, db, dwc, prod, rows,
+                         units):
     """BPTT through one layer.  dhs (T,B,H); dh, dc (B,H) in: dhT, dcT, out: dh0, dc0
     -> dx (T,B,I), dW (H+I,G), db (G,), dwc (3H,) or (0,); dzs (T,B,G) scratch."""
     T, B, I = x.shape
     H = h0.shape[1]
     G = dzs.shape[2]
-    run_backward_steps(cell, dhs, W[:H], wc, c0, cs, acts, dzs, dh, dc, rows, no_tokens(), db, dwc, no_table(dW))
+    run_backward_steps(cell, dhs, W[:H], wc, c0, cs, acts, dzs, dh, dc, rows, units, no_tokens(), db, dwc,
+                       no_table(dW))
     dz2 = dzs.reshape(T * B, G)                                     # (N,G)
     if pads_b(min(H, I), dz2.shape[1] * dz2.itemsize):
         weight_grads(h0, hs, x, padded(dz2), dW, prod)    # gemm would copy dz for each product: once here
@@ -161,11 +180,11 @@ def cell_backward_kernel(cell, dhs, x, W, wc, h0, c0, hs, cs, acts, dzs, dh, dc,
 
 @numba.njit(**JIT)
 def embed_cell_backward_kernel(cell, dhs, tokens, Emb, W, wc, h0, c0, hs, cs, acts, dzs, dh, dc, dEmb, dW, db, dwc,
-                               dtable, prod, rows):
+                               dtable, prod, rows, units):
     """BPTT through layer 0: the dz rows summed by token into dtable (V,G) inside the time loop,
     then dW_x = Emb^T dtable and dEmb = dtable W_x^T."""
     H = h0.shape[1]
-    run_backward_steps(cell, dhs, W[:H], wc, c0, cs, acts, dzs, dh, dc, rows, tokens, db, dwc, dtable)
+    run_backward_steps(cell, dhs, W[:H], wc, c0, cs, acts, dzs, dh, dc, rows, units, tokens, db, dwc, dtable)
     T, B, G = dzs.shape
     recurrent_weight_grads(h0, hs, dzs.reshape(T * B, G), dW, prod)
     gemm(Emb, dtable, dW[H:], True, False)                          # (E,G)

@@ -13,9 +13,8 @@ Parameters p of a layer by short name: peephole {"W" (H+I,G), "b" (G,), "wc" (3,
 coupled {"W", "b"}; gru {"W", "bx" (G,), "bh" (G,)}.  Every cell's state is the pair h, c
 (B,H); the GRU carries c unchanged and passes dcT through as dc0.
 
-Threads: as the LSTM's layers (numba_backend._threads); the GRU also splits by hidden units
-(kernels/numba/gru_layer_columns.py), the peephole and coupled loops split only by batch rows
-(where the LSTM would split by hidden units, by rows too, B > 1).
+Threads: as the LSTM's layers (numba_backend._threads), the split by hidden units included
+(kernels/numba/cell_layers_columns.py, gru_layer_columns.py).
 
 Every function takes the numba backend module first (nb: its array pool, thread plan, checks
 and knobs), passed in by numba_backend so that this module does not import it back.
@@ -47,12 +46,8 @@ def _kernels(nb):
 
 
 def _threads(nb, T, B, H, cell):
-    """-> (prod, rows, units) of numba_backend._threads; for the peephole and coupled cells a split
-    by hidden units becomes one by batch rows (their loops have no unit split)."""
-    prod, rows, units = nb._threads(T, B, H)
-    if units is not None and cell != "gru":
-        rows, units = (min(units, B) if B > 1 else None), None
-    return prod, rows, units
+    """-> (prod, rows, units) of numba_backend._threads: every cell by the LSTM's rule."""
+    return nb._threads(T, B, H)
 
 
 _NO_TOKENS = np.empty((0, 0), np.int64)     # the tokens of a layer without the table
@@ -167,10 +162,11 @@ def cell_forward(nb, cell, x, p, h0, c0):
         return hs, (hs[-1] if T else h0), c0, cache          # the GRU carries c unchanged
     cs = nb._pool.empty((T, B, H), dt)
     if T and fns is None:
-        K.cells.cell_forward_kernel(K.code[cell], x, W, p["b"], _wc(p, dt), h0, c0, hs, cs, acts, prod, rows)
+        K.cells.cell_forward_kernel(K.code[cell], x, W, p["b"], _wc(p, dt), h0, c0, hs, cs, acts, prod, rows,
+                                    units)
     elif T:
-        K.cells.run_forward_steps(K.code[cell], W[:H], p["b"], _wc(p, dt), h0, c0, hs, cs, acts, rows, _NO_TOKENS,
-                                  np.empty((0, G), dt))
+        K.cells.run_forward_steps(K.code[cell], W[:H], p["b"], _wc(p, dt), h0, c0, hs, cs, acts, rows, units,
+                                  _NO_TOKENS, np.empty((0, G), dt))
     hT, cT = (hs[-1], cs[-1]) if T else (h0, c0)
     return hs, hT, cT, CellCache(cell, x, p, h0, c0, hs, cs, acts, None)
 
@@ -232,15 +228,15 @@ def _backward(nb, dhs, dh, dc, cache, tokens, Emb, dEmb):
     dwc = np.empty(3 * H if "wc" in dp else 0, dt)                 # (3H,) peepholes, flat
     code, wc = K.code[cache.cell], _wc(c.p, dt)
     if fns is not None:
-        K.cells.run_backward_steps(code, dhs, W[:H], wc, c.c0, c.cs, c.acts, dzs, dh, dc, rows, tok, dp["b"], dwc,
-                                   dtable)
+        K.cells.run_backward_steps(code, dhs, W[:H], wc, c.c0, c.cs, c.acts, dzs, dh, dc, rows, units, tok, dp["b"],
+                                   dwc, dtable)
         _products_after(K, fns, c, dzs.reshape(N, G), dzs.reshape(N, G), dp["W"], dx, dtable, dEmb, prod)
     elif x is not None:
         K.cells.cell_backward_kernel(code, dhs, x, W, wc, c.h0, c.c0, c.hs, c.cs, c.acts, dzs, dh, dc, dx, dp["W"],
-                                     dp["b"], dwc, prod, rows)
+                                     dp["b"], dwc, prod, rows, units)
     else:
         K.cells.embed_cell_backward_kernel(code, dhs, tokens, Emb, W, wc, c.h0, c.c0, c.hs, c.cs, c.acts, dzs, dh,
-                                           dc, dEmb, dp["W"], dp["b"], dwc, dtable, prod, rows)
+                                           dc, dEmb, dp["W"], dp["b"], dwc, dtable, prod, rows, units)
     if "wc" in dp:
         dp["wc"] = dwc.reshape(3, H)
     return dx, dp
@@ -289,7 +285,7 @@ def embed_cell_forward(nb, cell, tokens, Emb, p, h0, c0):
         hn, cs = None, nb._pool.empty((T, B, H), dt)
         if T:
             K.cells.embed_cell_forward_kernel(K.code[cell], tokens, Emb, p["W"], p["b"], _wc(p, dt), h0, c0, hs,
-                                              cs, acts, table, *_threads(nb, T, B, H, cell)[:2])
+                                              cs, acts, table, *_threads(nb, T, B, H, cell))
         hT, cT = (hs[-1], cs[-1]) if T else (h0, c0)
     cache = CellCache(cell, None, p, h0, c0, hs, cs, acts, hn)
     cache.tokens, cache.Emb = tokens, Emb

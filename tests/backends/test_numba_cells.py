@@ -2,8 +2,9 @@
 
 Through the backend interface (cell_forward, cell_backward, embed_cell_forward,
 embed_cell_backward, generate(..., cell=)): every output and gradient by name with
-tests/parity.py, float32 and float64, on the one-thread time loop and on threads split by
-batch rows (forced by the thresholds, and once by a layer big enough to choose threads itself),
+tests/parity.py, float32 and float64, on the one-thread time loop, on threads split by batch rows
+and on threads split by hidden units (forced by the thresholds, and once by a layer big enough to
+choose threads itself),
 layer 0 on both paths (the V x G table and the gathered embeddings), a 2-layer model's
 forward_backward, and generated text (greedy and sampled) from the same seed.
 
@@ -29,17 +30,29 @@ SHAPES = [(5, 3, 7, 13), (1, 1, 5, 3), (4, 2, 6, 9)]   # (T, B, I, H)
 @pytest.fixture(params=["one-thread", "batch-split", "unit-split"])
 def path(request, monkeypatch):
     """Each time loop whatever the size: one thread; threads on slices of the batch; threads on
-    slices of the hidden units (the GRU; the peephole and coupled cells split by batch rows
-    there).  Threaded: float64 only, to keep JIT compile time down (same code)."""
+    slices of the hidden units.  Threaded: float64 only, to keep JIT compile time down (same code),
+    but for the peephole and coupled cells' unit split, float32 too (cell_layers_columns.py)."""
     import numba
     if request.param != "one-thread":
         if numba.get_num_threads() < 2:
             pytest.skip("numba has one thread here (NUMBA_NUM_THREADS=1)")
-        if request.node.callspec.params.get("dtype") == "float32":
+        both = request.param == "unit-split" and request.node.callspec.params.get("cell") in ("peephole", "coupled")
+        if request.node.callspec.params.get("dtype") == "float32" and not both:
             pytest.skip("threaded loops: float64 only, to keep JIT compile time down (same code)")
     monkeypatch.setattr(nb, "PARALLEL_MIN_MACS", 1 << 62 if request.param == "one-thread" else 0)
     monkeypatch.setattr(nb, "COLUMNS_MIN_MACS", 0 if request.param == "unit-split" else 1 << 62)
     return request.param
+
+
+def assert_plan(path, cell, T, B, H):
+    """The thread plan the fixture forces is the one the layer takes: (rows, units) by path."""
+    import numba
+    _, rows, units = numba_cells._threads(nb, T, B, H, cell)
+    nt = numba.get_num_threads()
+    by_rows = (min(nt, B) if B > 1 else None, None)
+    want = {"one-thread": (None, None), "batch-split": by_rows,
+            "unit-split": (None, nt) if H >= nt else by_rows}[path]            # a unit per thread at least
+    assert (rows, units) == want, (cell, path, rows, units)
 
 
 def layer_inputs(rng, cell, T, B, I, H, dtype, scale=0.6):
@@ -81,6 +94,7 @@ def compare_grads(p, names, got, want, dtype):
 @pytest.mark.parametrize("T,B,I,H", SHAPES)
 @pytest.mark.parametrize("cell", CELLS)
 def test_layer_forward_and_gradients(cell, T, B, I, H, dtype, rng, path):
+    assert_plan(path, cell, T, B, H)
     compare_layer(f"{cell} layer T{T} B{B} I{I} H{H}", cell, layer_inputs(rng, cell, T, B, I, H, dtype), dtype)
 
 
@@ -103,6 +117,7 @@ def test_layer_big_enough_to_choose_threads(cell, rng):
 @pytest.mark.parametrize("T,B,I,H", SHAPES[::2])
 @pytest.mark.parametrize("cell", CELLS)
 def test_embedding_layer_both_paths(cell, T, B, I, H, V, dtype, rng, path):
+    assert_plan(path, cell, T, B, H)
     a = layer_inputs(rng, cell, T, B, I, H, dtype)
     Emb = rng.standard_normal((V, I)).astype(dtype)
     tokens = rng.integers(0, V, (T, B)).astype(np.int32)
