@@ -112,6 +112,19 @@ def test_layer_big_enough_to_choose_threads(cell, rng):
                   layer_inputs(rng, cell, T, B, H, H, "float64", scale=0.6 / 8), "float64", forward="wide")
 
 
+@pytest.mark.parametrize("cell", CELLS)
+def test_layer_big_enough_to_split_by_units(cell, rng):
+    """B*H*4H = COLUMNS_MIN_MACS: every cell's own choice is the split by hidden units, as the lstm's
+    (with two or more threads), and its results are the reference's.  H = I = 256, W scaled as above."""
+    import numba
+    T, B, H = 2, 64, 256
+    assert B * H * 4 * H >= nb.COLUMNS_MIN_MACS
+    if numba.get_num_threads() >= 2:
+        assert numba_cells._threads(nb, T, B, H, cell)[1:] == nb._threads(T, B, H)[1:] == (None, numba.get_num_threads())
+    compare_layer(f"{cell} layer T{T} B{B} I{H} H{H}", cell,
+                  layer_inputs(rng, cell, T, B, H, H, "float64", scale=0.6 / 8), "float64", forward="wide")
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("V", [4, 40])          # V <= T*B: table path; V > T*B: gather path
 @pytest.mark.parametrize("T,B,I,H", SHAPES[::2])
