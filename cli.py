@@ -359,8 +359,9 @@ def tune(configs, dtype):
     register blockings; blas: SciPy's BLAS) is validated against NumPy on
     each product's shape, then timed; the fastest valid one is cached beside
     numba's cache (LSTM_ENGINE_TUNE=auto uses it; off: the shipped GEMM).
-    The sampler's one thread or team of threads is timed the same way per
-    config (the `sample` rows; from H = 64 with two or more threads).
+    The sampler's one thread or team of threads (the `sample` rows; from
+    H = 64 with two or more threads) and a layer's thread plan (the `layer
+    plan` rows, where the rule threads it) are timed the same way per config.
     """
     from lstm_engine.backends import numba_tune
     key, records = api.tune(configs, dtype, on_record=lambda r: err(f"tuned {r['product']} {r['shape']}"))

@@ -127,7 +127,8 @@ def train(cfg: TrainConfig, text=None, resume=None, on_event=None, explicit=None
 def tune(configs="seed", dtype="float32", on_record=None):
     """Measure the numba backend's GEMM candidates on every big product of these model sizes (bench's
     config names or E,H,L,B,T[,V]), validate each against NumPy and cache the choices for this machine
-    (backends/numba_tune.py) -> (machine key dict, [record]); on_record(record) as each is done."""
+    (backends/numba_tune.py), then each config's layer thread plan (numba_tune_plan.py) and sampler
+    team (numba_tune_sample.py) -> (machine key dict, [record]); on_record(record) as each is done."""
     from .backends import numba_backend, numba_tune
     from .bench.configs import parse_configs
     if dtype not in ("float32", "float64"):
@@ -143,6 +144,10 @@ def tune(configs="seed", dtype="float32", on_record=None):
     import numba
     records = numba_tune.retune(items, dtype, on_record)
     for c in parse_configs(configs):
+        plan = numba_backend.tune_plan(c.T, c.B, c.H, dtype)
+        records += [plan] if plan is not None else []
+        if plan is not None and on_record is not None:
+            on_record(plan)
         records += _tune_sampler(c, dtype, on_record)
     return numba_tune.machine_key(numba.get_num_threads()), records
 

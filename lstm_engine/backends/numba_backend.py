@@ -125,9 +125,10 @@ def _keep_freed_memory():
         pass
 
 
-def _threads(T, B, H):
+def _threads(T, B, H, dt=None):
     """-> (prod, rows, units) for a layer of window T, batch B, hidden size H, as the kernels
-    of lstm_layer take them: each None (the calling thread) or a thread count."""
+    of lstm_layer take them: each None (the calling thread) or a thread count.  With dt (the
+    fused LSTM kernels about to run) numba_tune_plan may replace the rule's plan by a measured one."""
     import numba
     nt = numba.get_num_threads()
     if nt < 2 or T * B * H * 4 * H < PARALLEL_MIN_MACS:
@@ -135,8 +136,47 @@ def _threads(T, B, H):
     if PIN_BLAS:
         _blas_one_thread()                     # no BLAS threads inside numba's threads
     if B * H * 4 * H >= COLUMNS_MIN_MACS and H >= nt:
-        return nt, None, nt
-    return (nt, min(nt, B), None) if B > 1 else (nt, None, None)
+        rule = nt, None, nt
+    else:
+        rule = (nt, min(nt, B), None) if B > 1 else (nt, None, None)
+    if dt is None:
+        return rule
+    from . import numba_tune_plan
+    return numba_tune_plan.choose(T, B, H, dt, nt, rule, lambda: _plan_probe(T, B, H, dt))
+
+
+def tune_plan(T, B, H, dt):
+    """The thread plan of a layer of this shape measured again (`lstm-engine tune`) -> record, or
+    None where the rule runs it on one thread (small, or one numba thread)."""
+    from . import numba_tune_plan
+    rule = _threads(T, B, H)
+    if rule[0] is None:
+        return None
+    return numba_tune_plan.retune(T, B, H, dt, rule[0], rule, lambda: _plan_probe(T, B, H, dt))
+
+
+def _plan_probe(T, B, H, dt):
+    """(ready(plan), run(plan) -> (hs, dW)) for numba_tune_plan: one layer (I = H) forward and
+    backward by the fused kernels on random inputs of this shape; ready: no compile needed."""
+    from . import numba_tune
+    K = _kernels().lstm
+    rng = np.random.default_rng(0)
+    f = lambda *shape: (rng.standard_normal(shape) * 0.5).astype(dt)               # noqa: E731
+    x, W, b, h0, c0, dhs = f(T, B, H), f(2 * H, 4 * H), f(4 * H), f(B, H), f(B, H), f(T, B, H)
+    acts, dW = np.empty((T, B, 4 * H), dt), np.empty((2 * H, 4 * H), dt)           # (T,B,G), (H+I,G)
+
+    def ready(plan):
+        return (numba_tune.compiled(K.lstm_forward_kernel, (x, W, b, h0, c0, x, x, acts, *plan)) and
+                numba_tune.compiled(K.lstm_backward_kernel, (x, x, W, h0, c0, x, x, acts, acts, h0, h0, x, dW, b,
+                                                             *plan)))
+
+    def run(plan):
+        hs, cs, gates, dzs = np.empty_like(x), np.empty_like(x), np.empty_like(acts), np.empty_like(acts)
+        K.lstm_forward_kernel(x, W, b, h0, c0, hs, cs, gates, *plan)
+        dh, dc, dx, dW, db = np.zeros_like(h0), np.zeros_like(c0), np.empty_like(x), np.empty_like(W), np.empty_like(b)
+        K.lstm_backward_kernel(dhs, x, W, h0, c0, hs, cs, gates, dzs, dh, dc, dx, dW, db, *plan)
+        return hs, dW
+    return ready, run
 
 
 def _tuned(products, dt, prod):
@@ -297,7 +337,7 @@ def lstm_forward(x, W, b, h0, c0):
         prod, rows, units = _threads(T, B, H)
         fns = _tuned(_layer_products(T, B, I, H, False)[:1], dt, prod)
         if fns is None:
-            _kernels().lstm.lstm_forward_kernel(x, W, b, h0, c0, hs, cs, acts, prod, rows, units)
+            _kernels().lstm.lstm_forward_kernel(x, W, b, h0, c0, hs, cs, acts, *_threads(T, B, H, dt))
         else:                                      # the chosen product, then the time loop
             fns[0](x.reshape(T * B, I), W[H:], acts.reshape(T * B, 4 * H), False, False, 1.0, 0.0, prod)
             _kernels().lstm.run_forward_steps(W[:H], b, h0, c0, hs, cs, acts, rows, units, _NO_TOKENS,
@@ -355,7 +395,7 @@ def lstm_backward(dhs, dhT, dcT, cache):
         fns[2](dz2, cache.W[H:], dx.reshape(T * B, I), False, True, 1.0, 0.0, prod)        # dx = dz W_x^T
     elif T:
         _kernels().lstm.lstm_backward_kernel(dhs, x, cache.W, cache.h0, cache.c0, cache.hs, cache.cs, cache.acts,
-                                             dzs, dh, dc, dx, dW, db, prod, rows, units)
+                                             dzs, dh, dc, dx, dW, db, *_threads(T, B, H, dt))
     else:
         dW[...], db[...] = 0, 0
     return dx, dW, db, dh, dc
@@ -655,10 +695,11 @@ def _sample_team(arrays, shape, n, cache, run=None, state=None):
     threads = numba.get_num_threads()
     nt = min(threads, H // SAMPLE_ROWS_PER_THREAD)
     macs = sum(W.size for W in arrays[2]) + arrays[4].size
+    rule = nt >= 2 and n * macs >= SAMPLE_TEAM_MIN_MACS
     tuned = run is not None and numba_tune_sample.active(cache, threads, H)
     if tuned:
         nt = max(nt, 2)                                         # the fixed rule's team size, at least two
-    elif nt < 2 or n * macs < SAMPLE_TEAM_MIN_MACS:
+    elif not rule:
         return None
     if cache is None:
         return numba_team.Team(_kernels().sample, nt, arrays, L, H, n)
@@ -675,7 +716,7 @@ def _sample_team(arrays, shape, n, cache, run=None, state=None):
         team = new()
     else:
         desc = numba_tune_sample.describe("lstm", L, H, Emb.shape[1], Emb.shape[0], Wy.dtype, len(X0))
-        team = numba_tune_sample.choose(desc, threads, new, run, *state)
+        team = numba_tune_sample.choose(desc, threads, new, run, *state, rule=rule)
         if team is None:
             return None
     cache["team"] = (key, team)

@@ -367,10 +367,11 @@ def _sample_team(nb, arrays, shape, n, cache, run=None, state=None, cell=None):
     threads = numba.get_num_threads()
     nt = min(threads, H // nb.SAMPLE_ROWS_PER_THREAD)
     Emb, X0, Ws, bs, Wy, by, extras, code = arrays
+    rule = nt >= 2 and n * (sum(W.size for W in Ws) + Wy.size) >= nb.SAMPLE_TEAM_MIN_MACS
     tuned = run is not None and numba_tune_sample.active(cache, threads, H)
     if tuned:
         nt = max(nt, 2)
-    elif nt < 2 or n * (sum(W.size for W in Ws) + Wy.size) < nb.SAMPLE_TEAM_MIN_MACS:
+    elif not rule:
         return None
     G = Ws[0].shape[1]
     P = 2 * G if code == _kernels(nb).code["gru"] else G       # (nt,P) partials: the GRU's two sides apart
@@ -389,7 +390,7 @@ def _sample_team(nb, arrays, shape, n, cache, run=None, state=None, cell=None):
         team = new()
     else:
         desc = numba_tune_sample.describe(cell, L, H, Emb.shape[1], Emb.shape[0], Wy.dtype, len(X0))
-        team = numba_tune_sample.choose(desc, threads, new, run, *state)
+        team = numba_tune_sample.choose(desc, threads, new, run, *state, rule=rule)
         if team is None:
             return None
     cache["team"] = (key, team)

@@ -30,7 +30,7 @@ ROUND_CHARS = (64, 512)      # within these bounds)
 ROUNDS = 3                   # rounds each way, taken in turns; each way's best counts
 TOLERANCE = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-10}   # tests/parity.py 'steps'
 
-_memory = {}                 # record key -> 'one' or 'team', this process
+_memory = {}                 # (*shape, threads) -> 'one' or 'team', this process
 _again = []                  # [records] while `lstm-engine tune` measures whatever is cached
 
 
@@ -50,19 +50,22 @@ def key_of(shape, threads):
     return json.dumps([numba_tune.machine_key(threads), "sample", shape], sort_keys=True)
 
 
-def choose(shape, threads, new_team, run, h, c, token):
+def choose(shape, threads, new_team, run, h, c, token, rule=False):
     """The team to generate with, or None for the one-thread kernel, for this shape on `threads`
     numba threads: from this process's memory or the file, else measured now (new_team() -> a
-    Team; run(team or None, h, c, token, us) -> ids, h and c updated in place).  A team made for
+    Team; run(team or None, h, c, token, us) -> ids, h and c updated in place), else (busy, or
+    the budget spent) the fixed rule's way (rule: a team) for this process.  A team made for
     timing is returned when chosen, closed otherwise."""
-    key = key_of(shape, threads)
-    got = None if _again else _memory.get(key)
+    mem = (*shape.values(), threads)                     # asked every call: no file key built then
+    got = None if _again else _memory.get(mem)
+    key = key_of(shape, threads) if got is None else None
     if got is None and not _again:
         record = numba_tune.cached(key)
         got = record["choice"] if record is not None and record.get("choice") in ("one", "team") else None
     if got is None:
         if not _again and not numba_tune.may_measure():
-            return None                                   # the fixed rule's one thread; a later run measures
+            _memory[mem] = "team" if rule else "one"      # unrecorded: a later run measures
+            return new_team() if rule else None
         t0 = numba_tune._clock()
         record, team = measure(shape, threads, new_team, run, h, c, token)
         numba_tune._spent[0] += numba_tune._clock() - t0
@@ -73,10 +76,10 @@ def choose(shape, threads, new_team, run, h, c, token):
             print(f"numba tune: {numba_tune.report_line(record)} (cached in {path})", file=sys.stderr)
         got = record["choice"]
         if got == "team":
-            _memory[key] = got
+            _memory[mem] = got
             return team
         team.close()
-    _memory[key] = got
+    _memory[mem] = got
     return new_team() if got == "team" else None
 
 

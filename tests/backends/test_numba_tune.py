@@ -610,3 +610,115 @@ def test_tune_command_measures_the_sampler(auto, sampler, monkeypatch):
     desc = nts.describe("lstm", 2, 64, 8, 50, np.float32, True)       # 256 characters pay for the table
     import numba
     assert nt.cached(nts.key_of(desc, numba.get_num_threads()))["choice"] in ("one", "team")
+
+
+def test_tune_command_measures_the_thread_plan(auto, monkeypatch):
+    from click.testing import CliRunner
+
+    import cli
+    import numba
+    if numba.get_num_threads() < 2:
+        pytest.skip("numba has one thread here")
+    ntp.forget()
+    monkeypatch.setattr(nb, "PARALLEL_MIN_MACS", 0)
+    use(monkeypatch, Stubs(own="slow", fast="fast"))
+    r = CliRunner().invoke(cli.main, ["tune", "--configs", "E8,H16,L1,B4,T5,V50"])
+    assert r.exit_code == 0, r.output
+    rows = [ln.split() for ln in r.stdout.splitlines() if ln.split()[:5] == ["layer", "plan", "T5", "B4", "H16"]]
+    assert {row[row.index("float32") + 2] for row in rows} == {"one", "rows", "units"}
+    assert sum("<-" in row for row in rows) == 1
+    key = ntp.key_of(5, 4, 16, "float32", numba.get_num_threads())
+    assert nt.cached(key)["choice"] in ("one", "rows", "units")
+
+
+# ----------------------------------------------------------------------------
+# The training thread plan (numba_tune_plan.py)
+# ----------------------------------------------------------------------------
+
+from lstm_engine.backends import numba_tune_plan as ntp  # noqa: E402
+
+RULE = (2, 2, None)                                         # the rule's batch split on two threads
+
+
+@pytest.fixture
+def plan_auto(auto):
+    ntp.forget()
+    yield auto
+    ntp.forget()
+
+
+def stub_probe(seconds, wrong=(), cold=()):
+    """probe() of fixed outputs; each plan's run sleeps its seconds; `wrong` plans are off by 1e-3,
+    `cold` ones not compiled.  -> (probe, runs: plan names in call order)."""
+    names = {plan: name for name, plan in ntp.plans(4, 8, 2).items()}
+    out = (np.ones((3, 4, 8)), np.ones((16, 32)))
+    runs = []
+
+    def run(plan):
+        runs.append(names[plan])
+        time.sleep(seconds[names[plan]])
+        return tuple(a * 1.001 for a in out) if names[plan] in wrong else out
+    return (lambda: (lambda plan: names[plan] not in cold, run)), runs
+
+
+def test_the_plan_is_measured_once_and_the_fastest_kept_beyond_the_margin(plan_auto, capsys):
+    probe, runs = stub_probe({"one": 0.004, "rows": 0.003, "units": 0.0})
+    assert ntp.choose(3, 4, 8, np.float32, 2, RULE, probe) == (2, None, 2)
+    assert set(runs) == {"one", "rows", "units"} and "layer plan T3 B4 H8" in capsys.readouterr().err
+    ntp.forget()
+    runs.clear()
+    assert ntp.choose(3, 4, 8, np.float32, 2, RULE, probe) == (2, None, 2) and runs == []   # from the file
+    probe, _ = stub_probe({"one": 0.003, "rows": 0.003, "units": 0.003})
+    assert ntp.choose(3, 4, 9, np.float32, 2, RULE, probe) == RULE          # within the margin: the rule's
+
+
+def test_a_plan_whose_layer_differs_is_never_chosen(plan_auto):
+    probe, _ = stub_probe({"one": 0.004, "rows": 0.004, "units": 0.0}, wrong=("units",))
+    assert ntp.choose(3, 4, 8, np.float32, 2, RULE, probe) == RULE
+    (record,) = json.loads(plan_auto.read_text())["entries"].values()
+    assert {r["name"]: r["valid"] for r in record["rows"]} == {"one": True, "rows": True, "units": False}
+
+
+def test_uncompiled_plans_are_not_run_and_nothing_is_recorded_without_two(plan_auto, capsys):
+    probe, runs = stub_probe({"one": 0.0, "rows": 0.004, "units": 0.0}, cold=("units",))
+    assert ntp.choose(3, 4, 8, np.float32, 2, RULE, probe) == (None, None, None) and "units" not in runs
+    probe, runs = stub_probe({"one": 0.0, "rows": 0.0, "units": 0.0}, cold=("one", "units"))
+    assert ntp.choose(3, 4, 9, np.float32, 2, RULE, probe) == RULE and runs == []
+    assert "thread plans not measured: one, units not compiled" in capsys.readouterr().err
+    assert len(json.loads(plan_auto.read_text())["entries"]) == 1
+
+
+def test_tuning_off_keeps_the_rules_plan(plan_auto, monkeypatch):
+    monkeypatch.setenv("LSTM_ENGINE_TUNE", "off")
+    assert ntp.choose(3, 4, 8, np.float32, 2, RULE, lambda: pytest.fail("probed with tuning off")) == RULE
+
+
+@pytest.mark.parametrize("plan", ["one", "rows", "units"])
+def test_a_layer_on_the_recorded_plan_matches_the_reference(plan_auto, monkeypatch, rng, plan):
+    """A record names the plan for the layer's shape: the fused kernels run on it (their thread
+    arguments spied) and the layer forward and backward match the reference."""
+    import numba
+    if numba.get_num_threads() < 2:
+        pytest.skip("numba has one thread here")
+    monkeypatch.setattr(nb, "PARALLEL_MIN_MACS", 0)
+    monkeypatch.setattr(nt, "TUNE_MIN_MACS", 1 << 40)                 # the GEMMs own: the fused kernels run
+    T, B, I, H, dtype = 4, 3, 13, 13, "float64"
+    nthreads = numba.get_num_threads()
+    nt.store(ntp.key_of(T, B, H, dtype, nthreads), {"choice": plan, "rows": []})
+    K = nb._kernels().lstm
+    seen = []
+    for name in ("lstm_forward_kernel", "lstm_backward_kernel"):
+        monkeypatch.setattr(K, name, lambda *a, _k=getattr(K, name): seen.append(a[-3:]) or _k(*a))
+    compare_layer(f"layer on the {plan} plan", layer_inputs(rng, T, B, I, H, dtype), dtype)
+    assert seen == [ntp.plans(B, H, nthreads)[plan]] * 2
+
+
+def test_an_unmeasured_sampler_shape_follows_the_fixed_rule(sampler, monkeypatch):
+    """Busy (or the budget spent): nothing measured or recorded, and the rule's team runs where
+    the rule says so (H = 128 on two threads)."""
+    monkeypatch.setattr(nt, "busy", lambda: "load 9.0 on 2 cores")
+    monkeypatch.setattr(nts, "measure", lambda *a: pytest.fail("measured on a busy machine"))
+    params = sample_model(H=128)
+    (got, _, _), (want, _, _) = sample_both(params, cache={"chars": 10 ** 6})
+    np.testing.assert_array_equal(got, want)
+    assert sampler and nt.cached(shape_of(params)) is None
