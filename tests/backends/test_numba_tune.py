@@ -587,6 +587,19 @@ def test_the_team_is_measured_against_one_thread_and_a_wrong_one_loses(sampler, 
     assert record["choice"] == "one" and not record["rows"][1]["valid"] and "ids differ" in record["why"]
 
 
+def test_the_samplers_check_call_is_not_charged_to_the_first_use_budget(sampler, monkeypatch):
+    """The check call compiles the kernels a first generate compiles anyway: on a fake clock the
+    check takes 100 s and the timed rounds 1 s, and only that 1 s counts against FIRST_USE_SECONDS."""
+    ticks = iter([0.0, 0.0, 100.0] + [101.0] * 100)       # choose's start, the check's start and end, then after
+    monkeypatch.setattr(nt, "_clock", lambda: next(ticks))
+    monkeypatch.setattr(nt, "_spent", [0.0])
+    params = sample_model()
+    nb.generate(params, [[np.zeros((1, 64)), np.zeros((1, 64))] for _ in range(2)], 1, 5, 0.9, 0, 1.0, False,
+                np.random.default_rng(0), {"chars": 10 ** 6})
+    assert nt.cached(shape_of(params))["check_seconds"] == 100.0
+    assert nt._spent[0] == 1.0
+
+
 def test_tuning_off_keeps_the_fixed_sampler_rule(sampler, monkeypatch):
     monkeypatch.setenv("LSTM_ENGINE_TUNE", "off")
     monkeypatch.setattr(nts, "measure", lambda *a: pytest.fail("measured with tuning off"))
