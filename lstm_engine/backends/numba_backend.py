@@ -670,12 +670,7 @@ def generate(weights, state, token, n, temperature=1.0, top_k=0, top_p=1.0, gree
         if team is None:
             _kernels().sample.generate_kernel(*args)
         else:
-            for k0 in range(0, n, team.cap):                                   # jobs of at most cap chars
-                k1 = min(n, k0 + team.cap)
-                out[k0:k1] = team.run(h, c, token if k0 == 0 else out[k0 - 1], k1 - k0, temperature,
-                                      top_k, top_p, greedy, us[k0:k1])
-            if cache is None:
-                team.close()
+            team.generate(h, c, token, out, temperature, top_k, top_p, greedy, us, close=cache is None)
     for l in range(L):
         state[l][0], state[l][1] = h[l:l + 1], c[l:l + 1]
     return out

@@ -344,12 +344,7 @@ def generate(nb, weights, state, token, n, temperature, top_k, top_p, greedy, rn
             K.sample.generate_cells_kernel(K.code[cell], Emb, X0, Ws, bs, extras, Wy, by, h, c, int(token),
                                            float(temperature), int(top_k), float(top_p), bool(greedy), us, out)
         else:
-            for k0 in range(0, n, team.cap):                                   # jobs of at most cap chars
-                k1 = min(n, k0 + team.cap)
-                out[k0:k1] = team.run(h, c, token if k0 == 0 else out[k0 - 1], k1 - k0, temperature,
-                                      top_k, top_p, greedy, us[k0:k1])
-            if cache is None:
-                team.close()
+            team.generate(h, c, token, out, temperature, top_k, top_p, greedy, us, close=cache is None)
     for l in range(L):
         state[l][0], state[l][1] = h[l:l + 1], c[l:l + 1]
     return out

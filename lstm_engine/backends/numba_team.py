@@ -135,6 +135,17 @@ class Team:
         h[:], c[:] = self.h[0], self.c[0]
         return self.out[:n].copy()
 
+    def generate(self, h, c, token, out, temperature, top_k, top_p, greedy, us, close=False):
+        """out (n,) <- n ids from state h, c (L,H), updated in place, in jobs of at most cap
+        characters; close: end the team afterwards (a call without a cache)."""
+        n = len(out)
+        for k0 in range(0, n, self.cap):
+            k1 = min(n, k0 + self.cap)
+            out[k0:k1] = self.run(h, c, token if k0 == 0 else out[k0 - 1], k1 - k0, temperature,
+                                  top_k, top_p, greedy, us[k0:k1])
+        if close:
+            self.close()
+
     def usable(self):
         """False once closed, or in a child process forked after the team was made."""
         return not self.closed and self.pid == os.getpid()

@@ -42,27 +42,29 @@ def assert_intact(trainer, before, step):
     assert checkpoint.read_meta(trainer.out)["trainer"]["step"] == step
 
 
+class FullDisk:
+    """A file whose every write fails with errno `code` (a full disk by default); closes the real one."""
+    def __init__(self, f, code=errno.ENOSPC):
+        self.f, self.code = f, code
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        self.f.close()
+
+    def write(self, data):
+        raise OSError(self.code, os.strerror(self.code))
+
+
 @pytest.mark.parametrize("code, needle", [(errno.ENOSPC, "no space left"), (errno.EDQUOT, "quota"),
                                           (errno.EIO, "error")])
 def test_disk_full_while_saving(tmp_path, monkeypatch, code, needle):
     """The write of a checkpoint fails (ENOSPC): one clear error, earlier checkpoints byte-identical."""
     real_fdopen = os.fdopen
 
-    class FullDisk:
-        def __init__(self, f):
-            self.f = f
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *a):
-            self.f.close()
-
-        def write(self, data):
-            raise OSError(code, os.strerror(code))
-
     def arm():
-        monkeypatch.setattr(os, "fdopen", lambda fd, *a, **k: FullDisk(real_fdopen(fd, *a, **k)))
+        monkeypatch.setattr(os, "fdopen", lambda fd, *a, **k: FullDisk(real_fdopen(fd, *a, **k), code))
     trainer, seen = trainer_failing_after(tmp_path, 4, arm)
     with pytest.raises(UserError) as e:
         trainer.run()
@@ -202,19 +204,6 @@ def test_disk_full_while_inspect_writes_its_page(tmp_path, monkeypatch):
     model = Model(ModelConfig(vocab_size=len(vocab), embed_size=4, hidden_size=6, layers=1), numpy_backend)
     page = tmp_path / "page.html"
     page.write_text("the earlier page")
-
-    class FullDisk:
-        def __init__(self, f):
-            self.f = f
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *a):
-            self.f.close()
-
-        def write(self, data):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     real_open, real_fdopen = builtins.open, os.fdopen
 
