@@ -51,18 +51,18 @@ def cell_step(W, zx, x, h, c, z):
     matvec_acc(h, W[:H], z)
     if x.shape[0] > 0:
         matvec_acc(x, W[H:], z)
-    cell_gates(z, h, c)
+    cell_gates(z, H, h, c)
 
 
 @numba.njit(inline="always", **JIT)
-def cell_gates(z, h, c):
-    """h, c (H,) <- the cell's update from its gate pre-activations z (G,) = (i, f, g, o)."""
-    H = h.shape[0]
-    for j in range(H):
+def cell_gates(z, S, h, c):
+    """h, c (n,) <- the cell's update of n units from their gate pre-activations z, the blocks
+    i, f, g, o S apart (S = H for a whole layer; a team thread's units: its block width)."""
+    for j in range(h.shape[0]):
         i = fsigmoid(z[j])
-        f = fsigmoid(z[H + j])
-        g = ftanh(z[2 * H + j])
-        o = fsigmoid(z[3 * H + j])
+        f = fsigmoid(z[S + j])
+        g = ftanh(z[2 * S + j])
+        o = fsigmoid(z[3 * S + j])
         c[j] = f * c[j] + i * g
         h[j] = o * ftanh(c[j])
 
@@ -92,28 +92,72 @@ def stable_order_desc(z, order):
         order[k] = j
 
 
+PAIRWISE_BLOCK = 128     # numpy's PW_BLOCKSIZE: below it a sum runs on eight accumulators
+
+
+@numba.njit(**JIT)
+def pairwise_sum(a):
+    """sum of a (n,) float64 in numpy's order (pairwise_sum in its umath loops): eight
+    accumulators up to PAIRWISE_BLOCK values, halves (cut at a multiple of 8) above, so a sum
+    here rounds as p.sum() does in numpy_backend.filter_probs, and vectorises."""
+    n = a.shape[0]
+    if n < 8:
+        s = 0.0
+        for i in range(n):
+            s += a[i]
+        return s
+    if n <= PAIRWISE_BLOCK:
+        r0, r1, r2, r3, r4, r5, r6, r7 = a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]
+        i = 8
+        while i + 8 <= n:
+            r0 += a[i]
+            r1 += a[i + 1]
+            r2 += a[i + 2]
+            r3 += a[i + 3]
+            r4 += a[i + 4]
+            r5 += a[i + 5]
+            r6 += a[i + 6]
+            r7 += a[i + 7]
+            i += 8
+        s = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+        while i < n:
+            s += a[i]
+            i += 1
+        return s
+    half = n // 2
+    half -= half % 8
+    return pairwise_sum(a[:half]) + pairwise_sum(a[half:])
+
+
 @numba.njit(**JIT)
 def filter_probs_kernel(logits, temperature, top_k, top_p, zd, probs, order, p):
     """numpy_backend.filter_probs into probs (V,) float64; zd, p (V,) float64 and order (V,)
-    int64 are scratch."""
+    int64 are scratch.  With neither filter on, every index is kept in index order: no sort,
+    and the loops run over contiguous arrays (they vectorise)."""
     V = logits.shape[0]
     for j in range(V):
         zd[j] = np.float64(logits[j]) / temperature
-    keep = min(top_k, V) if top_k > 0 else V
-    if keep == V and top_p >= 1.0:       # no filter: any order gives the same set (sums may
-        for j in range(V):               # differ in the last bit from the sorted ones)
-            order[j] = j
-    elif V > 256:
-        order[:] = np.argsort(-zd, kind="mergesort")   # stable; allocates, but V is large here
-    else:
-        stable_order_desc(zd, order)
     top = zd[0]                          # the largest logit (zd[order[0]] when sorted)
     for j in range(V):
         top = max(top, zd[j])
-    s = 0.0
+    keep = min(top_k, V) if top_k > 0 else V
+    if keep == V and top_p >= 1.0:
+        for j in range(V):
+            p[j] = fexp(zd[j] - top)     # fexp vectorises, unlike libm's exp: V exps a character
+        s = pairwise_sum(p)
+        for j in range(V):
+            p[j] /= s
+        s = pairwise_sum(p)
+        for j in range(V):
+            probs[j] = p[j] / s
+        return
+    if V > 256:
+        order[:] = np.argsort(-zd, kind="mergesort")   # stable; allocates, but V is large here
+    else:
+        stable_order_desc(zd, order)
     for i in range(keep):
-        p[i] = fexp(zd[order[i]] - top)  # vectorises, unlike libm's exp: V exps a character
-        s += p[i]
+        p[i] = fexp(zd[order[i]] - top)
+    s = pairwise_sum(p[:keep])
     for i in range(keep):
         p[i] /= s
     if top_p < 1.0:                       # smallest prefix whose mass reaches top_p
@@ -123,9 +167,7 @@ def filter_probs_kernel(logits, temperature, top_k, top_p, zd, probs, order, p):
             if cum >= top_p:
                 keep = i + 1
                 break
-    s = 0.0
-    for i in range(keep):
-        s += p[i]
+    s = pairwise_sum(p[:keep])
     probs[:] = 0.0
     for i in range(keep):
         probs[order[i]] = p[i] / s
@@ -199,25 +241,10 @@ def generate_kernel(Emb, X0, Ws, bs, Wy, by, h, c, token, temperature, top_k, to
 
 
 # ----------------------------------------------------------------------------
-# The same on a team of nt threads, each owning a block of each layer's weight rows: the
-# caller's thread is thread 0, the others are long-lived workers (lstm_engine/backends/
-# numba_team.py) that spin between jobs, so a 32-character call costs no thread start.
+# What a team of nt threads shares (sample_team.py runs the team's layers): the caller's
+# thread is thread 0, the others are long-lived workers (lstm_engine/backends/numba_team.py)
+# that spin between jobs, so a 32-character call costs no thread start.
 # ----------------------------------------------------------------------------
-
-@numba.njit(inline="always", **JIT)
-def matvec_part(h, x, W, part, k0, k1):
-    """part (G,) = sum over the fused rows k0 <= k < k1 of [h; x][k] W[k]: rows below H meet
-    h (H,), the rest x (I,) (W (H+I,G) fused as [W_h; W_x])."""
-    H = h.shape[0]
-    for j in range(part.shape[0]):
-        part[j] = 0
-    a, b = min(k0, H), min(k1, H)
-    if a < b:
-        matvec_acc(h[a:b], W[a:b], part)
-    a, b = max(k0, H), max(k1, H)
-    if a < b:
-        matvec_acc(x[a - H:b - H], W[a:b], part)
-
 
 # Flag slots of a team (indices into its int64 flags, FLAG_STRIDE apart, see sync.py): the
 # job counter, the stop flag, then per thread t its barrier counter and whether it is parked.
@@ -300,63 +327,6 @@ def team_draw(tid, nt, flags, s, parts, split, h, Wy, by, logits, temperature, t
 
 
 @numba.njit(nogil=True, **JIT)
-def team_share(tid, nt, Emb, X0, Ws, bs, Wy, by, h, c, h_in, c_in, params, us, out, parts, flags, job):
-    """Thread tid's share of one generation job of the team (nt threads, each running this).
-
-    Per character and layer, thread t sums its block of the fused weight rows (t*K/nt ..
-    (t+1)*K/nt - 1 of K = H + I) into parts[s % 2, t] (G,), raises its barrier counter to s and
-    waits for the others' (no thread adds into another's; the two buffers alternate, so a fast
-    thread fills one while a slow one still reads the other).  Then every thread adds all nt
-    partials in the same order and applies the gates to its own copy of the state, h[t], c[t]
-    (L,H), and computes the same logits and the same token from the same uniform: identical
-    arithmetic, so the copies never differ and no second barrier is needed.  Thread 0 writes out.
-
-    With params[p, 6] set, the output layer is split by columns as well (team_draw): one more
-    barrier a character.
-
-    Job inputs are double-buffered by job parity p, because a worker may still finish the last
-    character of the previous job while the caller writes the next one's: h_in, c_in (2,L,H)
-    state, params (2,7) = (token, n, temperature, top_k, top_p, greedy, split), us (2,cap) uniforms.
-    -> 0, or -1 when the STOP flag was raised while waiting (then out and the state are partial).
-    """
-    p = job & 1
-    token, n, temperature = np.int64(params[p, 0]), np.int64(params[p, 1]), params[p, 2]
-    top_k, top_p, greedy = np.int64(params[p, 3]), params[p, 4], params[p, 5] != 0
-    split = params[p, 6] != 0                                     # the output layer split too
-    L, H = h.shape[1], h.shape[2]
-    V = by.shape[0]
-    G = 4 * H
-    z, logits, zd, probs, pr, order, none = sample_buffers(H, V, Wy)
-    ht, ct = h[tid], c[tid]                                       # (L,H) this thread's state
-    ht[:] = h_in[p]
-    ct[:] = c_in[p]
-    s = load_acquire(flags, ready_slot(tid))                      # barrier count so far
-    for k in range(n):
-        for l in range(L):
-            zx, x = layer_input(Emb, X0, bs, ht[l - 1], l, token, none)
-            K = H + x.shape[0]
-            buf = parts[s & 1]                                    # (nt,G)
-            matvec_part(ht[l], x, Ws[l], buf[tid, :G], tid * K // nt, (tid + 1) * K // nt)
-            s += 1
-            store_release(flags, ready_slot(tid), s)
-            if not wait_for_team(flags, tid, nt, s):
-                return -1
-            for j in range(G):
-                z[j] = zx[j]
-            for u in range(nt):
-                for j in range(G):
-                    z[j] += buf[u, j]
-            cell_gates(z, ht[l], ct[l])
-        token, s = team_draw(tid, nt, flags, s, parts, split, ht[L - 1], Wy, by, logits, temperature, top_k,
-                             top_p, greedy, us[p, k] if not greedy else 0.0, zd, probs, order, pr)
-        if token < 0:
-            return -1
-        if tid == 0:
-            out[k] = token
-    return 0
-
-
-@numba.njit(nogil=True, **JIT)
 def team_publish(flags, job, nt):
     """Announce job number `job` (its inputs already written) -> bit t-1 set for each worker t
     that had parked and must be woken.  Sequentially consistent against team_worker's park:
@@ -367,35 +337,6 @@ def team_publish(flags, job, nt):
         if load_seq(flags, parked_slot(t, nt)) != 0:
             asleep |= 1 << (t - 1)
     return asleep
-
-
-@numba.njit(nogil=True, **JIT)
-def team_worker(tid, nt, Emb, X0, Ws, bs, Wy, by, h, c, h_in, c_in, params, us, out, parts, flags,
-                done, spin_limit):
-    """A worker thread's loop: run each job numbered above `done` as it is published; after
-    spin_limit polls with no job, park (flag set, then a last look for a job) and return.
-    -> the last job done (>= 0) when parking, -1 when told to stop."""
-    store_seq(flags, parked_slot(tid, nt), 0)
-    idle = 0
-    while True:
-        if load_acquire(flags, STOP) != 0:
-            return -1
-        job = load_seq(flags, JOB)
-        if job > done:
-            if team_share(tid, nt, Emb, X0, Ws, bs, Wy, by, h, c, h_in, c_in, params, us, out, parts,
-                          flags, job) < 0:
-                return -1
-            done = job
-            idle = 0
-        elif idle < spin_limit:
-            idle += 1
-            spin_pause()
-        else:
-            store_seq(flags, parked_slot(tid, nt), 1)
-            if load_seq(flags, JOB) <= done:
-                return done
-            store_seq(flags, parked_slot(tid, nt), 0)            # a job came in meanwhile
-            idle = 0
 
 
 @numba.njit(**JIT)

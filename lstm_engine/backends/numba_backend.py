@@ -50,7 +50,7 @@ _K = None   # the kernels modules, imported (and numba with them) on first use
 # all B rows times fewer columns).  The big products after the loop are split by columns.
 PARALLEL_MIN_MACS = 1 << 22
 COLUMNS_MIN_MACS = 1 << 24
-# Generation splits each layer's weight rows over a team of threads (numba_team.py) when
+# Generation splits each layer's hidden units over a team of threads (numba_team.py) when
 # the model has at least SAMPLE_ROWS_PER_THREAD hidden units per thread and one call does at
 # least SAMPLE_TEAM_MIN_MACS multiply-adds (characters x weights; a team without the caller's
 # cache ends with the call, so it pays a thread start): batch-1 sampling is bound by one
@@ -75,8 +75,9 @@ def _kernels():
         from ..kernels.numba import lstm_layer as numba_lstm
         from ..kernels.numba import output_layer as numba_output
         from ..kernels.numba import sample as numba_sample
+        from ..kernels.numba import sample_team as numba_sample_team
         _K = SimpleNamespace(lstm=numba_lstm, out=numba_output, adam=numba_adam, sample=numba_sample,
-                             gemm=numba_gemm)
+                             team=numba_sample_team, gemm=numba_gemm)
         if PIN_BLAS:
             _single_threaded_blas()
         if TUNE_MALLOC:
@@ -643,18 +644,15 @@ def generate(weights, state, token, n, temperature=1.0, top_k=0, top_p=1.0, gree
     (V,G) is kept in it, so that each character reads one row of it instead of an E x 4H product.
     The table is built only when the characters it serves (cache["chars"], else n) pay for V rows.
     From H = 2 * SAMPLE_ROWS_PER_THREAD with two or more numba threads the characters are sampled
-    by a team of threads (numba_team.py), also kept in the cache; it adds each layer's sums in
-    row blocks, so float32 states may differ from the one-thread kernel's in the last bits.
+    by a team of threads (numba_team.py), also kept in the cache; each thread sums its units' columns
+    as the one-thread kernel does, yet float32 states may differ from its in the last bits.
     -> ids (n,) int64
     """
     if cell != "lstm":                             # the variants: one thread (numba_cells)
         cells, nb = _cells()
         return cells.generate(nb, weights, state, token, n, temperature, top_k, top_p, greedy, rng, cache, cell)
     L = len(state)
-    Ws = tuple(_c(weights[f"W{l}"]) for l in range(L))
-    bs = tuple(_c(weights[f"b{l}"]) for l in range(L))
-    Emb, Wy, by = _c(weights["Emb"]), _c(weights["Wy"]), _c(weights["by"])
-    _dtype_of(Emb, Wy, by, *Ws, *bs)
+    Ws, bs, Emb, Wy, by = _sample_inputs(weights, L, "lstm", cache, _lstm_inputs)
     V = Emb.shape[0]
     if not 0 <= int(token) < V:
         raise UserError(f"token must lie in [0, {V}); got {token}")
@@ -674,6 +672,29 @@ def generate(weights, state, token, n, temperature=1.0, top_k=0, top_p=1.0, gree
     for l in range(L):
         state[l][0], state[l][1] = h[l:l + 1], c[l:l + 1]
     return out
+
+
+def _lstm_inputs(weights, L):
+    """-> (Ws, bs, Emb, Wy, by): the LSTM's arrays for the sampler, C-contiguous, one float dtype."""
+    Ws = tuple(_c(weights[f"W{l}"]) for l in range(L))
+    bs = tuple(_c(weights[f"b{l}"]) for l in range(L))
+    Emb, Wy, by = _c(weights["Emb"]), _c(weights["Wy"]), _c(weights["by"])
+    _dtype_of(Emb, Wy, by, *Ws, *bs)
+    return Ws, bs, Emb, Wy, by
+
+
+def _sample_inputs(weights, L, cell, cache, build):
+    """build(weights, L) -> the sampler's checked arrays, kept in the generation cache while the
+    weights dict holds the same arrays (a 32-character call then skips the checks and copies)."""
+    if cache is None:
+        return build(weights, L)
+    key = (cell, L, *map(id, weights.values()))
+    got = cache.get("inputs")
+    if got is not None and got[0] == key:
+        return got[1]
+    inputs = build(weights, L)
+    cache["inputs"] = (key, inputs, tuple(weights.values()))   # held: their ids stay theirs
+    return inputs
 
 
 def _sample_team(arrays, shape, n, cache, run=None, state=None):
@@ -696,9 +717,10 @@ def _sample_team(arrays, shape, n, cache, run=None, state=None):
         nt = max(nt, 2)                                         # the fixed rule's team size, at least two
     elif not rule:
         return None
-    if cache is None:
-        return numba_team.Team(_kernels().sample, nt, arrays, L, H, n)
     Emb, X0, Ws, bs, Wy, by = arrays
+    arrays = (*arrays, tuple(np.empty(0, Wy.dtype) for _ in Ws), _kernels().team.LSTM)   # no extras
+    if cache is None:
+        return numba_team.Team(_kernels().team, nt, arrays, L, H, n)
     key = (nt, id(Emb), id(X0) if len(X0) else 0, *map(id, Ws), *map(id, bs), id(Wy), id(by))
     old = cache.get("team")
     if old is not None and old[0] == key and old[1].usable():
@@ -706,7 +728,7 @@ def _sample_team(arrays, shape, n, cache, run=None, state=None):
     if old is not None:
         old[1].close()
     cap = int(max(n, min(cache.get("chars", n), 256), numba_tune_sample.CALL_CHARS if tuned else 0))
-    new = lambda: numba_team.Team(_kernels().sample, nt, arrays, L, H, cap)       # noqa: E731
+    new = lambda: numba_team.Team(_kernels().team, nt, arrays, L, H, cap)         # noqa: E731
     if not tuned:
         team = new()
     else:

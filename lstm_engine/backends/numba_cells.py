@@ -315,18 +315,9 @@ def generate(nb, weights, state, token, n, temperature, top_k, top_p, greedy, rn
     if cell not in CELLS:
         raise UserError(f"the numba cell kernels know {', '.join(CELLS)}, not {cell!r}")
     L = len(state)
-    b = "bx" if cell == "gru" else "b"
-    Ws = tuple(nb._c(weights[f"W{l}"]) for l in range(L))
-    bs = tuple(nb._c(weights[f"{b}{l}"]) for l in range(L))
-    Emb, Wy, by = nb._c(weights["Emb"]), nb._c(weights["Wy"]), nb._c(weights["by"])
-    dt = nb._dtype_of(Emb, Wy, by, *Ws, *bs)
-    if cell == "peephole":
-        extras = tuple(nb._c(weights[f"wc{l}"]).reshape(-1) for l in range(L))      # (3H,) each
-    elif cell == "gru":
-        extras = tuple(nb._c(weights[f"bh{l}"]) for l in range(L))                  # (G,) each
-    else:
-        extras = tuple(np.empty(0, dt) for _ in range(L))
-    nb._dtype_of(Wy, *extras)
+    Ws, bs, extras, Emb, Wy, by = nb._sample_inputs(weights, L, cell, cache,
+                                                     lambda w, L: _sample_arrays(nb, w, L, cell))
+    dt = Wy.dtype
     V = Emb.shape[0]
     if not 0 <= int(token) < V:
         raise UserError(f"token must lie in [0, {V}); got {token}")
@@ -350,6 +341,23 @@ def generate(nb, weights, state, token, n, temperature, top_k, top_p, greedy, rn
     return out
 
 
+def _sample_arrays(nb, weights, L, cell):
+    """-> (Ws, bs, extras, Emb, Wy, by) of `cell` for the sampler, C-contiguous, one float dtype."""
+    b = "bx" if cell == "gru" else "b"
+    Ws = tuple(nb._c(weights[f"W{l}"]) for l in range(L))
+    bs = tuple(nb._c(weights[f"{b}{l}"]) for l in range(L))
+    Emb, Wy, by = nb._c(weights["Emb"]), nb._c(weights["Wy"]), nb._c(weights["by"])
+    dt = nb._dtype_of(Emb, Wy, by, *Ws, *bs)
+    if cell == "peephole":
+        extras = tuple(nb._c(weights[f"wc{l}"]).reshape(-1) for l in range(L))      # (3H,) each
+    elif cell == "gru":
+        extras = tuple(nb._c(weights[f"bh{l}"]) for l in range(L))                  # (G,) each
+    else:
+        extras = tuple(np.empty(0, dt) for _ in range(L))
+    nb._dtype_of(Wy, *extras)
+    return Ws, bs, extras, Emb, Wy, by
+
+
 def _sample_team(nb, arrays, shape, n, cache, run=None, state=None, cell=None):
     """numba_backend._sample_team for the variants: the team for arrays = (Emb, X0, Ws, bs, Wy,
     by, extras, cell code), or None for the one-thread kernel; kept in `cache` under the same
@@ -368,10 +376,9 @@ def _sample_team(nb, arrays, shape, n, cache, run=None, state=None, cell=None):
         nt = max(nt, 2)
     elif not rule:
         return None
-    G = Ws[0].shape[1]
-    P = 2 * G if code == _kernels(nb).code["gru"] else G       # (nt,P) partials: the GRU's two sides apart
+    team_kernels = nb._kernels().team
     if cache is None:
-        return numba_team.Team(_kernels(nb).sample, nt, arrays, L, H, n, P)
+        return numba_team.Team(team_kernels, nt, arrays, L, H, n)
     same = [0 if not e.size else id(e if e.base is None else e.base) for e in extras]   # wc: views made per call
     key = (nt, code, id(Emb), id(X0) if len(X0) else 0, *map(id, Ws), *map(id, bs), *same, id(Wy), id(by))
     old = cache.get("team")
@@ -380,7 +387,7 @@ def _sample_team(nb, arrays, shape, n, cache, run=None, state=None, cell=None):
     if old is not None:
         old[1].close()
     cap = int(max(n, min(cache.get("chars", n), 256), numba_tune_sample.CALL_CHARS if tuned else 0))
-    new = lambda: numba_team.Team(_kernels(nb).sample, nt, arrays, L, H, cap, P)   # noqa: E731
+    new = lambda: numba_team.Team(team_kernels, nt, arrays, L, H, cap)             # noqa: E731
     if not tuned:
         team = new()
     else:

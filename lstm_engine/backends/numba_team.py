@@ -1,13 +1,15 @@
 """Batch-1 generation on several cores: a team of threads that outlives one generate() call.
 
-Dimension legend: L layers, H hidden, G = 4H, V vocabulary, nt threads, cap characters a job.
+Dimension legend: L layers, H hidden, G gate columns (ng H), Hu = ceil(H / nt) units a thread,
+V vocabulary, nt threads, cap characters a job.
 
 One character reads every weight once, so batch-1 sampling is bound by how fast one core
-streams its weights from its own L2 cache.  A team of nt threads splits each layer's weight
-rows, so each core streams 1/nt of them (kernels/numba/sample.py, team_share); they meet at
-one spin barrier per layer and character, far cheaper than opening a numba prange region.  A
-large output layer (H x V of at least OUT_SPLIT_MIN_MACS: a big vocabulary) is split by its
-columns too, with one more barrier a character.
+streams its weights from its own L2 cache.  A team of nt threads splits each layer by its
+hidden units (kernels/numba/sample_team.py): thread t keeps a packed copy of the gate columns
+of its Hu units (pack_units), so each core streams 1/nt of the weights, and the threads meet
+at one spin barrier per layer and character to share h, far cheaper than opening a numba
+prange region.  A large output layer (H x V of at least OUT_SPLIT_MIN_MACS: a big vocabulary)
+is split by its columns too, with one more barrier a character.
 
 generate_text asks for 32 characters a call, too little work to start threads for, so the
 workers are Python threads (the kernels release the GIL) that stay in jitted code between
@@ -32,6 +34,19 @@ IDLE_EXIT_SECONDS = 0.5     # a parked worker ends after this long without a job
 _POLLS_PER_SECOND = None    # measured once: polls of team_worker's idle loop per second
 
 
+def pack_units(W, H, nt):
+    """W (K,G) -> (nt,K,ng Hu): thread t's block holds column g H + t Hu + j of W at g Hu + j
+    (zeros past H), the gate columns of its units side by side, contiguous for its loops."""
+    K, G = W.shape
+    ng, Hu = G // H, -(-H // nt)
+    packed = np.zeros((nt, K, ng * Hu), W.dtype)                      # (nt,K,ng Hu)
+    for t in range(nt):
+        u0, u1 = min(H, t * Hu), min(H, (t + 1) * Hu)
+        for g in range(ng):
+            packed[t, :, g * Hu:g * Hu + u1 - u0] = W[:, g * H + u0:g * H + u1]
+    return packed
+
+
 def _polls_per_second(kernels):
     global _POLLS_PER_SECOND
     if _POLLS_PER_SECOND is None:
@@ -43,19 +58,18 @@ def _polls_per_second(kernels):
 
 
 class Team:
-    """nt threads generating from one model's arrays (Emb, X0, Ws, bs, Wy, by as
-    kernels/numba/sample.py's generate_kernel takes them; sample_cells.py's add extras, cell).
-    P: the width of a thread's partial sums (4H, the LSTM's gates, unless told).
+    """nt threads generating from one model's arrays (Emb, X0, Ws, bs, Wy, by, extras, cell
+    code as kernels/numba/sample_team.py takes them, with each W (H+I,G) packed here by units).
     run() is called from one thread at a time."""
 
-    def __init__(self, kernels, nt, arrays, L, H, cap, P=None):
-        self.k, self.nt, self.arrays, self.cap = kernels, nt, arrays, cap
-        dt = arrays[4].dtype                                          # Wy's
-        G = 4 * H if P is None else P
-        V = arrays[5].shape[0]                                        # by's
+    def __init__(self, kernels, nt, arrays, L, H, cap):
+        self.k, self.nt, self.cap = kernels, nt, cap
+        Emb, X0, Ws, bs, Wy, by, extras, code = arrays
+        self.arrays = (Emb, X0, tuple(pack_units(W, H, nt) for W in Ws), bs, Wy, by, extras, code)
+        dt = Wy.dtype
+        V = by.shape[0]
         self.split = H * V >= OUT_SPLIT_MIN_MACS
-        if self.split:
-            G = max(G, V)                                             # row 0 also carries the split logits
+        width = max(H, V) if self.split else H                        # the shared h; the split logits
         self.h = np.zeros((nt, L, H), dt)                             # each thread's own state copy
         self.c = np.zeros((nt, L, H), dt)
         self.h_in = np.zeros((2, L, H), dt)                           # job inputs by job parity
@@ -64,7 +78,7 @@ class Team:
         self.params[:, 6] = self.split
         self.us = np.zeros((2, cap))                                  # uniforms
         self.out = np.zeros(cap, np.int64)
-        self.parts = np.zeros((2, nt, G), dt)                         # partial sums, by barrier parity
+        self.parts = np.zeros((2, 1, width), dt)                      # shared rows, by barrier parity
         self.flags = np.zeros((2 + 2 * nt) * kernels.FLAG_STRIDE, np.int64)
         self.job = 0
         self.spin_limit = int(SPIN_SECONDS * _polls_per_second(kernels))

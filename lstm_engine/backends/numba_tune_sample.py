@@ -1,6 +1,6 @@
 """One thread or a team of threads for the numba backend's batch-1 generation, chosen per machine.
 
-A team (numba_team.py) splits each layer's weight rows over its threads; whether that beats one
+A team (numba_team.py) splits each layer's hidden units over its threads; whether that beats one
 thread depends on the core's cache bandwidth, the model's size and the barrier's cost here.  At
 the first generate of a shape (cell, L, H, E, V, dtype, table or not) with a generation cache,
 LSTM_ENGINE_TUNE=auto, both ways generate the same characters from copies of the caller's state
@@ -27,7 +27,7 @@ MIN_H = 64                   # below this a team's barrier outweighs its share o
 CALL_CHARS = 32              # characters a call while timing (generate_text's chunk)
 ROUND_MACS = 1 << 27         # multiply-adds a timed round (its characters: this / the weights a character,
 ROUND_CHARS = (64, 512)      # within these bounds)
-ROUNDS = 3                   # rounds each way, taken in turns; each way's best counts
+ROUNDS = 5                   # rounds each way, taken in turns; each way's best counts
 TOLERANCE = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-10}   # tests/parity.py 'steps'
 
 _memory = {}                 # (*shape, threads) -> 'one' or 'team', this process

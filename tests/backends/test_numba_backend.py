@@ -351,7 +351,7 @@ def test_generated_text_is_the_same(models, dtype, opts, table, monkeypatch):
 @pytest.mark.parametrize("table", [True, False], ids=["x0-table", "no-table"])
 @pytest.mark.parametrize("opts", [dict(greedy=True), dict(temperature=0.8, top_p=0.9)], ids=["greedy", "sampled"])
 def test_threaded_generation_is_the_same(models, opts, table, monkeypatch):
-    """Generation on a team of threads, each summing a block of every layer's weight rows
+    """Generation on a team of threads, each owning a block of every layer's hidden units
     (used for big layers), forced on a small model, in chunks of 41 characters so the state is
     carried between calls and the team between jobs: the same text as the reference."""
     import numba

@@ -280,7 +280,7 @@ def test_generated_text_is_the_same(gen_models, cell, dtype, opts, table, monkey
 @pytest.mark.parametrize("opts", [dict(greedy=True), dict(temperature=0.8, top_p=0.9)], ids=["greedy", "sampled"])
 @pytest.mark.parametrize("cell", CELLS)
 def test_threaded_generation_is_the_same(gen_models, cell, opts, monkeypatch):
-    """Generation on a team of threads (each summing a block of every layer's weight rows), forced
+    """Generation on a team of threads (each owning a block of every layer's hidden units), forced
     on a small model, in chunks of 41 characters so the state is carried between calls and the
     team between jobs: the same text as the reference, float64."""
     import numba

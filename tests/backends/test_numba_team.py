@@ -2,7 +2,7 @@
 reference and the one-thread kernel: across parked, ended and restarted workers, replaced
 weights, calls without a cache, and a stop raised in the middle of a job.
 
-The team splits each layer's weight rows over its threads; the tests force it on small
+The team splits each layer's hidden units over its threads; the tests force it on small
 models (SAMPLE_ROWS_PER_THREAD = 1), float64 so the text must equal the reference's.
 Dimension legend: L layers, H hidden, V vocabulary.
 """
@@ -119,12 +119,12 @@ def test_a_split_output_layer_gives_the_reference_text(monkeypatch, cell, opts):
 
 
 def test_float32_team_matches_the_one_thread_kernel(monkeypatch):
-    """float32, H = 70 (rows not a multiple of the block of 4, split unevenly over the team),
-    the team against the one-thread kernel.  The team adds its row blocks' partial sums, the
-    kernel adds row by row, so the two differ by float32 rounding, and a recurrent net with
-    peaky weights amplifies that over the characters (after 300 sampled characters the states
-    were 3e-4 apart on four threads): the state is compared after 20 sampled characters, to
-    float32 tolerance, and the text over 100 greedy ones."""
+    """float32, L = 3, H = 70 (rows not a multiple of the block of 4, units split unevenly
+    over the team), the team against the one-thread kernel.  Each unit's sums are the kernel's,
+    but the gate loops may be vectorised differently, so the two may differ by float32 rounding,
+    and a recurrent net with peaky weights amplifies that over the characters: the state is
+    compared after 20 sampled characters, to float32 tolerance, and the text over 100 greedy
+    ones."""
     vocab, _, m_nb = make_models(9, "float32", H=70, L=3)
     out = {}
     for name, rows in (("team", 1), ("one thread", 10 ** 9)):

@@ -1,0 +1,185 @@
+"""Numba kernel for batch-1 generation on a team of threads, each owning a block of hidden units.
+
+Dimension legend: L layers, H hidden, ng gate blocks (lstm, peephole 4; coupled, gru 3),
+G = ng H, Hu = ceil(H / nt) units a thread, Gu = ng Hu, E embedding, V vocabulary, nt threads,
+n characters.
+
+One character reads every weight once, so on one core it is bound by how fast that core streams
+its weights from its L2.  The team (lstm_engine/backends/numba_team.py) gives thread t the
+hidden units [t Hu, (t+1) Hu) of every layer and the gate columns that feed them, packed as
+Wp[l][t] (H+I, Gu): column g Hu + j of the pack is column g H + t Hu + j of W (H+I, G), zero
+past H.  Per character and layer, thread t sums its columns exactly as the one-thread kernels do
+(sample.matvec_acc: same rows, same order), applies the gates to its units, writes its block of
+h into a shared row, and meets the others at one spin barrier; then each copies the whole h.
+What crosses between cores per layer is H values of h, not G partial sums, and each unit's
+arithmetic is the one-thread kernel's.  Each thread then computes the same logits and draws the
+same token from the same uniform (sample.team_draw, which may split a big output layer by
+columns with one more barrier), so no barrier is needed for the token.
+
+Protocol (numba_team.Team calls these): job inputs double-buffered by job parity p, h_in, c_in
+(2,L,H), params (2,7) = (token, n, temperature, top_k, top_p, greedy, split), us (2,cap); each
+thread keeps its own state copy h[t], c[t] (L,H) (c valid on its own units; at the end of a job
+each worker writes its units of c into c[0] and raises its barrier counter once more, which
+thread 0 waits for); flags and barrier counters as sample.py's.
+
+Which cell: the int `cell` (LSTM, cell_layers.PEEPHOLE, COUPLED, sample_cells.GRU), a run-time
+branch per layer; `extras` holds per layer the peepholes wc (3H,) flat [w_ci; w_cf; w_co], the
+GRU's bh (G,), or nothing (0,).
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from .cell_gates import COUPLED, PEEPHOLE
+from .jit import JIT
+from .sample import (
+    JOB,
+    STOP,
+    cell_gates,
+    matvec_acc,
+    parked_slot,
+    ready_slot,
+    sample_buffers,
+    spin_polls,
+    team_draw,
+    team_publish,
+    wait_for_team,
+)
+from .sample_cells import GRU, coupled_cell, gru_update, peephole_cell
+from .sync import (
+    FLAG_STRIDE,
+    load_acquire,
+    load_seq,
+    spin_pause,
+    store_release,
+    store_seq,
+)
+
+LSTM = 0
+
+
+@numba.njit(inline="always", **JIT)
+def gather_units(src, z, ng, H, Hu, u0, nu):
+    """z (Gu,) <- columns g H + u0 + j (j < nu) of src (G,) for each gate block g, zeros past nu."""
+    for g in range(ng):
+        a = src[g * H + u0:g * H + u0 + nu]
+        for j in range(nu):
+            z[g * Hu + j] = a[j]
+        for j in range(nu, Hu):
+            z[g * Hu + j] = 0
+
+
+@numba.njit(inline="always", **JIT)
+def layer_units(cell, Wt, zx, x, extra, h, c, u0, nu, z, zh, hnew):
+    """hnew[:nu] <- this thread's units of one layer, one character; c (H,) updated on them.
+
+    Wt (H+I,Gu) the thread's packed columns; zx (G,) the bias, or the layer-0 table row (then x
+    is empty); x (I,) the layer's input; h (H,) its h_{t-1}; z, zh (Gu,) scratch."""
+    H, Gu, Hu = h.shape[0], Wt.shape[1], hnew.shape[0]
+    ng = Gu // Hu
+    gather_units(zx, z, ng, H, Hu, u0, nu)
+    if x.shape[0] > 0:
+        matvec_acc(x, Wt[H:], z)
+    cu, hu = c[u0:u0 + nu], hnew[:nu]
+    if cell == GRU:                                   # the h side apart: r multiplies its n block
+        gather_units(extra, zh, ng, H, Hu, u0, nu)
+        matvec_acc(h, Wt[:H], zh)
+        gru_update(z, zh, Hu, h[u0:u0 + nu], hu)
+        return
+    matvec_acc(h, Wt[:H], z)
+    if cell == PEEPHOLE:
+        peephole_cell(z, Hu, extra[u0:u0 + nu], extra[H + u0:H + u0 + nu], extra[2 * H + u0:2 * H + u0 + nu], hu,
+                      cu)
+    elif cell == COUPLED:
+        coupled_cell(z, Hu, hu, cu)
+    else:
+        cell_gates(z, Hu, hu, cu)
+
+
+@numba.njit(nogil=True, **JIT)
+def team_share(tid, nt, Emb, X0, Wp, bs, Wy, by, extras, cell, h, c, h_in, c_in, params, us, out, parts, flags,
+               job):
+    """Thread tid's share of one generation job (the module docstring's protocol); Wp a tuple
+    over layers of (nt,H+I,Gu) packs; parts (2,1,width >= H, V when split) the shared rows by
+    barrier parity.  -> 0, or -1 when the STOP flag was raised while waiting."""
+    p = job & 1
+    token, n, temperature = np.int64(params[p, 0]), np.int64(params[p, 1]), params[p, 2]
+    top_k, top_p, greedy = np.int64(params[p, 3]), params[p, 4], params[p, 5] != 0
+    split = params[p, 6] != 0                                     # the output layer split too
+    L, H = h.shape[1], h.shape[2]
+    V = by.shape[0]
+    Gu = Wp[0].shape[2]
+    Hu = -(-H // nt)
+    u0 = min(H, tid * Hu)
+    nu = min(H, u0 + Hu) - u0
+    _, logits, zd, probs, pr, order, none = sample_buffers(H, V, Wy)
+    z, zh, hnew = np.empty(Gu, Wy.dtype), np.empty(Gu, Wy.dtype), np.empty(Hu, Wy.dtype)   # (Gu,) (Gu,) (Hu,)
+    ht, ct = h[tid], c[tid]                                       # (L,H) this thread's state
+    ht[:] = h_in[p]
+    ct[:] = c_in[p]
+    s = load_acquire(flags, ready_slot(tid))                      # barrier count so far
+    for k in range(n):
+        for l in range(L):
+            if l == 0 and X0.shape[0] > 0:
+                zx, x = X0[token], none
+            else:
+                zx, x = bs[l], (Emb[token] if l == 0 else ht[l - 1])
+            layer_units(cell, Wp[l][tid], zx, x, extras[l], ht[l], ct[l], u0, nu, z, zh, hnew)
+            shared = parts[s & 1, 0]                              # (width,) h of every unit
+            for j in range(nu):
+                shared[u0 + j] = hnew[j]
+            s += 1
+            store_release(flags, ready_slot(tid), s)
+            if not wait_for_team(flags, tid, nt, s):
+                return -1
+            for j in range(H):
+                ht[l, j] = shared[j]
+        token, s = team_draw(tid, nt, flags, s, parts, split, ht[L - 1], Wy, by, logits, temperature, top_k,
+                             top_p, greedy, us[p, k] if not greedy else 0.0, zd, probs, order, pr)
+        if token < 0:
+            return -1
+        if tid == 0:
+            out[k] = token
+    if tid > 0:                                                   # thread 0's copy returns c
+        for l in range(L):
+            for j in range(u0, u0 + nu):
+                c[0, l, j] = ct[l, j]
+    s += 1
+    store_release(flags, ready_slot(tid), s)
+    if tid == 0 and not wait_for_team(flags, tid, nt, s):
+        return -1
+    return 0
+
+
+@numba.njit(nogil=True, **JIT)
+def team_worker(tid, nt, Emb, X0, Wp, bs, Wy, by, extras, cell, h, c, h_in, c_in, params, us, out, parts, flags,
+                done, spin_limit):
+    """A worker thread's loop: run each job numbered above `done` as it is published; after
+    spin_limit polls with no job, park (flag set, then a last look for a job) and return.
+    -> the last job done (>= 0) when parking, -1 when told to stop."""
+    store_seq(flags, parked_slot(tid, nt), 0)
+    idle = 0
+    while True:
+        if load_acquire(flags, STOP) != 0:
+            return -1
+        job = load_seq(flags, JOB)
+        if job > done:
+            if team_share(tid, nt, Emb, X0, Wp, bs, Wy, by, extras, cell, h, c, h_in, c_in, params, us, out,
+                          parts, flags, job) < 0:
+                return -1
+            done = job
+            idle = 0
+        elif idle < spin_limit:
+            idle += 1
+            spin_pause()
+        else:
+            store_seq(flags, parked_slot(tid, nt), 1)
+            if load_seq(flags, JOB) <= done:
+                return done
+            store_seq(flags, parked_slot(tid, nt), 0)            # a job came in meanwhile
+            idle = 0
+
+
+# what numba_team.Team calls on its kernels module
+__all__ = ["FLAG_STRIDE", "LSTM", "STOP", "spin_polls", "team_publish", "team_share", "team_worker"]

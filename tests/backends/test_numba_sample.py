@@ -1,0 +1,73 @@
+"""The sampler's filter and sums (kernels/numba/sample.py) against the reference's
+(numpy_backend.filter_probs, numpy's sum), and the team's unit packing
+(numba_team.pack_units) against the columns it stands for.
+
+Dimension legend: V vocabulary, K rows, H hidden, G gate columns, nt threads.
+"""
+import numpy as np
+import pytest
+
+from lstm_engine.backends import numpy_backend as ref
+
+numba = pytest.importorskip("numba")
+from lstm_engine.backends import numba_team  # noqa: E402
+from lstm_engine.kernels.numba import sample  # noqa: E402
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 65, 128, 129, 200, 1000, 6746, 100_003])
+def test_pairwise_sum_rounds_as_numpy_sums(n):
+    """Values over 16 decades, so the order of the additions shows in the result's last bits:
+    the same float64 as numpy's a.sum() (its pairwise order), and sequential summing differs
+    for at least one of the larger sizes (the test could tell them apart)."""
+    rng = np.random.default_rng(n)
+    a = rng.random(n) * 10.0 ** rng.integers(-8, 8, n)                   # (n,)
+    assert sample.pairwise_sum(a) == a.sum()
+
+
+def test_sequential_sums_differ_from_numpys_somewhere():
+    """The check above is not vacuous: a plain running sum differs from numpy's for these."""
+    differs = 0
+    for n in (200, 1000, 6746):
+        a = np.random.default_rng(n).random(n) * 10.0 ** np.random.default_rng(n).integers(-8, 8, n)
+        s = 0.0
+        for v in a:
+            s += v
+        differs += s != a.sum()
+    assert differs > 0
+
+
+@pytest.mark.parametrize("V", [3, 65, 300, 6746])
+@pytest.mark.parametrize("temperature, top_k, top_p", [(1.0, 0, 1.0), (0.7, 0, 1.0), (1.3, 5, 1.0),
+                                                      (1.0, 0, 0.8), (0.9, 40, 0.95)])
+def test_filter_matches_filter_probs(V, temperature, top_k, top_p):
+    """float32 logits, every filter setting (none: the unsorted path): the same kept set as the
+    reference and probabilities within 1e-13 relative (the kernel's exp is about 1 ulp)."""
+    logits = (np.random.default_rng(V).standard_normal(V) * 3).astype(np.float32)   # (V,)
+    zd, probs, p, order = np.empty(V), np.empty(V), np.empty(V), np.empty(V, np.int64)
+    sample.filter_probs_kernel(logits, temperature, top_k, top_p, zd, probs, order, p)
+    want = ref.filter_probs(logits, temperature, top_k, top_p)                        # (V,)
+    np.testing.assert_array_equal(probs > 0, want > 0)
+    np.testing.assert_allclose(probs, want, rtol=1e-13, atol=0)
+    assert abs(probs.sum() - 1) < 1e-12
+
+
+@pytest.mark.parametrize("H, nt", [(13, 2), (70, 3), (128, 2), (5, 4)])
+@pytest.mark.parametrize("ng", [3, 4])
+def test_pack_units_holds_each_threads_gate_columns(H, nt, ng):
+    """Thread t's block at column g Hu + j is W's column g H + t Hu + j, zero past H; every
+    column of W appears exactly once."""
+    K, Hu = H + 6, -(-H // nt)
+    W = np.random.default_rng(H).standard_normal((K, ng * H)).astype(np.float32)     # (K,G)
+    P = numba_team.pack_units(W, H, nt)                                               # (nt,K,ng Hu)
+    assert P.shape == (nt, K, ng * Hu)
+    seen = np.zeros(ng * H, int)
+    for t in range(nt):
+        for g in range(ng):
+            for j in range(Hu):
+                u = t * Hu + j
+                if u < H:
+                    np.testing.assert_array_equal(P[t, :, g * Hu + j], W[:, g * H + u])
+                    seen[g * H + u] += 1
+                else:
+                    assert not P[t, :, g * Hu + j].any()
+    assert (seen == 1).all()
