@@ -351,7 +351,9 @@ def bench(backends, configs, what, cell, seconds, repeats, threads, json_path, p
 @click.option("--configs", default="seed", show_default=True,
               help="model sizes to tune for: tiny, seed, karpathy, medium, large, or E,H,L,B,T[,V]")
 @click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "float64"]))
-def tune(configs, dtype):
+@click.option("--cell", "cells", default="lstm", show_default=True,
+              help="cells whose sampler team to time, comma-separated: " + ", ".join(CELLS))
+def tune(configs, dtype, cells):
     """Choose the numba backend's GEMM per product on this machine, and show why.
 
     \b
@@ -361,10 +363,12 @@ def tune(configs, dtype):
     numba's cache (LSTM_ENGINE_TUNE=auto uses it; off: the shipped GEMM).
     The sampler's one thread or team of threads (the `sample` rows; from
     H = 64 with two or more threads) and a layer's thread plan (the `layer
-    plan` rows, where the rule threads it) are timed the same way per config.
+    plan` rows, where the rule threads it) are timed the same way per config
+    (the sampler for each --cell).
     """
     from lstm_engine.backends import numba_tune
-    key, records = api.tune(configs, dtype, on_record=lambda r: err(f"tuned {r['product']} {r['shape']}"))
+    key, records = api.tune(configs, dtype, on_record=lambda r: err(f"tuned {r['product']} {r['shape']}"),
+                            cells=cells)
     click.echo(numba_tune.machine_line(key, numba_tune.tune_file()))
     click.echo(numba_tune.format_table(records))
 

@@ -18,7 +18,7 @@ from .core import environment as env
 from .core.config import check_names, config_for_resume, explicit_fields, with_corpus_suggestions
 from .core.data import Vocab, load_corpus, split
 from .core.generation import bits, check_sampling_options, evaluate_ids, generate_text
-from .core.model import GATE_BLOCKS, Model, ModelConfig
+from .core.model import GATE_BLOCKS, Model, ModelConfig, check_cell
 from .core.resources import check_fits_memory
 from .core.train import TrainConfig, Trainer
 from .errors import UserError
@@ -124,15 +124,19 @@ def train(cfg: TrainConfig, text=None, resume=None, on_event=None, explicit=None
 
 # -- models: load, score, sample ------------------------------------------------------------------
 
-def tune(configs="seed", dtype="float32", on_record=None):
+def tune(configs="seed", dtype="float32", on_record=None, cells="lstm"):
     """Measure the numba backend's GEMM candidates on every big product of these model sizes (bench's
     config names or E,H,L,B,T[,V]), validate each against NumPy and cache the choices for this machine
-    (backends/numba_tune.py), then each config's layer thread plan (numba_tune_plan.py) and sampler
-    team (numba_tune_sample.py) -> (machine key dict, [record]); on_record(record) as each is done."""
+    (backends/numba_tune.py), then each config's layer thread plan (numba_tune_plan.py) and, for each
+    of `cells` (comma-separated), its sampler team (numba_tune_sample.py) -> (machine key dict,
+    [record]); on_record(record) as each is done."""
     from .backends import numba_backend, numba_tune
     from .bench.configs import parse_configs
     if dtype not in ("float32", "float64"):
         raise UserError(f"--dtype must be float32 or float64, not {dtype!r}")
+    cell_list = [c.strip() for c in str(cells).split(",") if c.strip()]
+    for cell in cell_list or [""]:
+        check_cell(cell)
     ok, why = numba_backend.is_available()
     if not ok:
         raise UserError(f"lstm-engine tune needs the numba backend: {why}")
@@ -148,23 +152,24 @@ def tune(configs="seed", dtype="float32", on_record=None):
         records += [plan] if plan is not None else []
         if plan is not None and on_record is not None:
             on_record(plan)
-        records += _tune_sampler(c, dtype, on_record)
+        for cell in cell_list:
+            records += _tune_sampler(c, dtype, on_record, cell)
     return numba_tune.machine_key(numba.get_num_threads()), records
 
 
-def _tune_sampler(c, dtype, on_record):
-    """The sampler's one-thread-or-team choice measured again on a model of config c (random
+def _tune_sampler(c, dtype, on_record, cell="lstm"):
+    """The sampler's one-thread-or-team choice measured again on a `cell` model of config c (random
     weights) -> [record], none where it is ruled (one thread, H below numba_tune_sample.MIN_H)."""
     import numpy as np
 
     from .backends import numba_backend, numba_tune_sample
     from .core.model import init_params
-    cfg = ModelConfig(c.V, c.E, c.H, c.L, dtype=dtype)
+    cfg = ModelConfig(c.V, c.E, c.H, c.L, dtype=dtype, cell=cell)
     weights = init_params(cfg)
     state = [[np.zeros((1, c.H), dtype), np.zeros((1, c.H), dtype)] for _ in range(c.L)]
     cache = {"chars": 256}
     with numba_tune_sample.retuning() as records:
-        numba_backend.generate(weights, state, 0, 1, rng=np.random.default_rng(0), cache=cache)
+        numba_backend.generate(weights, state, 0, 1, rng=np.random.default_rng(0), cache=cache, cell=cell)
     if "team" in cache:
         cache["team"][1].close()
     for r in records if on_record is not None else ():

@@ -625,6 +625,24 @@ def test_tune_command_measures_the_sampler(auto, sampler, monkeypatch):
     assert nt.cached(nts.key_of(desc, numba.get_num_threads()))["choice"] in ("one", "team")
 
 
+def test_tune_command_measures_each_cells_sampler(auto, sampler, monkeypatch):
+    """--cell lstm,gru: a sample row and a cached record for each cell's sampler; a cell it does not
+    know is one line on stderr and exit 2."""
+    from click.testing import CliRunner
+
+    import cli
+    use(monkeypatch, Stubs(own="slow", fast="fast"))
+    r = CliRunner().invoke(cli.main, ["tune", "--configs", "E8,H64,L2,B4,T5,V50", "--cell", "lstm,gru"])
+    assert r.exit_code == 0, r.output
+    import numba
+    for cell in ("lstm", "gru"):
+        assert any(ln.startswith(f"sample {cell}") for ln in r.stdout.splitlines()), r.stdout
+        desc = nts.describe(cell, 2, 64, 8, 50, np.float32, True)
+        assert nt.cached(nts.key_of(desc, numba.get_num_threads()))["choice"] in ("one", "team")
+    bad = CliRunner().invoke(cli.main, ["tune", "--configs", "E8,H64,L2,B4,T5,V50", "--cell", "lstm,grue"])
+    assert bad.exit_code == 2 and "unknown cell 'grue'" in bad.stderr and "Traceback" not in bad.output
+
+
 def test_tune_command_measures_the_thread_plan(auto, monkeypatch):
     from click.testing import CliRunner
 
