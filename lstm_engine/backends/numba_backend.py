@@ -648,7 +648,7 @@ def generate(weights, state, token, n, temperature=1.0, top_k=0, top_p=1.0, gree
     as the one-thread kernel does, yet float32 states may differ from its in the last bits.
     -> ids (n,) int64
     """
-    if cell != "lstm":                             # the variants: one thread (numba_cells)
+    if cell != "lstm":                             # the variants: numba_cells.generate
         cells, nb = _cells()
         return cells.generate(nb, weights, state, token, n, temperature, top_k, top_p, greedy, rng, cache, cell)
     L = len(state)
