@@ -587,6 +587,38 @@ def test_the_team_is_measured_against_one_thread_and_a_wrong_one_loses(sampler, 
     assert record["choice"] == "one" and not record["rows"][1]["valid"] and "ids differ" in record["why"]
 
 
+def test_a_team_that_loses_its_first_rounds_is_timed_again(sampler, monkeypatch):
+    """The team slowed by 20 ms a call during the check and its first ROUNDS (a busy moment of
+    the host), then left alone: it is timed for ROUNDS more, and its recorded time is its real one,
+    below the slowed calls'.  Slowed throughout, it is timed twice as well and stays 'one'."""
+    run = numba_team.Team.run
+    for slowed_calls in ("first rounds", "always"):
+        nts.forget()
+        if os.path.exists(nt.tune_file()):
+            os.remove(nt.tune_file())                                   # the first case's record
+        nt._file_cache = None
+        calls = []
+
+        def slow_run(self, *a, _kind=slowed_calls):
+            calls.append(1)
+            if _kind == "always" or len(calls) <= 1 + nts.ROUNDS * -(-chars[0] // nts.CALL_CHARS):
+                time.sleep(0.02)
+            return run(self, *a)
+        monkeypatch.setattr(numba_team.Team, "run", slow_run)
+        params = sample_model()
+        weights = 2 * 4 * 64 * 2 * 64 + 64 * params["Emb"].shape[0]                 # as measure() counts them
+        chars = [int(np.clip(nts.ROUND_MACS // weights, *nts.ROUND_CHARS))]
+        nb.generate(params, [[np.zeros((1, 64)), np.zeros((1, 64))] for _ in range(2)], 1, 5, 0.9, 0, 1.0, False,
+                    np.random.default_rng(0), {"chars": 10 ** 6})
+        record = nt.cached(shape_of(params))
+        assert record["rounds"] == 2 * nts.ROUNDS, slowed_calls
+        team_seconds = record["rows"][1]["seconds"]                     # per call of CALL_CHARS
+        if slowed_calls == "always":
+            assert team_seconds >= 0.02 and record["choice"] == "one"
+        else:
+            assert team_seconds < 0.02
+
+
 def test_the_samplers_check_call_is_not_charged_to_the_first_use_budget(sampler, monkeypatch):
     """The check call compiles the kernels a first generate compiles anyway: on a fake clock the
     check takes 100 s and the timed rounds 1 s, and only that 1 s counts against FIRST_USE_SECONDS."""
