@@ -22,7 +22,14 @@ from .cell_gates import PEEPHOLE, coupled_backward, coupled_forward, peephole_ba
 from .gemm import PAD, gemm
 from .gru_layer_columns import gather_gates3, scatter_gates3
 from .jit import JIT, PAR
-from .lstm_layer_columns import block, gather_gates, gather_units, scatter_gates, scatter_units
+from .lstm_layer_columns import (
+    backward_unit_inputs,
+    block,
+    gather_gates,
+    gather_units,
+    scatter_gates,
+    scatter_units,
+)
 
 
 @numba.njit(inline="always", **JIT)
@@ -139,11 +146,7 @@ def backward_unit_step(cell, k, t, dhs, WhT, c0, cs, acts, dzs, dhk, dok, dck, c
     H = cs.shape[2]
     u0, u1, _ = block(k, H, nt)
     n = u1 - u0
-    if t < T - 1:                                                   # dh = dz_{t+1} W_h^T, my columns
-        gemm(dzs[t + 1], WhT[:, u0:u1], dhk[k][:, :n])
-    gather_units(dhs[t], dok[k], u0, n)
-    gather_units(cs[t], ck[k, 0], u0, n)
-    gather_units(c0 if t == 0 else cs[t - 1], ck[k, 1], u0, n)
+    backward_unit_inputs(k, t, dhs, WhT, c0, cs, dzs, dhk, dok, ck, u0, n)
     gather_cell_gates(cell, acts[t], ak[k], H, u0, n)
     if cell == PEEPHOLE:
         peephole_backward(dok[k], dhk[k], dck[k], ak[k], wp[k], ck[k, 0], ck[k, 1], dzk[k], dwk[k], 0, B)

@@ -129,6 +129,17 @@ def forward_steps_cols(Wh, b, h0, c0, hs, cs, acts, nt):
             forward_unit_step(k, t, h_prev, hs, cs, acts, Wp, bp, z, c, h, nt)
 
 
+@numba.njit(inline="always", **JIT)
+def backward_unit_inputs(k, t, dhs, WhT, c0, cs, dzs, dhk, dok, ck, u0, n):
+    """Thread k's inputs to reverse step t of its n units from u0: dhk[k] = dz_{t+1} W_h^T on its
+    columns (the recurrent part of dL/dh_t), dok[k] its units of dhs[t], ck[k] of c_t and c_{t-1}."""
+    if t < dhs.shape[0] - 1:                                        # dh = dz_{t+1} W_h^T, my columns
+        gemm(dzs[t + 1], WhT[:, u0:u0 + n], dhk[k][:, :n])
+    gather_units(dhs[t], dok[k], u0, n)
+    gather_units(cs[t], ck[k, 0], u0, n)
+    gather_units(c0 if t == 0 else cs[t - 1], ck[k, 1], u0, n)
+
+
 @numba.njit(**JIT)
 def backward_unit_step(k, t, dhs, WhT, c0, cs, acts, dzs, dhk, dok, dck, ck, ak, dzk, nt):
     """Reverse step t for thread k's units: dL/dh_t from the whole dz_{t+1} (its columns of
@@ -137,11 +148,7 @@ def backward_unit_step(k, t, dhs, WhT, c0, cs, acts, dzs, dhk, dok, dck, ck, ak,
     H = G // 4
     u0, u1, _ = block(k, H, nt)
     n = u1 - u0
-    if t < T - 1:                                                   # dh = dz_{t+1} W_h^T, my columns
-        gemm(dzs[t + 1], WhT[:, u0:u1], dhk[k][:, :n])
-    gather_units(dhs[t], dok[k], u0, n)
-    gather_units(cs[t], ck[k, 0], u0, n)
-    gather_units(c0 if t == 0 else cs[t - 1], ck[k, 1], u0, n)
+    backward_unit_inputs(k, t, dhs, WhT, c0, cs, dzs, dhk, dok, ck, u0, n)
     gather_gates(acts[t], ak[k], H, u0, n)
     gates_backward(dok[k], dhk[k], dck[k], ak[k], ck[k, 0], ck[k, 1], dzk[k], 0, B)
     scatter_gates(dzk[k], dzs[t], H, u0, n)

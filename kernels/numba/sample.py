@@ -9,7 +9,8 @@ read instead of an E x G product per character), the output
 projection, temperature, top-k / top-p filtering and an inverse-CDF draw.  The
 uniforms come in as an array drawn by the caller from its numpy Generator, one per
 sampled character, exactly as the reference draws them, so both backends turn the same
-seed into the same text.  Filtering follows numpy_backend.filter_probs step by step.
+seed into the same text.  Filtering gives numpy_backend.filter_probs's probabilities: its steps,
+or, with no filter on, the same sums without the sort.
 """
 from __future__ import annotations
 

@@ -664,7 +664,8 @@ def generate(weights, state, token, n, temperature=1.0, top_k=0, top_p=1.0, gree
         X0 = _layer0_table(Emb, Ws[0], bs[0], n, cache)                        # (V,G) or (0,G)
         args = (Emb, X0, Ws, bs, Wy, by, h, c, int(token), float(temperature), int(top_k), float(top_p),
                 bool(greedy), us, out)
-        team = _sample_team(args[:6], h.shape, n, cache, _sample_run(args), (h, c, token))
+        arrays = (*args[:6], tuple(np.empty(0, Wy.dtype) for _ in Ws), _kernels().team.LSTM)   # no extras
+        team = _sample_team(arrays, h.shape, n, cache, _sample_run(args), (h, c, token))
         if team is None:
             _kernels().sample.generate_kernel(*args)
         else:
@@ -697,31 +698,31 @@ def _sample_inputs(weights, L, cell, cache, build):
     return inputs
 
 
-def _sample_team(arrays, shape, n, cache, run=None, state=None):
-    """The team of threads for generating from arrays = (Emb, X0, Ws, bs, Wy, by), or None for
-    the one-thread kernel.  Kept in `cache` for the same arrays (replaced, and the old one told
-    to end, when other arrays come with the same cache); without a cache, one for this call.
-    With a cache and LSTM_ENGINE_TUNE=auto the choice is measured once per shape on this machine
-    (numba_tune_sample.py: run and state = (h, c, token) time both ways on copies); otherwise from
-    SAMPLE_ROWS_PER_THREAD hidden units a thread and SAMPLE_TEAM_MIN_MACS a call."""
+def _sample_team(arrays, shape, n, cache, run=None, state=None, cell="lstm"):
+    """The team of threads for generating from arrays = (Emb, X0, Ws, bs, Wy, by, extras, cell
+    code) (kernels/numba/sample_team.py's), or None for the one-thread kernel.  Kept in `cache` for
+    the same arrays and cell (replaced, and the old one told to end, when others come with the same
+    cache); without a cache, one for this call.  With a cache and LSTM_ENGINE_TUNE=auto the choice
+    is measured once per shape on this machine (numba_tune_sample.py: run and state = (h, c, token)
+    time both ways on copies); otherwise from SAMPLE_ROWS_PER_THREAD hidden units a thread and
+    SAMPLE_TEAM_MIN_MACS a call."""
     import numba
 
     from . import numba_team, numba_tune_sample
     L, H = shape
     threads = numba.get_num_threads()
     nt = min(threads, H // SAMPLE_ROWS_PER_THREAD)
-    macs = sum(W.size for W in arrays[2]) + arrays[4].size
-    rule = nt >= 2 and n * macs >= SAMPLE_TEAM_MIN_MACS
+    Emb, X0, Ws, bs, Wy, by, extras, code = arrays
+    rule = nt >= 2 and n * (sum(W.size for W in Ws) + Wy.size) >= SAMPLE_TEAM_MIN_MACS
     tuned = run is not None and numba_tune_sample.active(cache, threads, H)
     if tuned:
         nt = max(nt, 2)                                         # the fixed rule's team size, at least two
     elif not rule:
         return None
-    Emb, X0, Ws, bs, Wy, by = arrays
-    arrays = (*arrays, tuple(np.empty(0, Wy.dtype) for _ in Ws), _kernels().team.LSTM)   # no extras
     if cache is None:
         return numba_team.Team(_kernels().team, nt, arrays, L, H, n)
-    key = (nt, id(Emb), id(X0) if len(X0) else 0, *map(id, Ws), *map(id, bs), id(Wy), id(by))
+    same = [0 if not e.size else id(e if e.base is None else e.base) for e in extras]   # wc: views made per call
+    key = (nt, code, id(Emb), id(X0) if len(X0) else 0, *map(id, Ws), *map(id, bs), *same, id(Wy), id(by))
     old = cache.get("team")
     if old is not None and old[0] == key and old[1].usable():
         return old[1]
@@ -732,7 +733,7 @@ def _sample_team(arrays, shape, n, cache, run=None, state=None):
     if not tuned:
         team = new()
     else:
-        desc = numba_tune_sample.describe("lstm", L, H, Emb.shape[1], Emb.shape[0], Wy.dtype, len(X0))
+        desc = numba_tune_sample.describe(cell, L, H, Emb.shape[1], Emb.shape[0], Wy.dtype, len(X0))
         team = numba_tune_sample.choose(desc, threads, new, run, *state, rule=rule)
         if team is None:
             return None

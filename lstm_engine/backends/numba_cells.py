@@ -330,7 +330,7 @@ def generate(nb, weights, state, token, n, temperature, top_k, top_p, greedy, rn
         X0 = _layer0_table(nb, Emb, Ws[0], bs[0], h.shape[1], n, cache)          # (V,G) or (0,G)
         arrays = (Emb, X0, Ws, bs, Wy, by, extras, K.code[cell])
         run = _sample_run(K, arrays, (temperature, top_k, top_p, greedy))
-        team = _sample_team(nb, arrays, h.shape, n, cache, run, (h, c, token), cell)
+        team = nb._sample_team(arrays, h.shape, n, cache, run, (h, c, token), cell)
         if team is None:
             K.sample.generate_cells_kernel(K.code[cell], Emb, X0, Ws, bs, extras, Wy, by, h, c, int(token),
                                            float(temperature), int(top_k), float(top_p), bool(greedy), us, out)
@@ -356,47 +356,6 @@ def _sample_arrays(nb, weights, L, cell):
         extras = tuple(np.empty(0, dt) for _ in range(L))
     nb._dtype_of(Wy, *extras)
     return Ws, bs, extras, Emb, Wy, by
-
-
-def _sample_team(nb, arrays, shape, n, cache, run=None, state=None, cell=None):
-    """numba_backend._sample_team for the variants: the team for arrays = (Emb, X0, Ws, bs, Wy,
-    by, extras, cell code), or None for the one-thread kernel; kept in `cache` under the same
-    slot (a team for other arrays or another cell is told to end and replaced); measured or
-    ruled as the LSTM's (run, state: numba_tune_sample's; cell: its name)."""
-    import numba
-
-    from . import numba_team, numba_tune_sample
-    L, H = shape
-    threads = numba.get_num_threads()
-    nt = min(threads, H // nb.SAMPLE_ROWS_PER_THREAD)
-    Emb, X0, Ws, bs, Wy, by, extras, code = arrays
-    rule = nt >= 2 and n * (sum(W.size for W in Ws) + Wy.size) >= nb.SAMPLE_TEAM_MIN_MACS
-    tuned = run is not None and numba_tune_sample.active(cache, threads, H)
-    if tuned:
-        nt = max(nt, 2)
-    elif not rule:
-        return None
-    team_kernels = nb._kernels().team
-    if cache is None:
-        return numba_team.Team(team_kernels, nt, arrays, L, H, n)
-    same = [0 if not e.size else id(e if e.base is None else e.base) for e in extras]   # wc: views made per call
-    key = (nt, code, id(Emb), id(X0) if len(X0) else 0, *map(id, Ws), *map(id, bs), *same, id(Wy), id(by))
-    old = cache.get("team")
-    if old is not None and old[0] == key and old[1].usable():
-        return old[1]
-    if old is not None:
-        old[1].close()
-    cap = int(max(n, min(cache.get("chars", n), 256), numba_tune_sample.CALL_CHARS if tuned else 0))
-    new = lambda: numba_team.Team(team_kernels, nt, arrays, L, H, cap)             # noqa: E731
-    if not tuned:
-        team = new()
-    else:
-        desc = numba_tune_sample.describe(cell, L, H, Emb.shape[1], Emb.shape[0], Wy.dtype, len(X0))
-        team = numba_tune_sample.choose(desc, threads, new, run, *state, rule=rule)
-        if team is None:
-            return None
-    cache["team"] = (key, team)
-    return team
 
 
 def _sample_run(K, arrays, opts):

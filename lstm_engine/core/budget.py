@@ -59,7 +59,7 @@ CHARS_PER_PARAM = 7.0
 MIN_UPDATES = 4000
 UPDATES_PER_MINUTE = 400
 # A candidate whose measured speed reaches at least this fraction of what the rules above ask is
-# timed once more and keeps its faster figure: the host's speed moves by 20-30% within minutes, and
+# timed once more and keeps its faster figure: the host's speed moves within minutes, and
 # one slow minute should not decide between neighbouring models (docs/time-budget.md).
 RETRY_WITHIN = 0.85
 # A budget must hold at least this many training steps besides the calibration and the closing
