@@ -97,6 +97,11 @@ def _single_threaded_blas():
         from threadpoolctl import ThreadpoolController
     except ImportError:     # pragma: no cover - an install_requires
         return
+    try:                    # load SciPy's BLAS now (numba would on a first np.dot), so it is pinned too
+        from numba.np.linalg import ensure_blas
+        ensure_blas()
+    except ImportError:     # no SciPy: the blas candidate is not offered
+        pass
     _BLAS_LIBS[:] = ThreadpoolController().select(user_api="blas").lib_controllers
     _blas_one_thread()
 

@@ -785,3 +785,27 @@ def test_an_unmeasured_sampler_shape_follows_the_fixed_rule(sampler, monkeypatch
     (got, _, _), (want, _, _) = sample_both(params, cache={"chars": 10 ** 6})
     np.testing.assert_array_equal(got, want)
     assert sampler and nt.cached(shape_of(params)) is None
+
+
+_PIN_SCRIPT = """
+import lstm_engine.backends.numba_backend as nb
+nb._kernels()
+from numba.np.linalg import ensure_blas
+ensure_blas()                                   # what the blas candidate's first np.dot loads
+from threadpoolctl import threadpool_info
+for lib in threadpool_info():
+    if lib["user_api"] == "blas":
+        print(lib["filepath"], lib["num_threads"])
+"""
+
+
+def test_every_blas_is_pinned_to_one_thread_when_the_kernels_load():
+    """SciPy's BLAS (the blas candidate's) is pinned with NumPy's, in a process that had not
+    imported SciPy: an unpinned pool called from numba's threads runs several times slower and
+    slows the kernels after it."""
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "2", "OMP_NUM_THREADS": "2"}
+    r = subprocess.run([sys.executable, "-c", _PIN_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    libs = dict(line.rsplit(" ", 1) for line in r.stdout.splitlines())
+    assert any("scipy.libs" in path for path in libs), libs           # SciPy's own BLAS was seen
+    assert set(libs.values()) == {"1"}, libs
