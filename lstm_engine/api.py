@@ -159,19 +159,28 @@ def tune(configs="seed", dtype="float32", on_record=None, cells="lstm"):
 
 def _tune_sampler(c, dtype, on_record, cell="lstm"):
     """The sampler's one-thread-or-team choice measured again on a `cell` model of config c (random
-    weights) -> [record], none where it is ruled (one thread, H below numba_tune_sample.MIN_H)."""
+    weights) -> [record], none where it is ruled (one thread, H below numba_tune_sample.MIN_H).
+    A short text reads layer 0 as a product and a long one from the V x G table (numba_backend.
+    V_TABLE_MIN_CHARS_PER_ROW): where V decides between them, both samplers are measured."""
+    import math
+
     import numpy as np
 
     from .backends import numba_backend, numba_tune_sample
     from .core.model import init_params
     cfg = ModelConfig(c.V, c.E, c.H, c.L, dtype=dtype, cell=cell)
     weights = init_params(cfg)
-    state = [[np.zeros((1, c.H), dtype), np.zeros((1, c.H), dtype)] for _ in range(c.L)]
-    cache = {"chars": 256}
-    with numba_tune_sample.retuning() as records:
-        numba_backend.generate(weights, state, 0, 1, rng=np.random.default_rng(0), cache=cache, cell=cell)
-    if "team" in cache:
-        cache["team"][1].close()
+    short = 256
+    texts = [short] if short >= numba_backend.V_TABLE_MIN_CHARS_PER_ROW * c.V else [short, math.inf]
+    records = []
+    for chars in texts:
+        state = [[np.zeros((1, c.H), dtype), np.zeros((1, c.H), dtype)] for _ in range(c.L)]
+        cache = {"chars": chars}
+        with numba_tune_sample.retuning() as got:
+            numba_backend.generate(weights, state, 0, 1, rng=np.random.default_rng(0), cache=cache, cell=cell)
+        if "team" in cache:
+            cache["team"][1].close()
+        records += got
     for r in records if on_record is not None else ():
         on_record(r)
     return records

@@ -657,6 +657,21 @@ def test_tune_command_measures_the_sampler(auto, sampler, monkeypatch):
     assert nt.cached(nts.key_of(desc, numba.get_num_threads()))["choice"] in ("one", "team")
 
 
+def test_tune_command_measures_the_sampler_with_and_without_the_table(auto, sampler, monkeypatch):
+    """At V = 600 a 256-character text reads layer 0 as a product and a long one from the table:
+    both samplers get a record, as a long generation (or `bench`) asks for the table's."""
+    from click.testing import CliRunner
+
+    import cli
+    import numba
+    use(monkeypatch, Stubs(own="slow", fast="fast"))
+    r = CliRunner().invoke(cli.main, ["tune", "--configs", "E8,H64,L2,B4,T5,V600"])
+    assert r.exit_code == 0, r.output
+    for table in (False, True):
+        desc = nts.describe("lstm", 2, 64, 8, 600, np.float32, table)
+        assert nt.cached(nts.key_of(desc, numba.get_num_threads()))["choice"] in ("one", "team"), table
+
+
 def test_tune_command_measures_each_cells_sampler(auto, sampler, monkeypatch):
     """--cell lstm,gru: a sample row and a cached record for each cell's sampler; a cell it does not
     know is one line on stderr and exit 2."""
