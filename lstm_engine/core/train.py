@@ -242,11 +242,13 @@ class Trainer:
         return self._elapsed_before + time.perf_counter() - self._clock0
 
     def _estimate_reserve(self):
-        """Seconds to keep for the closing evaluation and saves: time a slice of the val stream."""
+        """Seconds to keep for the closing evaluation and saves: time a slice of the val stream,
+        after a first pass over the same slice has met its chunk shapes (JIT compile, first-use
+        tuning: seconds that, timed, would be scaled up to the whole val stream)."""
         n = min(len(self.val_ids), 2001)
         if n < 2:
             return 1.0
-        evaluate_ids(self.model, self.val_ids[:min(n, 200)])        # warm-up (JIT compile)
+        evaluate_ids(self.model, self.val_ids[:n])                  # warm-up: the same chunks as timed
         t0 = time.perf_counter()
         evaluate_ids(self.model, self.val_ids[:n])
         per_char = (time.perf_counter() - t0) / (n - 1)

@@ -189,3 +189,25 @@ def test_a_near_miss_is_timed_again_and_keeps_its_faster_figure():
     speed_of, calls = machine(0.7, 1.1)               # far from the rules: not timed again
     assert budget.choose(budget_s, train_chars, V, speed_of)[0] == budget.CANDIDATES[4]
     assert calls.count(target[1]) == 1
+
+
+def test_the_closing_reserve_is_timed_after_its_chunk_shapes_were_met(tmp_path, monkeypatch):
+    """First use of a chunk shape costs once (JIT compile, first-use tuning; here 0.3 s a shape): the
+    reserve times a pass over slice shapes already met, so that cost is not scaled up to the whole
+    val stream (timed with the two shapes' 0.6 s inside, 50,000 val characters would reserve 20 s)."""
+    from lstm_engine.core import generation, train
+
+    seen = set()
+
+    def first_use_costs(model, ids, chunk=256):
+        shapes = {min(chunk, len(ids) - 1 - s) for s in range(0, len(ids) - 1, chunk)}
+        time.sleep(0.3 * len(shapes - seen))
+        seen.update(shapes)
+        return generation.evaluate_ids(model, ids, chunk)
+
+    cfg = le.TrainConfig(backend="numpy", out=str(tmp_path / "run"), log_every=0, embed_size=4, hidden_size=8,
+                         layers=1)
+    trainer = le.Trainer(cfg, text=markov_text(20000))
+    trainer.val_ids = np.resize(trainer.val_ids, 50_000)
+    monkeypatch.setattr(train, "evaluate_ids", first_use_costs)
+    assert trainer._estimate_reserve() < 4.0
