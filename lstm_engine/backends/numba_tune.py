@@ -177,7 +177,18 @@ def machine_key(nt):
     import numba
     return {"cpu": cpu_model(), "threads": int(nt), "numba_cpu": numba.config.CPU_NAME or "host",
             "numba": numba.__version__, "numpy": np.__version__, "scipy": version("scipy"),
-            "engine": version("lstm-engine"), "kernels": kernels_stamp()[:16]}
+            "engine": version("lstm-engine"), "kernels": kernels_stamp()[:16], "blas": blas_kernel()}
+
+
+def blas_kernel():
+    """The kernels the process's BLAS libraries run ('SkylakeX', 'Haswell': OpenBLAS picks one at
+    load and OPENBLAS_CORETYPE overrides it), on which the blas candidate's speed depends."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:     # pragma: no cover - an install_requires
+        return None
+    kinds = {str(lib.get("architecture")) for lib in threadpool_info() if lib.get("user_api") == "blas"}
+    return ",".join(sorted(kinds)) or None
 
 
 def cpu_model():

@@ -80,7 +80,7 @@ def test_choice_is_measured_once_then_read_from_the_file(auto, monkeypatch, caps
     assert stubs.calls == before and capsys.readouterr().err == ""
 
 
-@pytest.mark.parametrize("change", ["cpu", "threads", "numba", "numpy", "dtype", "shape", "kernels"])
+@pytest.mark.parametrize("change", ["cpu", "threads", "numba", "numpy", "dtype", "shape", "kernels", "blas"])
 def test_a_change_of_any_key_part_measures_again(auto, monkeypatch, change):
     stubs = Stubs(own="slow", fast="fast")
     use(monkeypatch, stubs)
@@ -99,6 +99,9 @@ def test_a_change_of_any_key_part_measures_again(auto, monkeypatch, change):
     elif change == "kernels":
         from lstm_engine.kernels.numba import cache
         monkeypatch.setattr(cache, "_STAMP", "0" * 64)
+    elif change == "blas":                                   # e.g. OPENBLAS_CORETYPE=Haswell on an AVX-512 CPU
+        real = nt.blas_kernel()
+        monkeypatch.setattr(nt, "blas_kernel", lambda: f"{real},Zen")
     elif change == "dtype":
         dtype = np.float64
     else:
@@ -840,3 +843,15 @@ def test_every_blas_is_pinned_to_one_thread_when_the_kernels_load():
     if not any("scipy.libs" in path for path in libs):
         pytest.skip(f"SciPy has no BLAS of its own here: {sorted(libs)}")
     assert set(libs.values()) == {"1"}, libs
+
+
+def test_the_blas_kernel_in_the_key_follows_openblas_coretype():
+    """OPENBLAS_CORETYPE picks OpenBLAS's kernels at load: the key names them, so a choice timed on
+    one kernel is not reused on another (blas against own flips with it on an AVX-512 CPU)."""
+    script = "from lstm_engine.backends import numba_backend as nb, numba_tune as nt; nb._kernels(); print(nt.blas_kernel())"
+    env = {**os.environ, "OPENBLAS_CORETYPE": "Haswell"}
+    r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    if r.stdout.strip() == "None":
+        pytest.skip("no BLAS here reports its kernel (not OpenBLAS)")
+    assert r.stdout.strip() == "Haswell", r.stdout
