@@ -74,6 +74,12 @@ def no_tokens():
 
 
 @numba.njit(inline="always", **JIT)
+def no_x(like):
+    """The x argument of a time loop whose acts already hold x_t W_x: (0,0,0), like's dtype."""
+    return np.empty((0, 0, 0), like.dtype)
+
+
+@numba.njit(inline="always", **JIT)
 def no_table(like):
     """The table argument of a layer without one: (0, G), like's dtype (G = like's last axis)."""
     return np.empty((0, like.shape[-1]), like.dtype)
@@ -107,26 +113,28 @@ def accumulate_step(tokens, dzs, t, r0, r1, db, dtable):
 
 
 @numba.njit(**JIT)
-def forward_steps(Wh, b, h0, c0, hs, cs, acts, r0, r1, tokens, table):
+def forward_steps(Wh, b, h0, c0, hs, cs, acts, r0, r1, tokens, table, x, Wx):
     """The time loop for batch rows r0..r1-1 (rows never interact, so any split of the
     batch is valid).  acts (T,B,G) holds x_t @ W_x on entry (or, with a table (V,G), gets
-    table[tokens[t]] at step t), activated gates on exit; Wh (H,G), b (G,), h0, c0 (B,H)
-    -> hs, cs (T,B,H)."""
+    table[tokens[t]] at step t, or, with x (T,B,I) not empty, gets x_t @ Wx (I,G) at step t),
+    activated gates on exit; Wh (H,G), b (G,), h0, c0 (B,H) -> hs, cs (T,B,H)."""
     for t in range(acts.shape[0]):
         h_prev = h0 if t == 0 else hs[t - 1]
         c_prev = c0 if t == 0 else cs[t - 1]
         gather_step(tokens, table, acts, t, r0, r1)                     # x_t W_x of layer 0
+        if x.shape[0] > 0:                                              # x_t W_x while acts[t] is in cache
+            gemm(x[t, r0:r1], Wx, acts[t, r0:r1], False, False, 1.0, 0.0)
         gemm(h_prev[r0:r1], Wh, acts[t, r0:r1], False, False, 1.0, 1.0)     # += h_{t-1} @ W_h
         gates_forward(acts[t], b, c_prev, cs[t], hs[t], r0, r1)
 
 
 @numba.njit(**PAR)
-def forward_steps_par(Wh, b, h0, c0, hs, cs, acts, nt, tokens, table):
+def forward_steps_par(Wh, b, h0, c0, hs, cs, acts, nt, tokens, table, x, Wx):
     """forward_steps on nt threads, each running the whole time loop for its own slice of
     the batch: no synchronisation inside the loop."""
     B = h0.shape[0]
     for k in numba.prange(nt):
-        forward_steps(Wh, b, h0, c0, hs, cs, acts, k * B // nt, (k + 1) * B // nt, tokens, table)
+        forward_steps(Wh, b, h0, c0, hs, cs, acts, k * B // nt, (k + 1) * B // nt, tokens, table, x, Wx)
 
 
 @numba.njit(**JIT)
@@ -162,14 +170,14 @@ def run_forward_steps(Wh, b, h0, c0, hs, cs, acts, rows, units, tokens, table):
     `units` threads split by hidden units (lstm_layer_columns).  With a table (layer 0) the
     row loops gather their own rows of it; the unit split gathers every row first."""
     if rows is not None:
-        forward_steps_par(padded(Wh), b, h0, c0, hs, cs, acts, rows, tokens, table)
+        forward_steps_par(padded(Wh), b, h0, c0, hs, cs, acts, rows, tokens, table, no_x(acts), no_table(acts))
     elif units is not None:
         if table.shape[0] > 0:
             T, B = tokens.shape
             gather_rows(tokens.reshape(T * B), table, acts.reshape(T * B, acts.shape[2]))
         forward_steps_cols(Wh, b, h0, c0, hs, cs, acts, units)
     else:
-        forward_steps(padded(Wh), b, h0, c0, hs, cs, acts, 0, h0.shape[0], tokens, table)
+        forward_steps(padded(Wh), b, h0, c0, hs, cs, acts, 0, h0.shape[0], tokens, table, no_x(acts), no_table(acts))
 
 
 @numba.njit(**JIT)
@@ -201,6 +209,10 @@ def lstm_forward_kernel(x, W, b, h0, c0, hs, cs, acts, prod, rows, units):
     """x (T,B,I), W (H+I,G), b (G,), h0, c0 (B,H) -> hs, cs (T,B,H), acts (T,B,G)."""
     T, B, I = x.shape
     H = h0.shape[1]
+    if rows is not None:            # each thread's x_t W_x at its step: written while in cache, not 5 MB ahead
+        forward_steps_par(padded(W[:H]), b, h0, c0, hs, cs, acts, rows, no_tokens(), no_table(acts), x,
+                          padded(W[H:]))
+        return
     mm(x.reshape(T * B, I), W[H:], acts.reshape(T * B, 4 * H), False, False, 1.0, 0.0, prod)  # x_t W_x, all t
     run_forward_steps(W[:H], b, h0, c0, hs, cs, acts, rows, units, no_tokens(), no_table(acts))
 
