@@ -9,8 +9,9 @@ validate and allocate.  Layout (as in numpy_backend): W (H+I, G) fused over
 [h_{t-1}, x_t], rows 0..H-1 are W_h, rows H.. are W_x; column block k*H..(k+1)*H is gate k.
 
 Forward per step t: acts[t] holds the input projection x_t @ W_x (written before the
-loop by one GEMM, or, for layer 0, copied from a V x G table by each thread for its own
-rows at step t), the recurrent product h_{t-1} @ W_h is accumulated into it by the GEMM
+loop by one GEMM; on the batch-row split, by each thread for its own rows at step t, so that
+it is still in cache when the step reads it; for layer 0, copied from a V x G table by each
+thread for its own rows at step t), the recurrent product h_{t-1} @ W_h is accumulated into it by the GEMM
 (beta = 1), and `gates_forward` adds the bias, applies sigmoid/tanh in place and writes
 c_t and h_t.  Nothing is allocated inside the time loop.  The time loops read W_h
 (and W_h^T) from a copy with padded rows (gemm.padded: an L1 cache-set conflict).
