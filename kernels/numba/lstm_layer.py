@@ -11,9 +11,9 @@ validate and allocate.  Layout (as in numpy_backend): W (H+I, G) fused over
 Forward per step t: acts[t] holds the input projection x_t @ W_x (written before the
 loop by one GEMM; on the batch-row split, by each thread for its own rows at step t, so that
 it is still in cache when the step reads it; for layer 0, copied from a V x G table by each
-thread for its own rows at step t), the recurrent product h_{t-1} @ W_h is accumulated into it by the GEMM
-(beta = 1), and `gates_forward` adds the bias, applies sigmoid/tanh in place and writes
-c_t and h_t.  Nothing is allocated inside the time loop.  The time loops read W_h
+thread for its own rows at step t), the recurrent product h_{t-1} @ W_h is accumulated into
+it by the GEMM (beta = 1), and `gates_forward` adds the bias, applies sigmoid/tanh in place
+and writes c_t and h_t.  Nothing is allocated inside the time loop.  The time loops read W_h
 (and W_h^T) from a copy with padded rows (gemm.padded: an L1 cache-set conflict).
 
 Backward per step t (in reverse): `gates_backward` turns dL/dh_t, dL/dc_t into the gate
@@ -210,7 +210,7 @@ def lstm_forward_kernel(x, W, b, h0, c0, hs, cs, acts, prod, rows, units):
     """x (T,B,I), W (H+I,G), b (G,), h0, c0 (B,H) -> hs, cs (T,B,H), acts (T,B,G)."""
     T, B, I = x.shape
     H = h0.shape[1]
-    if rows is not None:            # each thread's x_t W_x at its step: written while in cache, not 5 MB ahead
+    if rows is not None:            # each thread's x_t W_x at its step: still in cache when the step reads it
         forward_steps_par(padded(W[:H]), b, h0, c0, hs, cs, acts, rows, no_tokens(), no_table(acts), x,
                           padded(W[H:]))
         return
