@@ -3,7 +3,7 @@
 Dimension legend: L layers, H hidden, G = 4H, E embedding, V vocabulary, n characters.
 
 Per character: every layer's cell (z = b + h_{t-1} W_h + x_t W_x as hand-written
-matrix-vector loops over the rows of the fused W, then the gates; for layer 0 the
+matrix-vector loops over W_h and W_x cut into column panels, panel_acc, then the gates; for layer 0 the
 caller may pass the table X0 = Emb @ W_x + b0 (V,G), so that b + x_t W_x is one row
 read instead of an E x G product per character), the output
 projection, temperature, top-k / top-p filtering and an inverse-CDF draw.  The
@@ -18,6 +18,7 @@ import numba
 import numpy as np
 
 from .fastmath import fexp, fsigmoid, ftanh
+from .gemm import _stack_array
 from .jit import JIT
 from .sync import FLAG_STRIDE, load_acquire, load_seq, spin_pause, spin_yield, store_release, store_seq
 
@@ -40,18 +41,52 @@ def matvec_acc(v, M, z):
         k += 1
 
 
+PANEL = 32               # columns of a panel: its sums stay in registers while the rows pass
+_panel_acc_row = _stack_array(PANEL)
+
+
 @numba.njit(inline="always", **JIT)
-def cell_step(W, zx, x, h, c, z):
-    """One layer, one character, in place: h, c (H,) <- LSTM(W (H+I,G), x (I,), h, c).
+def panel_acc(v, Mp, z):
+    """z (nb PANEL,) += v (K,) @ M (K,C), M stored as panels Mp (nb,K,PANEL) of PANEL columns, each
+    panel's rows contiguous (numba_team.as_panels).  Each sum is matvec_acc's (the same rows in
+    fours, in the same order), but a panel's PANEL sums stay in registers down all its rows and
+    the weights stream in one run, where matvec_acc loads and stores z every four rows."""
+    nb, K = Mp.shape[0], v.shape[0]
+    for b in range(nb):
+        acc = _panel_acc_row(z)                                   # (PANEL,) this panel's sums
+        j0 = b * PANEL
+        for j in range(PANEL):
+            acc[j] = z[j0 + j]
+        Mb = Mp[b]                                                # (rows,PANEL)
+        k = 0
+        while k + 4 <= K:
+            a0, a1, a2, a3 = v[k], v[k + 1], v[k + 2], v[k + 3]
+            r0, r1, r2, r3 = Mb[k], Mb[k + 1], Mb[k + 2], Mb[k + 3]
+            for j in range(PANEL):
+                acc[j] += a0 * r0[j] + a1 * r1[j] + a2 * r2[j] + a3 * r3[j]
+            k += 4
+        while k < K:
+            a0, r0 = v[k], Mb[k]
+            for j in range(PANEL):
+                acc[j] += a0 * r0[j]
+            k += 1
+        for j in range(PANEL):
+            z[j0 + j] = acc[j]
+
+
+@numba.njit(inline="always", **JIT)
+def cell_step(Wp, zx, x, h, c, z):
+    """One layer, one character, in place: h, c (H,) <- LSTM(W, x (I,), h, c), W (H+I,G) as
+    Wp = (W_h, W_x) in panels (nb,H,PANEL), (nb,I,PANEL); z (nb PANEL,) scratch.
 
     zx (G,) starts the gate sum: the bias b, or (layer 0 with a table) the row
     Emb[token] @ W_x + b of the table, in which case x is empty and W's x rows unused."""
     H = h.shape[0]
     for j in range(4 * H):
         z[j] = zx[j]
-    matvec_acc(h, W[:H], z)
+    panel_acc(h, Wp[0], z)
     if x.shape[0] > 0:
-        matvec_acc(x, W[H:], z)
+        panel_acc(x, Wp[1], z)
     cell_gates(z, H, h, c)
 
 
@@ -213,25 +248,24 @@ def draw(h, Wy, by, logits, temperature, top_k, top_p, greedy, u, zd, probs, ord
 
 
 @numba.njit(**JIT)
-def sample_buffers(H, V, like):
-    """Scratch of one generation call: z (G,) gate sums and logits (V,) in like's dtype; zd,
-    probs, p (V,) float64 and order (V,) int64 for the filter; an empty array standing for
-    "no x" (layer 0 with its table).  A plain function, so the threaded kernel allocates
-    nothing inside its parallel body."""
+def sample_buffers(Gp, V, like):
+    """Scratch of one generation call: z (Gp,) gate sums (zeros: the pad past G stays summed
+    but unread) and logits (V,) in like's dtype; zd, probs, p (V,) float64 and order (V,) int64
+    for the filter; an empty array standing for "no x" (layer 0 with its table)."""
     dt = like.dtype
-    return (np.empty(4 * H, dt), np.empty(V, dt), np.empty(V), np.empty(V), np.empty(V),
+    return (np.zeros(Gp, dt), np.empty(V, dt), np.empty(V), np.empty(V), np.empty(V),
             np.empty(V, np.int64), np.empty(0, dt))
 
 
 @numba.njit(**JIT)
 def generate_kernel(Emb, X0, Ws, bs, Wy, by, h, c, token, temperature, top_k, top_p, greedy, us, out):
     """Emb (V,E); X0 (V,G) the layer-0 table Emb @ W_x + b0, or (0,G) to compute it per
-    character; Ws, bs tuples over layers of W (H+I,G), b (G,); Wy (H,V), by (V,);
-    h, c (L,H) state, updated in place; us (n,) uniforms (ignored when greedy)
+    character; Ws, bs tuples over layers of W (H+I,G) as (W_h, W_x) panels (cell_step), b (G,); Wy (H,V),
+    by (V,); h, c (L,H) state, updated in place; us (n,) uniforms (ignored when greedy)
     -> out (n,) int64 token ids."""
     L, H = h.shape
     V = by.shape[0]
-    z, logits, zd, probs, p, order, none = sample_buffers(H, V, Wy)
+    z, logits, zd, probs, p, order, none = sample_buffers(Ws[0][0].shape[0] * PANEL, V, Wy)
     for k in range(out.shape[0]):
         for l in range(L):
             zx, x = layer_input(Emb, X0, bs, h[l - 1], l, token, none)

@@ -4,7 +4,7 @@ Dimension legend: L layers, H hidden, G gates (peephole 4H; coupled, GRU 3H), E 
 V vocabulary, n characters.
 
 sample.py's plan (its docstring says it): per character every layer's cell, with the sums
-z = b + h_{t-1} W_h + x_t W_x as matrix-vector loops over the rows of the fused W (layer 0 may
+z = b + h_{t-1} W_h + x_t W_x as matrix-vector loops over the panels of W_h and W_x (layer 0 may
 read b + x_t W_x as one row of the table X0 = Emb @ W_x + b0 (V,G)), then the output
 projection and sample.py's draw (temperature, top-k / top-p, the caller's uniforms), so both
 backends turn one seed into the same text.  The GRU keeps its h side apart,
@@ -23,20 +23,20 @@ import numpy as np
 from .cell_layers import COUPLED, PEEPHOLE
 from .fastmath import fsigmoid, ftanh
 from .jit import JIT
-from .sample import draw, layer_input, matvec_acc, sample_buffers
+from .sample import PANEL, draw, layer_input, panel_acc, sample_buffers
 
 GRU = 3
 
 
 @numba.njit(inline="always", **JIT)
-def gate_sums(W, zx, x, h, z):
-    """z (G,) = zx + h (H,) @ W_h + x (I,) @ W_x (x empty: the table row zx already holds x W_x)."""
-    H = h.shape[0]
-    for j in range(z.shape[0]):
+def gate_sums(Wp, zx, x, h, z):
+    """z[:G] = zx (G,) + h (H,) @ W_h + x (I,) @ W_x, Wp = (W_h, W_x) as panels (sample.cell_step),
+    z (nb PANEL,) (x empty: the table row zx already holds x W_x)."""
+    for j in range(zx.shape[0]):
         z[j] = zx[j]
-    matvec_acc(h, W[:H], z)
+    panel_acc(h, Wp[0], z)
     if x.shape[0] > 0:
-        matvec_acc(x, W[H:], z)
+        panel_acc(x, Wp[1], z)
 
 
 @numba.njit(inline="always", **JIT)
@@ -64,15 +64,16 @@ def coupled_cell(z, S, h, c):
 
 
 @numba.njit(inline="always", **JIT)
-def gru_cell(W, zx, x, bh, h, z, zh):
-    """h (H,) <- the GRU's update: z (G,) = zx + x W_x (x side), zh (G,) = bh + h W_h (h side)."""
+def gru_cell(Wp, zx, x, bh, h, z, zh):
+    """h (H,) <- the GRU's update: z = zx + x W_x (x side), zh = bh + h W_h (h side), Wp =
+    (W_h, W_x) as panels (sample.cell_step), z, zh (nb PANEL,)."""
     H = h.shape[0]
     for j in range(3 * H):
         z[j] = zx[j]
         zh[j] = bh[j]
-    matvec_acc(h, W[:H], zh)
+    panel_acc(h, Wp[0], zh)
     if x.shape[0] > 0:
-        matvec_acc(x, W[H:], z)
+        panel_acc(x, Wp[1], z)
     gru_update(z, zh, H, h, h)
 
 
@@ -91,14 +92,14 @@ def gru_update(z, zh, S, hp, h):
 def generate_cells_kernel(cell, Emb, X0, Ws, bs, extras, Wy, by, h, c, token, temperature, top_k, top_p, greedy,
                           us, out):
     """Emb (V,E); X0 (V,G) the layer-0 table Emb @ W_x + b0 (GRU: + bx0), or (0,G); Ws, bs,
-    extras tuples over layers of W (H+I,G), b (G,) (GRU: bx), extras (see the module docstring);
-    Wy (H,V), by (V,); h, c (L,H) state, updated in place; us (n,) uniforms (ignored when
-    greedy) -> out (n,) int64 token ids."""
+    extras tuples over layers of W (H+I,G) as (W_h, W_x) panels, b (G,) (GRU: bx), extras
+    (see the module docstring); Wy (H,V), by (V,); h, c (L,H) state, updated in place; us (n,)
+    uniforms (ignored when greedy) -> out (n,) int64 token ids."""
     L, H = h.shape
     V = by.shape[0]
-    G = Ws[0].shape[1]
-    _, logits, zd, probs, p, order, none = sample_buffers(H, V, Wy)
-    z, zh = np.empty(G, Wy.dtype), np.empty(G, Wy.dtype)                   # (G,) gate sums
+    Gp = Ws[0][0].shape[0] * PANEL
+    z, logits, zd, probs, p, order, none = sample_buffers(Gp, V, Wy)       # z (Gp,) gate sums
+    zh = np.zeros(Gp, Wy.dtype)                                           # (Gp,) the GRU's h side
     for k in range(out.shape[0]):
         for l in range(L):
             zx, x = layer_input(Emb, X0, bs, h[l - 1], l, token, none)

@@ -1,15 +1,17 @@
 """Numba kernel for batch-1 generation on a team of threads, each owning a block of hidden units.
 
 Dimension legend: L layers, H hidden, ng gate blocks (lstm, peephole 4; coupled, gru 3),
-G = ng H, Hu = ceil(H / nt) units a thread, Gu = ng Hu, E embedding, V vocabulary, nt threads,
-n characters.
+G = ng H, Hu = ceil(H / nt) units a thread, Gu = ng Hu, nb = ceil(Gu / PANEL) panels a thread,
+E embedding, V vocabulary, nt threads, n characters.
 
 One character reads every weight once, so on one core it is bound by how fast that core streams
 its weights from its L2.  The team (lstm_engine/backends/numba_team.py) gives thread t the
 hidden units [t Hu, (t+1) Hu) of every layer and the gate columns that feed them, packed as
-Wp[l][t] (H+I, Gu): column g Hu + j of the pack is column g H + t Hu + j of W (H+I, G), zero
-past H.  Per character and layer, thread t sums its columns exactly as the one-thread kernels do
-(sample.matvec_acc: same rows, same order), applies the gates to its units, writes its block of
+Wp[l] = (W_h, W_x), their thread-t blocks (nb, H, PANEL) and (nb, I, PANEL): column g Hu + j of
+the pack (panel (g Hu + j) // PANEL) is column g H + t Hu + j of W (H+I, G), zero past H and
+past Gu.  Per character and layer, thread t sums
+its columns exactly as the one-thread kernels do (sample.panel_acc: matvec_acc's rows in its
+order, the sums held in registers), applies the gates to its units, writes its block of
 h into a shared row, and meets the others at one spin barrier; then each copies the whole h.
 What crosses between cores per layer is H values of h, not G partial sums, and each unit's
 arithmetic is the one-thread kernel's.  Each thread then computes the same logits and draws the
@@ -36,8 +38,9 @@ from .jit import JIT
 from .sample import (
     JOB,
     STOP,
+    PANEL,
     cell_gates,
-    matvec_acc,
+    panel_acc,
     parked_slot,
     ready_slot,
     sample_buffers,
@@ -71,23 +74,24 @@ def gather_units(src, z, ng, H, Hu, u0, nu):
 
 
 @numba.njit(inline="always", **JIT)
-def layer_units(cell, Wt, zx, x, extra, h, c, u0, nu, z, zh, hnew):
+def layer_units(cell, Wh, Wx, zx, x, extra, h, c, u0, nu, z, zh, hnew):
     """hnew[:nu] <- this thread's units of one layer, one character; c (H,) updated on them.
 
-    Wt (H+I,Gu) the thread's packed columns; zx (G,) the bias, or the layer-0 table row (then x
-    is empty); x (I,) the layer's input; h (H,) its h_{t-1}; z, zh (Gu,) scratch."""
-    H, Gu, Hu = h.shape[0], Wt.shape[1], hnew.shape[0]
-    ng = Gu // Hu
+    Wh (nb,H,PANEL), Wx (nb,I,PANEL) the thread's packed columns; zx (G,) the bias, or the layer-0 table row
+    (then x is empty); x (I,) the layer's input; h (H,) its h_{t-1}; z, zh (nb PANEL,) scratch
+    (zeros past Gu)."""
+    H, Hu = h.shape[0], hnew.shape[0]
+    ng = zx.shape[0] // H
     gather_units(zx, z, ng, H, Hu, u0, nu)
     if x.shape[0] > 0:
-        matvec_acc(x, Wt[H:], z)
+        panel_acc(x, Wx, z)
     cu, hu = c[u0:u0 + nu], hnew[:nu]
     if cell == GRU:                                   # the h side apart: r multiplies its n block
         gather_units(extra, zh, ng, H, Hu, u0, nu)
-        matvec_acc(h, Wt[:H], zh)
+        panel_acc(h, Wh, zh)
         gru_update(z, zh, Hu, h[u0:u0 + nu], hu)
         return
-    matvec_acc(h, Wt[:H], z)
+    panel_acc(h, Wh, z)
     if cell == PEEPHOLE:
         peephole_cell(z, Hu, extra[u0:u0 + nu], extra[H + u0:H + u0 + nu], extra[2 * H + u0:2 * H + u0 + nu], hu,
                       cu)
@@ -101,20 +105,20 @@ def layer_units(cell, Wt, zx, x, extra, h, c, u0, nu, z, zh, hnew):
 def team_share(tid, nt, Emb, X0, Wp, bs, Wy, by, extras, cell, h, c, h_in, c_in, params, us, out, parts, flags,
                job):
     """Thread tid's share of one generation job (the module docstring's protocol); Wp a tuple
-    over layers of (nt,H+I,Gu) packs; parts (2,1,width >= H, V when split) the shared rows by
-    barrier parity.  -> 0, or -1 when the STOP flag was raised while waiting."""
+    over layers of (W_h (nt,nb,H,PANEL), W_x (nt,nb,I,PANEL)) packs; parts (2,1,width >= H, V
+    when split) the shared rows by barrier parity.  -> 0, or -1 when the STOP flag was raised while waiting."""
     p = job & 1
     token, n, temperature = np.int64(params[p, 0]), np.int64(params[p, 1]), params[p, 2]
     top_k, top_p, greedy = np.int64(params[p, 3]), params[p, 4], params[p, 5] != 0
     split = params[p, 6] != 0                                     # the output layer split too
     L, H = h.shape[1], h.shape[2]
     V = by.shape[0]
-    Gu = Wp[0].shape[2]
+    Gp = Wp[0][0].shape[1] * PANEL                               # nb PANEL: Gu and the last panel's pad
     Hu = -(-H // nt)
     u0 = min(H, tid * Hu)
     nu = min(H, u0 + Hu) - u0
-    _, logits, zd, probs, pr, order, none = sample_buffers(H, V, Wy)
-    z, zh, hnew = np.empty(Gu, Wy.dtype), np.empty(Gu, Wy.dtype), np.empty(Hu, Wy.dtype)   # (Gu,) (Gu,) (Hu,)
+    z, logits, zd, probs, pr, order, none = sample_buffers(Gp, V, Wy)     # z (Gp,) gate sums
+    zh, hnew = np.zeros(Gp, Wy.dtype), np.empty(Hu, Wy.dtype)             # (Gp,) the GRU's h side; (Hu,)
     ht, ct = h[tid], c[tid]                                       # (L,H) this thread's state
     ht[:] = h_in[p]
     ct[:] = c_in[p]
@@ -125,7 +129,7 @@ def team_share(tid, nt, Emb, X0, Wp, bs, Wy, by, extras, cell, h, c, h_in, c_in,
                 zx, x = X0[token], none
             else:
                 zx, x = bs[l], (Emb[token] if l == 0 else ht[l - 1])
-            layer_units(cell, Wp[l][tid], zx, x, extras[l], ht[l], ct[l], u0, nu, z, zh, hnew)
+            layer_units(cell, Wp[l][0][tid], Wp[l][1][tid], zx, x, extras[l], ht[l], ct[l], u0, nu, z, zh, hnew)
             shared = parts[s & 1, 0]                              # (width,) h of every unit
             for j in range(nu):
                 shared[u0 + j] = hnew[j]
@@ -182,4 +186,4 @@ def team_worker(tid, nt, Emb, X0, Wp, bs, Wy, by, extras, cell, h, c, h_in, c_in
 
 
 # what numba_team.Team calls on its kernels module
-__all__ = ["FLAG_STRIDE", "LSTM", "STOP", "spin_polls", "team_publish", "team_share", "team_worker"]
+__all__ = ["FLAG_STRIDE", "LSTM", "PANEL", "STOP", "spin_polls", "team_publish", "team_share", "team_worker"]

@@ -6,7 +6,8 @@ V vocabulary, nt threads, cap characters a job.
 One character reads every weight once, so batch-1 sampling is bound by how fast one core
 streams its weights from its own L2 cache.  A team of nt threads splits each layer by its
 hidden units (kernels/numba/sample_team.py): thread t keeps a packed copy of the gate columns
-of its Hu units (pack_units), so each core streams 1/nt of the weights, and the threads meet
+of its Hu units (pack_units, in panels whose sums stay in registers), so each core streams 1/nt
+of the weights, and the threads meet
 at one spin barrier per layer and character to share h, far cheaper than opening a numba
 prange region.  A large output layer (H x V of at least OUT_SPLIT_MIN_MACS: a big vocabulary)
 is split by its columns too, with one more barrier a character.
@@ -34,9 +35,20 @@ IDLE_EXIT_SECONDS = 0.5     # a parked worker ends after this long without a job
 _POLLS_PER_SECOND = None    # measured once: polls of team_worker's idle loop per second
 
 
-def pack_units(W, H, nt):
-    """W (K,G) -> (nt,K,ng Hu): thread t's block holds column g H + t Hu + j of W at g Hu + j
-    (zeros past H), the gate columns of its units side by side, contiguous for its loops."""
+def as_panels(M, panel):
+    """M (K,C) -> (nb,K,panel), nb = ceil(C / panel): its columns cut into panels of `panel`
+    (zeros past C), each panel's rows contiguous: the stream kernels/numba/sample.panel_acc reads."""
+    K, C = M.shape
+    nb = -(-C // panel)
+    padded = np.zeros((K, nb * panel), M.dtype)                       # (K,nb panel)
+    padded[:, :C] = M
+    return np.ascontiguousarray(padded.reshape(K, nb, panel).transpose(1, 0, 2))   # (nb,K,panel)
+
+
+def pack_units(W, H, nt, panel):
+    """W (H+I,G) -> (W_h (nt,nb,H,panel), W_x (nt,nb,I,panel)): thread t's blocks hold column
+    g H + t Hu + j of W at column g Hu + j of its pack (zeros past H), as_panels of its h rows and
+    of its x rows apart, so that each side streams without gaps."""
     K, G = W.shape
     ng, Hu = G // H, -(-H // nt)
     packed = np.zeros((nt, K, ng * Hu), W.dtype)                      # (nt,K,ng Hu)
@@ -44,7 +56,8 @@ def pack_units(W, H, nt):
         u0, u1 = min(H, t * Hu), min(H, (t + 1) * Hu)
         for g in range(ng):
             packed[t, :, g * Hu:g * Hu + u1 - u0] = W[:, g * H + u0:g * H + u1]
-    return packed
+    return (np.stack([as_panels(p[:H], panel) for p in packed]),     # (nt,nb,H,panel)
+            np.stack([as_panels(p[H:], panel) for p in packed]))     # (nt,nb,I,panel)
 
 
 def _polls_per_second(kernels):
@@ -65,7 +78,7 @@ class Team:
     def __init__(self, kernels, nt, arrays, L, H, cap):
         self.k, self.nt, self.cap = kernels, nt, cap
         Emb, X0, Ws, bs, Wy, by, extras, code = arrays
-        self.arrays = (Emb, X0, tuple(pack_units(W, H, nt) for W in Ws), bs, Wy, by, extras, code)
+        self.arrays = (Emb, X0, tuple(pack_units(W, H, nt, kernels.PANEL) for W in Ws), bs, Wy, by, extras, code)
         dt = Wy.dtype
         V = by.shape[0]
         self.split = H * V >= OUT_SPLIT_MIN_MACS

@@ -1,8 +1,9 @@
 """The sampler's filter and sums (kernels/numba/sample.py) against the reference's
-(numpy_backend.filter_probs, numpy's sum), and the team's unit packing
-(numba_team.pack_units) against the columns it stands for.
+(numpy_backend.filter_probs, numpy's sum), its panel products against its row products, and the
+team's unit packing (numba_team.pack_units) against the columns it stands for.
 
-Dimension legend: V vocabulary, K rows, H hidden, G gate columns, nt threads.
+Dimension legend: V vocabulary, K rows, H hidden, I input, G gate columns, C columns,
+nt threads, nb panels of P = sample.PANEL columns.
 """
 import numpy as np
 import pytest
@@ -51,15 +52,57 @@ def test_filter_matches_filter_probs(V, temperature, top_k, top_p):
     assert abs(probs.sum() - 1) < 1e-12
 
 
+@numba.njit
+def _panel_acc(v, Mp, z):
+    sample.panel_acc(v, Mp, z)
+
+
+@numba.njit
+def _matvec_acc(v, M, z):
+    sample.matvec_acc(v, M, z)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("K, C", [(128, 384), (13, 65), (3, 31), (64, 200)])
+def test_panel_products_equal_row_products_bit_for_bit(K, C, dtype):
+    """z += v @ M from the panels (as_panels) holds matvec_acc's sums exactly (the same rows in
+    the same order), in float32 and float64, with K not a multiple of four and C not one of P;
+    the pad past C stays zero."""
+    rng = np.random.default_rng(K * C)
+    M = rng.standard_normal((K, C)).astype(dtype)                                   # (K,C)
+    v = rng.standard_normal(K).astype(dtype)                                        # (K,)
+    z0 = rng.standard_normal(C).astype(dtype)                                       # (C,)
+    Mp = numba_team.as_panels(M, sample.PANEL)                                      # (nb,K,P)
+    nb = -(-C // sample.PANEL)
+    assert Mp.shape == (nb, K, sample.PANEL)
+    want = z0.copy()
+    _matvec_acc(v, M, want)
+    got = np.zeros(nb * sample.PANEL, dtype)                                        # (nb P,)
+    got[:C] = z0
+    _panel_acc(v, Mp, got)
+    np.testing.assert_array_equal(got[:C], want)
+    assert not got[C:].any()
+    assert np.abs(want.astype(np.float64) - (z0.astype(np.float64) + v.astype(np.float64) @ M)).max() < 1e-3
+
+
+def _unpanel(Mp):
+    """(nt,nb,K,P) panels -> (nt,K,nb P) the columns side by side."""
+    nt, nb, K, P = Mp.shape
+    return Mp.transpose(0, 2, 1, 3).reshape(nt, K, nb * P)
+
+
 @pytest.mark.parametrize("H, nt", [(13, 2), (70, 3), (128, 2), (5, 4)])
 @pytest.mark.parametrize("ng", [3, 4])
 def test_pack_units_holds_each_threads_gate_columns(H, nt, ng):
-    """Thread t's block at column g Hu + j is W's column g H + t Hu + j, zero past H; every
-    column of W appears exactly once."""
+    """Thread t's block at column g Hu + j is W's column g H + t Hu + j, zero past H and past
+    ng Hu; its h rows and x rows in panels apart; every column of W appears exactly once."""
     K, Hu = H + 6, -(-H // nt)
     W = np.random.default_rng(H).standard_normal((K, ng * H)).astype(np.float32)     # (K,G)
-    P = numba_team.pack_units(W, H, nt)                                               # (nt,K,ng Hu)
-    assert P.shape == (nt, K, ng * Hu)
+    Wh, Wx = numba_team.pack_units(W, H, nt, sample.PANEL)                            # (nt,nb,H,P) (nt,nb,I,P)
+    nb = -(-ng * Hu // sample.PANEL)
+    assert Wh.shape == (nt, nb, H, sample.PANEL) and Wx.shape == (nt, nb, K - H, sample.PANEL)
+    P = np.concatenate([_unpanel(Wh), _unpanel(Wx)], axis=1)                         # (nt,K,nb P)
+    assert not P[:, :, ng * Hu:].any()
     seen = np.zeros(ng * H, int)
     for t in range(nt):
         for g in range(ng):
