@@ -25,7 +25,7 @@ import numpy as np
 from . import numba_tune
 
 MIN_H = 64                   # below this a team's barrier outweighs its share of the rows: not measured
-CALL_CHARS = 32              # characters a call while timing (generate_text's chunk)
+CALL_CHARS = 32              # characters a call while timing (generate_text's first, smallest, calls)
 ROUND_MACS = 1 << 27         # multiply-adds a timed round (its characters: this / the weights a character,
 ROUND_CHARS = (64, 512)      # within these bounds)
 ROUNDS = 5                   # rounds each way, taken in turns; each way's best counts (twice that

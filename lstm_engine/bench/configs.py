@@ -11,13 +11,14 @@ from dataclasses import dataclass, replace
 
 from .. import backends as backends_mod
 from . import torch_peer as bench_torch
+from ..core.generation import MAX_CHUNK
 from ..core.model import CELLS, GATE_BLOCKS, ModelConfig
 from ..errors import UserError
 
 VOCAB = 65
 WHATS = ("train", "forward", "sample")
 MEASURES = WHATS + ("memory",)   # memory: peak resident memory of a training run (bench/memory.py), not timed
-SAMPLE_CHUNK = 32          # characters per generate() call, as generation.generate_text uses
+SAMPLE_CHUNK = MAX_CHUNK   # characters per generate() call, as generation.generate_text makes them in a long text
 DEFAULT_BACKENDS = "numpy,numba,cupy,torch"
 DEFAULT_CONFIGS = "tiny,seed,karpathy"
 MAX_VOCAB = 0x110000 + 1   # every Unicode code point and <unk>

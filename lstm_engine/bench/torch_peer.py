@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import importlib.util
 
+from ..core.generation import MAX_CHUNK
 from ..core.model import init_params
 from ..core.optim import AdamConfig
 from ..errors import UserError
@@ -146,7 +147,7 @@ class TorchRunner:
             logits, _ = self._logits(self.x, self.zero)
             return self.torch.nn.functional.cross_entropy(logits, self.y)
 
-    def sample(self, n=32, greedy=False, state=None, token=None):
+    def sample(self, n=MAX_CHUNK, greedy=False, state=None, token=None):
         """Batch-1 loop of nn.LSTM (nn.GRU) steps, softmax + torch.multinomial per character."""
         t = self.torch
         with t.inference_mode():

@@ -12,6 +12,8 @@ from ..errors import UserError
 from ..storage.schema import INT_MAX, SIZE_MAX
 
 REPLACEMENT = "\ufffd"   # printed for <unk>
+FIRST_CHUNK = 32         # characters of the first backend call: the text starts at once
+MAX_CHUNK = 1024         # later calls double up to this, so a long text pays a call's fixed cost rarely
 
 
 def check_sampling_options(temperature, top_k, top_p, length, seed=None):
@@ -46,8 +48,11 @@ def prime_state(model, vocab, prime):
 
 
 def generate_text(model, vocab, prime="", length=200, temperature=1.0, top_k=0, top_p=1.0,
-                  greedy=False, seed=None, on_text=None, chunk=32, keep=True):
-    """Sample `length` characters after `prime`.  on_text(str) receives them as they come.
+                  greedy=False, seed=None, on_text=None, chunk=None, keep=True):
+    """Sample `length` characters after `prime`.  on_text(str) receives them as they come, a
+    chunk per backend call: `chunk` characters each, or (None) FIRST_CHUNK, then twice the last,
+    up to MAX_CHUNK.  The uniforms do not depend on the chunks: one per character, drawn in
+    order from the seeded Generator, and the state is carried from call to call.
 
     -> the generated text (without the prime); keep=False returns "" and holds no more than one
     chunk, so that a --length of any size streams in constant memory.
@@ -58,8 +63,9 @@ def generate_text(model, vocab, prime="", length=200, temperature=1.0, top_k=0, 
     pieces = []
     done = 0
     cache = {"chars": length}          # tables a backend derives from the weights, kept for this text
+    size = chunk or FIRST_CHUNK
     while done < length:
-        n = min(chunk, length - done)
+        n = min(size, length - done)
         ids = model.be.generate(model.params, state, token, n, temperature, top_k or 0, top_p, greedy, rng,
                                 cache, cell=model.cfg.cell)
         ids = np.asarray(model.be.to_numpy(ids))
@@ -70,6 +76,7 @@ def generate_text(model, vocab, prime="", length=200, temperature=1.0, top_k=0, 
         if on_text:
             on_text(text)
         done += n
+        size = size if chunk else min(2 * size, MAX_CHUNK)
     return "".join(pieces)
 
 

@@ -41,6 +41,22 @@ def test_streamed_chunks_equal_the_returned_text(model_vocab):
     assert "".join(got) == text and len(got) > 1
 
 
+def test_a_long_text_comes_in_doubling_chunks_and_equals_fixed_chunks(model_vocab):
+    """By default the backend calls grow 32, 64, ... up to MAX_CHUNK characters; the text is the
+    one fixed 32-character calls give (the same uniforms in order, the state carried)."""
+    from lstm_engine.core.generation import FIRST_CHUNK, MAX_CHUNK, generate_text
+    model, vocab = model_vocab
+    length = 2 * MAX_CHUNK + 5 * FIRST_CHUNK
+    got = []
+    text = generate_text(model, vocab, "the ", length, seed=7, on_text=got.append)
+    sizes, want = [], FIRST_CHUNK
+    while sum(sizes) < length:
+        sizes.append(min(want, length - sum(sizes)))
+        want = min(2 * want, MAX_CHUNK)
+    assert [len(p) for p in got] == sizes and sizes[-2] == MAX_CHUNK
+    assert text == generate_text(model, vocab, "the ", length, seed=7, chunk=FIRST_CHUNK)
+
+
 def test_prime_outside_vocab_is_a_user_error(model_vocab):
     model, vocab = model_vocab
     with pytest.raises(le.UserError, match="not in the model's vocabulary"):
