@@ -240,32 +240,42 @@ def next_token(logits, temperature, top_k, top_p, greedy, u, zd, probs, order, p
 
 @numba.njit(inline="always", **JIT)
 def draw(h, Wy, by, logits, temperature, top_k, top_p, greedy, u, zd, probs, order, p):
-    """The next token from the top layer's h (H,): logits (V,) = by + h @ Wy, then next_token."""
-    for j in range(by.shape[0]):
-        logits[j] = by[j]
-    matvec_acc(h, Wy, logits)
-    return next_token(logits, temperature, top_k, top_p, greedy, u, zd, probs, order, p)
+    """The next token from the top layer's h (H,): logits = by + h @ Wy, then next_token.
+    Wy (H,V) as panels (nbV,H,PANEL); logits (nbV PANEL,), its first V the logits."""
+    logits_block(h, Wy, by, logits, 0, Wy.shape[0])
+    return next_token(logits[:by.shape[0]], temperature, top_k, top_p, greedy, u, zd, probs, order, p)
+
+
+@numba.njit(inline="always", **JIT)
+def logits_block(h, Wy, by, logits, b0, b1):
+    """logits[b0 PANEL:b1 PANEL] = by + h (H,) @ the columns of panels b0..b1 of Wy (nbV,H,PANEL)
+    (zeros past V)."""
+    V = by.shape[0]
+    for j in range(b0 * PANEL, b1 * PANEL):
+        logits[j] = by[j] if j < V else 0
+    panel_acc(h, Wy[b0:b1], logits[b0 * PANEL:b1 * PANEL])
 
 
 @numba.njit(**JIT)
-def sample_buffers(Gp, V, like):
+def sample_buffers(Gp, Vp, V, like):
     """Scratch of one generation call: z (Gp,) gate sums (zeros: the pad past G stays summed
-    but unread) and logits (V,) in like's dtype; zd, probs, p (V,) float64 and order (V,) int64
-    for the filter; an empty array standing for "no x" (layer 0 with its table)."""
+    but unread) and logits (Vp,) (the output layer's panels' columns) in like's dtype; zd, probs,
+    p (V,) float64 and order (V,) int64 for the filter; an empty array standing for "no x"
+    (layer 0 with its table)."""
     dt = like.dtype
-    return (np.zeros(Gp, dt), np.empty(V, dt), np.empty(V), np.empty(V), np.empty(V),
+    return (np.zeros(Gp, dt), np.zeros(Vp, dt), np.empty(V), np.empty(V), np.empty(V),
             np.empty(V, np.int64), np.empty(0, dt))
 
 
 @numba.njit(**JIT)
 def generate_kernel(Emb, X0, Ws, bs, Wy, by, h, c, token, temperature, top_k, top_p, greedy, us, out):
     """Emb (V,E); X0 (V,G) the layer-0 table Emb @ W_x + b0, or (0,G) to compute it per
-    character; Ws, bs tuples over layers of W (H+I,G) as (W_h, W_x) panels (cell_step), b (G,); Wy (H,V),
-    by (V,); h, c (L,H) state, updated in place; us (n,) uniforms (ignored when greedy)
-    -> out (n,) int64 token ids."""
+    character; Ws, bs tuples over layers of W (H+I,G) as (W_h, W_x) panels (cell_step), b (G,); Wy (H,V)
+    as panels (nbV,H,PANEL), by (V,); h, c (L,H) state, updated in place; us (n,) uniforms (ignored
+    when greedy) -> out (n,) int64 token ids."""
     L, H = h.shape
     V = by.shape[0]
-    z, logits, zd, probs, p, order, none = sample_buffers(Ws[0][0].shape[0] * PANEL, V, Wy)
+    z, logits, zd, probs, p, order, none = sample_buffers(Ws[0][0].shape[0] * PANEL, Wy.shape[0] * PANEL, V, Wy)
     for k in range(out.shape[0]):
         for l in range(L):
             zx, x = layer_input(Emb, X0, bs, h[l - 1], l, token, none)
@@ -321,39 +331,18 @@ def wait_for_team(flags, tid, nt, s):
 
 
 @numba.njit(inline="always", **JIT)
-def logits_block(h, Wy, by, logits, j0, j1):
-    """logits[j0:j1] = by[j0:j1] + h (H,) @ Wy[:, j0:j1], four rows of Wy (H,V) a pass."""
-    for j in range(j0, j1):
-        logits[j] = by[j]
-    z = logits[j0:j1]
-    K = h.shape[0]
-    k = 0
-    while k + 4 <= K:
-        a0, a1, a2, a3 = h[k], h[k + 1], h[k + 2], h[k + 3]
-        r0, r1, r2, r3 = Wy[k][j0:j1], Wy[k + 1][j0:j1], Wy[k + 2][j0:j1], Wy[k + 3][j0:j1]
-        for j in range(z.shape[0]):
-            z[j] += a0 * r0[j] + a1 * r1[j] + a2 * r2[j] + a3 * r3[j]
-        k += 4
-    while k < K:
-        a0, r0 = h[k], Wy[k][j0:j1]
-        for j in range(z.shape[0]):
-            z[j] += a0 * r0[j]
-        k += 1
-
-
-@numba.njit(inline="always", **JIT)
 def team_draw(tid, nt, flags, s, parts, split, h, Wy, by, logits, temperature, top_k, top_p, greedy, u, zd,
               probs, order, pr):
     """-> (token, s), the next token from the top layer's h (H,) and the barrier count after it
-    (token -1: told to stop).  split (the team's choice, for a big output layer): thread tid
-    writes its block of the logits into parts[s % 2, 0] (width >= V), one barrier, then every
-    thread draws from all V of them (the same arithmetic on each); else each thread computes
-    the whole output layer (draw)."""
-    V = by.shape[0]
+    (token -1: told to stop).  Wy (H,V) as panels (nbV,H,PANEL).  split (the team's choice, for a
+    big output layer): thread tid writes its panels' block of the logits into parts[s % 2, 0]
+    (width >= nbV PANEL), one barrier, then every thread draws from all V of them (the same
+    arithmetic on each); else each thread computes the whole output layer (draw)."""
+    V, nbV = by.shape[0], Wy.shape[0]
     if not split:
         return draw(h, Wy, by, logits, temperature, top_k, top_p, greedy, u, zd, probs, order, pr), s
     shared = parts[s & 1, 0]                                      # (width,) the logits, by blocks
-    logits_block(h, Wy, by, shared, tid * V // nt, (tid + 1) * V // nt)
+    logits_block(h, Wy, by, shared, tid * nbV // nt, (tid + 1) * nbV // nt)
     s += 1
     store_release(flags, ready_slot(tid), s)
     if not wait_for_team(flags, tid, nt, s):

@@ -93,12 +93,12 @@ def generate_cells_kernel(cell, Emb, X0, Ws, bs, extras, Wy, by, h, c, token, te
                           us, out):
     """Emb (V,E); X0 (V,G) the layer-0 table Emb @ W_x + b0 (GRU: + bx0), or (0,G); Ws, bs,
     extras tuples over layers of W (H+I,G) as (W_h, W_x) panels, b (G,) (GRU: bx), extras
-    (see the module docstring); Wy (H,V), by (V,); h, c (L,H) state, updated in place; us (n,)
-    uniforms (ignored when greedy) -> out (n,) int64 token ids."""
+    (see the module docstring); Wy (H,V) as panels (nbV,H,PANEL), by (V,); h, c (L,H) state,
+    updated in place; us (n,) uniforms (ignored when greedy) -> out (n,) int64 token ids."""
     L, H = h.shape
     V = by.shape[0]
     Gp = Ws[0][0].shape[0] * PANEL
-    z, logits, zd, probs, p, order, none = sample_buffers(Gp, V, Wy)       # z (Gp,) gate sums
+    z, logits, zd, probs, p, order, none = sample_buffers(Gp, Wy.shape[0] * PANEL, V, Wy)   # z (Gp,) gate sums
     zh = np.zeros(Gp, Wy.dtype)                                           # (Gp,) the GRU's h side
     for k in range(out.shape[0]):
         for l in range(L):

@@ -671,8 +671,8 @@ def generate(weights, state, token, n, temperature=1.0, top_k=0, top_p=1.0, gree
     us = np.zeros(0) if greedy else rng.random(n)                                # one uniform per token
     if n:
         X0 = _layer0_table(Emb, Ws[0], bs[0], n, cache)                        # (V,G) or (0,G)
-        Wps = _sample_panels(Ws, h.shape[1], cache)                               # the one-thread kernel's W
-        args = (Emb, X0, Wps, bs, Wy, by, h, c, int(token), float(temperature), int(top_k), float(top_p),
+        Wps, Wyp = _sample_panels(Ws, Wy, h.shape[1], cache)                    # the one-thread kernel's W, Wy
+        args = (Emb, X0, Wps, bs, Wyp, by, h, c, int(token), float(temperature), int(top_k), float(top_p),
                 bool(greedy), us, out)
         arrays = (Emb, X0, Ws, bs, Wy, by, tuple(np.empty(0, Wy.dtype) for _ in Ws), _kernels().team.LSTM)
         team = _sample_team(arrays, h.shape, n, cache, _sample_run(args), (h, c, token))
@@ -708,17 +708,19 @@ def _sample_inputs(weights, L, cell, cache, build):
     return inputs
 
 
-def _sample_panels(Ws, H, cache):
-    """Each layer's W (H+I,G) as the one-thread sampler's panels (W_h (nb,H,PANEL), W_x
-    (nb,I,PANEL)) (kernels/numba/sample.panel_acc), kept in `cache` while it holds these arrays."""
-    from .numba_team import pack_units
-    key = tuple(map(id, Ws))
+def _sample_panels(Ws, Wy, H, cache):
+    """-> (each layer's W (H+I,G) as the one-thread sampler's panels (W_h (nb,H,PANEL), W_x
+    (nb,I,PANEL)), Wy (H,V) as panels (nbV,H,PANEL)) (kernels/numba/sample.panel_acc), kept in
+    `cache` while it holds these arrays."""
+    from .numba_team import as_panels, pack_units
+    key = (*map(id, Ws), id(Wy))
     got = cache.get("panels") if cache is not None else None
     if got is not None and got[0] == key:
         return got[1]
-    panels = tuple(tuple(p[0] for p in pack_units(W, H, 1, _kernels().sample.PANEL)) for W in Ws)
+    P = _kernels().sample.PANEL
+    panels = (tuple(tuple(p[0] for p in pack_units(W, H, 1, P)) for W in Ws), as_panels(Wy, P))
     if cache is not None:
-        cache["panels"] = (key, panels, Ws)                    # Ws held: their ids stay theirs
+        cache["panels"] = (key, panels, (Ws, Wy))              # held: their ids stay theirs
     return panels
 
 

@@ -329,11 +329,11 @@ def generate(nb, weights, state, token, n, temperature, top_k, top_p, greedy, rn
         K = _kernels(nb)
         X0 = _layer0_table(nb, Emb, Ws[0], bs[0], h.shape[1], n, cache)          # (V,G) or (0,G)
         arrays = (Emb, X0, Ws, bs, Wy, by, extras, K.code[cell])
-        Wps = nb._sample_panels(Ws, h.shape[1], cache)                          # the one-thread kernel's W
-        run = _sample_run(K, arrays, Wps, (temperature, top_k, top_p, greedy))
+        Wps, Wyp = nb._sample_panels(Ws, Wy, h.shape[1], cache)                # the one-thread kernel's W, Wy
+        run = _sample_run(K, arrays, (Wps, Wyp), (temperature, top_k, top_p, greedy))
         team = nb._sample_team(arrays, h.shape, n, cache, run, (h, c, token), cell)
         if team is None:
-            K.sample.generate_cells_kernel(K.code[cell], Emb, X0, Wps, bs, extras, Wy, by, h, c, int(token),
+            K.sample.generate_cells_kernel(K.code[cell], Emb, X0, Wps, bs, extras, Wyp, by, h, c, int(token),
                                            float(temperature), int(top_k), float(top_p), bool(greedy), us, out)
         else:
             team.generate(h, c, token, out, temperature, top_k, top_p, greedy, us, close=cache is None)
@@ -359,10 +359,11 @@ def _sample_arrays(nb, weights, L, cell):
     return Ws, bs, extras, Emb, Wy, by
 
 
-def _sample_run(K, arrays, Wps, opts):
-    """run(team or None, h, c, token, us) -> ids for numba_tune_sample: this model (Wps its W as
-    the one-thread kernel's panels) and the settings opts = (temperature, top_k, top_p, greedy)
-    from another state and uniforms."""
+def _sample_run(K, arrays, panels, opts):
+    """run(team or None, h, c, token, us) -> ids for numba_tune_sample: this model (panels: its
+    W and Wy as the one-thread kernel's, _sample_panels) and the settings opts = (temperature,
+    top_k, top_p, greedy) from another state and uniforms."""
+    Wps, Wyp = panels
     Emb, X0, Ws, bs, Wy, by, extras, code = arrays
     temperature, top_k, top_p, greedy = float(opts[0]), int(opts[1]), float(opts[2]), bool(opts[3])
 
@@ -370,7 +371,7 @@ def _sample_run(K, arrays, Wps, opts):
         if team is not None:
             return team.run(h, c, token, len(us), temperature, top_k, top_p, greedy, us)
         ids = np.empty(len(us), np.int64)                                          # (n,)
-        K.sample.generate_cells_kernel(code, Emb, X0, Wps, bs, extras, Wy, by, h, c, int(token), temperature,
+        K.sample.generate_cells_kernel(code, Emb, X0, Wps, bs, extras, Wyp, by, h, c, int(token), temperature,
                                        top_k, top_p, greedy, us, ids)
         return ids
     return run

@@ -72,17 +72,19 @@ def _polls_per_second(kernels):
 
 class Team:
     """nt threads generating from one model's arrays (Emb, X0, Ws, bs, Wy, by, extras, cell
-    code as kernels/numba/sample_team.py takes them, with each W (H+I,G) packed here by units).
+    code as kernels/numba/sample_team.py takes them, with each W (H+I,G) packed here by units and
+    Wy (H,V) cut into panels).
     run() is called from one thread at a time."""
 
     def __init__(self, kernels, nt, arrays, L, H, cap):
         self.k, self.nt, self.cap = kernels, nt, cap
         Emb, X0, Ws, bs, Wy, by, extras, code = arrays
-        self.arrays = (Emb, X0, tuple(pack_units(W, H, nt, kernels.PANEL) for W in Ws), bs, Wy, by, extras, code)
+        Wyp = as_panels(Wy, kernels.PANEL)                              # (nbV,H,PANEL)
+        self.arrays = (Emb, X0, tuple(pack_units(W, H, nt, kernels.PANEL) for W in Ws), bs, Wyp, by, extras, code)
         dt = Wy.dtype
         V = by.shape[0]
         self.split = H * V >= OUT_SPLIT_MIN_MACS
-        width = max(H, V) if self.split else H                        # the shared h; the split logits
+        width = max(H, Wyp.shape[0] * kernels.PANEL) if self.split else H   # the shared h; the split logits
         self.h = np.zeros((nt, L, H), dt)                             # each thread's own state copy
         self.c = np.zeros((nt, L, H), dt)
         self.h_in = np.zeros((2, L, H), dt)                           # job inputs by job parity

@@ -403,11 +403,12 @@ def test_generate_updates_state_like_the_reference(models, table, monkeypatch):
 def test_layer0_table_is_built_once_per_cache_and_per_model(models, monkeypatch):
     """The V x 4H table lives in the caller's cache: built on the first call, read (the same
     object) by later ones, replaced when another model's weights come with the same cache.  The
-    cache also keeps the sampler's checked arrays ("inputs"), the model's own ones, replaced too."""
+    cache also keeps the sampler's checked arrays ("inputs"), the model's own ones, and their
+    panels ("panels"), replaced too."""
     vocab, by_backend = models
     m32, m64 = by_backend["float32"]["numba"], by_backend["float64"]["numba"]
     V = len(vocab)
-    tables = lambda cache: [(k, v) for k, v in cache.items() if k not in ("chars", "inputs")]   # noqa: E731
+    tables = lambda cache: [(k, v) for k, v in cache.items() if k not in ("chars", "inputs", "panels")]  # noqa: E731
     few = {"chars": V // 2 - 1}
     m64.be.generate(m64.params, m64.zero_state(1), 3, 5, 1.0, 0, 1.0, True, None, few)
     assert tables(few) == []                                            # too few characters to pay for it
@@ -418,12 +419,14 @@ def test_layer0_table_is_built_once_per_cache_and_per_model(models, monkeypatch)
     H = W0.shape[1] // 4
     check("X0", table, m64.params["Emb"] @ W0[H:] + m64.params["b0"], "float64")
     assert cache["inputs"][1][0][0] is W0                               # Ws[0]: the model's array, no copy
+    panels = cache["panels"][1]
     for _ in range(2):
         m64.be.generate(m64.params, m64.zero_state(1), 3, 5, 1.0, 0, 1.0, True, None, cache)
-        assert cache[key] is table
+        assert cache[key] is table and cache["panels"][1] is panels
     m32.be.generate(m32.params, m32.zero_state(1), 3, 5, 1.0, 0, 1.0, True, None, cache)
     assert len(tables(cache)) == 1 and key not in cache and tables(cache)[0][1].dtype == np.float32   # the other's
     assert cache["inputs"][1][0][0] is m32.params["W0"]
+    assert cache["panels"][2][0][0] is m32.params["W0"] and cache["panels"][1][1].dtype == np.float32
 
 
 def test_cache_exposes_the_reference_layout(rng):
