@@ -7,7 +7,7 @@ Training: chars/s of whole steps (forward, BPTT, clipping, Adam; the loss read b
 the trainer does) for the cupy backend with each step path (fused kernels with and without CUDA
 graphs, cuBLAS + cell kernel) and its automatic choice, against torch nn.LSTM (cuDNN) with TF32 off
 (the same FP32 arithmetic) and with PyTorch's defaults (cuDNN may use TF32).
-Sampling: tokens/s of 512 tokens for 1 sequence (in chunks of 32, as the CLI streams) and of 256
+Sampling: tokens/s of 512 tokens for 1 sequence (in chunks of 32, the CLI's first call) and of 256
 tokens for 64 sequences at once (generate_batch), graphs on and off, against a torch loop that also
 stays on the GPU (multinomial, no host round trip).
 --cells: the same rows per cell; the variants (peephole, coupled, gru) run one step path (cuBLAS +

@@ -12,7 +12,7 @@ at one spin barrier per layer and character to share h, far cheaper than opening
 prange region.  A large output layer (H x V of at least OUT_SPLIT_MIN_MACS: a big vocabulary)
 is split by its columns too, with one more barrier a character.
 
-generate_text asks for 32 characters a call, too little work to start threads for, so the
+generate_text asks for 32 to 1,024 characters a call, too little work to start threads for, so the
 workers are Python threads (the kernels release the GIL) that stay in jitted code between
 calls, polling the job counter for SPIN_SECONDS, then park on an Event (the caller wakes
 them), and end after IDLE_EXIT_SECONDS without a job.  A
