@@ -3,10 +3,10 @@
 Dimension legend: L layers, H hidden, G = 4H, E embedding, V vocabulary, n characters.
 
 Per character: every layer's cell (z = b + h_{t-1} W_h + x_t W_x as hand-written
-matrix-vector loops over W_h and W_x cut into column panels, panel_acc, then the gates; for layer 0 the
-caller may pass the table X0 = Emb @ W_x + b0 (V,G), so that b + x_t W_x is one row
-read instead of an E x G product per character), the output
-projection, temperature, top-k / top-p filtering and an inverse-CDF draw.  The
+matrix-vector loops over W_h and W_x cut into column panels, panel_acc, then the gates; for
+layer 0 the caller may pass the table X0 = Emb @ W_x + b0 (V,G), so that b + x_t W_x is one
+row read instead of an E x G product per character), the output projection (Wy in panels
+too), temperature, top-k / top-p filtering and an inverse-CDF draw.  The
 uniforms come in as an array drawn by the caller from its numpy Generator, one per
 sampled character, exactly as the reference draws them, so both backends turn the same
 seed into the same text.  Filtering gives numpy_backend.filter_probs's probabilities: its steps,
@@ -270,12 +270,13 @@ def sample_buffers(Gp, Vp, V, like):
 @numba.njit(**JIT)
 def generate_kernel(Emb, X0, Ws, bs, Wy, by, h, c, token, temperature, top_k, top_p, greedy, us, out):
     """Emb (V,E); X0 (V,G) the layer-0 table Emb @ W_x + b0, or (0,G) to compute it per
-    character; Ws, bs tuples over layers of W (H+I,G) as (W_h, W_x) panels (cell_step), b (G,); Wy (H,V)
-    as panels (nbV,H,PANEL), by (V,); h, c (L,H) state, updated in place; us (n,) uniforms (ignored
-    when greedy) -> out (n,) int64 token ids."""
+    character; Ws, bs tuples over layers of W (H+I,G) as (W_h, W_x) panels (cell_step), b (G,);
+    Wy (H,V) as panels (nbV,H,PANEL), by (V,); h, c (L,H) state, updated in place; us (n,)
+    uniforms (ignored when greedy) -> out (n,) int64 token ids."""
     L, H = h.shape
     V = by.shape[0]
-    z, logits, zd, probs, p, order, none = sample_buffers(Ws[0][0].shape[0] * PANEL, Wy.shape[0] * PANEL, V, Wy)
+    Gp, Vp = Ws[0][0].shape[0] * PANEL, Wy.shape[0] * PANEL                # the panels' columns
+    z, logits, zd, probs, p, order, none = sample_buffers(Gp, Vp, V, Wy)
     for k in range(out.shape[0]):
         for l in range(L):
             zx, x = layer_input(Emb, X0, bs, h[l - 1], l, token, none)

@@ -9,14 +9,13 @@ its weights from its L2.  The team (lstm_engine/backends/numba_team.py) gives th
 hidden units [t Hu, (t+1) Hu) of every layer and the gate columns that feed them, packed as
 Wp[l] = (W_h, W_x), their thread-t blocks (nb, H, PANEL) and (nb, I, PANEL): column g Hu + j of
 the pack (panel (g Hu + j) // PANEL) is column g H + t Hu + j of W (H+I, G), zero past H and
-past Gu.  Per character and layer, thread t sums
-its columns exactly as the one-thread kernels do (sample.panel_acc: matvec_acc's rows in its
-order, the sums held in registers), applies the gates to its units, writes its block of
-h into a shared row, and meets the others at one spin barrier; then each copies the whole h.
-What crosses between cores per layer is H values of h, not G partial sums, and each unit's
-arithmetic is the one-thread kernel's.  Each thread then computes the same logits and draws the
-same token from the same uniform (sample.team_draw, which may split a big output layer by
-columns with one more barrier), so no barrier is needed for the token.
+past Gu.  Per character and layer, thread t sums its columns exactly as the one-thread kernels
+do (sample.panel_acc: the same rows in the same order), applies the gates to its units, writes
+its block of h into a shared row, and meets the others at one spin barrier; then each copies
+the whole h.  What crosses between cores per layer is H values of h, not G partial sums, and
+each unit's arithmetic is the one-thread kernel's.  Each thread then computes the same logits
+and draws the same token from the same uniform (sample.team_draw, which may split a big output
+layer by whole panels of columns with one more barrier), so no barrier is needed for the token.
 
 Protocol (numba_team.Team calls these): job inputs double-buffered by job parity p, h_in, c_in
 (2,L,H), params (2,7) = (token, n, temperature, top_k, top_p, greedy, split), us (2,cap); each
@@ -77,9 +76,9 @@ def gather_units(src, z, ng, H, Hu, u0, nu):
 def layer_units(cell, Wh, Wx, zx, x, extra, h, c, u0, nu, z, zh, hnew):
     """hnew[:nu] <- this thread's units of one layer, one character; c (H,) updated on them.
 
-    Wh (nb,H,PANEL), Wx (nb,I,PANEL) the thread's packed columns; zx (G,) the bias, or the layer-0 table row
-    (then x is empty); x (I,) the layer's input; h (H,) its h_{t-1}; z, zh (nb PANEL,) scratch
-    (zeros past Gu)."""
+    Wh (nb,H,PANEL), Wx (nb,I,PANEL) the thread's packed columns; zx (G,) the bias, or the
+    layer-0 table row (then x is empty); x (I,) the layer's input; h (H,) its h_{t-1}; z, zh
+    (nb PANEL,) scratch (zeros past Gu)."""
     H, Hu = h.shape[0], hnew.shape[0]
     ng = zx.shape[0] // H
     gather_units(zx, z, ng, H, Hu, u0, nu)
@@ -105,8 +104,9 @@ def layer_units(cell, Wh, Wx, zx, x, extra, h, c, u0, nu, z, zh, hnew):
 def team_share(tid, nt, Emb, X0, Wp, bs, Wy, by, extras, cell, h, c, h_in, c_in, params, us, out, parts, flags,
                job):
     """Thread tid's share of one generation job (the module docstring's protocol); Wp a tuple
-    over layers of (W_h (nt,nb,H,PANEL), W_x (nt,nb,I,PANEL)) packs; parts (2,1,width >= H, V
-    when split) the shared rows by barrier parity.  -> 0, or -1 when the STOP flag was raised while waiting."""
+    over layers of (W_h (nt,nb,H,PANEL), W_x (nt,nb,I,PANEL)) packs; Wy (nbV,H,PANEL) the output
+    layer's panels; parts (2,1,width >= H, nbV PANEL when split) the shared rows by barrier
+    parity.  -> 0, or -1 when the STOP flag was raised while waiting."""
     p = job & 1
     token, n, temperature = np.int64(params[p, 0]), np.int64(params[p, 1]), params[p, 2]
     top_k, top_p, greedy = np.int64(params[p, 3]), params[p, 4], params[p, 5] != 0
@@ -117,7 +117,7 @@ def team_share(tid, nt, Emb, X0, Wp, bs, Wy, by, extras, cell, h, c, h_in, c_in,
     Hu = -(-H // nt)
     u0 = min(H, tid * Hu)
     nu = min(H, u0 + Hu) - u0
-    z, logits, zd, probs, pr, order, none = sample_buffers(Gp, Wy.shape[0] * PANEL, V, Wy)   # z (Gp,) gate sums
+    z, logits, zd, probs, pr, order, none = sample_buffers(Gp, Wy.shape[0] * PANEL, V, Wy)   # z (Gp,)
     zh, hnew = np.zeros(Gp, Wy.dtype), np.empty(Hu, Wy.dtype)             # (Gp,) the GRU's h side; (Hu,)
     ht, ct = h[tid], c[tid]                                       # (L,H) this thread's state
     ht[:] = h_in[p]
