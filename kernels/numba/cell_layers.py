@@ -33,7 +33,7 @@ from .cell_gates import (  # noqa: F401  (COUPLED: numba_cells and sample_cells 
     peephole_forward,
 )
 from .cell_layers_columns import backward_steps_cols, forward_steps_cols
-from .gemm import gemm, padded, pads_b
+from .gemm import gemm, padded, padded_t, pads_b
 from .jit import JIT, PAR
 from .lstm_layer import (
     accumulate_step,
@@ -125,19 +125,19 @@ def run_backward_steps(cell, dhs, Wh, wc, c0, cs, acts, dzs, dh, dc, rows, units
         dbp = np.zeros((rows,) + db.shape, db.dtype)                # (nt,G) per-thread partial sums
         dwcp = np.zeros((rows,) + dwc.shape, dwc.dtype)             # (nt,3H)
         dtp = np.zeros((rows,) + dtable.shape, dtable.dtype)        # (nt,V,G)
-        backward_steps_par(cell, dhs, padded(Wh.T), wc, c0, cs, acts, dzs, dh, dc, rows, tokens, dbp, dwcp, dtp)
+        backward_steps_par(cell, dhs, padded_t(Wh), wc, c0, cs, acts, dzs, dh, dc, rows, tokens, dbp, dwcp, dtp)
         for k in range(rows):
             db += dbp[k]
             dwc += dwcp[k]
             dtable += dtp[k]
     elif units is not None:
-        backward_steps_cols(cell, dhs, padded(Wh.T), wc, c0, cs, acts, dzs, dh, dc, dwc, units)
+        backward_steps_cols(cell, dhs, padded_t(Wh), wc, c0, cs, acts, dzs, dh, dc, dwc, units)
         T, B, G = dzs.shape
         column_sums(dzs.reshape(T * B, G), db)
         if dtable.shape[0] > 0:
             scatter_add_rows(tokens.reshape(T * B), dzs.reshape(T * B, G), dtable)
     else:
-        backward_steps(cell, dhs, padded(Wh.T), wc, c0, cs, acts, dzs, dh, dc, 0, dh.shape[0], tokens,
+        backward_steps(cell, dhs, padded_t(Wh), wc, c0, cs, acts, dzs, dh, dc, 0, dh.shape[0], tokens,
                        db, dwc, dtable)
 
 

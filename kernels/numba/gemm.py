@@ -15,9 +15,9 @@ for the last rows of a pass (not MR and a lone row), 4 or 2 for a short last blo
 row repeated up to that size, computed, not stored; the 2-row block splits k into even and odd
 sums so that as many FMA chains run side by side as in the bigger blocks).  A column block
 narrower than NR reads a zero-padded copy of its op(B) columns; at most NARROW_MAX last
-columns are dot products instead.  op(B) = B^T is copied once into a contiguous (k, n) buffer
-first: callers that multiply by the same B^T many times (the time loops) pass a transposed
-copy instead.
+columns are dot products instead.  op(B) = B^T is copied once into a (k, n) buffer with
+padded rows first (padded_t, by tiles): callers that multiply by the same B^T many times (the
+time loops) pass such a copy instead.
 
 Dimension legend: m, n, k as in BLAS (op(A) (m,k), op(B) (k,n), C (m,n)); MR x NR the
 register block; KC the k block; MC the rows per pass.  Summation order differs from BLAS, so
@@ -43,6 +43,7 @@ PAD = 32                # elements added to each row of a padded() copy
 SET_STRIDE = 1024       # bytes: op(B) rows a multiple of this apart share L1 sets (see padded) ...
 PAD_MIN_ROWS = 256      # ... and gemm copies them with padded rows when m is at least this
 NARROW_MAX = 4          # a last column panel this narrow is done as dot products, not padded to NR
+TILE_ROWS, TILE_COLS = 16, 64   # padded_t's tile of W: 16 cache lines read along, written across
 
 
 def _stack_array(n):
@@ -329,10 +330,8 @@ def gemm(A, B, C, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
     check_rows_contiguous(A, B, C)
     lda, ldc = row_stride(A), row_stride(C)
     sai, sak = (1, lda) if trans_a else (lda, 1)                      # op(A)[i, k] = Af[i*sai + k*sak]
-    if trans_b and pads_b(m, n * C.itemsize):
-        _gemm_view(A, sai, sak, padded(B.T), C, ldc, m, n, k, alpha, overwrite)   # (k,n) op(B), rows padded
-    elif trans_b:
-        _gemm_view(A, sai, sak, np.ascontiguousarray(B.T), C, ldc, m, n, k, alpha, overwrite)   # (k,n) op(B)
+    if trans_b:
+        _gemm_view(A, sai, sak, padded_t(B), C, ldc, m, n, k, alpha, overwrite)   # (k,n) op(B), rows padded
     elif pads_b(m, row_stride(B) * B.itemsize):
         _gemm_view(A, sai, sak, padded(B), C, ldc, m, n, k, alpha, overwrite)     # rows padded: see padded()
     else:
@@ -385,8 +384,9 @@ def row_stride(X):
 
 @numba.njit(**JIT)
 def padded(X):
-    """A copy of X (m,n), any layout, with rows PAD elements further apart than n -> the (m,n)
-    view of it, for a B that many products read (the LSTM time loops' W_h at every step).
+    """A copy of X (m,n) with rows PAD elements further apart than n -> the (m,n) view of it
+    (any layout; padded_t copies a transposed one faster), for a B that many products read
+    (the LSTM time loops' W_h at every step).
     Rows a multiple of SET_STRIDE bytes apart (W_h at H = 128: 2 KB) fall into a few sets of
     the L1 cache, so an NR-column panel of op(B) could not stay there from one row block to
     the next and every block would read it from L2 again (docs/numba.md, "L1 cache sets")."""
@@ -396,3 +396,25 @@ def padded(X):
         for j in range(n):
             out[i, j] = X[i, j]
     return out[:, :n]
+
+
+@numba.njit(**JIT)
+def padded_t(W):
+    """padded(W.T) for W (k,n) with contiguous rows -> (n,k) view of a copy with rows PAD further
+    apart than k, copied by tiles of TILE_ROWS x TILE_COLS of W.  Copied row by row of W.T, each
+    read is a cache line of W's of its own, and W's rows (a multiple of SET_STRIDE apart for
+    W_h) share a few L1 sets: the lines are gone before the next row of W.T would use them.
+    A tile's lines of W stay in L1 until all their elements are copied."""
+    k, n = W.shape
+    ld = k + PAD
+    out = np.empty((n, ld), W.dtype)                                 # (n, k + PAD)
+    Wf, Of, ldw = _flat(W), _flat(out), row_stride(W)
+    for i0 in range(0, k, TILE_ROWS):
+        i1 = min(i0 + TILE_ROWS, k)
+        for j0 in range(0, n, TILE_COLS):
+            j1 = min(j0 + TILE_COLS, n)
+            for i in range(i0, i1):
+                src = i * ldw
+                for j in range(j0, j1):
+                    Of[_u(j * ld + i)] = Wf[_u(src + j)]
+    return out[:, :k]

@@ -103,10 +103,8 @@ def gemm_{t}(A, B, C, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
     check_rows_contiguous(A, B, C)
     lda, ldc = row_stride(A), row_stride(C)
     sai, sak = (1, lda) if trans_a else (lda, 1)
-    if trans_b and pads_b(m, n * C.itemsize):
-        _view_{t}(A, sai, sak, padded(B.T), C, ldc, m, n, k, alpha, overwrite)
-    elif trans_b:
-        _view_{t}(A, sai, sak, np.ascontiguousarray(B.T), C, ldc, m, n, k, alpha, overwrite)
+    if trans_b:
+        _view_{t}(A, sai, sak, padded_t(B), C, ldc, m, n, k, alpha, overwrite)
     elif pads_b(m, row_stride(B) * B.itemsize):
         _view_{t}(A, sai, sak, padded(B), C, ldc, m, n, k, alpha, overwrite)
     else:

@@ -26,7 +26,7 @@ import numba
 import numpy as np
 
 from .cell_gates import gru_backward, gru_forward
-from .gemm import gemm, padded
+from .gemm import gemm, padded, padded_t
 from .gru_layer_columns import backward_steps_cols, forward_steps_cols
 from .jit import JIT, PAR
 from .lstm_layer import (
@@ -111,20 +111,20 @@ def run_backward_steps(dhs, Wh, h0, hs, acts, hn, dzx, dzh, dh, rows, units, tok
         dbxp = np.zeros((rows,) + dbx.shape, dbx.dtype)             # (nt,G) per-thread partial sums
         dbhp = np.zeros((rows,) + dbh.shape, dbh.dtype)             # (nt,G)
         dtp = np.zeros((rows,) + dtable.shape, dtable.dtype)        # (nt,V,G)
-        backward_steps_par(dhs, padded(Wh.T), h0, hs, acts, hn, dzx, dzh, dh, rows, tokens, dbxp, dbhp, dtp)
+        backward_steps_par(dhs, padded_t(Wh), h0, hs, acts, hn, dzx, dzh, dh, rows, tokens, dbxp, dbhp, dtp)
         for k in range(rows):
             dbx += dbxp[k]
             dbh += dbhp[k]
             dtable += dtp[k]
     elif units is not None:
-        backward_steps_cols(dhs, padded(Wh.T), h0, hs, acts, hn, dzx, dzh, dh, units)
+        backward_steps_cols(dhs, padded_t(Wh), h0, hs, acts, hn, dzx, dzh, dh, units)
         T, B, G = dzx.shape
         column_sums(dzx.reshape(T * B, G), dbx)
         column_sums(dzh.reshape(T * B, G), dbh)
         if dtable.shape[0] > 0:
             scatter_add_rows(tokens.reshape(T * B), dzx.reshape(T * B, G), dtable)
     else:
-        backward_steps(dhs, padded(Wh.T), h0, hs, acts, hn, dzx, dzh, dh, 0, dh.shape[0], tokens, dbx, dbh, dtable)
+        backward_steps(dhs, padded_t(Wh), h0, hs, acts, hn, dzx, dzh, dh, 0, dh.shape[0], tokens, dbx, dbh, dtable)
 
 
 @numba.njit(**JIT)

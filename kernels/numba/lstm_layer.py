@@ -27,7 +27,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .gemm import gemm, padded, pads_b
+from .gemm import gemm, padded, padded_t, pads_b
 from .gates import gates_backward, gates_forward
 from .jit import JIT, PAR
 from .lstm_layer_columns import backward_steps_cols, forward_steps_cols
@@ -191,18 +191,18 @@ def run_backward_steps(dhs, Wh, c0, cs, acts, dzs, dh, dc, rows, units, tokens, 
     if rows is not None:
         dbp = np.zeros((rows,) + db.shape, db.dtype)                # (nt,G) per-thread partial sums
         dtp = np.zeros((rows,) + dtable.shape, dtable.dtype)        # (nt,V,G)
-        backward_steps_par(dhs, padded(Wh.T), c0, cs, acts, dzs, dh, dc, rows, tokens, dbp, dtp)
+        backward_steps_par(dhs, padded_t(Wh), c0, cs, acts, dzs, dh, dc, rows, tokens, dbp, dtp)
         for k in range(rows):
             db += dbp[k]
             dtable += dtp[k]
     elif units is not None:
-        backward_steps_cols(dhs, padded(Wh.T), c0, cs, acts, dzs, dh, dc, units)
+        backward_steps_cols(dhs, padded_t(Wh), c0, cs, acts, dzs, dh, dc, units)
         T, B, G = dzs.shape
         column_sums(dzs.reshape(T * B, G), db)
         if dtable.shape[0] > 0:
             scatter_add_rows(tokens.reshape(T * B), dzs.reshape(T * B, G), dtable)
     else:
-        backward_steps(dhs, padded(Wh.T), c0, cs, acts, dzs, dh, dc, 0, dh.shape[0], tokens, db, dtable)
+        backward_steps(dhs, padded_t(Wh), c0, cs, acts, dzs, dh, dc, 0, dh.shape[0], tokens, db, dtable)
 
 
 @numba.njit(**JIT)

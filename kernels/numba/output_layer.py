@@ -18,7 +18,7 @@ import numba
 import numpy as np
 
 from .fastmath import fexp
-from .gemm import MR, gemm
+from .gemm import MR, gemm, padded_t
 from .jit import JIT, PAR, REASSOC
 from .lstm_layer import column_sums
 
@@ -121,6 +121,6 @@ def add_bias(y, b):
 @numba.njit(**JIT)
 def linear_backward_kernel(x, dy, W, dx, dW, db, nt):
     """dy (N,V) -> dx (N,H) = dy W^T, dW (H,V) = x^T dy, db (V,) = column sums of dy."""
-    mm_rows(dy, np.ascontiguousarray(W.T), dx, False, False, nt)     # W^T (V,H) copied once, not per thread
+    mm_rows(dy, padded_t(W), dx, False, False, nt)                   # W^T (V,H) copied once, not per thread
     mm_rows(x, dy, dW, True, False, nt)
     column_sums(dy, db)

@@ -165,6 +165,24 @@ def test_gemm_from_a_padded_copy_of_b():
     assert err <= TOL["float32"]["wide"]
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_padded_t_copies_the_transpose_exactly(dtype):
+    """padded_t(W) (the time loops' W_h^T, gemm's op(B) = B^T) equals W.T bit for bit, its rows PAD
+    further apart, for shapes that leave ragged tiles (k % TILE_ROWS, n % TILE_COLS), one row or
+    column, none, and W a block of a bigger array (rows further apart than n, as W_h = W[:H])."""
+    from lstm_engine.kernels.numba.gemm import PAD, TILE_COLS, TILE_ROWS, padded_t
+    rng = np.random.default_rng(0)
+    for k, n in ((1, 1), (3, 5), (1, 70), (70, 1), (TILE_ROWS, TILE_COLS), (TILE_ROWS + 1, TILE_COLS + 3),
+                 (37, 200), (128, 512), (0, 4), (4, 0)):
+        big = rng.standard_normal((k + 2, n + 5)).astype(dtype)
+        W = big[1:1 + k, 2:2 + n]                                   # (k,n), rows n + 5 apart
+        out = padded_t(W)                                           # (n,k)
+        assert out.shape == (n, k)
+        np.testing.assert_array_equal(out, W.T)
+        if n > 1:
+            assert out.strides == ((k + PAD) * out.itemsize, out.itemsize)
+
+
 @pytest.mark.parametrize("threads", ["one-thread", "row-split"])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_output_layer_forward_and_gradients(dtype, threads, monkeypatch):
