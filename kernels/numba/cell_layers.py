@@ -156,7 +156,7 @@ def embed_cell_forward_kernel(cell, tokens, Emb, W, b, wc, h0, c0, hs, cs, acts,
     """Layer 0 with the embedding folded in: x_t W_x = (Emb @ W_x)[token].  tokens (T,B) int64,
     Emb (V,E), table (V,G) scratch."""
     H = h0.shape[1]
-    gemm(Emb, W[H:], table)                                         # (V,G) = Emb @ W_x
+    mm(Emb, W[H:], table, False, False, 1.0, 0.0, prod)             # (V,G) = Emb @ W_x
     run_forward_steps(cell, W[:H], b, wc, h0, c0, hs, cs, acts, rows, units, tokens, table)
 
 
@@ -187,5 +187,5 @@ def embed_cell_backward_kernel(cell, dhs, tokens, Emb, W, wc, h0, c0, hs, cs, ac
     run_backward_steps(cell, dhs, W[:H], wc, c0, cs, acts, dzs, dh, dc, rows, units, tokens, db, dwc, dtable)
     T, B, G = dzs.shape
     recurrent_weight_grads(h0, hs, dzs.reshape(T * B, G), dW, prod)
-    gemm(Emb, dtable, dW[H:], True, False)                          # (E,G)
-    gemm(dtable, W[H:], dEmb, False, True)                          # (V,E)
+    mm(Emb, dtable, dW[H:], True, False, 1.0, 0.0, prod)            # (E,G)
+    mm(dtable, W[H:], dEmb, False, True, 1.0, 0.0, prod)            # (V,E)

@@ -141,7 +141,7 @@ def embed_gru_forward_kernel(tokens, Emb, W, bx, bh, h0, hs, acts, hn, table, pr
     """Layer 0 with the embedding folded in: x_t W_x = (Emb @ W_x)[token].  tokens (T,B) int64,
     Emb (V,E), table (V,G) scratch."""
     H = h0.shape[1]
-    gemm(Emb, W[H:], table)                                         # (V,G) = Emb @ W_x
+    mm(Emb, W[H:], table, False, False, 1.0, 0.0, prod)             # (V,G) = Emb @ W_x
     run_forward_steps(W[:H], bx, bh, h0, hs, acts, hn, rows, units, tokens, table)
 
 
@@ -168,5 +168,5 @@ def embed_gru_backward_kernel(dhs, tokens, Emb, W, h0, hs, acts, hn, dzx, dzh, d
     run_backward_steps(dhs, W[:H], h0, hs, acts, hn, dzx, dzh, dh, rows, units, tokens, dbx, dbh, dtable)
     T, B, G = dzh.shape
     recurrent_weight_grads(h0, hs, dzh.reshape(T * B, G), dW, prod)
-    gemm(Emb, dtable, dW[H:], True, False)                          # (E,G)
-    gemm(dtable, W[H:], dEmb, False, True)                          # (V,E)
+    mm(Emb, dtable, dW[H:], True, False, 1.0, 0.0, prod)            # (E,G)
+    mm(dtable, W[H:], dEmb, False, True, 1.0, 0.0, prod)            # (V,E)

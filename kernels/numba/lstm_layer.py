@@ -224,7 +224,7 @@ def embed_lstm_forward_kernel(tokens, Emb, W, b, h0, c0, hs, cs, acts, table, pr
     per call, rows gathered.  tokens (T,B) int64, Emb (V,E), table (V,G) scratch."""
     T, B = tokens.shape
     H = h0.shape[1]
-    gemm(Emb, W[H:], table)                                         # (V,G) = Emb @ W_x
+    mm(Emb, W[H:], table, False, False, 1.0, 0.0, prod)             # (V,G) = Emb @ W_x
     run_forward_steps(W[:H], b, h0, c0, hs, cs, acts, rows, units, tokens, table)   # rows gathered per step
 
 
@@ -300,5 +300,5 @@ def embed_lstm_backward_kernel(dhs, tokens, Emb, W, h0, c0, hs, cs, acts, dzs, d
     run_backward_steps(dhs, W[:H], c0, cs, acts, dzs, dh, dc, rows, units, tokens, db, dtable)
     T, B, G = dzs.shape
     recurrent_weight_grads(h0, hs, dzs.reshape(T * B, G), dW, prod)
-    gemm(Emb, dtable, dW[H:], True, False)                          # (E,G)
-    gemm(dtable, W[H:], dEmb, False, True)                          # (V,E)
+    mm(Emb, dtable, dW[H:], True, False, 1.0, 0.0, prod)            # (E,G)
+    mm(dtable, W[H:], dEmb, False, True, 1.0, 0.0, prod)            # (V,E)

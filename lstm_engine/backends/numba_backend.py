@@ -463,8 +463,8 @@ def embed_lstm_backward(dhs, dhT, dcT, cache):
         K.lstm.run_backward_steps(dhs, cache.W[:H], cache.c0, cache.cs, cache.acts, dzs, dh, dc, rows, units,
                                   tokens, db, dtable)
         _weight_grads(fns, cache, dzs.reshape(T * B, 4 * H), dW, prod)
-        K.gemm.gemm(Emb, dtable, dW[H:], True, False)                                       # dW_x (E,G)
-        K.gemm.gemm(dtable, cache.W[H:], dEmb, False, True)                                 # dEmb (V,E)
+        K.lstm.mm(Emb, dtable, dW[H:], True, False, 1.0, 0.0, prod)                         # dW_x (E,G)
+        K.lstm.mm(dtable, cache.W[H:], dEmb, False, True, 1.0, 0.0, prod)                   # dEmb (V,E)
     elif T:
         _kernels().lstm.embed_lstm_backward_kernel(dhs, tokens, Emb, cache.W, cache.h0, cache.c0, cache.hs,
                                                    cache.cs, cache.acts, dzs, dh, dc, dEmb, dW, db, dtable,

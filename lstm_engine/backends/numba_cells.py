@@ -75,7 +75,7 @@ def _tuned(nb, T, B, I, H, G, table, dt, prod, part):
 def _products_after(K, fns, cache, dzr2, dzx2, dW, dx, dtable, dEmb, prod):
     """The weight gradients after the time loop by the chosen GEMMs fns: dW_h = sum_t h_{t-1}^T dzr_t
     (dzr2 (N,G): the recurrent side's dz rows); with x, dW_x = x^T dzx and dx = dzx W_x^T (dzx2
-    (N,G)); layer 0 with the table, dW_x = Emb^T dtable and dEmb = dtable W_x^T (gemm.py)."""
+    (N,G)); layer 0 with the table, dW_x = Emb^T dtable and dEmb = dtable W_x^T (lstm_layer.mm)."""
     B, H = cache.h0.shape
     N = dzr2.shape[0]
     W = cache.p["W"]
@@ -85,8 +85,8 @@ def _products_after(K, fns, cache, dzr2, dzx2, dW, dx, dtable, dEmb, prod):
         fns[1](cache.x.reshape(N, -1), dzx2, dW[H:], True, False, 1.0, 0.0, prod)           # dW_x (I,G)
         fns[2](dzx2, W[H:], dx.reshape(N, -1), False, True, 1.0, 0.0, prod)                 # dx (N,I)
     else:
-        K.gemm.gemm(cache.Emb, dtable, dW[H:], True, False)                                 # dW_x (E,G)
-        K.gemm.gemm(dtable, W[H:], dEmb, False, True)                                       # dEmb (V,E)
+        K.lstm.mm(cache.Emb, dtable, dW[H:], True, False, 1.0, 0.0, prod)                   # dW_x (E,G)
+        K.lstm.mm(dtable, W[H:], dEmb, False, True, 1.0, 0.0, prod)                         # dEmb (V,E)
 
 
 class CellCache:
