@@ -352,7 +352,7 @@ def bench(backends, configs, what, cell, seconds, repeats, threads, json_path, p
               help="model sizes to tune for: tiny, seed, karpathy, medium, large, or E,H,L,B,T[,V]")
 @click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "float64"]))
 @click.option("--cell", "cells", default="lstm", show_default=True,
-              help="cells whose sampler team to time, comma-separated: " + ", ".join(CELLS))
+              help="cells whose layers' products and sampler team to time, comma-separated: " + ", ".join(CELLS))
 def tune(configs, dtype, cells):
     """Choose the numba backend's GEMM per product on this machine, and show why.
 
@@ -364,7 +364,8 @@ def tune(configs, dtype, cells):
     The sampler's one thread or team of threads (the `sample` rows; from
     H = 64 with two or more threads) and a layer's thread plan (the `layer
     plan` rows, where the rule threads it) are timed the same way per config
-    (the sampler for each --cell).
+    (the products and the sampler for each --cell: the GRU's and the coupled
+    cell's layers have 3H gate columns, the lstm's and peephole's 4H).
     """
     from lstm_engine.backends import numba_tune
     key, records = api.tune(configs, dtype, on_record=lambda r: err(f"tuned {r['product']} {r['shape']}"),

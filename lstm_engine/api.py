@@ -126,10 +126,10 @@ def train(cfg: TrainConfig, text=None, resume=None, on_event=None, explicit=None
 
 def tune(configs="seed", dtype="float32", on_record=None, cells="lstm"):
     """Measure the numba backend's GEMM candidates on every big product of these model sizes (bench's
-    config names or E,H,L,B,T[,V]), validate each against NumPy and cache the choices for this machine
-    (backends/numba_tune.py), then each config's layer thread plan (numba_tune_plan.py) and, for each
-    of `cells` (comma-separated), its sampler team (numba_tune_sample.py) -> (machine key dict,
-    [record]); on_record(record) as each is done."""
+    config names or E,H,L,B,T[,V]) with the layers of each of `cells` (comma-separated), validate each
+    against NumPy and cache the choices for this machine (backends/numba_tune.py), then each config's
+    layer thread plan (numba_tune_plan.py) and, for each cell, its sampler team (numba_tune_sample.py)
+    -> (machine key dict, [record]); on_record(record) as each is done."""
     from .backends import numba_backend, numba_tune
     from .bench.configs import parse_configs
     if dtype not in ("float32", "float64"):
@@ -142,7 +142,7 @@ def tune(configs="seed", dtype="float32", on_record=None, cells="lstm"):
         raise UserError(f"lstm-engine tune needs the numba backend: {why}")
     items = []
     for c in parse_configs(configs):
-        items += numba_backend.tune_products(c.E, c.H, c.L, c.B, c.T, c.V)
+        items += numba_backend.tune_products(c.E, c.H, c.L, c.B, c.T, c.V, cell_list or ["lstm"])
     if not items:
         raise UserError("no products to tune in these configs")
     import numba

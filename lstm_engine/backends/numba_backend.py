@@ -201,23 +201,26 @@ def _tuned(products, dt, prod):
     return [numba_tune.product_fn(p.kind, n) for p, n in zip(products, names)]
 
 
-def _layer_products(T, B, I, H, table):
+def _layer_products(T, B, I, H, table, G=None):
     from .numba_tune import layer_products
-    return layer_products(T, B, I, H, table)
+    return layer_products(T, B, I, H, table, G)
 
 
-def tune_products(E, H, L, B, T, V):
+def tune_products(E, H, L, B, T, V, cells=("lstm",)):
     """[(Product, prod threads)] the backend asks numba_tune about for a model of these sizes
-    (`lstm-engine tune`), with the thread plans it would use."""
+    (`lstm-engine tune`), with the thread plans it would use; each cell's layers by its gate
+    width G (products the cells share are listed once)."""
+    from .numba_cells import GATES
     from .numba_tune import output_products
     _kernels()
     items = []
-    for l in range(L):
-        table = l == 0 and V <= T * B
-        prod = _threads(T, B, H)[0]
-        items += [(p, prod) for p in _layer_products(T, B, E if l == 0 else H, H, table)]
+    for G in dict.fromkeys(GATES.get(cell, 4) * H for cell in cells):
+        for l in range(L):
+            table = l == 0 and V <= T * B
+            prod = _threads(T, B, H)[0]
+            items += [(p, prod) for p in _layer_products(T, B, E if l == 0 else H, H, table, G)]
     items += [(p, _linear_threads(T * B, H, V)) for p in output_products(T * B, H, V)]
-    return items
+    return list(dict.fromkeys(items))
 
 
 def is_available():

@@ -60,15 +60,11 @@ def _tuned(nb, T, B, I, H, G, table, dt, prod, part):
     from . import numba_tune
     if not T:
         return None
-    N, P = T * B, numba_tune.Product
-    rec = P("h^T dz", "lstm", H, N, G, True, False, (0.0, 1.0))                    # dW_h (H,G)
+    products = numba_tune.layer_products(T, B, I, H, table, G)      # [x W_x,] dW_h[, dW_x, dx]
     if part == "forward":
-        products = [] if table else [P("x W_x", "lstm", N, I, G)]                  # acts (N,G)
-    elif table:
-        products = [rec]
-    else:
-        products = [rec, P("x^T dz", "lstm", I, N, G, True, False, (0.0, 1.0)),    # dW_x (I,G)
-                    P("dz W_x^T", "lstm", N, G, I, False, True)]                   # dx (N,I)
+        products = [] if table else products[:1]
+    elif not table:
+        products = products[1:]
     return nb._tuned(products, dt, prod) if products else None
 
 

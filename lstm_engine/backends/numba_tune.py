@@ -69,9 +69,10 @@ class Product:
         return f"{self.m}x{self.k}x{self.n}"
 
 
-def layer_products(T, B, I, H, table):
-    """The tuned products of one LSTM layer (T,B) I -> H; with the layer-0 table only dW_h's."""
-    N, G = T * B, 4 * H
+def layer_products(T, B, I, H, table, G=None):
+    """The tuned products of one layer (T,B) I -> H with G gate columns (4H: lstm, peephole; 3H:
+    coupled, gru); with the layer-0 table only dW_h's."""
+    N, G = T * B, G or 4 * H
     rec = Product("h^T dz", "lstm", H, N, G, True, False, (0.0, 1.0))               # dW_h (H,G)
     if table:
         return [rec]

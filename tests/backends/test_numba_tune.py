@@ -693,6 +693,41 @@ def test_tune_command_measures_each_cells_sampler(auto, sampler, monkeypatch):
     assert bad.exit_code == 2 and "unknown cell 'grue'" in bad.stderr and "Traceback" not in bad.output
 
 
+def _products_a_model_asks(monkeypatch, cell):
+    """The products a numba model of E8 H32 L2 B4 T5 V50 measures at its first training step."""
+    from lstm_engine.core.model import Model, ModelConfig, init_params
+    nt.forget()
+    asked = []
+
+    def first_use(product, dtype, prod, fns, kept):
+        asked.append(product.shape)
+        return kept
+    monkeypatch.setattr(nt, "_first_use", first_use)
+    cfg = ModelConfig(50, 8, 32, 2, cell=cell)
+    model = Model(cfg, nb, init_params(cfg, seed=0))
+    ids = np.random.default_rng(0).integers(0, 50, (6, 4))             # (T+1,B)
+    model.forward_backward(ids[:-1], ids[1:], model.zero_state(4))
+    return asked
+
+
+@pytest.mark.parametrize("cells", ["gru", "lstm,coupled"])
+def test_tune_command_covers_the_products_of_each_cell(auto, monkeypatch, cells):
+    """--cell gru tunes the GRU's layers (3H gate columns), so a GRU model of that config finds every
+    product in the file; `tune` of the lstm alone leaves the GRU's products to its first use."""
+    from click.testing import CliRunner
+
+    import cli
+    use(monkeypatch, Stubs(own="slow", fast="fast"))
+    config = ["tune", "--configs", "E8,H32,L2,B4,T5,V50"]
+    assert CliRunner().invoke(cli.main, config).exit_code == 0
+    assert "20x32x96" in _products_a_model_asks(monkeypatch, "gru")             # x W_x of a 3H layer
+    r = CliRunner().invoke(cli.main, config + ["--cell", cells])
+    assert r.exit_code == 0, r.output
+    assert ("20x32x96" in r.stdout) and ("20x32x128" in r.stdout) == ("lstm" in cells)
+    for cell in cells.split(","):
+        assert _products_a_model_asks(monkeypatch, cell) == []
+
+
 def test_tune_command_measures_the_thread_plan(auto, monkeypatch):
     from click.testing import CliRunner
 
