@@ -176,7 +176,10 @@ def machine_key(nt):
         except metadata.PackageNotFoundError:
             return None
     import numba
+
+    from ..core.environment import vector_width
     return {"cpu": cpu_model(), "threads": int(nt), "numba_cpu": numba.config.CPU_NAME or "host",
+            "vectors": vector_width(),
             "numba": numba.__version__, "numpy": np.__version__, "scipy": version("scipy"),
             "engine": version("lstm-engine"), "kernels": kernels_stamp()[:16], "blas": blas_kernel()}
 
@@ -520,7 +523,8 @@ def format_table(records):
 
 def machine_line(key, path):
     """One line: what the choices are keyed by, and where they are kept."""
-    return (f"numba tune: {key['cpu']}, {key['threads']} threads, numba {key['numba']} target {key['numba_cpu']}, "
+    return (f"numba tune: {key['cpu']}, {key['threads']} threads, numba {key['numba']} target {key['numba_cpu']} "
+            f"(vectors {key.get('vectors', 'default')}), "
             f"numpy {key['numpy']}, scipy {key['scipy']}; choices in {path} (used when LSTM_ENGINE_TUNE="
             f"{mode()}{'' if mode() == 'auto' else ', auto uses them'})"
             + (f"; measured while busy ({busy()}): times are noisy" if busy() else ""))

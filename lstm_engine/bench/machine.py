@@ -118,10 +118,12 @@ def machine_info(threads=None):
         usable = len(os.sched_getaffinity(0))
     except AttributeError:
         usable = os.cpu_count()
-    numba_threads = None
+    numba_threads = numba_vectors = None
     if importlib.util.find_spec("numba") is not None:
         import numba
-        numba_threads = numba.get_num_threads()
+
+        from ..core.environment import vector_width
+        numba_threads, numba_vectors = numba.get_num_threads(), vector_width()
     return {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
         "cpu": cpu_model(),
@@ -135,6 +137,7 @@ def machine_info(threads=None):
         "blas_threads": blas_threads,
         "blas_kernel": blas_kernel,
         "numba_threads": numba_threads,
+        "numba_vectors": numba_vectors,
         "torch_threads": torch.get_num_threads() if torch is not None else None,
         "torch_isa": torch_isa(torch) if torch is not None else None,
         "python_version": platform.python_version(),
@@ -157,7 +160,8 @@ def machine_line(m):
                                         m.get("torch_isa") and f"ISA {m['torch_isa']}") if p)
     return (f"machine: {m['cpu']}" + (f" ({cpu})" if cpu else "")
             + f", {m['cores']} cores ({m['cores_usable']} usable, load {m['load_avg']}); "
-            f"BLAS {m['blas']} (threads: {m['blas_threads']}{kernel}); numba threads: {m['numba_threads']}; "
+            f"BLAS {m['blas']} (threads: {m['blas_threads']}{kernel}); numba threads: {m['numba_threads']}"
+            + (f" (vectors {m['numba_vectors']})" if m.get("numba_vectors") not in (None, "default") else "") + "; "
             f"numpy {m['numpy_version']}, numba {m['numba_version'] or '-'}, cupy {m['cupy_version'] or '-'}, "
             f"torch {m['torch_version'] or '-'}"
             + (f" ({torch_extra})" if torch_extra else "")

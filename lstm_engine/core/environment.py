@@ -42,10 +42,12 @@ VARIABLES = {
     "LSTM_ENGINE_TUNE": ("auto, off, or a GEMM to force: own, gemm12x32, gemm6x16, blas (the numba backend's "
                          "per-machine kernel choice)", _choices("auto", "off", "own", "gemm12x32", "gemm6x16", "blas")),
     "LSTM_ENGINE_TUNE_FILE": ("a file path (where the numba backend's kernel choices are cached)", _path),
-    "LSTM_ENGINE_NUMBA_ISA": ("one of native, avx2 (the instruction set numba compiles for)",
-                              _choices("native", "avx2")),
+    "LSTM_ENGINE_NUMBA_ISA": ("one of native, native-256, avx2 (the instruction set numba compiles for)",
+                              _choices("native", "native-256", "avx2")),
 }
 AVX2_CPU = "haswell"        # the target numba compiles for under LSTM_ENGINE_NUMBA_ISA=avx2
+WIDE = "-prefer-256-bit"    # LLVM tuning flag off: loops use 512-bit vectors on an AVX-512 CPU
+NARROW = "+prefer-256-bit"  # on: 256-bit vectors, as LLVM tunes for Intel's AVX-512 server cores
 
 
 def bad_value(name, value):
@@ -81,13 +83,23 @@ def check_all(environ=None):
 
 
 def apply_numba_isa():
-    """LSTM_ENGINE_NUMBA_ISA=avx2: make numba compile for an AVX2 CPU (Haswell, its own features
-    only), with its disk cache in an isa-avx2 folder beside the usual one so the two never mix.
-    numba reads its target when it is imported, so this runs before that (the kernels package and
-    numba_backend.is_available call it); once numba is imported for another target it refuses.
-    -> the ISA in effect ('native' or 'avx2')."""
+    """numba's target, set before numba is imported (the kernels package and
+    numba_backend.is_available call this; numba reads its target when it is imported).
+
+    native (default): the host CPU and its features; on a CPU with AVX-512, 512-bit vectors.  The
+        kernels' register blocks are sized for them (NR = 32 float32: two zmm a row), and LLVM's
+        tuning for Intel's AVX-512 server cores (Skylake-X to Emerald Rapids) prefers 256-bit
+        vectors, which halves the width of every FMA loop there (docs/numba.md, "Vector width").
+    native-256: the host's features with 256-bit vectors preferred (LLVM's choice on those Intel
+        cores; for comparing the two on any AVX-512 CPU).
+    avx2: an AVX2 CPU (Haswell, its own features only), with the disk cache in an isa-avx2 folder
+        beside the usual one so the two never mix; once numba is imported for another target it
+        refuses.  (native and native-256 share the cache: numba keys its entries by the features.)
+    A NUMBA_CPU_NAME or NUMBA_CPU_FEATURES the user set is left as it is.
+    -> the ISA in effect ('native', 'native-256' or 'avx2')."""
     isa = get("LSTM_ENGINE_NUMBA_ISA", "native")
-    if isa == "native":
+    if isa != "avx2":
+        _vector_width(NARROW if isa == "native-256" else WIDE)
         return isa
     if "numba" in sys.modules:
         from numba.core import config
@@ -101,6 +113,29 @@ def apply_numba_isa():
     if os.path.basename(os.path.normpath(base)) != "isa-avx2":  # a child process inherits the folder
         os.environ["NUMBA_CACHE_DIR"] = os.path.join(base, "isa-avx2")
     return isa
+
+
+def _vector_width(flag):
+    """NUMBA_CPU_FEATURES = the host's features + flag, on a CPU with AVX-512, before numba is
+    imported and unless the user chose numba's target (a child process inherits the value)."""
+    if "numba" in sys.modules or os.environ.get("NUMBA_CPU_NAME") or os.environ.get("NUMBA_CPU_FEATURES"):
+        return
+    try:
+        import llvmlite.binding as llvm
+        features = llvm.get_host_cpu_features()
+    except Exception:       # pragma: no cover - llvmlite comes with numba; no features: LLVM's defaults
+        return
+    if features.get("avx512f"):
+        os.environ["NUMBA_CPU_FEATURES"] = f"{features.flatten()},{flag}"
+
+
+def vector_width():
+    """The vector width numba's loops prefer in this process: '512-bit', '256-bit' (LLVM's
+    tuning or native-256), or 'default' (no AVX-512, or a target the user set)."""
+    features = os.environ.get("NUMBA_CPU_FEATURES") or ""
+    if features.endswith(WIDE):
+        return "512-bit"
+    return "256-bit" if features.endswith(NARROW) else "default"
 
 
 def _default_numba_cache():

@@ -459,17 +459,23 @@ print("err", max(errs))
 """
 
 
+def _run_under_isa(script, isa, tmp_path):
+    """Run script in a fresh process under LSTM_ENGINE_NUMBA_ISA=isa, numba's target its own to
+    choose and a cache of its own -> its "name value" output lines as a dict."""
+    env = dict(os.environ, LSTM_ENGINE_NUMBA_ISA=isa, NUMBA_CACHE_DIR=str(tmp_path / "numba"),
+               NUMBA_NUM_THREADS="1")
+    env.pop("NUMBA_CPU_NAME", None)
+    env.pop("NUMBA_CPU_FEATURES", None)
+    r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return dict(line.split(" ", 1) for line in r.stdout.splitlines())
+
+
 def test_the_avx2_switch_compiles_for_haswell_and_matches_the_reference(tmp_path):
     """LSTM_ENGINE_NUMBA_ISA=avx2 in a fresh process: numba targets Haswell (no zmm register in the
     GEMM's register block or the layer's time loop), caches in its own folder, and a small layer
     (forward and BPTT) and the sampler match the reference."""
-    env = dict(os.environ, LSTM_ENGINE_NUMBA_ISA="avx2", NUMBA_CACHE_DIR=str(tmp_path / "numba"),
-               NUMBA_NUM_THREADS="1")
-    env.pop("NUMBA_CPU_NAME", None)
-    env.pop("NUMBA_CPU_FEATURES", None)
-    r = subprocess.run([sys.executable, "-c", _AVX2_SCRIPT], env=env, capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stderr[-3000:]
-    out = dict(line.split(" ", 1) for line in r.stdout.splitlines())
+    out = _run_under_isa(_AVX2_SCRIPT, "avx2", tmp_path)
     assert out["cpu"] == "haswell"
     assert out["cache"] == str(tmp_path / "numba" / "isa-avx2")
     regs = out["ymm"].split()
@@ -490,6 +496,54 @@ def test_the_avx2_switch_refuses_once_numba_is_imported_for_another_target(monke
     with pytest.raises(UserError) as e:
         environment.apply_numba_isa()
     assert "before numba is imported" in str(e.value)
+
+
+_WIDTH_SCRIPT = r"""
+import numpy as np
+from lstm_engine.kernels.numba import gemm     # sets numba's target before importing numba
+from lstm_engine.core.environment import vector_width
+rng = np.random.default_rng(2)
+A, B = rng.standard_normal((40, 70)).astype(np.float32), rng.standard_normal((70, 96)).astype(np.float32)
+C = np.zeros((40, 96), np.float32)
+gemm.gemm(A, B, C)
+fmas = [ln for ln in "".join(gemm._block8.inspect_asm().values()).splitlines() if "vfmadd" in ln]
+print("vectors", vector_width())
+print("fma", sum("zmm" in ln for ln in fmas), sum("ymm" in ln for ln in fmas))
+print("err", float(np.abs(C - A.astype(np.float64) @ B).max()))
+"""
+
+
+def _cpu_flags():
+    if not os.path.exists("/proc/cpuinfo"):
+        return []
+    with open("/proc/cpuinfo") as f:
+        return next((ln.split(":", 1)[1].split() for ln in f if ln.startswith("flags")), [])
+
+
+@pytest.mark.parametrize("isa,width", [("native", "512-bit"), ("native-256", "256-bit")])
+def test_the_native_target_runs_512_bit_fmas_on_avx512_and_native_256_does_not(tmp_path, isa, width):
+    """On an AVX-512 CPU the GEMM's register block does its FMAs on zmm registers alone (LLVM's
+    tuning for Intel's server cores would split them into ymm halves); LSTM_ENGINE_NUMBA_ISA=
+    native-256 gives LLVM that choice back.  Both compute the product."""
+    if "avx512f" not in _cpu_flags():
+        pytest.skip("needs a CPU with AVX-512")
+    out = _run_under_isa(_WIDTH_SCRIPT, isa, tmp_path)
+    assert out["vectors"] == width
+    zmm, ymm = map(int, out["fma"].split())
+    if width == "512-bit":
+        assert zmm > 0 and ymm == 0, out["fma"]
+    else:
+        assert ymm > 0, out["fma"]
+    assert float(out["err"]) < 1e-4
+
+
+def test_a_numba_target_the_user_set_is_left_alone(monkeypatch):
+    from lstm_engine.core import environment
+    monkeypatch.setenv("NUMBA_CPU_FEATURES", "+avx2,+fma")
+    monkeypatch.delitem(sys.modules, "numba")                # as if numba were not imported yet
+    environment._vector_width(environment.WIDE)
+    assert os.environ["NUMBA_CPU_FEATURES"] == "+avx2,+fma"
+    assert environment.vector_width() == "default"
 
 
 # ----------------------------------------------------------------------------
