@@ -83,8 +83,8 @@ def check_all(environ=None):
 
 
 def apply_numba_isa():
-    """numba's target, set before numba is imported (the kernels package and
-    numba_backend.is_available call this; numba reads its target when it is imported).
+    """numba's target, set before numba builds it (at its first @njit; the kernels package and
+    numba_backend.is_available call this).
 
     native (default): the host CPU and its features; on a CPU with AVX-512, 512-bit vectors.  The
         kernels' register blocks are sized for them (NR = 32 float32: two zmm a row), and LLVM's
@@ -116,9 +116,10 @@ def apply_numba_isa():
 
 
 def _vector_width(flag):
-    """NUMBA_CPU_FEATURES = the host's features + flag, on a CPU with AVX-512, before numba is
-    imported and unless the user chose numba's target (a child process inherits the value)."""
-    if "numba" in sys.modules or os.environ.get("NUMBA_CPU_NAME") or os.environ.get("NUMBA_CPU_FEATURES"):
+    """NUMBA_CPU_FEATURES = the host's features + flag, on a CPU with AVX-512, while numba's CPU
+    target is still unbuilt and unless the user chose numba's target (a child process inherits
+    the value; numba re-reads its configuration from the environment when it compiles)."""
+    if os.environ.get("NUMBA_CPU_NAME") or os.environ.get("NUMBA_CPU_FEATURES") or _numba_target_built():
         return
     try:
         import llvmlite.binding as llvm
@@ -127,6 +128,21 @@ def _vector_width(flag):
         return
     if features.get("avx512f"):
         os.environ["NUMBA_CPU_FEATURES"] = f"{features.flatten()},{flag}"
+        if "numba" in sys.modules:      # imported already: its configuration read the environment then
+            from numba.core import config
+            config.CPU_FEATURES = os.environ["NUMBA_CPU_FEATURES"]
+
+
+def _numba_target_built():
+    """Whether numba's CPU target machine exists (built by the process's first @njit), after which
+    its features are fixed.  Importing numba alone does not build it."""
+    if "numba" not in sys.modules:
+        return False
+    try:
+        from numba.core.registry import cpu_target
+        return "_toplevel_target_context" in vars(cpu_target)
+    except Exception:       # pragma: no cover - numba internals moved: assume the worst
+        return True
 
 
 def vector_width():

@@ -520,14 +520,16 @@ def _cpu_flags():
         return next((ln.split(":", 1)[1].split() for ln in f if ln.startswith("flags")), [])
 
 
-@pytest.mark.parametrize("isa,width", [("native", "512-bit"), ("native-256", "256-bit")])
-def test_the_native_target_runs_512_bit_fmas_on_avx512_and_native_256_does_not(tmp_path, isa, width):
+@pytest.mark.parametrize("isa,width,numba_first", [("native", "512-bit", False), ("native-256", "256-bit", False),
+                                                   ("native", "512-bit", True)])
+def test_the_native_target_runs_512_bit_fmas_on_avx512_and_native_256_does_not(tmp_path, isa, width, numba_first):
     """On an AVX-512 CPU the GEMM's register block does its FMAs on zmm registers alone (LLVM's
-    tuning for Intel's server cores would split them into ymm halves); LSTM_ENGINE_NUMBA_ISA=
-    native-256 gives LLVM that choice back.  Both compute the product."""
+    tuning for Intel's server cores would split them into ymm halves), also when the user imported
+    numba first; LSTM_ENGINE_NUMBA_ISA=native-256 gives LLVM that choice back.  Both compute the
+    product."""
     if "avx512f" not in _cpu_flags():
         pytest.skip("needs a CPU with AVX-512")
-    out = _run_under_isa(_WIDTH_SCRIPT, isa, tmp_path)
+    out = _run_under_isa(("import numba\n" if numba_first else "") + _WIDTH_SCRIPT, isa, tmp_path)
     assert out["vectors"] == width
     zmm, ymm = map(int, out["fma"].split())
     if width == "512-bit":
@@ -540,10 +542,25 @@ def test_the_native_target_runs_512_bit_fmas_on_avx512_and_native_256_does_not(t
 def test_a_numba_target_the_user_set_is_left_alone(monkeypatch):
     from lstm_engine.core import environment
     monkeypatch.setenv("NUMBA_CPU_FEATURES", "+avx2,+fma")
-    monkeypatch.delitem(sys.modules, "numba")                # as if numba were not imported yet
+    monkeypatch.delitem(sys.modules, "numba", raising=False)  # as if numba were not imported yet
     environment._vector_width(environment.WIDE)
     assert os.environ["NUMBA_CPU_FEATURES"] == "+avx2,+fma"
     assert environment.vector_width() == "default"
+
+
+def test_the_vector_width_is_not_set_once_numba_has_built_its_target(monkeypatch):
+    """In this process numba has compiled already: its target's features are fixed, so the
+    environment is left as it is rather than claiming a width the code does not have."""
+    from lstm_engine.core import environment
+    if "avx512f" not in _cpu_flags():
+        pytest.skip("needs a CPU with AVX-512")
+    import numba
+    numba.njit(lambda x: x + 1)(1)                    # builds numba's CPU target, if nothing had yet
+    assert environment._numba_target_built()
+    monkeypatch.delenv("NUMBA_CPU_FEATURES", raising=False)
+    monkeypatch.delenv("NUMBA_CPU_NAME", raising=False)
+    environment._vector_width(environment.WIDE)
+    assert "NUMBA_CPU_FEATURES" not in os.environ
 
 
 # ----------------------------------------------------------------------------
