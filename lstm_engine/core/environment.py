@@ -121,16 +121,21 @@ def _vector_width(flag):
     the value; numba re-reads its configuration from the environment when it compiles)."""
     if os.environ.get("NUMBA_CPU_NAME") or os.environ.get("NUMBA_CPU_FEATURES") or _numba_target_built():
         return
-    try:
-        import llvmlite.binding as llvm
-        features = llvm.get_host_cpu_features()
-    except Exception:       # pragma: no cover - llvmlite comes with numba; no features: LLVM's defaults
-        return
-    if features.get("avx512f"):
+    features = host_features()
+    if features is not None and features.get("avx512f"):
         os.environ["NUMBA_CPU_FEATURES"] = f"{features.flatten()},{flag}"
         if "numba" in sys.modules:      # imported already: its configuration read the environment then
             from numba.core import config
             config.CPU_FEATURES = os.environ["NUMBA_CPU_FEATURES"]
+
+
+def host_features():
+    """LLVM's feature map of this CPU (what numba compiles for under native), None if unknown."""
+    try:
+        import llvmlite.binding as llvm
+        return llvm.get_host_cpu_features()
+    except Exception:       # pragma: no cover - llvmlite comes with numba; no features: LLVM's defaults
+        return None
 
 
 def _numba_target_built():

@@ -513,11 +513,10 @@ print("err", float(np.abs(C - A.astype(np.float64) @ B).max()))
 """
 
 
-def _cpu_flags():
-    if not os.path.exists("/proc/cpuinfo"):
-        return []
-    with open("/proc/cpuinfo") as f:
-        return next((ln.split(":", 1)[1].split() for ln in f if ln.startswith("flags")), [])
+def _has_avx512():
+    from lstm_engine.core.environment import host_features
+    features = host_features()
+    return bool(features is not None and features.get("avx512f"))
 
 
 @pytest.mark.parametrize("isa,width,numba_first", [("native", "512-bit", False), ("native-256", "256-bit", False),
@@ -527,7 +526,7 @@ def test_the_native_target_runs_512_bit_fmas_on_avx512_and_native_256_does_not(t
     tuning for Intel's server cores would split them into ymm halves), also when the user imported
     numba first; LSTM_ENGINE_NUMBA_ISA=native-256 gives LLVM that choice back.  Both compute the
     product."""
-    if "avx512f" not in _cpu_flags():
+    if not _has_avx512():
         pytest.skip("needs a CPU with AVX-512")
     out = _run_under_isa(("import numba\n" if numba_first else "") + _WIDTH_SCRIPT, isa, tmp_path)
     assert out["vectors"] == width
@@ -552,7 +551,7 @@ def test_the_vector_width_is_not_set_once_numba_has_built_its_target(monkeypatch
     """In this process numba has compiled already: its target's features are fixed, so the
     environment is left as it is rather than claiming a width the code does not have."""
     from lstm_engine.core import environment
-    if "avx512f" not in _cpu_flags():
+    if not _has_avx512():
         pytest.skip("needs a CPU with AVX-512")
     import numba
     numba.njit(lambda x: x + 1)(1)                    # builds numba's CPU target, if nothing had yet
