@@ -33,10 +33,15 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from ...core.environment import target_has_avx512
 from .jit import JIT, REASSOC
 
 # The tiles, defined here only (output_layer splits rows by MR, lstm_layer_columns pads by PAD).
-MR, NR = 8, 32          # register block: rows of C x columns (NR float32: two zmm registers a row)
+# Register block: rows of C x columns, by the target's registers.  AVX-512: 8 x 32 (two zmm a
+# row, 16 zmm of sums).  AVX2 has 16 ymm registers and LLVM loads a block's MR broadcasts of op(A)
+# before its FMAs, so 6 x 16 and 8 x 32 spill sums at every k; 5 x 16 trains fastest of those
+# measured (docs/numba.md, "AVX2-only CPUs").
+MR, NR = (8, 32) if target_has_avx512() else (5, 16)
 KC = 256                # k per block: a (KC, NR) panel of op(B) stays in L1
 MC = 64                 # rows of op(A) per pass over the column panels: (MC, KC) stays in L2
 PAD = 32                # elements added to each row of a padded() copy
@@ -188,8 +193,8 @@ def _register_block(rows, k_split=1, exact=False):
     return numba.njit(**JIT)(ns[f"_block{rows}"])
 
 
-_block9 = _register_block(MR + 1, exact=True)      # the last MR + 1 rows of a pass
-_block8 = _register_block(MR)
+_block_last = _register_block(MR + 1, exact=True)  # the last MR + 1 rows of a pass
+_block_mr = _register_block(MR)
 _block4 = _register_block(4)
 _block2 = _register_block(2, k_split=2)
 
@@ -197,11 +202,11 @@ _block2 = _register_block(2, k_split=2)
 @numba.njit(inline="always", **JIT)
 def _rows(Af, sai, sak, Bf, ldb, boff, Cf, ldc, i0, mr, j0, nr, k0, k1, alpha, add):
     """One register block of mr rows: MR, MR + 1 for the last MR + 1, or 4 or 2 for a short last
-    block (25 rows = 8 + 8 + 9; 26 = 8 + 8 + 8 + 2, not 32)."""
+    block (MR 8: 25 rows = 8 + 8 + 9; 26 = 8 + 8 + 8 + 2, not 32)."""
     if mr == MR + 1:
-        _block9(Af, sai, sak, Bf, ldb, boff, Cf, ldc, i0, mr, j0, nr, k0, k1, alpha, add)
+        _block_last(Af, sai, sak, Bf, ldb, boff, Cf, ldc, i0, mr, j0, nr, k0, k1, alpha, add)
     elif mr > 4:
-        _block8(Af, sai, sak, Bf, ldb, boff, Cf, ldc, i0, mr, j0, nr, k0, k1, alpha, add)
+        _block_mr(Af, sai, sak, Bf, ldb, boff, Cf, ldc, i0, mr, j0, nr, k0, k1, alpha, add)
     elif mr > 2:
         _block4(Af, sai, sak, Bf, ldb, boff, Cf, ldc, i0, mr, j0, nr, k0, k1, alpha, add)
     else:

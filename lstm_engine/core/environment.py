@@ -150,6 +150,27 @@ def _numba_target_built():
         return True
 
 
+# CPU names (LLVM's) with AVX-512, for a target named without a feature list (NUMBA_CPU_FEATURES empty)
+AVX512_CPUS = frozenset(("skylake-avx512", "cascadelake", "cooperlake", "cannonlake", "icelake-client",
+                         "icelake-server", "tigerlake", "rocketlake", "sapphirerapids", "emeraldrapids",
+                         "graniterapids", "graniterapids-d", "diamondrapids", "knl", "knm", "znver4", "znver5",
+                         "x86-64-v4"))
+
+
+def target_has_avx512():
+    """Whether numba compiles for a CPU with AVX-512 (32 vector registers): the features numba
+    hands LLVM (its CPU_FEATURES, else the host's), or, for a CPU named with its own features
+    (CPU_FEATURES empty, as under LSTM_ENGINE_NUMBA_ISA=avx2), whether that CPU has AVX-512."""
+    from numba.core import config
+    features = config.CPU_FEATURES
+    if features is None:
+        host = host_features()
+        return bool(host is not None and host.get("avx512f"))
+    if features:
+        return "+avx512f" in features.split(",")
+    return (config.CPU_NAME or "").lower() in AVX512_CPUS
+
+
 def vector_width():
     """The vector width numba's loops prefer in this process: '512-bit', '256-bit' (LLVM's
     tuning or native-256), or 'default' (no AVX-512, or a target the user set)."""

@@ -450,8 +450,9 @@ ids = {}
 for name, be in (("numpy", ref), ("numba", nb)):
     state = [[np.zeros((1, H)), np.zeros((1, H))] for _ in range(2)]
     ids[name] = be.generate(weights, state, 1, 40, 0.9, 0, 1.0, False, np.random.default_rng(7))
-asm = "".join(gemm._block8.inspect_asm().values()) + "".join(lstm_layer.forward_steps.inspect_asm().values())
+asm = "".join(gemm._block_mr.inspect_asm().values()) + "".join(lstm_layer.forward_steps.inspect_asm().values())
 print("cpu", numba.config.CPU_NAME)
+print("block", gemm.MR, gemm.NR)
 print("cache", numba.config.CACHE_DIR)
 print("ymm", asm.count("ymm"), "zmm", asm.count("zmm"))
 print("sample", int((ids["numpy"] == ids["numba"]).all()), len(set(ids["numpy"].tolist())))
@@ -477,6 +478,7 @@ def test_the_avx2_switch_compiles_for_haswell_and_matches_the_reference(tmp_path
     (forward and BPTT) and the sampler match the reference."""
     out = _run_under_isa(_AVX2_SCRIPT, "avx2", tmp_path)
     assert out["cpu"] == "haswell"
+    assert out["block"] == "5 16"                                       # sized for 16 ymm registers
     assert out["cache"] == str(tmp_path / "numba" / "isa-avx2")
     regs = out["ymm"].split()
     assert int(regs[0]) > 0 and regs[1:] == ["zmm", "0"], out["ymm"]
@@ -506,8 +508,9 @@ rng = np.random.default_rng(2)
 A, B = rng.standard_normal((40, 70)).astype(np.float32), rng.standard_normal((70, 96)).astype(np.float32)
 C = np.zeros((40, 96), np.float32)
 gemm.gemm(A, B, C)
-fmas = [ln for ln in "".join(gemm._block8.inspect_asm().values()).splitlines() if "vfmadd" in ln]
+fmas = [ln for ln in "".join(gemm._block_mr.inspect_asm().values()).splitlines() if "vfmadd" in ln]
 print("vectors", vector_width())
+print("block", gemm.MR, gemm.NR)
 print("fma", sum("zmm" in ln for ln in fmas), sum("ymm" in ln for ln in fmas))
 print("err", float(np.abs(C - A.astype(np.float64) @ B).max()))
 """
@@ -530,12 +533,30 @@ def test_the_native_target_runs_512_bit_fmas_on_avx512_and_native_256_does_not(t
         pytest.skip("needs a CPU with AVX-512")
     out = _run_under_isa(("import numba\n" if numba_first else "") + _WIDTH_SCRIPT, isa, tmp_path)
     assert out["vectors"] == width
+    assert out["block"] == "8 32"                                       # AVX-512 registers either way
     zmm, ymm = map(int, out["fma"].split())
     if width == "512-bit":
         assert zmm > 0 and ymm == 0, out["fma"]
     else:
         assert ymm > 0, out["fma"]
     assert float(out["err"]) < 1e-4
+
+
+@pytest.mark.parametrize("name,features,host,want", [
+    (None, None, True, True), (None, None, False, False),                  # the host's features
+    ("haswell", None, True, True),                                         # numba: a name alone keeps them
+    (None, "+avx2,+fma,-avx512f", True, False), (None, "+avx2,+avx512f,+avx512bw", False, True),
+    ("haswell", "", True, False), ("skylake-avx512", "", False, True),    # the named CPU's own
+])
+def test_the_gemm_blocking_follows_the_registers_of_numbas_target(monkeypatch, name, features, host, want):
+    """gemm.py sizes its register block by target_has_avx512: what numba hands LLVM, not the host."""
+    from numba.core import config
+
+    from lstm_engine.core import environment
+    monkeypatch.setattr(config, "CPU_NAME", name)
+    monkeypatch.setattr(config, "CPU_FEATURES", features)
+    monkeypatch.setattr(environment, "host_features", lambda: {"avx512f": host, "avx2": True})
+    assert environment.target_has_avx512() is want
 
 
 def test_a_numba_target_the_user_set_is_left_alone(monkeypatch):
