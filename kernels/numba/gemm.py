@@ -11,7 +11,7 @@ per row, one row of op(B) (NR contiguous values) and rows x NR fused multiply-ad
 into blocks of KC so the op(B) panel a block reads (KC x NR) stays in L1 while the row blocks
 pass over it, and the rows in passes of MC so the op(A) block they read stays in L2 while the
 panels pass.  The register blocks are one family written out by block_source: MR rows, MR + 1
-for the last rows of a pass (not MR and a lone row), 4 or 2 for a short last block (its last
+for the last rows of a pass (not MR and a lone row; on AVX-512 only), 4 or 2 for a short last block (its last
 row repeated up to that size, computed, not stored; the 2-row block splits k into even and odd
 sums so that as many FMA chains run side by side as in the bigger blocks).  A column block
 narrower than NR reads a zero-padded copy of its op(B) columns; at most NARROW_MAX last
@@ -37,11 +37,12 @@ from ...core.environment import target_has_avx512
 from .jit import JIT, REASSOC
 
 # The tiles, defined here only (output_layer splits rows by MR, lstm_layer_columns pads by PAD).
-# Register block: rows of C x columns, by the target's registers.  AVX-512: 8 x 32 (two zmm a
-# row, 16 zmm of sums).  AVX2 has 16 ymm registers and LLVM loads a block's MR broadcasts of op(A)
-# before its FMAs, so 6 x 16 and 8 x 32 spill sums at every k; 5 x 16 trains fastest of those
-# measured (docs/numba.md, "AVX2-only CPUs").
-MR, NR = (8, 32) if target_has_avx512() else (5, 16)
+# Register block: rows of C x columns, and LAST, the rows of a pass's last block when that many
+# are left (0: none), by the target's registers.  AVX-512: 8 x 32 (two zmm a row, 16 zmm of sums)
+# and a last block of 9.  AVX2 has 16 ymm registers, and LLVM loads all of a block's broadcasts of
+# op(A) before its FMAs: 6 x 16 and 8 x 32 spill sums at every k, so 5 x 16 and no 6-row block
+# (docs/numba.md, "AVX2-only CPUs").
+MR, NR, LAST = (8, 32, 9) if target_has_avx512() else (5, 16, 0)
 KC = 256                # k per block: a (KC, NR) panel of op(B) stays in L1
 MC = 64                 # rows of op(A) per pass over the column panels: (MC, KC) stays in L2
 PAD = 32                # elements added to each row of a padded() copy
@@ -193,17 +194,17 @@ def _register_block(rows, k_split=1, exact=False):
     return numba.njit(**JIT)(ns[f"_block{rows}"])
 
 
-_block_last = _register_block(MR + 1, exact=True)  # the last MR + 1 rows of a pass
 _block_mr = _register_block(MR)
+_block_last = _register_block(LAST, exact=True) if LAST else _block_mr    # the last LAST rows of a pass
 _block4 = _register_block(4)
 _block2 = _register_block(2, k_split=2)
 
 
 @numba.njit(inline="always", **JIT)
 def _rows(Af, sai, sak, Bf, ldb, boff, Cf, ldc, i0, mr, j0, nr, k0, k1, alpha, add):
-    """One register block of mr rows: MR, MR + 1 for the last MR + 1, or 4 or 2 for a short last
-    block (MR 8: 25 rows = 8 + 8 + 9; 26 = 8 + 8 + 8 + 2, not 32)."""
-    if mr == MR + 1:
+    """One register block of mr rows: MR, LAST for the last LAST, or 4 or 2 for a short last
+    block (8 x 32: 25 rows = 8 + 8 + 9; 26 = 8 + 8 + 8 + 2, not 32)."""
+    if mr == LAST:
         _block_last(Af, sai, sak, Bf, ldb, boff, Cf, ldc, i0, mr, j0, nr, k0, k1, alpha, add)
     elif mr > 4:
         _block_mr(Af, sai, sak, Bf, ldb, boff, Cf, ldc, i0, mr, j0, nr, k0, k1, alpha, add)
@@ -215,8 +216,8 @@ def _rows(Af, sai, sak, Bf, ldb, boff, Cf, ldc, i0, mr, j0, nr, k0, k1, alpha, a
 
 @numba.njit(inline="always", **JIT)
 def _block_rows(left):
-    """Rows of the next register block when `left` rows remain: MR, or all of the last MR + 1."""
-    return left if left == MR + 1 else min(MR, left)
+    """Rows of the next register block when `left` rows remain: MR, or all of the last LAST."""
+    return left if left == LAST else min(MR, left)
 
 
 @numba.njit(**JIT)

@@ -198,16 +198,7 @@ def blas_kernel():
 
 def cpu_model():
     """The CPU's model name from /proc/cpuinfo, with its family/model numbers where listed."""
-    fields = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if not line.strip():
-                    break                                  # the first processor is enough
-                name, _, value = line.partition(":")
-                fields[name.strip().lower()] = value.strip()
-    except OSError:
-        pass
+    fields = env.cpuinfo()
     import platform
     name = fields.get("model name") or platform.processor() or platform.machine() or "unknown"
     ids = "/".join(fields[k] for k in ("cpu family", "model", "stepping") if k in fields)

@@ -15,6 +15,7 @@ from importlib import metadata
 
 import numpy as np
 
+from ..core import environment
 from ..errors import UserError
 
 
@@ -33,30 +34,15 @@ def _cupy_version():
     return None
 
 
-def _cpuinfo():
-    """The first processor's fields of /proc/cpuinfo (what lscpu shows) -> {key: value}; {} elsewhere."""
-    out = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if not line.strip():
-                    break
-                key, _, value = line.partition(":")
-                out[key.strip().lower()] = value.strip()
-    except OSError:
-        pass
-    return out
-
-
 def cpu_model():
     """The CPU's marketing name from /proc/cpuinfo (Linux), else what platform knows."""
-    return _cpuinfo().get("model name") or platform.processor() or platform.machine() or "unknown"
+    return environment.cpuinfo().get("model name") or platform.processor() or platform.machine() or "unknown"
 
 
 def cpu_id():
     """-> 'vendor family F model M' and the vector ISA the CPU offers ('avx512f+amx', 'avx2', ...),
     from lscpu's source."""
-    info = _cpuinfo()
+    info = environment.cpuinfo()
     ident = " ".join(p for p in (info.get("vendor_id"), info.get("cpu family") and f"family {info['cpu family']}",
                                  info.get("model") and f"model {info['model']}") if p) or None
     flags = set(info.get("flags", "").split())

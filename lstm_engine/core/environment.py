@@ -129,6 +129,21 @@ def _vector_width(flag):
             config.CPU_FEATURES = os.environ["NUMBA_CPU_FEATURES"]
 
 
+def cpuinfo():
+    """The first processor's fields of /proc/cpuinfo (what lscpu shows) -> {key: value}; {} elsewhere."""
+    out = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if not line.strip():
+                    break                                  # the first processor is enough
+                key, _, value = line.partition(":")
+                out[key.strip().lower()] = value.strip()
+    except OSError:
+        pass
+    return out
+
+
 def host_features():
     """LLVM's feature map of this CPU (what numba compiles for under native), None if unknown."""
     try:

@@ -452,7 +452,15 @@ for name, be in (("numpy", ref), ("numba", nb)):
     ids[name] = be.generate(weights, state, 1, 40, 0.9, 0, 1.0, False, np.random.default_rng(7))
 asm = "".join(gemm._block_mr.inspect_asm().values()) + "".join(lstm_layer.forward_steps.inspect_asm().values())
 print("cpu", numba.config.CPU_NAME)
-print("block", gemm.MR, gemm.NR)
+print("block", gemm.MR, gemm.NR, gemm.LAST)
+gemm_errs = []
+for m, n in [(m, n) for m in range(1, 2 * gemm.MR + 4) for n in (2 * gemm.NR + 3, 2 * gemm.NR + 7)]:
+    A, Bm = f(m, 37).astype(np.float32), f(37, n).astype(np.float32)   # every split into register blocks,
+    C = np.zeros((m, n), np.float32)                                     # last columns as dots or a panel
+    gemm.gemm(A, Bm, C)
+    want = A.astype(np.float64) @ Bm
+    gemm_errs.append(float(np.abs(C - want).max() / np.abs(want).max()))
+print("gemm_err", max(gemm_errs))
 print("cache", numba.config.CACHE_DIR)
 print("ymm", asm.count("ymm"), "zmm", asm.count("zmm"))
 print("sample", int((ids["numpy"] == ids["numba"]).all()), len(set(ids["numpy"].tolist())))
@@ -478,7 +486,8 @@ def test_the_avx2_switch_compiles_for_haswell_and_matches_the_reference(tmp_path
     (forward and BPTT) and the sampler match the reference."""
     out = _run_under_isa(_AVX2_SCRIPT, "avx2", tmp_path)
     assert out["cpu"] == "haswell"
-    assert out["block"] == "5 16"                                       # sized for 16 ymm registers
+    assert out["block"] == "5 16 0"                                     # sized for 16 ymm registers
+    assert float(out["gemm_err"]) < 1e-5
     assert out["cache"] == str(tmp_path / "numba" / "isa-avx2")
     regs = out["ymm"].split()
     assert int(regs[0]) > 0 and regs[1:] == ["zmm", "0"], out["ymm"]
@@ -510,7 +519,7 @@ C = np.zeros((40, 96), np.float32)
 gemm.gemm(A, B, C)
 fmas = [ln for ln in "".join(gemm._block_mr.inspect_asm().values()).splitlines() if "vfmadd" in ln]
 print("vectors", vector_width())
-print("block", gemm.MR, gemm.NR)
+print("block", gemm.MR, gemm.NR, gemm.LAST)
 print("fma", sum("zmm" in ln for ln in fmas), sum("ymm" in ln for ln in fmas))
 print("err", float(np.abs(C - A.astype(np.float64) @ B).max()))
 """
@@ -533,7 +542,7 @@ def test_the_native_target_runs_512_bit_fmas_on_avx512_and_native_256_does_not(t
         pytest.skip("needs a CPU with AVX-512")
     out = _run_under_isa(("import numba\n" if numba_first else "") + _WIDTH_SCRIPT, isa, tmp_path)
     assert out["vectors"] == width
-    assert out["block"] == "8 32"                                       # AVX-512 registers either way
+    assert out["block"] == "8 32 9"                                     # AVX-512 registers either way
     zmm, ymm = map(int, out["fma"].split())
     if width == "512-bit":
         assert zmm > 0 and ymm == 0, out["fma"]
