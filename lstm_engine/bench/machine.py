@@ -106,10 +106,8 @@ def machine_info(threads=None):
         usable = os.cpu_count()
     numba_threads = numba_vectors = None
     if importlib.util.find_spec("numba") is not None:
-        import numba
-
-        from ..core.environment import vector_width
-        numba_threads, numba_vectors = numba.get_num_threads(), vector_width()
+        numba = environment.import_numba()
+        numba_threads, numba_vectors = numba.get_num_threads(), environment.vector_width()
     return {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
         "cpu": cpu_model(),
@@ -169,7 +167,7 @@ def thread_settings(threads, torch_too=False):
         raise UserError("--threads needs threadpoolctl: pip install threadpoolctl") from None
     restore = []
     if importlib.util.find_spec("numba") is not None:
-        import numba
+        numba = environment.import_numba()
         top = numba.config.NUMBA_NUM_THREADS
         if threads > top:
             raise UserError(f"--threads {threads} is more than numba's pool of {top}; "
@@ -219,7 +217,7 @@ def sgemm_peak_cpu(n=1024, seconds=0.5):
     out = np.empty((n, n), np.float32)                   # (n,n)
     best = _best_rate(lambda: np.matmul(a, b, out=out), lambda: None, 2.0 * n ** 3, seconds)
     try:
-        import numba
+        numba = environment.import_numba()
 
         from ..kernels.numba.output_layer import mm_rows
     except ImportError:       # pragma: no cover - numba is an install requirement

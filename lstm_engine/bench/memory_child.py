@@ -53,7 +53,8 @@ def child(argv):
     if torch_peer:
         import torch  # noqa: F401  (counted in the imports' share, as the engine's numba is)
     elif backend == "numba":
-        import numba  # noqa: F401
+        from ..core.environment import import_numba
+        import_numba()
     import_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * RSS_UNIT
     cfg = BenchConfig("memory", E, H, L, B, T, V, cell)
     batch = make_batch(cfg)

@@ -115,6 +115,14 @@ def apply_numba_isa():
     return isa
 
 
+def import_numba():
+    """numba, imported after apply_numba_isa has set its target: the way in for modules outside the
+    kernels that may import numba first (bench's thread settings), so LSTM_ENGINE_NUMBA_ISA holds."""
+    apply_numba_isa()
+    import numba
+    return numba
+
+
 def _vector_width(flag):
     """NUMBA_CPU_FEATURES = the host's features + flag, on a CPU with AVX-512, while numba's CPU
     target is still unbuilt and unless the user chose numba's target (a child process inherits

@@ -497,6 +497,23 @@ def test_the_avx2_switch_compiles_for_haswell_and_matches_the_reference(tmp_path
     assert os.listdir(tmp_path / "numba" / "isa-avx2")                   # cached there, not beside the native code
 
 
+_BENCH_FIRST_SCRIPT = r"""
+from lstm_engine.bench import machine          # bench imports numba for --threads before any kernel
+with machine.thread_settings(1):
+    machine.machine_info()
+import lstm_engine.kernels.numba               # refused if numba had been imported for another target
+import numba
+print("cpu", numba.config.CPU_NAME)
+"""
+
+
+def test_bench_threads_import_numba_for_the_avx2_target(tmp_path):
+    """`bench --threads N` sets numba's threads before the backend is loaded: under avx2 that import
+    must already target Haswell, or the kernels refuse to load (one line, exit 2)."""
+    out = _run_under_isa(_BENCH_FIRST_SCRIPT, "avx2", tmp_path)
+    assert out["cpu"] == "haswell"
+
+
 def test_the_avx2_switch_refuses_once_numba_is_imported_for_another_target(monkeypatch):
     import numba  # noqa: F401  (imported by the backend already)
 
