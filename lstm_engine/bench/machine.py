@@ -166,6 +166,12 @@ def thread_settings(threads, torch_too=False):
     except ImportError:
         raise UserError("--threads needs threadpoolctl: pip install threadpoolctl") from None
     restore = []
+    if torch_too and importlib.util.find_spec("torch") is not None:
+        # before numba starts its OpenMP threads: a torch imported after them runs slower (benchmarks/README.md)
+        import torch
+        old_t = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        restore.append(lambda: torch.set_num_threads(old_t))
     if importlib.util.find_spec("numba") is not None:
         numba = environment.import_numba()
         top = numba.config.NUMBA_NUM_THREADS
@@ -175,11 +181,6 @@ def thread_settings(threads, torch_too=False):
         old = numba.get_num_threads()
         numba.set_num_threads(threads)
         restore.append(lambda: numba.set_num_threads(old))
-    if torch_too and importlib.util.find_spec("torch") is not None:
-        import torch
-        old_t = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        restore.append(lambda: torch.set_num_threads(old_t))
     try:
         with threadpool_limits(limits=threads):
             yield

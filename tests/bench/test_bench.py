@@ -254,3 +254,31 @@ def test_engine_and_reference_checks_agree_exactly_on_numpy():
     b = bench.EngineRunner(numpy_backend, cfg, batch).check()
     assert a == b and all(ok for ok, _ in bench.compare(a, b).values())
     assert np.isclose(a["loss"], np.log(65), rtol=0.05)      # near-uniform predictions at initialisation
+
+
+_THREADS_ORDER_SCRIPT = r"""
+import sys
+import numba.np.ufunc.parallel as par
+launch = par._launch_threads
+seen = []
+def spy():
+    seen.append("torch" in sys.modules)
+    return launch()
+par._launch_threads = spy
+from lstm_engine.bench import machine
+with machine.thread_settings(1, torch_too=True):
+    pass
+print(seen[0] if seen else "not launched")
+"""
+
+
+def test_bench_threads_imports_torch_before_numba_starts_its_threads():
+    """`bench --threads N` (thread_settings) imports torch before numba starts its OpenMP threads:
+    a torch imported after them runs its steps slower, and every ratio against it comes out too
+    high (benchmarks/README.md, "How to read the numbers")."""
+    pytest.importorskip("torch")
+    pytest.importorskip("numba")
+    import subprocess
+    r = subprocess.run([sys.executable, "-c", _THREADS_ORDER_SCRIPT], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split()[-1] == "True", r.stdout
