@@ -5,6 +5,18 @@ import numpy as np
 import pytest
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_session_state(tmp_path_factory):
+    """The same for module- and session-scoped fixtures, which run before the per-test one below."""
+    base = tmp_path_factory.mktemp("session")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LSTM_ENGINE_STATE_DIR", str(base / "state"))
+        mp.setenv("LSTM_ENGINE_CACHE", str(base / "cache"))
+        mp.setenv("LSTM_ENGINE_TUNE", "off")
+        mp.setenv("LSTM_ENGINE_TUNE_FILE", str(base / "tune.json"))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _isolated_state(tmp_path, monkeypatch):
     """Keep the 'last run' pointer and download cache of tests away from the user's."""

@@ -156,3 +156,16 @@ def test_stdout_closed_early_exits_quietly(chinese_run, args):
     p.wait(timeout=120)
     assert p.returncode in (0, 1), err
     assert "Traceback" not in err and "Exception ignored" not in err and "Error" not in err, err
+
+
+@pytest.fixture(scope="module")
+def state_dir_of_a_module_fixture():
+    from lstm_engine import api
+    return api.state_dir()
+
+
+def test_a_module_fixture_trains_with_the_tests_state_dir_not_the_users(state_dir_of_a_module_fixture,
+                                                                       tmp_path_factory):
+    """Module-scoped fixtures (chinese_run above) run before the per-test isolation: the session's
+    keeps their 'last run' pointer out of the user's state directory too."""
+    assert state_dir_of_a_module_fixture.startswith(str(tmp_path_factory.getbasetemp()))
