@@ -5,19 +5,18 @@ products never leave the jitted code: the LSTM's time loops multiply a few batch
 recurrent weight at every step, and a BLAS call packs W_h again each time (docs/numba.md
 compares the two).
 
-How: the classic micro-kernel (Goto / BLIS).  C is cut into register blocks of MR rows x NR
-columns; each block's sums live in registers while k runs: per k, one broadcast of op(A)[i, k]
-per row, one row of op(B) (NR contiguous values) and rows x NR fused multiply-adds.  k is cut
-into blocks of KC so the op(B) panel a block reads (KC x NR) stays in L1 while the row blocks
-pass over it, and the rows in passes of MC so the op(A) block they read stays in L2 while the
-panels pass.  The register blocks are one family written out by block_source: MR rows, MR + 1
-for the last rows of a pass (not MR and a lone row; on AVX-512 only), 4 or 2 for a short last block (its last
-row repeated up to that size, computed, not stored; the 2-row block splits k into even and odd
-sums so that as many FMA chains run side by side as in the bigger blocks).  A column block
-narrower than NR reads a zero-padded copy of its op(B) columns; at most NARROW_MAX last
-columns are dot products instead.  op(B) = B^T is copied once into a (k, n) buffer with
-padded rows first (padded_t, by tiles): callers that multiply by the same B^T many times (the
-time loops) pass such a copy instead.
+How: the classic micro-kernel (Goto / BLIS). C is cut into register blocks of MR rows x NR columns;
+each block's sums live in registers while k runs: per k, one broadcast of op(A)[i, k] per row, one
+row of op(B) (NR contiguous values) and rows x NR fused multiply-adds. k is cut into blocks of KC so
+the op(B) panel a block reads (KC x NR) stays in L1 while the row blocks pass over it, and the rows
+in passes of MC so the op(A) block they read stays in L2 while the panels pass. The register blocks
+are one family written out by block_source: MR rows, LAST = MR + 1 for the last rows of a pass on
+AVX-512 (not MR and a lone row), 4 or 2 for a short last block (its last row repeated up to that
+size, computed, not stored; the 2-row block splits k into even and odd sums so that as many FMA
+chains run side by side as in the bigger blocks). A column block narrower than NR reads a zero-
+padded copy of its op(B) columns; at most NARROW_MAX last columns are dot products instead. op(B) =
+B^T is copied once into a (k, n) buffer with padded rows first (padded_t, by tiles): callers that
+multiply by the same B^T many times (the time loops) pass such a copy instead.
 
 Dimension legend: m, n, k as in BLAS (op(A) (m,k), op(B) (k,n), C (m,n)); MR x NR the
 register block; KC the k block; MC the rows per pass.  Summation order differs from BLAS, so

@@ -1,13 +1,12 @@
 """The hand-written GEMM in other register blockings, for numba_tune.py to choose from per machine.
 
-gemm.py's blocking on AVX-512 (MR x NR = 8 x 32: 16 zmm registers of float32 sums) suits a core
-with one 512-bit FMA pipe per cycle's worth of loads; a core with two 512-bit FMA units needs more
-sums in flight per loaded value, and an AVX2-only core has 16 ymm registers (gemm.py runs 5 x 16
-there).  So
-the same driver (gemm._gemm_nn's loops, gemm.block_source's register blocks) is written out here
-for each blocking of BLOCKINGS, under names of its own (so numba's disk cache keeps them apart),
-and compiled as code of this file (cached and stamped with the other kernels).  Which one runs a
-product is measured, not assumed: numba_tune.py validates and times them on the model's shapes.
+gemm.py's blocking on AVX-512 (MR x NR = 8 x 32: 16 zmm registers of float32 sums) suits a core with
+one 512-bit FMA pipe per cycle's worth of loads; a core with two 512-bit FMA units needs more sums
+in flight per loaded value, and an AVX2-only core has 16 ymm registers (gemm.py runs 5 x 16 there).
+So the same driver (gemm._gemm_nn's loops, gemm.block_source's register blocks) is written out here
+for each blocking of BLOCKINGS, under names of its own (so numba's disk cache keeps them apart), and
+compiled as code of this file (cached and stamped with the other kernels). Which one runs a product
+is measured, not assumed: numba_tune.py validates and times them on the model's shapes.
 
 Dimension legend: m, n, k as in BLAS (op(A) (m,k), op(B) (k,n), C (m,n)); MR x NR the register
 block; nt threads.  Every product function has lstm_layer.mm's call:
@@ -20,8 +19,9 @@ import numba
 from . import gemm as _g
 from .jit import JIT
 
-# tag -> (MR, NR): rows x columns of the register block (gemm.py's own: 8 x 32, or 5 x 16 without AVX-512).  12x32 keeps 24
-# zmm registers of sums (two FMA units); 6x16 keeps 12 ymm registers (AVX2, 16 registers in all).
+# tag -> (MR, NR): rows x columns of the register block (gemm.py's own: 8 x 32, or 5 x 16 without
+# AVX-512).  12x32 keeps 24 zmm registers of sums (two FMA units); 6x16 keeps 12 ymm registers
+# (AVX2, 16 registers in all).
 # A family here is MR rows and the short blocks 4 and 2 (fewer blocks than gemm.py's: compile time).
 BLOCKINGS = {"12x32": (12, 32), "6x16": (6, 16)}
 

@@ -7,8 +7,7 @@ cores) and BLAS (SciPy's, the ?gemm np.dot calls; blas.py). On the first use of 
 (LSTM_ENGINE_TUNE=auto, the default) every candidate is validated against a float64 NumPy product of
 the same inputs, then timed; the fastest valid one is kept in a JSON file beside numba's cache,
 keyed by CPU model, thread count, numba's target, library versions, the kernels' source stamp, dtype
-and shape, so a change of any of them tunes again.
-`own` wins unless another is faster by MARGIN.
+and shape, so a change of any of them tunes again.  `own` wins unless another is faster by MARGIN.
 At first use only the candidates whose machine code is ready (in this process or numba's disk
 cache: compiling them, `own`'s entry included, costs minutes on a cold cache) take part, within FIRST_USE_SECONDS
 for the whole process; such a record names what it timed and is redone when more are ready.
