@@ -6,7 +6,7 @@
 #   OUT=/some/dir bash benchmarks/host_cpu_check.sh [BUDGET_SECONDS] [PARTS]
 #
 # PARTS: native, avx2 or native,avx2 (the default), sharing BUDGET_SECONDS (default 540) equally;
-# OUT defaults to ./cpu-out.  A cold numba cache (a fresh checkout, or a kernel edit) compiles for
+# OUT defaults to ./cpu-out; CORES (default 0,1) names the two cores to pin to.  A cold numba cache (a fresh checkout, or a kernel edit) compiles for
 # two to three minutes in each part's tune and again in its bench: give a cold part 300 s or more.
 #
 # For a borrowed machine whose CPU the 2-core development machines lack (the GPU machines' hosts
@@ -53,9 +53,13 @@ main() {
 step "machine"
 lscpu | grep -E "^(Model name|CPU family|Model|Thread|Core|Socket|CPU\(s\)|L1d|L2|L3)"
 echo "vector ISA flags: $(grep -m1 -o -wE 'avx2|fma|avx512[a-z0-9_]*|amx[a-z0-9_]*' /proc/cpuinfo | sort -u | tr '\n' ' ')"
-PIN=""; taskset -c 0,1 true 2>/dev/null && PIN="taskset -c 0,1"
-echo "pinned to cores 0,1: ${PIN:-no}"
-timeout 60 "$PY" -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -3 || echo "pip install failed"
+lscpu -e 2>/dev/null | head -5
+CORES="${CORES:-0,1}"
+PIN=""; taskset -c "$CORES" true 2>/dev/null && PIN="taskset -c $CORES"
+echo "pinned to cores $CORES: ${PIN:-no}"
+# installed already (e.g. by a script running beside this one): a second editable install would race it
+"$PY" -c "import lstm_engine, os, sys; sys.exit(not lstm_engine.__file__.startswith(os.getcwd()))" 2>/dev/null \
+  || timeout 60 "$PY" -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -3 || echo "pip install failed"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 n=$(echo "$PARTS" | tr ',' '\n' | grep -c .)
