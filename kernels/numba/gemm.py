@@ -32,7 +32,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ...core.environment import target_has_avx2_fma, target_has_avx512
+from ...core.environment import target_has_avx512
 from .jit import JIT, REASSOC
 
 # The tiles, defined here only (output_layer splits rows by MR, lstm_layer_columns pads by PAD).
@@ -40,10 +40,8 @@ from .jit import JIT, REASSOC
 # are left (0: none), by the target's registers.  AVX-512: 8 x 32 (two zmm a row, 16 zmm of sums)
 # and a last block of 9.  AVX2 has 16 ymm registers, and LLVM loads all of a block's broadcasts of
 # op(A) before its FMAs: 6 x 16 and 8 x 32 spill sums at every k, so 5 x 16 and no 6-row block
-# (docs/numba.md, "AVX2-only CPUs"); with AVX2 and FMA the 6-row float32 block is gemm_asm.py's
-# assembly (5 x 16 for the last 5 rows).
-ASM_BLOCK = not target_has_avx512() and target_has_avx2_fma()
-MR, NR, LAST = (8, 32, 9) if target_has_avx512() else (6, 16, 5) if ASM_BLOCK else (5, 16, 0)
+# (docs/numba.md, "AVX2-only CPUs").
+MR, NR, LAST = (8, 32, 9) if target_has_avx512() else (5, 16, 0)
 KC = 256                # k per block: a (KC, NR) panel of op(B) stays in L1
 MC = 64                 # rows of op(A) per pass over the column panels: (MC, KC) stays in L2
 PAD = 32                # elements added to each row of a padded() copy
@@ -187,36 +185,6 @@ def block_source(rows, k_split=1, exact=False):
     return "\n".join(out) + "\n"
 
 
-def _asm_block_or(fallback):
-    """The MR-row block: gemm_asm's assembly for float32, `fallback` (jitted) for other dtypes."""
-    from numba.core import types
-    from numba.extending import overload
-    from .gemm_asm import ROWS, block6x16
-    assert (ROWS, NR) == (MR, 16)
-    acc_block = _stack_array(ROWS * NR)
-
-    @numba.njit(**JIT)
-    def block_asm(Af, sai, sak, Bf, ldb, boff, Cf, ldc, i0, mr, j0, nr, k0, k1, alpha, add):
-        acc = numba.carray(acc_block(Cf), ROWS * NR)                 # (ROWS*NR,) row r at r*NR
-        block6x16(Af, i0 * sai + k0 * sak, sai, sak, Bf, k0 * ldb + boff, ldb, k1 - k0, acc)
-        for r in range(ROWS):
-            _store(acc[r * NR:(r + 1) * NR], Cf, (i0 + r) * ldc + j0, nr, alpha, add)
-
-    def block(Af, sai, sak, Bf, ldb, boff, Cf, ldc, i0, mr, j0, nr, k0, k1, alpha, add):
-        raise NotImplementedError                                     # jitted code only
-
-    @overload(block, jit_options=JIT)
-    def _typed(Af, sai, sak, Bf, ldb, boff, Cf, ldc, i0, mr, j0, nr, k0, k1, alpha, add):
-        if Af.dtype == Bf.dtype == Cf.dtype == types.float32:
-            return block_asm.py_func
-        return fallback.py_func
-
-    @numba.njit(**JIT)
-    def block_mr(Af, sai, sak, Bf, ldb, boff, Cf, ldc, i0, mr, j0, nr, k0, k1, alpha, add):
-        block(Af, sai, sak, Bf, ldb, boff, Cf, ldc, i0, mr, j0, nr, k0, k1, alpha, add)
-    return block_mr
-
-
 def _register_block(rows, k_split=1, exact=False):
     """The jitted _block<rows> of block_source, compiled as code of this file (so numba caches it
     and cache.py stamps it with the other kernels)."""
@@ -225,7 +193,7 @@ def _register_block(rows, k_split=1, exact=False):
     return numba.njit(**JIT)(ns[f"_block{rows}"])
 
 
-_block_mr = _asm_block_or(_register_block(MR)) if ASM_BLOCK else _register_block(MR)
+_block_mr = _register_block(MR)
 _block_last = _register_block(LAST, exact=True) if LAST else _block_mr    # the last LAST rows of a pass
 _block4 = _register_block(4)
 _block2 = _register_block(2, k_split=2)

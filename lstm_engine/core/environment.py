@@ -194,27 +194,6 @@ def target_has_avx512():
     return (config.CPU_NAME or "").lower() in AVX512_CPUS
 
 
-AVX2_CPUS = frozenset(("haswell", "broadwell", "skylake", "alderlake", "raptorlake", "meteorlake", "arrowlake",
-                       "lunarlake", "gracemont", "sierraforest", "grandridge", "znver1", "znver2", "znver3",
-                       "x86-64-v3")) | AVX512_CPUS
-
-
-def target_has_avx2_fma():
-    """Whether numba compiles for an x86-64 CPU with AVX2 and FMA (the features the AVX2 assembly
-    block of gemm_asm.py uses), judged as target_has_avx512 judges AVX-512."""
-    import platform
-    from numba.core import config
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return False
-    features = config.CPU_FEATURES
-    if features is None:
-        host = host_features()
-        return bool(host is not None and host.get("avx2") and host.get("fma"))
-    if features:
-        return {"+avx2", "+fma"} <= set(features.split(","))
-    return (config.CPU_NAME or "").lower() in AVX2_CPUS
-
-
 def vector_width():
     """The vector width numba's loops prefer in this process: '512-bit', '256-bit' (LLVM's
     tuning or native-256), or 'default' (no AVX-512, or a target the user set)."""
