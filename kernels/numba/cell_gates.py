@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numba
 
-from .fastmath import fsigmoid, ftanh
+from .fastmath import fsigmoid, ftanh, one_minus
 from .jit import JIT
 
 PEEPHOLE, COUPLED = 1, 2    # the int `cell` of the peephole and coupled kernels (a run-time branch per step)
@@ -59,21 +59,21 @@ def peephole_backward(dh_out, dh, dc, a, wc, c, c_prev, dz, dwc, r0, r1):
             dzr[3 * H + j] = ftanh(cr[j])                             # tanh(c_t), kept in the o slot
         for j in range(H):
             tc = dzr[3 * H + j]
-            dcr[j] += dhr[j] * ar[3 * H + j] * (1 - tc * tc)          # h = o tanh(c), through tanh
+            dcr[j] += dhr[j] * ar[3 * H + j] * one_minus(tc * tc)     # h = o tanh(c), through tanh
         for j in range(H):
             o = ar[3 * H + j]
-            dzr[3 * H + j] = dhr[j] * dzr[3 * H + j] * o * (1 - o)    # do, through sigmoid
+            dzr[3 * H + j] = dhr[j] * dzr[3 * H + j] * o * one_minus(o)  # do, through sigmoid
         for j in range(H):
             dcr[j] += dzr[3 * H + j] * wc[2 * H + j]                  # o's peephole on c_t: total dL/dc_t
         for j in range(H):
             i, g = ar[j], ar[2 * H + j]
-            dzr[j] = dcr[j] * g * i * (1 - i)                         # c = f c_prev + i g
+            dzr[j] = dcr[j] * g * i * one_minus(i)                    # c = f c_prev + i g
         for j in range(H):
             f = ar[H + j]
-            dzr[H + j] = dcr[j] * cpr[j] * f * (1 - f)
+            dzr[H + j] = dcr[j] * cpr[j] * f * one_minus(f)
         for j in range(H):
             i, g = ar[j], ar[2 * H + j]
-            dzr[2 * H + j] = dcr[j] * i * (1 - g * g)                 # through tanh
+            dzr[2 * H + j] = dcr[j] * i * one_minus(g * g)            # through tanh
         for j in range(H):
             dwc[j] += dzr[j] * cpr[j]                                 # dw_ci, dw_cf, dw_co
             dwc[H + j] += dzr[H + j] * cpr[j]
@@ -100,7 +100,7 @@ def coupled_forward(z, b, c_prev, c, h, r0, r1):
         for j in range(H):                                            # o
             zr[2 * H + j] = fsigmoid(zr[2 * H + j] + b[2 * H + j])
         for j in range(H):
-            ct = zr[j] * cp[j] + (1 - zr[j]) * zr[H + j]              # c = f c_prev + (1 - f) g
+            ct = zr[j] * cp[j] + one_minus(zr[j]) * zr[H + j]         # c = f c_prev + (1 - f) g
             cr[j] = ct
             hr[j] = zr[2 * H + j] * ftanh(ct)                         # h = o tanh(c)
 
@@ -117,16 +117,16 @@ def coupled_backward(dh_out, dh, dc, a, c, c_prev, dz, r0, r1):
             dzr[2 * H + j] = ftanh(cr[j])                             # tanh(c_t), kept in the o slot
         for j in range(H):
             tc = dzr[2 * H + j]
-            dcr[j] += dhr[j] * ar[2 * H + j] * (1 - tc * tc)          # h = o tanh(c): total dL/dc_t
+            dcr[j] += dhr[j] * ar[2 * H + j] * one_minus(tc * tc)     # h = o tanh(c): total dL/dc_t
         for j in range(H):
             o = ar[2 * H + j]
-            dzr[2 * H + j] = dhr[j] * dzr[2 * H + j] * o * (1 - o)    # do, through sigmoid
+            dzr[2 * H + j] = dhr[j] * dzr[2 * H + j] * o * one_minus(o)  # do, through sigmoid
         for j in range(H):
             f, g = ar[j], ar[H + j]
-            dzr[j] = dcr[j] * (cpr[j] - g) * f * (1 - f)              # c = f c_prev + (1 - f) g
+            dzr[j] = dcr[j] * (cpr[j] - g) * f * one_minus(f)         # c = f c_prev + (1 - f) g
         for j in range(H):
             f, g = ar[j], ar[H + j]
-            dzr[H + j] = dcr[j] * (1 - f) * (1 - g * g)               # through tanh
+            dzr[H + j] = dcr[j] * one_minus(f) * one_minus(g * g)     # through tanh
         for j in range(H):
             dcr[j] = dcr[j] * ar[j]                                   # dL/dc_{t-1}
 
@@ -150,7 +150,7 @@ def gru_forward(ax, ah, bx, bh, h_prev, hn, h, r0, r1):
             xr[2 * H + j] = ftanh(xr[2 * H + j] + bx[2 * H + j] + xr[j] * hnr[j])
         for j in range(H):                                            # h = (1 - z) n + z h_{t-1}
             z = xr[H + j]
-            ht[j] = (1 - z) * xr[2 * H + j] + z * hpr[j]
+            ht[j] = one_minus(z) * xr[2 * H + j] + z * hpr[j]
 
 
 @numba.njit(inline="always", **JIT)
@@ -166,15 +166,15 @@ def gru_backward(dh_out, dh, a, hn, h_prev, dzx, dzh, r0, r1):
             dhr[j] += dor[j]                                          # total dL/dh_t
         for j in range(H):                                            # h = (1 - z) n + ..: dn, through tanh
             z, n = ar[H + j], ar[2 * H + j]
-            dxr[2 * H + j] = dhr[j] * (1 - z) * (1 - n * n)
+            dxr[2 * H + j] = dhr[j] * one_minus(z) * one_minus(n * n)
         for j in range(H):
             dhh[2 * H + j] = dxr[2 * H + j] * ar[j]                   # n = tanh(.. + r hn): d hn
         for j in range(H):
             rr = ar[j]
-            dxr[j] = dxr[2 * H + j] * hnr[j] * rr * (1 - rr)          # dr, through sigmoid
+            dxr[j] = dxr[2 * H + j] * hnr[j] * rr * one_minus(rr)     # dr, through sigmoid
         for j in range(H):
             z = ar[H + j]
-            dxr[H + j] = dhr[j] * (hpr[j] - ar[2 * H + j]) * z * (1 - z)   # dz, through sigmoid
+            dxr[H + j] = dhr[j] * (hpr[j] - ar[2 * H + j]) * z * one_minus(z) # dz, through sigmoid
         for j in range(2 * H):
             dhh[j] = dxr[j]                                           # r, z: one sum of both sides
         for j in range(H):

@@ -11,8 +11,11 @@ loop over them compiles to vector code (docs/numba.md has their cost per element
     ftanh(x)     float32: Eigen's [13/6] rational polynomial, one division and no exp;
                  float64: odd polynomial (|x| <= 0.625), (1-e)/(1+e), e = exp(-2|x|) beyond
 
+    one_minus(x) 1 - x (the gates' derivatives); like(x, v): v in x's type
+
 Each is overloaded for float32 and float64 with constants of the same type, so float32
-code never widens to float64.  Accuracy against NumPy is checked in the tests.
+code never widens to float64 (an integer or float64 literal would widen it, and the loop then
+runs at half the vector width with conversions).  Accuracy against NumPy is checked in the tests.
 """
 from __future__ import annotations
 
@@ -59,6 +62,29 @@ def fsigmoid(x):
 def ftanh(x):
     """tanh(x)."""
     return np.tanh(x)
+
+
+def one_minus(x):
+    """1 - x."""
+    return 1 - x
+
+
+@overload(one_minus, inline="always", jit_options=JIT)
+def _one_minus(x):
+    one = F32(1.0) if x == types.float32 else 1.0
+    return lambda x: one - x
+
+
+def like(x, v):
+    """v converted to x's type."""
+    return type(x)(v)
+
+
+@overload(like, inline="always", jit_options=JIT)
+def _like(x, v):
+    if x == types.float32:
+        return lambda x, v: F32(v)
+    return lambda x, v: np.float64(v)
 
 
 # --- float32 -----------------------------------------------------------------

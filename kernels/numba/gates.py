@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numba
 
-from .fastmath import fsigmoid, ftanh
+from .fastmath import fsigmoid, ftanh, one_minus
 from .jit import JIT
 
 
@@ -53,18 +53,18 @@ def gates_backward(dh_out, dh, dc, a, c, c_prev, dz, r0, r1):
             dzr[3 * H + j] = ftanh(cr[j])                             # tanh(c_t), kept in the o slot
         for j in range(H):
             tc = dzr[3 * H + j]
-            dcr[j] += dhr[j] * ar[3 * H + j] * (1 - tc * tc)          # h = o tanh(c): total dL/dc_t
+            dcr[j] += dhr[j] * ar[3 * H + j] * one_minus(tc * tc)     # h = o tanh(c): total dL/dc_t
         for j in range(H):
             o = ar[3 * H + j]
-            dzr[3 * H + j] = dhr[j] * dzr[3 * H + j] * o * (1 - o)    # do, through sigmoid
+            dzr[3 * H + j] = dhr[j] * dzr[3 * H + j] * o * one_minus(o)  # do, through sigmoid
         for j in range(H):
             i, g = ar[j], ar[2 * H + j]
-            dzr[j] = dcr[j] * g * i * (1 - i)                         # c = f c_prev + i g
+            dzr[j] = dcr[j] * g * i * one_minus(i)                    # c = f c_prev + i g
         for j in range(H):
             f = ar[H + j]
-            dzr[H + j] = dcr[j] * cpr[j] * f * (1 - f)
+            dzr[H + j] = dcr[j] * cpr[j] * f * one_minus(f)
         for j in range(H):
             i, g = ar[j], ar[2 * H + j]
-            dzr[2 * H + j] = dcr[j] * i * (1 - g * g)                 # through tanh
+            dzr[2 * H + j] = dcr[j] * i * one_minus(g * g)            # through tanh
         for j in range(H):
             dcr[j] = dcr[j] * ar[H + j]                               # dL/dc_{t-1}

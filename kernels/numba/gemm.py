@@ -32,7 +32,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ...core.environment import target_has_avx512
+from ...core.environment import target_has_avx512, vector_width
 from .jit import JIT, REASSOC
 
 # The tiles, defined here only (output_layer splits rows by MR, lstm_layer_columns pads by PAD).
@@ -104,19 +104,59 @@ def _u(i):
     return np.uintp(i)
 
 
+# Bytes a row of sums is updated in at a time: one zmm register on AVX-512 (ymm when its loops
+# prefer 256-bit vectors); on AVX2 the whole row (0), which measured 2.5x faster than ymm pieces.
+VECTOR_BYTES = (64 if vector_width() != "256-bit" else 32) if target_has_avx512() else 0
+
+
+def _row_update(add, NR):
+    """An intrinsic: Cf[c0:c0 + NR] = alpha * acc[:NR] (+ Cf[c0:c0 + NR] with add), written as
+    vector operations of VECTOR_BYTES each (the same loop in numba becomes NR scalar updates, each
+    lane taken out of the register of sums: 5-20% of a block's time)."""
+    @intrinsic
+    def row_update(typingctx, acc, Cf, c0, alpha):
+        dtype = Cf.dtype
+
+        def codegen(context, builder, sig, args):
+            acc_, cf, c0_, alpha_ = args
+            ll = context.get_value_type(dtype)
+            size = context.get_abi_sizeof(ll)
+            lanes = min(NR, VECTOR_BYTES // size) if VECTOR_BYTES else NR
+            vec, i32, i64 = ir.VectorType(ll, lanes), ir.IntType(32), ir.IntType(64)
+            a = context.cast(builder, alpha_, sig.args[3], dtype)
+            splat = builder.insert_element(ir.Constant(vec, ir.Undefined), a, ir.Constant(i32, 0))
+            splat = builder.shuffle_vector(splat, ir.Constant(vec, ir.Undefined),
+                                           ir.Constant(ir.VectorType(i32, lanes), [0] * lanes))   # (lanes,) alpha
+            src = context.make_array(sig.args[0])(context, builder, acc_).data
+            dst = builder.gep(context.make_array(sig.args[1])(context, builder, cf).data,
+                              [context.cast(builder, c0_, sig.args[2], types.int64)])
+            for j in range(0, NR, lanes):                 # one vector of the row at a time
+                at = ir.Constant(i64, j)
+                s = builder.bitcast(builder.gep(src, [at]), vec.as_pointer())
+                d = builder.bitcast(builder.gep(dst, [at]), vec.as_pointer())
+                out = builder.fmul(builder.load(s, align=size), splat)
+                if add:
+                    out = builder.fadd(builder.load(d, align=size), out)
+                builder.store(out, d, align=size)
+            return context.get_dummy_value()
+
+        return types.void(acc, Cf, c0, alpha), codegen
+    return row_update
+
+
+_row_add, _row_set = _row_update(True, NR), _row_update(False, NR)
+
+
 @numba.njit(inline="always", **JIT)
 def _store(acc, Cf, c0, nr, alpha, add):
     """Cf[c0 + j] (+)= alpha * acc[j] for j < nr: added (add) or stored over whatever C held
     (the first k block of a beta = 0 product).  A full row is a constant loop, so acc stays in
     registers; a short one goes through a copy."""
     if nr == NR:
-        Cr = Cf[c0:c0 + NR]
         if add:
-            for jj in range(NR):
-                Cr[jj] += alpha * acc[jj]
+            _row_add(acc, Cf, c0, alpha)
         else:
-            for jj in range(NR):
-                Cr[jj] = alpha * acc[jj]
+            _row_set(acc, Cf, c0, alpha)
     else:
         tmp = numba.carray(_acc_row(Cf), NR)
         for jj in range(NR):

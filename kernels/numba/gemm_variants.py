@@ -29,13 +29,10 @@ _DRIVER = '''
 def _store_{t}(acc, Cf, c0, nr, alpha, add):
     """gemm._store for NR = {NR}."""
     if nr == {NR}:
-        Cr = Cf[c0:c0 + {NR}]
         if add:
-            for jj in range({NR}):
-                Cr[jj] += alpha * acc[jj]
+            _row_add(acc, Cf, c0, alpha)
         else:
-            for jj in range({NR}):
-                Cr[jj] = alpha * acc[jj]
+            _row_set(acc, Cf, c0, alpha)
     else:
         tmp = numba.carray(_acc_row(Cf), {NR})
         for jj in range({NR}):
@@ -165,7 +162,8 @@ def driver_source(tag, mr, nr):
 def _compile(tag, mr, nr):
     """-> the namespace of one blocking, its functions jitted (PAR for the threaded split)."""
     ns = dict(vars(_g))                                      # gemm's helpers; NR and _acc_row replaced
-    ns.update(NR=nr, _acc_row=_g._stack_array(nr), numba=numba, __name__=__name__)
+    ns.update(NR=nr, _acc_row=_g._stack_array(nr), _row_add=_g._row_update(True, nr),
+              _row_set=_g._row_update(False, nr), numba=numba, __name__=__name__)
     code = compile(driver_source(tag, mr, nr), __file__, "exec")
     plain = {}
     exec(code, ns, plain)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .fastmath import fexp
+from .fastmath import fexp, like
 from .gemm import MR, gemm, padded_t
 from .jit import JIT, PAR, REASSOC
 from .lstm_layer import column_sums
@@ -49,7 +49,7 @@ def softmax_xent_rows(logits, targets, dlogits, need_grad, r0, r1, scratch):
         s = row_sum(e)
         total += np.log(np.float64(s)) - np.float64(z[targets[n]] - m)   # -log softmax_y
         if need_grad:
-            inv = 1 / (s * N)                                 # d(-log p_y)/dz = (p - onehot) / N
+            inv = like(s, 1 / (s * N))                        # d(-log p_y)/dz = (p - onehot) / N
             for j in range(V):
                 e[j] = e[j] * inv
             e[targets[n]] -= 1 / N

@@ -21,7 +21,7 @@ import numba
 import numpy as np
 
 from .cell_layers import COUPLED, PEEPHOLE
-from .fastmath import fsigmoid, ftanh
+from .fastmath import fsigmoid, ftanh, one_minus
 from .jit import JIT
 from .sample import PANEL, draw, layer_input, panel_acc, sample_buffers
 
@@ -59,7 +59,7 @@ def coupled_cell(z, S, h, c):
         f = fsigmoid(z[j])
         g = ftanh(z[S + j])
         o = fsigmoid(z[2 * S + j])
-        c[j] = f * c[j] + (1 - f) * g
+        c[j] = f * c[j] + one_minus(f) * g
         h[j] = o * ftanh(c[j])
 
 
@@ -85,7 +85,7 @@ def gru_update(z, zh, S, hp, h):
         r = fsigmoid(z[j] + zh[j])
         u = fsigmoid(z[S + j] + zh[S + j])                              # the update gate z_t
         n = ftanh(z[2 * S + j] + r * zh[2 * S + j])
-        h[j] = (1 - u) * n + u * hp[j]
+        h[j] = one_minus(u) * n + u * hp[j]
 
 
 @numba.njit(**JIT)
