@@ -174,7 +174,7 @@ def gru_backward(dh_out, dh, a, hn, h_prev, dzx, dzh, r0, r1):
             dxr[j] = dxr[2 * H + j] * hnr[j] * rr * one_minus(rr)     # dr, through sigmoid
         for j in range(H):
             z = ar[H + j]
-            dxr[H + j] = dhr[j] * (hpr[j] - ar[2 * H + j]) * z * one_minus(z) # dz, through sigmoid
+            dxr[H + j] = dhr[j] * (hpr[j] - ar[2 * H + j]) * z * one_minus(z)  # dz, through sigmoid
         for j in range(2 * H):
             dhh[j] = dxr[j]                                           # r, z: one sum of both sides
         for j in range(H):

@@ -33,6 +33,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ...core.environment import target_has_avx512, vector_width
+from .fastmath import like
 from .jit import JIT, REASSOC
 
 # The tiles, defined here only (output_layer splits rows by MR, lstm_layer_columns pads by PAD).
@@ -152,6 +153,7 @@ def _store(acc, Cf, c0, nr, alpha, add):
     """Cf[c0 + j] (+)= alpha * acc[j] for j < nr: added (add) or stored over whatever C held
     (the first k block of a beta = 0 product).  A full row is a constant loop, so acc stays in
     registers; a short one goes through a copy."""
+    alpha = like(acc[0], alpha)                  # a float64 alpha would widen every update
     if nr == NR:
         if add:
             _row_add(acc, Cf, c0, alpha)

@@ -480,6 +480,55 @@ def _run_under_isa(script, isa, tmp_path):
     return dict(line.split(" ", 1) for line in r.stdout.splitlines())
 
 
+_WIDENING_SCRIPT = r"""
+import numpy as np
+from lstm_engine.kernels.numba import gemm     # sets numba's target before importing numba
+import numba
+from lstm_engine.kernels.numba.gates import gates_backward
+from lstm_engine.kernels.numba.jit import JIT
+
+
+@numba.njit(**dict(JIT, cache=False))                # code from -c has no file to cache beside
+def gates_step(dh_out, dh, dc, a, c, c_prev, dz):
+    gates_backward(dh_out, dh, dc, a, c, c_prev, dz, 0, dh.shape[0])
+
+
+def conversions(fn):
+    lines = "".join(fn.inspect_asm().values()).splitlines()
+    return sum(1 for ln in lines if ln.split() and ln.split()[0] in ("vcvtss2sd", "vcvtps2pd", "vcvtsd2ss", "vcvtpd2ps"))
+
+
+rng = np.random.default_rng(0)
+x = lambda *shape: rng.random(shape, dtype=np.float32)
+A, B, C = x(25, 128), x(128, 96), x(25, 96)
+want = C + 0.5 * (A.astype(np.float64) @ B)
+gemm.gemm(A, B, C, False, False, 0.5, 1.0)
+gates_step(x(4, 64), x(4, 64), x(4, 64), x(4, 256), x(4, 64), x(4, 64), np.zeros((4, 256), np.float32))
+print("block", conversions(gemm._block_mr))
+print("gates", conversions(gates_step))
+print("err", float(np.abs(C - want).max() / np.abs(want).max()))
+"""
+
+
+@pytest.mark.parametrize("isa", ["native", "avx2"])
+def test_float32_kernels_do_not_widen_to_float64(tmp_path, isa):
+    """A float32 register block converts at most alpha to float32 (a float64 alpha times float32
+    sums, or an int literal in `1 - x`, makes numba compute in float64: every element converted
+    to double and back, at half the vector width); so does the LSTM's gate backward."""
+    if isa == "avx2" and not _has_avx2():
+        pytest.skip("needs a CPU with AVX2")
+    out = _run_under_isa(_WIDENING_SCRIPT, isa, tmp_path)
+    assert int(out["block"]) <= 2, out["block"]                        # alpha, once
+    assert int(out["gates"]) == 0, out["gates"]
+    assert float(out["err"]) < 1e-5
+
+
+def _has_avx2():
+    from lstm_engine.core.environment import host_features
+    features = host_features()
+    return bool(features is not None and features.get("avx2") and features.get("fma"))
+
+
 def test_the_avx2_switch_compiles_for_haswell_and_matches_the_reference(tmp_path):
     """LSTM_ENGINE_NUMBA_ISA=avx2 in a fresh process: numba targets Haswell (no zmm register in the
     GEMM's register block or the layer's time loop), caches in its own folder, and a small layer
