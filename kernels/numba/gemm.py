@@ -106,14 +106,14 @@ def _u(i):
 
 
 # Bytes a row of sums is updated in at a time: one zmm register on AVX-512 (ymm when its loops
-# prefer 256-bit vectors); on AVX2 the whole row (0), which measured 2.5x faster than ymm pieces.
+# prefer 256-bit vectors); on AVX2 the whole row (0): ymm pieces measured slower (docs/numba.md).
 VECTOR_BYTES = (64 if vector_width() != "256-bit" else 32) if target_has_avx512() else 0
 
 
 def _row_update(add, NR):
     """An intrinsic: Cf[c0:c0 + NR] = alpha * acc[:NR] (+ Cf[c0:c0 + NR] with add), written as
     vector operations of VECTOR_BYTES each (the same loop in numba becomes NR scalar updates, each
-    lane taken out of the register of sums: 5-20% of a block's time)."""
+    lane taken out of the register of sums; docs/numba.md, "Rows of sums and float32 constants")."""
     @intrinsic
     def row_update(typingctx, acc, Cf, c0, alpha):
         dtype = Cf.dtype
