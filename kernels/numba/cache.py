@@ -11,6 +11,12 @@ locators.
 The hash is taken when this module is imported, before the kernels are compiled: a file
 edited while a process runs then gives that process an older stamp than its code (a
 cache entry no later process loads), never a newer one (stale code that they would load).
+
+Importing this module also starts numba's thread pool.  A cached function whose threaded loops
+came from another cached function (a kernel compiled in a process that loaded `pgemm` from the
+cache, say) does not start the pool when it is loaded, and its first call jumps to a null
+pointer; numba starts the pool itself only for the libraries that compiled the loops (numba
+issues 8578 and 4807).  tests/backends/test_numba_cache.py shows it on two small functions.
 """
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ import glob
 import hashlib
 import os
 
+import numba
 from numba.core import caching
 
 _DIR = os.path.dirname(os.path.abspath(__file__))
@@ -86,3 +93,4 @@ def _install():
 
 
 _install()
+numba.get_num_threads()     # starts the thread pool (see the module's docstring)
