@@ -362,6 +362,25 @@ def lstm_forward(x, W, b, h0, c0):
 _NO_TOKENS = np.empty((0, 0), np.int64)     # the tokens of a layer without the table
 
 
+def _rows_for_weight_grads(dz2, m):
+    """dz2 (N,G) as the weight-gradient products (m = rows of their C) read it: where gemm would
+    copy it with padded rows for each product (gemm.pads_b: an L1 cache-set conflict), copied
+    once here into a pooled (N, G + PAD) buffer -> its (N,G) view; else dz2 itself.  At
+    medium's 52 MB a fresh copy is an mmap, a page fault per 4 KiB, every step."""
+    g = _kernels().gemm
+    N, G = dz2.shape
+    if not g.pads_b(m, G * dz2.itemsize):
+        return dz2
+    rows = _pool.empty((N, G + g.PAD), dz2.dtype)[:, :G]              # (N,G) view, rows G + PAD apart
+    rows[...] = dz2
+    return rows
+
+
+def _own_products(n):
+    """The kernels' own GEMM for n products, as _tuned lists the chosen ones."""
+    return [_kernels().lstm.mm] * n
+
+
 def _weight_grads(fns, cache, dz2, dW, prod):
     """dW_h = sum_t h_{t-1}^T dz_t (two products) and, with fns[1], dW_x = x^T dz, by the chosen
     products; dz2 (N,G) the dz rows."""
@@ -400,11 +419,13 @@ def lstm_backward(dhs, dhT, dcT, cache):
     I, dt = x.shape[2], dW.dtype
     prod, rows, units = _threads(T, B, H)
     fns = _tuned(_layer_products(T, B, I, H, False)[1:], dt, prod) if T else None
+    if T and fns is None and _kernels().gemm.pads_b(min(H, I), 4 * H * dt.itemsize):
+        fns = _own_products(3)                     # the fused kernel would copy dz into fresh memory
     if fns is not None:                            # the time loop, then the chosen products
         _kernels().lstm.run_backward_steps(dhs, cache.W[:H], cache.c0, cache.cs, cache.acts, dzs, dh, dc, rows,
                                            units, _NO_TOKENS, db, np.empty((0, 4 * H), dt))
         dz2 = dzs.reshape(T * B, 4 * H)                                                     # (N,G)
-        _weight_grads(fns, cache, dz2, dW, prod)
+        _weight_grads(fns, cache, _rows_for_weight_grads(dz2, min(H, I)), dW, prod)
         fns[2](dz2, cache.W[H:], dx.reshape(T * B, I), False, True, 1.0, 0.0, prod)        # dx = dz W_x^T
     elif T:
         _kernels().lstm.lstm_backward_kernel(dhs, x, cache.W, cache.h0, cache.c0, cache.hs, cache.cs, cache.acts,
@@ -461,11 +482,13 @@ def embed_lstm_backward(dhs, dhT, dcT, cache):
     T, B, H = cache.hs.shape
     prod, rows, units = _threads(T, B, H)
     fns = _tuned(_layer_products(T, B, Emb.shape[1], H, True), dW.dtype, prod) if T else None
+    if T and fns is None and _kernels().gemm.pads_b(H, 4 * H * dW.dtype.itemsize):
+        fns = _own_products(1)                     # the fused kernel would copy dz into fresh memory
     if fns is not None:                            # the time loop, then dW_h by the chosen product
         K = _kernels()
         K.lstm.run_backward_steps(dhs, cache.W[:H], cache.c0, cache.cs, cache.acts, dzs, dh, dc, rows, units,
                                   tokens, db, dtable)
-        _weight_grads(fns, cache, dzs.reshape(T * B, 4 * H), dW, prod)
+        _weight_grads(fns, cache, _rows_for_weight_grads(dzs.reshape(T * B, 4 * H), H), dW, prod)
         K.lstm.mm(Emb, dtable, dW[H:], True, False, 1.0, 0.0, prod)                         # dW_x (E,G)
         K.lstm.mm(dtable, cache.W[H:], dEmb, False, True, 1.0, 0.0, prod)                   # dEmb (V,E)
     elif T:

@@ -219,12 +219,24 @@ def test_lstm_layer_forward_caches_and_gradients(T, B, I, H, dtype, rng, path):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_lstm_layer_whose_weight_gradients_share_a_padded_dz(dtype, rng, path):
     """H = I = 256: both weight-gradient products have m >= PAD_MIN_ROWS and dz rows 4 KB (8 KB)
-    apart, so lstm_backward_kernel copies dz once with padded rows for them.  W is scaled by
+    apart, so the backend copies dz once into pooled rows padded apart for them.  W is scaled by
     1/8 so that the 512-term pre-activations stay O(1) (unscaled, they are O(10) and float32 hs
     leaves even the 'wide' tolerance before any of the backward runs)."""
+    assert nb._kernels().gemm.pads_b(256, 4 * 256 * np.dtype(dtype).itemsize)      # the padded path runs
     a = layer_inputs(rng, 2, 3, 256, 256, dtype)
     a["W"] = (a["W"] / 8).astype(dtype)
     compare_layer("lstm layer T2 B3 I256 H256", a, dtype, forward="wide")
+    compare_layer("lstm layer T2 B3 I256 H256, again (pooled rows reused)", a, dtype, forward="wide")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_embedding_layer_whose_recurrent_gradient_reads_a_padded_dz(dtype, rng, path):
+    """The table path at H = 256: dW_h's product has m = H >= PAD_MIN_ROWS and dz rows 4 KB
+    (8 KB) apart, so it reads dz from the backend's pooled padded rows."""
+    a = layer_inputs(rng, 2, 3, 16, 256, dtype)
+    a["W"] = (a["W"] / 8).astype(dtype)
+    Emb = rng.standard_normal((4, 16)).astype(dtype)
+    compare_embed_layer(a, rng.integers(0, 4, (2, 3)).astype(np.int32), Emb, dtype, wide=True)
 
 
 def compare_layer(title, a, dtype, forward="forward"):
@@ -248,16 +260,22 @@ def compare_layer(title, a, dtype, forward="forward"):
 def test_embedding_layer_both_paths(T, B, I, H, V, dtype, rng, path):
     a = layer_inputs(rng, T, B, I, H, dtype)
     Emb = rng.standard_normal((V, I)).astype(dtype)
-    tokens = rng.integers(0, V, (T, B)).astype(np.int32)
+    compare_embed_layer(a, rng.integers(0, V, (T, B)).astype(np.int32), Emb, dtype)
+
+
+def compare_embed_layer(a, tokens, Emb, dtype, wide=False):
+    """embed_lstm_forward / embed_lstm_backward of numba against the reference, by name; the
+    table path when V <= T*B, else the gathered one (checked)."""
+    (T, B), (V, E), H = tokens.shape, Emb.shape, a["h0"].shape[1]
     r = ref.embed_lstm_forward(tokens, Emb, a["W"], a["b"], a["h0"], a["c0"])
     n = nb.embed_lstm_forward(tokens, Emb, a["W"], a["b"], a["h0"], a["c0"])
     assert (n[3].x is None) == (V <= T * B)     # which path ran
     got = nb.embed_lstm_backward(a["dhs"], a["dhT"], a["dcT"], n[3])
     want = ref.embed_lstm_backward(a["dhs"], a["dhT"], a["dcT"], r[3])
-    with Parity(f"embed layer T{T} B{B} E{I} H{H} V{V}", backend="numba") as p:
+    with Parity(f"embed layer T{T} B{B} E{E} H{H} V{V}", backend="numba") as p:
         for name, k in (("hs", 0), ("hT", 1), ("cT", 2)):
-            p.check(name, n[k], r[k], dtype)
-        p.check("cache.acts", n[3].acts, r[3][2][6], dtype)
+            p.check(name, n[k], r[k], dtype, "wide" if wide else "forward")
+        p.check("cache.acts", n[3].acts, r[3][2][6], dtype, "wide" if wide else "forward")
         for name, g, w in zip(("dEmb", "dW", "db", "dh0", "dc0"), got, want):
             p.check(name, g, w, dtype, "grad")
 
