@@ -16,7 +16,7 @@ Importing this module also starts numba's thread pool.  A cached function whose 
 came from another cached function (a kernel compiled in a process that loaded `pgemm` from the
 cache, say) does not start the pool when it is loaded, and its first call jumps to a null
 pointer; numba starts the pool itself only for the libraries that compiled the loops (numba
-issues 8578 and 4807).  tests/backends/test_numba_cache.py shows it on two small functions.
+issues 8578 and 4807).  tests/backends/test_numba_cache.py shows it on three small functions.
 """
 from __future__ import annotations
 

@@ -362,16 +362,19 @@ def lstm_forward(x, W, b, h0, c0):
 _NO_TOKENS = np.empty((0, 0), np.int64)     # the tokens of a layer without the table
 
 
-def _rows_for_weight_grads(dz2, m):
-    """dz2 (N,G) as the weight-gradient products (m = rows of their C) read it: where gemm would
-    copy it with padded rows for each product (gemm.pads_b: an L1 cache-set conflict), copied
-    once here into a pooled (N, G + PAD) buffer -> its (N,G) view; else dz2 itself.  At
-    medium's 52 MB a fresh copy is an mmap, a page fault per 4 KiB, every step."""
-    g = _kernels().gemm
+def _pads_dz(m, H, dt):
+    """True when gemm would read dz (rows 4H apart) from a copy with padded rows in products
+    whose C has m rows (gemm.pads_b: an L1 cache-set conflict): the backend then makes that
+    copy once per layer (_padded_rows)."""
+    return _kernels().gemm.pads_b(m, 4 * H * np.dtype(dt).itemsize)
+
+
+def _padded_rows(dz2):
+    """dz2 (N,G) copied into a pooled (N, G + PAD) buffer -> its (N,G) view, rows G + PAD apart.
+    The fused kernels made this copy fresh each call; at medium's 52 MB that is an mmap, a page
+    fault per 4 KiB, every step."""
     N, G = dz2.shape
-    if not g.pads_b(m, G * dz2.itemsize):
-        return dz2
-    rows = _pool.empty((N, G + g.PAD), dz2.dtype)[:, :G]              # (N,G) view, rows G + PAD apart
+    rows = _pool.empty((N, G + _kernels().gemm.PAD), dz2.dtype)[:, :G]   # (N,G) view
     rows[...] = dz2
     return rows
 
@@ -419,13 +422,14 @@ def lstm_backward(dhs, dhT, dcT, cache):
     I, dt = x.shape[2], dW.dtype
     prod, rows, units = _threads(T, B, H)
     fns = _tuned(_layer_products(T, B, I, H, False)[1:], dt, prod) if T else None
-    if T and fns is None and _kernels().gemm.pads_b(min(H, I), 4 * H * dt.itemsize):
+    pad = bool(T) and _pads_dz(min(H, I), H, dt)
+    if pad and fns is None:
         fns = _own_products(3)                     # the fused kernel would copy dz into fresh memory
     if fns is not None:                            # the time loop, then the chosen products
         _kernels().lstm.run_backward_steps(dhs, cache.W[:H], cache.c0, cache.cs, cache.acts, dzs, dh, dc, rows,
                                            units, _NO_TOKENS, db, np.empty((0, 4 * H), dt))
         dz2 = dzs.reshape(T * B, 4 * H)                                                     # (N,G)
-        _weight_grads(fns, cache, _rows_for_weight_grads(dz2, min(H, I)), dW, prod)
+        _weight_grads(fns, cache, _padded_rows(dz2) if pad else dz2, dW, prod)
         fns[2](dz2, cache.W[H:], dx.reshape(T * B, I), False, True, 1.0, 0.0, prod)        # dx = dz W_x^T
     elif T:
         _kernels().lstm.lstm_backward_kernel(dhs, x, cache.W, cache.h0, cache.c0, cache.hs, cache.cs, cache.acts,
@@ -482,13 +486,15 @@ def embed_lstm_backward(dhs, dhT, dcT, cache):
     T, B, H = cache.hs.shape
     prod, rows, units = _threads(T, B, H)
     fns = _tuned(_layer_products(T, B, Emb.shape[1], H, True), dW.dtype, prod) if T else None
-    if T and fns is None and _kernels().gemm.pads_b(H, 4 * H * dW.dtype.itemsize):
+    pad = bool(T) and _pads_dz(H, H, dW.dtype)
+    if pad and fns is None:
         fns = _own_products(1)                     # the fused kernel would copy dz into fresh memory
     if fns is not None:                            # the time loop, then dW_h by the chosen product
         K = _kernels()
         K.lstm.run_backward_steps(dhs, cache.W[:H], cache.c0, cache.cs, cache.acts, dzs, dh, dc, rows, units,
                                   tokens, db, dtable)
-        _weight_grads(fns, cache, _rows_for_weight_grads(dzs.reshape(T * B, 4 * H), H), dW, prod)
+        dz2 = dzs.reshape(T * B, 4 * H)                                                     # (N,G)
+        _weight_grads(fns, cache, _padded_rows(dz2) if pad else dz2, dW, prod)
         K.lstm.mm(Emb, dtable, dW[H:], True, False, 1.0, 0.0, prod)                         # dW_x (E,G)
         K.lstm.mm(dtable, cache.W[H:], dEmb, False, True, 1.0, 0.0, prod)                   # dEmb (V,E)
     elif T:
