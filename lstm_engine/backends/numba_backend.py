@@ -371,8 +371,8 @@ def _pads_dz(m, H, dt):
 
 def _padded_rows(dz2):
     """dz2 (N,G) copied into a pooled (N, G + PAD) buffer -> its (N,G) view, rows G + PAD apart.
-    The fused kernels made this copy fresh each call; at medium's 52 MB that is an mmap, a page
-    fault per 4 KiB, every step."""
+    The fused kernels made this copy fresh each call; past glibc's mmap threshold (medium) that
+    costs a page fault per 4 KiB every step (docs/numba.md, "L1 cache sets")."""
     N, G = dz2.shape
     rows = _pool.empty((N, G + _kernels().gemm.PAD), dz2.dtype)[:, :G]   # (N,G) view
     rows[...] = dz2
