@@ -124,13 +124,21 @@ def candidates(kind):
 
 _EXTRA = {}          # name -> product added to every kind's candidates (tests inject a wrong one here)
 _FNS = {}
+OPT_IN = ("bf16",)   # products only LSTM_ENGINE_TUNE forces: they round the operands, so never chosen
+
+
+def opt_in(name):
+    """The opt-in product `name` -> (product or None, why not)."""
+    from ..kernels.numba import gemm_bf16
+    ok, why = gemm_bf16.available()
+    return (gemm_bf16.mm_bf16 if ok else None), why
 
 
 def product_fn(kind, name):
     """The candidate `name` of a product kind (as the backend calls it)."""
     fn = _FNS.get((kind, name))
     if fn is None:
-        fn = _FNS[kind, name] = {**candidates(kind), **_EXTRA}[name]
+        fn = _FNS[kind, name] = opt_in(name)[0] if name in OPT_IN else {**candidates(kind), **_EXTRA}[name]
     return fn
 
 
@@ -353,6 +361,8 @@ def choose(product, dtype, prod):
     tuning is off or the product is small; else the cached choice, measured now on a miss or when
     candidates that record did not time are ready now."""
     m = mode()
+    if m in OPT_IN and np.dtype(dtype) != np.float32:
+        return "own"                                   # rounding to bfloat16 would undo a float64 model
     if m != "auto":
         return _forced(m, product.kind)
     if product.m * product.k * product.n < TUNE_MIN_MACS:
@@ -436,6 +446,8 @@ def _forced(name, kind):
     """The candidate LSTM_ENGINE_TUNE forces ('off' runs `own`); a UserError where it is missing here."""
     if name == "off":
         return "own"
+    if name in OPT_IN and opt_in(name)[0] is not None:
+        return name
     if name not in candidates(kind):
         raise UserError(f"LSTM_ENGINE_TUNE={name}: that GEMM is not available here ({_missing(name)}); "
                         f"choose auto or another")
@@ -444,6 +456,8 @@ def _forced(name, kind):
 
 def _missing(name):
     from ..kernels.numba import blas
+    if name in OPT_IN:
+        return opt_in(name)[1]
     return blas.available()[1] if name == "blas" else "unknown"
 
 

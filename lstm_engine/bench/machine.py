@@ -122,6 +122,7 @@ def machine_info(threads=None):
         "blas_kernel": blas_kernel,
         "numba_threads": numba_threads,
         "numba_vectors": numba_vectors,
+        "numba_gemm": environment.get("LSTM_ENGINE_TUNE", "auto"),
         "torch_threads": torch.get_num_threads() if torch is not None else None,
         "torch_isa": torch_isa(torch) if torch is not None else None,
         "python_version": platform.python_version(),
@@ -145,7 +146,8 @@ def machine_line(m):
     return (f"machine: {m['cpu']}" + (f" ({cpu})" if cpu else "")
             + f", {m['cores']} cores ({m['cores_usable']} usable, load {m['load_avg']}); "
             f"BLAS {m['blas']} (threads: {m['blas_threads']}{kernel}); numba threads: {m['numba_threads']}"
-            + (f" (vectors {m['numba_vectors']})" if m.get("numba_vectors") not in (None, "default") else "") + "; "
+            + (f" (vectors {m['numba_vectors']})" if m.get("numba_vectors") not in (None, "default") else "")
+            + (f", GEMMs: {m['numba_gemm']} (LSTM_ENGINE_TUNE)" if m.get("numba_gemm") not in (None, "auto") else "") + "; "
             f"numpy {m['numpy_version']}, numba {m['numba_version'] or '-'}, cupy {m['cupy_version'] or '-'}, "
             f"torch {m['torch_version'] or '-'}"
             + (f" ({torch_extra})" if torch_extra else "")

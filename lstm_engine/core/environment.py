@@ -39,8 +39,9 @@ VARIABLES = {
     "LSTM_ENGINE_CUPY_GRAPHS": ("0 or 1", _choices("0", "1")),
     "LSTM_ENGINE_GPU_REPORT": ("a file path (the GPU parity report of the tests)", _path),
     "LSTM_ENGINE_EMU_CACHE": ("a directory path (the CUDA emulator's cache of the tests)", _path),
-    "LSTM_ENGINE_TUNE": ("auto, off, or a GEMM to force: own, gemm12x32, gemm6x16, blas (the numba backend's "
-                         "per-machine kernel choice)", _choices("auto", "off", "own", "gemm12x32", "gemm6x16", "blas")),
+    "LSTM_ENGINE_TUNE": ("auto, off, or a GEMM to force: own, gemm12x32, gemm6x16, blas, or bf16 (bfloat16 "
+                         "operands, float32 sums: the numba backend's per-machine kernel choice)",
+                         _choices("auto", "off", "own", "gemm12x32", "gemm6x16", "blas", "bf16")),
     "LSTM_ENGINE_TUNE_FILE": ("a file path (where the numba backend's kernel choices are cached)", _path),
     "LSTM_ENGINE_NUMBA_ISA": ("one of native, native-256, avx2 (the instruction set numba compiles for)",
                               _choices("native", "native-256", "avx2")),

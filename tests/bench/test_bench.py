@@ -256,6 +256,15 @@ def test_engine_and_reference_checks_agree_exactly_on_numpy():
     assert np.isclose(a["loss"], np.log(65), rtol=0.05)      # near-uniform predictions at initialisation
 
 
+def test_bfloat16_products_widen_the_check_tenfold_and_say_so():
+    ref = {"loss": 4.0, "greedy": [1, 2], "train_loss": 4.0, "grad_norm": 1.0, "loss_after_step": 3.9}
+    got = dict(ref, grad_norm=1.004)                            # 4e-3: over NORM_RTOL, within 10x
+    assert not bench.compare(got, ref)["train"][0]
+    ok, why = bench.compare(got, ref, bench.BF16_SCALE)["train"]
+    assert ok and "bfloat16" in why
+    assert not bench.compare(dict(ref, grad_norm=1.02), ref, bench.BF16_SCALE)["train"][0]
+
+
 _THREADS_ORDER_SCRIPT = r"""
 import sys
 import numba.np.ufunc.parallel as par

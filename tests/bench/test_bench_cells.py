@@ -143,3 +143,12 @@ def test_machine_fields_name_the_cpu_blas_kernel_and_threads():
         want = next((x for x in ("avx512f", "avx2", "avx", "sse4_2") if x in flags), None)
         assert (m["cpu_isa"] or "").split("+")[0] == (want or "")
         assert m["cpu_id"] and m["cpu_id"] in line
+
+
+
+def test_machine_line_names_a_gemm_choice_other_than_auto(monkeypatch):
+    monkeypatch.setenv("LSTM_ENGINE_TUNE", "auto")
+    assert "GEMMs:" not in bench_machine.machine_line(bench_machine.machine_info(1))
+    monkeypatch.setenv("LSTM_ENGINE_TUNE", "bf16")
+    m = bench_machine.machine_info(1)
+    assert m["numba_gemm"] == "bf16" and "GEMMs: bf16 (LSTM_ENGINE_TUNE)" in bench_machine.machine_line(m)

@@ -1,0 +1,150 @@
+"""The opt-in bfloat16 product (kernels/numba/gemm_bf16.py, LSTM_ENGINE_TUNE=bf16).
+
+Against the float64 product of the operands rounded to bfloat16 (what the kernel promises: float32
+sums of exactly those products), and through the backend against the float32 reference at the
+operands' rounding (BF16 below).  Skipped on a CPU without AVX512_BF16, where the product is
+refused with a one-line error (tested everywhere).
+"""
+from __future__ import annotations
+
+import itertools
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lstm_engine.errors import UserError
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lstm_engine.backends import numba_backend as nb  # noqa: E402
+from lstm_engine.backends import numba_tune as nt  # noqa: E402
+from lstm_engine.backends import numpy_backend as ref  # noqa: E402
+from lstm_engine.kernels.numba import gemm_bf16  # noqa: E402
+from parity import Parity  # noqa: E402
+from test_numba_backend import layer_inputs  # noqa: E402
+
+HAVE_BF16 = gemm_bf16.available()[0]
+needs_bf16 = pytest.mark.skipif(not HAVE_BF16, reason=f"bfloat16 products: {gemm_bf16.available()[1]}")
+BF16 = {"forward": 1e-2, "grad": 2e-2}   # scale-relative: operands rounded to 8 bits of mantissa (2^-9)
+
+
+def bf16_round(x):
+    """float32 x rounded to bfloat16 (nearest, ties to even), as float32."""
+    u = np.asarray(x, np.float32).view(np.uint32).astype(np.uint64)
+    return (((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16).astype(np.uint32).view(np.float32)
+
+
+@needs_bf16
+def test_rounding_is_to_nearest_with_ties_to_even():
+    eps = 2.0 ** -7                                     # bfloat16's spacing at 1
+    x = np.array([1.0, 1 + eps / 2, 1 + 3 * eps / 2, 1 + eps / 2 + 2 ** -20, -(1 + eps / 4), 3.0e38], np.float32)
+    want = np.array([1.0, 1.0, 1 + 2 * eps, 1 + eps, -1.0, bf16_round(np.float32(3.0e38))], np.float32)
+    got = np.array([np.uint32(gemm_bf16._bf16(v)) << np.uint32(16) for v in x], np.uint32).view(np.float32)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(bf16_round(x), want)
+
+
+SHAPES = [(1, 1, 1), (7, 5, 3), (9, 33, 65), (8, 64, 32), (17, 130, 33), (50, 64, 512)]
+
+
+@needs_bf16
+@pytest.mark.parametrize("prod", [None, 2])
+@pytest.mark.parametrize("m,k,n", SHAPES)
+def test_product_is_the_rounded_operands_product_in_float32(m, k, n, prod, rng):
+    """Every layout and beta, blocks cut at the edges (m, n not multiples of the block, k odd):
+    within float32 rounding of the float64 product of the bfloat16 operands; beta 0 writes over NaN."""
+    for ta, tb, beta in itertools.product((False, True), (False, True), (0.0, 1.0)):
+        A = rng.standard_normal((k, m) if ta else (m, k)).astype(np.float32)    # op(A) (m,k)
+        B = rng.standard_normal((n, k) if tb else (k, n)).astype(np.float32)    # op(B) (k,n)
+        C0 = rng.standard_normal((m, n)).astype(np.float32)                     # (m,n)
+        C = C0.copy() if beta else np.full((m, n), np.nan, np.float32)
+        gemm_bf16.mm_bf16(A, B, C, ta, tb, 0.5, beta, prod)
+        oa, ob = (A.T if ta else A), (B.T if tb else B)
+        want = 0.5 * (bf16_round(oa).astype(np.float64) @ bf16_round(ob).astype(np.float64)) + beta * C0
+        with Parity(f"bf16 product {m}x{k}x{n} ta={ta} tb={tb} beta={beta}", backend="numba") as p:
+            p.check("C", C, want, "float32", "wide")
+
+
+@needs_bf16
+def test_product_rounds_the_operands(rng):
+    """The product is not a float32 one in disguise: operands with bits below bfloat16's mantissa
+    give the rounded product, away from the exact one."""
+    A = np.full((8, 4), 1 + 2.0 ** -10, np.float32)        # rounds to 1 in bfloat16
+    B = np.ones((4, 32), np.float32)
+    C = np.zeros((8, 32), np.float32)
+    gemm_bf16.mm_bf16(A, B, C, False, False, 1.0, 0.0, None)
+    np.testing.assert_array_equal(C, np.full((8, 32), 4.0, np.float32))
+
+
+@pytest.fixture
+def forced_bf16(monkeypatch):
+    monkeypatch.setenv("LSTM_ENGINE_TUNE", "bf16")
+    nt.forget()
+    called = []
+    product_fn = nt.product_fn
+    monkeypatch.setattr(nt, "product_fn", lambda kind, name: called.append(name) or product_fn(kind, name))
+    yield called
+    nt.forget()
+
+
+@needs_bf16
+def test_forced_through_the_backend_matches_the_reference_at_bfloat16_rounding(forced_bf16, rng):
+    """A layer, layer 0 on its gathered path and the output layer with every big product in
+    bfloat16, against the float32 reference by name; the bfloat16 product ran."""
+    dtype = "float32"
+    a = layer_inputs(rng, 6, 4, 40, 33, dtype)
+    a["W"] = (a["W"] / (0.6 * np.sqrt(40 + 33))).astype(dtype)             # an initialised model's scale, unsaturated
+    r_hs, r_hT, r_cT, r_cache = ref.lstm_forward(a["x"], a["W"], a["b"], a["h0"], a["c0"])
+    hs, hT, cT, cache = nb.lstm_forward(a["x"], a["W"], a["b"], a["h0"], a["c0"])
+    got = nb.lstm_backward(a["dhs"], a["dhT"], a["dcT"], cache)
+    want = ref.lstm_backward(a["dhs"], a["dhT"], a["dcT"], r_cache)
+    with Parity("bf16 lstm layer T6 B4 I40 H33", backend="numba") as p:
+        for name, g, w in (("hs", hs, r_hs), ("hT", hT, r_hT), ("cT", cT, r_cT)):
+            p.check(name, g, w, dtype, tol=BF16["forward"])
+        for name, g, w in zip(("dx", "dW", "db", "dh0", "dc0"), got, want):
+            p.check(name, g, w, dtype, tol=BF16["grad"])
+            p.equal(f"{name}.dtype", g.dtype.name, dtype)
+    Emb = rng.standard_normal((40, 40)).astype(dtype)
+    tokens = rng.integers(0, 40, (6, 4))                                    # V > T*B: gathered
+    r = ref.embed_lstm_forward(tokens, Emb, a["W"], a["b"], a["h0"], a["c0"])
+    n = nb.embed_lstm_forward(tokens, Emb, a["W"], a["b"], a["h0"], a["c0"])
+    got = nb.embed_lstm_backward(a["dhs"], a["dhT"], a["dcT"], n[3])
+    want = ref.embed_lstm_backward(a["dhs"], a["dhT"], a["dcT"], r[3])
+    with Parity("bf16 embed layer V40", backend="numba") as p:
+        p.check("hs", n[0], r[0], dtype, tol=BF16["forward"])
+        for name, g, w in zip(("dEmb", "dW", "db", "dh0", "dc0"), got, want):
+            p.check(name, g, w, dtype, tol=BF16["grad"])
+    x, W, b, dy = (rng.standard_normal(s).astype(dtype) for s in ((203, 40), (40, 33), (33,), (203, 33)))
+    with Parity("bf16 output layer N203 H40 V33", backend="numba") as p:
+        p.check("logits", nb.linear_forward(x, W, b), ref.linear_forward(x, W, b), dtype, tol=BF16["forward"])
+        for name, g, w in zip(("dx", "dWy", "dby"), nb.linear_backward(x, dy, W), ref.linear_backward(x, dy, W)):
+            p.check(name, g, w, dtype, tol=BF16["grad"])
+    assert set(forced_bf16) == {"bf16"}
+
+
+@needs_bf16
+def test_forced_leaves_float64_exact(forced_bf16, rng):
+    """A float64 model keeps float64 products under LSTM_ENGINE_TUNE=bf16 (float64 tolerance)."""
+    a = layer_inputs(rng, 5, 3, 7, 13, "float64")
+    r = ref.lstm_forward(a["x"], a["W"], a["b"], a["h0"], a["c0"])
+    n = nb.lstm_forward(a["x"], a["W"], a["b"], a["h0"], a["c0"])
+    got = nb.lstm_backward(a["dhs"], a["dhT"], a["dcT"], n[3])
+    want = ref.lstm_backward(a["dhs"], a["dhT"], a["dcT"], r[3])
+    with Parity("bf16 forced, float64 layer", backend="numba") as p:
+        p.check("hs", n[0], r[0], "float64")
+        for name, g, w in zip(("dx", "dW", "db", "dh0", "dc0"), got, want):
+            p.check(name, g, w, "float64", "grad")
+    assert "bf16" not in forced_bf16
+
+
+def test_forced_where_the_cpu_lacks_it_is_a_one_line_error(monkeypatch, rng):
+    monkeypatch.setattr(gemm_bf16, "available", lambda: (False, "this CPU has no AVX512_BF16 (vdpbf16ps)"))
+    monkeypatch.setenv("LSTM_ENGINE_TUNE", "bf16")
+    nt.forget()
+    a = layer_inputs(rng, 5, 3, 7, 13, "float32")
+    with pytest.raises(UserError) as e:
+        nb.lstm_forward(a["x"], a["W"], a["b"], a["h0"], a["c0"])
+    msg = str(e.value)
+    assert "LSTM_ENGINE_TUNE=bf16" in msg and "AVX512_BF16" in msg and "\n" not in msg
+    nt.forget()
