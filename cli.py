@@ -15,7 +15,7 @@ import click
 
 from lstm_engine import api
 from lstm_engine.core.budget import parse_duration
-from lstm_engine.core.config import defaults as train_defaults
+from lstm_engine.core.config import PRODUCTS, defaults as train_defaults
 from lstm_engine.core.generation import bits
 from lstm_engine.core.model import CELLS
 from lstm_engine.corpora import registry as corpora
@@ -163,6 +163,9 @@ class Duration(click.ParamType):
                              "size, batch, length, dropout and lr from the measured speed; options you set win",
               type=Duration(), show_default=False)
 @train_option("keep", "step-numbered checkpoints to keep besides latest and best")
+@train_option("products", "what the matrix products multiply: float32; bf16 (operands rounded to bfloat16, float32 "
+                          "sums: the numba backend on CPUs with AVX512_BF16, faster, docs/numba.md); auto: bf16 "
+                          "under --time-budget where available, else float32", type=click.Choice(PRODUCTS))
 @click.option("--resume", default=None,
               help="checkpoint (or run directory) to continue from; options left out are taken from it")
 @click.option("--mpi/--no-mpi", default=None,

@@ -25,6 +25,10 @@ def _isolated_state(tmp_path, monkeypatch):
     # the numba backend's fixed kernels unless a test turns tuning on (tests/backends/test_numba_tune.py)
     monkeypatch.setenv("LSTM_ENGINE_TUNE", "off")
     monkeypatch.setenv("LSTM_ENGINE_TUNE_FILE", str(tmp_path / "tune.json"))
+    yield
+    tune = sys.modules.get("lstm_engine.backends.numba_tune")
+    if tune is not None:
+        tune.set_products(None)             # a run's --products bf16 holds for its process: not past its test
 
 
 @pytest.fixture

@@ -76,21 +76,24 @@ def _pack_rows(X, trans, width, out):
     if trans:
         _pack_columns(X, width, out)
         return
-    rows, k = X.shape
-    kp = out.shape[1]
-    zero = X.dtype.type(0)
+    rows = X.shape[0]
     for blk in numba.prange(out.shape[0]):
         for r in range(width):                           # along each row of X: reads in order
             i = blk * width + r
-            if i >= rows:
-                for p in range(kp):
-                    out[blk, p, r] = 0
-                continue
-            x = X[i]
-            for p in range(k // 2):
-                out[blk, p, r] = _pair(x[2 * p], x[2 * p + 1])
-            if k % 2:
-                out[blk, kp - 1, r] = _pair(x[k - 1], zero)
+            pack_row(X[i] if i < rows else X[0, :0], out, blk, r)
+
+
+@numba.njit(inline="always", **JIT)
+def pack_row(x, out, blk, r):
+    """x (k,), one row of op(X), into out[blk, :, r] as bfloat16 pairs, zeros past k (all zeros
+    for an empty x: a row past the last)."""
+    k, kp = x.shape[0], out.shape[1]
+    for p in range(k // 2):
+        out[blk, p, r] = _pair(x[2 * p], x[2 * p + 1])
+    if k % 2:
+        out[blk, k // 2, r] = _pair(x[k - 1], x.dtype.type(0))
+    for p in range((k + 1) // 2, kp):
+        out[blk, p, r] = 0
 
 
 @numba.njit(inline="always", **JIT)

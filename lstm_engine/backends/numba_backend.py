@@ -223,6 +223,21 @@ def tune_products(E, H, L, B, T, V, cells=("lstm",)):
     return list(dict.fromkeys(items))
 
 
+def bf16_products():
+    """(True, '') where this backend can train with bfloat16 products (--products bf16: numba
+    compiling for a CPU with AVX512_BF16), else (False, why)."""
+    from . import numba_tune
+    fn, why = numba_tune.opt_in("bf16")
+    return fn is not None, why
+
+
+def use_products(name):
+    """'bf16': every big product and the LSTM's recurrent ones take bfloat16 operands in this
+    process (as LSTM_ENGINE_TUNE=bf16); 'float32': as LSTM_ENGINE_TUNE says."""
+    from . import numba_tune
+    numba_tune.set_products(name)
+
+
 def is_available():
     """(True, '') when numba and SciPy (numba's BLAS for np.dot; benchmarks/gemm.py) import."""
     from ..core.environment import apply_numba_isa
@@ -353,13 +368,44 @@ def lstm_forward(x, W, b, h0, c0):
             _kernels().lstm.lstm_forward_kernel(x, W, b, h0, c0, hs, cs, acts, *_threads(T, B, H, dt))
         else:                                      # the chosen product, then the time loop
             fns[0](x.reshape(T * B, I), W[H:], acts.reshape(T * B, 4 * H), False, False, 1.0, 0.0, prod)
-            _kernels().lstm.run_forward_steps(W[:H], b, h0, c0, hs, cs, acts, rows, units, _NO_TOKENS,
-                                              np.empty((0, 4 * H), dt))
+            _forward_loop(W, b, h0, c0, hs, cs, acts, rows, units, _NO_TOKENS, np.empty((0, 4 * H), dt))
     hT, cT = (hs[-1], cs[-1]) if T else (h0, c0)
     return hs, hT, cT, LayerCache(x, None, None, W, h0, c0, hs, cs, acts)
 
 
 _NO_TOKENS = np.empty((0, 0), np.int64)     # the tokens of a layer without the table
+
+
+def _bf16_loops(dt):
+    """True when the recurrent products run in bfloat16 (LSTM_ENGINE_TUNE=bf16 or --products bf16,
+    float32): kernels/numba/lstm_layer_bf16.py, imported only then (LLVM compiles it only for CPUs
+    with AVX512_BF16)."""
+    from . import numba_tune
+    return numba_tune.bf16_loops(dt)
+
+
+def _forward_loop(W, b, h0, c0, hs, cs, acts, rows, units, tokens, table):
+    """The forward time loop over acts (T,B,G) holding x_t W_x, or gathering table (V,G) rows by
+    tokens: the bfloat16 loop split by batch rows (its only split), or lstm_layer's."""
+    H = h0.shape[1]
+    if _bf16_loops(acts.dtype):
+        from ..kernels.numba import lstm_layer_bf16
+        nt = rows or units
+        lstm_layer_bf16.run_forward_steps(W[:H], b, h0, c0, hs, cs, acts, nt and min(nt, h0.shape[0]), tokens, table)
+    else:
+        _kernels().lstm.run_forward_steps(W[:H], b, h0, c0, hs, cs, acts, rows, units, tokens, table)
+
+
+def _backward_loop(dhs, cache, dzs, dh, dc, rows, units, tokens, db, dtable):
+    """The reverse time loop -> dzs, db, dtable (as _forward_loop: bfloat16 or lstm_layer's)."""
+    H = dh.shape[1]
+    args = (dhs, cache.W[:H], cache.c0, cache.cs, cache.acts, dzs, dh, dc)
+    if _bf16_loops(dzs.dtype):
+        from ..kernels.numba import lstm_layer_bf16
+        nt = rows or units
+        lstm_layer_bf16.run_backward_steps(*args, nt and min(nt, dh.shape[0]), tokens, db, dtable)
+    else:
+        _kernels().lstm.run_backward_steps(*args, rows, units, tokens, db, dtable)
 
 
 def _pads_dz(m, H, dt):
@@ -426,8 +472,7 @@ def lstm_backward(dhs, dhT, dcT, cache):
     if pad and fns is None:
         fns = _own_products(3)                     # the fused kernel would copy dz into fresh memory
     if fns is not None:                            # the time loop, then the chosen products
-        _kernels().lstm.run_backward_steps(dhs, cache.W[:H], cache.c0, cache.cs, cache.acts, dzs, dh, dc, rows,
-                                           units, _NO_TOKENS, db, np.empty((0, 4 * H), dt))
+        _backward_loop(dhs, cache, dzs, dh, dc, rows, units, _NO_TOKENS, db, np.empty((0, 4 * H), dt))
         dz2 = dzs.reshape(T * B, 4 * H)                                                     # (N,G)
         _weight_grads(fns, cache, _padded_rows(dz2) if pad else dz2, dW, prod)
         fns[2](dz2, cache.W[H:], dx.reshape(T * B, I), False, True, 1.0, 0.0, prod)        # dx = dz W_x^T
@@ -465,7 +510,11 @@ def embed_lstm_forward(tokens, Emb, W, b, h0, c0):
     cs = _pool.empty((T, B, H), dt)
     acts = _pool.empty((T, B, 4 * H), dt)
     table = _pool.empty((V, 4 * H), dt)            # Emb @ W_x
-    if T:
+    if T and _bf16_loops(dt):                      # the table exact, the recurrent products in bfloat16
+        prod, rows, units = _threads(T, B, H)
+        _kernels().lstm.mm(Emb, W[H:], table, False, False, 1.0, 0.0, prod)
+        _forward_loop(W, b, h0, c0, hs, cs, acts, rows, units, tokens, table)
+    elif T:
         _kernels().lstm.embed_lstm_forward_kernel(tokens, Emb, W, b, h0, c0, hs, cs, acts, table,
                                                   *_threads(T, B, H))
     hT, cT = (hs[-1], cs[-1]) if T else (h0, c0)
@@ -491,8 +540,7 @@ def embed_lstm_backward(dhs, dhT, dcT, cache):
         fns = _own_products(1)                     # the fused kernel would copy dz into fresh memory
     if fns is not None:                            # the time loop, then dW_h by the chosen product
         K = _kernels()
-        K.lstm.run_backward_steps(dhs, cache.W[:H], cache.c0, cache.cs, cache.acts, dzs, dh, dc, rows, units,
-                                  tokens, db, dtable)
+        _backward_loop(dhs, cache, dzs, dh, dc, rows, units, tokens, db, dtable)
         dz2 = dzs.reshape(T * B, 4 * H)                                                     # (N,G)
         _weight_grads(fns, cache, _padded_rows(dz2) if pad else dz2, dW, prod)
         K.lstm.mm(Emb, dtable, dW[H:], True, False, 1.0, 0.0, prod)                         # dW_x (E,G)

@@ -89,9 +89,19 @@ def output_products(N, H, V):
             Product("x^T dy", "output", H, N, V, True)]                             # dWy (H,V)
 
 
+_products = [None]   # "bf16" while this process trains with bfloat16 products (set_products)
+
+
 def mode():
-    """'auto', 'off', or the name of a candidate forced for every product (LSTM_ENGINE_TUNE, checked)."""
-    return env.get("LSTM_ENGINE_TUNE", "auto")
+    """'auto', 'off', or the name of a candidate forced for every product (LSTM_ENGINE_TUNE, checked;
+    'bf16' while set_products asks for it)."""
+    return _products[0] or env.get("LSTM_ENGINE_TUNE", "auto")
+
+
+def set_products(name):
+    """'bf16': force the bfloat16 products in this process (a run's --products); else back to
+    LSTM_ENGINE_TUNE."""
+    _products[0] = "bf16" if name == "bf16" else None
 
 
 def active(products):
@@ -132,6 +142,15 @@ def opt_in(name):
     from ..kernels.numba import gemm_bf16
     ok, why = gemm_bf16.available()
     return (gemm_bf16.mm_bf16 if ok else None), why
+
+
+def bf16_loops(dtype):
+    """True when LSTM_ENGINE_TUNE=bf16 and dtype is float32: the time loops' recurrent products
+    then run in bfloat16 too (a UserError where the CPU lacks them)."""
+    if mode() != "bf16" or np.dtype(dtype) != np.float32:
+        return False
+    _forced("bf16", "lstm")
+    return True
 
 
 def product_fn(kind, name):

@@ -208,7 +208,8 @@ def plan(cfg, explicit, train_ids, vocab_size, backend, say=print):
     if "lr_decay" not in explicit:
         cfg.lr_decay = True
     chosen = ", ".join(f"{k}={getattr(cfg, k)}" + ("" if k not in fixed else " (given)") for k in RECIPE_FIELDS)
-    text = (f"time budget {cfg.time_budget:g}s on {backend.NAME}: {chosen}; warm-up then cosine decay over the "
+    products = " with bfloat16 products" if getattr(cfg, "products", "") == "bf16" else ""
+    text = (f"time budget {cfg.time_budget:g}s on {backend.NAME}{products}: {chosen}; warm-up then cosine decay over the "
             f"budget's time; measured {speed:,.0f} chars/s ({'; '.join(reasons)})")
     say(text)
     return text, speed

@@ -13,7 +13,7 @@ from ..corpora.registry import suggest_train_options
 from ..errors import UserError
 from .resources import check_training_memory
 from ..storage import checkpoint
-from ..storage.schema import INT_MAX, SIZE_MAX
+from ..storage.schema import INT_MAX, PRODUCTS, SIZE_MAX  # noqa: F401  (PRODUCTS: the CLI's choices)
 from .model import CELLS, ModelConfig, check_cell
 from .optim import AdamConfig
 
@@ -63,6 +63,7 @@ class TrainConfig:
     keep: int = 3                  # step-numbered checkpoints kept besides latest and best
     time_budget: float = 0.0       # seconds of wall clock for the whole run (0: train to --steps)
     recipe: str = ""               # what the time-budget recipe chose, and why
+    products: str = "auto"         # GEMM operands: float32, bf16, auto (core/train.resolve_products)
 
     def check(self):
         """Reject impossible values with one line each, and sizes that cannot fit in memory."""
@@ -82,6 +83,8 @@ class TrainConfig:
             raise UserError(f"--grad-clip must be >= 0 (got {self.grad_clip}); 0 switches clipping off")
         if self.cell not in CELLS:
             raise UserError(f"--cell must be one of {', '.join(CELLS)} (got {self.cell!r})")
+        if self.products not in PRODUCTS:
+            raise UserError(f"--products must be one of {', '.join(PRODUCTS)} (got {self.products!r})")
         if self.dtype not in ("float32", "float64"):
             raise UserError(f"--dtype must be float32 or float64 (got {self.dtype!r})")
         if not (self.time_budget >= 0 and math.isfinite(self.time_budget)):

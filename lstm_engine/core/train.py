@@ -46,6 +46,36 @@ def corpus_fingerprint(text):
     return {"chars": len(text), "sha256": hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()}
 
 
+def resolve_products(requested, be, dtype, budgeted):
+    """--products -> 'float32' or 'bf16', handed to the backend for this process.  auto: bf16 under
+    a time budget where the backend offers it (numba on a CPU with AVX512_BF16, a float32 model,
+    LSTM_ENGINE_TUNE auto or bf16), else float32: rounding the operands buys speed, which only a
+    budget of time turns into a better model (docs/time-budget.md)."""
+    from . import environment
+    offers = getattr(be, "bf16_products", None)              # (ok, why); the numba backend only
+    tune = environment.get("LSTM_ENGINE_TUNE", "auto") if offers else "auto"
+    usable = offers is not None and dtype == "float32"
+    if requested == "auto":
+        if usable and (tune == "bf16" or budgeted and tune == "auto" and offers()[0]):
+            requested = "bf16"
+        else:
+            requested = "float32"
+    elif requested == "bf16":
+        if offers is None:
+            raise UserError(f"--products bf16 needs the numba backend (this run uses {be.NAME}); "
+                            f"pass --backend numba or --products float32")
+        if dtype != "float32":
+            raise UserError("--products bf16 trains float32 models; drop --dtype float64 or pass --products float32")
+        ok, why = offers()
+        if not ok:
+            raise UserError(f"--products bf16: {why}; pass --products float32")
+    elif tune == "bf16" and usable:
+        raise UserError("--products float32 and LSTM_ENGINE_TUNE=bf16 disagree; unset one of them")
+    if offers is not None:
+        be.use_products(requested)
+    return requested
+
+
 class Trainer:
     """Holds model, optimiser, data and state; `run()` trains to cfg.steps.
 
@@ -85,6 +115,7 @@ class Trainer:
         ids = self.vocab.encode(text)
         self.train_ids, self.val_ids = split(ids, cfg.val_fraction)
         self.out = cfg.out or ((os.path.dirname(resume) or ".") if resume else default_run_dir())
+        cfg.products = resolve_products(cfg.products, self.be, cfg.dtype, bool(cfg.time_budget))
         if cfg.time_budget and not resume:
             RunDir(self.out, cfg.keep).refuse_taken()     # a taken --out fails before calibration time is spent
             self._plan_budget(explicit)

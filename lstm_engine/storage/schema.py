@@ -138,10 +138,13 @@ def check_model(m):
     return m
 
 
+PRODUCTS = ("auto", "float32", "bf16")     # train.products: what the GEMMs multiply (core/train.resolve_products)
+
 # train field -> (kind, lo, hi, nullable); kinds: int, real, bool, str, path (a file name); every field optional
 TRAIN_FIELDS = {
     "corpus": ("path",), "encoding": ("encoding",), "backend": ("str",), "out": ("path",), "recipe": ("str",),
     "dtype": ("dtype",), "cell": ("cell",), "lr_decay": ("bool",), "locked_dropout": ("bool",),
+    "products": ("products",),
     "embed_size": ("int", 1, SIZE_MAX), "hidden_size": ("int", 1, SIZE_MAX), "layers": ("int", 1, SIZE_MAX),
     "batch_size": ("int", 1, SIZE_MAX, True), "seq_len": ("int", 1, SIZE_MAX, True),
     "steps": ("int", 1, INT_MAX), "keep": ("int", 1, SIZE_MAX), "seed": ("int", 0, INT_MAX),
@@ -162,6 +165,8 @@ def _check_train_field(k, v, spec):
         need_str(v, where, tuple(DTYPES))
     elif kind == "cell":
         need_str(v, where, CELLS)
+    elif kind == "products":
+        need_str(v, where, PRODUCTS)
     elif kind == "bool":
         if not isinstance(v, bool):
             raise SchemaError(f"{where} must be true or false (got {_short(v)})")

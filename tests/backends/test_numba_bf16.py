@@ -21,10 +21,14 @@ from lstm_engine.backends import numba_backend as nb  # noqa: E402
 from lstm_engine.backends import numba_tune as nt  # noqa: E402
 from lstm_engine.backends import numpy_backend as ref  # noqa: E402
 from lstm_engine.kernels.numba import gemm_bf16  # noqa: E402
+import numba  # noqa: E402  (after the kernels: they set numba's target)
 from parity import Parity  # noqa: E402
 from test_numba_backend import layer_inputs  # noqa: E402
+from test_numba_tune import threads  # noqa: E402,F401  (the fixture: one thread, or split)
 
 HAVE_BF16 = gemm_bf16.available()[0]
+if HAVE_BF16:
+    from lstm_engine.kernels.numba import lstm_layer_bf16
 needs_bf16 = pytest.mark.skipif(not HAVE_BF16, reason=f"bfloat16 products: {gemm_bf16.available()[1]}")
 BF16 = {"forward": 1e-2, "grad": 2e-2}   # scale-relative: operands rounded to 8 bits of mantissa (2^-9)
 
@@ -88,38 +92,76 @@ def forced_bf16(monkeypatch):
     nt.forget()
 
 
+@pytest.fixture
+def loops(monkeypatch):
+    """(loop, its threads) each time the backend runs a bfloat16 time loop."""
+    calls = []
+    for fn, rows_at in (("run_forward_steps", 7), ("run_backward_steps", 8)):
+        def spy(*args, _fn=fn, _real=getattr(lstm_layer_bf16, fn), _at=rows_at):
+            calls.append((_fn, args[_at]))
+            return _real(*args)
+        monkeypatch.setattr(lstm_layer_bf16, fn, spy)
+    return calls
+
+
 @needs_bf16
-def test_forced_through_the_backend_matches_the_reference_at_bfloat16_rounding(forced_bf16, rng):
-    """A layer, layer 0 on its gathered path and the output layer with every big product in
-    bfloat16, against the float32 reference by name; the bfloat16 product ran."""
+def test_forced_through_the_backend_matches_the_reference_at_bfloat16_rounding(forced_bf16, loops, threads, rng):
+    """A layer, layer 0 on both paths (table, gathered) and the output layer with every big product
+    and the time loops' recurrent products in bfloat16, against the float32 reference by name; the
+    bfloat16 product and loops ran, split by rows where the layer is threaded."""
     dtype = "float32"
-    a = layer_inputs(rng, 6, 4, 40, 33, dtype)
-    a["W"] = (a["W"] / (0.6 * np.sqrt(40 + 33))).astype(dtype)             # an initialised model's scale, unsaturated
+    T, B, I, H = 6, 4, 40, 33
+    a = layer_inputs(rng, T, B, I, H, dtype)
+    a["W"] = (a["W"] / (0.6 * np.sqrt(I + H))).astype(dtype)              # an initialised model's scale, unsaturated
     r_hs, r_hT, r_cT, r_cache = ref.lstm_forward(a["x"], a["W"], a["b"], a["h0"], a["c0"])
     hs, hT, cT, cache = nb.lstm_forward(a["x"], a["W"], a["b"], a["h0"], a["c0"])
     got = nb.lstm_backward(a["dhs"], a["dhT"], a["dcT"], cache)
     want = ref.lstm_backward(a["dhs"], a["dhT"], a["dcT"], r_cache)
-    with Parity("bf16 lstm layer T6 B4 I40 H33", backend="numba") as p:
-        for name, g, w in (("hs", hs, r_hs), ("hT", hT, r_hT), ("cT", cT, r_cT)):
+    with Parity(f"bf16 lstm layer T{T} B{B} I{I} H{H} {threads}", backend="numba") as p:
+        for name, g, w in (("hs", hs, r_hs), ("hT", hT, r_hT), ("cT", cT, r_cT), ("cache.acts", cache.acts, r_cache[6])):
             p.check(name, g, w, dtype, tol=BF16["forward"])
         for name, g, w in zip(("dx", "dW", "db", "dh0", "dc0"), got, want):
             p.check(name, g, w, dtype, tol=BF16["grad"])
             p.equal(f"{name}.dtype", g.dtype.name, dtype)
-    Emb = rng.standard_normal((40, 40)).astype(dtype)
-    tokens = rng.integers(0, 40, (6, 4))                                    # V > T*B: gathered
-    r = ref.embed_lstm_forward(tokens, Emb, a["W"], a["b"], a["h0"], a["c0"])
-    n = nb.embed_lstm_forward(tokens, Emb, a["W"], a["b"], a["h0"], a["c0"])
-    got = nb.embed_lstm_backward(a["dhs"], a["dhT"], a["dcT"], n[3])
-    want = ref.embed_lstm_backward(a["dhs"], a["dhT"], a["dcT"], r[3])
-    with Parity("bf16 embed layer V40", backend="numba") as p:
-        p.check("hs", n[0], r[0], dtype, tol=BF16["forward"])
-        for name, g, w in zip(("dEmb", "dW", "db", "dh0", "dc0"), got, want):
-            p.check(name, g, w, dtype, tol=BF16["grad"])
+    for V in (4, 40):                                                       # V <= T*B: table; else gathered
+        Emb = rng.standard_normal((V, I)).astype(dtype)
+        tokens = rng.integers(0, V, (T, B))
+        r = ref.embed_lstm_forward(tokens, Emb, a["W"], a["b"], a["h0"], a["c0"])
+        n = nb.embed_lstm_forward(tokens, Emb, a["W"], a["b"], a["h0"], a["c0"])
+        assert (n[3].x is None) == (V <= T * B)
+        got = nb.embed_lstm_backward(a["dhs"], a["dhT"], a["dcT"], n[3])
+        want = ref.embed_lstm_backward(a["dhs"], a["dhT"], a["dcT"], r[3])
+        with Parity(f"bf16 embed layer V{V} {threads}", backend="numba") as p:
+            p.check("hs", n[0], r[0], dtype, tol=BF16["forward"])
+            for name, g, w in zip(("dEmb", "dW", "db", "dh0", "dc0"), got, want):
+                p.check(name, g, w, dtype, tol=BF16["grad"])
     x, W, b, dy = (rng.standard_normal(s).astype(dtype) for s in ((203, 40), (40, 33), (33,), (203, 33)))
     with Parity("bf16 output layer N203 H40 V33", backend="numba") as p:
         p.check("logits", nb.linear_forward(x, W, b), ref.linear_forward(x, W, b), dtype, tol=BF16["forward"])
         for name, g, w in zip(("dx", "dWy", "dby"), nb.linear_backward(x, dy, W), ref.linear_backward(x, dy, W)):
             p.check(name, g, w, dtype, tol=BF16["grad"])
+    assert set(forced_bf16) == {"bf16"}
+    want_rows = None if threads == "one-thread" else min(numba.get_num_threads(), B)
+    assert loops == [("run_forward_steps", want_rows), ("run_backward_steps", want_rows)] * 3
+
+
+@needs_bf16
+@pytest.mark.parametrize("cell", ["peephole", "coupled", "gru"])
+def test_forced_for_the_other_cells_matches_the_reference_at_bfloat16_rounding(cell, forced_bf16, rng):
+    """The variants' big products in bfloat16 (their time loops stay float32), a layer by name."""
+    from test_numba_cells import layer_inputs as cell_inputs
+    dtype, I, H = "float32", 40, 33
+    a = cell_inputs(rng, cell, 6, 4, I, H, dtype, scale=1 / np.sqrt(I + H))     # an initialised model's scale
+    r_hs, r_hT, r_cT, r_cache = ref.cell_forward(cell, a["x"], a["p"], a["h0"], a["c0"])
+    hs, hT, cT, cache = nb.cell_forward(cell, a["x"], a["p"], a["h0"], a["c0"])
+    got = nb.cell_backward(a["dhs"], a["dhT"], a["dcT"], cache)
+    want = ref.cell_backward(a["dhs"], a["dhT"], a["dcT"], r_cache)
+    with Parity(f"bf16 {cell} layer T6 B4 I{I} H{H}", backend="numba") as p:
+        for name, g, w in (("hs", hs, r_hs), ("hT", hT, r_hT), ("cT", cT, r_cT)):
+            p.check(name, g, w, dtype, tol=BF16["forward"])
+        for name, g, w in zip(("dx", "dp", "dh0", "dc0"), got, want):
+            for k, gk, wk in ((f"d{k}", g[k], w[k]) for k in w) if isinstance(w, dict) else ((name, g, w),):
+                p.check(k, gk, wk, dtype, tol=BF16["grad"])
     assert set(forced_bf16) == {"bf16"}
 
 
