@@ -73,6 +73,23 @@ def test_float32_against_the_environment_forcing_bf16_is_an_error(monkeypatch):
         resolve_products("float32", FakeNumba(), "float32", False)
 
 
+def test_bf16_on_the_numpy_backend_is_a_one_line_error_and_writes_nothing(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(markov_text(200))
+    r = CliRunner().invoke(main, ["train", "--corpus", str(corpus), "--backend", "numpy", "--products", "bf16",
+                                  "--steps", "2", "--out", str(tmp_path / "run")])
+    assert r.exit_code != 0 and "Traceback" not in r.output
+    assert r.stderr.strip().count("\n") == 0 and "--products bf16 needs the numba backend" in r.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_numba_held_to_avx2_offers_no_bf16(monkeypatch):
+    from lstm_engine.kernels.numba import gemm_bf16
+    monkeypatch.setenv("LSTM_ENGINE_NUMBA_ISA", "avx2")
+    ok, why = gemm_bf16.available()
+    assert not ok and "LSTM_ENGINE_NUMBA_ISA=avx2" in why
+
+
 def test_a_bad_products_value_is_refused(tmp_path):
     with pytest.raises(le.UserError, match="--products must be one of auto, float32, bf16"):
         le.TrainConfig(products="fp8").check()
