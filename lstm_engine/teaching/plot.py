@@ -72,6 +72,10 @@ def load_run(run_dir):
     return {"evals": evals, "train": train, "entropy": entropy, "name": name}
 
 
+def _number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def _time_axis(seconds):
     """Wall time in a readable unit -> (scale divisor, label)."""
     top = max(seconds or [0])
@@ -92,11 +96,11 @@ def plot_run(run_dir, out, title=None, dpi=110):
     fig = Figure(figsize=(12, 4.6), dpi=dpi, layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
     series = [("train", run["train"], "train_loss", "#1f77b4", 1.4), ("val", run["evals"], "val_loss", "#d62728", 2.2)]
-    times = [r.get("time", 0) for _, rows, _, _, _ in series for r in rows]
+    times = [r["time"] for _, rows, _, _, _ in series for r in rows if _number(r.get("time"))]
     tdiv, tlabel = _time_axis(times)
     for ax, xkey, xlabel in ((axes[0], "step", "step"), (axes[1], "time", tlabel)):
         for label, rows, key, color, lw in series:
-            rows = [r for r in rows if xkey in r]
+            rows = [r for r in rows if _number(r.get(xkey))]             # a row without its time (null) is left out
             if rows:
                 xs = [r[xkey] / (tdiv if xkey == "time" else 1) for r in rows]
                 ax.plot(xs, [r[key] for r in rows], color=color, lw=lw, marker="o" if len(rows) < 30 else None,

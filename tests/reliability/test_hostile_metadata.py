@@ -115,6 +115,14 @@ def test_the_good_checkpoint_works_in_every_command(good):
         assert r.exit_code == 0, (command, r.output)
 
 
+def test_a_history_row_without_its_time_plots(good):
+    """The schema lets a history row's time be null (a run that did not record it): plot leaves
+    that row off the time panel instead of failing."""
+    pytest.importorskip("matplotlib")
+    r = run_crafted(good, mutated(good[1], ("trainer", "history", 0, "time"), None), "plot")
+    assert r.exit_code == 0, r.output
+
+
 def test_vocabulary_checks_are_linear_and_name_the_entry():
     assert schema.vocab_problem(["a", "b", "<unk>"]) is None
     assert "appears twice" in schema.vocab_problem(["a", "b", "a"])
