@@ -164,8 +164,8 @@ class Duration(click.ParamType):
               type=Duration(), show_default=False)
 @train_option("keep", "step-numbered checkpoints to keep besides latest and best")
 @train_option("products", "what the matrix products multiply: float32; bf16 (operands rounded to bfloat16, float32 "
-                          "sums: the numba backend on CPUs with AVX512_BF16, faster, docs/numba.md); auto: bf16 "
-                          "under --time-budget where available, else float32", type=click.Choice(PRODUCTS))
+                          "sums: the numba backend on CPUs with AVX512_BF16, docs/numba.md); auto: bf16 under "
+                          "--time-budget where available and measured faster on this machine, else float32", type=click.Choice(PRODUCTS))
 @click.option("--resume", default=None,
               help="checkpoint (or run directory) to continue from; options left out are taken from it")
 @click.option("--mpi/--no-mpi", default=None,

@@ -128,7 +128,8 @@ def tune(configs="seed", dtype="float32", on_record=None, cells="lstm"):
     """Measure the numba backend's GEMM candidates on every big product of these model sizes (bench's
     config names or E,H,L,B,T[,V]) with the layers of each of `cells` (comma-separated), validate each
     against NumPy and cache the choices for this machine (backends/numba_tune.py), then each config's
-    layer thread plan (numba_tune_plan.py) and, for each cell, its sampler team (numba_tune_sample.py)
+    layer thread plan (numba_tune_plan.py) and, for each cell, its sampler team (numba_tune_sample.py),
+    and where the CPU has bfloat16 products, whether they train a layer faster (numba_tune_bf16.py)
     -> (machine key dict, [record]); on_record(record) as each is done."""
     from .backends import numba_backend, numba_tune
     from .bench.configs import parse_configs
@@ -154,6 +155,10 @@ def tune(configs="seed", dtype="float32", on_record=None, cells="lstm"):
             on_record(plan)
         for cell in cell_list:
             records += _tune_sampler(c, dtype, on_record, cell)
+    if dtype == "float32" and numba_backend.bf16_products()[0]:
+        records.append(numba_backend.tune_bf16())                    # what --products auto asks under a budget
+        if on_record is not None:
+            on_record(records[-1])
     return numba_tune.machine_key(numba.get_num_threads()), records
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 
 import numpy as np
 
@@ -229,6 +230,50 @@ def bf16_products():
     from . import numba_tune
     fn, why = numba_tune.opt_in("bf16")
     return fn is not None, why
+
+
+def bf16_pays():
+    """True when a layer trains numba_tune.MARGIN faster with bfloat16 products than in float32 on
+    this machine (numba_tune_bf16: measured once per machine, a second or two; cached).  Asked only
+    where bf16_products() offers them."""
+    import numba
+
+    from . import numba_tune_bf16
+    return numba_tune_bf16.pays(numba.get_num_threads(), _bf16_probe())
+
+
+def tune_bf16():
+    """The bfloat16-against-float32 layer timing measured again (`lstm-engine tune`) -> record."""
+    import numba
+
+    from . import numba_tune_bf16
+    return numba_tune_bf16.retune(numba.get_num_threads(), _bf16_probe())
+
+
+def _bf16_probe():
+    """run(name) -> (seconds, hs) of one layer (numba_tune_bf16.SHAPE, I = H) forward and backward
+    with products `name` ('float32' or 'bf16'), on inputs drawn as _plan_probe draws them."""
+    from . import numba_tune, numba_tune_bf16
+    T, B, H = numba_tune_bf16.SHAPE
+    dt = np.float32
+    rng = np.random.default_rng(0)
+    f = lambda k, *shape: rng.uniform(-k, k, shape).astype(dt)                     # noqa: E731
+    w = 1.0 / np.sqrt(H)
+    x, W, b, h0, c0, dhs = f(1, T, B, H), f(w, 2 * H, 4 * H), f(w, 4 * H), f(1, B, H), f(1, B, H), f(1, T, B, H)
+    zero = np.zeros((B, H), dt)                                                    # (B,H) dL/dh_T, dL/dc_T
+
+    def run(name):
+        was = numba_tune._products[0]
+        numba_tune.set_products(name)
+        try:
+            t0 = time.perf_counter()
+            hs, _, _, cache = lstm_forward(x, W, b, h0, c0)
+            out = hs.copy()                                                        # (T,B,H) out of the pool
+            lstm_backward(dhs, zero, zero, cache)
+            return time.perf_counter() - t0, out
+        finally:
+            numba_tune._products[0] = was
+    return run
 
 
 def use_products(name):

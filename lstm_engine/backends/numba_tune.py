@@ -137,11 +137,17 @@ _FNS = {}
 OPT_IN = ("bf16",)   # products only LSTM_ENGINE_TUNE forces: they round the operands, so never chosen
 
 
+_OFFERED = {}        # name -> (product or None, why not): the CPU and the ISA switch do not change in a process
+
+
 def opt_in(name):
     """The opt-in product `name` -> (product or None, why not)."""
-    from ..kernels.numba import gemm_bf16
-    ok, why = gemm_bf16.available()
-    return (gemm_bf16.mm_bf16 if ok else None), why
+    got = _OFFERED.get(name)
+    if got is None:
+        from ..kernels.numba import gemm_bf16
+        ok, why = gemm_bf16.available()
+        got = _OFFERED[name] = (gemm_bf16.mm_bf16 if ok else None), why
+    return got
 
 
 def bf16_loops(dtype):
@@ -512,6 +518,7 @@ def forget():
     global _file_cache
     _memory.clear()
     _FNS.clear()
+    _OFFERED.clear()
     _said.clear()
     _spent[0] = 0.0
     _file_cache = None

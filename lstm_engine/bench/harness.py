@@ -32,7 +32,6 @@ from . import memory as bench_memory
 from . import torch_peer as bench_torch
 from .machine import machine_info, sgemm_peak_cpu, sgemm_peak_gpu, thread_settings
 from ..backends import numpy_backend
-from ..core import environment
 from ..errors import UserError
 from ..core.model import Model, init_params
 from ..core.optim import Adam, AdamConfig
@@ -233,12 +232,18 @@ def prepare_entry(entry, cfg, batch, ref, whats):
                             for w in whats]
     try:
         runner = factory(cfg, batch)
-        scale = BF16_SCALE if name == "numba" and environment.get("LSTM_ENGINE_TUNE", "auto") == "bf16" else 1
+        scale = BF16_SCALE if name == "numba" and _numba_mode() == "bf16" else 1
         return runner, compare(runner.check(GREEDY_CHECK), ref, scale), None
     except UserError as e:                               # a backend without this cell says so in a UserError
         return None, None, [_row(name, cfg, w, device, "skipped", False, str(e)) for w in whats]
     except Exception as e:                               # a backend bug must not stop the other rows
         return None, None, [_row(name, cfg, w, device, "error", False, f"{type(e).__name__}: {e}") for w in whats]
+
+
+def _numba_mode():
+    """The numba backend's products ('bf16' under LSTM_ENGINE_TUNE=bf16 or set_products), as it runs them."""
+    from ..backends import numba_tune
+    return numba_tune.mode()
 
 
 def _timed(runner, what):

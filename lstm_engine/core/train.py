@@ -49,14 +49,15 @@ def corpus_fingerprint(text):
 def resolve_products(requested, be, dtype, budgeted):
     """--products -> 'float32' or 'bf16', handed to the backend for this process.  auto: bf16 under
     a time budget where the backend offers it (numba on a CPU with AVX512_BF16, a float32 model,
-    LSTM_ENGINE_TUNE auto or bf16), else float32: rounding the operands buys speed, which only a
-    budget of time turns into a better model (docs/time-budget.md)."""
+    LSTM_ENGINE_TUNE auto) and a layer trains faster with it on this machine (measured once,
+    be.bf16_pays), or where LSTM_ENGINE_TUNE=bf16 forces it; else float32: rounding the operands
+    buys speed, which only a budget of time turns into a better model (docs/time-budget.md)."""
     from . import environment
     offers = getattr(be, "bf16_products", None)              # (ok, why); the numba backend only
     tune = environment.get("LSTM_ENGINE_TUNE", "auto") if offers else "auto"
     usable = offers is not None and dtype == "float32"
     if requested == "auto":
-        if usable and (tune == "bf16" or budgeted and tune == "auto" and offers()[0]):
+        if usable and (tune == "bf16" or budgeted and tune == "auto" and offers()[0] and be.bf16_pays()):
             requested = "bf16"
         else:
             requested = "float32"

@@ -62,7 +62,9 @@ def auto(monkeypatch, tmp_path):
 
 
 def use(monkeypatch, stubs):
+    from lstm_engine.backends import numba_backend
     monkeypatch.setattr(nt, "candidates", lambda kind: dict(stubs.fns))
+    monkeypatch.setattr(numba_backend, "bf16_products", lambda: (False, "not under test"))
 
 
 def test_choice_is_measured_once_then_read_from_the_file(auto, monkeypatch, capsys):
@@ -313,6 +315,21 @@ def test_tune_times_every_candidate_compiled_or_not(auto, monkeypatch):
     key, records = api.tune("E8,H32,L1,B4,T5,V50")
     assert records and all(r["untimed"] == [] and len(r["rows"]) == 3 for r in records)
     assert stubs.calls["late"] >= len(records) * (1 + nt.REPEATS)
+
+
+@pytest.mark.parametrize("offered,dtype,want", [(True, "float32", True), (False, "float32", False),
+                                                 (True, "float64", False)])
+def test_tune_measures_bf16_against_float32_where_offered(auto, monkeypatch, offered, dtype, want):
+    from lstm_engine import api
+    from lstm_engine.backends import numba_backend
+    stubs = Stubs(own="slow", fast="fast")
+    use(monkeypatch, stubs)
+    monkeypatch.setattr(numba_backend, "bf16_products", lambda: (offered, ""))
+    asked = []
+    record = {"product": "layer products", "choice": "float32", "rows": []}
+    monkeypatch.setattr(numba_backend, "tune_bf16", lambda: asked.append(1) or record)
+    _, records = api.tune("E8,H32,L1,B4,T5,V50", dtype)
+    assert (record in records) is want and len(asked) == int(want)
 
 
 def test_decide_prefers_own_within_the_margin():

@@ -16,11 +16,15 @@ class FakeNumba:
     """A backend offering bfloat16 products (or not, with why), recording what it was told."""
     NAME = "numba"
 
-    def __init__(self, ok=True):
-        self.ok, self.told = ok, []
+    def __init__(self, ok=True, pays=True):
+        self.ok, self.pays, self.told, self.asked = ok, pays, [], 0
 
     def bf16_products(self):
         return (True, "") if self.ok else (False, "this CPU has no AVX512_BF16 (vdpbf16ps)")
+
+    def bf16_pays(self):
+        self.asked += 1
+        return self.pays
 
     def use_products(self, name):
         self.told.append(name)
@@ -30,20 +34,24 @@ class FakeNumpy:
     NAME = "numpy"
 
 
-@pytest.mark.parametrize("ok,budgeted,dtype,tune,want", [
-    (True, True, "float32", "auto", "bf16"),          # a time budget on a CPU that has them
-    (True, False, "float32", "auto", "float32"),      # no budget: exact products
-    (False, True, "float32", "auto", "float32"),      # the CPU lacks them
-    (True, True, "float64", "auto", "float32"),       # a float64 model
-    (True, True, "float32", "off", "float32"),        # the user's LSTM_ENGINE_TUNE choice
-    (True, True, "float32", "blas", "float32"),
-    (True, False, "float32", "bf16", "bf16"),         # LSTM_ENGINE_TUNE=bf16 says so already
+@pytest.mark.parametrize("ok,pays,budgeted,dtype,tune,want", [
+    (True, True, True, "float32", "auto", "bf16"),          # a time budget on a CPU where they pay
+    (True, False, True, "float32", "auto", "float32"),      # offered, measured slower here
+    (True, True, False, "float32", "auto", "float32"),      # no budget: exact products
+    (False, True, True, "float32", "auto", "float32"),      # the CPU lacks them
+    (True, True, True, "float64", "auto", "float32"),       # a float64 model
+    (True, True, True, "float32", "off", "float32"),        # the user's LSTM_ENGINE_TUNE choice
+    (True, True, True, "float32", "blas", "float32"),
+    (True, False, False, "float32", "bf16", "bf16"),        # LSTM_ENGINE_TUNE=bf16 says so already
 ])
-def test_auto_takes_bf16_under_a_budget_where_offered(ok, budgeted, dtype, tune, want, monkeypatch):
+def test_auto_takes_bf16_under_a_budget_where_offered_and_faster(ok, pays, budgeted, dtype, tune, want,
+                                                                 monkeypatch):
     monkeypatch.setenv("LSTM_ENGINE_TUNE", tune)
-    be = FakeNumba(ok)
+    be = FakeNumba(ok, pays)
     assert resolve_products("auto", be, dtype, budgeted) == want
     assert be.told == [want]
+    measured = ok and budgeted and dtype == "float32" and tune == "auto"
+    assert be.asked == int(measured)                         # the timing only where it decides
 
 
 def test_explicit_choices_are_kept_and_handed_on(monkeypatch):
@@ -113,9 +121,11 @@ def markov_text(n, seed=0):
 
 @pytest.mark.skipif(not _bf16_here()[0], reason=f"bfloat16 products: {_bf16_here()[1]}")
 def test_a_budgeted_numba_run_trains_with_bf16_products_and_records_them(tmp_path, monkeypatch):
-    """On a CPU with AVX512_BF16 a time-budget run picks bf16 (said in its recipe, stored in its
-    checkpoint), its products ran in bfloat16, and it learns the text."""
+    """On a CPU with AVX512_BF16 where they pay, a time-budget run picks bf16 (said in its recipe,
+    stored in its checkpoint), its products ran in bfloat16, and it learns the text."""
     monkeypatch.setenv("LSTM_ENGINE_TUNE", "auto")
+    from lstm_engine.backends import numba_backend
+    monkeypatch.setattr(numba_backend, "bf16_pays", lambda: True)   # measured faster (here or not)
     from lstm_engine.kernels.numba import gemm_bf16
     calls = []
     real = gemm_bf16.mm_bf16
@@ -131,3 +141,75 @@ def test_a_budgeted_numba_run_trains_with_bf16_products_and_records_them(tmp_pat
     assert calls                                                    # the bfloat16 GEMM ran
     assert st.step > 20 and meta["trainer"]["best_val"] < 0.75 * np.log(5)   # well under uniform over 5 symbols
     numba_tune.forget()
+
+
+# ----------------------------------------------------------------------------
+# Whether bfloat16 pays: measured once per machine (backends/numba_tune_bf16.py)
+# ----------------------------------------------------------------------------
+
+@pytest.fixture
+def pays_state(monkeypatch):
+    from lstm_engine.backends import numba_tune, numba_tune_bf16
+    monkeypatch.setenv("LSTM_ENGINE_TUNE", "auto")
+    monkeypatch.setattr(numba_tune, "busy", lambda: "")
+    numba_tune.forget()
+    numba_tune_bf16.forget()
+    yield numba_tune_bf16
+    numba_tune.forget()
+    numba_tune_bf16.forget()
+
+
+def fake_run(seconds):
+    """run(name) -> (seconds[name], hs): bfloat16's hs off by 1e-3, as its rounding would be."""
+    calls = []
+
+    def run(name):
+        calls.append(name)
+        hs = np.ones((2, 3, 4), np.float32) * (1.001 if name == "bf16" else 1.0)
+        return seconds[name], hs
+    return run, calls
+
+
+@pytest.mark.parametrize("bf16_seconds,want", [(0.5, True), (0.95, False), (2.0, False)])
+def test_bf16_pays_only_when_a_margin_faster(pays_state, bf16_seconds, want, capsys):
+    run, calls = fake_run({"float32": 1.0, "bf16": bf16_seconds})
+    assert pays_state.pays(2, run) is want
+    assert set(calls) == {"float32", "bf16"} and len(calls) == 2 * (1 + pays_state.ROUNDS)
+    line = capsys.readouterr().err
+    assert "layer products" in line and ("bf16 (" in line if want else "float32 (" in line)
+
+
+def test_bf16_pays_is_measured_once_then_read_from_the_file(pays_state):
+    from lstm_engine.backends import numba_tune
+    run, calls = fake_run({"float32": 1.0, "bf16": 0.5})
+    assert pays_state.pays(2, run)
+    n = len(calls)
+    assert pays_state.pays(2, run) and len(calls) == n                     # this process: remembered
+    pays_state.forget()
+    numba_tune.forget()                                                     # a later process: the file
+    assert pays_state.pays(2, run) and len(calls) == n
+    record = numba_tune.read_entries(numba_tune.tune_file())[pays_state.key_of(2)]
+    assert record["choice"] == "bf16" and abs(record["rows"][1]["error"] - 1e-3) < 1e-4
+    assert pays_state.pays(1, run) and len(calls) > n                       # another thread count: measured
+
+
+def test_bf16_pays_on_a_busy_machine_is_false_and_stores_nothing(pays_state, monkeypatch, capsys):
+    from lstm_engine.backends import numba_tune
+    monkeypatch.setattr(numba_tune, "busy", lambda: "load 9.0 on 2 cores")
+    run, calls = fake_run({"float32": 1.0, "bf16": 0.5})
+    assert pays_state.pays(2, run) is False and calls == []
+    assert "busy" in capsys.readouterr().err
+    assert numba_tune.read_entries(numba_tune.tune_file()) == {}
+
+
+@pytest.mark.skipif(not _bf16_here()[0], reason=f"bfloat16 products: {_bf16_here()[1]}")
+def test_the_bf16_probe_runs_each_product_and_restores_the_mode(pays_state):
+    """The backend's probe: a layer in float32 and in bfloat16 (their hs differ by the operands'
+    rounding, no more), the process's products as they were after each."""
+    from lstm_engine.backends import numba_backend, numba_tune
+    run = numba_backend._bf16_probe()
+    (t32, hs32), (t16, hs16) = run("float32"), run("bf16")
+    assert t32 > 0 and t16 > 0 and numba_tune.mode() == "auto"
+    err = float(np.abs(hs16 - hs32).max())
+    assert 1e-5 < err < 5e-2                                                # rounded, not broken
+    assert np.array_equal(run("float32")[1], hs32)                         # float32 again: exact
