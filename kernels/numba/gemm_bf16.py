@@ -126,12 +126,12 @@ def _pack_columns(X, width, out):
 
 @intrinsic
 def _block(typingctx, Ap, Bp, acc, ia, ib):
-    """acc (MR*NR,) = sum_p Ap[ia] (kp, MR) pairs x Bp[ib] (kp, NR) pairs, by vdpbf16ps."""
+    """acc (MR,NR) = sum_p Ap[ia] (kp, MR) pairs x Bp[ib] (kp, NR) pairs, by vdpbf16ps."""
     def codegen(context, builder, sig, args):
         ap, bp, acc_, ia_, ib_ = args
         A = context.make_array(sig.args[0])(context, builder, ap)            # (mb, kp, MR) uint32
         B = context.make_array(sig.args[1])(context, builder, bp)            # (nb, kp, NR) uint32
-        S = context.make_array(sig.args[2])(context, builder, acc_)          # (MR*NR,) float32
+        S = context.make_array(sig.args[2])(context, builder, acc_)          # (MR,NR) float32, contiguous
         f32, i32, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
         vf, vi = ir.VectorType(f32, LANES), ir.VectorType(i32, LANES)
         dot = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vf, [vf, vi, vi]),
@@ -177,23 +177,25 @@ def _block(typingctx, Ap, Bp, acc, ia, ib):
 
 
 @numba.njit(inline="always", **JIT)
-def _store_block(acc, C, i0, j0, a, b, beta):
-    """C[i0:i0+MR, j0:j0+NR] = a * acc (+ b * C unless beta is 0), clipped to C."""
+def store_block(acc, C, i0, j0, a, b, beta):
+    """C[i0:i0+R, j0:j0+N] = a * acc (R,N) (+ b * C unless beta is 0), clipped to C (this
+    module's and gemm_amx's register or tile blocks)."""
     m, n = C.shape
-    if i0 + MR <= m and j0 + NR <= n:                    # a full block: constant loops, vectors
-        for r in range(MR):
-            row = C[i0 + r, j0:j0 + NR]
+    R, N = acc.shape
+    if i0 + R <= m and j0 + N <= n:                      # a full block: no clipping in the loops
+        for r in range(R):
+            row = C[i0 + r, j0:j0 + N]
             if beta == 0:
-                for j in range(NR):
-                    row[j] = a * acc[r * NR + j]
+                for j in range(N):
+                    row[j] = a * acc[r, j]
             else:
-                for j in range(NR):
-                    row[j] = a * acc[r * NR + j] + b * row[j]
+                for j in range(N):
+                    row[j] = a * acc[r, j] + b * row[j]
         return
-    for r in range(min(MR, m - i0)):
+    for r in range(min(R, m - i0)):
         row = C[i0 + r]
-        for j in range(min(NR, n - j0)):
-            v = a * acc[r * NR + j]
+        for j in range(min(N, n - j0)):
+            v = a * acc[r, j]
             row[j0 + j] = v if beta == 0 else v + b * row[j0 + j]
 
 
@@ -208,12 +210,12 @@ def _gemm_packed(Ap, Bp, C, alpha, beta, prod):
     a = np.float32(alpha)
     b = np.float32(beta)
     for t in numba.prange(prod):
-        acc = np.empty(MR * NR, np.float32)                                 # (MR*NR,) one block's sums
+        acc = np.empty((MR, NR), np.float32)                                # (MR,NR) one block's sums
         for job in range(t * jobs // prod, (t + 1) * jobs // prod):
             ch, jb = job // nb, job % nb
             for ib in range(ch * MC_BLOCKS, min(mb, (ch + 1) * MC_BLOCKS)):
                 _block(Ap, Bp, acc, ib, jb)
-                _store_block(acc, C, ib * MR, jb * NR, a, b, beta)
+                store_block(acc, C, ib * MR, jb * NR, a, b, beta)
 
 
 _packs = {}     # (role, shape) -> the packed operand buffer, kept: fresh ones of megabytes page-fault every call
@@ -227,8 +229,9 @@ def _pack_buffer(role, shape):
 
 
 def mm_bf16(A, B, C, trans_a, trans_b, alpha, beta, prod):
-    """C = alpha op(A) op(B) + beta C with bfloat16 operands and float32 sums, on prod threads
-    (None: the calling thread); the numba_tune candidate interface.  float32 arrays only.  The
+    """C = alpha op(A) op(B) + beta C with bfloat16 operands and float32 sums, the product on prod
+    threads (None: the calling thread; the packing runs on numba's threads either way); the
+    numba_tune candidate interface.  float32 arrays only.  The
     packed operands live in buffers kept by shape: one caller thread at a time."""
     m, n = C.shape
     k = A.shape[0] if trans_a else A.shape[1]

@@ -16,7 +16,7 @@ import numba
 import numpy as np
 
 from .gates import gates_backward, gates_forward
-from .gemm_bf16 import MR, NR, _block, _pack_rows, _store_block, pack_row
+from .gemm_bf16 import MR, NR, _block, _pack_rows, pack_row, store_block
 from .jit import JIT, PAR
 from .lstm_layer import accumulate_step, gather_step
 
@@ -32,7 +32,7 @@ def _pack_step(X, r0, r1, out):
 
 @numba.njit(inline="always", **JIT)
 def _step_product(Xp, Wp, C, r0, r1, add, acc):
-    """C[r0:r1] (+)= (packed rows) Xp (.., kp, MR) @ (packed panels) Wp (nb, kp, NR); acc (MR*NR,)
+    """C[r0:r1] (+)= (packed rows) Xp (.., kp, MR) @ (packed panels) Wp (nb, kp, NR); acc (MR,NR)
     the block's scratch.  Panels outer: a panel serves every row block from L1."""
     rows = C[r0:r1]                                                        # (R, n) view
     beta = 1.0 if add else 0.0
@@ -40,7 +40,7 @@ def _step_product(Xp, Wp, C, r0, r1, add, acc):
     for jb in range(Wp.shape[0]):
         for ib in range(Xp.shape[0]):
             _block(Xp, Wp, acc, ib, jb)
-            _store_block(acc, rows, ib * MR, jb * NR, one, one, beta)
+            store_block(acc, rows, ib * MR, jb * NR, one, one, beta)
 
 
 @numba.njit(**JIT)
@@ -48,7 +48,7 @@ def forward_steps(Whp, b, h0, c0, hs, cs, acts, r0, r1, tokens, table):
     """lstm_layer.forward_steps for rows r0..r1-1 with Whp (nb, kp, NR) the packed W_h (H,G):
     acts (T,B,G) holds x_t W_x (or gets table[tokens[t]] at step t) -> activated gates, hs, cs."""
     hp = np.empty(((r1 - r0 + MR - 1) // MR, Whp.shape[1], MR), np.uint32)  # (.., kp, MR) rows of h_{t-1}
-    acc = np.empty(MR * NR, np.float32)                                     # (MR*NR,) one block's sums
+    acc = np.empty((MR, NR), np.float32)                                    # (MR,NR) one block's sums
     for t in range(acts.shape[0]):
         h_prev = h0 if t == 0 else hs[t - 1]
         c_prev = c0 if t == 0 else cs[t - 1]
@@ -70,7 +70,7 @@ def backward_steps(dhs, WhTp, c0, cs, acts, dzs, dh, dc, r0, r1, tokens, db, dta
     """lstm_layer.backward_steps for rows r0..r1-1 with WhTp (nb, kp, NR) the packed W_h^T (G,H):
     dh = dz_t W_h^T each step; dzs, and db (G,), dtable (V,G) summed over these rows."""
     zp = np.empty(((r1 - r0 + MR - 1) // MR, WhTp.shape[1], MR), np.uint32)  # (.., kp, MR) rows of dz_t
-    acc = np.empty(MR * NR, np.float32)                                      # (MR*NR,) one block's sums
+    acc = np.empty((MR, NR), np.float32)                                     # (MR,NR) one block's sums
     for t in range(acts.shape[0] - 1, -1, -1):
         c_prev = c0 if t == 0 else cs[t - 1]
         gates_backward(dhs[t], dh, dc, acts[t], cs[t], c_prev, dzs[t], r0, r1)

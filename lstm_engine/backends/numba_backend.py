@@ -423,10 +423,21 @@ _NO_TOKENS = np.empty((0, 0), np.int64)     # the tokens of a layer without the 
 
 def _bf16_loops(dt):
     """True when the recurrent products run in bfloat16 (LSTM_ENGINE_TUNE=bf16 or --products bf16,
-    float32): kernels/numba/lstm_layer_bf16.py, imported only then (LLVM compiles it only for CPUs
-    with AVX512_BF16)."""
+    float32): _bf16_loop_kernels, imported only then (LLVM compiles them only for CPUs with
+    AVX512_BF16, or AMX)."""
     from . import numba_tune
     return numba_tune.bf16_loops(dt)
+
+
+def _bf16_loop_kernels():
+    """The bfloat16 time loops: on AMX tiles where the CPU has them (lstm_layer_amx), else by
+    vdpbf16ps (lstm_layer_bf16); each imported only where LLVM can compile it."""
+    from ..kernels.numba import gemm_amx
+    if gemm_amx.available()[0]:
+        from ..kernels.numba import lstm_layer_amx
+        return lstm_layer_amx
+    from ..kernels.numba import lstm_layer_bf16
+    return lstm_layer_bf16
 
 
 def _forward_loop(W, b, h0, c0, hs, cs, acts, rows, units, tokens, table):
@@ -434,9 +445,9 @@ def _forward_loop(W, b, h0, c0, hs, cs, acts, rows, units, tokens, table):
     tokens: the bfloat16 loop split by batch rows (its only split), or lstm_layer's."""
     H = h0.shape[1]
     if _bf16_loops(acts.dtype):
-        from ..kernels.numba import lstm_layer_bf16
         nt = rows or units
-        lstm_layer_bf16.run_forward_steps(W[:H], b, h0, c0, hs, cs, acts, nt and min(nt, h0.shape[0]), tokens, table)
+        _bf16_loop_kernels().run_forward_steps(W[:H], b, h0, c0, hs, cs, acts, nt and min(nt, h0.shape[0]),
+                                               tokens, table)
     else:
         _kernels().lstm.run_forward_steps(W[:H], b, h0, c0, hs, cs, acts, rows, units, tokens, table)
 
@@ -446,9 +457,8 @@ def _backward_loop(dhs, cache, dzs, dh, dc, rows, units, tokens, db, dtable):
     H = dh.shape[1]
     args = (dhs, cache.W[:H], cache.c0, cache.cs, cache.acts, dzs, dh, dc)
     if _bf16_loops(dzs.dtype):
-        from ..kernels.numba import lstm_layer_bf16
         nt = rows or units
-        lstm_layer_bf16.run_backward_steps(*args, nt and min(nt, dh.shape[0]), tokens, db, dtable)
+        _bf16_loop_kernels().run_backward_steps(*args, nt and min(nt, dh.shape[0]), tokens, db, dtable)
     else:
         _kernels().lstm.run_backward_steps(*args, rows, units, tokens, db, dtable)
 

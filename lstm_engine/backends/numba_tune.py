@@ -144,9 +144,12 @@ def opt_in(name):
     """The opt-in product `name` -> (product or None, why not)."""
     got = _OFFERED.get(name)
     if got is None:
-        from ..kernels.numba import gemm_bf16
+        from ..kernels.numba import gemm_amx, gemm_bf16
         ok, why = gemm_bf16.available()
-        got = _OFFERED[name] = (gemm_bf16.mm_bf16 if ok else None), why
+        fn = gemm_bf16.mm_bf16 if ok else None
+        if ok and gemm_amx.available()[0]:       # AMX tiles: several times vdpbf16ps's rate (docs/numba.md)
+            fn = gemm_amx.mm_amx
+        got = _OFFERED[name] = fn, why
     return got
 
 

@@ -1,9 +1,11 @@
-"""The opt-in bfloat16 product (kernels/numba/gemm_bf16.py, LSTM_ENGINE_TUNE=bf16).
+"""The opt-in bfloat16 products (kernels/numba/gemm_bf16.py by vdpbf16ps, gemm_amx.py on AMX
+tiles; LSTM_ENGINE_TUNE=bf16).
 
-Against the float64 product of the operands rounded to bfloat16 (what the kernel promises: float32
+Against the float64 product of the operands rounded to bfloat16 (what the kernels promise: float32
 sums of exactly those products), and through the backend against the float32 reference at the
-operands' rounding (BF16 below).  Skipped on a CPU without AVX512_BF16, where the product is
-refused with a one-line error (tested everywhere).
+operands' rounding (BF16 below), once by each kernel the CPU has (the `kind` fixture: on an AMX
+CPU the vdpbf16ps one runs with AMX held off).  Skipped on a CPU without AVX512_BF16, where the
+product is refused with a one-line error (tested everywhere).
 """
 from __future__ import annotations
 
@@ -20,16 +22,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lstm_engine.backends import numba_backend as nb  # noqa: E402
 from lstm_engine.backends import numba_tune as nt  # noqa: E402
 from lstm_engine.backends import numpy_backend as ref  # noqa: E402
-from lstm_engine.kernels.numba import gemm_bf16  # noqa: E402
+from lstm_engine.kernels.numba import gemm_amx, gemm_bf16  # noqa: E402
 import numba  # noqa: E402  (after the kernels: they set numba's target)
 from parity import Parity  # noqa: E402
 from test_numba_backend import layer_inputs  # noqa: E402
 from test_numba_tune import threads  # noqa: E402,F401  (the fixture: one thread, or split)
 
 HAVE_BF16 = gemm_bf16.available()[0]
+HAVE_AMX = HAVE_BF16 and gemm_amx.available()[0]
 if HAVE_BF16:
     from lstm_engine.kernels.numba import lstm_layer_bf16
+if HAVE_AMX:
+    from lstm_engine.kernels.numba import lstm_layer_amx
 needs_bf16 = pytest.mark.skipif(not HAVE_BF16, reason=f"bfloat16 products: {gemm_bf16.available()[1]}")
+needs_amx = pytest.mark.skipif(not HAVE_AMX, reason=f"AMX: {gemm_amx.available()[1]}")
+KINDS = [pytest.param("vdpbf16ps", marks=needs_bf16), pytest.param("amx", marks=needs_amx)]
 BF16 = {"forward": 1e-2, "grad": 2e-2}   # scale-relative: operands rounded to 8 bits of mantissa (2^-9)
 
 
@@ -49,62 +56,113 @@ def test_rounding_is_to_nearest_with_ties_to_even():
     np.testing.assert_array_equal(bf16_round(x), want)
 
 
-SHAPES = [(1, 1, 1), (7, 5, 3), (9, 33, 65), (8, 64, 32), (17, 130, 33), (50, 64, 512)]
+SHAPES = [(1, 1, 1), (7, 5, 3), (9, 33, 65), (8, 64, 32), (17, 130, 33), (50, 64, 512), (33, 70, 47)]
 
 
-@needs_bf16
+def product_of(kind):
+    return gemm_amx.mm_amx if kind == "amx" else gemm_bf16.mm_bf16
+
+
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("prod", [None, 2])
 @pytest.mark.parametrize("m,k,n", SHAPES)
-def test_product_is_the_rounded_operands_product_in_float32(m, k, n, prod, rng):
-    """Every layout and beta, blocks cut at the edges (m, n not multiples of the block, k odd):
-    within float32 rounding of the float64 product of the bfloat16 operands; beta 0 writes over NaN."""
+def test_product_is_the_rounded_operands_product_in_float32(kind, m, k, n, prod, rng):
+    """Every layout and beta, blocks cut at the edges (m, n not multiples of the block, k odd), C a
+    column slice of a wider array: within float32 rounding of the float64 product of the bfloat16
+    operands; beta 0 writes over NaN; the columns beside C untouched."""
     for ta, tb, beta in itertools.product((False, True), (False, True), (0.0, 1.0)):
         A = rng.standard_normal((k, m) if ta else (m, k)).astype(np.float32)    # op(A) (m,k)
         B = rng.standard_normal((n, k) if tb else (k, n)).astype(np.float32)    # op(B) (k,n)
         C0 = rng.standard_normal((m, n)).astype(np.float32)                     # (m,n)
-        C = C0.copy() if beta else np.full((m, n), np.nan, np.float32)
-        gemm_bf16.mm_bf16(A, B, C, ta, tb, 0.5, beta, prod)
+        wide = np.full((m, n + 3), 7.0, np.float32)                             # (m, n+3): C is wide[:, 1:n+1]
+        C = wide[:, 1:n + 1]
+        C[...] = C0 if beta else np.nan
+        product_of(kind)(A, B, C, ta, tb, 0.5, beta, prod)
         oa, ob = (A.T if ta else A), (B.T if tb else B)
         want = 0.5 * (bf16_round(oa).astype(np.float64) @ bf16_round(ob).astype(np.float64)) + beta * C0
-        with Parity(f"bf16 product {m}x{k}x{n} ta={ta} tb={tb} beta={beta}", backend="numba") as p:
+        with Parity(f"{kind} product {m}x{k}x{n} ta={ta} tb={tb} beta={beta}", backend="numba") as p:
             p.check("C", C, want, "float32", "wide")
+        assert (wide[:, 0] == 7).all() and (wide[:, n + 1:] == 7).all()
 
 
-@needs_bf16
-def test_product_rounds_the_operands(rng):
+@pytest.mark.parametrize("kind", KINDS)
+def test_product_rounds_the_operands(kind, rng):
     """The product is not a float32 one in disguise: operands with bits below bfloat16's mantissa
     give the rounded product, away from the exact one."""
     A = np.full((8, 4), 1 + 2.0 ** -10, np.float32)        # rounds to 1 in bfloat16
     B = np.ones((4, 32), np.float32)
     C = np.zeros((8, 32), np.float32)
-    gemm_bf16.mm_bf16(A, B, C, False, False, 1.0, 0.0, None)
+    product_of(kind)(A, B, C, False, False, 1.0, 0.0, None)
     np.testing.assert_array_equal(C, np.full((8, 32), 4.0, np.float32))
 
 
+@needs_amx
+@pytest.mark.parametrize("trans_a", [False, True])
+def test_amx_with_weights_packed_once_equals_the_whole_product(trans_a, rng):
+    """pack_b + mm_amx_packed (Python) and mm_amx_packed_jit (numba code, the time loops' call) give
+    mm_amx's bits, with B packed once and used for several A."""
+    import numba as nbm
+    k, n = 70, 100
+    B = rng.standard_normal((k, n)).astype(np.float32)                          # (k,n)
+    Bp = gemm_amx.pack_b(B, False)
+
+    @nbm.njit
+    def in_numba(A, Bp, C, trans_a, Ap, cfg):
+        gemm_amx.mm_amx_packed_jit(A, Bp, C, trans_a, np.float32(1.0), np.float32(0.0), Ap, cfg)
+    for m in (1, 33):
+        A = rng.standard_normal((k, m) if trans_a else (m, k)).astype(np.float32)
+        want = np.empty((m, n), np.float32)
+        gemm_amx.mm_amx(A, B, want, trans_a, False, 1.0, 0.0, None)
+        got = np.full((m, n), np.nan, np.float32)
+        gemm_amx.mm_amx_packed(A, Bp, got, trans_a, 1.0, 0.0, None)
+        np.testing.assert_array_equal(got, want)
+        got[...] = np.nan
+        Ap = np.empty(((m + gemm_amx.BM - 1) // gemm_amx.BM,) + Bp.shape[1:], np.uint32)
+        in_numba(A, Bp, got, trans_a, Ap, gemm_amx.tile_config())
+        np.testing.assert_array_equal(got, want)
+
+
+def test_amx_held_to_avx2_is_refused_with_why(monkeypatch):
+    monkeypatch.setenv("LSTM_ENGINE_NUMBA_ISA", "avx2")
+    ok, why = gemm_amx._check()
+    assert not ok and "LSTM_ENGINE_NUMBA_ISA=avx2" in why
+
+
+@pytest.fixture(params=KINDS)
+def kind(request, monkeypatch):
+    """The bfloat16 kernels the backend runs: 'amx', or 'vdpbf16ps' (AMX held off where the CPU has it)."""
+    if request.param == "vdpbf16ps":
+        monkeypatch.setattr(gemm_amx, "available", lambda: (False, "held off by the test"))
+    nt.forget()
+    yield request.param
+    nt.forget()
+
+
 @pytest.fixture
-def forced_bf16(monkeypatch):
+def forced_bf16(kind, monkeypatch):
     monkeypatch.setenv("LSTM_ENGINE_TUNE", "bf16")
     nt.forget()
     called = []
     product_fn = nt.product_fn
-    monkeypatch.setattr(nt, "product_fn", lambda kind, name: called.append(name) or product_fn(kind, name))
+    monkeypatch.setattr(nt, "product_fn", lambda k, name: called.append(name) or product_fn(k, name))
     yield called
+    assert nt.opt_in("bf16")[0] is product_of(kind)
     nt.forget()
 
 
 @pytest.fixture
-def loops(monkeypatch):
-    """(loop, its threads) each time the backend runs a bfloat16 time loop."""
+def loops(kind, monkeypatch):
+    """(loop, its threads) each time the backend runs a bfloat16 time loop of the kind's module."""
     calls = []
+    module = lstm_layer_amx if kind == "amx" else lstm_layer_bf16
     for fn, rows_at in (("run_forward_steps", 7), ("run_backward_steps", 8)):
-        def spy(*args, _fn=fn, _real=getattr(lstm_layer_bf16, fn), _at=rows_at):
+        def spy(*args, _fn=fn, _real=getattr(module, fn), _at=rows_at):
             calls.append((_fn, args[_at]))
             return _real(*args)
-        monkeypatch.setattr(lstm_layer_bf16, fn, spy)
+        monkeypatch.setattr(module, fn, spy)
     return calls
 
 
-@needs_bf16
 def test_forced_through_the_backend_matches_the_reference_at_bfloat16_rounding(forced_bf16, loops, threads, rng):
     """A layer, layer 0 on both paths (table, gathered) and the output layer with every big product
     and the time loops' recurrent products in bfloat16, against the float32 reference by name; the
@@ -145,7 +203,6 @@ def test_forced_through_the_backend_matches_the_reference_at_bfloat16_rounding(f
     assert loops == [("run_forward_steps", want_rows), ("run_backward_steps", want_rows)] * 3
 
 
-@needs_bf16
 @pytest.mark.parametrize("cell", ["peephole", "coupled", "gru"])
 def test_forced_for_the_other_cells_matches_the_reference_at_bfloat16_rounding(cell, forced_bf16, rng):
     """The variants' big products in bfloat16 (their time loops stay float32), a layer by name."""
@@ -165,7 +222,6 @@ def test_forced_for_the_other_cells_matches_the_reference_at_bfloat16_rounding(c
     assert set(forced_bf16) == {"bf16"}
 
 
-@needs_bf16
 def test_forced_leaves_float64_exact(forced_bf16, rng):
     """A float64 model keeps float64 products under LSTM_ENGINE_TUNE=bf16 (float64 tolerance)."""
     a = layer_inputs(rng, 5, 3, 7, 13, "float64")

@@ -126,19 +126,20 @@ def test_a_budgeted_numba_run_trains_with_bf16_products_and_records_them(tmp_pat
     monkeypatch.setenv("LSTM_ENGINE_TUNE", "auto")
     from lstm_engine.backends import numba_backend
     monkeypatch.setattr(numba_backend, "bf16_pays", lambda: True)   # measured faster (here or not)
-    from lstm_engine.kernels.numba import gemm_bf16
+    from lstm_engine.kernels.numba import gemm_amx, gemm_bf16
     calls = []
-    real = gemm_bf16.mm_bf16
-    monkeypatch.setattr(gemm_bf16, "mm_bf16", lambda *a: calls.append(a[2].shape) or real(*a))
+    module, name = (gemm_amx, "mm_amx") if gemm_amx.available()[0] else (gemm_bf16, "mm_bf16")
+    real = getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *a: calls.append(a[2].shape) or real(*a))
     from lstm_engine.backends import numba_tune
-    numba_tune.forget()
+    numba_tune.forget()                                             # opt_in now hands out the spy
     cfg = le.TrainConfig(backend="numba", time_budget=20.0, out=str(tmp_path / "run"), log_every=0,
                          hidden_size=64, embed_size=16, layers=2, batch_size=16, seq_len=32)
     explicit = {"hidden_size", "embed_size", "layers", "batch_size", "seq_len"}
     st = le.Trainer(cfg, text=markov_text(3000), explicit=explicit).run()
     _, meta = checkpoint.load(str(tmp_path / "run" / "best.safetensors"))
     assert meta["train"]["products"] == "bf16" and "with bfloat16 products" in meta["train"]["recipe"]
-    assert calls                                                    # the bfloat16 GEMM ran
+    assert calls                                                    # the bfloat16 GEMM ran (AMX where the CPU has it)
     assert st.step > 20 and meta["trainer"]["best_val"] < 0.75 * np.log(5)   # well under uniform over 5 symbols
     numba_tune.forget()
 
