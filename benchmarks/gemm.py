@@ -1,13 +1,15 @@
 """The numba kernels' hand-written GEMM (kernels/numba/gemm.py) against SciPy's BLAS (benchmarks/dev/numba/blas.py),
-and the bfloat16 one (kernels/numba/gemm_bf16.py) where the CPU has AVX512_BF16.
+and the bfloat16 ones where the CPU has them: vdpbf16ps (kernels/numba/gemm_bf16.py, AVX512_BF16) and
+AMX tiles (kernels/numba/gemm_amx.py).
 
     python benchmarks/gemm.py [--threads 1] [--seconds 0.3]
 
 Each row is one product shape the LSTM kernels issue (m, k, n; op(A) (m,k) @ op(B) (k,n),
 trans flags as the kernels pass them).  Both are first checked against NumPy in float64
 (scale-relative error), then timed on one thread (BLAS pinned to one thread, as the kernels
-run it); GFLOP/s = 2 m k n / best time.  The bfloat16 column packs both operands every call (as
-LSTM_ENGINE_TUNE=bf16 runs it) and its error is against the float32 operands' product.  Run it on an idle machine; the machine line says
+run it); GFLOP/s = 2 m k n / best time.  The bfloat16 columns pack both operands every call (as
+LSTM_ENGINE_TUNE=bf16 runs the big products; the time loops pack W_h once a call) and their error is
+against the float32 operands' product.  Run it on an idle machine; the machine line says
 which BLAS kernels OpenBLAS picked (OPENBLAS_CORETYPE moves BLAS, not the hand-written GEMM).
 """
 import argparse
@@ -19,7 +21,7 @@ import numba
 import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from lstm_engine.kernels.numba import gemm_bf16
+from lstm_engine.kernels.numba import gemm_amx, gemm_bf16
 from lstm_engine.kernels.numba.gemm import gemm as own_gemm
 
 
@@ -63,6 +65,11 @@ def _run_bf16(A, B, C, ta, tb, reps):
         gemm_bf16.mm_bf16(A, B, C, ta, tb, 1.0, 0.0, None)
 
 
+def _run_amx(A, B, C, ta, tb, reps):
+    for _ in range(reps):
+        gemm_amx.mm_amx(A, B, C, ta, tb, 1.0, 0.0, None)
+
+
 def _rate(run, A, B, C, ta, tb, flops, seconds):
     run(A, B, C, ta, tb, 1)                                       # compile / warm up
     reps = max(1, int(0.02 * 100e9 / flops))                      # ~20 ms a timing at 100 GFLOP/s
@@ -81,10 +88,15 @@ def main():
     rng = np.random.default_rng(0)
     blas = "; ".join(f"{i['internal_api']} {i.get('version')} ({i.get('architecture')})" for i in threadpool_info()
                      if i.get("user_api") == "blas")
-    runs = (_run_blas, _run_own) + ((_run_bf16,) if gemm_bf16.available()[0] else ())
-    print(f"one thread; BLAS: {blas}; bfloat16: {'yes' if len(runs) == 3 else gemm_bf16.available()[1]}")
+    extra = [(name, run) for name, run, ok in (("bf16", _run_bf16, gemm_bf16.available()),
+                                               ("amx", _run_amx, gemm_bf16.available()[0] and gemm_amx.available()))
+             if ok[0]]
+    runs = [_run_blas, _run_own] + [run for _, run in extra]
+    print(f"one thread; BLAS: {blas}; bfloat16: {'yes' if gemm_bf16.available()[0] else gemm_bf16.available()[1]}"
+          f"; AMX: {'yes' if any(n == 'amx' for n, _ in extra) else gemm_amx.available()[1] or 'no'}")
     print(f"{'shape':48s} {'m x k x n':>18s}  {'BLAS GF/s':>9s}  {'own GF/s':>8s}  {'own/BLAS':>8s}"
-          + ("  bf16 GF/s  bf16/BLAS" if len(runs) == 3 else "") + "  err BLAS / own" + (" / bf16" if len(runs) == 3 else ""))
+          + "".join(f"  {n + ' GF/s':>9s}  {n + '/BLAS':>9s}" for n, _ in extra)
+          + "  err " + " / ".join(["BLAS", "own"] + [n for n, _ in extra]))
     with threadpool_limits(1, user_api="blas"):
         for what, m, k, n, ta, tb in SHAPES:
             A = rng.standard_normal((k, m) if ta else (m, k)).astype(np.float32)
@@ -96,9 +108,9 @@ def main():
                 rates.append(_rate(run, A, B, C, ta, tb, 2.0 * m * k * n, args.seconds))
                 run(A, B, C, ta, tb, 1)
                 errs.append(np.abs(C - want).max() / np.abs(want).max())
-            bf16 = f"  {rates[2]:9.0f}  {rates[2] / rates[0]:8.2f}x" if len(runs) == 3 else ""
+            cols = "".join(f"  {r:9.0f}  {r / rates[0]:8.2f}x" for r in rates[2:])
             print(f"{what:48s} {f'{m} x {k} x {n}':>18s}  {rates[0]:9.0f}  {rates[1]:8.0f}  {rates[1] / rates[0]:7.2f}x"
-                  f"{bf16}  " + " / ".join(f"{e:.1e}" for e in errs))
+                  f"{cols}  " + " / ".join(f"{e:.1e}" for e in errs))
 
 
 if __name__ == "__main__":
