@@ -162,6 +162,15 @@ def tune_plan(T, B, H, dt):
     return numba_tune_plan.retune(T, B, H, dt, rule[0], rule, lambda: _plan_probe(T, B, H, dt))
 
 
+def _probe_inputs(T, B, H, dt):
+    """Random inputs of one layer (I = H) -> x (T,B,H), W (2H,4H), b (4H,), h0, c0 (B,H), dhs (T,B,H);
+    the weights drawn as the model's init draws them (U(-1/sqrt(H), 1/sqrt(H)))."""
+    rng = np.random.default_rng(0)
+    f = lambda k, *shape: rng.uniform(-k, k, shape).astype(dt)                     # noqa: E731
+    w = 1.0 / np.sqrt(H)
+    return f(1, T, B, H), f(w, 2 * H, 4 * H), f(w, 4 * H), f(1, B, H), f(1, B, H), f(1, T, B, H)
+
+
 def _plan_probe(T, B, H, dt):
     """(ready(plan), run(plan) -> (hs, dW)) for numba_tune_plan: one layer (I = H) forward and
     backward by the fused kernels on random inputs of this shape; ready: no compile needed.
@@ -170,10 +179,7 @@ def _plan_probe(T, B, H, dt):
     within a window."""
     from . import numba_tune
     K = _kernels().lstm
-    rng = np.random.default_rng(0)
-    f = lambda k, *shape: rng.uniform(-k, k, shape).astype(dt)                     # noqa: E731
-    w = 1.0 / np.sqrt(H)
-    x, W, b, h0, c0, dhs = f(1, T, B, H), f(w, 2 * H, 4 * H), f(w, 4 * H), f(1, B, H), f(1, B, H), f(1, T, B, H)
+    x, W, b, h0, c0, dhs = _probe_inputs(T, B, H, dt)
     acts, dW = np.empty((T, B, 4 * H), dt), np.empty((2 * H, 4 * H), dt)           # (T,B,G), (H+I,G)
 
     def ready(plan):
@@ -256,10 +262,7 @@ def _bf16_probe():
     from . import numba_tune, numba_tune_bf16
     T, B, H = numba_tune_bf16.SHAPE
     dt = np.float32
-    rng = np.random.default_rng(0)
-    f = lambda k, *shape: rng.uniform(-k, k, shape).astype(dt)                     # noqa: E731
-    w = 1.0 / np.sqrt(H)
-    x, W, b, h0, c0, dhs = f(1, T, B, H), f(w, 2 * H, 4 * H), f(w, 4 * H), f(1, B, H), f(1, B, H), f(1, T, B, H)
+    x, W, b, h0, c0, dhs = _probe_inputs(T, B, H, dt)
     zero = np.zeros((B, H), dt)                                                    # (B,H) dL/dh_T, dL/dc_T
 
     def run(name):
