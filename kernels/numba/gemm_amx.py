@@ -20,9 +20,12 @@ The micro-kernel (_tile_block, LLVM IR) keeps a 32 x 32 block of C in four accum
 A thread's job, MC row blocks x NG panels, runs over k in chunks of KC steps (the chunk's tiles
 stay in L1/L2: over all of k they fall out of L2 and the tile loads starve), its blocks' sums
 parked in a per-thread float32 scratch between chunks; gemm_bf16.store_block then applies them to C with
-alpha and beta, clipped at the edges.  The operands are rounded while packed, by gemm_bf16's
-rule on the float32 bits (the same bits), the row-wise case through one vector shuffle in LLVM
-IR (_pair_row) since LLVM leaves a stride-2 loop scalar.
+alpha and beta, clipped at the edges.  Where k fits one chunk of up to KC_ONE steps (the time
+loops' products) and alpha is 1, beta 0 or 1, a whole block's tiles load from and store to C
+itself: no scratch, no store_block pass.  The operands are rounded while packed, by gemm_bf16's
+rule on the float32 bits (the same bits), 16 lanes at a time in LLVM IR: along rows through one
+vector shuffle (_pair_row; LLVM leaves a stride-2 loop scalar), across rows from two row loads
+(_pair_cols), written straight into the packed tile where no transpose is needed.
 
 Entry points: mm_amx (gemm_bf16.mm_bf16's interface); pack_b + mm_amx_packed for a B packed
 once (weights); mm_amx_packed_jit, the same callable from numba code (a recurrent time step).
@@ -53,6 +56,7 @@ BM, BN = 32, 32         # C block of the micro-kernel: 2 x 2 tiles of 16 x 16 fl
 TILE = 16               # rows of a tile; also its uint32 columns (64 bytes)
 KS = 16                 # pairs of k a tile row holds (one k step)
 KC = 8                  # k steps of a chunk: 16 KiB of a block's (or panel's) tiles
+KC_ONE = 16             # k of up to this many steps runs as one chunk (measured: KC's split costs more there)
 MC, NG = 4, 8           # row blocks x panels of a job: its k chunk, 192 KiB, and sums, 128 KiB, in L2
 
 _SYS_ARCH_PRCTL = 158
@@ -144,14 +148,15 @@ def _tile_end(typingctx):
 
 @intrinsic
 def _tile_block(typingctx, Ap, Bp, acc, ia, jb, q0, q1, resume):
-    """acc (BM, BN) float32 (+)= op(A) block ia x op(B) panel jb over k steps q0..q1 (each
-    (kq, 2, 16, 16) packed) by tdpbf16ps: tiles 0..3 the sums (loaded from acc when resume,
-    else zeroed), 4..5 the A halves, 6..7 the B halves."""
+    """acc (BM, BN) float32, rows contiguous (a scratch block or C's), (+)= op(A) block ia x
+    op(B) panel jb over k steps q0..q1 (each (kq, 2, 16, 16) packed) by tdpbf16ps: tiles 0..3 the
+    sums (loaded from acc when resume, else zeroed), 4..5 the A halves, 6..7 the B halves."""
     def codegen(context, builder, sig, args):
         ap, bp, acc_, ia_, jb_, q0_, q1_, resume_ = args
         A = context.make_array(sig.args[0])(context, builder, ap)            # (mb, kq, 2, 16, 16) uint32
         B = context.make_array(sig.args[1])(context, builder, bp)            # (nb, kq, 2, 16, 16) uint32
         S = context.make_array(sig.args[2])(context, builder, acc_)          # (BM, BN) float32
+        srow = cgutils.unpack_tuple(builder, S.strides, 2)[0]                # bytes between acc's rows
         load = _fn(builder, "llvm.x86.tileloadd64", [_i8, _p8, _i64])
         store = _fn(builder, "llvm.x86.tilestored64", [_i8, _p8, _i64])
         dot = _fn(builder, "llvm.x86.tdpbf16ps", [_i8, _i8, _i8])
@@ -165,12 +170,13 @@ def _tile_block(typingctx, Ap, Bp, acc, ia, jb, q0, q1, resume):
         a0 = builder.gep(builder.bitcast(A.data, _p8), [builder.mul(builder.mul(ia64, kq), c64(step))])
         b0 = builder.gep(builder.bitcast(B.data, _p8), [builder.mul(builder.mul(jb64, kq), c64(step))])
         s0 = builder.bitcast(S.data, _p8)
-        sums = [builder.gep(s0, [c64((i * TILE * BN + j * TILE) * 4)]) for i in range(2) for j in range(2)]
+        sums = [builder.gep(s0, [builder.add(builder.mul(c64(i * TILE), srow), c64(j * TILE * 4))])
+                for i in range(2) for j in range(2)]
         again = context.cast(builder, resume_, sig.args[7], types.boolean)   # tile (i, j): rows 16i, columns 16j
         with builder.if_else(again) as (then, otherwise):
             with then:
                 for t in range(4):
-                    builder.call(load, [c8(t), sums[t], c64(4 * BN)])
+                    builder.call(load, [c8(t), sums[t], srow])
             with otherwise:
                 for t in range(4):
                     builder.call(zero, [c8(t)])
@@ -194,7 +200,7 @@ def _tile_block(typingctx, Ap, Bp, acc, ia, jb, q0, q1, resume):
         builder.branch(head)
         builder.position_at_end(done)
         for t in range(4):
-            builder.call(store, [c8(t), sums[t], c64(4 * BN)])
+            builder.call(store, [c8(t), sums[t], srow])
         return context.get_dummy_value()
 
     return types.void(Ap, Bp, acc, ia, jb, q0, q1, resume), codegen
@@ -215,31 +221,57 @@ def _pair(u, v):
     return np.uint32(lo | hi)
 
 
+def _rounded_pair(builder, even, odd):
+    """The (16,) uint32 pairs of even (low halves) and odd (high halves) float32 bits, as _pair."""
+    splat = lambda c: ir.Constant(ir.VectorType(ir.IntType(32), KS), [c] * KS)   # noqa: E731
+
+    def rounded(u):
+        return builder.add(builder.add(u, splat(0x7FFF)), builder.and_(builder.lshr(u, splat(16)), splat(1)))
+    return builder.or_(builder.lshr(rounded(even), splat(16)), builder.and_(rounded(odd), splat(0xFFFF0000)))
+
+
+def _row_at(context, builder, ty, arr, i, j):
+    """(i8*) address of X[i, j] (rows contiguous) for array arr of numba type ty."""
+    X = context.make_array(ty)(context, builder, arr)
+    row_stride = cgutils.unpack_tuple(builder, X.strides, 2)[0]
+    return builder.gep(builder.bitcast(X.data, _p8), [builder.add(builder.mul(i, row_stride),
+                                                                  builder.mul(j, ir.Constant(_i64, 4)))])
+
+
 @intrinsic
 def _pair_row(typingctx, X, i, j, tile, r):
     """tile[r, :16] = the 16 pairs of X[i, j:j+32] (uint32 float32 bits), as _pair: one vector
     load, an even/odd shuffle, the rounding in 16 lanes (LLVM leaves the stride-2 loop scalar)."""
     def codegen(context, builder, sig, args):
         x_, i_, j_, t_, r_ = args
-        Xa = context.make_array(sig.args[0])(context, builder, x_)          # (rows, k) uint32, rows contiguous
-        T = context.make_array(sig.args[3])(context, builder, t_)           # (16, 16) uint32
-        i32 = ir.IntType(32)
-        v32, v16 = ir.VectorType(i32, 2 * KS), ir.VectorType(i32, KS)
-        idx = [context.cast(builder, v, t, types.int64)
-               for v, t in ((i_, sig.args[1]), (j_, sig.args[2]), (r_, sig.args[4]))]
-        row_stride = cgutils.unpack_tuple(builder, Xa.strides, 2)[0]
-        src = builder.gep(builder.bitcast(Xa.data, _p8), [builder.add(builder.mul(idx[0], row_stride),
-                                                                      builder.mul(idx[1], ir.Constant(_i64, 4)))])
-        v = builder.load(builder.bitcast(src, v32.as_pointer()), align=4)
+        v32, v16 = ir.VectorType(ir.IntType(32), 2 * KS), ir.VectorType(ir.IntType(32), KS)
+        i64, j64, r64 = (context.cast(builder, v, t, types.int64)
+                         for v, t in ((i_, sig.args[1]), (j_, sig.args[2]), (r_, sig.args[4])))
+        v = builder.load(builder.bitcast(_row_at(context, builder, sig.args[0], x_, i64, j64), v32.as_pointer()),
+                         align=4)
         even = builder.shuffle_vector(v, ir.Constant(v32, ir.Undefined), ir.Constant(v16, list(range(0, 2 * KS, 2))))
         odd = builder.shuffle_vector(v, ir.Constant(v32, ir.Undefined), ir.Constant(v16, list(range(1, 2 * KS, 2))))
-        splat = lambda c: ir.Constant(v16, [c] * KS)                        # noqa: E731
+        dst = _row_at(context, builder, sig.args[3], t_, r64, ir.Constant(_i64, 0))
+        builder.store(_rounded_pair(builder, even, odd), builder.bitcast(dst, v16.as_pointer()), align=4)
+        return context.get_dummy_value()
 
-        def rounded(u):
-            return builder.add(builder.add(u, splat(0x7FFF)), builder.and_(builder.lshr(u, splat(16)), splat(1)))
-        pair = builder.or_(builder.lshr(rounded(even), splat(16)), builder.and_(rounded(odd), splat(0xFFFF0000)))
-        dst = builder.gep(builder.bitcast(T.data, _p8), [builder.mul(idx[2], ir.Constant(_i64, 4 * TILE))])
-        builder.store(pair, builder.bitcast(dst, v16.as_pointer()), align=4)
+    return types.void(X, i, j, tile, r), codegen
+
+
+@intrinsic
+def _pair_cols(typingctx, X, i, j, tile, r):
+    """tile[r, :16] = the pairs of X[i, j:j+16] (low halves) and X[i+1, j:j+16] (high halves),
+    uint32 float32 bits, as _pair: two vector loads, the rounding in 16 lanes."""
+    def codegen(context, builder, sig, args):
+        x_, i_, j_, t_, r_ = args
+        v16 = ir.VectorType(ir.IntType(32), KS)
+        i64, j64, r64 = (context.cast(builder, v, t, types.int64)
+                         for v, t in ((i_, sig.args[1]), (j_, sig.args[2]), (r_, sig.args[4])))
+        lo, hi = (builder.load(builder.bitcast(_row_at(context, builder, sig.args[0], x_, row, j64),
+                                               v16.as_pointer()), align=4)
+                  for row in (i64, builder.add(i64, ir.Constant(_i64, 1))))
+        dst = _row_at(context, builder, sig.args[3], t_, r64, ir.Constant(_i64, 0))
+        builder.store(_rounded_pair(builder, lo, hi), builder.bitcast(dst, v16.as_pointer()), align=4)
         return context.get_dummy_value()
 
     return types.void(X, i, j, tile, r), codegen
@@ -289,11 +321,11 @@ def _pack_across(X, out, transpose, t, prod):
             for h in range(2):
                 c0 = (2 * blk + h) * TILE
                 if c0 + TILE <= cols and k0 + 2 * KS <= k:             # a whole tile: no bounds
+                    dst = tile if transpose else out[blk, q, h]             # (16, 16) [pair, column]
                     for pp in range(KS):
-                        lo = X[k0 + 2 * pp, c0:c0 + TILE]
-                        hi = X[k0 + 2 * pp + 1, c0:c0 + TILE]
-                        for c in range(TILE):
-                            tile[pp, c] = _pair(lo[c], hi[c])
+                        _pair_cols(X, k0 + 2 * pp, c0, dst, pp)
+                    if transpose:
+                        _put(tile, out, blk, q, h, True)
                 else:
                     for pp in range(KS):
                         for c in range(TILE):
@@ -301,7 +333,7 @@ def _pack_across(X, out, transpose, t, prod):
                             lo = X[kk, j] if j < cols and kk < k else zero
                             hi = X[kk + 1, j] if j < cols and kk + 1 < k else zero
                             tile[pp, c] = _pair(lo, hi)
-                _put(tile, out, blk, q, h, transpose)
+                    _put(tile, out, blk, q, h, transpose)
 
 
 @numba.njit(inline="always", **JIT)
@@ -361,8 +393,11 @@ def _gemm_part(Ap, Bp, C, alpha, beta, t, prod, cfg):
     in chunks of KC steps, keeping its blocks' sums in a scratch between chunks, so the chunk's
     op(A) and op(B) stay in L1/L2 (a whole k of them falls out of L2 and the tile loads starve)."""
     mb, nb, kq = Ap.shape[0], Bp.shape[0], Ap.shape[1]
+    m, n = C.shape
     chunks, groups = (mb + MC - 1) // MC, (nb + NG - 1) // NG
     jobs = chunks * groups
+    kc = max(kq, 1) if kq <= KC_ONE else KC                                 # k = 0 still zeroes the sums
+    in_c = kc >= kq and alpha == 1 and (beta == 0 or beta == 1)             # whole blocks sum in C's tiles
     a = np.float32(alpha)
     b = np.float32(beta)
     sums = np.empty((min(MC, mb), min(NG, nb), BM, BN), np.float32)         # (MC, NG, BM, BN) a job's blocks
@@ -370,13 +405,17 @@ def _gemm_part(Ap, Bp, C, alpha, beta, t, prod, cfg):
     for job in range(t * jobs // prod, (t + 1) * jobs // prod):
         i0, j0 = job // groups * MC, job % groups * NG
         i1, j1 = min(mb, i0 + MC), min(nb, j0 + NG)
-        for q0 in range(0, max(kq, 1), KC):                                 # k = 0 still zeroes the sums
+        for q0 in range(0, max(kq, 1), kc):
             for ib in range(i0, i1):                                        # its A tiles stay in L1 across panels
                 for jb in range(j0, j1):
-                    _tile_block(Ap, Bp, sums[ib - i0, jb - j0], ib, jb, q0, min(kq, q0 + KC), q0 > 0)
+                    if in_c and (ib + 1) * BM <= m and (jb + 1) * BN <= n:
+                        _tile_block(Ap, Bp, C[ib * BM:(ib + 1) * BM, jb * BN:(jb + 1) * BN], ib, jb, 0, kq, beta != 0)
+                    else:
+                        _tile_block(Ap, Bp, sums[ib - i0, jb - j0], ib, jb, q0, min(kq, q0 + kc), q0 > 0)
         for ib in range(i0, i1):
             for jb in range(j0, j1):
-                store_block(sums[ib - i0, jb - j0], C, ib * BM, jb * BN, a, b, beta)
+                if not (in_c and (ib + 1) * BM <= m and (jb + 1) * BN <= n):
+                    store_block(sums[ib - i0, jb - j0], C, ib * BM, jb * BN, a, b, beta)
     _tile_end()
 
 

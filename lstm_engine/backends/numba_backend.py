@@ -469,8 +469,8 @@ def _backward_loop(dhs, cache, dzs, dh, dc, rows, units, tokens, db, dtable):
 def _pads_dz(m, H, dt):
     """True when gemm would read dz (rows 4H apart) from a copy with padded rows in products
     whose C has m rows (gemm.pads_b: an L1 cache-set conflict): the backend then makes that
-    copy once per layer (_padded_rows)."""
-    return _kernels().gemm.pads_b(m, 4 * H * np.dtype(dt).itemsize)
+    copy once per layer (_padded_rows).  Never with bfloat16 products: they read dz once, to pack it."""
+    return not _bf16_loops(dt) and _kernels().gemm.pads_b(m, 4 * H * np.dtype(dt).itemsize)
 
 
 def _padded_rows(dz2):

@@ -56,7 +56,7 @@ def test_rounding_is_to_nearest_with_ties_to_even():
     np.testing.assert_array_equal(bf16_round(x), want)
 
 
-SHAPES = [(1, 1, 1), (7, 5, 3), (9, 33, 65), (8, 64, 32), (17, 130, 33), (50, 64, 512), (33, 70, 47)]
+SHAPES = [(1, 1, 1), (7, 5, 3), (9, 33, 65), (8, 64, 32), (17, 130, 33), (50, 64, 512), (33, 70, 47), (64, 500, 96)]
 
 
 def product_of(kind):
@@ -65,11 +65,13 @@ def product_of(kind):
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("prod", [None, 2])
+@pytest.mark.parametrize("alpha", [0.5, 1.0])
 @pytest.mark.parametrize("m,k,n", SHAPES)
-def test_product_is_the_rounded_operands_product_in_float32(kind, m, k, n, prod, rng):
+def test_product_is_the_rounded_operands_product_in_float32(kind, m, k, n, prod, alpha, rng):
     """Every layout and beta, blocks cut at the edges (m, n not multiples of the block, k odd), C a
     column slice of a wider array: within float32 rounding of the float64 product of the bfloat16
-    operands; beta 0 writes over NaN; the columns beside C untouched."""
+    operands; beta 0 writes over NaN; the columns beside C untouched.  alpha 1 with k of one chunk
+    is AMX's path that sums whole blocks in C's own tiles."""
     for ta, tb, beta in itertools.product((False, True), (False, True), (0.0, 1.0)):
         A = rng.standard_normal((k, m) if ta else (m, k)).astype(np.float32)    # op(A) (m,k)
         B = rng.standard_normal((n, k) if tb else (k, n)).astype(np.float32)    # op(B) (k,n)
@@ -77,9 +79,9 @@ def test_product_is_the_rounded_operands_product_in_float32(kind, m, k, n, prod,
         wide = np.full((m, n + 3), 7.0, np.float32)                             # (m, n+3): C is wide[:, 1:n+1]
         C = wide[:, 1:n + 1]
         C[...] = C0 if beta else np.nan
-        product_of(kind)(A, B, C, ta, tb, 0.5, beta, prod)
+        product_of(kind)(A, B, C, ta, tb, alpha, beta, prod)
         oa, ob = (A.T if ta else A), (B.T if tb else B)
-        want = 0.5 * (bf16_round(oa).astype(np.float64) @ bf16_round(ob).astype(np.float64)) + beta * C0
+        want = alpha * (bf16_round(oa).astype(np.float64) @ bf16_round(ob).astype(np.float64)) + beta * C0
         with Parity(f"{kind} product {m}x{k}x{n} ta={ta} tb={tb} beta={beta}", backend="numba") as p:
             p.check("C", C, want, "float32", "wide")
         assert (wide[:, 0] == 7).all() and (wide[:, n + 1:] == 7).all()
@@ -201,6 +203,26 @@ def test_forced_through_the_backend_matches_the_reference_at_bfloat16_rounding(f
     assert set(forced_bf16) == {"bf16"}
     want_rows = None if threads == "one-thread" else min(numba.get_num_threads(), B)
     assert loops == [("run_forward_steps", want_rows), ("run_backward_steps", want_rows)] * 3
+
+
+def test_layer_of_whole_tile_blocks_matches_the_reference(forced_bf16, loops, monkeypatch, rng):
+    """B 64 split by rows over numba's threads and H 64: every time step's product is whole 32 x 32 blocks of C (AMX
+    sums them in C's tiles); the layer against the float32 reference at bfloat16 rounding, dz
+    read unpadded."""
+    monkeypatch.setattr(nb, "PARALLEL_MIN_MACS", 0)                        # threaded, whatever the size
+    dtype, T, B, I, H = "float32", 3, 64, 40, 64
+    a = layer_inputs(rng, T, B, I, H, dtype)
+    a["W"] = (a["W"] / (0.6 * np.sqrt(I + H))).astype(dtype)              # an initialised model's scale
+    r = ref.lstm_forward(a["x"], a["W"], a["b"], a["h0"], a["c0"])
+    n = nb.lstm_forward(a["x"], a["W"], a["b"], a["h0"], a["c0"])
+    got = nb.lstm_backward(a["dhs"], a["dhT"], a["dcT"], n[3])
+    want = ref.lstm_backward(a["dhs"], a["dhT"], a["dcT"], r[3])
+    with Parity(f"bf16 lstm layer T{T} B{B} I{I} H{H}", backend="numba") as p:
+        p.check("hs", n[0], r[0], dtype, tol=BF16["forward"])
+        for name, g, w in zip(("dx", "dW", "db", "dh0", "dc0"), got, want):
+            p.check(name, g, w, dtype, tol=BF16["grad"])
+    assert [c[0] for c in loops] == ["run_forward_steps", "run_backward_steps"]
+    assert not nb._pads_dz(256, 256, np.float32) and nb._kernels().gemm.pads_b(256, 4 * 256 * 4)
 
 
 @pytest.mark.parametrize("cell", ["peephole", "coupled", "gru"])
