@@ -259,8 +259,7 @@ class Trainer:
             e.collective = True                       # every rank sees the same reduced loss and norm
             raise e
         if cfg.time_budget:
-            lr = budget.lr_at_time(self._used() / max(cfg.time_budget - self._reserve, 1e-9), cfg.lr) \
-                if cfg.lr_decay else cfg.lr
+            lr = budget.lr_at_time(self._trained_fraction(), cfg.lr) if cfg.lr_decay else cfg.lr
         else:
             lr = lr_at(self.st.step + 1, cfg.steps, cfg.lr, cfg.lr_decay)
         self.opt.update(self.model.params, grads, lr, scale)
@@ -268,6 +267,12 @@ class Trainer:
         self.st.step += 1
         self.st.position += 1
         return loss, norm
+
+    def _trained_fraction(self):
+        """Fraction of the budget's training time gone: the schedule spans the training alone, so the
+        warm-up is never spent while calibration, compiling and timing the reserve run first."""
+        left = self.cfg.time_budget - self._reserve - self._setup_s      # earlier processes' setup is not counted either
+        return (self.st.elapsed + self._elapsed()) / max(left, 1e-9)
 
     def _used(self):
         """Seconds of the time budget used so far (earlier processes of a resumed run included)."""
@@ -363,6 +368,7 @@ class Trainer:
     def _run(self):
         cfg, st = self.cfg, self.st
         self._t0 = time.perf_counter()
+        self._setup_s = self._t0 - self._clock0           # this process's time before its first step
         self._elapsed_before = st.elapsed
         self.on_event("start", {"out": self.out, "vocab": len(self.vocab), "entropy": self.entropy,
                                 "train_chars": len(self.train_ids), "val_chars": len(self.val_ids),

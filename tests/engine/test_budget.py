@@ -53,6 +53,23 @@ def test_a_short_budget_is_respected_including_the_final_save(tmp_path):
     assert meta["trainer"]["step"] == st.step and "time budget" in meta["train"]["recipe"]
 
 
+def test_the_schedule_spans_the_training_not_the_setup(tmp_path, monkeypatch):
+    """Calibration (here made 2 s slower) runs inside the budget but outside the schedule: the first
+    step still takes the warm-up's lowest rate, the rate peaks after it and ends at the floor."""
+    plan = budget.plan
+    monkeypatch.setattr(budget, "plan", lambda *a, **k: time.sleep(2.0) or plan(*a, **k))
+    cfg = le.TrainConfig(backend="numpy", time_budget=7.0, out=str(tmp_path / "run"), log_every=0)
+    trainer = le.Trainer(cfg, text=markov_text(4000))
+    lrs = []
+    update = trainer.opt.update
+    trainer.opt.update = lambda params, grads, lr, scale: lrs.append(lr) or update(params, grads, lr, scale)
+    trainer.run()
+    peak = trainer.cfg.lr
+    assert len(lrs) > 20, len(lrs)
+    assert lrs[0] < 0.3 * peak, (lrs[:3], peak)         # with the setup spent it would start near the peak
+    assert max(lrs) > 0.9 * peak and lrs[-1] < 0.15 * peak, (max(lrs), lrs[-1], peak)
+
+
 def test_a_taken_out_directory_fails_before_the_calibration(tmp_path, monkeypatch):
     """--out holding another run is refused before any budget time goes into calibrating."""
     (tmp_path / "run").mkdir()
