@@ -165,6 +165,15 @@ def loops(kind, monkeypatch):
     return calls
 
 
+def layer_both_ways(a):
+    """One layer of inputs a forward and backward by the backend and by the reference ->
+    (numba forward, numba gradients, reference forward, reference gradients)."""
+    n = nb.lstm_forward(a["x"], a["W"], a["b"], a["h0"], a["c0"])
+    r = ref.lstm_forward(a["x"], a["W"], a["b"], a["h0"], a["c0"])
+    return (n, nb.lstm_backward(a["dhs"], a["dhT"], a["dcT"], n[3]),
+            r, ref.lstm_backward(a["dhs"], a["dhT"], a["dcT"], r[3]))
+
+
 def test_forced_through_the_backend_matches_the_reference_at_bfloat16_rounding(forced_bf16, loops, threads, rng):
     """A layer, layer 0 on both paths (table, gathered) and the output layer with every big product
     and the time loops' recurrent products in bfloat16, against the float32 reference by name; the
@@ -173,10 +182,7 @@ def test_forced_through_the_backend_matches_the_reference_at_bfloat16_rounding(f
     T, B, I, H = 6, 4, 40, 33
     a = layer_inputs(rng, T, B, I, H, dtype)
     a["W"] = (a["W"] / (0.6 * np.sqrt(I + H))).astype(dtype)              # an initialised model's scale, unsaturated
-    r_hs, r_hT, r_cT, r_cache = ref.lstm_forward(a["x"], a["W"], a["b"], a["h0"], a["c0"])
-    hs, hT, cT, cache = nb.lstm_forward(a["x"], a["W"], a["b"], a["h0"], a["c0"])
-    got = nb.lstm_backward(a["dhs"], a["dhT"], a["dcT"], cache)
-    want = ref.lstm_backward(a["dhs"], a["dhT"], a["dcT"], r_cache)
+    (hs, hT, cT, cache), got, (r_hs, r_hT, r_cT, r_cache), want = layer_both_ways(a)
     with Parity(f"bf16 lstm layer T{T} B{B} I{I} H{H} {threads}", backend="numba") as p:
         for name, g, w in (("hs", hs, r_hs), ("hT", hT, r_hT), ("cT", cT, r_cT), ("cache.acts", cache.acts, r_cache[6])):
             p.check(name, g, w, dtype, tol=BF16["forward"])
@@ -213,10 +219,7 @@ def test_layer_of_whole_tile_blocks_matches_the_reference(forced_bf16, loops, mo
     dtype, T, B, I, H = "float32", 3, 64, 40, 64
     a = layer_inputs(rng, T, B, I, H, dtype)
     a["W"] = (a["W"] / (0.6 * np.sqrt(I + H))).astype(dtype)              # an initialised model's scale
-    r = ref.lstm_forward(a["x"], a["W"], a["b"], a["h0"], a["c0"])
-    n = nb.lstm_forward(a["x"], a["W"], a["b"], a["h0"], a["c0"])
-    got = nb.lstm_backward(a["dhs"], a["dhT"], a["dcT"], n[3])
-    want = ref.lstm_backward(a["dhs"], a["dhT"], a["dcT"], r[3])
+    n, got, r, want = layer_both_ways(a)
     with Parity(f"bf16 lstm layer T{T} B{B} I{I} H{H}", backend="numba") as p:
         p.check("hs", n[0], r[0], dtype, tol=BF16["forward"])
         for name, g, w in zip(("dx", "dW", "db", "dh0", "dc0"), got, want):
