@@ -1,5 +1,6 @@
 """The numba kernels' hand-written GEMM (kernels/numba/gemm.py) against SciPy's BLAS (benchmarks/dev/numba/blas.py),
-and the bfloat16 ones where the CPU has them: vdpbf16ps (kernels/numba/gemm_bf16.py, AVX512_BF16) and
+the same GEMM reading op(B) from a copy with padded rows and from column panels packed once (the time loops'
+products: `padded`, `panels`), and the bfloat16 ones where the CPU has them: vdpbf16ps (kernels/numba/gemm_bf16.py, AVX512_BF16) and
 AMX tiles (kernels/numba/gemm_amx.py).
 
     python benchmarks/gemm.py [--threads 1] [--seconds 0.3]
@@ -23,6 +24,7 @@ from threadpoolctl import threadpool_info, threadpool_limits
 
 from lstm_engine.kernels.numba import gemm_amx, gemm_bf16
 from lstm_engine.kernels.numba.gemm import gemm as own_gemm
+from lstm_engine.kernels.numba.gemm import gemm_panels, padded, padded_t, panels, panels_t
 
 
 def _load(path):
@@ -41,6 +43,8 @@ SHAPES = (
     ("karpathy: h W_h per thread (25 of 50 rows)", 25, 128, 512, False, False),
     ("seed: dz W_h^T per thread (transposed copy)", 16, 512, 128, False, False),
     ("H384: h W_h (64 rows, one thread's columns)", 64, 384, 768, False, False),
+    ("medium: h W_h (64 rows, one thread's columns)", 64, 512, 1024, False, False),
+    ("medium: dz W_h^T (64 rows, one thread's units)", 64, 2048, 256, False, True),
     ("seed: dW_h = H^T dZ (1600 rows)", 128, 1600, 512, True, False),
     ("seed: dx = dZ W_x^T", 1600, 512, 128, False, True),
     ("H384: x W_x (3200 rows)", 3200, 384, 1536, False, False),
@@ -58,6 +62,26 @@ def _run_blas(A, B, C, ta, tb, reps):
 def _run_own(A, B, C, ta, tb, reps):
     for _ in range(reps):
         own_gemm(A, B, C, ta, tb, 1.0, 0.0)
+
+
+@numba.njit
+def _run_padded(A, Bp, C, reps):
+    for _ in range(reps):
+        own_gemm(A, Bp, C, False, False, 1.0, 0.0)
+
+
+@numba.njit
+def _run_panels(A, P, C, reps):
+    for _ in range(reps):
+        gemm_panels(A, P, C, 1.0, 0.0)
+
+
+def _packed_runs(B, tb):
+    """op(B) copied once as the time loops copy W_h: (padded run, panels run), each a run(A, B, C, ta, tb, reps)."""
+    Bp = padded_t(B) if tb else padded(B)
+    P = panels_t(B) if tb else panels(B)
+    return (lambda A, _B, C, ta, tb, reps: _run_padded(A, Bp, C, reps),
+            lambda A, _B, C, ta, tb, reps: _run_panels(A, P, C, reps))
 
 
 def _run_bf16(A, B, C, ta, tb, reps):
@@ -95,6 +119,7 @@ def main():
     print(f"one thread; BLAS: {blas}; bfloat16: {'yes' if gemm_bf16.available()[0] else gemm_bf16.available()[1]}"
           f"; AMX: {'yes' if any(n == 'amx' for n, _ in extra) else gemm_amx.available()[1] or 'no'}")
     print(f"{'shape':48s} {'m x k x n':>18s}  {'BLAS GF/s':>9s}  {'own GF/s':>8s}  {'own/BLAS':>8s}"
+          f"  {'padded GF/s':>11s}  {'panels GF/s':>11s}"
           + "".join(f"  {n + ' GF/s':>9s}  {n + '/BLAS':>9s}" for n, _ in extra)
           + "  err " + " / ".join(["BLAS", "own"] + [n for n, _ in extra]))
     with threadpool_limits(1, user_api="blas"):
@@ -108,9 +133,16 @@ def main():
                 rates.append(_rate(run, A, B, C, ta, tb, 2.0 * m * k * n, args.seconds))
                 run(A, B, C, ta, tb, 1)
                 errs.append(np.abs(C - want).max() / np.abs(want).max())
+            loops = ""                                              # the time loops' products: op(A) = A
+            for run in (_packed_runs(B, tb) if not ta else ()):
+                rate = _rate(run, A, B, C, ta, tb, 2.0 * m * k * n, args.seconds)
+                run(A, B, C, ta, tb, 1)
+                assert np.abs(C - want).max() <= 1e-5 * np.abs(want).max(), "padded / panels product differs"
+                loops += f"  {rate:11.0f}"
+            loops = loops or f"  {'-':>11s}  {'-':>11s}"
             cols = "".join(f"  {r:9.0f}  {r / rates[0]:8.2f}x" for r in rates[2:])
             print(f"{what:48s} {f'{m} x {k} x {n}':>18s}  {rates[0]:9.0f}  {rates[1]:8.0f}  {rates[1] / rates[0]:7.2f}x"
-                  f"{cols}  " + " / ".join(f"{e:.1e}" for e in errs))
+                  f"{loops}{cols}  " + " / ".join(f"{e:.1e}" for e in errs))
 
 
 if __name__ == "__main__":

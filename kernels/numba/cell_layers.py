@@ -33,7 +33,7 @@ from .cell_gates import (  # noqa: F401  (COUPLED: numba_cells and sample_cells 
     peephole_forward,
 )
 from .cell_layers_columns import backward_steps_cols, forward_steps_cols
-from .gemm import gemm, padded, padded_t, pads_b
+from .gemm import gemm_panels, padded, panels, panels_t, pads_b
 from .jit import JIT, PAR
 from .lstm_layer import (
     accumulate_step,
@@ -50,15 +50,15 @@ from .lstm_layer import (
 
 
 @numba.njit(**JIT)
-def forward_steps(cell, Wh, b, wc, h0, c0, hs, cs, acts, r0, r1, tokens, table):
+def forward_steps(cell, Whp, b, wc, h0, c0, hs, cs, acts, r0, r1, tokens, table):
     """The time loop for batch rows r0..r1-1.  acts (T,B,G) holds x_t W_x on entry (or gets
-    table[tokens[t]] at step t), activated gates on exit; Wh (H,G), b (G,), wc (3H,) or (0,),
-    h0, c0 (B,H) -> hs, cs (T,B,H)."""
+    table[tokens[t]] at step t), activated gates on exit; Whp the panels of W_h (H,G) (gemm.panels),
+    b (G,), wc (3H,) or (0,), h0, c0 (B,H) -> hs, cs (T,B,H)."""
     for t in range(acts.shape[0]):
         h_prev = h0 if t == 0 else hs[t - 1]
         c_prev = c0 if t == 0 else cs[t - 1]
         gather_step(tokens, table, acts, t, r0, r1)                         # x_t W_x of layer 0
-        gemm(h_prev[r0:r1], Wh, acts[t, r0:r1], False, False, 1.0, 1.0)     # += h_{t-1} W_h
+        gemm_panels(h_prev[r0:r1], Whp, acts[t, r0:r1], 1.0, 1.0)           # += h_{t-1} W_h
         if cell == PEEPHOLE:
             peephole_forward(acts[t], b, wc, c_prev, cs[t], hs[t], r0, r1)
         else:
@@ -66,19 +66,19 @@ def forward_steps(cell, Wh, b, wc, h0, c0, hs, cs, acts, r0, r1, tokens, table):
 
 
 @numba.njit(**PAR)
-def forward_steps_par(cell, Wh, b, wc, h0, c0, hs, cs, acts, nt, tokens, table):
+def forward_steps_par(cell, Whp, b, wc, h0, c0, hs, cs, acts, nt, tokens, table):
     """forward_steps on nt threads, each the whole window for its own slice of the batch."""
     B = h0.shape[0]
     for k in numba.prange(nt):
-        forward_steps(cell, Wh, b, wc, h0, c0, hs, cs, acts, k * B // nt, (k + 1) * B // nt, tokens, table)
+        forward_steps(cell, Whp, b, wc, h0, c0, hs, cs, acts, k * B // nt, (k + 1) * B // nt, tokens, table)
 
 
 @numba.njit(**JIT)
-def backward_steps(cell, dhs, WhT, wc, c0, cs, acts, dzs, dh, dc, r0, r1, tokens, db, dwc, dtable):
+def backward_steps(cell, dhs, WhTp, wc, c0, cs, acts, dzs, dh, dc, r0, r1, tokens, db, dwc, dtable):
     """The reverse time loop for batch rows r0..r1-1.  dh, dc (B,H) hold dL/dh_T, dL/dc_T on
     entry and dL/dh_0, dL/dc_0 on exit -> dzs (T,B,G); the dz rows summed into db (G,) and, by
     token, into dtable (V,G) (V = 0: none); the peephole gradients into dwc (3H,).
-    WhT (G,H) = W_h^T."""
+    WhTp: the panels of W_h^T (G,H) (gemm.panels_t)."""
     for t in range(acts.shape[0] - 1, -1, -1):
         c_prev = c0 if t == 0 else cs[t - 1]
         if cell == PEEPHOLE:
@@ -86,38 +86,38 @@ def backward_steps(cell, dhs, WhT, wc, c0, cs, acts, dzs, dh, dc, r0, r1, tokens
         else:
             coupled_backward(dhs[t], dh, dc, acts[t], cs[t], c_prev, dzs[t], r0, r1)
         accumulate_step(tokens, dzs, t, r0, r1, db, dtable)
-        gemm(dzs[t, r0:r1], WhT, dh[r0:r1])                                 # dh = dz_t W_h^T
+        gemm_panels(dzs[t, r0:r1], WhTp, dh[r0:r1])                         # dh = dz_t W_h^T
 
 
 @numba.njit(**PAR)
-def backward_steps_par(cell, dhs, WhT, wc, c0, cs, acts, dzs, dh, dc, nt, tokens, dbp, dwcp, dtp):
+def backward_steps_par(cell, dhs, WhTp, wc, c0, cs, acts, dzs, dh, dc, nt, tokens, dbp, dwcp, dtp):
     """backward_steps on nt threads; thread k's sums go to dbp[k] (G,), dwcp[k] (3H,), dtp[k] (V,G)."""
     B = dh.shape[0]
     for k in numba.prange(nt):
-        backward_steps(cell, dhs, WhT, wc, c0, cs, acts, dzs, dh, dc, k * B // nt, (k + 1) * B // nt, tokens,
+        backward_steps(cell, dhs, WhTp, wc, c0, cs, acts, dzs, dh, dc, k * B // nt, (k + 1) * B // nt, tokens,
                        dbp[k], dwcp[k], dtp[k])
 
 
 @numba.njit(**JIT)
 def run_forward_steps(cell, Wh, b, wc, h0, c0, hs, cs, acts, rows, units, tokens, table):
-    """The time loop on the calling thread, on `rows` threads split by batch rows (W_h read from a
-    copy with padded rows, gemm.padded), or on `units` threads split by hidden units (which gathers
-    layer 0's table rows first)."""
+    """The time loop on the calling thread, on `rows` threads split by batch rows (W_h packed into
+    panels once, gemm.panels), or on `units` threads split by hidden units (which gathers layer 0's
+    table rows first)."""
     if rows is not None:
-        forward_steps_par(cell, padded(Wh), b, wc, h0, c0, hs, cs, acts, rows, tokens, table)
+        forward_steps_par(cell, panels(Wh), b, wc, h0, c0, hs, cs, acts, rows, tokens, table)
     elif units is not None:
         if table.shape[0] > 0:
             T, B = tokens.shape
             gather_rows(tokens.reshape(T * B), table, acts.reshape(T * B, acts.shape[2]))
         forward_steps_cols(cell, Wh, b, wc, h0, c0, hs, cs, acts, units)
     else:
-        forward_steps(cell, padded(Wh), b, wc, h0, c0, hs, cs, acts, 0, h0.shape[0], tokens, table)
+        forward_steps(cell, panels(Wh), b, wc, h0, c0, hs, cs, acts, 0, h0.shape[0], tokens, table)
 
 
 @numba.njit(**JIT)
 def run_backward_steps(cell, dhs, Wh, wc, c0, cs, acts, dzs, dh, dc, rows, units, tokens, db, dwc, dtable):
     """The reverse time loop (see run_forward_steps) -> dzs, db (G,), dwc (3H,) or (0,),
-    dtable (V,G) or (0,G); W_h^T copied once (G,H, rows padded)."""
+    dtable (V,G) or (0,G); W_h^T packed into panels once."""
     db[:] = 0
     dwc[:] = 0
     dtable[:] = 0
@@ -125,19 +125,19 @@ def run_backward_steps(cell, dhs, Wh, wc, c0, cs, acts, dzs, dh, dc, rows, units
         dbp = np.zeros((rows,) + db.shape, db.dtype)                # (nt,G) per-thread partial sums
         dwcp = np.zeros((rows,) + dwc.shape, dwc.dtype)             # (nt,3H)
         dtp = np.zeros((rows,) + dtable.shape, dtable.dtype)        # (nt,V,G)
-        backward_steps_par(cell, dhs, padded_t(Wh), wc, c0, cs, acts, dzs, dh, dc, rows, tokens, dbp, dwcp, dtp)
+        backward_steps_par(cell, dhs, panels_t(Wh), wc, c0, cs, acts, dzs, dh, dc, rows, tokens, dbp, dwcp, dtp)
         for k in range(rows):
             db += dbp[k]
             dwc += dwcp[k]
             dtable += dtp[k]
     elif units is not None:
-        backward_steps_cols(cell, dhs, padded_t(Wh), wc, c0, cs, acts, dzs, dh, dc, dwc, units)
+        backward_steps_cols(cell, dhs, Wh, wc, c0, cs, acts, dzs, dh, dc, dwc, units)
         T, B, G = dzs.shape
         column_sums(dzs.reshape(T * B, G), db)
         if dtable.shape[0] > 0:
             scatter_add_rows(tokens.reshape(T * B), dzs.reshape(T * B, G), dtable)
     else:
-        backward_steps(cell, dhs, padded_t(Wh), wc, c0, cs, acts, dzs, dh, dc, 0, dh.shape[0], tokens,
+        backward_steps(cell, dhs, panels_t(Wh), wc, c0, cs, acts, dzs, dh, dc, 0, dh.shape[0], tokens,
                        db, dwc, dtable)
 
 

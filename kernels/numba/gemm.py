@@ -289,6 +289,16 @@ def _scale(C, beta):
                 row[j] *= beta
 
 
+@numba.njit(inline="always", **JIT)
+def apply_beta(C, k, alpha, beta):
+    """C = beta * C ahead of the sums -> (overwrite, done): with beta = 0 (and something to add) the
+    first k block stores its sums instead (whatever C held, as BLAS); done: nothing to add."""
+    overwrite = beta == 0.0 and k > 0 and alpha != 0.0
+    if beta != 1.0 and not overwrite:
+        _scale(C, beta)
+    return overwrite, k == 0 or alpha == 0.0
+
+
 @numba.njit(**REASSOC)
 def _few_columns(Af, sai, sak, Bf, ldb, Cf, ldc, m, j0, j1, k, alpha, overwrite):
     """C[:, j0:j1] (+)= alpha * op(A) @ op(B)[:, j0:j1] for the few columns (<= NARROW_MAX) left
@@ -369,10 +379,8 @@ def gemm(A, B, C, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
     m, n, k = gemm_sizes(A, B, C, trans_a, trans_b)
     if m == 0 or n == 0:
         return
-    overwrite = beta == 0.0 and k > 0 and alpha != 0.0              # stored, not zeroed then added
-    if beta != 1.0 and not overwrite:
-        _scale(C, beta)
-    if k == 0 or alpha == 0.0:
+    overwrite, done = apply_beta(C, k, alpha, beta)
+    if done:
         return
     check_rows_contiguous(A, B, C)
     lda, ldc = row_stride(A), row_stride(C)
@@ -465,3 +473,81 @@ def padded_t(W):
                 for j in range(j0, j1):
                     Of[_u(j * ld + i)] = Wf[_u(src + j)]
     return out[:, :k]
+
+
+@numba.njit(**JIT)
+def panels(B):
+    """B (k,n) -> P (ceil(n/NR), k, NR): its NR-column panels, each one contiguous block, the
+    last zero-padded, for gemm_panels.  The time loops pack W_h so once a call: read in place,
+    a panel's k rows of NR columns lie a row of B apart, scattered over pages the hardware
+    prefetchers do not follow; packed, each panel is read as one sequential block."""
+    k, n = B.shape
+    P = np.empty(((n + NR - 1) // NR, k, NR), B.dtype)              # (panels, k, NR)
+    pack_panels(B, P)
+    return P
+
+
+@numba.njit(**JIT)
+def panels_t(W):
+    """panels(W.T) for W (n,k) -> (ceil(n/NR), k, NR)."""
+    n, k = W.shape
+    P = np.empty(((n + NR - 1) // NR, k, NR), W.dtype)              # (panels, k, NR)
+    pack_panels_t(W, P)
+    return P
+
+
+@numba.njit(**JIT)
+def pack_panels(B, P):
+    """P (ceil(n/NR), k, NR) = the panels of B (k,n), zeros past column n."""
+    k, n = B.shape
+    for p in range(P.shape[0]):
+        j0 = p * NR
+        nr = max(0, min(NR, n - j0))
+        for kk in range(k):
+            src, dst = B[kk], P[p, kk]
+            for jj in range(nr):
+                dst[jj] = src[j0 + jj]
+            for jj in range(nr, NR):
+                dst[jj] = 0
+
+
+@numba.njit(**JIT)
+def pack_panels_t(W, P):
+    """P = the panels of W.T for W (n,k), read along W's rows; zeros past column n of W.T."""
+    n, k = W.shape
+    P[:] = 0
+    for j in range(n):
+        src, dst = W[j], P[j // NR]
+        jj = j % NR
+        for kk in range(k):
+            dst[kk, jj] = src[kk]
+
+
+@numba.njit(**JIT)
+def gemm_panels(A, P, C, alpha=1.0, beta=0.0):
+    """C (m,n) = alpha * A (m,k) @ B + beta * C for P = panels(B) (B (k,n'), n <= n'):
+    gemm's register blocks over panels packed once (rows of A and C contiguous)."""
+    m, n = C.shape
+    k = P.shape[1]
+    if A.shape[0] != m or A.shape[1] != k or n > P.shape[0] * NR:
+        raise ValueError("gemm_panels: shapes do not match")
+    if m == 0 or n == 0:
+        return
+    overwrite, done = apply_beta(C, k, alpha, beta)
+    if done:
+        return
+    check_rows_contiguous(A, C, C)
+    Af, Cf, Pf = _flat(A), _flat(C), P.reshape(P.size)
+    lda, ldc = row_stride(A), row_stride(C)
+    for k0 in range(0, k, KC):
+        k1 = min(k0 + KC, k)
+        add = k0 > 0 or not overwrite
+        for ic in range(0, m, MC):
+            ie = min(ic + MC, m)
+            for j0 in range(0, n, NR):
+                boff = (j0 // NR) * k * NR                          # panel j0 // NR: Pf[boff + kk*NR + jj]
+                i0 = ic
+                while i0 < ie:
+                    mr = _block_rows(ie - i0)
+                    _rows(Af, lda, 1, Pf, NR, boff, Cf, ldc, i0, mr, j0, min(NR, n - j0), k0, k1, alpha, add)
+                    i0 += mr

@@ -93,10 +93,8 @@ def gemm_{t}(A, B, C, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
     m, n, k = gemm_sizes(A, B, C, trans_a, trans_b)
     if m == 0 or n == 0:
         return
-    overwrite = beta == 0.0 and k > 0 and alpha != 0.0
-    if beta != 1.0 and not overwrite:
-        _scale(C, beta)
-    if k == 0 or alpha == 0.0:
+    overwrite, done = apply_beta(C, k, alpha, beta)
+    if done:
         return
     check_rows_contiguous(A, B, C)
     lda, ldc = row_stride(A), row_stride(C)

@@ -26,7 +26,7 @@ import numba
 import numpy as np
 
 from .cell_gates import gru_backward, gru_forward
-from .gemm import gemm, padded, padded_t
+from .gemm import gemm_panels, panels, panels_t
 from .gru_layer_columns import backward_steps_cols, forward_steps_cols
 from .jit import JIT, PAR
 from .lstm_layer import (
@@ -43,45 +43,45 @@ from .lstm_layer import (
 
 
 @numba.njit(**JIT)
-def forward_steps(Wh, bx, bh, h0, hs, acts, hn, ah, r0, r1, tokens, table):
+def forward_steps(Whp, bx, bh, h0, hs, acts, hn, ah, r0, r1, tokens, table):
     """The time loop for batch rows r0..r1-1.  acts (T,B,G) holds x_t W_x on entry (or gets
-    table[tokens[t]] at step t), activated r, z, n on exit; Wh (H,G), bx, bh (G,), h0 (B,H)
-    -> hs, hn (T,B,H); ah (B,G) scratch."""
+    table[tokens[t]] at step t), activated r, z, n on exit; Whp the panels of W_h (H,G)
+    (gemm.panels), bx, bh (G,), h0 (B,H) -> hs, hn (T,B,H); ah (B,G) scratch."""
     for t in range(acts.shape[0]):
         h_prev = h0 if t == 0 else hs[t - 1]
         gather_step(tokens, table, acts, t, r0, r1)                         # x_t W_x of layer 0
-        gemm(h_prev[r0:r1], Wh, ah[r0:r1], False, False, 1.0, 0.0)         # h_{t-1} W_h
+        gemm_panels(h_prev[r0:r1], Whp, ah[r0:r1], 1.0, 0.0)               # h_{t-1} W_h
         gru_forward(acts[t], ah, bx, bh, h_prev, hn[t], hs[t], r0, r1)
 
 
 @numba.njit(**PAR)
-def forward_steps_par(Wh, bx, bh, h0, hs, acts, hn, ah, nt, tokens, table):
+def forward_steps_par(Whp, bx, bh, h0, hs, acts, hn, ah, nt, tokens, table):
     """forward_steps on nt threads, each the whole window for its own slice of the batch."""
     B = h0.shape[0]
     for k in numba.prange(nt):
-        forward_steps(Wh, bx, bh, h0, hs, acts, hn, ah, k * B // nt, (k + 1) * B // nt, tokens, table)
+        forward_steps(Whp, bx, bh, h0, hs, acts, hn, ah, k * B // nt, (k + 1) * B // nt, tokens, table)
 
 
 @numba.njit(**JIT)
-def backward_steps(dhs, WhT, h0, hs, acts, hn, dzx, dzh, dh, r0, r1, tokens, dbx, dbh, dtable):
+def backward_steps(dhs, WhTp, h0, hs, acts, hn, dzx, dzh, dh, r0, r1, tokens, dbx, dbh, dtable):
     """The reverse time loop for batch rows r0..r1-1.  dh (B,H) holds dL/dh_T on entry, dL/dh_0
     on exit -> dzx, dzh (T,B,G); their rows summed into dbx, dbh (G,), dzx's by token into
-    dtable (V,G) (V = 0: none).  WhT (G,H) = W_h^T."""
+    dtable (V,G) (V = 0: none).  WhTp: the panels of W_h^T (G,H) (gemm.panels_t)."""
     none = no_table(dbh)                                                    # dbh has no table
     for t in range(acts.shape[0] - 1, -1, -1):
         h_prev = h0 if t == 0 else hs[t - 1]
         gru_backward(dhs[t], dh, acts[t], hn[t], h_prev, dzx[t], dzh[t], r0, r1)
         accumulate_step(tokens, dzx, t, r0, r1, dbx, dtable)
         accumulate_step(tokens, dzh, t, r0, r1, dbh, none)
-        gemm(dzh[t, r0:r1], WhT, dh[r0:r1], False, False, 1.0, 1.0)         # dh = z dh + dzh_t W_h^T
+        gemm_panels(dzh[t, r0:r1], WhTp, dh[r0:r1], 1.0, 1.0)               # dh = z dh + dzh_t W_h^T
 
 
 @numba.njit(**PAR)
-def backward_steps_par(dhs, WhT, h0, hs, acts, hn, dzx, dzh, dh, nt, tokens, dbxp, dbhp, dtp):
+def backward_steps_par(dhs, WhTp, h0, hs, acts, hn, dzx, dzh, dh, nt, tokens, dbxp, dbhp, dtp):
     """backward_steps on nt threads; thread k's sums go to dbxp[k], dbhp[k] (G,), dtp[k] (V,G)."""
     B = dh.shape[0]
     for k in numba.prange(nt):
-        backward_steps(dhs, WhT, h0, hs, acts, hn, dzx, dzh, dh, k * B // nt, (k + 1) * B // nt, tokens,
+        backward_steps(dhs, WhTp, h0, hs, acts, hn, dzx, dzh, dh, k * B // nt, (k + 1) * B // nt, tokens,
                        dbxp[k], dbhp[k], dtp[k])
 
 
@@ -91,14 +91,14 @@ def run_forward_steps(Wh, bx, bh, h0, hs, acts, hn, rows, units, tokens, table):
     threads split by hidden units (which gathers layer 0's table rows first)."""
     ah = np.empty((h0.shape[0], acts.shape[2]), acts.dtype)                # (B,G) h_{t-1} W_h
     if rows is not None:
-        forward_steps_par(padded(Wh), bx, bh, h0, hs, acts, hn, ah, rows, tokens, table)
+        forward_steps_par(panels(Wh), bx, bh, h0, hs, acts, hn, ah, rows, tokens, table)
     elif units is not None:
         if table.shape[0] > 0:
             T, B = tokens.shape
             gather_rows(tokens.reshape(T * B), table, acts.reshape(T * B, acts.shape[2]))
         forward_steps_cols(Wh, bx, bh, h0, hs, acts, hn, units)
     else:
-        forward_steps(padded(Wh), bx, bh, h0, hs, acts, hn, ah, 0, h0.shape[0], tokens, table)
+        forward_steps(panels(Wh), bx, bh, h0, hs, acts, hn, ah, 0, h0.shape[0], tokens, table)
 
 
 @numba.njit(**JIT)
@@ -111,20 +111,20 @@ def run_backward_steps(dhs, Wh, h0, hs, acts, hn, dzx, dzh, dh, rows, units, tok
         dbxp = np.zeros((rows,) + dbx.shape, dbx.dtype)             # (nt,G) per-thread partial sums
         dbhp = np.zeros((rows,) + dbh.shape, dbh.dtype)             # (nt,G)
         dtp = np.zeros((rows,) + dtable.shape, dtable.dtype)        # (nt,V,G)
-        backward_steps_par(dhs, padded_t(Wh), h0, hs, acts, hn, dzx, dzh, dh, rows, tokens, dbxp, dbhp, dtp)
+        backward_steps_par(dhs, panels_t(Wh), h0, hs, acts, hn, dzx, dzh, dh, rows, tokens, dbxp, dbhp, dtp)
         for k in range(rows):
             dbx += dbxp[k]
             dbh += dbhp[k]
             dtable += dtp[k]
     elif units is not None:
-        backward_steps_cols(dhs, padded_t(Wh), h0, hs, acts, hn, dzx, dzh, dh, units)
+        backward_steps_cols(dhs, Wh, h0, hs, acts, hn, dzx, dzh, dh, units)
         T, B, G = dzx.shape
         column_sums(dzx.reshape(T * B, G), dbx)
         column_sums(dzh.reshape(T * B, G), dbh)
         if dtable.shape[0] > 0:
             scatter_add_rows(tokens.reshape(T * B), dzx.reshape(T * B, G), dtable)
     else:
-        backward_steps(dhs, padded_t(Wh), h0, hs, acts, hn, dzx, dzh, dh, 0, dh.shape[0], tokens, dbx, dbh, dtable)
+        backward_steps(dhs, panels_t(Wh), h0, hs, acts, hn, dzx, dzh, dh, 0, dh.shape[0], tokens, dbx, dbh, dtable)
 
 
 @numba.njit(**JIT)

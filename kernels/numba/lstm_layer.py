@@ -14,7 +14,7 @@ it is still in cache when the step reads it; for layer 0, copied from a V x G ta
 thread for its own rows at step t), the recurrent product h_{t-1} @ W_h is accumulated into
 it by the GEMM (beta = 1), and `gates_forward` adds the bias, applies sigmoid/tanh in place
 and writes c_t and h_t.  Nothing is allocated inside the time loop.  The time loops read W_h
-(and W_h^T) from a copy with padded rows (gemm.padded: an L1 cache-set conflict).
+(and W_h^T) packed into column panels once a call (gemm.panels).
 
 Backward per step t (in reverse): `gates_backward` turns dL/dh_t, dL/dc_t into the gate
 gradients dz_t (kept for all t in dzs) and dL/dc_{t-1}; the GEMM gives dL/dh_{t-1} = dz_t W_h^T.
@@ -27,7 +27,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .gemm import gemm, padded, padded_t, pads_b
+from .gemm import gemm, gemm_panels, padded, panels, panels_t, pads_b
 from .gates import gates_backward, gates_forward
 from .jit import JIT, PAR
 from .lstm_layer_columns import backward_steps_cols, forward_steps_cols
@@ -81,6 +81,12 @@ def no_x(like):
 
 
 @numba.njit(inline="always", **JIT)
+def no_panels(like):
+    """The Wx argument of a time loop without x: (0,0,0) panels, like's dtype."""
+    return np.empty((0, 0, 0), like.dtype)
+
+
+@numba.njit(inline="always", **JIT)
 def no_table(like):
     """The table argument of a layer without one: (0, G), like's dtype (G = like's last axis)."""
     return np.empty((0, like.shape[-1]), like.dtype)
@@ -114,50 +120,51 @@ def accumulate_step(tokens, dzs, t, r0, r1, db, dtable):
 
 
 @numba.njit(**JIT)
-def forward_steps(Wh, b, h0, c0, hs, cs, acts, r0, r1, tokens, table, x, Wx):
+def forward_steps(Whp, b, h0, c0, hs, cs, acts, r0, r1, tokens, table, x, Wxp):
     """The time loop for batch rows r0..r1-1 (rows never interact, so any split of the
     batch is valid).  acts (T,B,G) holds x_t @ W_x on entry (or, with a table (V,G), gets
-    table[tokens[t]] at step t, or, with x (T,B,I) not empty, gets x_t @ Wx (I,G) at step t),
-    activated gates on exit; Wh (H,G), b (G,), h0, c0 (B,H) -> hs, cs (T,B,H)."""
+    table[tokens[t]] at step t, or, with x (T,B,I) not empty, gets x_t @ W_x at step t),
+    activated gates on exit; Whp, Wxp the panels of W_h (H,G) and W_x (I,G) (gemm.panels),
+    b (G,), h0, c0 (B,H) -> hs, cs (T,B,H)."""
     for t in range(acts.shape[0]):
         h_prev = h0 if t == 0 else hs[t - 1]
         c_prev = c0 if t == 0 else cs[t - 1]
         gather_step(tokens, table, acts, t, r0, r1)                     # x_t W_x of layer 0
         if x.shape[0] > 0:                                              # x_t W_x while acts[t] is in cache
-            gemm(x[t, r0:r1], Wx, acts[t, r0:r1], False, False, 1.0, 0.0)
-        gemm(h_prev[r0:r1], Wh, acts[t, r0:r1], False, False, 1.0, 1.0)     # += h_{t-1} @ W_h
+            gemm_panels(x[t, r0:r1], Wxp, acts[t, r0:r1], 1.0, 0.0)
+        gemm_panels(h_prev[r0:r1], Whp, acts[t, r0:r1], 1.0, 1.0)     # += h_{t-1} @ W_h
         gates_forward(acts[t], b, c_prev, cs[t], hs[t], r0, r1)
 
 
 @numba.njit(**PAR)
-def forward_steps_par(Wh, b, h0, c0, hs, cs, acts, nt, tokens, table, x, Wx):
+def forward_steps_par(Whp, b, h0, c0, hs, cs, acts, nt, tokens, table, x, Wxp):
     """forward_steps on nt threads, each running the whole time loop for its own slice of
     the batch: no synchronisation inside the loop."""
     B = h0.shape[0]
     for k in numba.prange(nt):
-        forward_steps(Wh, b, h0, c0, hs, cs, acts, k * B // nt, (k + 1) * B // nt, tokens, table, x, Wx)
+        forward_steps(Whp, b, h0, c0, hs, cs, acts, k * B // nt, (k + 1) * B // nt, tokens, table, x, Wxp)
 
 
 @numba.njit(**JIT)
-def backward_steps(dhs, WhT, c0, cs, acts, dzs, dh, dc, r0, r1, tokens, db, dtable):
+def backward_steps(dhs, WhTp, c0, cs, acts, dzs, dh, dc, r0, r1, tokens, db, dtable):
     """The reverse time loop for batch rows r0..r1-1.  dh, dc (B,H) hold dL/dh_T, dL/dc_T on
     entry and dL/dh_0, dL/dc_0 on exit -> dzs (T,B,G) gate gradients, their sum over these
     rows added into db (G,) and, with a table, into dtable (V,G) by token (accumulate_step).
-    WhT (G,H) = W_h^T."""
+    WhTp: the panels of W_h^T (G,H) (gemm.panels_t)."""
     for t in range(acts.shape[0] - 1, -1, -1):
         c_prev = c0 if t == 0 else cs[t - 1]
         gates_backward(dhs[t], dh, dc, acts[t], cs[t], c_prev, dzs[t], r0, r1)
         accumulate_step(tokens, dzs, t, r0, r1, db, dtable)
-        gemm(dzs[t, r0:r1], WhT, dh[r0:r1])                             # dh = dz_t @ W_h^T
+        gemm_panels(dzs[t, r0:r1], WhTp, dh[r0:r1])                     # dh = dz_t @ W_h^T
 
 
 @numba.njit(**PAR)
-def backward_steps_par(dhs, WhT, c0, cs, acts, dzs, dh, dc, nt, tokens, dbp, dtp):
+def backward_steps_par(dhs, WhTp, c0, cs, acts, dzs, dh, dc, nt, tokens, dbp, dtp):
     """backward_steps on nt threads, one slice of the batch each; thread k's sums go to
     dbp[k] (G,) and dtp[k] (V,G)."""
     B = dh.shape[0]
     for k in numba.prange(nt):
-        backward_steps(dhs, WhT, c0, cs, acts, dzs, dh, dc, k * B // nt, (k + 1) * B // nt, tokens,
+        backward_steps(dhs, WhTp, c0, cs, acts, dzs, dh, dc, k * B // nt, (k + 1) * B // nt, tokens,
                        dbp[k], dtp[k])
 
 
@@ -171,38 +178,39 @@ def run_forward_steps(Wh, b, h0, c0, hs, cs, acts, rows, units, tokens, table):
     `units` threads split by hidden units (lstm_layer_columns).  With a table (layer 0) the
     row loops gather their own rows of it; the unit split gathers every row first."""
     if rows is not None:
-        forward_steps_par(padded(Wh), b, h0, c0, hs, cs, acts, rows, tokens, table, no_x(acts), no_table(acts))
+        forward_steps_par(panels(Wh), b, h0, c0, hs, cs, acts, rows, tokens, table, no_x(acts), no_panels(acts))
     elif units is not None:
         if table.shape[0] > 0:
             T, B = tokens.shape
             gather_rows(tokens.reshape(T * B), table, acts.reshape(T * B, acts.shape[2]))
         forward_steps_cols(Wh, b, h0, c0, hs, cs, acts, units)
     else:
-        forward_steps(padded(Wh), b, h0, c0, hs, cs, acts, 0, h0.shape[0], tokens, table, no_x(acts), no_table(acts))
+        forward_steps(panels(Wh), b, h0, c0, hs, cs, acts, 0, h0.shape[0], tokens, table, no_x(acts),
+                      no_panels(acts))
 
 
 @numba.njit(**JIT)
 def run_backward_steps(dhs, Wh, c0, cs, acts, dzs, dh, dc, rows, units, tokens, db, dtable):
     """The reverse time loop (see run_forward_steps) -> dzs, and db (G,) = the sum of the dz
-    rows, dtable (V,G) = the dz rows summed by token (V = 0: no table).  W_h^T is copied
-    once (G,H, rows padded), so every step's dz_t W_h^T reads it row by row."""
+    rows, dtable (V,G) = the dz rows summed by token (V = 0: no table).  W_h^T is packed
+    into panels once (the unit split: each thread its own columns' panels)."""
     db[:] = 0
     dtable[:] = 0
     if rows is not None:
         dbp = np.zeros((rows,) + db.shape, db.dtype)                # (nt,G) per-thread partial sums
         dtp = np.zeros((rows,) + dtable.shape, dtable.dtype)        # (nt,V,G)
-        backward_steps_par(dhs, padded_t(Wh), c0, cs, acts, dzs, dh, dc, rows, tokens, dbp, dtp)
+        backward_steps_par(dhs, panels_t(Wh), c0, cs, acts, dzs, dh, dc, rows, tokens, dbp, dtp)
         for k in range(rows):
             db += dbp[k]
             dtable += dtp[k]
     elif units is not None:
-        backward_steps_cols(dhs, padded_t(Wh), c0, cs, acts, dzs, dh, dc, units)
+        backward_steps_cols(dhs, Wh, c0, cs, acts, dzs, dh, dc, units)
         T, B, G = dzs.shape
         column_sums(dzs.reshape(T * B, G), db)
         if dtable.shape[0] > 0:
             scatter_add_rows(tokens.reshape(T * B), dzs.reshape(T * B, G), dtable)
     else:
-        backward_steps(dhs, padded_t(Wh), c0, cs, acts, dzs, dh, dc, 0, dh.shape[0], tokens, db, dtable)
+        backward_steps(dhs, panels_t(Wh), c0, cs, acts, dzs, dh, dc, 0, dh.shape[0], tokens, db, dtable)
 
 
 @numba.njit(**JIT)
@@ -211,8 +219,8 @@ def lstm_forward_kernel(x, W, b, h0, c0, hs, cs, acts, prod, rows, units):
     T, B, I = x.shape
     H = h0.shape[1]
     if rows is not None:            # each thread's x_t W_x at its step: still in cache when the step reads it
-        forward_steps_par(padded(W[:H]), b, h0, c0, hs, cs, acts, rows, no_tokens(), no_table(acts), x,
-                          padded(W[H:]))
+        forward_steps_par(panels(W[:H]), b, h0, c0, hs, cs, acts, rows, no_tokens(), no_table(acts), x,
+                          panels(W[H:]))
         return
     mm(x.reshape(T * B, I), W[H:], acts.reshape(T * B, 4 * H), False, False, 1.0, 0.0, prod)  # x_t W_x, all t
     run_forward_steps(W[:H], b, h0, c0, hs, cs, acts, rows, units, no_tokens(), no_table(acts))

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .gemm import PAD, gemm
+from .gemm import NR, gemm_panels, pack_panels, pack_panels_t
 from .gates import gates_backward, gates_forward
 from .jit import JIT, PAR
 
@@ -76,24 +76,26 @@ def scatter_units(src, dst, u0, n):
 
 
 @numba.njit(**JIT)
-def forward_setup(k, Wh, b, c0, Wp, bp, c, nt):
-    """Thread k's gate columns of W_h and b side by side, and its units' c_0."""
+def forward_setup(k, Wh, b, c0, Wp, Pp, bp, c, nt):
+    """Thread k's gate columns of W_h and b side by side (W_h's packed into panels), and its
+    units' c_0."""
     H = Wh.shape[0]
     u0, u1, _ = block(k, H, nt)
     gather_gates(Wh, Wp[k], H, u0, u1 - u0)
+    pack_panels(Wp[k], Pp[k])
     gather_gates(b.reshape(1, 4 * H), bp[k].reshape(1, bp.shape[1]), H, u0, u1 - u0)
     gather_units(c0, c[k, 0], u0, u1 - u0)
 
 
 @numba.njit(**JIT)
-def forward_unit_step(k, t, h_prev, hs, cs, acts, Wp, bp, z, c, h, nt):
+def forward_unit_step(k, t, h_prev, hs, cs, acts, Pp, bp, z, c, h, nt):
     """Step t for thread k's units: z = x_t W_x + h_{t-1} W_h (its columns), the cell, and
     the results copied into the caches."""
     B, H = h_prev.shape
     u0, u1, _ = block(k, H, nt)
     n = u1 - u0
     gather_gates(acts[t], z[k], H, u0, n)                            # x_t W_x of my units
-    gemm(h_prev, Wp[k], z[k], False, False, 1.0, 1.0)               # += h_{t-1} W_h (my columns)
+    gemm_panels(h_prev, Pp[k], z[k], 1.0, 1.0)                      # += h_{t-1} W_h (my columns)
     gates_forward(z[k], bp[k], c[k, t % 2], c[k, 1 - t % 2], h[k], 0, B)
     scatter_gates(z[k], acts[t], H, u0, n)
     scatter_units(c[k, 1 - t % 2], cs[t], u0, n)
@@ -106,8 +108,8 @@ def forward_buffers(Wh, B, nt):
     there numba would turn each np.zeros into a parallel loop of its own)."""
     H = Wh.shape[0]
     U = (H + nt - 1) // nt
-    return (np.zeros((nt, H, 4 * U + PAD), Wh.dtype)[:, :, :4 * U],   # Wp: thread k's gate columns side by
-            # side (padding 0); rows PAD further apart than 4U, as gemm.padded (an L1 set conflict)
+    return (np.zeros((nt, H, 4 * U), Wh.dtype),     # Wp: thread k's gate columns side by side (padding 0)
+            np.empty((nt, (4 * U + NR - 1) // NR, H, NR), Wh.dtype),     # Pp: Wp[k]'s panels (gemm.panels)
             np.zeros((nt, 4 * U), Wh.dtype),        # bp: the same for b
             np.zeros((nt, B, 4 * U), Wh.dtype),     # z: pre-activations -> gates of the step
             np.zeros((nt, 2, B, U), Wh.dtype),      # c: c_{t-1} and c_t, alternating
@@ -120,80 +122,84 @@ def forward_steps_cols(Wh, b, h0, c0, hs, cs, acts, nt):
     are single calls and the buffers come from a plain function, which keeps numba's parfor
     passes, and so the compile, short.)"""
     T = acts.shape[0]
-    Wp, bp, z, c, h = forward_buffers(Wh, h0.shape[0], nt)
+    Wp, Pp, bp, z, c, h = forward_buffers(Wh, h0.shape[0], nt)
     for k in numba.prange(nt):
-        forward_setup(k, Wh, b, c0, Wp, bp, c, nt)
+        forward_setup(k, Wh, b, c0, Wp, Pp, bp, c, nt)
     for t in range(T):
         h_prev = h0 if t == 0 else hs[t - 1]
         for k in numba.prange(nt):
-            forward_unit_step(k, t, h_prev, hs, cs, acts, Wp, bp, z, c, h, nt)
+            forward_unit_step(k, t, h_prev, hs, cs, acts, Pp, bp, z, c, h, nt)
 
 
 @numba.njit(inline="always", **JIT)
-def backward_unit_inputs(k, t, dhs, WhT, c0, cs, dzs, dhk, dok, ck, u0, n):
+def backward_unit_inputs(k, t, dhs, Pt, c0, cs, dzs, dhk, dok, ck, u0, n):
     """Thread k's inputs to reverse step t of its n units from u0: dhk[k] = dz_{t+1} W_h^T on its
-    columns (the recurrent part of dL/dh_t), dok[k] its units of dhs[t], ck[k] of c_t and c_{t-1}."""
+    columns (the recurrent part of dL/dh_t; Pt[k] their panels), dok[k] its units of dhs[t], ck[k]
+    of c_t and c_{t-1}."""
     if t < dhs.shape[0] - 1:                                        # dh = dz_{t+1} W_h^T, my columns
-        gemm(dzs[t + 1], WhT[:, u0:u0 + n], dhk[k][:, :n])
+        gemm_panels(dzs[t + 1], Pt[k], dhk[k][:, :n])
     gather_units(dhs[t], dok[k], u0, n)
     gather_units(cs[t], ck[k, 0], u0, n)
     gather_units(c0 if t == 0 else cs[t - 1], ck[k, 1], u0, n)
 
 
 @numba.njit(**JIT)
-def backward_unit_step(k, t, dhs, WhT, c0, cs, acts, dzs, dhk, dok, dck, ck, ak, dzk, nt):
-    """Reverse step t for thread k's units: dL/dh_t from the whole dz_{t+1} (its columns of
-    W_h^T (G,H)), then its gate gradients, copied into dzs[t]."""
+def backward_unit_step(k, t, dhs, Pt, c0, cs, acts, dzs, dhk, dok, dck, ck, ak, dzk, nt):
+    """Reverse step t for thread k's units: dL/dh_t from the whole dz_{t+1} (Pt[k]: the panels
+    of its columns of W_h^T (G,H)), then its gate gradients, copied into dzs[t]."""
     T, B, G = acts.shape
     H = G // 4
     u0, u1, _ = block(k, H, nt)
     n = u1 - u0
-    backward_unit_inputs(k, t, dhs, WhT, c0, cs, dzs, dhk, dok, ck, u0, n)
+    backward_unit_inputs(k, t, dhs, Pt, c0, cs, dzs, dhk, dok, ck, u0, n)
     gather_gates(acts[t], ak[k], H, u0, n)
     gates_backward(dok[k], dhk[k], dck[k], ak[k], ck[k, 0], ck[k, 1], dzk[k], 0, B)
     scatter_gates(dzk[k], dzs[t], H, u0, n)
 
 
 @numba.njit(**JIT)
-def backward_buffers(WhT, B, nt):
+def backward_buffers(Wh, B, nt):
     """Per-thread buffers of backward_steps_cols (see forward_buffers)."""
-    H = WhT.shape[1]
+    H, G = Wh.shape
     U = (H + nt - 1) // nt
-    return (np.zeros((nt, B, U), WhT.dtype),        # dhk: dL/dh_t of my units
-            np.zeros((nt, B, U), WhT.dtype),        # dok: dL/dh_t from the layer above
-            np.zeros((nt, B, U), WhT.dtype),        # dck: dL/dc_t, carried
-            np.zeros((nt, 2, B, U), WhT.dtype),     # ck: c_t and c_{t-1}
-            np.zeros((nt, B, 4 * U), WhT.dtype),    # ak: gates
-            np.zeros((nt, B, 4 * U), WhT.dtype))    # dzk: gate gradients
+    return (np.empty((nt, (U + NR - 1) // NR, G, NR), Wh.dtype),   # Pt: panels of my columns of W_h^T
+            np.zeros((nt, B, U), Wh.dtype),         # dhk: dL/dh_t of my units
+            np.zeros((nt, B, U), Wh.dtype),         # dok: dL/dh_t from the layer above
+            np.zeros((nt, B, U), Wh.dtype),         # dck: dL/dc_t, carried
+            np.zeros((nt, 2, B, U), Wh.dtype),      # ck: c_t and c_{t-1}
+            np.zeros((nt, B, 4 * U), Wh.dtype),     # ak: gates
+            np.zeros((nt, B, 4 * U), Wh.dtype))     # dzk: gate gradients
 
 
 @numba.njit(**JIT)
-def backward_setup(k, dh, dc, dhk, dck, nt):
-    """Thread k's units of dL/dh_T and dL/dc_T."""
+def backward_setup(k, Wh, dh, dc, Pt, dhk, dck, nt):
+    """Thread k's columns of W_h^T packed into panels (rows u0..u1-1 of W_h), its units of
+    dL/dh_T and dL/dc_T."""
     u0, u1, _ = block(k, dh.shape[1], nt)
+    pack_panels_t(Wh[u0:u1], Pt[k])
     gather_units(dh, dhk[k], u0, u1 - u0)
     gather_units(dc, dck[k], u0, u1 - u0)
 
 
 @numba.njit(**JIT)
-def backward_finish(k, WhT, dzs, dck, dh, dc, nt):
+def backward_finish(k, Pt, dzs, dck, dh, dc, nt):
     """dL/dc_0 and dL/dh_0 = dz_0 W_h^T for thread k's units."""
-    u0, u1, _ = block(k, WhT.shape[1], nt)
+    u0, u1, _ = block(k, dh.shape[1], nt)
     scatter_units(dck[k], dc, u0, u1 - u0)
-    gemm(dzs[0], WhT[:, u0:u1], dh[:, u0:u1])
+    gemm_panels(dzs[0], Pt[k], dh[:, u0:u1])
 
 
 @numba.njit(**PAR)
-def backward_steps_cols(dhs, WhT, c0, cs, acts, dzs, dh, dc, nt):
+def backward_steps_cols(dhs, Wh, c0, cs, acts, dzs, dh, dc, nt):
     """lstm_layer.backward_steps on nt threads, split by hidden units: thread k forms
-    dL/dh_t of its units from the whole dz_{t+1} (its columns of WhT = W_h^T (G,H)), then
-    their gate gradients.  dh, dc (B,H): dL/dh_T, dL/dc_T in, dL/dh_0, dL/dc_0 out."""
+    dL/dh_t of its units from the whole dz_{t+1} (its columns of W_h^T (G,H), packed from
+    Wh (H,G)), then their gate gradients.  dh, dc (B,H): dL/dh_T, dL/dc_T in, dL/dh_0, dL/dc_0 out."""
     T = acts.shape[0]
-    dhk, dok, dck, ck, ak, dzk = backward_buffers(WhT, dh.shape[0], nt)
+    Pt, dhk, dok, dck, ck, ak, dzk = backward_buffers(Wh, dh.shape[0], nt)
     for k in numba.prange(nt):
-        backward_setup(k, dh, dc, dhk, dck, nt)
+        backward_setup(k, Wh, dh, dc, Pt, dhk, dck, nt)
     for t in range(T - 1, -1, -1):
         for k in numba.prange(nt):
-            backward_unit_step(k, t, dhs, WhT, c0, cs, acts, dzs, dhk, dok, dck, ck, ak, dzk, nt)
+            backward_unit_step(k, t, dhs, Pt, c0, cs, acts, dzs, dhk, dok, dck, ck, ak, dzk, nt)
     for k in numba.prange(nt):
-        backward_finish(k, WhT, dzs, dck, dh, dc, nt)
+        backward_finish(k, Pt, dzs, dck, dh, dc, nt)

@@ -183,6 +183,46 @@ def test_padded_t_copies_the_transpose_exactly(dtype):
             assert out.strides == ((k + PAD) * out.itemsize, out.itemsize)
 
 
+def test_gemm_on_panels_packed_once():
+    """gemm_panels (the time loops' products) against NumPy, from panels(B) and panels_t(W) of
+    strided blocks: n not a multiple of NR (a zero-padded last panel), C narrower than the
+    panels (a thread's units), short and 9-row blocks, a second pass of MC rows, k over KC,
+    alpha and beta (beta = 0 over NaN); nothing outside C is written."""
+    import numba
+
+    from lstm_engine.kernels.numba.gemm import NR, gemm_panels, panels, panels_t
+
+    @numba.njit
+    def run(A, P, C, alpha, beta):
+        gemm_panels(A, P, C, alpha, beta)
+
+    rng = np.random.default_rng(0)
+    p = Parity("gemm_panels", backend="numba")
+    for dtype in DTYPES:
+        for m, k, n, n_c in ((1, 1, 1, 1), (3, 5, 7, 7), (9, 33, 65, 65), (25, 300, 100, 100),
+                             (17, 520, 64, 50), (73, 40, 70, 70), (2, 257, 2 * NR, 2 * NR)):
+            for alpha, beta in ((1.0, 1.0), (1.0, 0.0), (-2.0, 0.5)):
+                for transposed in (False, True):
+                    big_a = rng.standard_normal((m + 2, k + 3)).astype(dtype)
+                    A = big_a[1:1 + m, 2:2 + k]                                  # (m,k), rows k + 3 apart
+                    big_b = rng.standard_normal((n + 1, k + 1) if transposed else (k + 1, n + 2)).astype(dtype)
+                    Bm = big_b[1:, 1:] if transposed else big_b[1:, 1:1 + n]     # W (n,k) or B (k,n)
+                    P = panels_t(Bm) if transposed else panels(Bm)
+                    assert P.shape == (-(-n // NR), k, NR)
+                    big_c = rng.standard_normal((m, n_c + 4)).astype(dtype)
+                    C, C0 = big_c[:, 1:1 + n_c], big_c[:, 1:1 + n_c].copy()
+                    outside = big_c[:, [0, -3, -2, -1]].copy()
+                    if beta == 0.0:
+                        C[...] = np.nan
+                    run(A, P, C, alpha, beta)
+                    op_b = (Bm.T if transposed else Bm)[:, :n_c].astype(np.float64)
+                    want = alpha * A.astype(np.float64) @ op_b + (beta * C0 if beta else 0.0)
+                    p.check(f"m{m} k{k} n{n}->{n_c} alpha{alpha} beta{beta} t{int(transposed)}", C, want,
+                            dtype, "wide")
+                    np.testing.assert_array_equal(big_c[:, [0, -3, -2, -1]], outside)
+    p.done()
+
+
 @pytest.mark.parametrize("threads", ["one-thread", "row-split"])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_output_layer_forward_and_gradients(dtype, threads, monkeypatch):
