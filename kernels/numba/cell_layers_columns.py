@@ -19,7 +19,7 @@ import numba
 import numpy as np
 
 from .cell_gates import PEEPHOLE, coupled_backward, coupled_forward, peephole_backward, peephole_forward
-from .gemm import NR, gemm_panels, pack_panels, pack_panels_t
+from .gemm import NR, gemm_panels, pack_panels, pack_panels_t, panel_buffer
 from .gru_layer_columns import gather_gates3, scatter_gates3
 from .jit import JIT, PAR
 from .lstm_layer_columns import (
@@ -57,7 +57,7 @@ def forward_buffers(Wh, B, nt):
     U = (H + nt - 1) // nt
     Q = G // H * U                                                  # qU gate columns of a block
     return (np.zeros((nt, H, Q), Wh.dtype),         # Wp: thread k's gate columns of W_h side by side (padding 0)
-            np.empty((nt, (Q + NR - 1) // NR, H, NR), Wh.dtype),         # Pp: Wp[k]'s panels (gemm.panels)
+            panel_buffer(nt, (Q + NR - 1) // NR, H, Wh),                 # Pp: Wp[k]'s panels (gemm.panels)
             np.zeros((nt, Q), Wh.dtype),            # bp: the same for b
             np.zeros((nt, 3 * U), Wh.dtype),        # wp: the peepholes w_ci, w_cf, w_co of my units
             np.zeros((nt, B, Q), Wh.dtype),         # z: pre-activations -> gates of the step
@@ -119,7 +119,7 @@ def backward_buffers(Wh, B, nt):
     H, G = Wh.shape
     U = (H + nt - 1) // nt
     Q = G // H * U
-    return (np.empty((nt, (U + NR - 1) // NR, G, NR), Wh.dtype),   # Pt: panels of my columns of W_h^T
+    return (panel_buffer(nt, (U + NR - 1) // NR, G, Wh),           # Pt: panels of my columns of W_h^T
             np.zeros((nt, B, U), Wh.dtype),         # dhk: dL/dh_t of my units
             np.zeros((nt, B, U), Wh.dtype),         # dok: dL/dh_t from the layer above
             np.zeros((nt, B, U), Wh.dtype),         # dck: dL/dc_t, carried

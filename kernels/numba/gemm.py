@@ -50,6 +50,7 @@ SET_STRIDE = 1024       # bytes: op(B) rows a multiple of this apart share L1 se
 PAD_MIN_ROWS = 256      # ... and gemm copies them with padded rows when m is at least this
 NARROW_MAX = 4          # a last column panel this narrow is done as dot products, not padded to NR
 TILE_ROWS, TILE_COLS = 16, 64   # padded_t's tile of W: 16 cache lines read along, written across
+LINE = 64               # bytes: a cache line, where panel buffers start (panel_buffer)
 
 
 def _stack_array(n):
@@ -482,7 +483,7 @@ def panels(B):
     a panel's k rows of NR columns lie a row of B apart, scattered over pages the hardware
     prefetchers do not follow; packed, each panel is read as one sequential block."""
     k, n = B.shape
-    P = np.empty(((n + NR - 1) // NR, k, NR), B.dtype)              # (panels, k, NR)
+    P = panel_buffer(1, (n + NR - 1) // NR, k, B)[0]                # (panels, k, NR)
     pack_panels(B, P)
     return P
 
@@ -491,9 +492,19 @@ def panels(B):
 def panels_t(W):
     """panels(W.T) for W (n,k) -> (ceil(n/NR), k, NR)."""
     n, k = W.shape
-    P = np.empty(((n + NR - 1) // NR, k, NR), W.dtype)              # (panels, k, NR)
+    P = panel_buffer(1, (n + NR - 1) // NR, k, W)[0]                # (panels, k, NR)
     pack_panels_t(W, P)
     return P
+
+
+@numba.njit(**JIT)
+def panel_buffer(nt, npanels, k, like):
+    """An uninitialised (nt, npanels, k, NR) array of like's dtype starting on a cache line: np.empty
+    starts 32 bytes into one here, and every NR-wide row load of a panel then splits two lines."""
+    size = nt * npanels * k * NR
+    raw = np.empty(size + LINE // like.itemsize, like.dtype)        # (size + one line,)
+    off = (LINE - raw.ctypes.data % LINE) % LINE // like.itemsize
+    return raw[off:off + size].reshape((nt, npanels, k, NR))
 
 
 @numba.njit(**JIT)

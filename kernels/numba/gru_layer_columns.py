@@ -17,7 +17,7 @@ import numba
 import numpy as np
 
 from .cell_gates import gru_backward, gru_forward
-from .gemm import NR, gemm_panels, pack_panels, pack_panels_t
+from .gemm import NR, gemm_panels, pack_panels, pack_panels_t, panel_buffer
 from .jit import JIT, PAR
 from .lstm_layer_columns import block, copy_row, gather_units, scatter_units
 
@@ -48,7 +48,7 @@ def forward_buffers(Wh, B, nt):
     H = Wh.shape[0]
     U = (H + nt - 1) // nt
     return (np.zeros((nt, H, 3 * U), Wh.dtype),     # Wp: thread k's gate columns of W_h side by side (padding 0)
-            np.empty((nt, (3 * U + NR - 1) // NR, H, NR), Wh.dtype),     # Pp: Wp[k]'s panels (gemm.panels)
+            panel_buffer(nt, (3 * U + NR - 1) // NR, H, Wh),             # Pp: Wp[k]'s panels (gemm.panels)
             np.zeros((nt, 2, 3 * U), Wh.dtype),     # bp: the same for bx, bh
             np.zeros((nt, B, 3 * U), Wh.dtype),     # ax: x-side sums -> activated gates
             np.zeros((nt, B, 3 * U), Wh.dtype),     # ah: h_{t-1} W_h of my columns
@@ -100,7 +100,7 @@ def backward_buffers(Wh, B, nt):
     """Per-thread buffers of backward_steps_cols (see forward_buffers)."""
     H, G = Wh.shape
     U = (H + nt - 1) // nt
-    return (np.empty((nt, (U + NR - 1) // NR, G, NR), Wh.dtype),   # Pt: panels of my columns of W_h^T
+    return (panel_buffer(nt, (U + NR - 1) // NR, G, Wh),           # Pt: panels of my columns of W_h^T
             np.zeros((nt, 4, B, U), Wh.dtype),      # uk: dL/dh carried, dL/dh from above, hn, h_{t-1}
             np.zeros((nt, 3, B, 3 * U), Wh.dtype))  # gk: gates, dzx, dzh of my units
 

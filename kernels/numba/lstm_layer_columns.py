@@ -20,7 +20,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .gemm import NR, gemm_panels, pack_panels, pack_panels_t
+from .gemm import NR, gemm_panels, pack_panels, pack_panels_t, panel_buffer
 from .gates import gates_backward, gates_forward
 from .jit import JIT, PAR
 
@@ -109,7 +109,7 @@ def forward_buffers(Wh, B, nt):
     H = Wh.shape[0]
     U = (H + nt - 1) // nt
     return (np.zeros((nt, H, 4 * U), Wh.dtype),     # Wp: thread k's gate columns side by side (padding 0)
-            np.empty((nt, (4 * U + NR - 1) // NR, H, NR), Wh.dtype),     # Pp: Wp[k]'s panels (gemm.panels)
+            panel_buffer(nt, (4 * U + NR - 1) // NR, H, Wh),             # Pp: Wp[k]'s panels (gemm.panels)
             np.zeros((nt, 4 * U), Wh.dtype),        # bp: the same for b
             np.zeros((nt, B, 4 * U), Wh.dtype),     # z: pre-activations -> gates of the step
             np.zeros((nt, 2, B, U), Wh.dtype),      # c: c_{t-1} and c_t, alternating
@@ -162,7 +162,7 @@ def backward_buffers(Wh, B, nt):
     """Per-thread buffers of backward_steps_cols (see forward_buffers)."""
     H, G = Wh.shape
     U = (H + nt - 1) // nt
-    return (np.empty((nt, (U + NR - 1) // NR, G, NR), Wh.dtype),   # Pt: panels of my columns of W_h^T
+    return (panel_buffer(nt, (U + NR - 1) // NR, G, Wh),           # Pt: panels of my columns of W_h^T
             np.zeros((nt, B, U), Wh.dtype),         # dhk: dL/dh_t of my units
             np.zeros((nt, B, U), Wh.dtype),         # dok: dL/dh_t from the layer above
             np.zeros((nt, B, U), Wh.dtype),         # dck: dL/dc_t, carried
