@@ -509,17 +509,13 @@ def panel_buffer(nt, npanels, k, like):
 
 @numba.njit(**JIT)
 def pack_panels(B, P):
-    """P (ceil(n/NR), k, NR) = the panels of B (k,n), zeros past column n."""
+    """P (ceil(n/NR), k, NR) = the panels of B (k,n), zeros past column n (each panel as _pack
+    packs gemm's narrow last one)."""
     k, n = B.shape
+    Bf, ldb = _flat(B), row_stride(B)
     for p in range(P.shape[0]):
         j0 = p * NR
-        nr = max(0, min(NR, n - j0))
-        for kk in range(k):
-            src, dst = B[kk], P[p, kk]
-            for jj in range(nr):
-                dst[jj] = src[j0 + jj]
-            for jj in range(nr, NR):
-                dst[jj] = 0
+        _pack(Bf, ldb, 0, k, j0, max(0, min(NR, n - j0)), P[p].reshape(k * NR))
 
 
 @numba.njit(**JIT)
