@@ -6,7 +6,10 @@ Per character: every layer's cell (z = b + h_{t-1} W_h + x_t W_x as hand-written
 matrix-vector loops over W_h and W_x cut into column panels, panel_acc, then the gates; for
 layer 0 the caller may pass the table X0 = Emb @ W_x + b0 (V,G), so that b + x_t W_x is one
 row read instead of an E x G product per character), the output projection (Wy in panels
-too), temperature, top-k / top-p filtering and an inverse-CDF draw.  The
+too), temperature, top-k / top-p filtering and an inverse-CDF draw.  The weights' panels are
+float32 (float64), or float32 weights rounded to bfloat16 and stored in pairs (uint32, half the
+bytes streamed a character; panel_acc widens each back to the float32 it stands for, the sums
+stay float32) when the backend samples with bfloat16 weights.  The
 uniforms come in as an array drawn by the caller from its numpy Generator, one per
 sampled character, exactly as the reference draws them, so both backends turn the same
 seed into the same text.  Filtering gives numpy_backend.filter_probs's probabilities: its steps,
@@ -16,11 +19,35 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core.errors import TypingError
+from numba.extending import intrinsic, overload
 
 from .fastmath import fexp, fsigmoid, ftanh
 from .gemm import _stack_array
 from .jit import JIT
 from .sync import FLAG_STRIDE, load_acquire, load_seq, spin_pause, spin_yield, store_release, store_seq
+
+
+@intrinsic
+def _f32_from_bits(typingctx, u):
+    """The float32 whose bit pattern is the uint32 u (a register move, no conversion)."""
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.FloatType())
+    return types.float32(types.uint32), codegen
+
+
+@numba.njit(**JIT)                  # a call LLVM inlines: numba's IR inlining of it warns
+def bf16_lo(w):
+    """The float32 value of the bfloat16 in the low half of the uint32 w (exact)."""
+    return _f32_from_bits(w << np.uint32(16))
+
+
+@numba.njit(**JIT)                  # a call LLVM inlines: numba's IR inlining of it warns
+def bf16_hi(w):
+    """The float32 value of the bfloat16 in the high half of the uint32 w (exact)."""
+    return _f32_from_bits(w & np.uint32(0xFFFF0000))
 
 
 @numba.njit(inline="always", **JIT)
@@ -45,12 +72,30 @@ PANEL = 32               # columns of a panel: its sums stay in registers while 
 _panel_acc_row = _stack_array(PANEL)
 
 
-@numba.njit(inline="always", **JIT)
+HALF = PANEL // 2         # bfloat16 pairs in a row of a bfloat16 panel
+
+
 def panel_acc(v, Mp, z):
-    """z (nb PANEL,) += v (K,) @ M (K,C), M stored as panels Mp (nb,K,PANEL) of PANEL columns, each
-    panel's rows contiguous (numba_team.as_panels).  Each sum is matvec_acc's (the same rows in
-    fours, in the same order), but a panel's PANEL sums stay in registers down all its rows and
-    the weights stream in one run, where matvec_acc loads and stores z every four rows."""
+    """z (nb PANEL,) += v (K,) @ M (K,C), M stored as panels of PANEL columns, each panel's rows
+    contiguous: float panels Mp (nb,K,PANEL) (numba_team.as_panels), or bfloat16 panels Mp
+    (nb,K,HALF) uint32 whose word j of a row holds columns j (low half) and HALF + j (high half)
+    as bfloat16 (numba_team.bf16_pairs), widened to float32 as they are read by a shift or a
+    mask, no shuffle.  Each sum is matvec_acc's (the same rows in fours, in the same order), but
+    a panel's PANEL sums stay in registers down all its rows and the weights stream in one run,
+    where matvec_acc loads and stores z every four rows."""
+
+
+@overload(panel_acc, inline="always")
+def _panel_acc(v, Mp, z):
+    if isinstance(Mp.dtype, types.Float):           # the bodies themselves: inlined once, as an inline njit
+        return _acc_float_panels
+    if Mp.dtype == types.uint32:
+        return _acc_bf16_panels
+    raise TypingError(f"panel_acc takes float panels or bfloat16 pairs (uint32), got {Mp.dtype}")
+
+
+def _acc_float_panels(v, Mp, z):
+    """panel_acc over float panels Mp (nb,K,PANEL)."""
     nb, K = Mp.shape[0], v.shape[0]
     for b in range(nb):
         acc = _panel_acc_row(z)                                   # (PANEL,) this panel's sums
@@ -58,18 +103,43 @@ def panel_acc(v, Mp, z):
         for j in range(PANEL):
             acc[j] = z[j0 + j]
         Mb = Mp[b]                                                # (rows,PANEL)
-        k = 0
-        while k + 4 <= K:
+        K4 = K - K % 4
+        for k in range(0, K4, 4):                                 # for, not while: numba's overload inlining
             a0, a1, a2, a3 = v[k], v[k + 1], v[k + 2], v[k + 3]
             r0, r1, r2, r3 = Mb[k], Mb[k + 1], Mb[k + 2], Mb[k + 3]
             for j in range(PANEL):
                 acc[j] += a0 * r0[j] + a1 * r1[j] + a2 * r2[j] + a3 * r3[j]
-            k += 4
-        while k < K:
+        for k in range(K4, K):
             a0, r0 = v[k], Mb[k]
             for j in range(PANEL):
                 acc[j] += a0 * r0[j]
-            k += 1
+        for j in range(PANEL):
+            z[j0 + j] = acc[j]
+
+
+def _acc_bf16_panels(v, Mp, z):
+    """panel_acc over bfloat16 pairs Mp (nb,K,HALF) uint32: the float loop's sums, in its order,
+    over the widened weights."""
+    nb, K = Mp.shape[0], v.shape[0]
+    for b in range(nb):
+        acc = _panel_acc_row(z)                                   # (PANEL,) this panel's sums
+        j0 = b * PANEL
+        for j in range(PANEL):
+            acc[j] = z[j0 + j]
+        Mb = Mp[b]                                                # (rows,HALF) pairs
+        K4 = K - K % 4
+        for k in range(0, K4, 4):                                 # for, not while: numba's overload inlining
+            a0, a1, a2, a3 = v[k], v[k + 1], v[k + 2], v[k + 3]
+            r0, r1, r2, r3 = Mb[k], Mb[k + 1], Mb[k + 2], Mb[k + 3]
+            for j in range(HALF):
+                acc[j] += a0 * bf16_lo(r0[j]) + a1 * bf16_lo(r1[j]) + a2 * bf16_lo(r2[j]) + a3 * bf16_lo(r3[j])
+                acc[HALF + j] += (a0 * bf16_hi(r0[j]) + a1 * bf16_hi(r1[j]) + a2 * bf16_hi(r2[j])
+                                  + a3 * bf16_hi(r3[j]))
+        for k in range(K4, K):
+            a0, r0 = v[k], Mb[k]
+            for j in range(HALF):
+                acc[j] += a0 * bf16_lo(r0[j])
+                acc[HALF + j] += a0 * bf16_hi(r0[j])
         for j in range(PANEL):
             z[j0 + j] = acc[j]
 
@@ -276,7 +346,7 @@ def generate_kernel(Emb, X0, Ws, bs, Wy, by, h, c, token, temperature, top_k, to
     L, H = h.shape
     V = by.shape[0]
     Gp, Vp = Ws[0][0].shape[0] * PANEL, Wy.shape[0] * PANEL                # the panels' columns
-    z, logits, zd, probs, p, order, none = sample_buffers(Gp, Vp, V, Wy)
+    z, logits, zd, probs, p, order, none = sample_buffers(Gp, Vp, V, by)
     for k in range(out.shape[0]):
         for l in range(L):
             zx, x = layer_input(Emb, X0, bs, h[l - 1], l, token, none)

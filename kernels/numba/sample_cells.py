@@ -98,8 +98,8 @@ def generate_cells_kernel(cell, Emb, X0, Ws, bs, extras, Wy, by, h, c, token, te
     L, H = h.shape
     V = by.shape[0]
     Gp = Ws[0][0].shape[0] * PANEL
-    z, logits, zd, probs, p, order, none = sample_buffers(Gp, Wy.shape[0] * PANEL, V, Wy)   # z (Gp,)
-    zh = np.zeros(Gp, Wy.dtype)                                           # (Gp,) the GRU's h side
+    z, logits, zd, probs, p, order, none = sample_buffers(Gp, Wy.shape[0] * PANEL, V, by)   # z (Gp,)
+    zh = np.zeros(Gp, by.dtype)                                           # (Gp,) the GRU's h side
     for k in range(out.shape[0]):
         for l in range(L):
             zx, x = layer_input(Emb, X0, bs, h[l - 1], l, token, none)

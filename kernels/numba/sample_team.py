@@ -117,8 +117,8 @@ def team_share(tid, nt, Emb, X0, Wp, bs, Wy, by, extras, cell, h, c, h_in, c_in,
     Hu = -(-H // nt)
     u0 = min(H, tid * Hu)
     nu = min(H, u0 + Hu) - u0
-    z, logits, zd, probs, pr, order, none = sample_buffers(Gp, Wy.shape[0] * PANEL, V, Wy)   # z (Gp,)
-    zh, hnew = np.zeros(Gp, Wy.dtype), np.empty(Hu, Wy.dtype)             # (Gp,) the GRU's h side; (Hu,)
+    z, logits, zd, probs, pr, order, none = sample_buffers(Gp, Wy.shape[0] * PANEL, V, by)   # z (Gp,)
+    zh, hnew = np.zeros(Gp, by.dtype), np.empty(Hu, by.dtype)             # (Gp,) the GRU's h side; (Hu,)
     ht, ct = h[tid], c[tid]                                       # (L,H) this thread's state
     ht[:] = h_in[p]
     ct[:] = c_in[p]

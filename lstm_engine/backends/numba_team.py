@@ -45,6 +45,31 @@ def as_panels(M, panel):
     return np.ascontiguousarray(padded.reshape(K, nb, panel).transpose(1, 0, 2))   # (nb,K,panel)
 
 
+def bf16_bits(M):
+    """M float32 -> its values rounded to bfloat16 (to nearest, ties to even), as uint16 bit
+    patterns of M's shape: the high half of each float32's bits after rounding."""
+    u = np.ascontiguousarray(M, np.float32).view(np.uint32)
+    return ((u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)).astype(np.uint16)
+
+
+def bf16_values(M):
+    """M float32 -> the float32 values bf16_bits(M) stands for (M rounded to bfloat16)."""
+    return (bf16_bits(M).astype(np.uint32) << np.uint32(16)).view(np.float32)
+
+
+def bf16_pairs(P):
+    """Panels P (...,PANEL) float32 -> (...,PANEL/2) uint32: word j holds bf16_bits of column j
+    in its low half and of column PANEL/2 + j in its high half (kernels/numba/sample.panel_acc)."""
+    b = bf16_bits(P).astype(np.uint32)
+    half = P.shape[-1] // 2
+    return np.ascontiguousarray(b[..., :half] | (b[..., half:] << np.uint32(16)))
+
+
+def sampler_weights(P, bf16):
+    """The packed panels P as the sampler streams them: bf16_pairs(P) when bf16, else P."""
+    return bf16_pairs(P) if bf16 else P
+
+
 def pack_units(W, H, nt, panel):
     """W (H+I,G) -> (W_h (nt,nb,H,panel), W_x (nt,nb,I,panel)): thread t's blocks hold column
     g H + t Hu + j of W at column g Hu + j of its pack (zeros past H), as_panels of its h rows and
@@ -73,14 +98,15 @@ def _polls_per_second(kernels):
 class Team:
     """nt threads generating from one model's arrays (Emb, X0, Ws, bs, Wy, by, extras, cell
     code as kernels/numba/sample_team.py takes them, with each W (H+I,G) packed here by units and
-    Wy (H,V) cut into panels).
+    Wy (H,V) cut into panels; bf16: the packs as bfloat16 bit patterns, sampler_weights).
     run() is called from one thread at a time."""
 
-    def __init__(self, kernels, nt, arrays, L, H, cap):
+    def __init__(self, kernels, nt, arrays, L, H, cap, bf16=False):
         self.k, self.nt, self.cap = kernels, nt, cap
         Emb, X0, Ws, bs, Wy, by, extras, code = arrays
-        Wyp = as_panels(Wy, kernels.PANEL)                              # (nbV,H,PANEL)
-        self.arrays = (Emb, X0, tuple(pack_units(W, H, nt, kernels.PANEL) for W in Ws), bs, Wyp, by, extras, code)
+        Wyp = sampler_weights(as_panels(Wy, kernels.PANEL), bf16)         # (nbV,H,PANEL)
+        Wps = tuple(tuple(sampler_weights(p, bf16) for p in pack_units(W, H, nt, kernels.PANEL)) for W in Ws)
+        self.arrays = (Emb, X0, Wps, bs, Wyp, by, extras, code)
         dt = Wy.dtype
         V = by.shape[0]
         self.split = H * V >= OUT_SPLIT_MIN_MACS

@@ -147,7 +147,8 @@ def machine_line(m):
             + f", {m['cores']} cores ({m['cores_usable']} usable, load {m['load_avg']}); "
             f"BLAS {m['blas']} (threads: {m['blas_threads']}{kernel}); numba threads: {m['numba_threads']}"
             + (f" (vectors {m['numba_vectors']})" if m.get("numba_vectors") not in (None, "default") else "")
-            + (f", GEMMs: {m['numba_gemm']} (LSTM_ENGINE_TUNE)" if m.get("numba_gemm") not in (None, "auto") else "") + "; "
+            + (f", GEMMs: {m['numba_gemm']} (LSTM_ENGINE_TUNE)" if m.get("numba_gemm") not in (None, "auto") else "")
+            + (", sampler weights: bf16" if m.get("numba_gemm") == "bf16" else "") + "; "
             f"numpy {m['numpy_version']}, numba {m['numba_version'] or '-'}, cupy {m['cupy_version'] or '-'}, "
             f"torch {m['torch_version'] or '-'}"
             + (f" ({torch_extra})" if torch_extra else "")

@@ -148,7 +148,9 @@ def test_machine_fields_name_the_cpu_blas_kernel_and_threads():
 
 def test_machine_line_names_a_gemm_choice_other_than_auto(monkeypatch):
     monkeypatch.setenv("LSTM_ENGINE_TUNE", "auto")
-    assert "GEMMs:" not in bench_machine.machine_line(bench_machine.machine_info(1))
+    line = bench_machine.machine_line(bench_machine.machine_info(1))
+    assert "GEMMs:" not in line and "sampler weights" not in line
     monkeypatch.setenv("LSTM_ENGINE_TUNE", "bf16")
     m = bench_machine.machine_info(1)
-    assert m["numba_gemm"] == "bf16" and "GEMMs: bf16 (LSTM_ENGINE_TUNE)" in bench_machine.machine_line(m)
+    line = bench_machine.machine_line(m)
+    assert m["numba_gemm"] == "bf16" and "GEMMs: bf16 (LSTM_ENGINE_TUNE), sampler weights: bf16" in line
