@@ -858,7 +858,7 @@ def _sample_bf16(dtype):
 def _sample_panels(Ws, Wy, H, cache):
     """-> (each layer's W (H+I,G) as the one-thread sampler's panels (W_h (nb,H,PANEL), W_x
     (nb,I,PANEL)), Wy (H,V) as panels (nbV,H,PANEL)) (kernels/numba/sample.panel_acc), bfloat16
-    bit patterns when _sample_bf16, kept in `cache` while it holds these arrays."""
+    pairs (numba_team.bf16_pairs) when _sample_bf16, kept in `cache` while it holds these arrays."""
     from .numba_team import as_panels, pack_units, sampler_weights
     bf16 = _sample_bf16(Wy.dtype)
     key = (*map(id, Ws), id(Wy), bf16)

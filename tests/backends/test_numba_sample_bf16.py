@@ -181,3 +181,38 @@ def test_cli_generate_with_bf16_weights(tmp_path):
              "numba", "--length", "5"])
     assert r.exit_code == 2 and "float64" in r.stderr and r.stderr.count("\n") == 1
     assert open(ckpt, "rb").read() == before
+
+
+_AVX2_SCRIPT = r"""
+import numpy as np
+from lstm_engine.kernels.numba import gemm     # sets numba's target before importing numba
+import numba
+from lstm_engine.backends import numba_team
+from lstm_engine.kernels.numba import sample
+from lstm_engine.kernels.numba.jit import JIT
+
+
+@numba.njit(**dict(JIT, cache=False))                # code from -c has no file to cache beside
+def acc(v, Mp, z):
+    sample.panel_acc(v, Mp, z)
+
+
+rng = np.random.default_rng(3)
+M, v = rng.standard_normal((37, 70)).astype(np.float32), rng.standard_normal(37).astype(np.float32)
+want, got = np.zeros(96, np.float32), np.zeros(96, np.float32)
+acc(v, numba_team.as_panels(numba_team.bf16_values(M), sample.PANEL), want)
+acc(v, numba_team.bf16_pairs(numba_team.as_panels(M, sample.PANEL)), got)
+asm = "".join(acc.inspect_asm().values())
+print("equal", bool(np.array_equal(got, want)))
+print("zmm", "zmm" in asm)
+print("ymm", "ymm" in asm)
+"""
+
+
+def test_bf16_panel_loop_on_an_avx2_cpu(tmp_path):
+    """Under LSTM_ENGINE_NUMBA_ISA=avx2 (a CPU without AVX-512, emulated in a fresh process) the
+    bfloat16 panel loop compiles to 256-bit code and still equals the float loop over the rounded
+    weights bit for bit: the widening needs no bfloat16 instructions."""
+    from test_numba_tune import _run_under_isa
+    out = _run_under_isa(_AVX2_SCRIPT, "avx2", tmp_path)
+    assert out == {"equal": "True", "zmm": "False", "ymm": "True"}
