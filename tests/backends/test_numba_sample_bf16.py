@@ -171,10 +171,9 @@ def test_cli_generate_with_bf16_weights(tmp_path):
     assert r.exit_code == 0, r.output
     assert r.stdout.startswith("the") and len(r.stdout.rstrip("\n")) == 43
     numba_tune.set_products(None)
-    for args, needle in ((["--backend", "numpy"], "--backend numba"),
-                         (["--backend", "numba", "--products", "fp8"], "fp8")):
-        r = run(["generate", ckpt, "--length", "5", "--products", "bf16"] + args if "--products" not in args
-                else ["generate", ckpt, "--length", "5"] + args)
+    for args, needle in ((["--products", "bf16", "--backend", "numpy"], "--backend numba"),
+                         (["--products", "fp8", "--backend", "numba"], "fp8")):
+        r = run(["generate", ckpt, "--length", "5"] + args)
         assert r.exit_code == 2, r.output
         assert needle in r.stderr and r.stderr.count("\n") == 1 and "Traceback" not in r.output
     r = run(["generate", str(tmp_path / "float64" / "latest.safetensors"), "--products", "bf16", "--backend",
