@@ -86,7 +86,7 @@ def backward_steps(cell, dhs, WhTp, wc, c0, cs, acts, dzs, dh, dc, r0, r1, token
         else:
             coupled_backward(dhs[t], dh, dc, acts[t], cs[t], c_prev, dzs[t], r0, r1)
         accumulate_step(tokens, dzs, t, r0, r1, db, dtable)
-        gemm_panels(dzs[t, r0:r1], WhTp, dh[r0:r1])                         # dh = dz_t W_h^T
+        gemm_panels(dzs[t, r0:r1], WhTp, dh[r0:r1], 1.0, 0.0)               # dh = dz_t W_h^T
 
 
 @numba.njit(**PAR)

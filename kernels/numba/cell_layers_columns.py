@@ -105,12 +105,13 @@ def forward_steps_cols(cell, Wh, b, wc, h0, c0, hs, cs, acts, nt):
     on entry (layer 0: gathered before), activated gates on exit -> hs, cs (T,B,H)."""
     T = acts.shape[0]
     Wp, Pp, bp, wp, z, c, h = forward_buffers(Wh, h0.shape[0], nt)
+    # np.int64(): numba types a prange index int64, then uint64 in the parallel body; one type compiles the callee once
     for k in numba.prange(nt):
-        forward_setup(cell, k, Wh, b, wc, c0, Wp, Pp, bp, wp, c, nt)
+        forward_setup(cell, np.int64(k), Wh, b, wc, c0, Wp, Pp, bp, wp, c, nt)
     for t in range(T):
         h_prev = h0 if t == 0 else hs[t - 1]
         for k in numba.prange(nt):
-            forward_unit_step(cell, k, t, h_prev, hs, cs, acts, Pp, bp, wp, z, c, h, nt)
+            forward_unit_step(cell, np.int64(k), t, h_prev, hs, cs, acts, Pp, bp, wp, z, c, h, nt)
 
 
 @numba.njit(**JIT)
@@ -167,7 +168,7 @@ def backward_finish(cell, k, Pt, dzs, dck, dwk, dh, dc, dwc, nt):
     H = dh.shape[1]
     u0, u1, _ = block(k, H, nt)
     scatter_units(dck[k], dc, u0, u1 - u0)
-    gemm_panels(dzs[0], Pt[k], dh[:, u0:u1])
+    gemm_panels(dzs[0], Pt[k], dh[:, u0:u1], 1.0, 0.0)
     if cell == PEEPHOLE:
         scatter_gates3(dwk[k].reshape(1, dwk.shape[1]), dwc.reshape(1, 3 * H), H, u0, u1 - u0)
 
@@ -180,9 +181,9 @@ def backward_steps_cols(cell, dhs, Wh, wc, c0, cs, acts, dzs, dh, dc, dwc, nt):
     T = acts.shape[0]
     Pt, dhk, dok, dck, ck, ak, dzk, wp, dwk = backward_buffers(Wh, dh.shape[0], nt)
     for k in numba.prange(nt):
-        backward_setup(cell, k, Wh, wc, dh, dc, Pt, dhk, dck, wp, nt)
+        backward_setup(cell, np.int64(k), Wh, wc, dh, dc, Pt, dhk, dck, wp, nt)
     for t in range(T - 1, -1, -1):
         for k in numba.prange(nt):
-            backward_unit_step(cell, k, t, dhs, Pt, c0, cs, acts, dzs, dhk, dok, dck, ck, ak, dzk, wp, dwk, nt)
+            backward_unit_step(cell, np.int64(k), t, dhs, Pt, c0, cs, acts, dzs, dhk, dok, dck, ck, ak, dzk, wp, dwk, nt)
     for k in numba.prange(nt):
-        backward_finish(cell, k, Pt, dzs, dck, dwk, dh, dc, dwc, nt)
+        backward_finish(cell, np.int64(k), Pt, dzs, dck, dwk, dh, dc, dwc, nt)

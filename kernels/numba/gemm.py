@@ -483,7 +483,7 @@ def panels(B):
     a panel's k rows of NR columns lie a row of B apart, scattered over pages the hardware
     prefetchers do not follow; packed, each panel is read as one sequential block."""
     k, n = B.shape
-    P = panel_buffer(1, (n + NR - 1) // NR, k, B)[0]                # (panels, k, NR)
+    P = panel_buffer(np.int64(1), (n + NR - 1) // NR, k, B)[0]      # (panels, k, NR)
     pack_panels(B, P)
     return P
 
@@ -492,7 +492,7 @@ def panels(B):
 def panels_t(W):
     """panels(W.T) for W (n,k) -> (ceil(n/NR), k, NR)."""
     n, k = W.shape
-    P = panel_buffer(1, (n + NR - 1) // NR, k, W)[0]                # (panels, k, NR)
+    P = panel_buffer(np.int64(1), (n + NR - 1) // NR, k, W)[0]      # (panels, k, NR)
     pack_panels_t(W, P)
     return P
 

@@ -353,11 +353,12 @@ def _put(tile, out, blk, q, h, transpose):
 @numba.njit(**PAR)
 def _pack_par(X, out, transpose, along, prod):
     """The packing's prod runs on numba's threads."""
+    # np.int64(): numba types a prange index int64, then uint64 in the parallel body; one type compiles the callee once
     for t in numba.prange(prod):
         if along:
-            _pack_along(X, out, transpose, t, prod)
+            _pack_along(X, out, transpose, np.int64(t), prod)
         else:
-            _pack_across(X, out, transpose, t, prod)
+            _pack_across(X, out, transpose, np.int64(t), prod)
 
 
 @numba.njit(**JIT)
@@ -366,9 +367,9 @@ def _pack_on(X, out, transpose, along, prod):
     dispatch to the pool, which on a busy machine waits for every worker) or prod > 1 threads."""
     if prod == 1:
         if along:
-            _pack_along(X, out, transpose, 0, 1)
+            _pack_along(X, out, transpose, np.int64(0), np.int64(1))
         else:
-            _pack_across(X, out, transpose, 0, 1)
+            _pack_across(X, out, transpose, np.int64(0), np.int64(1))
     else:
         _pack_par(X, out, transpose, along, prod)
 
@@ -422,14 +423,14 @@ def _gemm_part(Ap, Bp, C, alpha, beta, t, prod, cfg):
 @numba.njit(**PAR)
 def _gemm_par(Ap, Bp, C, alpha, beta, prod, cfg):
     for t in numba.prange(prod):
-        _gemm_part(Ap, Bp, C, alpha, beta, t, prod, cfg)
+        _gemm_part(Ap, Bp, C, alpha, beta, np.int64(t), prod, cfg)
 
 
 @numba.njit(**JIT)
 def _gemm_on(Ap, Bp, C, alpha, beta, prod, cfg):
     """The product on the calling thread (prod 1) or prod threads (as _pack_on)."""
     if prod == 1:
-        _gemm_part(Ap, Bp, C, alpha, beta, 0, 1, cfg)
+        _gemm_part(Ap, Bp, C, alpha, beta, np.int64(0), np.int64(1), cfg)
     else:
         _gemm_par(Ap, Bp, C, alpha, beta, prod, cfg)
 
@@ -439,11 +440,12 @@ def mm_amx_packed_jit(A, Bp, C, trans_a, alpha, beta, Ap, cfg):
     """mm_amx_packed on the calling thread, callable from numba code (a recurrent step inside a
     threaded kernel): Ap (mb, kq, 2, 16, 16) uint32 the caller's scratch for op(A), Bp from
     pack_b, cfg = tile_config().  Needs available() asked first, in Python."""
-    if trans_a:
-        _pack_across(A.view(np.uint32), Ap, True, 0, 1)
+    transpose = bool(trans_a)                                   # a plain bool, as _pack_on passes
+    if transpose:
+        _pack_across(A.view(np.uint32), Ap, transpose, np.int64(0), np.int64(1))
     else:
-        _pack_along(A.view(np.uint32), Ap, False, 0, 1)
-    _gemm_part(Ap, Bp, C, alpha, beta, 0, 1, cfg)
+        _pack_along(A.view(np.uint32), Ap, transpose, np.int64(0), np.int64(1))
+    _gemm_part(Ap, Bp, C, np.float64(alpha), np.float64(beta), np.int64(0), np.int64(1), cfg)
 
 
 def tile_config():

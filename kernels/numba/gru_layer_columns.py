@@ -87,12 +87,13 @@ def forward_steps_cols(Wh, bx, bh, h0, hs, acts, hn, nt):
     on entry (layer 0: gathered before), activated gates on exit -> hs, hn (T,B,H)."""
     T = acts.shape[0]
     Wp, Pp, bp, ax, ah, hk = forward_buffers(Wh, h0.shape[0], nt)
+    # np.int64(): numba types a prange index int64, then uint64 in the parallel body; one type compiles the callee once
     for k in numba.prange(nt):
-        forward_setup(k, Wh, bx, bh, Wp, Pp, bp, nt)
+        forward_setup(np.int64(k), Wh, bx, bh, Wp, Pp, bp, nt)
     for t in range(T):
         h_prev = h0 if t == 0 else hs[t - 1]
         for k in numba.prange(nt):
-            forward_unit_step(k, t, h_prev, hs, acts, hn, Pp, bp, ax, ah, hk, nt)
+            forward_unit_step(np.int64(k), t, h_prev, hs, acts, hn, Pp, bp, ax, ah, hk, nt)
 
 
 @numba.njit(**JIT)
@@ -147,9 +148,9 @@ def backward_steps_cols(dhs, Wh, h0, hs, acts, hn, dzx, dzh, dh, nt):
     T = acts.shape[0]
     Pt, uk, gk = backward_buffers(Wh, dh.shape[0], nt)
     for k in numba.prange(nt):
-        backward_setup(k, Wh, dh, Pt, uk, nt)
+        backward_setup(np.int64(k), Wh, dh, Pt, uk, nt)
     for t in range(T - 1, -1, -1):
         for k in numba.prange(nt):
-            backward_unit_step(k, t, dhs, Pt, h0, hs, acts, hn, dzx, dzh, uk, gk, nt)
+            backward_unit_step(np.int64(k), t, dhs, Pt, h0, hs, acts, hn, dzx, dzh, uk, gk, nt)
     for k in numba.prange(nt):
-        backward_finish(k, Pt, dzh, uk, dh, nt)
+        backward_finish(np.int64(k), Pt, dzh, uk, dh, nt)

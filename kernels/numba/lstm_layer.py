@@ -56,12 +56,14 @@ def pgemm(A, B, C, trans_a, trans_b, alpha, beta, nt):
 @numba.njit(**JIT)
 def mm(A, B, C, trans_a, trans_b, alpha, beta, prod):
     """C = alpha op(A) op(B) + beta C on the calling thread (prod None) or prod threads.
-    The [::1] views have numba's 'A' layout whatever the caller passed, so each dtype
-    compiles one pgemm (a parallel function: seconds of compile per signature)."""
+    The [::1] views have numba's 'A' layout whatever the caller passed, and bool() and
+    np.int64() make a literal flag or thread count a plain bool or int, so each dtype compiles
+    one pgemm (a parallel function: seconds of compile per signature)."""
     if prod is None:
-        gemm(A, B, C, trans_a, trans_b, alpha, beta)
+        gemm(A, B, C, bool(trans_a), bool(trans_b), alpha, beta)
     else:
-        pgemm(A[::1], B[::1], C[::1], trans_a, trans_b, float(alpha), float(beta), prod)
+        pgemm(A[::1], B[::1], C[::1], bool(trans_a), bool(trans_b), float(alpha), float(beta),
+              np.int64(prod))
 
 
 # ----------------------------------------------------------------------------
@@ -155,7 +157,7 @@ def backward_steps(dhs, WhTp, c0, cs, acts, dzs, dh, dc, r0, r1, tokens, db, dta
         c_prev = c0 if t == 0 else cs[t - 1]
         gates_backward(dhs[t], dh, dc, acts[t], cs[t], c_prev, dzs[t], r0, r1)
         accumulate_step(tokens, dzs, t, r0, r1, db, dtable)
-        gemm_panels(dzs[t, r0:r1], WhTp, dh[r0:r1])                     # dh = dz_t @ W_h^T
+        gemm_panels(dzs[t, r0:r1], WhTp, dh[r0:r1], 1.0, 0.0)           # dh = dz_t @ W_h^T
 
 
 @numba.njit(**PAR)

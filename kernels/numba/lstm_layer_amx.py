@@ -75,7 +75,7 @@ def _backward(dhs, WhTp, c0, cs, acts, dzs, dh, dc, rows, tokens, db, dtable, cf
             db += dbp[k]
             dtable += dtp[k]
     else:
-        backward_steps(dhs, WhTp, c0, cs, acts, dzs, dh, dc, 0, dh.shape[0], tokens, db, dtable, cfg)
+        backward_steps(dhs, WhTp, c0, cs, acts, dzs, dh, dc, np.int64(0), dh.shape[0], tokens, db, dtable, cfg)
 
 
 def run_forward_steps(Wh, b, h0, c0, hs, cs, acts, rows, tokens, table):
@@ -85,7 +85,7 @@ def run_forward_steps(Wh, b, h0, c0, hs, cs, acts, rows, tokens, table):
     if rows is not None:
         forward_steps_par(Whp, b, h0, c0, hs, cs, acts, rows, tokens, table, tile_config())
     else:
-        forward_steps(Whp, b, h0, c0, hs, cs, acts, 0, h0.shape[0], tokens, table, tile_config())
+        forward_steps(Whp, b, h0, c0, hs, cs, acts, np.int64(0), h0.shape[0], tokens, table, tile_config())
 
 
 def run_backward_steps(dhs, Wh, c0, cs, acts, dzs, dh, dc, rows, tokens, db, dtable):

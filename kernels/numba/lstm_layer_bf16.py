@@ -105,7 +105,7 @@ def run_forward_steps(Wh, b, h0, c0, hs, cs, acts, rows, tokens, table):
     if rows is not None:
         forward_steps_par(Whp, b, h0, c0, hs, cs, acts, rows, tokens, table)
     else:
-        forward_steps(Whp, b, h0, c0, hs, cs, acts, 0, h0.shape[0], tokens, table)
+        forward_steps(Whp, b, h0, c0, hs, cs, acts, np.int64(0), h0.shape[0], tokens, table)
 
 
 @numba.njit(**JIT)
@@ -123,4 +123,4 @@ def run_backward_steps(dhs, Wh, c0, cs, acts, dzs, dh, dc, rows, tokens, db, dta
             db += dbp[k]
             dtable += dtp[k]
     else:
-        backward_steps(dhs, WhTp, c0, cs, acts, dzs, dh, dc, 0, dh.shape[0], tokens, db, dtable)
+        backward_steps(dhs, WhTp, c0, cs, acts, dzs, dh, dc, np.int64(0), dh.shape[0], tokens, db, dtable)

@@ -123,12 +123,13 @@ def forward_steps_cols(Wh, b, h0, c0, hs, cs, acts, nt):
     passes, and so the compile, short.)"""
     T = acts.shape[0]
     Wp, Pp, bp, z, c, h = forward_buffers(Wh, h0.shape[0], nt)
+    # np.int64(): numba types a prange index int64, then uint64 in the parallel body; one type compiles the callee once
     for k in numba.prange(nt):
-        forward_setup(k, Wh, b, c0, Wp, Pp, bp, c, nt)
+        forward_setup(np.int64(k), Wh, b, c0, Wp, Pp, bp, c, nt)
     for t in range(T):
         h_prev = h0 if t == 0 else hs[t - 1]
         for k in numba.prange(nt):
-            forward_unit_step(k, t, h_prev, hs, cs, acts, Pp, bp, z, c, h, nt)
+            forward_unit_step(np.int64(k), t, h_prev, hs, cs, acts, Pp, bp, z, c, h, nt)
 
 
 @numba.njit(inline="always", **JIT)
@@ -137,7 +138,7 @@ def backward_unit_inputs(k, t, dhs, Pt, c0, cs, dzs, dhk, dok, ck, u0, n):
     columns (the recurrent part of dL/dh_t; Pt[k] their panels), dok[k] its units of dhs[t], ck[k]
     of c_t and c_{t-1}."""
     if t < dhs.shape[0] - 1:                                        # dh = dz_{t+1} W_h^T, my columns
-        gemm_panels(dzs[t + 1], Pt[k], dhk[k][:, :n])
+        gemm_panels(dzs[t + 1], Pt[k], dhk[k][:, :n], 1.0, 0.0)
     gather_units(dhs[t], dok[k], u0, n)
     gather_units(cs[t], ck[k, 0], u0, n)
     gather_units(c0 if t == 0 else cs[t - 1], ck[k, 1], u0, n)
@@ -186,7 +187,7 @@ def backward_finish(k, Pt, dzs, dck, dh, dc, nt):
     """dL/dc_0 and dL/dh_0 = dz_0 W_h^T for thread k's units."""
     u0, u1, _ = block(k, dh.shape[1], nt)
     scatter_units(dck[k], dc, u0, u1 - u0)
-    gemm_panels(dzs[0], Pt[k], dh[:, u0:u1])
+    gemm_panels(dzs[0], Pt[k], dh[:, u0:u1], 1.0, 0.0)
 
 
 @numba.njit(**PAR)
@@ -197,9 +198,9 @@ def backward_steps_cols(dhs, Wh, c0, cs, acts, dzs, dh, dc, nt):
     T = acts.shape[0]
     Pt, dhk, dok, dck, ck, ak, dzk = backward_buffers(Wh, dh.shape[0], nt)
     for k in numba.prange(nt):
-        backward_setup(k, Wh, dh, dc, Pt, dhk, dck, nt)
+        backward_setup(np.int64(k), Wh, dh, dc, Pt, dhk, dck, nt)
     for t in range(T - 1, -1, -1):
         for k in numba.prange(nt):
-            backward_unit_step(k, t, dhs, Pt, c0, cs, acts, dzs, dhk, dok, dck, ck, ak, dzk, nt)
+            backward_unit_step(np.int64(k), t, dhs, Pt, c0, cs, acts, dzs, dhk, dok, dck, ck, ak, dzk, nt)
     for k in numba.prange(nt):
-        backward_finish(k, Pt, dzs, dck, dh, dc, nt)
+        backward_finish(np.int64(k), Pt, dzs, dck, dh, dc, nt)

@@ -60,8 +60,9 @@ def softmax_xent_rows(logits, targets, dlogits, need_grad, r0, r1, scratch):
 def softmax_xent_par(logits, targets, dlogits, need_grad, parts):
     """softmax_xent_rows on len(parts) threads, a block of rows each; thread k's loss sum -> parts[k]."""
     N, nt = logits.shape[0], parts.shape[0]
+    # np.int64(): numba types a prange index int64, then uint64 in the parallel body; one type compiles the callee once
     for k in numba.prange(nt):
-        parts[k] = softmax_xent_rows(logits, targets, dlogits, need_grad, k * N // nt, (k + 1) * N // nt, k)
+        parts[k] = softmax_xent_rows(logits, targets, dlogits, need_grad, k * N // nt, (k + 1) * N // nt, np.int64(k))
 
 
 @numba.njit(**JIT)
@@ -71,7 +72,7 @@ def softmax_xent_kernel(logits, targets, dlogits, need_grad, nt):
     not).  nt None: the calling thread; else the rows split over nt threads."""
     N = logits.shape[0]
     if nt is None:
-        return softmax_xent_rows(logits, targets, dlogits, need_grad, 0, N, 0) / N
+        return softmax_xent_rows(logits, targets, dlogits, need_grad, np.int64(0), N, np.int64(0)) / N
     parts = np.zeros(nt)                                        # (nt,) float64 loss sums
     softmax_xent_par(logits, targets, dlogits, need_grad, parts)
     return parts.sum() / N
@@ -92,11 +93,12 @@ def rows_gemm(A, B, C, trans_a, trans_b, nt):
 
 @numba.njit(**JIT)
 def mm_rows(A, B, C, trans_a, trans_b, nt):
-    """C = op(A) op(B) on the calling thread (nt None) or nt threads (rows_gemm)."""
+    """C = op(A) op(B) on the calling thread (nt None) or nt threads (rows_gemm); bool() passes
+    a literal flag on as a plain bool, one compile of gemm and rows_gemm for every caller."""
     if nt is None:
-        gemm(A, B, C, trans_a, trans_b, 1.0, 0.0)
+        gemm(A, B, C, bool(trans_a), bool(trans_b), 1.0, 0.0)
     else:
-        rows_gemm(A[::1], B[::1], C[::1], trans_a, trans_b, nt)
+        rows_gemm(A[::1], B[::1], C[::1], bool(trans_a), bool(trans_b), nt)
 
 
 @numba.njit(**JIT)
