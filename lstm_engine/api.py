@@ -246,26 +246,31 @@ def generate(model, vocab, prime="", length=200, temperature=1.0, top_k=None, to
 
 
 def load_for_generation(path=None, backend="auto", prime="", length=200, temperature=1.0, top_k=None,
-                        top_p=1.0, seed=None, products="float32"):
+                        top_p=1.0, seed=None, products="auto"):
     """Check the sampling options, load the checkpoint (default: the latest of the last run) and
     check that `prime` is in its vocabulary, so that nothing fails once text is out.
 
-    top_k: None keeps every symbol; a given top_k must be >= 1.  products: 'bf16' has the numba
-    backend sample a float32 model with its weights rounded to bfloat16 in this process
-    (numba_backend.use_products).  -> (model, vocab, path)."""
+    top_k: None keeps every symbol; a given top_k must be >= 1.  products: what the numba
+    backend's sampler streams for a float32 model in this process (numba_backend.use_products):
+    'bf16' its weights rounded to bfloat16, 'float32' the weights as stored, 'auto' bf16 where the
+    checkpoint trained with bfloat16 products (its forward passes already multiplied the weights
+    rounded so), else float32.  -> (model, vocab, path)."""
     if top_k is not None and top_k < 1:
         raise UserError(f"--top-k must be >= 1 (got {top_k}); leave it out to keep every symbol")
-    if products not in ("float32", "bf16"):
-        raise UserError(f"--products must be float32 or bf16 (got {products!r})")
+    if products not in ("auto", "float32", "bf16"):
+        raise UserError(f"--products must be auto, float32 or bf16 (got {products!r})")
     check_sampling_options(temperature, top_k, top_p, length, seed)
     path = path or last_checkpoint()
-    model, vocab, _ = load_model(path, backend)
+    model, vocab, meta = load_model(path, backend)
     vocab.encode(prime, strict=True)
-    if products == "bf16":
-        if model.be.NAME != "numba" or model.cfg.dtype != "float32":
-            raise UserError(f"--products bf16 samples a float32 model on the numba backend; this one is "
-                            f"{model.cfg.dtype} on {model.be.NAME}: use --backend numba, or leave --products out")
-        model.be.use_products("bf16")
+    usable = model.be.NAME == "numba" and model.cfg.dtype == "float32"
+    if products == "auto":
+        products = "bf16" if usable and (meta.get("train") or {}).get("products") == "bf16" else "float32"
+    if products == "bf16" and not usable:
+        raise UserError(f"--products bf16 samples a float32 model on the numba backend; this one is "
+                        f"{model.cfg.dtype} on {model.be.NAME}: use --backend numba, or leave --products out")
+    if model.be.NAME == "numba":
+        model.be.use_products(products)              # also undoes an earlier call's bf16 in this process
     return model, vocab, path
 
 

@@ -182,6 +182,48 @@ def test_cli_generate_with_bf16_weights(tmp_path):
     assert open(ckpt, "rb").read() == before
 
 
+def test_generate_auto_follows_the_products_the_model_trained_with(tmp_path, monkeypatch):
+    """`generate` (--products auto) streams bfloat16 weights for a checkpoint that trained with
+    bfloat16 products and float32 weights otherwise, on the numba backend only; its text is that
+    of --products bf16; a later float32 call in the same process takes the float32 weights again."""
+    from lstm_engine import api
+    from lstm_engine.cli import main
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(TEXT, encoding="utf-8")
+    run = lambda args: CliRunner().invoke(main, args, catch_exceptions=False)      # noqa: E731
+    r = run(["train", "--corpus", str(corpus), "--backend", "numba", "--embed-size", "8", "--hidden-size", "16",
+             "--batch-size", "4", "--seq-len", "16", "--steps", "3", "--out", str(tmp_path / "run")])
+    assert r.exit_code == 0, r.output
+    ckpt = str(tmp_path / "run" / "latest.safetensors")
+    before = open(ckpt, "rb").read()
+    try:
+        api.load_for_generation(ckpt, "numba")
+        assert not nb._sample_bf16(np.float32)                                      # trained float32
+        real_load = api.load_model
+
+        def trained_bf16(path, backend="auto"):
+            model, vocab, meta = real_load(path, backend)
+            return model, vocab, dict(meta, train=dict(meta["train"], products="bf16"))
+
+        monkeypatch.setattr(api, "load_model", trained_bf16)
+        api.load_for_generation(ckpt, "numba")
+        assert nb._sample_bf16(np.float32)
+        api.load_for_generation(ckpt, "numba", products="float32")
+        assert not nb._sample_bf16(np.float32)
+        model, _, _ = api.load_for_generation(ckpt, "numpy")                       # no error: float32 there
+        assert model.be.NAME == "numpy" and not nb._sample_bf16(np.float32)
+        texts = {}
+        for products in ("auto", "bf16", "float32"):
+            r = run(["generate", ckpt, "--products", products, "--backend", "numba", "--length", "60", "--seed", "4",
+                     "--prime", "the"])
+            assert r.exit_code == 0, r.output
+            texts[products] = r.stdout
+        assert texts["auto"] == texts["bf16"] and len(texts["auto"].rstrip("\n")) == 63
+    finally:
+        numba_tune.set_products(None)
+    assert open(ckpt, "rb").read() == before
+
+
 _AVX2_SCRIPT = r"""
 import numpy as np
 from lstm_engine.kernels.numba import gemm     # sets numba's target before importing numba
