@@ -105,7 +105,7 @@ def forward_steps_cols(cell, Wh, b, wc, h0, c0, hs, cs, acts, nt):
     on entry (layer 0: gathered before), activated gates on exit -> hs, cs (T,B,H)."""
     T = acts.shape[0]
     Wp, Pp, bp, wp, z, c, h = forward_buffers(Wh, h0.shape[0], nt)
-    # np.int64(): numba types a prange index int64, then uint64 in the parallel body; one type compiles the callee once
+    # np.int64(): one signature, so one compile, of the callee (jit.py)
     for k in numba.prange(nt):
         forward_setup(cell, np.int64(k), Wh, b, wc, c0, Wp, Pp, bp, wp, c, nt)
     for t in range(T):

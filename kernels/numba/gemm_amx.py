@@ -353,7 +353,7 @@ def _put(tile, out, blk, q, h, transpose):
 @numba.njit(**PAR)
 def _pack_par(X, out, transpose, along, prod):
     """The packing's prod runs on numba's threads."""
-    # np.int64(): numba types a prange index int64, then uint64 in the parallel body; one type compiles the callee once
+    # np.int64(): one signature, so one compile, of the callee (jit.py)
     for t in numba.prange(prod):
         if along:
             _pack_along(X, out, transpose, np.int64(t), prod)

@@ -87,7 +87,7 @@ def forward_steps_cols(Wh, bx, bh, h0, hs, acts, hn, nt):
     on entry (layer 0: gathered before), activated gates on exit -> hs, hn (T,B,H)."""
     T = acts.shape[0]
     Wp, Pp, bp, ax, ah, hk = forward_buffers(Wh, h0.shape[0], nt)
-    # np.int64(): numba types a prange index int64, then uint64 in the parallel body; one type compiles the callee once
+    # np.int64(): one signature, so one compile, of the callee (jit.py)
     for k in numba.prange(nt):
         forward_setup(np.int64(k), Wh, bx, bh, Wp, Pp, bp, nt)
     for t in range(T):

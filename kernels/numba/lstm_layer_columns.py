@@ -123,7 +123,7 @@ def forward_steps_cols(Wh, b, h0, c0, hs, cs, acts, nt):
     passes, and so the compile, short.)"""
     T = acts.shape[0]
     Wp, Pp, bp, z, c, h = forward_buffers(Wh, h0.shape[0], nt)
-    # np.int64(): numba types a prange index int64, then uint64 in the parallel body; one type compiles the callee once
+    # np.int64(): one signature, so one compile, of the callee (jit.py)
     for k in numba.prange(nt):
         forward_setup(np.int64(k), Wh, b, c0, Wp, Pp, bp, c, nt)
     for t in range(T):

@@ -60,7 +60,7 @@ def softmax_xent_rows(logits, targets, dlogits, need_grad, r0, r1, scratch):
 def softmax_xent_par(logits, targets, dlogits, need_grad, parts):
     """softmax_xent_rows on len(parts) threads, a block of rows each; thread k's loss sum -> parts[k]."""
     N, nt = logits.shape[0], parts.shape[0]
-    # np.int64(): numba types a prange index int64, then uint64 in the parallel body; one type compiles the callee once
+    # np.int64(): one signature, so one compile, of the callee (jit.py)
     for k in numba.prange(nt):
         parts[k] = softmax_xent_rows(logits, targets, dlogits, need_grad, k * N // nt, (k + 1) * N // nt, np.int64(k))
 
