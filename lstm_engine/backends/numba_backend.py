@@ -245,7 +245,8 @@ def bf16_pays():
     import numba
 
     from . import numba_tune_bf16
-    return numba_tune_bf16.pays(numba.get_num_threads(), _bf16_probe())
+    nt = numba.get_num_threads()
+    return numba_tune_bf16.pays(nt, _bf16_probe(), lambda: numba_tune_bf16.start_helper(nt))
 
 
 def tune_bf16():
@@ -253,7 +254,8 @@ def tune_bf16():
     import numba
 
     from . import numba_tune_bf16
-    return numba_tune_bf16.retune(numba.get_num_threads(), _bf16_probe())
+    nt = numba.get_num_threads()
+    return numba_tune_bf16.retune(nt, _bf16_probe(), lambda: numba_tune_bf16.start_helper(nt))
 
 
 def _bf16_probe():

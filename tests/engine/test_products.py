@@ -214,3 +214,70 @@ def test_the_bf16_probe_runs_each_product_and_restores_the_mode(pays_state):
     err = float(np.abs(hs16 - hs32).max())
     assert 1e-5 < err < 5e-2                                                # rounded, not broken
     assert np.array_equal(run("float32")[1], hs32)                         # float32 again: exact
+
+
+# ----------------------------------------------------------------------------
+# The helper process compiling bfloat16's kernels while float32's compile here
+# ----------------------------------------------------------------------------
+
+def sleeper(tmp_path, seconds):
+    """A started process as start_helper returns it (its own directory in .tmp)."""
+    import subprocess
+    import sys
+    child = subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({seconds})"])
+    child.tmp = str(tmp_path / "helper")
+    (tmp_path / "helper").mkdir()
+    return child
+
+
+def test_measure_runs_float32_beside_the_helper_and_bf16_after_it(pays_state, tmp_path):
+    children, seen = [], []
+    run, calls = fake_run({"float32": 1.0, "bf16": 0.5})
+
+    def watched(name):
+        seen.append((name, children[0].poll()))                 # None while the helper still runs
+        return run(name)
+    record = pays_state.measure(watched, 2, lambda: children.append(sleeper(tmp_path, 0.5)) or children[0])
+    assert record["choice"] == "bf16"
+    assert seen[0] == ("float32", None)                          # float32 ran while the helper compiled
+    assert seen[1] == ("bf16", 0)                                # bf16's first run waited for it to end
+    assert not (tmp_path / "helper").exists()                    # its directory removed
+
+
+def test_an_error_beside_the_helper_stops_it(pays_state, tmp_path):
+    children = []
+
+    def broken(name):
+        raise RuntimeError("float32 failed")
+    with pytest.raises(RuntimeError, match="float32 failed"):
+        pays_state.measure(broken, 2, lambda: children.append(sleeper(tmp_path, 60)) or children[0])
+    assert children[0].returncode is not None and children[0].returncode != 0   # killed, not left running
+    assert not (tmp_path / "helper").exists()
+
+
+def test_no_helper_on_one_core_or_under_mpi(pays_state, monkeypatch):
+    import os
+    import sys
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert pays_state.start_helper(2) is None
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setitem(sys.modules, "mpi4py", object())
+    assert pays_state.start_helper(2) is None
+
+
+@pytest.mark.skipif(not _bf16_here()[0], reason=f"bfloat16 products: {_bf16_here()[1]}")
+def test_the_helper_compiles_the_bf16_layer_into_numbas_cache(pays_state, tmp_path, monkeypatch):
+    """The real helper, on an empty numba cache: it exits cleanly, leaves the bfloat16 time loops'
+    kernels in the cache (what the parent's first bfloat16 run then loads) and nothing else behind."""
+    import os
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "numba"))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    child = pays_state.start_helper(2)
+    assert child is not None
+    try:
+        assert child.wait(timeout=600) == 0
+    finally:
+        pays_state._stop(child)
+    cached = [f for _, _, files in os.walk(tmp_path / "numba") for f in files if f.endswith(".nbi")]
+    assert any(f.startswith(("lstm_layer_amx.", "lstm_layer_bf16.")) for f in cached), sorted(cached)[:20]
+    assert not os.path.exists(child.tmp)
