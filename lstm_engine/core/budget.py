@@ -51,8 +51,8 @@ CANDIDATES = (
     (96, 768, 2, 64, 50, 0.3, 1.5e-3),
 )
 # The recipe wants the model to see at least this many training characters per parameter: past
-# about 6.5, a larger model beats more passes over the data (docs/time-budget.md, 'Why these settings').
-CHARS_PER_PARAM = 6.5
+# about 4.5, a larger model beats more passes over the data (docs/time-budget.md, 'Why these settings').
+CHARS_PER_PARAM = 4.5
 # ... and to make at least MIN_UPDATES Adam updates, or UPDATES_PER_MINUTE per minute of a shorter
 # budget: a larger model with too few updates scores worse, and a flat minimum would push short
 # budgets to too small a model (docs/time-budget.md, 'Why these settings').
