@@ -32,7 +32,7 @@ SHAPE = (20, 64, 384)        # T, B, H: a ten-minute candidate's layer (docs/tim
 ROUNDS = 3                   # timed rounds after the first (compiling) run of each; the best counts
 NAMES = ("float32", "bf16")
 HELPER_MODULE = "lstm_engine.backends.numba_bf16_helper"
-HELPER_SECONDS = 900         # the longest bfloat16's first run here waits for the helper compiling it
+HELPER_SECONDS = 300         # the longest bfloat16's first run here waits for the helper (a hung one: then it compiles here)
 
 _memory = {}                 # nt -> True / False, this process
 
@@ -143,4 +143,3 @@ def _stop(child):
             child.kill()
             child.wait()
         shutil.rmtree(child.tmp, ignore_errors=True)
-
