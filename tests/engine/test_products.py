@@ -270,8 +270,10 @@ def test_the_helper_compiles_the_bf16_layer_into_numbas_cache(pays_state, tmp_pa
     """The real helper, on an empty numba cache: it exits cleanly, leaves the bfloat16 time loops'
     kernels in the cache (what the parent's first bfloat16 run then loads) and nothing else behind."""
     import os
+    import sys
     monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "numba"))
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.delitem(sys.modules, "mpi4py", raising=False)          # the suite's MPI tests import it
     child = pays_state.start_helper(2)
     assert child is not None
     try:
