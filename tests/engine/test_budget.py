@@ -169,6 +169,18 @@ def test_choose_does_not_count_jit_warm_up_against_the_calibration_cap(monkeypat
     assert warm == budget.choose(budget_s, train_chars, V, speed_warm)[0] != budget.CANDIDATES[0]
 
 
+def test_candidates_grow_and_a_host_between_h384_and_h512_gets_h448():
+    """choose() stops at the first candidate that misses, so the list must grow in parameters; at ten
+    minutes the speeds calibrated on the Intel Xeon model 207 with AMX (ts10m-h448-recipe-1.log: H384
+    45.2k, H448 29.6k, H512 24.7k chars/s) fit H448 and not H512."""
+    V, train_chars, budget_s = 65, 1003855, 600
+    sizes = [budget.n_params(V, *c[:3]) for c in budget.CANDIDATES]
+    assert sizes == sorted(sizes) and len(set(sizes)) == len(sizes)
+    speeds = {384: 45234, 448: 29627, 512: 24747}
+    chosen, speed, _ = budget.choose(budget_s, train_chars, V, lambda c: speeds.get(c[1], 1e7))
+    assert (chosen[1], chosen[-1], speed) == (448, 2.5e-3, 29627)
+
+
 def test_a_near_miss_is_timed_again_and_keeps_its_faster_figure():
     """A candidate measured within RETRY_WITHIN of the rules (one slow minute of the host) is timed
     once more and chosen when its second figure fits; one that misses again, or misses by more, is
