@@ -26,6 +26,7 @@ import time
 
 import numpy as np
 
+from ..parallel import in_mpi_job
 from . import numba_tune
 
 SHAPE = (20, 64, 384)        # T, B, H: a ten-minute candidate's layer (docs/time-budget.md) on a shorter window
@@ -110,10 +111,11 @@ def forget():
 
 def start_helper(nt):
     """A child process that runs the probe's bfloat16 layer once on nt threads, so its kernels land
-    in numba's disk cache, or None where it cannot help: one usable core, or under MPI (a rank does
-    not fork).  Its tune file is its own, in a temporary directory: nothing it times is kept."""
+    in numba's disk cache, or None where it cannot help: one usable core, or in an MPI job (a rank
+    does not fork: parallel.in_mpi_job).  Its tune file is its own, in a temporary directory:
+    nothing it times is kept."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if cores < 2 or "mpi4py" in sys.modules:
+    if cores < 2 or in_mpi_job():
         return None
     tmp = tempfile.mkdtemp(prefix="lstm-engine-bf16-")
     env = dict(os.environ, LSTM_ENGINE_TUNE_FILE=os.path.join(tmp, "tune.json"))

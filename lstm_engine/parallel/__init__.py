@@ -32,6 +32,13 @@ def launched_size(environ=None):
     return 1
 
 
+def in_mpi_job():
+    """True in a process an MPI launcher started with more than one rank, or one that joined an MPI
+    group: such a process does not fork helpers (MPI libraries do not support fork after init).  A
+    process that merely imported mpi4py (a notebook, the test suite) is not one."""
+    return launched_size() > 1 or not isinstance(current(), Local)
+
+
 def connect(mpi=None):
     """The group of this process (made once): MPI when mpi is True, or when None and a launcher
     started more than one rank; otherwise a group of one."""

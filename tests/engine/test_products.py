@@ -7,6 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 import lstm_engine as le
+from lstm_engine import parallel
 from lstm_engine.cli import main
 from lstm_engine.core.train import resolve_products
 from lstm_engine.storage import checkpoint
@@ -255,14 +256,44 @@ def test_an_error_beside_the_helper_stops_it(pays_state, tmp_path):
     assert not (tmp_path / "helper").exists()
 
 
-def test_no_helper_on_one_core_or_under_mpi(pays_state, monkeypatch):
+def test_no_helper_on_one_core_or_in_an_mpi_job(pays_state, monkeypatch):
     import os
-    import sys
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
     assert pays_state.start_helper(2) is None
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
-    monkeypatch.setitem(sys.modules, "mpi4py", object())
+    monkeypatch.setenv("PMI_SIZE", "2")                                 # a rank of mpiexec -n 2
     assert pays_state.start_helper(2) is None
+    monkeypatch.delenv("PMI_SIZE")
+    monkeypatch.setattr(parallel, "_GROUP", object())                   # joined an MPI group (connect(mpi=True))
+    assert pays_state.start_helper(2) is None
+
+
+def test_a_helper_where_mpi4py_is_merely_imported(pays_state, monkeypatch):
+    """mpi4py imported (a notebook, this suite) is not an MPI job: the helper still starts."""
+    import os
+    import subprocess
+    import sys
+    for name in parallel.SIZE_VARS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(parallel, "_GROUP", None)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setitem(sys.modules, "mpi4py", object())
+    started = []
+
+    class Child:
+        def __init__(self, args, **kw):
+            started.append(args)
+            self.returncode = 0
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(subprocess, "Popen", Child)
+    child = pays_state.start_helper(2)
+    try:
+        assert child is not None and started and started[0][-1] == "2"
+    finally:
+        pays_state._stop(child)
 
 
 @pytest.mark.skipif(not _bf16_here()[0], reason=f"bfloat16 products: {_bf16_here()[1]}")
@@ -270,10 +301,8 @@ def test_the_helper_compiles_the_bf16_layer_into_numbas_cache(pays_state, tmp_pa
     """The real helper, on an empty numba cache: it exits cleanly, leaves the bfloat16 time loops'
     kernels in the cache (what the parent's first bfloat16 run then loads) and nothing else behind."""
     import os
-    import sys
     monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "numba"))
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
-    monkeypatch.delitem(sys.modules, "mpi4py", raising=False)          # the suite's MPI tests import it
     child = pays_state.start_helper(2)
     assert child is not None
     try:
