@@ -34,8 +34,9 @@ def launched_size(environ=None):
 
 def in_mpi_job():
     """True in a process an MPI launcher started with more than one rank, or one that joined an MPI
-    group: such a process does not fork helpers (MPI libraries do not support fork after init).  A
-    process that merely imported mpi4py (a notebook, the test suite) is not one."""
+    group: such a process starts no helper processes (a fork after MPI_Init is unsafe on some MPI
+    transports, and the ranks already share the cores).  A process that merely imported mpi4py (a
+    notebook, the test suite) is not one."""
     return launched_size() > 1 or not isinstance(current(), Local)
 
 
