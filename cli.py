@@ -79,7 +79,8 @@ def _print_event(kind, info):
         m = info["model"]
         cell = "" if m["cell"] == "lstm" else m["cell"] + " "
         err(f"backend {info['backend']}  model {cell}E{m['embed_size']} H{m['hidden_size']} L{m['layers']} "
-            f"dropout {m['dropout']} {m['dtype']}  {info['params']:,} parameters")
+            f"dropout {m['dropout']} {m['dtype']}" + (" with bfloat16 products" if info.get("products") == "bf16" else "")
+            + f"  {info['params']:,} parameters")
         err(f"corpus: {info['train_chars']:,} train / {info['val_chars']:,} val chars, vocab {info['vocab']}, "
             f"unigram entropy {info['entropy']:.3f} nats/char ({bits(info['entropy']):.3f} bits/char)")
         err(f"writing checkpoints to {info['out']}" + (f" (resuming at step {info['step']})" if info["step"] else ""))

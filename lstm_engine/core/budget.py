@@ -52,12 +52,12 @@ CANDIDATES = (
     (96, 768, 2, 64, 50, 0.3, 1.5e-3),
 )
 # The recipe wants the model to see at least this many training characters per parameter: past
-# about 4.5, a larger model beats more passes over the data (docs/time-budget.md, 'Why these settings').
-CHARS_PER_PARAM = 4.5
+# about 3.5, a larger model beats more passes over the data (docs/time-budget.md, 'Why these settings').
+CHARS_PER_PARAM = 3.5
 # ... and to make at least MIN_UPDATES Adam updates, or UPDATES_PER_MINUTE per minute of a shorter
 # budget: a larger model with too few updates scores worse, and a flat minimum would push short
 # budgets to too small a model (docs/time-budget.md, 'Why these settings').
-MIN_UPDATES = 4000
+MIN_UPDATES = 3500
 UPDATES_PER_MINUTE = 400
 # A candidate whose measured speed reaches at least this fraction of what the rules above ask is
 # timed once more and keeps its faster figure: the host's speed moves within minutes, and
@@ -128,6 +128,12 @@ def _share(speed, train_time, p, window, min_updates):
     return min(seen / (CHARS_PER_PARAM * p), seen / window / min_updates)
 
 
+def nearest_candidate(hidden_size):
+    """The candidate whose hidden size is nearest to hidden_size by ratio (the smaller on a tie): a
+    given --hidden-size takes the batch, window, dropout and lr tuned for a model of about its size."""
+    return min(CANDIDATES, key=lambda c: (abs(math.log(c[1] / hidden_size)), c[1]))
+
+
 def check_minimum(budget_s, spent_s, reserve_s, step_s):
     """UserError, before the first step, when budget_s cannot hold what the run has already spent
     (reading the corpus, the calibration with any JIT compile: spent_s), MIN_TRAIN_STEPS steps of
@@ -179,7 +185,8 @@ def measure_train_speed(backend, vocab_size, cand, dtype, train_ids, steps=4, lo
 def plan(cfg, explicit, train_ids, vocab_size, backend, say=print):
     """Fill the recipe's choices into cfg (a TrainConfig) for a run of cfg.time_budget seconds.
 
-    Options in `explicit` (names of TrainConfig fields the user set) are never changed.
+    Options in `explicit` (names of TrainConfig fields the user set) are never changed.  A given
+    hidden size sets the model's size: the other fields come from the candidate nearest to it.
     -> (the recipe as text: printed at start and stored in the checkpoint as cfg.recipe,
         the measured training speed of the chosen settings in chars/s)
     """
@@ -196,9 +203,10 @@ def plan(cfg, explicit, train_ids, vocab_size, backend, say=print):
         warm[0] += warm_s
         return speed
 
-    if {"embed_size", "hidden_size", "layers"} <= set(fixed):
-        cand = with_fixed(CANDIDATES[0])
-        speed, reasons = speed_of(CANDIDATES[0]), ["model size set by options"]
+    if "hidden_size" in fixed:
+        base = nearest_candidate(fixed["hidden_size"])
+        cand = with_fixed(base)
+        speed, reasons = speed_of(base), [f"model size set by options; the rest from the H{base[1]} candidate"]
     else:
         cand, speed, reasons = choose(cfg.time_budget, len(train_ids), vocab_size, speed_of,
                                       window_of=lambda c: with_fixed(c)[3] * with_fixed(c)[4],

@@ -373,6 +373,7 @@ class Trainer:
         self.on_event("start", {"out": self.out, "vocab": len(self.vocab), "entropy": self.entropy,
                                 "train_chars": len(self.train_ids), "val_chars": len(self.val_ids),
                                 "backend": self.be.NAME, "model": self.model_cfg.to_dict(), "step": st.step,
+                                "products": cfg.products,
                                 "params": sum(int(np.prod(p.shape)) for p in self.model.params.values()),
                                 **({"ranks": self.members} if self.members else {})})
         start_step, t_log, last_loss, n_chars = st.step, time.perf_counter(), float("nan"), 0

@@ -312,3 +312,20 @@ def test_the_helper_compiles_the_bf16_layer_into_numbas_cache(pays_state, tmp_pa
     cached = [f for _, _, files in os.walk(tmp_path / "numba") for f in files if f.endswith(".nbi")]
     assert any(f.startswith(("lstm_layer_amx.", "lstm_layer_bf16.")) for f in cached), sorted(cached)[:20]
     assert not os.path.exists(child.tmp)
+
+
+def test_a_step_run_says_which_products_it_multiplies_with(tmp_path, capsys):
+    """The start event carries the run's products and the CLI's model line names bfloat16 ones, so a
+    run of --steps says what a budget run's recipe line says."""
+    from lstm_engine.cli import _print_event
+    events = []
+    cfg = le.TrainConfig(backend="numpy", steps=2, out=str(tmp_path / "run"), log_every=0, eval_every=0,
+                         sample_every=0, hidden_size=8, embed_size=4, layers=1, batch_size=2, seq_len=8)
+    le.Trainer(cfg, text=markov_text(300), on_event=lambda kind, info: events.append((kind, info))).run()
+    start = dict(events)["start"]
+    assert start["products"] == "float32"
+    _print_event("start", start)
+    assert "bfloat16" not in capsys.readouterr().err
+    _print_event("start", dict(start, products="bf16"))
+    model_line = capsys.readouterr().err.splitlines()[0]
+    assert model_line.startswith("backend numpy  model E4 H8 L1") and "float32 with bfloat16 products" in model_line
