@@ -231,9 +231,10 @@ def eval_cmd(checkpoint, corpus, encoding, backend, as_json):
 @click.option("--seed", default=None, type=int, help="seed for reproducible sampling")
 @click.option("--backend", default="auto", show_default=True)
 @click.option("--echo/--no-echo", default=True, show_default=True, help="print the prime before the generated text")
-@click.option("--products", type=click.Choice(["auto", "float32", "bf16"]), default="auto", show_default=True,
+@click.option("--products", type=click.Choice(api.SAMPLER_WEIGHTS), default="auto", show_default=True,
               help="the sampler's weights: bf16 rounds a float32 model's weights to bfloat16 (half the bytes "
-                   "read a character, float32 sums; the numba backend, docs/numba.md); auto: bf16 where the "
+                   "read a character, float32 sums; the numba backend, docs/numba.md); int8 stores them as "
+                   "8-bit codes with a float32 scale per column (a quarter of the bytes); auto: bf16 where the "
                    "model trained with bf16 products, else float32")
 def generate(checkpoint, prime, length, temperature, top_k, top_p, greedy, seed, backend, echo, products):
     """Generate text from a checkpoint (default: the latest of the last run), streamed to stdout."""

@@ -245,6 +245,9 @@ def generate(model, vocab, prime="", length=200, temperature=1.0, top_k=None, to
                          keep=keep)
 
 
+SAMPLER_WEIGHTS = ("auto", "float32", "bf16", "int8")   # generate --products
+
+
 def load_for_generation(path=None, backend="auto", prime="", length=200, temperature=1.0, top_k=None,
                         top_p=1.0, seed=None, products="auto"):
     """Check the sampling options, load the checkpoint (default: the latest of the last run) and
@@ -252,13 +255,14 @@ def load_for_generation(path=None, backend="auto", prime="", length=200, tempera
 
     top_k: None keeps every symbol; a given top_k must be >= 1.  products: what the numba
     backend's sampler streams for a float32 model in this process (numba_backend.use_products):
-    'bf16' its weights rounded to bfloat16, 'float32' the weights as stored, 'auto' bf16 where the
-    checkpoint trained with bfloat16 products (its forward passes already multiplied the weights
-    rounded so), else float32.  -> (model, vocab, path)."""
+    'bf16' its weights rounded to bfloat16, 'int8' 8-bit codes with a float32 scale per column,
+    'float32' the weights as stored, 'auto' bf16 where the checkpoint trained with bfloat16
+    products (its forward passes already multiplied the weights rounded so), else float32.
+    -> (model, vocab, path)."""
     if top_k is not None and top_k < 1:
         raise UserError(f"--top-k must be >= 1 (got {top_k}); leave it out to keep every symbol")
-    if products not in ("auto", "float32", "bf16"):
-        raise UserError(f"--products must be auto, float32 or bf16 (got {products!r})")
+    if products not in SAMPLER_WEIGHTS:
+        raise UserError(f"--products must be one of {', '.join(SAMPLER_WEIGHTS)} (got {products!r})")
     check_sampling_options(temperature, top_k, top_p, length, seed)
     path = path or last_checkpoint()
     model, vocab, meta = load_model(path, backend)
@@ -266,11 +270,11 @@ def load_for_generation(path=None, backend="auto", prime="", length=200, tempera
     usable = model.be.NAME == "numba" and model.cfg.dtype == "float32"
     if products == "auto":
         products = "bf16" if usable and (meta.get("train") or {}).get("products") == "bf16" else "float32"
-    if products == "bf16" and not usable:
-        raise UserError(f"--products bf16 samples a float32 model on the numba backend; this one is "
+    if products in ("bf16", "int8") and not usable:
+        raise UserError(f"--products {products} samples a float32 model on the numba backend; this one is "
                         f"{model.cfg.dtype} on {model.be.NAME}: use --backend numba, or leave --products out")
     if model.be.NAME == "numba":
-        model.be.use_products(products)              # also undoes an earlier call's bf16 in this process
+        model.be.use_products(products)              # also undoes an earlier call's bf16 or int8 in this process
     return model, vocab, path
 
 

@@ -63,3 +63,47 @@ def snapshot(d):
                 out[os.path.relpath(p, d)] = hashlib.sha256(fh.read()).hexdigest()
     return out
 
+
+
+SAMPLER_TEXT = "the quick brown fox jumps over the lazy dog; pack my box with five dozen liquor jugs.\n" * 20
+
+
+def peaky_model(cell, backend="numba", dtype="float32", H=24, L=2, seed=3):
+    """A model on SAMPLER_TEXT's vocabulary with its weights scaled up: peaky predictions, so that
+    sampled text varies and a change in the weights shows in it."""
+    from lstm_engine.backends import get_backend
+    from lstm_engine.core.model import Model, ModelConfig, init_params
+    cfg = ModelConfig(len(le.Vocab.build(SAMPLER_TEXT)), 6, H, L, dtype=dtype, cell=cell)
+    params = init_params(cfg, seed=seed)
+    for name in [f"W{l}" for l in range(L)] + ["Wy"]:
+        params[name] *= 4
+    return Model(cfg, get_backend(backend), params)
+
+
+def tiny_numba_checkpoints(tmp_path, dtypes=("float32", "float64")):
+    """Train a tiny numba model on SAMPLER_TEXT for three steps per dtype -> {dtype: its latest
+    checkpoint path}."""
+    corpus = tmp_path / "sampler.txt"
+    corpus.write_text(SAMPLER_TEXT, encoding="utf-8")
+    out = {}
+    for dtype in dtypes:
+        r = run_cli(["train", "--corpus", corpus, "--backend", "numba", "--embed-size", 8, "--hidden-size", 16,
+                     "--batch-size", 4, "--seq-len", 16, "--steps", 3, "--dtype", dtype, "--out", tmp_path / dtype])
+        assert r.exit_code == 0, r.output
+        out[dtype] = str(tmp_path / dtype / "latest.safetensors")
+    return out
+
+
+def force_sampler_path(monkeypatch, team, table):
+    """Make the numba sampler run on a team of threads (or one thread) and with (or without) the
+    layer-0 table whatever the model's size; skip where numba has one thread and a team is asked."""
+    import numba
+    import pytest
+
+    from lstm_engine.backends import numba_backend as nb
+    if team and numba.get_num_threads() < 2:
+        pytest.skip("numba has one thread here")
+    monkeypatch.setenv("LSTM_ENGINE_TUNE", "off")                  # the fixed rule picks team or one thread
+    monkeypatch.setattr(nb, "SAMPLE_ROWS_PER_THREAD", 1 if team else 10 ** 9)
+    monkeypatch.setattr(nb, "SAMPLE_TEAM_MIN_MACS", 0)
+    monkeypatch.setattr(nb, "V_TABLE_MIN_CHARS_PER_ROW", 0 if table else 10 ** 9)

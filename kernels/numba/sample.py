@@ -9,7 +9,8 @@ row read instead of an E x G product per character), the output projection (Wy i
 too), temperature, top-k / top-p filtering and an inverse-CDF draw.  The weights' panels are
 float32 (float64), or float32 weights rounded to bfloat16 and stored in pairs (uint32, half the
 bytes streamed a character; panel_acc widens each back to the float32 it stands for, the sums
-stay float32) when the backend samples with bfloat16 weights.  The
+stay float32) when the backend samples with bfloat16 weights, or 8-bit integers with a float32
+scale per column (int8, a quarter of the bytes; the sums float32, scaled once per panel).  The
 uniforms come in as an array drawn by the caller from its numpy Generator, one per
 sampled character, exactly as the reference draws them, so both backends turn the same
 seed into the same text.  Filtering gives numpy_backend.filter_probs's probabilities: its steps,
@@ -73,6 +74,7 @@ _panel_acc_row = _stack_array(PANEL)
 
 
 HALF = PANEL // 2         # bfloat16 pairs in a row of a bfloat16 panel
+SCALE_ROWS = 4            # rows after an int8 panel's K rows: its columns' float32 scales, a byte a row
 
 
 def panel_acc(v, Mp, z):
@@ -80,9 +82,10 @@ def panel_acc(v, Mp, z):
     contiguous: float panels Mp (nb,K,PANEL) (numba_team.as_panels), or bfloat16 panels Mp
     (nb,K,HALF) uint32 whose word j of a row holds columns j (low half) and HALF + j (high half)
     as bfloat16 (numba_team.bf16_pairs), widened to float32 as they are read by a shift or a
-    mask, no shuffle.  Each sum is matvec_acc's (the same rows in fours, in the same order), but
-    a panel's PANEL sums stay in registers down all its rows and the weights stream in one run,
-    where matvec_acc loads and stores z every four rows."""
+    mask, no shuffle; or int8 panels Mp (nb,K+SCALE_ROWS,PANEL) (numba_team.int8_panels): the
+    sums of v times the integers, then z += scale * sum per column.  Each sum is matvec_acc's (the
+    same rows in fours, in the same order), but a panel's PANEL sums stay in registers down all
+    its rows and the weights stream in one run, where matvec_acc loads and stores z every four rows."""
 
 
 @overload(panel_acc, inline="always")
@@ -91,7 +94,9 @@ def _panel_acc(v, Mp, z):
         return _acc_float_panels
     if Mp.dtype == types.uint32:
         return _acc_bf16_panels
-    raise TypingError(f"panel_acc takes float panels or bfloat16 pairs (uint32), got {Mp.dtype}")
+    if Mp.dtype == types.int8:
+        return _acc_int8_panels
+    raise TypingError(f"panel_acc takes float panels, bfloat16 pairs (uint32) or int8 panels, got {Mp.dtype}")
 
 
 def _acc_float_panels(v, Mp, z):
@@ -142,6 +147,42 @@ def _acc_bf16_panels(v, Mp, z):
                 acc[HALF + j] += a0 * bf16_hi(r0[j])
         for j in range(PANEL):
             z[j0 + j] = acc[j]
+
+
+@numba.njit(**JIT)                  # a plain call: LLVM inlines it into the loop
+def int8_scale(Mb, K, j):
+    """The float32 scale of column j of an int8 panel Mb (K+SCALE_ROWS,PANEL): its bits a byte a
+    row in rows K..K+3, low byte first (numba_team.int8_panels)."""
+    u = np.uint32(np.uint8(Mb[K, j]))
+    u |= np.uint32(np.uint8(Mb[K + 1, j])) << np.uint32(8)
+    u |= np.uint32(np.uint8(Mb[K + 2, j])) << np.uint32(16)
+    u |= np.uint32(np.uint8(Mb[K + 3, j])) << np.uint32(24)
+    return _f32_from_bits(u)
+
+
+def _acc_int8_panels(v, Mp, z):
+    """panel_acc over int8 panels Mp (nb,K+SCALE_ROWS,PANEL): the float loop's sums, in its
+    order, over the integers widened to float32 (exact), each column's sum times its scale."""
+    nb, K = Mp.shape[0], v.shape[0]
+    for b in range(nb):
+        acc = _panel_acc_row(z)                                   # (PANEL,) this panel's sums
+        j0 = b * PANEL
+        for j in range(PANEL):
+            acc[j] = 0
+        Mb = Mp[b]                                                # (K+SCALE_ROWS,PANEL)
+        K4 = K - K % 4
+        for k in range(0, K4, 4):                                 # for, not while: numba's overload inlining
+            a0, a1, a2, a3 = v[k], v[k + 1], v[k + 2], v[k + 3]
+            r0, r1, r2, r3 = Mb[k], Mb[k + 1], Mb[k + 2], Mb[k + 3]
+            for j in range(PANEL):
+                acc[j] += a0 * np.float32(r0[j]) + a1 * np.float32(r1[j]) + a2 * np.float32(r2[j]) \
+                    + a3 * np.float32(r3[j])
+        for k in range(K4, K):
+            a0, r0 = v[k], Mb[k]
+            for j in range(PANEL):
+                acc[j] += a0 * np.float32(r0[j])
+        for j in range(PANEL):
+            z[j0 + j] += int8_scale(Mb, K, j) * acc[j]
 
 
 @numba.njit(inline="always", **JIT)

@@ -283,7 +283,8 @@ def _bf16_probe():
 
 def use_products(name):
     """'bf16': every big product and the LSTM's recurrent ones take bfloat16 operands in this
-    process (as LSTM_ENGINE_TUNE=bf16), and the sampler streams bfloat16 weights (_sample_bf16);
+    process (as LSTM_ENGINE_TUNE=bf16), and the sampler streams bfloat16 weights (_sample_weights);
+    'int8': the sampler streams 8-bit weights, the products as LSTM_ENGINE_TUNE says;
     'float32': as LSTM_ENGINE_TUNE says."""
     from . import numba_tune
     numba_tune.set_products(name)
@@ -849,27 +850,29 @@ def _sample_inputs(weights, L, cell, cache, build):
     return inputs
 
 
-def _sample_bf16(dtype):
-    """True when the sampler streams its weights as bfloat16 (float32 models under
-    LSTM_ENGINE_TUNE=bf16 or use_products('bf16')): half the bytes a character, the sums float32.
-    Any CPU: each weight is widened to float32 as it is read (kernels/numba/sample.panel_acc)."""
+def _sample_weights(dtype):
+    """What the sampler streams of a float32 model: 'bf16' (LSTM_ENGINE_TUNE=bf16 or
+    use_products('bf16')), its weights rounded to bfloat16, half the bytes a character; 'int8'
+    (use_products('int8')), 8-bit codes and a float32 scale per column, a quarter of the bytes;
+    else None, the weights as stored (always for float64).  The sums stay float32 on any CPU: each
+    weight is widened as it is read (kernels/numba/sample.panel_acc)."""
     from . import numba_tune
-    return numba_tune.mode() == "bf16" and np.dtype(dtype) == np.float32
+    return numba_tune.sampler_weights() if np.dtype(dtype) == np.float32 else None
 
 
 def _sample_panels(Ws, Wy, H, cache):
     """-> (each layer's W (H+I,G) as the one-thread sampler's panels (W_h (nb,H,PANEL), W_x
-    (nb,I,PANEL)), Wy (H,V) as panels (nbV,H,PANEL)) (kernels/numba/sample.panel_acc), bfloat16
-    pairs (numba_team.bf16_pairs) when _sample_bf16, kept in `cache` while it holds these arrays."""
+    (nb,I,PANEL)), Wy (H,V) as panels (nbV,H,PANEL)) (kernels/numba/sample.panel_acc), as
+    _sample_weights says (numba_team.sampler_weights), kept in `cache` while it holds these arrays."""
     from .numba_team import as_panels, pack_units, sampler_weights
-    bf16 = _sample_bf16(Wy.dtype)
-    key = (*map(id, Ws), id(Wy), bf16)
+    weights = _sample_weights(Wy.dtype)
+    key = (*map(id, Ws), id(Wy), weights)
     got = cache.get("panels") if cache is not None else None
     if got is not None and got[0] == key:
         return got[1]
     P = _kernels().sample.PANEL
-    panels = (tuple(tuple(sampler_weights(p[0], bf16) for p in pack_units(W, H, 1, P)) for W in Ws),
-              sampler_weights(as_panels(Wy, P), bf16))
+    panels = (tuple(tuple(sampler_weights(p[0], weights) for p in pack_units(W, H, 1, P)) for W in Ws),
+              sampler_weights(as_panels(Wy, P), weights))
     if cache is not None:
         cache["panels"] = (key, panels, (Ws, Wy))              # held: their ids stay theirs
     return panels
@@ -890,7 +893,7 @@ def _sample_team(arrays, shape, n, cache, run=None, state=None, cell="lstm"):
     threads = numba.get_num_threads()
     nt = min(threads, H // SAMPLE_ROWS_PER_THREAD)
     Emb, X0, Ws, bs, Wy, by, extras, code = arrays
-    bf16 = _sample_bf16(Wy.dtype)
+    weights = _sample_weights(Wy.dtype)
     rule = nt >= 2 and n * (sum(W.size for W in Ws) + Wy.size) >= SAMPLE_TEAM_MIN_MACS
     tuned = run is not None and numba_tune_sample.active(cache, threads, H)
     if tuned:
@@ -898,22 +901,22 @@ def _sample_team(arrays, shape, n, cache, run=None, state=None, cell="lstm"):
     elif not rule:
         return None
     if cache is None:
-        return numba_team.Team(_kernels().team, nt, arrays, L, H, n, bf16)
+        return numba_team.Team(_kernels().team, nt, arrays, L, H, n, weights)
     same = [0 if not e.size else id(e if e.base is None else e.base) for e in extras]   # wc: views made per call
-    key = (nt, code, id(Emb), id(X0) if len(X0) else 0, *map(id, Ws), *map(id, bs), *same, id(Wy), id(by), bf16)
+    key = (nt, code, id(Emb), id(X0) if len(X0) else 0, *map(id, Ws), *map(id, bs), *same, id(Wy), id(by), weights)
     old = cache.get("team")
     if old is not None and old[0] == key and old[1].usable():
         return old[1]
     if old is not None:
         old[1].close()
     cap = int(max(n, min(cache.get("chars", n), 256), numba_tune_sample.CALL_CHARS if tuned else 0))
-    new = lambda: numba_team.Team(_kernels().team, nt, arrays, L, H, cap, bf16)   # noqa: E731
+    new = lambda: numba_team.Team(_kernels().team, nt, arrays, L, H, cap, weights)   # noqa: E731
     if not tuned:
         team = new()
     else:
         desc = numba_tune_sample.describe(cell, L, H, Emb.shape[1], Emb.shape[0], Wy.dtype, len(X0))
-        if bf16:
-            desc["weights"] = "bfloat16"
+        if weights:
+            desc["weights"] = {"bf16": "bfloat16", "int8": "int8"}[weights]
         team = numba_tune_sample.choose(desc, threads, new, run, *state, rule=rule)
         if team is None:
             return None

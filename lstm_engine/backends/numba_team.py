@@ -65,9 +65,45 @@ def bf16_pairs(P):
     return np.ascontiguousarray(b[..., :half] | (b[..., half:] << np.uint32(16)))
 
 
-def sampler_weights(P, bf16):
-    """The packed panels P as the sampler streams them: bf16_pairs(P) when bf16, else P."""
-    return bf16_pairs(P) if bf16 else P
+INT8_SCALE_ROWS = 4         # kernels/numba/sample.SCALE_ROWS: a float32 scale a column, a byte a row
+
+
+def int8_scales(M):
+    """M (...,K,C) float32 -> (...,C) float32: each column's scale, its largest magnitude over
+    127 (0 for a column of zeros), so that M / scale rounds into [-127, 127]."""
+    return (np.abs(M).max(axis=-2) / np.float32(127)).astype(np.float32)
+
+
+def int8_codes(M, scales):
+    """M (...,K,C) float32 and its int8_scales -> (...,K,C) int8: M / scale to nearest (ties to
+    even), 0 in a column of zeros."""
+    safe = np.where(scales > 0, scales, np.float32(1))[..., None, :]
+    return np.rint(M / safe).astype(np.int8)
+
+
+def int8_values(M):
+    """M (K,C) float32 -> the float32 values its int8 codes stand for, code x scale, column by
+    column over its K rows (what the sampler multiplies by with int8 weights)."""
+    s = int8_scales(M)
+    return int8_codes(M, s).astype(np.float32) * s
+
+
+def int8_panels(P):
+    """Panels P (...,K,PANEL) float32 -> (...,K+INT8_SCALE_ROWS,PANEL) int8: rows 0..K-1 the
+    codes of each column over the panel's K rows, rows K..K+3 the bytes of its float32 scale, low
+    byte first (kernels/numba/sample.panel_acc: z += scale * sum of v times the codes)."""
+    s = int8_scales(P)                                                # (...,PANEL)
+    planes = [((s.view(np.uint32) >> np.uint32(8 * r)) & np.uint32(0xFF)).astype(np.uint8).view(np.int8)
+              for r in range(INT8_SCALE_ROWS)]                        # INT8_SCALE_ROWS x (...,PANEL)
+    return np.ascontiguousarray(np.concatenate([int8_codes(P, s)] + [p[..., None, :] for p in planes], axis=-2))
+
+
+def sampler_weights(P, weights):
+    """The packed panels P as the sampler streams them: bf16_pairs(P) for 'bf16', int8_panels(P)
+    for 'int8', else P."""
+    if weights == "bf16":
+        return bf16_pairs(P)
+    return int8_panels(P) if weights == "int8" else P
 
 
 def pack_units(W, H, nt, panel):
@@ -98,14 +134,14 @@ def _polls_per_second(kernels):
 class Team:
     """nt threads generating from one model's arrays (Emb, X0, Ws, bs, Wy, by, extras, cell
     code as kernels/numba/sample_team.py takes them, with each W (H+I,G) packed here by units and
-    Wy (H,V) cut into panels; bf16: the packs as bfloat16 bit patterns, sampler_weights).
+    Wy (H,V) cut into panels; weights: what the packs hold, sampler_weights).
     run() is called from one thread at a time."""
 
-    def __init__(self, kernels, nt, arrays, L, H, cap, bf16=False):
+    def __init__(self, kernels, nt, arrays, L, H, cap, weights="float32"):
         self.k, self.nt, self.cap = kernels, nt, cap
         Emb, X0, Ws, bs, Wy, by, extras, code = arrays
-        Wyp = sampler_weights(as_panels(Wy, kernels.PANEL), bf16)         # (nbV,H,PANEL)
-        Wps = tuple(tuple(sampler_weights(p, bf16) for p in pack_units(W, H, nt, kernels.PANEL)) for W in Ws)
+        Wyp = sampler_weights(as_panels(Wy, kernels.PANEL), weights)      # (nbV,H,PANEL) (+ scale rows)
+        Wps = tuple(tuple(sampler_weights(p, weights) for p in pack_units(W, H, nt, kernels.PANEL)) for W in Ws)
         self.arrays = (Emb, X0, Wps, bs, Wyp, by, extras, code)
         dt = Wy.dtype
         V = by.shape[0]

@@ -90,6 +90,7 @@ def output_products(N, H, V):
 
 
 _products = [None]   # "bf16" while this process trains with bfloat16 products (set_products)
+_sampler = [None]    # "int8" while this process samples with 8-bit weights (set_products)
 
 
 def mode():
@@ -99,9 +100,17 @@ def mode():
 
 
 def set_products(name):
-    """'bf16': force the bfloat16 products in this process (a run's --products); else back to
-    LSTM_ENGINE_TUNE."""
+    """'bf16': force the bfloat16 products in this process (a run's --products); 'int8': the
+    sampler's weights in 8 bits (generate --products int8), every product as LSTM_ENGINE_TUNE says;
+    else back to LSTM_ENGINE_TUNE."""
     _products[0] = "bf16" if name == "bf16" else None
+    _sampler[0] = "int8" if name == "int8" else None
+
+
+def sampler_weights():
+    """What the sampler streams of a float32 model: 'int8' after set_products('int8'), 'bf16' with
+    bfloat16 products, else None (the weights as stored)."""
+    return _sampler[0] or ("bf16" if mode() == "bf16" else None)
 
 
 def active(products):

@@ -9,17 +9,15 @@ Dimension legend: K rows, C columns, nb panels, P = PANEL, L layers, H hidden.
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
-import lstm_engine as le
-from lstm_engine.backends import get_backend
-from lstm_engine.core.model import Model, ModelConfig, init_params
+from helpers import SAMPLER_TEXT as TEXT
+from helpers import peaky_model as make_model
+from helpers import force_sampler_path, tiny_numba_checkpoints
 
 nb = pytest.importorskip("lstm_engine.backends.numba_backend")
 numba = pytest.importorskip("numba")
 from lstm_engine.backends import numba_team, numba_tune  # noqa: E402
 from lstm_engine.kernels.numba import sample  # noqa: E402
 
-TEXT = "the quick brown fox jumps over the lazy dog; pack my box with five dozen liquor jugs.\n" * 20
 
 
 def test_bf16_bits_round_to_nearest_ties_to_even():
@@ -77,15 +75,6 @@ def test_panel_loop_over_pairs_is_the_float_loop_over_rounded_weights(K, C):
     assert np.abs(got[:C] - exact).max() > 1e-6                     # the rounding is there to see
 
 
-def make_model(cell, dtype="float32", H=24, L=2, seed=3):
-    vocab = le.Vocab.build(TEXT)
-    cfg = ModelConfig(len(vocab), 6, H, L, dtype=dtype, cell=cell)
-    params = init_params(cfg, seed=seed)
-    for name in [f"W{l}" for l in range(L)] + ["Wy"]:
-        params[name] *= 4                                       # peaky predictions, varied text
-    return Model(cfg, get_backend("numba"), params)
-
-
 def rounded(params, L, H, table):
     """The weights the bfloat16 sampler multiplies by: every W and Wy rounded, except layer 0's
     x rows when the layer-0 table (computed once from the float32 weights) stands in for them."""
@@ -113,12 +102,7 @@ def test_bf16_sampler_is_the_float32_sampler_on_rounded_weights(monkeypatch, cel
     state (every layer's h and c) equals its to float32 rounding (the panel sums are equal bit for
     bit, above), on the one-thread kernel and on a team of threads, with and without the layer-0
     table; and text or state differ from the unrounded model's (the bfloat16 weights are used)."""
-    if team and numba.get_num_threads() < 2:
-        pytest.skip("numba has one thread here")
-    monkeypatch.setenv("LSTM_ENGINE_TUNE", "off")                  # the fixed rule picks team or one thread
-    monkeypatch.setattr(nb, "SAMPLE_ROWS_PER_THREAD", 1 if team else 10 ** 9)
-    monkeypatch.setattr(nb, "SAMPLE_TEAM_MIN_MACS", 0)
-    monkeypatch.setattr(nb, "V_TABLE_MIN_CHARS_PER_ROW", 0 if table else 10 ** 9)
+    force_sampler_path(monkeypatch, team, table)
     m = make_model(cell)
     L, H = m.cfg.layers, m.cfg.hidden_size
     runs = {}
@@ -156,15 +140,9 @@ def test_cli_generate_with_bf16_weights(tmp_path):
     text of the float32 sampler on the rounded weights, above); on the numpy backend, or with a
     float64 checkpoint, it is a one-line error naming what to do, and the checkpoint is unchanged."""
     from lstm_engine.cli import main
-    corpus = tmp_path / "c.txt"
-    corpus.write_text(TEXT, encoding="utf-8")
     run = lambda args: CliRunner().invoke(main, args, catch_exceptions=False)      # noqa: E731
-    for dtype in ("float32", "float64"):
-        r = run(["train", "--corpus", str(corpus), "--backend", "numba", "--embed-size", "8", "--hidden-size", "16",
-                 "--batch-size", "4", "--seq-len", "16", "--steps", "3", "--dtype", dtype,
-                 "--out", str(tmp_path / dtype)])
-        assert r.exit_code == 0, r.output
-    ckpt = str(tmp_path / "float32" / "latest.safetensors")
+    ckpts = tiny_numba_checkpoints(tmp_path)
+    ckpt = ckpts["float32"]
     before = open(ckpt, "rb").read()
     r = run(["generate", ckpt, "--products", "bf16", "--backend", "numba", "--length", "40", "--seed", "2",
              "--prime", "the"])
@@ -176,7 +154,7 @@ def test_cli_generate_with_bf16_weights(tmp_path):
         r = run(["generate", ckpt, "--length", "5"] + args)
         assert r.exit_code == 2, r.output
         assert needle in r.stderr and r.stderr.count("\n") == 1 and "Traceback" not in r.output
-    r = run(["generate", str(tmp_path / "float64" / "latest.safetensors"), "--products", "bf16", "--backend",
+    r = run(["generate", ckpts["float64"], "--products", "bf16", "--backend",
              "numba", "--length", "5"])
     assert r.exit_code == 2 and "float64" in r.stderr and r.stderr.count("\n") == 1
     assert open(ckpt, "rb").read() == before
@@ -198,7 +176,7 @@ def test_generate_auto_follows_the_products_the_model_trained_with(tmp_path, mon
     before = open(ckpt, "rb").read()
     try:
         api.load_for_generation(ckpt, "numba")
-        assert not nb._sample_bf16(np.float32)                                      # trained float32
+        assert nb._sample_weights(np.float32) is None                               # trained float32
         real_load = api.load_model
 
         def trained_bf16(path, backend="auto"):
@@ -207,11 +185,11 @@ def test_generate_auto_follows_the_products_the_model_trained_with(tmp_path, mon
 
         monkeypatch.setattr(api, "load_model", trained_bf16)
         api.load_for_generation(ckpt, "numba")
-        assert nb._sample_bf16(np.float32)
+        assert nb._sample_weights(np.float32) == "bf16"
         api.load_for_generation(ckpt, "numba", products="float32")
-        assert not nb._sample_bf16(np.float32)
+        assert nb._sample_weights(np.float32) is None
         model, _, _ = api.load_for_generation(ckpt, "numpy")                       # no error: float32 there
-        assert model.be.NAME == "numpy" and not nb._sample_bf16(np.float32)
+        assert model.be.NAME == "numpy" and nb._sample_weights(np.float32) is None
         texts = {}
         for products in ("auto", "bf16", "float32"):
             r = run(["generate", ckpt, "--products", products, "--backend", "numba", "--length", "60", "--seed", "4",
