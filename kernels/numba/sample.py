@@ -14,7 +14,8 @@ scale per column (int8, a quarter of the bytes; the sums float32, scaled once pe
 uniforms come in as an array drawn by the caller from its numpy Generator, one per
 sampled character, exactly as the reference draws them, so both backends turn the same
 seed into the same text.  Filtering gives numpy_backend.filter_probs's probabilities: its steps,
-or, with no filter on, the same sums without the sort.
+or, with no filter on, the same sums without the sort, each to about 1 ulp (fexp's exp, a
+reciprocal multiply for each division); the draw walks the cumulative sum by blocks.
 """
 from __future__ import annotations
 
@@ -276,27 +277,45 @@ def pairwise_sum(a):
     return pairwise_sum(a[:half]) + pairwise_sum(a[half:])
 
 
+@numba.njit(inline="always", **JIT)
+def largest(a):
+    """max of a (n,) float64, n >= 1, on eight running maxima (one would wait on each compare):
+    the same value in any order."""
+    n = a.shape[0]
+    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = a[0]
+    i = 0
+    while i + 8 <= n:
+        m0, m1, m2, m3 = max(m0, a[i]), max(m1, a[i + 1]), max(m2, a[i + 2]), max(m3, a[i + 3])
+        m4, m5, m6, m7 = max(m4, a[i + 4]), max(m5, a[i + 5]), max(m6, a[i + 6]), max(m7, a[i + 7])
+        i += 8
+    while i < n:
+        m0 = max(m0, a[i])
+        i += 1
+    return max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
+
+
 @numba.njit(**JIT)
 def filter_probs_kernel(logits, temperature, top_k, top_p, zd, probs, order, p):
     """numpy_backend.filter_probs into probs (V,) float64; zd, p (V,) float64 and order (V,)
     int64 are scratch.  With neither filter on, every index is kept in index order: no sort,
-    and the loops run over contiguous arrays (they vectorise)."""
+    and the loops run over contiguous arrays (they vectorise); each division by one number is a
+    multiplication by its reciprocal (a float64 division costs as much as a dozen multiplies;
+    the reference's quotients to about 1 ulp, as fexp's exp)."""
     V = logits.shape[0]
+    inv_t = 1.0 / temperature
     for j in range(V):
-        zd[j] = np.float64(logits[j]) / temperature
-    top = zd[0]                          # the largest logit (zd[order[0]] when sorted)
-    for j in range(V):
-        top = max(top, zd[j])
+        zd[j] = np.float64(logits[j]) * inv_t
+    top = largest(zd)                    # the largest logit (zd[order[0]] when sorted)
     keep = min(top_k, V) if top_k > 0 else V
     if keep == V and top_p >= 1.0:
         for j in range(V):
             p[j] = fexp(zd[j] - top)     # fexp vectorises, unlike libm's exp: V exps a character
-        s = pairwise_sum(p)
+        r = 1.0 / pairwise_sum(p)
         for j in range(V):
-            p[j] /= s
-        s = pairwise_sum(p)
+            p[j] *= r
+        r = 1.0 / pairwise_sum(p)
         for j in range(V):
-            probs[j] = p[j] / s
+            probs[j] = p[j] * r
         return
     if V > 256:
         order[:] = np.argsort(-zd, kind="mergesort")   # stable; allocates, but V is large here
@@ -320,19 +339,29 @@ def filter_probs_kernel(logits, temperature, top_k, top_p, zd, probs, order, p):
         probs[order[i]] = p[i] / s
 
 
+CDF_BLOCK = 64           # sample_index walks the cumulative sum by blocks of this many probabilities
+
+
 @numba.njit(inline="always", **JIT)
 def sample_index(probs, u):
-    """First index whose cumulative probability exceeds u * total (inverse CDF)."""
+    """First index whose cumulative probability exceeds u * total (inverse CDF).  The running
+    sum advances a block at a time (each block's pairwise_sum vectorises) up to the block where
+    it would pass the target, then one probability at a time: the reference's running sums to
+    rounding, without a V-long chain of dependent additions."""
     V = probs.shape[0]
-    total = 0.0
-    for j in range(V):
-        total += probs[j]
-    target = u * total
-    cum = 0.0
-    for j in range(V):
+    target = u * pairwise_sum(probs)
+    cum, j = 0.0, 0
+    while j + CDF_BLOCK <= V and V >= 4 * CDF_BLOCK:             # a few blocks: the plain walk is as quick
+        block = pairwise_sum(probs[j:j + CDF_BLOCK])
+        if cum + block > target:
+            break
+        cum += block
+        j += CDF_BLOCK
+    while j < V:
         cum += probs[j]
         if cum > target:
             return j
+        j += 1
     return V - 1
 
 

@@ -52,6 +52,24 @@ def test_filter_matches_filter_probs(V, temperature, top_k, top_p):
     assert abs(probs.sum() - 1) < 1e-12
 
 
+@pytest.mark.parametrize("V", [1, 3, 65, 256, 300, 6746])
+@pytest.mark.parametrize("top_k", [0, 17])
+def test_draw_is_the_references_inverse_cdf(V, top_k):
+    """sample_index's block walk (from 4 blocks up) draws the reference's index for 3,000
+    uniforms, probabilities with zeros (top-k) included; largest is np.max."""
+    rng = np.random.default_rng(V + top_k)
+    logits = (rng.standard_normal(V) * 3).astype(np.float32)                       # (V,)
+    probs = ref.filter_probs(logits, 1.0, top_k, 1.0)                                # (V,)
+    us = rng.random(3000)
+    got = [sample.sample_index(probs, u) for u in us]
+    want = [ref.sample_index(probs, u) for u in us]
+    assert got == want
+    if V >= 300:                                                    # draws from many blocks apart
+        assert max(want) - min(want) > 4 * sample.CDF_BLOCK
+    z = rng.standard_normal(V) * 10                                                  # (V,)
+    assert sample.largest(z) == z.max()
+
+
 @numba.njit
 def _panel_acc(v, Mp, z):
     sample.panel_acc(v, Mp, z)
