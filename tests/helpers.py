@@ -64,7 +64,6 @@ def snapshot(d):
     return out
 
 
-
 SAMPLER_TEXT = "the quick brown fox jumps over the lazy dog; pack my box with five dozen liquor jugs.\n" * 20
 
 

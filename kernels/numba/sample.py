@@ -299,8 +299,8 @@ def filter_probs_kernel(logits, temperature, top_k, top_p, zd, probs, order, p):
     """numpy_backend.filter_probs into probs (V,) float64; zd, p (V,) float64 and order (V,)
     int64 are scratch.  With neither filter on, every index is kept in index order: no sort,
     and the loops run over contiguous arrays (they vectorise); each division by one number is a
-    multiplication by its reciprocal (a float64 division costs as much as a dozen multiplies;
-    the reference's quotients to about 1 ulp, as fexp's exp)."""
+    multiplication by its reciprocal (a float64 division occupies the divider for many cycles, a
+    multiply does not; the reference's quotients to about 1 ulp, as fexp's exp)."""
     V = logits.shape[0]
     inv_t = 1.0 / temperature
     for j in range(V):
