@@ -471,26 +471,6 @@ def wait_for_team(flags, tid, nt, s):
     return True
 
 
-@numba.njit(inline="always", **JIT)
-def team_draw(tid, nt, flags, s, parts, split, h, Wy, by, logits, temperature, top_k, top_p, greedy, u, zd,
-              probs, order, pr):
-    """-> (token, s), the next token from the top layer's h (H,) and the barrier count after it
-    (token -1: told to stop).  Wy (H,V) as panels (nbV,H,PANEL).  split (the team's choice, for a
-    big output layer): thread tid writes its panels' block of the logits into parts[s % 2, 0]
-    (width >= nbV PANEL), one barrier, then every thread draws from all V of them (the same
-    arithmetic on each); else each thread computes the whole output layer (draw)."""
-    V, nbV = by.shape[0], Wy.shape[0]
-    if not split:
-        return draw(h, Wy, by, logits, temperature, top_k, top_p, greedy, u, zd, probs, order, pr), s
-    shared = parts[s & 1, 0]                                      # (width,) the logits, by blocks
-    logits_block(h, Wy, by, shared, tid * nbV // nt, (tid + 1) * nbV // nt)
-    s += 1
-    store_release(flags, ready_slot(tid), s)
-    if not wait_for_team(flags, tid, nt, s):
-        return -1, s
-    return next_token(shared[:V], temperature, top_k, top_p, greedy, u, zd, probs, order, pr), s
-
-
 @numba.njit(nogil=True, **JIT)
 def team_publish(flags, job, nt):
     """Announce job number `job` (its inputs already written) -> bit t-1 set for each worker t

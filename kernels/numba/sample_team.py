@@ -14,8 +14,11 @@ do (sample.panel_acc: the same rows in the same order), applies the gates to its
 its block of h into a shared row, and meets the others at one spin barrier; then each copies
 the whole h.  What crosses between cores per layer is H values of h, not G partial sums, and
 each unit's arithmetic is the one-thread kernel's.  Each thread then computes the same logits
-and draws the same token from the same uniform (sample.team_draw, which may split a big output
-layer by whole panels of columns with one more barrier), so no barrier is needed for the token.
+and draws the same token from the same uniform (team_draw), so no barrier is needed for the
+token.  A big output layer is split by whole panels of columns, with one more barrier: each
+thread computes its block of the logits and, for a draw with no filter, its columns' exps and
+their sums by blocks (column_exps), and every thread finds the token from those sums, walking
+only the one block it lands in (split_token).
 
 Protocol (numba_team.Team calls these): job inputs double-buffered by job parity p, h_in, c_in
 (2,L,H), params (2,7) = (token, n, temperature, top_k, top_p, greedy, split), us (2,cap); each
@@ -34,17 +37,23 @@ import numpy as np
 
 from .cell_gates import COUPLED, PEEPHOLE
 from .jit import JIT
+from .fastmath import fexp
 from .sample import (
+    CDF_BLOCK,
     JOB,
     STOP,
     PANEL,
     cell_gates,
+    draw,
+    largest,
+    logits_block,
+    next_token,
+    pairwise_sum,
     panel_acc,
     parked_slot,
     ready_slot,
     sample_buffers,
     spin_polls,
-    team_draw,
     team_publish,
     wait_for_team,
 )
@@ -59,6 +68,118 @@ from .sync import (
 )
 
 LSTM = 0
+
+
+@numba.njit(inline="always", **JIT)
+def column_range(t, nt, nbV, V):
+    """(a, b): the logits' columns thread t computes when the output layer's nbV panels are
+    split over nt threads (its panels', below V)."""
+    return min(V, (t * nbV // nt) * PANEL), min(V, ((t + 1) * nbV // nt) * PANEL)
+
+
+@numba.njit(inline="always", **JIT)
+def scaled_exps(logits, inv_t, m, p):
+    """p (n,) float64 <- exp(logits (n,) / temperature - m): the one expression both the
+    exps of a thread's columns and the walk's recomputed block evaluate, so they agree to the bit."""
+    for j in range(logits.shape[0]):
+        p[j] = fexp(np.float64(logits[j]) * inv_t - m)
+
+
+@numba.njit(inline="always", **JIT)
+def column_exps(logits, a, b, inv_t, row, p):
+    """A thread's share of an unfiltered draw, over its logits' columns [a, b): row (2 + nblk,)
+    float64 <- (m, s, the sums of p by CDF_BLOCK columns) where p_j = exp(logits_j / T - m),
+    m = its largest logit / T and s the sum of the blocks; p (V,) scratch.  An empty share
+    writes m = -inf, s = 0."""
+    if b <= a:
+        row[0], row[1] = -np.inf, 0.0
+        return
+    m = np.float64(largest(logits[a:b])) * inv_t      # / T keeps the order: the largest of logits / T
+    pa = p[:b - a]
+    scaled_exps(logits[a:b], inv_t, m, pa)
+    s, q, j = 0.0, 2, 0
+    while j < b - a:
+        w = pairwise_sum(pa[j:min(j + CDF_BLOCK, b - a)])
+        row[q] = w
+        s += w
+        q += 1
+        j += CDF_BLOCK
+    row[0], row[1] = m, s
+
+
+@numba.njit(inline="always", **JIT)
+def split_token(logits, V, nbV, rows, inv_t, u, p):
+    """The inverse-CDF draw over the exps of logits (>= V,) that the threads summed (column_exps
+    into rows (nt, 2 + nblk), thread t's columns those of its panels of the nbV, below V): each thread's sums
+    scaled by exp(m_t - max m), the target u times their total, then whole threads and blocks
+    skipped by their sums and the one block reached walked column by column (its exps
+    recomputed from the shared logits, p scratch).  Every thread runs it on the same numbers and
+    so returns the same token: no barrier for it.  The reference's draw to rounding."""
+    nt = rows.shape[0]
+    top = -np.inf
+    for t in range(nt):
+        top = max(top, rows[t, 0])
+    total = 0.0
+    for t in range(nt):
+        if rows[t, 1] > 0:
+            total += rows[t, 1] * fexp(rows[t, 0] - top)
+    target = u * total
+    cum = 0.0
+    for t in range(nt):
+        if rows[t, 1] <= 0:
+            continue
+        e = fexp(rows[t, 0] - top)                    # exp(m_t - top): thread t's exps to the global scale
+        if cum + rows[t, 1] * e <= target:
+            cum += rows[t, 1] * e
+            continue
+        a, b = column_range(t, nt, nbV, V)
+        q, j0 = 2, a
+        while j0 < b:
+            j1 = min(j0 + CDF_BLOCK, b)
+            w = rows[t, q] * e
+            if cum + w > target:
+                pb = p[:j1 - j0]
+                scaled_exps(logits[j0:j1], inv_t, rows[t, 0], pb)
+                for j in range(j0, j1):
+                    cum += pb[j - j0] * e
+                    if cum > target:
+                        return j
+                return j1 - 1                         # the block's own rounding: its last column
+            cum += w
+            q += 1
+            j0 = j1
+        return b - 1
+    return V - 1
+
+
+@numba.njit(inline="always", **JIT)
+def team_draw(tid, nt, flags, s, parts, sums, split, h, Wy, by, logits, temperature, top_k, top_p, greedy, u,
+              zd, probs, order, pr):
+    """-> (token, s), the next token from the top layer's h (H,) and the barrier count after it
+    (token -1: told to stop).  Wy (H,V) as panels (nbV,H,PANEL).  split (the team's choice, for a
+    big output layer): thread tid writes its panels' block of the logits into parts[s % 2, 0]
+    (width >= nbV PANEL) and, for a draw with no filter, its columns' exps' sums into
+    sums[s % 2, tid] (column_exps); one barrier; then each thread draws from them (split_token),
+    or, filtered or greedy, from all V logits (next_token; the same arithmetic on each).  Not
+    split: each thread computes the whole output layer (draw)."""
+    V, nbV = by.shape[0], Wy.shape[0]
+    if not split:
+        return draw(h, Wy, by, logits, temperature, top_k, top_p, greedy, u, zd, probs, order, pr), s
+    shared = parts[s & 1, 0]                                      # (width,) the logits, by blocks
+    rows = sums[s & 1]                                            # (nt, 2 + nblk) each thread's exps' sums
+    logits_block(h, Wy, by, shared, tid * nbV // nt, (tid + 1) * nbV // nt)
+    plain = not greedy and (top_k <= 0 or top_k >= V) and top_p >= 1.0
+    inv_t = 1.0 / temperature
+    if plain:
+        a, b = column_range(tid, nt, nbV, V)
+        column_exps(shared, a, b, inv_t, rows[tid], pr)
+    s += 1
+    store_release(flags, ready_slot(tid), s)
+    if not wait_for_team(flags, tid, nt, s):
+        return -1, s
+    if not plain:
+        return next_token(shared[:V], temperature, top_k, top_p, greedy, u, zd, probs, order, pr), s
+    return split_token(shared, V, nbV, rows, inv_t, u, pr), s
 
 
 @numba.njit(inline="always", **JIT)
@@ -101,12 +222,13 @@ def layer_units(cell, Wh, Wx, zx, x, extra, h, c, u0, nu, z, zh, hnew):
 
 
 @numba.njit(nogil=True, **JIT)
-def team_share(tid, nt, Emb, X0, Wp, bs, Wy, by, extras, cell, h, c, h_in, c_in, params, us, out, parts, flags,
-               job):
+def team_share(tid, nt, Emb, X0, Wp, bs, Wy, by, extras, cell, h, c, h_in, c_in, params, us, out, parts, sums,
+               flags, job):
     """Thread tid's share of one generation job (the module docstring's protocol); Wp a tuple
     over layers of (W_h (nt,nb,H,PANEL), W_x (nt,nb,I,PANEL)) packs; Wy (nbV,H,PANEL) the output
-    layer's panels; parts (2,1,width >= H, nbV PANEL when split) the shared rows by barrier
-    parity.  -> 0, or -1 when the STOP flag was raised while waiting."""
+    layer's panels; parts (2,1,width >= H, nbV PANEL when split) the shared rows and sums
+    (2,nt,2 + nblk) float64 the threads' exps' sums (column_exps), both by barrier parity.
+    -> 0, or -1 when the STOP flag was raised while waiting."""
     p = job & 1
     token, n, temperature = np.int64(params[p, 0]), np.int64(params[p, 1]), params[p, 2]
     top_k, top_p, greedy = np.int64(params[p, 3]), params[p, 4], params[p, 5] != 0
@@ -139,7 +261,7 @@ def team_share(tid, nt, Emb, X0, Wp, bs, Wy, by, extras, cell, h, c, h_in, c_in,
                 return -1
             for j in range(H):
                 ht[l, j] = shared[j]
-        token, s = team_draw(tid, nt, flags, s, parts, split, ht[L - 1], Wy, by, logits, temperature, top_k,
+        token, s = team_draw(tid, nt, flags, s, parts, sums, split, ht[L - 1], Wy, by, logits, temperature, top_k,
                              top_p, greedy, us[p, k] if not greedy else 0.0, zd, probs, order, pr)
         if token < 0:
             return -1
@@ -157,8 +279,8 @@ def team_share(tid, nt, Emb, X0, Wp, bs, Wy, by, extras, cell, h, c, h_in, c_in,
 
 
 @numba.njit(nogil=True, **JIT)
-def team_worker(tid, nt, Emb, X0, Wp, bs, Wy, by, extras, cell, h, c, h_in, c_in, params, us, out, parts, flags,
-                done, spin_limit):
+def team_worker(tid, nt, Emb, X0, Wp, bs, Wy, by, extras, cell, h, c, h_in, c_in, params, us, out, parts, sums,
+                flags, done, spin_limit):
     """A worker thread's loop: run each job numbered above `done` as it is published; after
     spin_limit polls with no job, park (flag set, then a last look for a job) and return.
     -> the last job done (>= 0) when parking, -1 when told to stop."""
@@ -170,7 +292,7 @@ def team_worker(tid, nt, Emb, X0, Wp, bs, Wy, by, extras, cell, h, c, h_in, c_in
         job = load_seq(flags, JOB)
         if job > done:
             if team_share(tid, nt, Emb, X0, Wp, bs, Wy, by, extras, cell, h, c, h_in, c_in, params, us, out,
-                          parts, flags, job) < 0:
+                          parts, sums, flags, job) < 0:
                 return -1
             done = job
             idle = 0
@@ -186,4 +308,5 @@ def team_worker(tid, nt, Emb, X0, Wp, bs, Wy, by, extras, cell, h, c, h_in, c_in
 
 
 # what numba_team.Team calls on its kernels module
-__all__ = ["FLAG_STRIDE", "LSTM", "PANEL", "STOP", "spin_polls", "team_publish", "team_share", "team_worker"]
+__all__ = ["CDF_BLOCK", "FLAG_STRIDE", "LSTM", "PANEL", "STOP", "spin_polls", "team_publish", "team_share",
+           "team_worker"]

@@ -156,6 +156,8 @@ class Team:
         self.us = np.zeros((2, cap))                                  # uniforms
         self.out = np.zeros(cap, np.int64)
         self.parts = np.zeros((2, 1, width), dt)                      # shared rows, by barrier parity
+        nblk = -(-Wyp.shape[0] * kernels.PANEL // kernels.CDF_BLOCK) if self.split else 0
+        self.sums = np.zeros((2, nt, 2 + nblk))                       # each thread's exps' sums, by parity
         self.flags = np.zeros((2 + 2 * nt) * kernels.FLAG_STRIDE, np.int64)
         self.job = 0
         self.spin_limit = int(SPIN_SECONDS * _polls_per_second(kernels))
@@ -169,7 +171,7 @@ class Team:
 
     def _args(self):
         return (*self.arrays, self.h, self.c, self.h_in, self.c_in, self.params, self.us, self.out,
-                self.parts, self.flags)
+                self.parts, self.sums, self.flags)
 
     def _worker(self, tid):
         try:

@@ -23,6 +23,7 @@ from parity import Parity
 nb = pytest.importorskip("lstm_engine.backends.numba_backend")
 numba = pytest.importorskip("numba")
 from lstm_engine.backends import numba_team  # noqa: E402
+from lstm_engine.kernels.numba import sample_team  # noqa: E402
 
 TEXT = "the quick brown fox jumps over the lazy dog; pack my box with five dozen liquor jugs.\n" * 20
 
@@ -102,12 +103,14 @@ def test_call_without_a_cache_ends_its_team():
     assert wait_until(lambda: not sampler_threads())
 
 
-@pytest.mark.parametrize("opts", [dict(greedy=True), dict(temperature=0.8, top_p=0.9)], ids=["greedy", "sampled"])
+@pytest.mark.parametrize("opts", [dict(greedy=True), dict(temperature=0.8, top_p=0.9), dict(temperature=0.7)],
+                         ids=["greedy", "filtered", "plain"])
 @pytest.mark.parametrize("cell", ["lstm", "peephole", "coupled", "gru"])
 def test_a_split_output_layer_gives_the_reference_text(monkeypatch, cell, opts):
     """The output layer split by its columns over the team too (forced: OUT_SPLIT_MIN_MACS = 0,
     so the vocabulary's columns are cut in blocks, one more barrier a character), in chunks of 17
-    so the team carries over between jobs: the reference's text, float64, for every cell."""
+    so the team carries over between jobs: the reference's text, float64, for every cell; greedy,
+    filtered (each thread draws from all the logits) and plain (split_token on the threads' sums)."""
     monkeypatch.setattr(numba_team, "OUT_SPLIT_MIN_MACS", 0)
     splits = []
     monkeypatch.setattr(numba_team.Team, "run", lambda self, *a, _run=numba_team.Team.run:
@@ -116,6 +119,40 @@ def test_a_split_output_layer_gives_the_reference_text(monkeypatch, cell, opts):
     want = generate_text(m_ref, vocab, prime="the", length=120, seed=5, chunk=17, **opts)
     assert generate_text(m_nb, vocab, prime="the", length=120, seed=5, chunk=17, **opts) == want
     assert len(splits) >= 7 and all(splits)                       # every chunk ran on a splitting team
+
+
+@numba.njit
+def _split_draws(logits, V, nbV, nt, inv_t, us, rows, p):
+    """Each of nt threads' column_exps in turn, then split_token for every uniform of us (n,)."""
+    for t in range(nt):
+        a, b = sample_team.column_range(t, nt, nbV, V)
+        sample_team.column_exps(logits, a, b, inv_t, rows[t], p)
+    out = np.empty(us.shape[0], np.int64)                                            # (n,)
+    for k in range(us.shape[0]):
+        out[k] = sample_team.split_token(logits, V, nbV, rows, inv_t, us[k], p)
+    return out
+
+
+@pytest.mark.parametrize("V", [1, 65, 300, 6746])
+@pytest.mark.parametrize("nt", [2, 3, 5])
+@pytest.mark.parametrize("temperature, scale", [(1.0, 3.0), (0.7, 3.0), (1.0, 400.0)])
+def test_split_draw_is_the_references_inverse_cdf(V, nt, temperature, scale):
+    """The draw split over nt threads' columns (column_exps, then split_token on their sums)
+    gives the reference's index (filter_probs, then sample_index) for 2,000 uniforms: threads
+    with no columns (V = 1), several blocks a thread, and logits so spread (scale 400) that
+    whole threads' exps underflow beside the largest."""
+    rng = np.random.default_rng(V * nt)
+    nbV = -(-V // sample_team.PANEL)
+    logits = np.zeros(nbV * sample_team.PANEL, np.float32)                          # (nbV P,) zeros past V
+    logits[:V] = rng.standard_normal(V) * scale
+    rows = np.zeros((nt, 2 + -(-nbV * sample_team.PANEL // sample_team.CDF_BLOCK)))  # (nt, 2 + nblk)
+    us = rng.random(2000)                                                            # (n,)
+    got = _split_draws(logits, V, nbV, nt, 1.0 / temperature, us, rows, np.empty(V)).tolist()
+    probs = ref.filter_probs(logits[:V], temperature, 0, 1.0)                       # (V,)
+    want = [ref.sample_index(probs, u) for u in us]
+    assert got == want
+    if V >= 300 and scale < 10:                                   # draws from many blocks and threads
+        assert max(want) - min(want) > 4 * sample_team.CDF_BLOCK
 
 
 def test_float32_team_matches_the_one_thread_kernel(monkeypatch):
