@@ -1,6 +1,7 @@
 """Batch-1 sampling on the numba backend with float32, bfloat16 and int8 weights, beside PyTorch.
 
     python benchmarks/sample_weights.py [CONFIG ...] [--seconds S] [--repeats R] [--threads N]
+                                        [--top-k K] [--top-p P]
     python benchmarks/sample_weights.py --checkpoint CKPT
 
     (default configs: seed medium E128,H256,L2,B32,T50,V6746; any `lstm-engine bench` config)
@@ -9,7 +10,9 @@ What `lstm-engine generate --products float32|bf16|int8` streams a character: th
 weights as stored, rounded to bfloat16, or 8-bit codes with a float32 scale per column
 (docs/numba.md, "Batch-1 sampling").  Each config is one model (the bench's weights), sampled in
 the bench's calls of SAMPLE_CHUNK characters; the four samplers take turns, repeat by repeat, so
-a ratio to PyTorch is of the same seconds (median over the repeats).  Run it on an idle machine.
+a ratio to PyTorch is of the same seconds (median over the repeats).  --top-k / --top-p: every
+sampler (PyTorch's by topk / sort, cumsum and multinomial) draws from the filtered set.  Run it on
+an idle machine.
 --checkpoint: the other side of the trade, the loss of a trained model on the val split of its
 corpus with its weights as each sampler multiplies them (float32 on the values they stand for).
 """
@@ -31,23 +34,24 @@ class WeightsRunner:
     """An EngineRunner whose samples stream `weights` (numba_backend.use_products), each with its
     own generation cache, so that the packed weights of one never replace another's."""
 
-    def __init__(self, runner, weights):
-        self.runner, self.weights = runner, weights
+    def __init__(self, runner, weights, filters):
+        self.runner, self.weights, self.filters = runner, weights, filters
 
     def sample(self):
         nb.use_products(self.weights)
         try:
-            return self.runner.sample(SAMPLE_CHUNK)
+            return self.runner.sample(SAMPLE_CHUNK, **self.filters)
         finally:
             nb.use_products("float32")
 
 
-def measure(cfg, seconds, repeats):
-    """-> {name: [chars/s per repeat]} for the numba samplers and PyTorch, taking turns."""
+def measure(cfg, seconds, repeats, filters):
+    """-> {name: [chars/s per repeat]} for the numba samplers and PyTorch, taking turns; filters
+    the top_k, top_p every sampler applies."""
     batch = make_batch(cfg)
-    runners = {f"numba {w}": WeightsRunner(EngineRunner(nb, cfg, batch), w).sample for w in WEIGHTS}
+    runners = {f"numba {w}": WeightsRunner(EngineRunner(nb, cfg, batch), w, filters).sample for w in WEIGHTS}
     peer = TorchRunner("cpu", cfg, batch)
-    runners["torch"] = lambda: peer.sample(SAMPLE_CHUNK)
+    runners["torch"] = lambda: peer.sample(SAMPLE_CHUNK, **filters)
     calls = {name: warm_up(fn, lambda: None, seconds, repeats)[1] for name, fn in runners.items()}
     out = {name: [] for name in runners}
     for _ in range(repeats):
@@ -81,14 +85,18 @@ def main():
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None, help="numba and torch threads (default: as they are)")
     ap.add_argument("--checkpoint", default=None, help="score this checkpoint's val split with each sampler's weights")
+    ap.add_argument("--top-k", type=int, default=0, help="keep the k most likely symbols (0: off)")
+    ap.add_argument("--top-p", type=float, default=1.0, help="keep the shortest prefix with this mass (1: off)")
     a = ap.parse_args()
+    filters = {"top_k": a.top_k, "top_p": a.top_p}
     if a.checkpoint:
         return score(a.checkpoint)
     with thread_settings(a.threads, torch_too=True):
         print(machine_line(machine_info(a.threads)))
+        print(f"sampling: temperature 1, top-k {a.top_k or 'off'}, top-p {a.top_p if a.top_p < 1 else 'off'}")
         print(f"{'config':<28} {'sampler':<14} {'chars/s':>9} {'spread':>7} {'vs torch':>9}")
         for cfg in parse_configs(",".join(a.configs)):
-            got = measure(cfg, a.seconds, a.repeats)
+            got = measure(cfg, a.seconds, a.repeats, filters)
             for name, speeds in got.items():
                 med = statistics.median(speeds)
                 spread = 100 * (max(speeds) - min(speeds)) / 2 / med

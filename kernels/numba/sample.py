@@ -6,16 +6,14 @@ Per character: every layer's cell (z = b + h_{t-1} W_h + x_t W_x as hand-written
 matrix-vector loops over W_h and W_x cut into column panels, panel_acc, then the gates; for
 layer 0 the caller may pass the table X0 = Emb @ W_x + b0 (V,G), so that b + x_t W_x is one
 row read instead of an E x G product per character), the output projection (Wy in panels
-too), temperature, top-k / top-p filtering and an inverse-CDF draw.  The weights' panels are
+too), temperature, top-k / top-p filtering and an inverse-CDF draw (draw.py).  The weights' panels are
 float32 (float64), or float32 weights rounded to bfloat16 and stored in pairs (uint32, half the
 bytes streamed a character; panel_acc widens each back to the float32 it stands for, the sums
 stay float32) when the backend samples with bfloat16 weights, or 8-bit integers with a float32
 scale per column (int8, a quarter of the bytes; the sums float32, scaled once per panel).  The
 uniforms come in as an array drawn by the caller from its numpy Generator, one per
 sampled character, exactly as the reference draws them, so both backends turn the same
-seed into the same text.  Filtering gives numpy_backend.filter_probs's probabilities: its steps,
-or, with no filter on, the same sums without the sort, each to about 1 ulp (fexp's exp, a
-reciprocal multiply for each division); the draw walks the cumulative sum by blocks.
+seed into the same text.
 """
 from __future__ import annotations
 
@@ -26,7 +24,8 @@ from numba import types
 from numba.core.errors import TypingError
 from numba.extending import intrinsic, overload
 
-from .fastmath import fexp, fsigmoid, ftanh
+from .draw import next_token
+from .fastmath import fsigmoid, ftanh
 from .gemm import _stack_array
 from .jit import JIT
 from .sync import FLAG_STRIDE, load_acquire, load_seq, spin_pause, spin_yield, store_release, store_seq
@@ -225,157 +224,6 @@ def layer_input(Emb, X0, bs, h_below, l, token, none):
     if X0.shape[0] > 0:
         return X0[token], none
     return bs[0], Emb[token]
-
-
-@numba.njit(inline="always", **JIT)
-def stable_order_desc(z, order):
-    """order (V,) <- indices of z sorted by decreasing value, ties by index (insertion sort,
-    the result of np.argsort(-z, kind='stable'))."""
-    V = z.shape[0]
-    for j in range(V):
-        k = j
-        while k > 0 and z[order[k - 1]] < z[j]:
-            order[k] = order[k - 1]
-            k -= 1
-        order[k] = j
-
-
-PAIRWISE_BLOCK = 128     # numpy's PW_BLOCKSIZE: below it a sum runs on eight accumulators
-
-
-@numba.njit(**JIT)
-def pairwise_sum(a):
-    """sum of a (n,) float64 in numpy's order (pairwise_sum in its umath loops): eight
-    accumulators up to PAIRWISE_BLOCK values, halves (cut at a multiple of 8) above, so a sum
-    here rounds as p.sum() does in numpy_backend.filter_probs, and vectorises."""
-    n = a.shape[0]
-    if n < 8:
-        s = 0.0
-        for i in range(n):
-            s += a[i]
-        return s
-    if n <= PAIRWISE_BLOCK:
-        r0, r1, r2, r3, r4, r5, r6, r7 = a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]
-        i = 8
-        while i + 8 <= n:
-            r0 += a[i]
-            r1 += a[i + 1]
-            r2 += a[i + 2]
-            r3 += a[i + 3]
-            r4 += a[i + 4]
-            r5 += a[i + 5]
-            r6 += a[i + 6]
-            r7 += a[i + 7]
-            i += 8
-        s = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
-        while i < n:
-            s += a[i]
-            i += 1
-        return s
-    half = n // 2
-    half -= half % 8
-    return pairwise_sum(a[:half]) + pairwise_sum(a[half:])
-
-
-@numba.njit(inline="always", **JIT)
-def largest(a):
-    """max of a (n,) float64, n >= 1, on eight running maxima (one would wait on each compare):
-    the same value in any order."""
-    n = a.shape[0]
-    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = a[0]
-    i = 0
-    while i + 8 <= n:
-        m0, m1, m2, m3 = max(m0, a[i]), max(m1, a[i + 1]), max(m2, a[i + 2]), max(m3, a[i + 3])
-        m4, m5, m6, m7 = max(m4, a[i + 4]), max(m5, a[i + 5]), max(m6, a[i + 6]), max(m7, a[i + 7])
-        i += 8
-    while i < n:
-        m0 = max(m0, a[i])
-        i += 1
-    return max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
-
-
-@numba.njit(**JIT)
-def filter_probs_kernel(logits, temperature, top_k, top_p, zd, probs, order, p):
-    """numpy_backend.filter_probs into probs (V,) float64; zd, p (V,) float64 and order (V,)
-    int64 are scratch.  With neither filter on, every index is kept in index order: no sort,
-    and the loops run over contiguous arrays (they vectorise); each division by one number is a
-    multiplication by its reciprocal (a float64 division occupies the divider for many cycles, a
-    multiply does not; the reference's quotients to about 1 ulp, as fexp's exp)."""
-    V = logits.shape[0]
-    inv_t = 1.0 / temperature
-    for j in range(V):
-        zd[j] = np.float64(logits[j]) * inv_t
-    top = largest(zd)                    # the largest logit (zd[order[0]] when sorted)
-    keep = min(top_k, V) if top_k > 0 else V
-    if keep == V and top_p >= 1.0:
-        for j in range(V):
-            p[j] = fexp(zd[j] - top)     # fexp vectorises, unlike libm's exp: V exps a character
-        r = 1.0 / pairwise_sum(p)
-        for j in range(V):
-            p[j] *= r
-        r = 1.0 / pairwise_sum(p)
-        for j in range(V):
-            probs[j] = p[j] * r
-        return
-    if V > 256:
-        order[:] = np.argsort(-zd, kind="mergesort")   # stable; allocates, but V is large here
-    else:
-        stable_order_desc(zd, order)
-    for i in range(keep):
-        p[i] = fexp(zd[order[i]] - top)
-    s = pairwise_sum(p[:keep])
-    for i in range(keep):
-        p[i] /= s
-    if top_p < 1.0:                       # smallest prefix whose mass reaches top_p
-        cum = 0.0
-        for i in range(keep):
-            cum += p[i]
-            if cum >= top_p:
-                keep = i + 1
-                break
-    s = pairwise_sum(p[:keep])
-    probs[:] = 0.0
-    for i in range(keep):
-        probs[order[i]] = p[i] / s
-
-
-CDF_BLOCK = 64           # sample_index walks the cumulative sum by blocks of this many probabilities
-
-
-@numba.njit(inline="always", **JIT)
-def sample_index(probs, u):
-    """First index whose cumulative probability exceeds u * total (inverse CDF).  The running
-    sum advances a block at a time (each block's pairwise_sum vectorises) up to the block where
-    it would pass the target, then one probability at a time: the reference's running sums to
-    rounding, without a V-long chain of dependent additions."""
-    V = probs.shape[0]
-    target = u * pairwise_sum(probs)
-    cum, j = 0.0, 0
-    while j + CDF_BLOCK <= V and V >= 4 * CDF_BLOCK:             # a few blocks: the plain walk is as quick
-        block = pairwise_sum(probs[j:j + CDF_BLOCK])
-        if cum + block > target:
-            break
-        cum += block
-        j += CDF_BLOCK
-    while j < V:
-        cum += probs[j]
-        if cum > target:
-            return j
-        j += 1
-    return V - 1
-
-
-@numba.njit(**JIT)
-def next_token(logits, temperature, top_k, top_p, greedy, u, zd, probs, order, p):
-    """The sampled (or, greedy, the most likely) token id from logits (V,)."""
-    if greedy:
-        token = 0
-        for j in range(1, logits.shape[0]):
-            if logits[j] > logits[token]:
-                token = j
-        return token
-    filter_probs_kernel(logits, temperature, top_k, top_p, zd, probs, order, p)
-    return sample_index(probs, u)
 
 
 @numba.njit(inline="always", **JIT)

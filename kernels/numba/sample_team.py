@@ -37,18 +37,15 @@ import numpy as np
 
 from .cell_gates import COUPLED, PEEPHOLE
 from .jit import JIT
+from .draw import CDF_BLOCK, largest, next_token, pairwise_sum
 from .fastmath import fexp
 from .sample import (
-    CDF_BLOCK,
     JOB,
     STOP,
     PANEL,
     cell_gates,
     draw,
-    largest,
     logits_block,
-    next_token,
-    pairwise_sum,
     panel_acc,
     parked_slot,
     ready_slot,

@@ -82,11 +82,11 @@ class EngineRunner:
     def forward(self):
         return self.model.loss(self.tokens, self.targets, self.zero)[0]
 
-    def sample(self, n=SAMPLE_CHUNK, greedy=False, state=None, token=None):
+    def sample(self, n=SAMPLE_CHUNK, greedy=False, state=None, token=None, top_k=0, top_p=1.0):
         st = self.sample_state if state is None else state
         cell = {} if self.cfg.cell == "lstm" else {"cell": self.cfg.cell}
         ids = self.be.generate(self.model.params, st, self.token if token is None else token, n,
-                               1.0, 0, 1.0, greedy, self.rng, self.sample_cache, **cell)
+                               1.0, top_k, top_p, greedy, self.rng, self.sample_cache, **cell)
         ids = np.asarray(self.be.to_numpy(ids))
         if state is None:
             self.token = int(ids[-1])

@@ -147,8 +147,23 @@ class TorchRunner:
             logits, _ = self._logits(self.x, self.zero)
             return self.torch.nn.functional.cross_entropy(logits, self.y)
 
-    def sample(self, n=MAX_CHUNK, greedy=False, state=None, token=None):
-        """Batch-1 loop of nn.LSTM (nn.GRU) steps, softmax + torch.multinomial per character."""
+    def _filtered_draw(self, logits, top_k, top_p):
+        """One id from logits (V,) after top-k, then top-p, as the reference filters (the sorted
+        prefix whose mass reaches top_p), drawn by torch.multinomial."""
+        t = self.torch
+        if top_k:
+            vals, idx = t.topk(logits, top_k)                                # (k,) largest first
+        else:
+            vals, idx = t.sort(logits, descending=True, stable=True)         # (V,)
+        p = t.softmax(vals, -1)
+        if top_p < 1.0:
+            keep = int(t.searchsorted(t.cumsum(p, 0), top_p)) + 1
+            p, idx = p[:keep], idx[:keep]
+        return idx[t.multinomial(p, 1, generator=self.gen)]
+
+    def sample(self, n=MAX_CHUNK, greedy=False, state=None, token=None, top_k=0, top_p=1.0):
+        """Batch-1 loop of nn.LSTM (nn.GRU) steps, softmax + torch.multinomial per character
+        (top_k, top_p: the kept set first, _filtered_draw)."""
         t = self.torch
         with t.inference_mode():
             st = self.sample_state if state is None else state
@@ -159,6 +174,8 @@ class TorchRunner:
                 logits = self.lin(out[0, 0])                                 # (V,)
                 if greedy:
                     tok = logits.argmax().view(1, 1)
+                elif top_k or top_p < 1.0:
+                    tok = self._filtered_draw(logits, top_k, top_p).view(1, 1)
                 else:
                     tok = t.multinomial(t.softmax(logits, -1), 1, generator=self.gen).view(1, 1)
                 ids.append(tok)

@@ -1,4 +1,4 @@
-"""The sampler's filter and sums (kernels/numba/sample.py) against the reference's
+"""The sampler's filter and sums (kernels/numba/draw.py) against the reference's
 (numpy_backend.filter_probs, numpy's sum), its panel products against its row products, and the
 team's unit packing (numba_team.pack_units) against the columns it stands for.
 
@@ -12,7 +12,7 @@ from lstm_engine.backends import numpy_backend as ref
 
 numba = pytest.importorskip("numba")
 from lstm_engine.backends import numba_team  # noqa: E402
-from lstm_engine.kernels.numba import sample  # noqa: E402
+from lstm_engine.kernels.numba import draw, sample  # noqa: E402
 
 
 @pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 65, 128, 129, 200, 1000, 6746, 100_003])
@@ -22,7 +22,7 @@ def test_pairwise_sum_rounds_as_numpy_sums(n):
     for at least one of the larger sizes (the test could tell them apart)."""
     rng = np.random.default_rng(n)
     a = rng.random(n) * 10.0 ** rng.integers(-8, 8, n)                   # (n,)
-    assert sample.pairwise_sum(a) == a.sum()
+    assert draw.pairwise_sum(a) == a.sum()
 
 
 def test_sequential_sums_differ_from_numpys_somewhere():
@@ -38,14 +38,22 @@ def test_sequential_sums_differ_from_numpys_somewhere():
 
 
 @pytest.mark.parametrize("V", [3, 65, 300, 6746])
-@pytest.mark.parametrize("temperature, top_k, top_p", [(1.0, 0, 1.0), (0.7, 0, 1.0), (1.3, 5, 1.0),
-                                                      (1.0, 0, 0.8), (0.9, 40, 0.95)])
-def test_filter_matches_filter_probs(V, temperature, top_k, top_p):
-    """float32 logits, every filter setting (none: the unsorted path): the same kept set as the
-    reference and probabilities within 1e-13 relative (the kernel's exp is about 1 ulp)."""
+@pytest.mark.parametrize("temperature, top_k, top_p", [
+    (1.0, 0, 1.0), (0.7, 0, 1.0),                   # no filter: no sort
+    (1.3, 5, 1.0), (0.9, 40, 0.95), (1.0, 1, 1.0),  # top-k up to SELECT_MAX: select_top
+    (1.0, 0, 0.8), (1.0, 0, 0.3), (1.0, 0, 0.999),  # top-p alone: the candidates' sort
+    (1.0, 0, 0.999999999999),                       # top-p past every candidate threshold: a sort of V
+    (1.0, 1000, 1.0), (1.0, 1000, 0.9)])            # top-k over SELECT_MAX: a sort of V
+@pytest.mark.parametrize("ties", [False, True], ids=["distinct", "ties"])
+def test_filter_matches_filter_probs(V, temperature, top_k, top_p, ties):
+    """float32 logits, every filter setting and each way the kernel keeps its set: the same kept
+    set as the reference and probabilities within 1e-13 relative (the kernel's exp is about 1 ulp),
+    with many equal logits too (rounded to halves: who is kept at a tie goes by index)."""
     logits = (np.random.default_rng(V).standard_normal(V) * 3).astype(np.float32)   # (V,)
+    if ties:
+        logits = np.round(logits * 2) / 2
     zd, probs, p, order = np.empty(V), np.empty(V), np.empty(V), np.empty(V, np.int64)
-    sample.filter_probs_kernel(logits, temperature, top_k, top_p, zd, probs, order, p)
+    draw.filter_probs_kernel(logits, temperature, top_k, top_p, zd, probs, order, p)
     want = ref.filter_probs(logits, temperature, top_k, top_p)                        # (V,)
     np.testing.assert_array_equal(probs > 0, want > 0)
     np.testing.assert_allclose(probs, want, rtol=1e-13, atol=0)
@@ -61,13 +69,13 @@ def test_draw_is_the_references_inverse_cdf(V, top_k):
     logits = (rng.standard_normal(V) * 3).astype(np.float32)                       # (V,)
     probs = ref.filter_probs(logits, 1.0, top_k, 1.0)                                # (V,)
     us = rng.random(3000)
-    got = [sample.sample_index(probs, u) for u in us]
+    got = [draw.sample_index(probs, u) for u in us]
     want = [ref.sample_index(probs, u) for u in us]
     assert got == want
     if V >= 300:                                                    # draws from many blocks apart
-        assert max(want) - min(want) > 4 * sample.CDF_BLOCK
+        assert max(want) - min(want) > 4 * draw.CDF_BLOCK
     z = rng.standard_normal(V) * 10                                                  # (V,)
-    assert sample.largest(z) == z.max()
+    assert draw.largest(z) == z.max()
 
 
 @numba.njit

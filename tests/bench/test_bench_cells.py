@@ -154,3 +154,21 @@ def test_machine_line_names_a_gemm_choice_other_than_auto(monkeypatch):
     m = bench_machine.machine_info(1)
     line = bench_machine.machine_line(m)
     assert m["numba_gemm"] == "bf16" and "GEMMs: bf16 (LSTM_ENGINE_TUNE), sampler weights: bf16" in line
+
+
+# -- the PyTorch peer's filtered draw --------------------------------------------------------------
+
+@pytest.mark.parametrize("top_k, top_p", [(5, 1.0), (0, 0.6), (40, 0.9)])
+def test_the_torch_peers_filtered_draw_keeps_the_references_set(top_k, top_p):
+    """sample_weights.py --top-k/--top-p: the peer's draws fall in the reference's kept set
+    (numpy_backend.filter_probs) and hit each kept id about as often as its probability says."""
+    torch = pytest.importorskip("torch")
+    import numpy as np
+    from lstm_engine.backends import numpy_backend as ref
+    peer = torch_peer.TorchRunner("cpu", parse_configs("tiny")[0], bench.make_batch(parse_configs("tiny")[0]))
+    logits = (np.random.default_rng(top_k).standard_normal(300) * 2).astype(np.float32)     # (V,)
+    want = ref.filter_probs(logits, 1.0, top_k, top_p)                                        # (V,)
+    ids = [int(peer._filtered_draw(torch.from_numpy(logits), top_k, top_p)) for _ in range(4000)]
+    freq = np.bincount(ids, minlength=300) / len(ids)                                         # (V,)
+    assert set(np.flatnonzero(freq)) <= set(np.flatnonzero(want))
+    assert np.abs(freq - want).max() < 0.03
