@@ -252,6 +252,17 @@ def cut_and_spread(ps, n, s, top_p, order, probs):
         probs[order[i]] = ps[i] / s
 
 
+@numba.njit(inline="always", **JIT)
+def kept_probs(z, inv_t, keep, top_p, order, p, probs):
+    """probs (V,) <- the reference's probabilities over order[:keep], the indices of the keep
+    largest of z (V,) / T (inv_t = 1 / T), largest first: their exps from the largest, the sum,
+    then cut_and_spread; p (keep,) scratch."""
+    top = np.float64(z[order[0]]) * inv_t
+    for i in range(keep):
+        p[i] = fexp(np.float64(z[order[i]]) * inv_t - top)
+    cut_and_spread(p, keep, pairwise_sum(p[:keep]), top_p, order, probs)
+
+
 @numba.njit(**JIT)
 def filter_probs_kernel(logits, temperature, top_k, top_p, zd, probs, order, p):
     """numpy_backend.filter_probs into probs (V,) float64; zd, p (V,) float64 and order (V,)
@@ -302,9 +313,7 @@ def filter_probs_kernel(logits, temperature, top_k, top_p, zd, probs, order, p):
             order[:] = np.argsort(-zd, kind="mergesort")   # stable; allocates, but V is large here
         else:
             stable_order_desc(zd, order)
-    for i in range(keep):
-        p[i] = fexp(zd[order[i]] - top)
-    cut_and_spread(p, keep, pairwise_sum(p[:keep]), top_p, order, probs)
+    kept_probs(zd, 1.0, keep, top_p, order, p, probs)
 
 
 CDF_BLOCK = 64           # sample_index walks the cumulative sum by blocks of this many probabilities

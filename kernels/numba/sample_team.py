@@ -18,7 +18,8 @@ and draws the same token from the same uniform (team_draw), so no barrier is nee
 token.  A big output layer is split by whole panels of columns, with one more barrier: each
 thread computes its block of the logits and, for a draw with no filter, its columns' exps and
 their sums by blocks (column_exps), and every thread finds the token from those sums, walking
-only the one block it lands in (split_token).
+only the one block it lands in (split_token); for a top-k, its columns' k largest (column_top),
+which every thread merges (merged_top).
 
 Protocol (numba_team.Team calls these): job inputs double-buffered by job parity p, h_in, c_in
 (2,L,H), params (2,7) = (token, n, temperature, top_k, top_p, greedy, split), us (2,cap); each
@@ -37,7 +38,7 @@ import numpy as np
 
 from .cell_gates import COUPLED, PEEPHOLE
 from .jit import JIT
-from .draw import CDF_BLOCK, largest, next_token, pairwise_sum
+from .draw import CDF_BLOCK, SELECT_MAX, kept_probs, largest, next_token, pairwise_sum, sample_index, select_top
 from .fastmath import fexp
 from .sample import (
     JOB,
@@ -150,15 +151,46 @@ def split_token(logits, V, nbV, rows, inv_t, u, p):
 
 
 @numba.njit(inline="always", **JIT)
+def column_top(logits, a, b, k, row, order):
+    """A thread's share of a top-k draw over its logits' columns [a, b): row (1 + k,) float64 <-
+    (how many, then the indices of its min(k, b - a) largest, largest first, ties by index:
+    select_top); order scratch."""
+    kt = min(k, b - a)
+    if kt > 0:
+        select_top(logits[a:b], kt, order)
+    row[0] = kt
+    for i in range(kt):
+        row[1 + i] = a + order[i]
+
+
+@numba.njit(inline="always", **JIT)
+def merged_top(logits, rows, k, order):
+    """order[:k] <- the k largest of logits, largest first, ties by index, from the threads'
+    own largest (column_top into rows (nt, 1 + k)): a merge of nt sorted lists."""
+    nt = rows.shape[0]
+    head = np.zeros(nt, np.int64)                                 # (nt,) each list's next place
+    for m in range(k):
+        best, bj = -1, 0
+        for t in range(nt):
+            if head[t] < rows[t, 0]:
+                j = np.int64(rows[t, 1 + head[t]])
+                if best < 0 or logits[j] > logits[bj] or (logits[j] == logits[bj] and j < bj):
+                    best, bj = t, j
+        order[m] = bj
+        head[best] += 1
+
+
+@numba.njit(inline="always", **JIT)
 def team_draw(tid, nt, flags, s, parts, sums, split, h, Wy, by, logits, temperature, top_k, top_p, greedy, u,
               zd, probs, order, pr):
     """-> (token, s), the next token from the top layer's h (H,) and the barrier count after it
     (token -1: told to stop).  Wy (H,V) as panels (nbV,H,PANEL).  split (the team's choice, for a
     big output layer): thread tid writes its panels' block of the logits into parts[s % 2, 0]
     (width >= nbV PANEL) and, for a draw with no filter, its columns' exps' sums into
-    sums[s % 2, tid] (column_exps); one barrier; then each thread draws from them (split_token),
-    or, filtered or greedy, from all V logits (next_token; the same arithmetic on each).  Not
-    split: each thread computes the whole output layer (draw)."""
+    sums[s % 2, tid] (column_exps), for a top-k of up to SELECT_MAX its columns' largest
+    (column_top); one barrier; then each thread draws from them (split_token; merged_top, then
+    the reference's tail), or, top-p alone or greedy, from all V logits (next_token; the same
+    arithmetic on each).  Not split: each thread computes the whole output layer (draw)."""
     V, nbV = by.shape[0], Wy.shape[0]
     if not split:
         return draw(h, Wy, by, logits, temperature, top_k, top_p, greedy, u, zd, probs, order, pr), s
@@ -166,17 +198,24 @@ def team_draw(tid, nt, flags, s, parts, sums, split, h, Wy, by, logits, temperat
     rows = sums[s & 1]                                            # (nt, 2 + nblk) each thread's exps' sums
     logits_block(h, Wy, by, shared, tid * nbV // nt, (tid + 1) * nbV // nt)
     plain = not greedy and (top_k <= 0 or top_k >= V) and top_p >= 1.0
+    top = not greedy and 0 < top_k < V and top_k <= SELECT_MAX
     inv_t = 1.0 / temperature
+    a, b = column_range(tid, nt, nbV, V)
     if plain:
-        a, b = column_range(tid, nt, nbV, V)
         column_exps(shared, a, b, inv_t, rows[tid], pr)
+    elif top:
+        column_top(shared, a, b, top_k, rows[tid], order)
     s += 1
     store_release(flags, ready_slot(tid), s)
     if not wait_for_team(flags, tid, nt, s):
         return -1, s
-    if not plain:
-        return next_token(shared[:V], temperature, top_k, top_p, greedy, u, zd, probs, order, pr), s
-    return split_token(shared, V, nbV, rows, inv_t, u, pr), s
+    if plain:
+        return split_token(shared, V, nbV, rows, inv_t, u, pr), s
+    if top:
+        merged_top(shared, rows, top_k, order)
+        kept_probs(shared, inv_t, top_k, top_p, order, pr, probs[:V])
+        return sample_index(probs[:V], u), s
+    return next_token(shared[:V], temperature, top_k, top_p, greedy, u, zd, probs, order, pr), s
 
 
 @numba.njit(inline="always", **JIT)
@@ -224,7 +263,8 @@ def team_share(tid, nt, Emb, X0, Wp, bs, Wy, by, extras, cell, h, c, h_in, c_in,
     """Thread tid's share of one generation job (the module docstring's protocol); Wp a tuple
     over layers of (W_h (nt,nb,H,PANEL), W_x (nt,nb,I,PANEL)) packs; Wy (nbV,H,PANEL) the output
     layer's panels; parts (2,1,width >= H, nbV PANEL when split) the shared rows and sums
-    (2,nt,2 + nblk) float64 the threads' exps' sums (column_exps), both by barrier parity.
+    (2,nt,2 + max(nblk, SELECT_MAX)) float64 the threads' exps' sums (column_exps) or their
+    top-k (column_top), both by barrier parity.
     -> 0, or -1 when the STOP flag was raised while waiting."""
     p = job & 1
     token, n, temperature = np.int64(params[p, 0]), np.int64(params[p, 1]), params[p, 2]
@@ -305,5 +345,5 @@ def team_worker(tid, nt, Emb, X0, Wp, bs, Wy, by, extras, cell, h, c, h_in, c_in
 
 
 # what numba_team.Team calls on its kernels module
-__all__ = ["CDF_BLOCK", "FLAG_STRIDE", "LSTM", "PANEL", "STOP", "spin_polls", "team_publish", "team_share",
-           "team_worker"]
+__all__ = ["CDF_BLOCK", "FLAG_STRIDE", "LSTM", "PANEL", "SELECT_MAX", "STOP", "spin_polls", "team_publish",
+           "team_share", "team_worker"]

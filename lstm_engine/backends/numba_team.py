@@ -157,7 +157,8 @@ class Team:
         self.out = np.zeros(cap, np.int64)
         self.parts = np.zeros((2, 1, width), dt)                      # shared rows, by barrier parity
         nblk = -(-Wyp.shape[0] * kernels.PANEL // kernels.CDF_BLOCK) if self.split else 0
-        self.sums = np.zeros((2, nt, 2 + nblk))                       # each thread's exps' sums, by parity
+        row = 2 + max(nblk, kernels.SELECT_MAX) if self.split else 2
+        self.sums = np.zeros((2, nt, row))                            # each thread's exps' sums or top-k, by parity
         self.flags = np.zeros((2 + 2 * nt) * kernels.FLAG_STRIDE, np.int64)
         self.job = 0
         self.spin_limit = int(SPIN_SECONDS * _polls_per_second(kernels))

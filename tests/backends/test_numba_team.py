@@ -103,14 +103,16 @@ def test_call_without_a_cache_ends_its_team():
     assert wait_until(lambda: not sampler_threads())
 
 
-@pytest.mark.parametrize("opts", [dict(greedy=True), dict(temperature=0.8, top_p=0.9), dict(temperature=0.7)],
-                         ids=["greedy", "filtered", "plain"])
+@pytest.mark.parametrize("opts", [dict(greedy=True), dict(temperature=0.8, top_p=0.9), dict(temperature=0.7),
+                                  dict(top_k=5), dict(temperature=0.9, top_k=7, top_p=0.8)],
+                         ids=["greedy", "top-p", "plain", "top-k", "top-k-top-p"])
 @pytest.mark.parametrize("cell", ["lstm", "peephole", "coupled", "gru"])
 def test_a_split_output_layer_gives_the_reference_text(monkeypatch, cell, opts):
     """The output layer split by its columns over the team too (forced: OUT_SPLIT_MIN_MACS = 0,
     so the vocabulary's columns are cut in blocks, one more barrier a character), in chunks of 17
-    so the team carries over between jobs: the reference's text, float64, for every cell; greedy,
-    filtered (each thread draws from all the logits) and plain (split_token on the threads' sums)."""
+    so the team carries over between jobs: the reference's text, float64, for every cell; greedy
+    and top-p (each thread draws from all the logits), plain (split_token on the threads' sums)
+    and top-k (merged_top of the threads' own largest)."""
     monkeypatch.setattr(numba_team, "OUT_SPLIT_MIN_MACS", 0)
     splits = []
     monkeypatch.setattr(numba_team.Team, "run", lambda self, *a, _run=numba_team.Team.run:
@@ -153,6 +155,33 @@ def test_split_draw_is_the_references_inverse_cdf(V, nt, temperature, scale):
     assert got == want
     if V >= 300 and scale < 10:                                   # draws from many blocks and threads
         assert max(want) - min(want) > 4 * sample_team.CDF_BLOCK
+
+
+@numba.njit
+def _merged_top_k(logits, V, nbV, nt, k, rows, order):
+    """Each of nt threads' column_top in turn, then merged_top -> order[:k]."""
+    for t in range(nt):
+        a, b = sample_team.column_range(t, nt, nbV, V)
+        sample_team.column_top(logits, a, b, k, rows[t], order)
+    sample_team.merged_top(logits, rows, k, order)
+
+
+@pytest.mark.parametrize("V", [40, 300, 6746])
+@pytest.mark.parametrize("nt", [2, 3, 5])
+@pytest.mark.parametrize("k", [1, 7, 40, 256])
+def test_merged_top_k_is_the_stable_sorts_first_k(V, nt, k):
+    """The threads' own k largest merged: the first k of the reference's stable sort of -logits,
+    logits with many ties (rounded to quarters) and threads with fewer columns than k."""
+    if k >= V:
+        pytest.skip("top-k keeps everything")
+    rng = np.random.default_rng(V * nt + k)
+    nbV = -(-V // sample_team.PANEL)
+    logits = np.zeros(nbV * sample_team.PANEL, np.float32)                          # (nbV P,) zeros past V
+    logits[:V] = np.round(rng.standard_normal(V) * 8) / 4
+    rows = np.zeros((nt, 2 + sample_team.SELECT_MAX))                               # (nt, row)
+    order = np.zeros(V, np.int64)                                                   # (V,)
+    _merged_top_k(logits, V, nbV, nt, k, rows, order)
+    np.testing.assert_array_equal(order[:k], np.argsort(-logits[:V], kind="stable")[:k])
 
 
 def test_float32_team_matches_the_one_thread_kernel(monkeypatch):
