@@ -88,6 +88,8 @@ def main():
     ap.add_argument("--top-k", type=int, default=0, help="keep the k most likely symbols (0: off)")
     ap.add_argument("--top-p", type=float, default=1.0, help="keep the shortest prefix with this mass (1: off)")
     a = ap.parse_args()
+    if a.top_k < 0 or not 0 < a.top_p <= 1:
+        ap.error(f"--top-k must be >= 0 and --top-p in (0, 1] (got {a.top_k}, {a.top_p})")
     filters = {"top_k": a.top_k, "top_p": a.top_p}
     if a.checkpoint:
         return score(a.checkpoint)

@@ -7,11 +7,12 @@ Temperature, top-k, top-p, then an inverse-CDF draw from a uniform the caller dr
 is the reference's: the k largest logits, ties by index (a stable sort), then the shortest prefix
 of them whose probability reaches top-p.  What a full sort of V costs is avoided where it can be:
 no filter keeps every index in index order (no sort); a small top-k selects its k indices in one
-pass (select_top); top-p alone sorts only the candidates, the indices whose probability is at
-least a power of two below the largest's that together carry the mass top-p asks
-(top_p_candidates).  Sums run in numpy's pairwise order (pairwise_sum), the exps through fexp (it
-vectorises), each division by one number as a multiplication by its reciprocal: the reference's
-probabilities to about 1 ulp.
+pass (select_top); top-p alone looks only at its candidates, the indices whose probability is
+at least a power of two below the largest's that together carry the mass top-p asks
+(top_p_candidates): a few are sorted, more go to a quickselect of the value where the prefix ends
+(top_p_theta), since the draw needs the kept set, not its order.  Sums run in numpy's pairwise
+order (pairwise_sum), the exps through fexp (it vectorises), each division by one number as a
+multiplication by its reciprocal: the reference's probabilities to about 1 ulp.
 """
 from __future__ import annotations
 

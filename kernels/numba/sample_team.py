@@ -108,8 +108,8 @@ def column_exps(logits, a, b, inv_t, row, p):
 @numba.njit(inline="always", **JIT)
 def split_token(logits, V, nbV, rows, inv_t, u, p):
     """The inverse-CDF draw over the exps of logits (>= V,) that the threads summed (column_exps
-    into rows (nt, 2 + nblk), thread t's columns those of its panels of the nbV, below V): each thread's sums
-    scaled by exp(m_t - max m), the target u times their total, then whole threads and blocks
+    into rows (nt, 2 + nblk); thread t's columns: column_range): each thread's sums scaled by
+    exp(m_t - max m), the target u times their total, then whole threads and blocks
     skipped by their sums and the one block reached walked column by column (its exps
     recomputed from the shared logits, p scratch).  Every thread runs it on the same numbers and
     so returns the same token: no barrier for it.  The reference's draw to rounding."""

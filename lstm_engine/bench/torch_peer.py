@@ -151,7 +151,7 @@ class TorchRunner:
         """One id from logits (V,) after top-k, then top-p, as the reference filters (the sorted
         prefix whose mass reaches top_p), drawn by torch.multinomial."""
         t = self.torch
-        if top_k:
+        if 0 < top_k < logits.shape[0]:
             vals, idx = t.topk(logits, top_k)                                # (k,) largest first
         else:
             vals, idx = t.sort(logits, descending=True, stable=True)         # (V,)
