@@ -28,7 +28,7 @@ from .draw import next_token
 from .fastmath import fsigmoid, ftanh
 from .gemm import _stack_array
 from .jit import JIT
-from .sync import FLAG_STRIDE, load_acquire, load_seq, spin_pause, spin_yield, store_release, store_seq
+from .sync import FLAG_STRIDE, load_acquire, load_seq, spin_pause, spin_yield, store_seq
 
 
 @intrinsic
