@@ -23,19 +23,6 @@ from .fastmath import fexp
 from .jit import JIT
 
 
-@numba.njit(inline="always", **JIT)
-def stable_order_desc(z, order):
-    """order (V,) <- indices of z sorted by decreasing value, ties by index (insertion sort,
-    the result of np.argsort(-z, kind='stable'))."""
-    V = z.shape[0]
-    for j in range(V):
-        k = j
-        while k > 0 and z[order[k - 1]] < z[j]:
-            order[k] = order[k - 1]
-            k -= 1
-        order[k] = j
-
-
 PAIRWISE_BLOCK = 128     # numpy's PW_BLOCKSIZE: below it a sum runs on eight accumulators
 
 
@@ -313,7 +300,7 @@ def filter_probs_kernel(logits, temperature, top_k, top_p, zd, probs, order, p):
         if V > 256:
             order[:] = np.argsort(-zd, kind="mergesort")   # stable; allocates, but V is large here
         else:
-            stable_order_desc(zd, order)
+            select_top(zd, V, order)             # all V by insertion: the stable order
     kept_probs(zd, 1.0, keep, top_p, order, p, probs)
 
 
