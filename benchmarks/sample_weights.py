@@ -10,7 +10,9 @@ What `lstm-engine generate --products float32|bf16|int8` streams a character: th
 weights as stored, rounded to bfloat16, or 8-bit codes with a float32 scale per column
 (docs/numba.md, "Batch-1 sampling").  Each config is one model (the bench's weights), sampled in
 the bench's calls of SAMPLE_CHUNK characters; the four samplers take turns, repeat by repeat, so
-a ratio to PyTorch is of the same seconds (median over the repeats).  --top-k / --top-p: every
+a ratio to PyTorch is of the same seconds (median over the repeats); % bound: of the chars/s at which
+the numba threads read the weights a character needs (`lstm-engine bench`'s memory-bandwidth bound,
+lstm_engine/bench/harness.py), for each sampler's bytes.  --top-k / --top-p: every
 sampler (PyTorch's by topk / sort, cumsum and multinomial) draws from the filtered set.  Run it on
 an idle machine.
 --checkpoint: the other side of the trade, the loss of a trained model on the val split of its
@@ -25,9 +27,11 @@ from lstm_engine.backends import numba_backend as nb
 from lstm_engine.bench.configs import parse_configs
 from lstm_engine.bench.harness import SAMPLE_CHUNK, EngineRunner, make_batch, time_batch, warm_up
 from lstm_engine.bench.machine import machine_info, machine_line, thread_settings
+from lstm_engine.bench.stream import read_rate
 from lstm_engine.bench.torch_peer import TorchRunner
 
 WEIGHTS = ("float32", "bf16", "int8")
+ITEMSIZE = {"numba float32": (4, 0), "numba bf16": (2, 0), "numba int8": (1, 4), "torch": (4, 0)}   # weight, scale bytes
 
 
 class WeightsRunner:
@@ -96,15 +100,20 @@ def main():
     with thread_settings(a.threads, torch_too=True):
         print(machine_line(machine_info(a.threads)))
         print(f"sampling: temperature 1, top-k {a.top_k or 'off'}, top-p {a.top_p if a.top_p < 1 else 'off'}")
-        print(f"{'config':<28} {'sampler':<14} {'chars/s':>9} {'spread':>7} {'vs torch':>9}")
+        print(f"{'config':<28} {'sampler':<14} {'chars/s':>9} {'spread':>7} {'vs torch':>9} {'MB/char':>8} "
+              f"{'% bound':>8}")
         for cfg in parse_configs(",".join(a.configs)):
             got = measure(cfg, a.seconds, a.repeats, filters)
             for name, speeds in got.items():
                 med = statistics.median(speeds)
                 spread = 100 * (max(speeds) - min(speeds)) / 2 / med
                 ratio = "-" if name == "torch" else f"{statistics.median(np.divide(speeds, got['torch'])):.1f}x"
-                print(f"{cfg.name:<28} {name:<14} {med:>9,.0f} {spread:>6.0f}% {ratio:>9}", flush=True)
-    print("chars/s: median over the repeats; vs torch: the median of the repeat-by-repeat ratios")
+                nbytes = cfg.weight_bytes_per_char(*ITEMSIZE[name])
+                bound = read_rate(nbytes) * 1e9 / nbytes
+                print(f"{cfg.name:<28} {name:<14} {med:>9,.0f} {spread:>6.0f}% {ratio:>9} {nbytes / 1e6:>8.2f} "
+                      f"{100 * med / bound:>7.0f}%", flush=True)
+    print("chars/s: median over the repeats; vs torch: the median of the repeat-by-repeat ratios; MB/char: the "
+          "weights a character reads; % bound: of the chars/s the numba threads' read rate for that many bytes allows")
 
 
 if __name__ == "__main__":

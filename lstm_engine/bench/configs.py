@@ -48,6 +48,16 @@ class BenchConfig:
         G = GATE_BLOCKS[self.cell] * H
         return sum(2 * ((E if l == 0 else H) + H) * G for l in range(L)) + 2 * H * V
 
+    def weight_bytes_per_char(self, itemsize=4, scale_bytes=0):
+        """Bytes of weights a batch-1 character reads at the least (harness.py's module docstring):
+        every W_h, every W_x above layer 0, one row of layer 0's Emb @ W_x table and Wy, each weight
+        itemsize bytes, plus scale_bytes per column of each matrix (int8 codes' float32 scales)."""
+        H, L, V = self.H, self.L, self.V
+        G = GATE_BLOCKS[self.cell] * H
+        weights = L * H * G + (L - 1) * H * G + G + H * V
+        columns = L * G + (L - 1) * G + V
+        return itemsize * weights + scale_bytes * columns
+
     def flops_per_char(self, what):
         return self.forward_flops_per_char() * (3 if what == "train" else 1)
 

@@ -13,6 +13,13 @@ FLOP model (matrix products only; the elementwise gate math is left out):
     train step:              3 x forward    (backward = 2 x forward: gradients of inputs and of weights)
     sample (batch 1):        1 x forward
 GFLOP/s = FLOP per char * chars/s / 1e9, shown against the sgemm peak measured in the same run.
+
+Memory-bandwidth bound of a sample row on the CPU (add_bounds): a character reads every weight once,
+    bytes per char:          itemsize * (sum_l H*G + sum_{l>=1} I_l*G + G + H*V)
+                             (layer 0's input projection is one row of the Emb @ W_x table; biases left out)
+    bound chars/s:           the rate the numba threads read that many bytes (bench/stream.py) / bytes per char
+The sampler's weights are float32 (4 bytes) unless the numba sampler streams bfloat16 (2) or int8
+(1, plus a float32 scale per column).
 """
 from __future__ import annotations
 
@@ -390,10 +397,46 @@ def run_bench(backends=DEFAULT_BACKENDS, configs=DEFAULT_CONFIGS, what="train,fo
             if memory:
                 say(f"{cfg.name}: peak memory of {bench_memory.MEMORY_STEPS} training steps, a fresh process each ...")
                 rows.extend(memory_rows(entries, cfg, cells, threads))
+        if any(_bounded(r) for r in rows):
+            say("measuring the memory-bandwidth bound of sampling ...")
+        add_bounds(rows)
     add_peer_ratios(rows, peaks)
     for r in rows:
         r.update(machine)
     return machine, rows
+
+
+def sampler_itemsize(name):
+    """(bytes a weight, bytes a column's scale) as backend `name` samples a float32 model: the numba
+    sampler's bfloat16 or int8 weights where they are chosen (numba_tune.sampler_weights), else float32."""
+    if name == "numba":
+        from ..backends import numba_tune
+        return {"bf16": (2, 0), "int8": (1, 4)}.get(numba_tune.sampler_weights(), (4, 0))
+    return 4, 0
+
+
+def _bounded(r):
+    """True for a timed sample row on the CPU (the rows add_bounds bounds)."""
+    return r["what"] == "sample" and r["device"] == "cpu" and bool(r["chars_per_s"])
+
+
+def add_bounds(rows, seconds=0.2):
+    """Sample rows on the CPU: the bytes of weights a character reads (the module docstring), the rate
+    the numba threads read that many bytes (bench/stream.py, once per size), the chars/s that rate
+    allows and the fraction of it the row reached; None in the other rows."""
+    rates = {}
+    for r in rows:
+        r.update(weight_bytes_per_char=None, read_gbps=None, bound_chars_per_s=None, frac_bound=None)
+        if not _bounded(r):
+            continue
+        from . import stream as bench_stream
+        cfg = BenchConfig(r["config"], r["E"], r["H"], r["L"], r["B"], r["T"], r["V"], r.get("cell", "lstm"))
+        nbytes = cfg.weight_bytes_per_char(*sampler_itemsize(r["backend"]))
+        if nbytes not in rates:
+            rates[nbytes] = bench_stream.read_rate(nbytes, seconds)
+        bound = rates[nbytes] * 1e9 / nbytes
+        r.update(weight_bytes_per_char=nbytes, read_gbps=rates[nbytes], bound_chars_per_s=bound,
+                 frac_bound=r["chars_per_s"] / bound)
 
 
 def memory_rows(entries, cfg, cells, threads):

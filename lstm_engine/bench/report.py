@@ -8,7 +8,8 @@ import textwrap
 
 from ..errors import UserError
 
-COLUMNS = ("config", "backend", "what", "chars/s", "spread", "GFLOP/s", "% peak", "vs torch", "compile s", "valid")
+COLUMNS = ("config", "backend", "what", "chars/s", "spread", "GFLOP/s", "% peak", "% bound", "vs torch", "compile s",
+           "valid")
 
 
 def _num(x, digits=3):
@@ -22,9 +23,10 @@ def _num(x, digits=3):
 
 def _cells(r):
     if r["chars_per_s"] is None:
-        return [r["config"], r["backend"], r["what"]] + ["-"] * 6 + [r["status"]]
+        return [r["config"], r["backend"], r["what"]] + ["-"] * 7 + [r["status"]]
     return [r["config"], r["backend"], r["what"], _num(r["chars_per_s"]), f"±{r['spread_pct']:.0f}%",
             _num(r["gflops"]), _num(100 * r["frac_peak"], 2) if r.get("frac_peak") is not None else "-",
+            _num(100 * r["frac_bound"], 2) if r.get("frac_bound") is not None else "-",
             f"{r['vs_torch']:.2f}x" if r.get("vs_torch") else "-", _num(r["compile_s"], 2),
             "yes" if r["valid"] else "INVALID" if r["status"] == "invalid" else r["status"]]
 
@@ -85,6 +87,8 @@ def legend(rows):
             "(per char forward sum_l 2(I_l+H)G + 2HV, G = 4H lstm/peephole, 3H coupled/gru; train 3x forward); "
             "% peak: of the same device's "
             "float32 sgemm peak measured in this run; "
+            "% bound (sample rows on the CPU): of the chars/s at which the numba threads read the weights a "
+            "character needs, at the rate measured in this run for that many bytes (memory-bandwidth bound); "
             "compile s: first call minus a steady call (JIT compile, warm-up); "
             + (f"vs torch: speed / the torch peer's, median over the repeats (the backends take turns, so each "
                f"repeat's pair is timed seconds apart), on the same device when it ran ({', '.join(peers)})" if peers

@@ -23,7 +23,7 @@ from parity import backend_params
 
 FAST = dict(seconds=0.05, repeats=2, threads=1)
 REQUIRED = ("backend", "config", "what", "chars_per_s", "gflops", "valid", "status", "reason", "device",
-            "frac_peak", "vs_torch", "compile_s", "spread_pct", "flops_per_char",
+            "frac_peak", "frac_bound", "vs_torch", "compile_s", "spread_pct", "flops_per_char",
             "cpu", "cores", "blas", "blas_threads", "numpy_version", "numba_version", "cupy_version",
             "torch_version", "gpu", "date", "sgemm_cpu_gflops")
 
@@ -37,6 +37,14 @@ def check_timed_row(r):
     assert r["gflops"] == pytest.approx(r["flops_per_char"] * r["chars_per_s"] / 1e9)
     assert 0 < r["frac_peak"] == pytest.approx(r["gflops"] / r["sgemm_cpu_gflops"])
     assert r["compile_s"] >= 0 and r["repeats"] == FAST["repeats"] and r["calls_per_repeat"] >= 1
+    if r["what"] == "sample" and r["device"] == "cpu":      # the memory-bandwidth bound of the row's weights
+        cfg = BenchConfig(r["config"], r["E"], r["H"], r["L"], r["B"], r["T"], r["V"], r["cell"])
+        assert r["weight_bytes_per_char"] == cfg.weight_bytes_per_char(*bench.sampler_itemsize(r["backend"]))
+        assert r["read_gbps"] > 0
+        assert r["bound_chars_per_s"] == pytest.approx(r["read_gbps"] * 1e9 / r["weight_bytes_per_char"])
+        assert 0 < r["frac_bound"] == pytest.approx(r["chars_per_s"] / r["bound_chars_per_s"])
+    else:
+        assert r["frac_bound"] is None and r["bound_chars_per_s"] is None
 
 
 @pytest.mark.parametrize("name", backend_params())
@@ -142,6 +150,7 @@ def test_cli_writes_json_lines_and_prints_the_table(tmp_path, monkeypatch):
                                     "--repeats", "2", "--threads", "1", "--json", str(out)])
     assert res.exit_code == 0, res.output
     assert res.stdout.startswith("machine: ") and "chars/s" in res.stdout and "GFLOP/s" in res.stdout
+    assert "% bound" in res.stdout
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["what"] for r in rows] == ["train", "forward", "sample"]
     for r in rows:
@@ -178,6 +187,32 @@ def test_flop_model():
     fwd = 2 * (16 + 32) * 128 + 2 * (32 + 32) * 128 + 2 * 32 * 65
     assert c.flops_per_char("forward") == c.flops_per_char("sample") == fwd
     assert c.flops_per_char("train") == 3 * fwd
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_weight_bytes_per_char_counts_the_models_matrices(cell):
+    """Every W_h, every W_x above layer 0, one row of layer 0's table and Wy, from the model's own
+    parameter shapes; int8's scales one per column of each of those matrices."""
+    c = BenchConfig("x", E=16, H=32, L=3, B=1, T=1, V=70, cell=cell)
+    shapes = c.model_config().param_shapes()
+    H, G = 32, shapes["W0"][1]
+    mats = [(H, G)] + [(H, G)] * 2 + [(shapes[f"W{l}"][0] - H, G) for l in (1, 2)] + [shapes["Wy"]]
+    weights = sum(a * b for a, b in mats) + G                       # + the table row of layer 0
+    columns = sum(b for _, b in mats)
+    assert c.weight_bytes_per_char() == 4 * weights
+    assert c.weight_bytes_per_char(2) == 2 * weights
+    assert c.weight_bytes_per_char(1, 4) == weights + 4 * columns
+
+
+def test_read_rate_reads_every_slice():
+    """The bound's read: each thread sums its own contiguous slice (checked by value), at a positive rate."""
+    from lstm_engine.bench import stream
+    a = np.arange(10, dtype=np.float32)
+    out = np.zeros(3, np.float32)
+    stream.read_slices(a, 3, 2, out)
+    assert out.tolist() == [2 * sum(range(0, 3)), 2 * sum(range(3, 6)), 2 * sum(range(6, 10))]
+    for nbytes in (4, 12, 4096, 1 << 20):                          # fewer values than threads too
+        assert stream.read_rate(nbytes, seconds=0.01) > 0
 
 
 def test_time_calls_keeps_the_warm_up_apart():
