@@ -21,6 +21,7 @@ from ..core import environment
 numba = environment.import_numba()
 
 MIN_READ = 32 << 20      # bytes a timed call reads at least: small arrays are read that many times over
+MAX_READ = 256 << 20     # bytes measured at most: far past every cache the rate is the memory's whatever the size
 
 
 @numba.njit(fastmath={"reassoc", "contract"}, error_model="numpy", cache=True)
@@ -41,10 +42,15 @@ def read_slices(a, nt, reps, out):
         out[k] = slice_sum(a[k * n // nt:(k + 1) * n // nt], reps)
 
 
+def values_read(nbytes):
+    """How many float32 values read_rate reads for nbytes: at least one, at most MAX_READ's bytes."""
+    return max(1, min(int(nbytes), MAX_READ) // 4)
+
+
 def read_rate(nbytes, seconds=0.2, threads=None):
-    """-> GB/s at which `threads` numba threads (default: all of them) read nbytes (at least 4)
-    of float32 values, the best of runs for about `seconds`."""
-    n = max(1, int(nbytes) // 4)
+    """-> GB/s at which `threads` numba threads (default: all of them) read nbytes (at least 4, at
+    most MAX_READ) of float32 values, the best of runs for about `seconds`."""
+    n = values_read(nbytes)
     nt = max(1, min(threads or numba.get_num_threads(), n))
     a = np.zeros(n, np.float32)                              # (n,) ones at each slice's ends, zeros between
     bounds = [(k * n // nt, (k + 1) * n // nt) for k in range(nt)]

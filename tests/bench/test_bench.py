@@ -213,6 +213,8 @@ def test_read_rate_reads_every_slice():
     assert out.tolist() == [2 * sum(range(0, 3)), 2 * sum(range(3, 6)), 2 * sum(range(6, 10))]
     for nbytes in (4, 12, 4096, 1 << 20):                          # fewer values than threads too
         assert stream.read_rate(nbytes, seconds=0.01) > 0
+    assert stream.values_read(12) == 3 and stream.values_read(2) == 1
+    assert stream.values_read(1 << 40) * 4 == stream.MAX_READ     # a vocabulary of a million: memory's rate
 
 
 def test_time_calls_keeps_the_warm_up_apart():
