@@ -306,11 +306,14 @@ def bench(backends, configs, what, cell, seconds, repeats, threads, json_path, p
 
     \b
     train: forward + BPTT + clip + Adam over B*T chars; forward: loss only;
-    sample: batch-1 generation, 32 chars a call.  Warm-up is not timed.
+    sample: batch-1 generation, 1,024 chars a call.  Warm-up is not timed.
     FLOP model per char: forward sum_l 2(I_l+H)G + 2HV (I_0=E, I_l=H;
     G=4H lstm/peephole, 3H coupled/gru), train 3x forward, sample 1x
     forward.  % peak is of the float32 sgemm peak measured in the same
-    run; vs torch is the speed ratio to the PyTorch peer (nn.LSTM or
+    run; % bound (sample rows on the CPU) of the chars/s at which the
+    numba threads read the weights a character needs, at the rate
+    measured in the run for that many bytes (the memory-bandwidth
+    bound); vs torch is the speed ratio to the PyTorch peer (nn.LSTM or
     nn.GRU on CPU, cuDNN on GPU) on the same device.  A config may end
     in a vocabulary size: E128,H256,L2,B32,T50,V6746 or seed,V6746.
     """

@@ -189,6 +189,12 @@ def test_flop_model():
     assert c.flops_per_char("train") == 3 * fwd
 
 
+def test_bench_help_says_what_a_sample_call_is_and_what_the_columns_mean():
+    res = CliRunner().invoke(main, ["bench", "--help"])
+    assert res.exit_code == 0
+    assert f"{bench.SAMPLE_CHUNK:,} chars a call" in res.output and "% bound" in res.output
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_weight_bytes_per_char_counts_the_models_matrices(cell):
     """Every W_h, every W_x above layer 0, one row of layer 0's table and Wy, from the model's own
