@@ -25,13 +25,12 @@ import numpy as np
 
 from lstm_engine.backends import numba_backend as nb
 from lstm_engine.bench.configs import parse_configs
-from lstm_engine.bench.harness import SAMPLE_CHUNK, EngineRunner, make_batch, time_batch, warm_up
+from lstm_engine.bench.harness import SAMPLE_CHUNK, WEIGHT_BYTES, EngineRunner, make_batch, time_batch, warm_up
 from lstm_engine.bench.machine import machine_info, machine_line, thread_settings
 from lstm_engine.bench.stream import read_rate
 from lstm_engine.bench.torch_peer import TorchRunner
 
 WEIGHTS = ("float32", "bf16", "int8")
-ITEMSIZE = {"numba float32": (4, 0), "numba bf16": (2, 0), "numba int8": (1, 4), "torch": (4, 0)}   # weight, scale bytes
 
 
 class WeightsRunner:
@@ -102,14 +101,17 @@ def main():
         print(f"sampling: temperature 1, top-k {a.top_k or 'off'}, top-p {a.top_p if a.top_p < 1 else 'off'}")
         print(f"{'config':<28} {'sampler':<14} {'chars/s':>9} {'spread':>7} {'vs torch':>9} {'MB/char':>8} "
               f"{'% bound':>8}")
+        rates = {}                                        # read GB/s by bytes: measured once a size
         for cfg in parse_configs(",".join(a.configs)):
             got = measure(cfg, a.seconds, a.repeats, filters)
             for name, speeds in got.items():
                 med = statistics.median(speeds)
                 spread = 100 * (max(speeds) - min(speeds)) / 2 / med
                 ratio = "-" if name == "torch" else f"{statistics.median(np.divide(speeds, got['torch'])):.1f}x"
-                nbytes = cfg.weight_bytes_per_char(*ITEMSIZE[name])
-                bound = read_rate(nbytes) * 1e9 / nbytes
+                nbytes = cfg.weight_bytes_per_char(*WEIGHT_BYTES["float32" if name == "torch" else name.split()[1]])
+                if nbytes not in rates:
+                    rates[nbytes] = read_rate(nbytes)
+                bound = rates[nbytes] * 1e9 / nbytes
                 print(f"{cfg.name:<28} {name:<14} {med:>9,.0f} {spread:>6.0f}% {ratio:>9} {nbytes / 1e6:>8.2f} "
                       f"{100 * med / bound:>7.0f}%", flush=True)
     print("chars/s: median over the repeats; vs torch: the median of the repeat-by-repeat ratios; MB/char: the "

@@ -406,13 +406,16 @@ def run_bench(backends=DEFAULT_BACKENDS, configs=DEFAULT_CONFIGS, what="train,fo
     return machine, rows
 
 
+WEIGHT_BYTES = {"float32": (4, 0), "bf16": (2, 0), "int8": (1, 4)}   # (bytes a weight, bytes a column's scale)
+
+
 def sampler_itemsize(name):
-    """(bytes a weight, bytes a column's scale) as backend `name` samples a float32 model: the numba
-    sampler's bfloat16 or int8 weights where they are chosen (numba_tune.sampler_weights), else float32."""
+    """WEIGHT_BYTES of what backend `name` samples a float32 model with: the numba sampler's bfloat16
+    or int8 weights where they are chosen (numba_tune.sampler_weights), else float32."""
     if name == "numba":
         from ..backends import numba_tune
-        return {"bf16": (2, 0), "int8": (1, 4)}.get(numba_tune.sampler_weights(), (4, 0))
-    return 4, 0
+        return WEIGHT_BYTES[numba_tune.sampler_weights() or "float32"]
+    return WEIGHT_BYTES["float32"]
 
 
 def _bounded(r):
@@ -427,8 +430,7 @@ def add_bounds(rows, seconds=0.2):
     rates = {}
     for r in rows:
         r.update(weight_bytes_per_char=None, read_gbps=None, bound_chars_per_s=None, frac_bound=None)
-        if not _bounded(r):
-            continue
+    for r in filter(_bounded, rows):
         from . import stream as bench_stream
         cfg = BenchConfig(r["config"], r["E"], r["H"], r["L"], r["B"], r["T"], r["V"], r.get("cell", "lstm"))
         nbytes = cfg.weight_bytes_per_char(*sampler_itemsize(r["backend"]))
