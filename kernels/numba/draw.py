@@ -180,18 +180,32 @@ def top_p_theta(q, target):
 
 
 @numba.njit(inline="always", **JIT)
-def top_p_by_threshold(pc, idx, target, q, probs):
-    """The top-p set without a sort: pc (n,) the candidates' probabilities (unnormalised) at the
-    indices idx (n,), in index order, carrying more than target.  The prefix the reference keeps
-    is every value above theta (top_p_theta), then values equal to theta by index until the sum
-    reaches target.  probs (V,) <- zeros but the kept set, renormalised; q (n,) scratch."""
+def top_p_by_threshold(pc, idx, total, top_p, q, probs):
+    """The top-p set without a sort: pc (n,) the candidates' probabilities (unnormalised, summing
+    to total over all V) at the indices idx (n,), in index order, carrying more than top_p of total.
+    The prefix the reference keeps is every value above theta (top_p_theta), then values equal to
+    theta by index until the sum reaches target = top_p x total.  Where that sum lands within
+    rounding of target, the reference's running sum of normalised probabilities decides by its own
+    rounding: then the candidates are sorted and cut as it cuts them (top_p_sorted).
+    probs (V,) <- zeros but the kept set, renormalised; q (n,) scratch."""
     n = pc.shape[0]
+    target = top_p * total
     for i in range(n):
         q[i] = pc[i]
     theta = top_p_theta(q, target)
     for i in range(n):
         q[i] = pc[i] if pc[i] > theta else 0.0
-    cum = pairwise_sum(q)
+    above = pairwise_sum(q)
+    cum, before = above, above
+    for i in range(n):                                    # the ties at theta kept, by index
+        if pc[i] == theta and cum < target:
+            before = cum
+            cum += theta
+    slack = (n + 2) * 2.0 ** -52 * target                 # the reference's sum: a rounding a term
+    if cum - target <= slack or target - before <= slack:
+        top_p_sorted(pc, idx, total, top_p, q, probs)
+        return
+    cum = above
     m = 0
     for i in range(n):                                    # the kept ones to the front of idx, q
         v = pc[i]
@@ -204,6 +218,17 @@ def top_p_by_threshold(pc, idx, target, q, probs):
     probs[:] = 0.0
     for i in range(m):
         probs[idx[i]] = q[i] / s
+
+
+@numba.njit(inline="always", **JIT)
+def top_p_sorted(pc, idx, total, top_p, q, probs):
+    """top_p_by_threshold's set as the reference cuts it: the candidates pc (n,) at idx (n,), in
+    index order, sorted by decreasing value (stable: ties by index), then cut_and_spread."""
+    o = np.argsort(-pc, kind="mergesort")                 # (n,) stable; allocates, but seldom runs
+    sorted_idx = idx[o]                                   # (n,)
+    for i in range(pc.shape[0]):
+        idx[i], q[i] = sorted_idx[i], pc[o[i]]
+    cut_and_spread(q, pc.shape[0], total, top_p, idx, probs)
 
 
 @numba.njit(inline="always", **JIT)
@@ -289,7 +314,7 @@ def filter_probs_kernel(logits, temperature, top_k, top_p, zd, probs, order, p):
             pc = zd[:n]                                   # (n,) the candidates' p; zd is spent
             for i in range(n):
                 pc[i] = p[order[i]]
-            top_p_by_threshold(pc, order[:n], top_p * total, p[:n], probs)
+            top_p_by_threshold(pc, order[:n], total, top_p, p[:n], probs)
             return
         if n > 0:
             sort_desc(zd, order[:n])

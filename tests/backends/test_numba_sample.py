@@ -60,6 +60,23 @@ def test_filter_matches_filter_probs(V, temperature, top_k, top_p, ties):
     assert abs(probs.sum() - 1) < 1e-12
 
 
+@pytest.mark.parametrize("V", [300, 1000, 6746])
+@pytest.mark.parametrize("top_p", [0.5, 0.25, 0.1, 0.75, 0.3])
+@pytest.mark.parametrize("groups", [1, 2, 5])
+def test_top_p_cut_at_an_exact_tie_is_the_references(V, top_p, groups):
+    """Equal logits where top-p times the mass lands on a whole number of them: the reference's
+    running sum of normalised probabilities decides by its rounding whether one more is kept; the
+    kernel's kept set is the same (its quickselect sums unnormalised exps, which land exactly)."""
+    logits = np.repeat(np.arange(groups, 0, -1), -(-V // groups))[:V].astype(np.float32)   # (V,) equal runs
+    logits = np.random.default_rng(V).permutation(logits) * np.float32(0.25)
+    zd, probs, p, order = np.empty(V), np.empty(V), np.empty(V), np.empty(V, np.int64)
+    draw.filter_probs_kernel(logits, 1.0, 0, top_p, zd, probs, order, p)
+    want = ref.filter_probs(logits, 1.0, 0, top_p)                                    # (V,)
+    assert (probs > 0).sum() == (want > 0).sum()
+    np.testing.assert_array_equal(probs > 0, want > 0)
+    np.testing.assert_allclose(probs, want, rtol=1e-13, atol=0)
+
+
 @pytest.mark.parametrize("V", [1, 3, 65, 256, 300, 6746])
 @pytest.mark.parametrize("top_k", [0, 17])
 def test_draw_is_the_references_inverse_cdf(V, top_k):
