@@ -141,8 +141,11 @@ def tune(configs="seed", dtype="float32", on_record=None, cells="lstm"):
     ok, why = numba_backend.is_available()
     if not ok:
         raise UserError(f"lstm-engine tune needs the numba backend: {why}")
+    from .core.resources import check_training_memory
     items = []
     for c in parse_configs(configs):
+        for cell in cell_list or ["lstm"]:
+            check_training_memory(c.V, c.E, c.H, c.L, c.B, c.T, dtype, cell)   # the products it times are a step's
         items += numba_backend.tune_products(c.E, c.H, c.L, c.B, c.T, c.V, cell_list or ["lstm"])
     if not items:
         raise UserError("no products to tune in these configs")

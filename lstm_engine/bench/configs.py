@@ -106,9 +106,16 @@ def parse_configs(spec):
             dims = []
             for letter, t in zip("EHLBT", tokens[k:k + 5]):
                 m = re.fullmatch(rf"{letter}?(\d+)", t, re.IGNORECASE)
-                if not m or int(m.group(1)) < 1:
+                if not m:
                     break
+                if int(m.group(1)) < 1:
+                    raise UserError(f"config {','.join(tokens[k:k + 5])!r}: {letter} must be a positive whole "
+                                    f"number (got {t!r}); give E,H,L,B,T such as 64,128,2,32,50")
                 dims.append(int(m.group(1)))
+            if 0 < len(dims) < 5:
+                raise UserError(f"config {','.join(tokens[k:k + len(dims) + 1])!r} is not a whole shape: give all "
+                                f"five numbers E,H,L,B,T such as 64,128,2,32,50 (letters allowed: "
+                                f"E64,H128,L2,B32,T50)")
             if len(dims) < 5:
                 raise UserError(f"unknown config {tok!r}; choose from {', '.join(CONFIGS)} "
                                 f"or give five positive numbers E,H,L,B,T such as 64,128,2,32,50 "

@@ -446,6 +446,16 @@ def test_tune_command_rejects_a_bad_config_in_one_line(auto):
     assert not auto.exists()
 
 
+def test_tune_command_refuses_a_config_too_big_for_memory_before_timing(auto):
+    from click.testing import CliRunner
+
+    import cli
+    r = CliRunner().invoke(cli.main, ["tune", "--configs", "E64,H9999999,L2,B64,T50"])
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith("error: training a lstm E64 H9999999 L2") and "more than the" in r.stderr
+    assert not auto.exists()
+
+
 # ----------------------------------------------------------------------------
 # The AVX2 target
 # ----------------------------------------------------------------------------

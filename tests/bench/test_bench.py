@@ -160,7 +160,9 @@ def test_cli_writes_json_lines_and_prints_the_table(tmp_path, monkeypatch):
 @pytest.mark.parametrize("args, msg", [
     (["--backends", "numpy,tpu"], "unknown backend 'tpu'"),
     (["--configs", "tiny,huge"], "unknown config 'huge'"),
-    (["--configs", "64,128,2"], "unknown config '64'"),
+    (["--configs", "64,128,2"], "config '64,128,2' is not a whole shape"),
+    (["--configs", "E64,H128,L2,tiny"], "config 'E64,H128,L2,tiny' is not a whole shape"),
+    (["--configs", "E64,H0,L2,B64,T50"], "H must be a positive whole number (got 'H0')"),
     (["--what", "train,backward"], "unknown measurement 'backward'"),
     (["--threads", "0"], "--threads must be >= 1"),
     (["--seconds", "0"], "--seconds must be > 0"),
