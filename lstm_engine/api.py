@@ -19,7 +19,7 @@ from .core.config import check_names, config_for_resume, explicit_fields, with_c
 from .core.data import Vocab, load_corpus, split
 from .core.generation import bits, check_sampling_options, evaluate_ids, generate_text
 from .core.model import GATE_BLOCKS, Model, ModelConfig, check_cell
-from .core.resources import check_fits_memory
+from .core.resources import check_fits_memory, check_training_memory
 from .core.train import TrainConfig, Trainer
 from .errors import UserError
 from .storage import checkpoint
@@ -141,9 +141,9 @@ def tune(configs="seed", dtype="float32", on_record=None, cells="lstm"):
     ok, why = numba_backend.is_available()
     if not ok:
         raise UserError(f"lstm-engine tune needs the numba backend: {why}")
-    from .core.resources import check_training_memory
+    cfgs = parse_configs(configs)
     items = []
-    for c in parse_configs(configs):
+    for c in cfgs:
         for cell in cell_list or ["lstm"]:
             check_training_memory(c.V, c.E, c.H, c.L, c.B, c.T, dtype, cell)   # the products it times are a step's
         items += numba_backend.tune_products(c.E, c.H, c.L, c.B, c.T, c.V, cell_list or ["lstm"])
@@ -151,7 +151,7 @@ def tune(configs="seed", dtype="float32", on_record=None, cells="lstm"):
         raise UserError("no products to tune in these configs")
     import numba
     records = numba_tune.retune(items, dtype, on_record)
-    for c in parse_configs(configs):
+    for c in cfgs:
         plan = numba_backend.tune_plan(c.T, c.B, c.H, dtype)
         records += [plan] if plan is not None else []
         if plan is not None and on_record is not None:

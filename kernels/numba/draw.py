@@ -195,23 +195,22 @@ def top_p_by_threshold(pc, idx, total, top_p, q, probs):
     theta = top_p_theta(q, target)
     for i in range(n):
         q[i] = pc[i] if pc[i] > theta else 0.0
-    above = pairwise_sum(q)
-    cum, before = above, above
-    for i in range(n):                                    # the ties at theta kept, by index
+    cum = before = pairwise_sum(q)
+    ties = 0                                              # the values equal to theta kept, first by index
+    for i in range(n):
         if pc[i] == theta and cum < target:
             before = cum
             cum += theta
+            ties += 1
     slack = (n + 2) * 2.0 ** -52 * target                 # the reference's sum: a rounding a term
     if cum - target <= slack or target - before <= slack:
         top_p_sorted(pc, idx, total, top_p, q, probs)
         return
-    cum = above
     m = 0
     for i in range(n):                                    # the kept ones to the front of idx, q
         v = pc[i]
-        if v > theta or (v == theta and cum < target):
-            if v == theta:
-                cum += v
+        if v > theta or (v == theta and ties > 0):
+            ties -= 1 if v == theta else 0
             idx[m], q[m] = idx[i], v
             m += 1
     s = pairwise_sum(q[:m])

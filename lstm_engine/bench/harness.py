@@ -427,11 +427,11 @@ def add_bounds(rows, seconds=0.2):
     """Sample rows on the CPU: the bytes of weights a character reads (the module docstring), the rate
     the numba threads read that many bytes (bench/stream.py, once per size), the chars/s that rate
     allows and the fraction of it the row reached; None in the other rows."""
+    from . import stream as bench_stream
     rates = {}
     for r in rows:
         r.update(weight_bytes_per_char=None, read_gbps=None, bound_chars_per_s=None, frac_bound=None)
     for r in filter(_bounded, rows):
-        from . import stream as bench_stream
         cfg = BenchConfig(r["config"], r["E"], r["H"], r["L"], r["B"], r["T"], r["V"], r.get("cell", "lstm"))
         nbytes = cfg.weight_bytes_per_char(*sampler_itemsize(r["backend"]))
         if nbytes not in rates:
