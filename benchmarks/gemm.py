@@ -112,12 +112,11 @@ def main():
     rng = np.random.default_rng(0)
     blas = "; ".join(f"{i['internal_api']} {i.get('version')} ({i.get('architecture')})" for i in threadpool_info()
                      if i.get("user_api") == "blas")
-    extra = [(name, run) for name, run, ok in (("bf16", _run_bf16, gemm_bf16.available()),
-                                               ("amx", _run_amx, gemm_bf16.available()[0] and gemm_amx.available()))
-             if ok[0]]
+    bf16 = gemm_bf16.available()                                    # (ok, why not) each
+    amx = gemm_amx.available() if bf16[0] else (False, "no bfloat16 products")
+    extra = [(name, run) for name, run, ok in (("bf16", _run_bf16, bf16), ("amx", _run_amx, amx)) if ok[0]]
     runs = [_run_blas, _run_own] + [run for _, run in extra]
-    print(f"one thread; BLAS: {blas}; bfloat16: {'yes' if gemm_bf16.available()[0] else gemm_bf16.available()[1]}"
-          f"; AMX: {'yes' if any(n == 'amx' for n, _ in extra) else gemm_amx.available()[1] or 'no'}")
+    print(f"one thread; BLAS: {blas}; bfloat16: {'yes' if bf16[0] else bf16[1]}; AMX: {'yes' if amx[0] else amx[1]}")
     print(f"{'shape':48s} {'m x k x n':>18s}  {'BLAS GF/s':>9s}  {'own GF/s':>8s}  {'own/BLAS':>8s}"
           f"  {'padded GF/s':>11s}  {'panels GF/s':>11s}"
           + "".join(f"  {n + ' GF/s':>9s}  {n + '/BLAS':>9s}" for n, _ in extra)
