@@ -284,10 +284,12 @@ def _bf16_probe():
 def use_products(name):
     """'bf16': every big product and the LSTM's recurrent ones take bfloat16 operands in this
     process (as LSTM_ENGINE_TUNE=bf16), and the sampler streams bfloat16 weights (_sample_weights);
-    'int8': the sampler streams 8-bit weights, the products as LSTM_ENGINE_TUNE says;
-    'float32': as LSTM_ENGINE_TUNE says."""
+    on a CPU without bfloat16 products (training refuses them there first: bf16_products) the
+    sampler alone does, as it widens each weight it reads on any CPU, so a checkpoint trained with
+    them generates everywhere; 'int8': the sampler streams 8-bit weights, the products as
+    LSTM_ENGINE_TUNE says; 'float32': as LSTM_ENGINE_TUNE says."""
     from . import numba_tune
-    numba_tune.set_products(name)
+    numba_tune.set_products(name, sampler_only=name == "bf16" and not bf16_products()[0])
 
 
 def is_available():

@@ -90,7 +90,7 @@ def output_products(N, H, V):
 
 
 _products = [None]   # "bf16" while this process trains with bfloat16 products (set_products)
-_sampler = [None]    # "int8" while this process samples with 8-bit weights (set_products)
+_sampler = [None]    # "int8" or "bf16" while this process's sampler alone streams such weights (set_products)
 
 
 def mode():
@@ -99,17 +99,17 @@ def mode():
     return _products[0] or env.get("LSTM_ENGINE_TUNE", "auto")
 
 
-def set_products(name):
-    """'bf16': force the bfloat16 products in this process (a run's --products); 'int8': the
-    sampler's weights in 8 bits (generate --products int8), every product as LSTM_ENGINE_TUNE says;
-    else back to LSTM_ENGINE_TUNE."""
-    _products[0] = "bf16" if name == "bf16" else None
-    _sampler[0] = "int8" if name == "int8" else None
+def set_products(name, sampler_only=False):
+    """'bf16': force the bfloat16 products in this process (a run's --products); 'int8', or 'bf16'
+    with sampler_only: the sampler's weights in 8 bits or bfloat16 (generate --products), every
+    product as LSTM_ENGINE_TUNE says; else back to LSTM_ENGINE_TUNE."""
+    _products[0] = "bf16" if name == "bf16" and not sampler_only else None
+    _sampler[0] = name if name == "int8" or name == "bf16" and sampler_only else None
 
 
 def sampler_weights():
-    """What the sampler streams of a float32 model: 'int8' after set_products('int8'), 'bf16' with
-    bfloat16 products, else None (the weights as stored)."""
+    """What the sampler streams of a float32 model: what set_products gave it ('int8', 'bf16'), 'bf16'
+    with bfloat16 products, else None (the weights as stored)."""
     return _sampler[0] or ("bf16" if mode() == "bf16" else None)
 
 

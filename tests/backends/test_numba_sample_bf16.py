@@ -202,6 +202,43 @@ def test_generate_auto_follows_the_products_the_model_trained_with(tmp_path, mon
     assert open(ckpt, "rb").read() == before
 
 
+
+def test_generate_bf16_on_a_cpu_without_bf16_products(tmp_path, monkeypatch):
+    """Where the CPU has no bfloat16 products (emulated: bf16_products says no), `generate --products
+    bf16`, and auto for a checkpoint that trained with them, stream bfloat16 weights through the
+    sampler and run the prime's products as LSTM_ENGINE_TUNE says, not a one-line refusal; the
+    text is the float32 sampler's on the rounded weights, so it differs from --products float32."""
+    from lstm_engine import api
+    from lstm_engine.cli import main
+    run = lambda args: CliRunner().invoke(main, args, catch_exceptions=False)      # noqa: E731
+    monkeypatch.setattr(nb, "bf16_products", lambda: (False, "this CPU has no AVX512_BF16 (emulated)"))
+    ckpt = tiny_numba_checkpoints(tmp_path)["float32"]
+    before = open(ckpt, "rb").read()
+    try:
+        api.load_for_generation(ckpt, "numba", products="bf16")
+        assert nb._sample_weights(np.float32) == "bf16" and numba_tune.mode() != "bf16"
+        texts = {}
+        for products in ("bf16", "float32"):
+            r = run(["generate", ckpt, "--products", products, "--backend", "numba", "--length", "200", "--seed", "5",
+                     "--prime", "the"])
+            assert r.exit_code == 0, r.output
+            texts[products] = r.stdout
+        assert texts["bf16"].startswith("the") and len(texts["bf16"].rstrip("\n")) == 203
+        assert texts["bf16"] != texts["float32"]
+        real_load = api.load_model
+
+        def trained_bf16(path, backend="auto"):
+            model, vocab, meta = real_load(path, backend)
+            return model, vocab, dict(meta, train=dict(meta["train"], products="bf16"))
+
+        monkeypatch.setattr(api, "load_model", trained_bf16)
+        r = run(["generate", ckpt, "--backend", "numba", "--length", "200", "--seed", "5", "--prime", "the"])
+        assert r.exit_code == 0, r.output
+        assert r.stdout == texts["bf16"]
+    finally:
+        numba_tune.set_products(None)
+    assert open(ckpt, "rb").read() == before
+
 _AVX2_SCRIPT = r"""
 import numpy as np
 from lstm_engine.kernels.numba import gemm     # sets numba's target before importing numba
