@@ -186,7 +186,8 @@ class Trainer:
             self.opt.v[n][...] = be.asarray(tensors["adam.v." + n])
         t = meta["trainer"]
         self.opt.step = t["step"]
-        best = t["best_val"] if t["best_val"] is not None else math.inf
+        best = t.get("best_val")                                    # absent or null: no best yet (schema.check_trainer)
+        best = math.inf if best is None else best
         self.st = TrainState(t["step"], t["position"], best, t["elapsed"], t.get("history", []),
                              t.get("log_loss_sum", 0.0), t.get("log_loss_n", 0))
         self.rng.bit_generator.state = t["rng"]
