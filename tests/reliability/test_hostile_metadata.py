@@ -171,8 +171,8 @@ def test_any_crafted_field_gives_a_result_or_one_line(good, command, data):
 
 
 def test_resume_without_a_best_val_starts_with_no_best(good):
-    """trainer.best_val may be absent as it may be null (schema.check_trainer): resuming reads it so,
-    where it once raised KeyError with a traceback."""
+    """trainer.best_val may be absent as it may be null (schema.check_trainer): resuming reads it so
+    and trains, with no traceback."""
     r = run_crafted(good, mutated(good[1], ("trainer", "best_val"), DELETE), "resume")
     assert r.exit_code == 0, r.output
 
