@@ -41,6 +41,17 @@ def _unwritable_output(exc):
 codecs.register_error("lstm-engine-stdout", _unwritable_output)
 
 
+# What to make smaller when a command runs out of memory: the options of that command.
+_MEMORY_HINTS = {
+    "train": "use a smaller model or batch (--hidden-size, --batch-size, --seq-len)",
+    "bench": "bench fewer or smaller models (--configs, --sweep) or fewer backends (--backends)",
+    "tune": "tune for smaller models (--configs)",
+    "eval": "score a shorter text (--corpus)",
+    "generate": "the checkpoint's model does not fit in this machine's memory",
+}
+_MEMORY_HINT = "close other programs or use a smaller model or text"
+
+
 class Group(click.Group):
     """Turns UserError (and a mistyped option) into one line on stderr and exit status 2; Ctrl-C into status 130."""
 
@@ -59,7 +70,7 @@ class Group(click.Group):
             err(f"error: {e.format_message()} (see: lstm-engine{sub} --help)")
             sys.exit(2)
         except MemoryError:
-            err("error: out of memory; use a smaller model or batch (--hidden-size, --batch-size, --seq-len)")
+            err(f"error: out of memory; {_MEMORY_HINTS.get(ctx.invoked_subcommand, _MEMORY_HINT)}")
             sys.exit(2)
         except KeyboardInterrupt:
             err("interrupted")
@@ -369,8 +380,9 @@ def tune(configs, dtype, cells):
     """Choose the numba backend's GEMM per product on this machine, and show why.
 
     \b
-    Every candidate (own: the shipped 8x32 GEMM; gemm12x32, gemm6x16: other
-    register blockings; blas: SciPy's BLAS) is validated against NumPy on
+    Every candidate (own: the shipped GEMM, 8x32 register blocks with AVX-512,
+    5x16 without; gemm12x32, gemm6x16: other register blockings; blas:
+    SciPy's BLAS) is validated against NumPy on
     each product's shape, then timed; the fastest valid one is cached beside
     numba's cache (LSTM_ENGINE_TUNE=auto uses it; off: the shipped GEMM).
     The sampler's one thread or team of threads (the `sample` rows; from

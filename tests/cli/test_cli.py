@@ -95,3 +95,25 @@ def test_train_cell_gru_then_every_command_follows_the_checkpoint(corpus, tmp_pa
     for args, needle in ((["--cell", "lstm"], "--cell lstm conflicts"), (["--cell", "rnn"], "--cell")):
         r = run(["train", "--resume", out, "--steps", "10"] + args)
         assert r.exit_code == 2 and needle in r.stderr and r.stderr.count("\n") == 1, r.output
+
+
+@pytest.mark.parametrize("command, args, api_fn, names", [
+    ("train", ["--steps", "1"], "train_config", "--hidden-size, --batch-size, --seq-len"),
+    ("tune", ["--configs", "tiny"], "tune", "--configs"),
+    ("eval", ["missing.safetensors"], "evaluate_checkpoint", "--corpus"),
+])
+def test_out_of_memory_is_one_line_naming_the_commands_options(monkeypatch, command, args, api_fn, names):
+    """A MemoryError anywhere in a command ends it with one line that names what to make smaller in that
+    command's own options (tune and eval take no --hidden-size), and exit status 2."""
+    import lstm_engine.api as api
+
+    def out_of_memory(*a, **kw):
+        raise MemoryError
+
+    monkeypatch.setattr(api, api_fn, out_of_memory)
+    r = CliRunner().invoke(main, [command, *args])
+    assert r.exit_code == 2, r.output
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: out of memory; ")
+    assert names in r.stderr
+    if command != "train":
+        assert "--hidden-size" not in r.stderr
