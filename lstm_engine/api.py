@@ -84,7 +84,8 @@ def train_config(options=None, resume=None, mpi=None):
 
 def prepare_training(cfg: TrainConfig, text=None, resume=None, on_event=None, explicit=None):
     """A Trainer with the run's options settled, ready to `run()`; the run is remembered for
-    last_checkpoint().
+    last_checkpoint() when it saves a checkpoint (so that another run still starting, with nothing
+    saved yet, never hides the checkpoint of the last one that saved).
 
     explicit: names of the options the user set (default: the fields of cfg that differ from the
     TrainConfig defaults).  A new run takes the corpus's suggested embed_size and max_vocab
@@ -96,6 +97,12 @@ def prepare_training(cfg: TrainConfig, text=None, resume=None, on_event=None, ex
     """
     group = parallel.connect()
 
+    def on_event_(kind, info):
+        if kind == "save" and group.root:
+            remember_last_run(os.path.dirname(info["path"]))
+        if on_event is not None:
+            on_event(kind, info)
+
     def settle(cfg=cfg, text=text):
         explicit_ = explicit_fields(cfg) if explicit is None else set(explicit)
         if not resume:
@@ -103,11 +110,8 @@ def prepare_training(cfg: TrainConfig, text=None, resume=None, on_event=None, ex
             cfg, suggested = with_corpus_suggestions(cfg, explicit_, text)
             if suggested and on_event is not None and group.root:
                 on_event("suggested", {"options": suggested})
-        return Trainer(cfg, text=text, resume=resume, on_event=on_event, explicit=explicit_, group=group)
-    trainer = group.agree(settle)          # a failure on any rank fails every rank, reported once
-    if group.root:
-        remember_last_run(trainer.out)
-    return trainer
+        return Trainer(cfg, text=text, resume=resume, on_event=on_event_, explicit=explicit_, group=group)
+    return group.agree(settle)             # a failure on any rank fails every rank, reported once
 
 
 def train(cfg: TrainConfig, text=None, resume=None, on_event=None, explicit=None):

@@ -1,5 +1,6 @@
 """The click CLI end to end (in-process with CliRunner): train -> eval -> generate."""
 import json
+import os
 
 import pytest
 from click.testing import CliRunner
@@ -117,3 +118,23 @@ def test_out_of_memory_is_one_line_naming_the_commands_options(monkeypatch, comm
     assert names in r.stderr
     if command != "train":
         assert "--hidden-size" not in r.stderr
+
+
+def test_generate_follows_the_last_run_that_saved_a_checkpoint(corpus, tmp_path):
+    """A run that has started but saved nothing yet (another terminal's, or one that failed before its
+    first save) does not hide the last run's checkpoint from `generate`; once it saves, it is the last run."""
+    import lstm_engine.api as api
+    first = str(tmp_path / "first")
+    assert run(train_args(corpus, first, steps=2)).exit_code == 0
+    cfg = api.train_config({"corpus": corpus, "backend": "numpy", "embed_size": 8, "hidden_size": 12,
+                            "batch_size": 4, "seq_len": 16, "steps": 2, "eval_every": 0, "sample_every": 0,
+                            "save_every": 0, "out": str(tmp_path / "second")})
+    second = api.prepare_training(cfg)                       # started, nothing saved yet
+    assert api.last_checkpoint() == os.path.join(first, "latest.safetensors")
+    gen = ["generate", "--prime", "In", "--length", "5", "--seed", "3", "--backend", "numpy"]
+    r = run(gen)
+    assert r.exit_code == 0 and os.path.join(first, "latest.safetensors") in r.stderr
+    second.run()
+    assert api.last_checkpoint() == os.path.join(second.out, "latest.safetensors")
+    r = run(gen)
+    assert r.exit_code == 0 and os.path.join(second.out, "latest.safetensors") in r.stderr
