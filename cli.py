@@ -14,6 +14,7 @@ import sys
 import click
 
 from lstm_engine import api
+from lstm_engine.backends import numba_notice
 from lstm_engine.core.budget import parse_duration
 from lstm_engine.core.config import PRODUCTS, defaults as train_defaults
 from lstm_engine.core.generation import bits
@@ -60,6 +61,8 @@ class Group(click.Group):
             if getattr(sys.stdout, "errors", None) == "strict" and hasattr(sys.stdout, "reconfigure"):
                 sys.stdout.reconfigure(errors="lstm-engine-stdout")     # not a traceback mid-text
             api.check_environment()
+            if sys.stderr.isatty():                    # a person waiting at a terminal: say why nothing moves
+                numba_notice.enable(err)
             return super().invoke(ctx)
         except UserError as e:
             if not getattr(e, "quiet", False):     # quiet: another MPI rank reports the same error

@@ -79,6 +79,8 @@ def _kernels():
         from ..kernels.numba import sample_team as numba_sample_team
         _K = SimpleNamespace(lstm=numba_lstm, out=numba_output, adam=numba_adam, sample=numba_sample,
                              team=numba_sample_team, gemm=numba_gemm)
+        from . import numba_notice
+        numba_notice.install()                  # a line when a cold cache compiles for long (CLI)
         if PIN_BLAS:
             _single_threaded_blas()
         if TUNE_MALLOC:
