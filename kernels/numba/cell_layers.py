@@ -111,7 +111,7 @@ def run_forward_steps(cell, Wh, b, wc, h0, c0, hs, cs, acts, rows, units, tokens
             gather_rows(tokens.reshape(T * B), table, acts.reshape(T * B, acts.shape[2]))
         forward_steps_cols(cell, Wh, b, wc, h0, c0, hs, cs, acts, units)
     else:
-        forward_steps(cell, panels(Wh), b, wc, h0, c0, hs, cs, acts, 0, h0.shape[0], tokens, table)
+        forward_steps(cell, panels(Wh), b, wc, h0, c0, hs, cs, acts, np.int64(0), h0.shape[0], tokens, table)
 
 
 @numba.njit(**JIT)
@@ -137,7 +137,7 @@ def run_backward_steps(cell, dhs, Wh, wc, c0, cs, acts, dzs, dh, dc, rows, units
         if dtable.shape[0] > 0:
             scatter_add_rows(tokens.reshape(T * B), dzs.reshape(T * B, G), dtable)
     else:
-        backward_steps(cell, dhs, panels_t(Wh), wc, c0, cs, acts, dzs, dh, dc, 0, dh.shape[0], tokens,
+        backward_steps(cell, dhs, panels_t(Wh), wc, c0, cs, acts, dzs, dh, dc, np.int64(0), dh.shape[0], tokens,
                        db, dwc, dtable)
 
 

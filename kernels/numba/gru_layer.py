@@ -98,7 +98,7 @@ def run_forward_steps(Wh, bx, bh, h0, hs, acts, hn, rows, units, tokens, table):
             gather_rows(tokens.reshape(T * B), table, acts.reshape(T * B, acts.shape[2]))
         forward_steps_cols(Wh, bx, bh, h0, hs, acts, hn, units)
     else:
-        forward_steps(panels(Wh), bx, bh, h0, hs, acts, hn, ah, 0, h0.shape[0], tokens, table)
+        forward_steps(panels(Wh), bx, bh, h0, hs, acts, hn, ah, np.int64(0), h0.shape[0], tokens, table)
 
 
 @numba.njit(**JIT)
@@ -124,7 +124,8 @@ def run_backward_steps(dhs, Wh, h0, hs, acts, hn, dzx, dzh, dh, rows, units, tok
         if dtable.shape[0] > 0:
             scatter_add_rows(tokens.reshape(T * B), dzx.reshape(T * B, G), dtable)
     else:
-        backward_steps(dhs, panels_t(Wh), h0, hs, acts, hn, dzx, dzh, dh, 0, dh.shape[0], tokens, dbx, dbh, dtable)
+        backward_steps(dhs, panels_t(Wh), h0, hs, acts, hn, dzx, dzh, dh, np.int64(0), dh.shape[0], tokens, dbx, dbh,
+                       dtable)
 
 
 @numba.njit(**JIT)

@@ -35,8 +35,9 @@ from .lstm_layer_columns import backward_steps_cols, forward_steps_cols
 # How a layer uses threads: the entry kernels take (prod, rows, units), each None or a
 # thread count.  prod: threads for the big products (None: the calling thread); rows: the
 # time loop on that many threads split by batch rows; units: split by hidden units; both
-# None: the time loop on the calling thread.  None vs int is a type, so numba prunes the
-# other branches before compiling: only the loop used is compiled.
+# None: the time loop on the calling thread.  Numba prunes an `is None` branch only when the
+# argument is None (or a literal): with an int it compiles every branch, so the branches call
+# their shared callees with the same argument types (np.int64(0) for a first row, [::1] views).
 
 
 # ----------------------------------------------------------------------------
@@ -56,11 +57,13 @@ def pgemm(A, B, C, trans_a, trans_b, alpha, beta, nt):
 @numba.njit(**JIT)
 def mm(A, B, C, trans_a, trans_b, alpha, beta, prod):
     """C = alpha op(A) op(B) + beta C on the calling thread (prod None) or prod threads.
-    The [::1] views have numba's 'A' layout whatever the caller passed, and bool() and
+    The [::1] views have numba's 'A' layout whatever the caller passed, and bool(), float() and
     np.int64() make a literal flag or thread count a plain bool or int, so each dtype compiles
-    one pgemm (a parallel function: seconds of compile per signature)."""
+    one pgemm (a parallel function: seconds of compile per signature) and one gemm: numba
+    compiles both branches for an int prod (it prunes `is None` only for a None or literal
+    argument), and both call gemm with pgemm's argument types."""
     if prod is None:
-        gemm(A, B, C, bool(trans_a), bool(trans_b), alpha, beta)
+        gemm(A[::1], B[::1], C[::1], bool(trans_a), bool(trans_b), float(alpha), float(beta))
     else:
         pgemm(A[::1], B[::1], C[::1], bool(trans_a), bool(trans_b), float(alpha), float(beta),
               np.int64(prod))
@@ -187,8 +190,8 @@ def run_forward_steps(Wh, b, h0, c0, hs, cs, acts, rows, units, tokens, table):
             gather_rows(tokens.reshape(T * B), table, acts.reshape(T * B, acts.shape[2]))
         forward_steps_cols(Wh, b, h0, c0, hs, cs, acts, units)
     else:
-        forward_steps(panels(Wh), b, h0, c0, hs, cs, acts, 0, h0.shape[0], tokens, table, no_x(acts),
-                      no_panels(acts))
+        forward_steps(panels(Wh), b, h0, c0, hs, cs, acts, np.int64(0), h0.shape[0], tokens, table, no_x(acts),
+                      no_panels(acts))                                   # r0 typed as the row split's
 
 
 @numba.njit(**JIT)
@@ -212,7 +215,7 @@ def run_backward_steps(dhs, Wh, c0, cs, acts, dzs, dh, dc, rows, units, tokens, 
         if dtable.shape[0] > 0:
             scatter_add_rows(tokens.reshape(T * B), dzs.reshape(T * B, G), dtable)
     else:
-        backward_steps(dhs, panels_t(Wh), c0, cs, acts, dzs, dh, dc, 0, dh.shape[0], tokens, db, dtable)
+        backward_steps(dhs, panels_t(Wh), c0, cs, acts, dzs, dh, dc, np.int64(0), dh.shape[0], tokens, db, dtable)
 
 
 @numba.njit(**JIT)
@@ -297,7 +300,7 @@ def lstm_backward_kernel(dhs, x, W, h0, c0, hs, cs, acts, dzs, dh, dc, dx, dW, d
     if pads_b(min(H, I), dz2.shape[1] * dz2.itemsize):
         weight_grads(h0, hs, x, padded(dz2), dW, prod)    # gemm would copy dz for each product: once here
     else:
-        weight_grads(h0, hs, x, dz2, dW, prod)
+        weight_grads(h0, hs, x, dz2[:, :dz2.shape[1]], dW, prod)    # padded's 'A' layout: one compile
     mm(dz2, W[H:], dx.reshape(T * B, I), False, True, 1.0, 0.0, prod)       # dx = dz W_x^T  (N,I)
 
 
@@ -309,6 +312,6 @@ def embed_lstm_backward_kernel(dhs, tokens, Emb, W, h0, c0, hs, cs, acts, dzs, d
     H = h0.shape[1]
     run_backward_steps(dhs, W[:H], c0, cs, acts, dzs, dh, dc, rows, units, tokens, db, dtable)
     T, B, G = dzs.shape
-    recurrent_weight_grads(h0, hs, dzs.reshape(T * B, G), dW, prod)
+    recurrent_weight_grads(h0, hs, dzs.reshape(T * B, G)[:, :G], dW, prod)      # 'A' as lstm_backward_kernel's
     mm(Emb, dtable, dW[H:], True, False, 1.0, 0.0, prod)            # (E,G)
     mm(dtable, W[H:], dEmb, False, True, 1.0, 0.0, prod)            # (V,E)

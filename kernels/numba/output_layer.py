@@ -94,9 +94,10 @@ def rows_gemm(A, B, C, trans_a, trans_b, nt):
 @numba.njit(**JIT)
 def mm_rows(A, B, C, trans_a, trans_b, nt):
     """C = op(A) op(B) on the calling thread (nt None) or nt threads (rows_gemm); bool() passes
-    a literal flag on as a plain bool, one compile of gemm and rows_gemm for every caller."""
+    a literal flag on as a plain bool and the [::1] views have the 'A' layout, one compile of
+    gemm and rows_gemm for every caller (lstm_layer.mm says why both branches compile)."""
     if nt is None:
-        gemm(A, B, C, bool(trans_a), bool(trans_b), 1.0, 0.0)
+        gemm(A[::1], B[::1], C[::1], bool(trans_a), bool(trans_b), 1.0, 0.0)
     else:
         rows_gemm(A[::1], B[::1], C[::1], bool(trans_a), bool(trans_b), nt)
 

@@ -147,7 +147,7 @@ def _threads(T, B, H, dt=None):
     if B * H * 4 * H >= COLUMNS_MIN_MACS and H >= nt:
         rule = nt, None, nt
     else:
-        rule = (nt, min(nt, B), None) if B > 1 else (nt, None, None)
+        rule = (nt, min(nt, B), None)          # B = 1 too: a loop of one thread, compiled once with B > 1's
     if dt is None:
         return rule
     from . import numba_tune_plan

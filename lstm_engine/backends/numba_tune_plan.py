@@ -31,7 +31,7 @@ _memory = {}                 # (T, B, H, dtype, nt) -> plan name ('': the rule's
 
 def plans(B, H, nt):
     """name -> (prod, rows, units) of the plans a layer of batch B, hidden H can use on nt threads."""
-    out = {"one": (None, None, None), "rows": (nt, min(nt, B), None) if B > 1 else (nt, None, None)}
+    out = {"one": (None, None, None), "rows": (nt, min(nt, B), None)}
     if H >= nt:
         out["units"] = (nt, None, nt)
     return out

@@ -49,7 +49,7 @@ def assert_plan(path, cell, T, B, H):
     import numba
     _, rows, units = numba_cells._threads(nb, T, B, H, cell)
     nt = numba.get_num_threads()
-    by_rows = (min(nt, B) if B > 1 else None, None)
+    by_rows = (min(nt, B), None)                        # B = 1: the row loop on one thread
     want = {"one-thread": (None, None), "batch-split": by_rows,
             "unit-split": (None, nt) if H >= nt else by_rows}[path]            # a unit per thread at least
     assert (rows, units) == want, (cell, path, rows, units)

@@ -49,11 +49,21 @@ A, Bm, C = f(8, 8), f(8, 8), f(8, 8)
 literal_flags(A, Bm, C)
 lstm_layer.mm(A, Bm, C, False, False, 1.0, 0.0, 2)
 lstm_layer.mm(A, Bm, C, True, False, 1.0, 0.0, None)
+output_layer.mm_rows(A, Bm, C, False, False, None)
+output_layer.mm_rows(A, Bm, C, True, False, 2)
+
+# the time loops on a batch-row split (int rows) and on the calling thread (None)
+no_tok, no_table = np.empty((0, 0), np.int64), np.empty((0, 4 * H), np.float32)
+dhs, dzs, db = f(T, B, H), f(T, B, 4 * H), f(4 * H)
+for rows in (np.int64(nt), None):
+    lstm_layer.run_forward_steps(Wh, b, h0, c0, hs, cs, acts, rows, None, no_tok, no_table)
+    lstm_layer.run_backward_steps(dhs, Wh, c0, cs, acts, dzs, f(B, H), f(B, H), rows, None, no_tok, db, no_table)
 
 fns = {"forward_setup": cols.forward_setup, "forward_unit_step": cols.forward_unit_step,
        "backward_setup": cols.backward_setup, "backward_unit_step": cols.backward_unit_step,
        "backward_finish": cols.backward_finish, "softmax_xent_rows": output_layer.softmax_xent_rows,
-       "pgemm": lstm_layer.pgemm, "gemm": gemm.gemm}
+       "pgemm": lstm_layer.pgemm, "gemm": gemm.gemm, "forward_steps": lstm_layer.forward_steps,
+       "backward_steps": lstm_layer.backward_steps}
 print(json.dumps({name: [str(s) for s in fn.signatures] for name, fn in fns.items()}))
 """
 
@@ -71,6 +81,15 @@ def signatures(tmp_path_factory):
 def test_one_signature(signatures, name):
     """Called from a prange body and (softmax_xent_rows) from the calling thread with 0 for
     its row and scratch index: one compiled copy."""
+    assert len(signatures[name]) == 1, signatures[name]
+
+
+@pytest.mark.parametrize("name", ["gemm", "forward_steps", "backward_steps"])
+def test_both_branches_of_a_thread_plan_share_the_callee(signatures, name):
+    """Numba compiles every branch of `if prod is None` for an int prod (it prunes only on a None or
+    literal argument): the calling-thread branch passes gemm (from lstm_layer.mm and output_layer.mm_rows)
+    and the row loops (from run_forward_steps and run_backward_steps) the types the threaded branch
+    passes, so one compile serves both."""
     assert len(signatures[name]) == 1, signatures[name]
 
 
