@@ -112,7 +112,7 @@ def test_out_of_memory_is_one_line_naming_the_commands_options(monkeypatch, comm
         raise MemoryError
 
     monkeypatch.setattr(api, api_fn, out_of_memory)
-    r = CliRunner().invoke(main, [command, *args])
+    r = run([command, *args])
     assert r.exit_code == 2, r.output
     assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: out of memory; ")
     assert names in r.stderr
