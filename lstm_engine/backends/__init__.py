@@ -24,6 +24,7 @@ See numpy_backend.py (the reference) for shapes and meaning.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 
 from ..core.environment import check_all
@@ -42,6 +43,24 @@ INTERFACE = (
     "cell_forward", "cell_backward", "embed_cell_forward", "embed_cell_backward",
     "linear_forward", "linear_backward", "softmax_xent", "global_norm", "adam_update", "generate",
 )
+
+
+def compile_ahead(backend, model_cfg, batch, seq_len, eval_lengths=()):
+    """A context in which a first training step of this model may compile its later kernels in
+    another process (the numba backend's compile_ahead, on a cold cache); a no-op elsewhere."""
+    ahead = getattr(backend, "compile_ahead", None)          # the numba backend only
+    if ahead is None:
+        return contextlib.nullcontext()
+    return ahead(model_cfg, batch, seq_len, eval_lengths)
+
+
+def sample_ahead(backend, model_cfg, chars):
+    """A context in which a first generation from this model may compile its other way of sampling
+    in another process (the numba backend's sample_ahead, on a cold cache); a no-op elsewhere."""
+    ahead = getattr(backend, "sample_ahead", None)           # the numba backend only
+    if ahead is None:
+        return contextlib.nullcontext()
+    return ahead(model_cfg, chars)
 
 
 def _import(name):

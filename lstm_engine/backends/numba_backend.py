@@ -37,6 +37,7 @@ import time
 import numpy as np
 
 from ..errors import UserError
+from . import numba_ahead
 
 NAME = "numba"
 xp = np
@@ -152,6 +153,25 @@ def _threads(T, B, H, dt=None):
         return rule
     from . import numba_tune_plan
     return numba_tune_plan.choose(T, B, H, dt, nt, rule, lambda: _plan_probe(T, B, H, dt))
+
+
+def compile_ahead(model_cfg, batch, seq_len, eval_lengths=()):
+    """A context manager: on a cold numba cache, a helper process compiles what a first training
+    step of this model (windows (seq_len, batch)) needs after its forward, and what evaluation
+    chunks of eval_lengths need beyond it, while this process compiles the forward (numba_ahead.py);
+    nothing where the cache holds them, on one core, in an MPI job."""
+    return numba_ahead.session(model_cfg, batch, seq_len, eval_lengths)
+
+
+def sample_ahead(model_cfg, chars):
+    """A context manager: on a cold numba cache, a helper process compiles the sampler's team for
+    this model while this process compiles the one-thread sampler, before the first generate
+    measures one against the other (numba_ahead.sample_session)."""
+    import numba
+
+    from . import numba_tune_sample
+    measured = numba_tune_sample.active({}, numba.get_num_threads(), model_cfg.hidden_size)
+    return numba_ahead.sample_session(model_cfg, chars, measured)
 
 
 def tune_plan(T, B, H, dt):
@@ -722,6 +742,7 @@ def linear_backward(x, dy, W):
     _check_linear(x, W)
     if dy.shape != (x.shape[0], W.shape[1]):
         raise UserError(f"dy must be (N,V) = {(x.shape[0], W.shape[1])}; got {dy.shape}")
+    numba_ahead.join()                 # a helper compiling the rest of a first step: wait, then load its code
     dx, dW, db = _pool.empty(x.shape, x.dtype), np.empty(W.shape, x.dtype), np.empty(W.shape[1], x.dtype)
     nt = _linear_threads(*x.shape, W.shape[1])
     fns = _tuned(_output_products(*x.shape, W.shape[1])[1:], x.dtype, nt)

@@ -27,7 +27,7 @@ import time
 import numpy as np
 
 from ..parallel import in_mpi_job
-from . import numba_tune
+from . import numba_ahead, numba_tune
 
 SHAPE = (20, 64, 384)        # T, B, H: a ten-minute candidate's layer (docs/time-budget.md) on a shorter window
 ROUNDS = 3                   # timed rounds after the first (compiling) run of each; the best counts
@@ -75,7 +75,7 @@ def measure(run, nt, helper=None):
         _join(child)                                                      # before timing: cores idle
         outs["bf16"] = run("bf16")[1]                                     # hs (T,B,H)
     finally:
-        _stop(child)
+        numba_ahead.stop(child)                                           # killed if still running
     ref = outs["float32"]
     scale = max(float(np.abs(ref).max()), 1e-30)
     best = {name: float("inf") for name in NAMES}
@@ -136,12 +136,3 @@ def _join(child):
             child.wait(timeout=HELPER_SECONDS)
         except subprocess.TimeoutExpired:
             pass
-
-
-def _stop(child):
-    """The helper ended (killed if still running: an error or Ctrl-C here) and its directory gone."""
-    if child is not None:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-        shutil.rmtree(child.tmp, ignore_errors=True)

@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from . import numba_tune
+from . import numba_ahead, numba_tune
 
 MIN_H = 64                   # below this a team's barrier outweighs its share of the rows: not measured
 CALL_CHARS = 32              # characters a call while timing (generate_text's first, smallest, calls)
@@ -93,7 +93,6 @@ def measure(shape, threads, new_team, run, h, c, token):
     weights = shape["L"] * 4 * shape["H"] * 2 * shape["H"] + shape["H"] * shape["V"]   # a character's MACs, roughly
     chars = int(np.clip(ROUND_MACS // max(weights, 1), *ROUND_CHARS))
     us = np.random.default_rng(0).random(chars)       # throwaway uniforms: never the caller's generator
-    ways = {"one": None, "team": new_team()}
 
     def one_round(way, n):
         hk, ck, ids, t0 = h.copy(), c.copy(), [], time.perf_counter()
@@ -102,7 +101,10 @@ def measure(shape, threads, new_team, run, h, c, token):
         return time.perf_counter() - t0, np.concatenate(ids), hk
 
     t_check = numba_tune._clock()
-    check = {name: one_round(way, CALL_CHARS) for name, way in ways.items()}   # also compiles, starts threads
+    check = {"one": one_round(None, CALL_CHARS)}      # also compiles
+    numba_ahead.join()                                # a helper compiling the team's worker meanwhile
+    ways = {"one": None, "team": new_team()}
+    check["team"] = one_round(ways["team"], CALL_CHARS)                        # compiles or loads, starts threads
     check_seconds = numba_tune._clock() - t_check
     (_, ids1, h1), (_, ids2, h2) = check["one"], check["team"]
     error = float(np.abs(h2 - h1).max() / max(np.abs(h1).max(), 1e-30))

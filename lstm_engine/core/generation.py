@@ -4,6 +4,7 @@ Dimension legend: T time, B batch (1 here), H hidden, V vocab.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -58,6 +59,12 @@ def generate_text(model, vocab, prime="", length=200, temperature=1.0, top_k=0, 
     chunk, so that a --length of any size streams in constant memory.
     """
     check_sampling_options(temperature, top_k, top_p, length, seed)
+    from ..backends import sample_ahead
+    with sample_ahead(model.be, model.cfg, length) if length else contextlib.nullcontext():
+        return _generate(model, vocab, prime, length, temperature, top_k, top_p, greedy, seed, on_text, chunk, keep)
+
+
+def _generate(model, vocab, prime, length, temperature, top_k, top_p, greedy, seed, on_text, chunk, keep):
     rng = np.random.default_rng(seed)
     state, token = prime_state(model, vocab, prime)
     pieces = []
@@ -80,7 +87,16 @@ def generate_text(model, vocab, prime="", length=200, temperature=1.0, top_k=0, 
     return "".join(pieces)
 
 
-def evaluate_ids(model, ids, chunk=256):
+EVAL_CHUNK = 256        # characters per backend call of evaluate_ids
+
+
+def eval_chunk_lengths(n_ids, chunk=EVAL_CHUNK):
+    """The window lengths evaluate_ids calls the model with for n_ids ids -> sorted list."""
+    n = n_ids - 1
+    return sorted({k for k in (min(chunk, n), n % chunk) if k > 0}) if n > 0 else []
+
+
+def evaluate_ids(model, ids, chunk=EVAL_CHUNK):
     """Score ids as one stream from a zero state: every id after the first is predicted
     from all before it.  -> (mean loss in nats/char, number of predicted chars)."""
     be = model.be

@@ -4,6 +4,7 @@ Dimension legend: T seq-len, B batch, H hidden, V vocab.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -13,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .. import parallel
-from ..backends import get_backend
+from ..backends import compile_ahead, get_backend
 from ..errors import UserError
 from ..storage import checkpoint
 from ..storage.rundir import RunDir, default_run_dir
@@ -21,7 +22,7 @@ from . import budget
 # TrainConfig and config_for_resume are also imported from here by callers that predate core.config
 from .config import FIXED_ON_RESUME, TrainConfig, config_for_resume, explicit_fields, resume_conflict  # noqa: F401
 from .data import Batcher, Vocab, load_corpus, split, unigram_entropy
-from .generation import evaluate_ids, generate_text
+from .generation import eval_chunk_lengths, evaluate_ids, generate_text
 from .model import Model
 from .optim import Adam, AdamConfig, lr_at
 from .resources import check_training_memory
@@ -314,7 +315,8 @@ class Trainer:
             if root:
                 self.rundir.reset_logs(self.st.step)
             self._join()
-            return self._run()
+            with self._compile_ahead():
+                return self._run()
         except BaseException as e:
             if self.dist.size > 1:
                 if getattr(e, "collective", False):       # raised on every rank alike: rank 0 reports it
@@ -324,6 +326,14 @@ class Trainer:
         finally:
             if root:
                 self.rundir.release()
+
+    def _compile_ahead(self):
+        """The backend's compile_ahead for this run's first step and evaluation (one process only)."""
+        if self.dist.size > 1:
+            return contextlib.nullcontext()
+        cfg = self.cfg
+        evals = eval_chunk_lengths(len(self.val_ids)) if cfg.eval_every or cfg.time_budget else []
+        return compile_ahead(self.be, self.model_cfg, self._local_batch(), cfg.seq_len, evals)
 
     # -- data-parallel ranks (lstm_engine.parallel) ---------------------------
     def _check_parallel(self):
