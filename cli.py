@@ -5,11 +5,14 @@ Installed as lstm_engine.cli (lstm_engine/cli.py links here; see setup.cfg); not
 from __future__ import annotations
 
 import codecs
+import contextlib
 import json
 import math
+import os
 import shlex
 import signal
 import sys
+import threading
 
 import click
 
@@ -42,6 +45,34 @@ def _unwritable_output(exc):
 codecs.register_error("lstm-engine-stdout", _unwritable_output)
 
 
+def _interrupt(signum, frame):
+    """Ctrl-C as KeyboardInterrupt, except while llvmlite's Python code runs (numba compiling):
+    raised inside its ctypes callbacks it would be printed and dropped, so the signal comes back a
+    moment later, once that code has returned."""
+    f = frame
+    while f is not None:
+        if f.f_globals.get("__name__", "").startswith("llvmlite"):
+            threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
+            return
+        f = f.f_back
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _interrupts():
+    """_interrupt as the SIGINT handler while a command runs (where Python's own is installed and
+    this is the main thread: signal handlers are set there only)."""
+    ours = threading.current_thread() is threading.main_thread() and \
+        signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    if ours:
+        signal.signal(signal.SIGINT, _interrupt)
+    try:
+        yield
+    finally:
+        if ours:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 # What to make smaller when a command runs out of memory: the options of that command.
 _MEMORY_HINTS = {
     "train": "use a smaller model or batch (--hidden-size, --batch-size, --seq-len)",
@@ -63,7 +94,8 @@ class Group(click.Group):
             api.check_environment()
             if sys.stderr.isatty():                    # a person waiting at a terminal: say why nothing moves
                 numba_notice.enable(err)
-            return super().invoke(ctx)
+            with _interrupts():
+                return super().invoke(ctx)
         except UserError as e:
             if not getattr(e, "quiet", False):     # quiet: another MPI rank reports the same error
                 err(f"error: {e}")
@@ -199,7 +231,8 @@ def train(ctx, resume, mpi, **opts):
 
     def request_stop(signum, frame):
         if trainer.stop_requested:          # second Ctrl-C: give up at once (checkpoints stay intact)
-            raise KeyboardInterrupt
+            _interrupt(signum, frame)
+            return
         trainer.stop_requested = True
         got.append(signum)
         if root:

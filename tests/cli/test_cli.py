@@ -138,3 +138,22 @@ def test_generate_follows_the_last_run_that_saved_a_checkpoint(corpus, tmp_path)
     assert api.last_checkpoint() == os.path.join(second.out, "latest.safetensors")
     r = run(gen)
     assert r.exit_code == 0 and os.path.join(second.out, "latest.safetensors") in r.stderr
+
+
+def test_ctrl_c_inside_llvmlites_ctypes_callback_is_not_lost(capfd):
+    """While numba compiles, LLVM calls back into llvmlite's Python code through ctypes, which prints
+    and drops an exception raised there: Python's own handler's KeyboardInterrupt would be lost
+    (a traceback, and the command goes on).  The CLI's comes back once the callback returned."""
+    import ctypes
+    import os
+    import signal
+    import time
+
+    from lstm_engine import cli
+    space = {"__name__": "llvmlite.binding.executionengine", "os": os, "signal": signal}
+    exec("def notify():\n    os.kill(os.getpid(), signal.SIGINT)\n    for _ in range(100000):\n        pass\n", space)
+    callback = ctypes.CFUNCTYPE(None)(space["notify"])
+    with cli._interrupts(), pytest.raises(KeyboardInterrupt):
+        callback()                     # C calls Python, as LLVM calls llvmlite's object cache
+        time.sleep(5)                  # the signal again, outside the callback
+    assert "Exception ignored" not in capfd.readouterr().err
