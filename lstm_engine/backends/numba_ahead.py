@@ -110,16 +110,17 @@ def start(spec):
 
 
 def cold(module, name, dtype):
-    """True when numba's disk cache holds no compiled code of kernels/numba/{module}.{name} for
-    this dtype (a first run, a new version of the kernels, another dtype)."""
+    """True when numba's disk cache holds no compiled code of kernels/numba/{module}.{name} whose
+    first array argument has this dtype (a first run, a new version of the kernels, another dtype)."""
     import importlib
     fn = getattr(importlib.import_module(f"lstm_engine.kernels.numba.{module}"), name)
     try:
         index = fn._cache._cache_file._load_index()  # (sig, target, code hash) -> file; stale source: {}
     except Exception:  # noqa: BLE001 - no disk cache, or numba's internals moved: nothing to share
         return False
-    dt = f"array({np.dtype(dtype).name},"
-    return not any(dt in str(key[0]) for key in index)
+    name = np.dtype(dtype).name
+    firsts = (next((t for t in key[0] if hasattr(t, "dtype")), None) for key in index)   # the model's arrays
+    return not any(str(getattr(t, "dtype", "")) == name for t in firsts)
 
 
 def join():

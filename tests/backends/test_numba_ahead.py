@@ -99,6 +99,23 @@ def test_the_helper_calls_every_kernel_a_first_step_calls_after_the_forward(case
     assert {n for n, _ in expected} >= {"output_layer.linear_backward_kernel", "adam.adam_kernel"}
 
 
+def test_a_warm_cache_starts_no_helper(tmp_path, monkeypatch):
+    """Once a run has compiled (here or in an earlier process), a run of the same cell and dtype
+    finds the layer-0 backward kernel in the cache (cold() False) and starts nothing."""
+    import lstm_engine as le
+    from lstm_engine.backends import numba_ahead
+    kw = dict(backend="numba", embed_size=8, hidden_size=16, layers=2, batch_size=4, seq_len=8, steps=1,
+              eval_every=1, sample_every=0, save_every=0, log_every=0)
+    text = "the quick brown fox jumps over the lazy dog. " * 20
+    le.Trainer(le.TrainConfig(**kw, out=str(tmp_path / "a")), text=text).run()
+    assert not numba_ahead.cold("lstm_layer", "embed_lstm_backward_kernel", "float32")
+    assert numba_ahead.cold("lstm_layer", "embed_lstm_backward_kernel", "float16")    # no float16 kernels
+    started = []
+    monkeypatch.setattr(numba_ahead, "start", lambda spec: started.append(spec))
+    le.Trainer(le.TrainConfig(**kw, out=str(tmp_path / "b")), text=text).run()
+    assert started == []
+
+
 def test_eval_chunk_lengths_are_those_evaluate_ids_calls():
     class Probe:
         be = importlib.import_module("lstm_engine.backends.numpy_backend")
