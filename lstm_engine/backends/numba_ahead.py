@@ -11,7 +11,7 @@ evaluation chunk of each length the run will evaluate, so everything else compil
 disk cache.  This process's output-layer backward, the first call after its forward, waits for
 the helper (`join`, from numba_backend.linear_backward) and then loads that code instead of
 compiling it.  No helper where the disk cache already holds the cell's layer-0 backward kernel
-for the dtype, on one usable core, or in an MPI job (docs/numba.md, "Two processes compile a
+for the dtype and thread plan, on one usable core, or in an MPI job (docs/numba.md, "Two processes compile a
 first training step").
 
 Generation the same way (sample_session): a first generate on a cold cache measures one thread
@@ -35,10 +35,8 @@ import numpy as np
 HELPER_MODULE = "lstm_engine.backends.numba_ahead_helper"
 HELPER_SECONDS = 600         # the longest the first backward waits for the helper (hung: the rest compiles here)
 
-BACKWARD_KERNEL = {"lstm": ("lstm_layer", "embed_lstm_backward_kernel"),     # cell -> its layer-0 backward
-                   "peephole": ("cell_layers", "embed_cell_backward_kernel"),
-                   "coupled": ("cell_layers", "embed_cell_backward_kernel"),
-                   "gru": ("gru_layer", "embed_gru_backward_kernel")}
+LAYERS = {"lstm": ("lstm_layer", "lstm"), "peephole": ("cell_layers", "cell"),   # cell -> its kernels
+          "coupled": ("cell_layers", "cell"), "gru": ("gru_layer", "gru")}
 
 _running = [None]            # the helper that join() waits for, until joined
 
@@ -47,12 +45,20 @@ _running = [None]            # the helper that join() waits for, until joined
 # This process
 # ----------------------------------------------------------------------------
 
+def layer0_backward(cell, table):
+    """(module, name) of the kernel a cell's layer 0 runs its backward in: with the table (V <= T*B)
+    or on gathered embeddings."""
+    module, name = LAYERS[cell]
+    return module, (f"embed_{name}_backward_kernel" if table else f"{name}_backward_kernel")
+
+
 @contextlib.contextmanager
-def session(model_cfg, batch, seq_len, eval_lengths=()):
+def session(model_cfg, batch, seq_len, eval_lengths=(), table=True, plan=None):
     """Within it, a helper compiles a first training step's later kernels when the cache is cold
-    (start); on leaving (done, an error or Ctrl-C) a helper still running is killed."""
+    for them (cold: the layer-0 backward kernel, `table` or not, with the thread plan `plan`
+    (prod, rows, units)); on leaving (done, an error or Ctrl-C) a helper still running is killed."""
     child = None
-    if cold(*BACKWARD_KERNEL[model_cfg.cell], model_cfg.dtype):
+    if cold(*layer0_backward(model_cfg.cell, table), model_cfg.dtype, plan):
         child = start({"model": model_cfg.to_dict(), "batch": int(batch), "seq_len": int(seq_len),
                        "eval": sorted({int(n) for n in eval_lengths if n > 0})})
     with _joined_on_exit(child):
@@ -109,9 +115,11 @@ def start(spec):
     return child
 
 
-def cold(module, name, dtype):
+def cold(module, name, dtype, plan=None):
     """True when numba's disk cache holds no compiled code of kernels/numba/{module}.{name} whose
-    first array argument has this dtype (a first run, a new version of the kernels, another dtype)."""
+    first array argument has this dtype and, given a thread plan (prod, rows, units: each None or a
+    count), whose last three arguments are None where the plan's are (a first run, a new version
+    of the kernels, another dtype or plan)."""
     import importlib
     fn = getattr(importlib.import_module(f"lstm_engine.kernels.numba.{module}"), name)
     try:
@@ -119,8 +127,13 @@ def cold(module, name, dtype):
     except Exception:  # noqa: BLE001 - no disk cache, or numba's internals moved: nothing to share
         return False
     name = np.dtype(dtype).name
-    firsts = (next((t for t in key[0] if hasattr(t, "dtype")), None) for key in index)   # the model's arrays
-    return not any(str(getattr(t, "dtype", "")) == name for t in firsts)
+    nones = None if plan is None else tuple(p is None for p in plan)
+
+    def fits(sig):
+        first = next((t for t in sig if hasattr(t, "dtype")), None)                # the model's arrays
+        return str(getattr(first, "dtype", "")) == name and \
+            (nones is None or tuple(str(t) == "none" for t in sig[-3:]) == nones)
+    return not any(fits(key[0]) for key in index)
 
 
 def join():

@@ -160,7 +160,9 @@ def compile_ahead(model_cfg, batch, seq_len, eval_lengths=()):
     step of this model (windows (seq_len, batch)) needs after its forward, and what evaluation
     chunks of eval_lengths need beyond it, while this process compiles the forward (numba_ahead.py);
     nothing where the cache holds them, on one core, in an MPI job."""
-    return numba_ahead.session(model_cfg, batch, seq_len, eval_lengths)
+    table = model_cfg.vocab_size <= seq_len * batch                 # embed_lstm_forward's test
+    plan = _threads(seq_len, batch, model_cfg.hidden_size)          # the rule's (a measured plan is not yet)
+    return numba_ahead.session(model_cfg, batch, seq_len, eval_lengths, table, plan)
 
 
 def sample_ahead(model_cfg, chars):

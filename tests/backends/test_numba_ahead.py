@@ -100,8 +100,8 @@ def test_the_helper_calls_every_kernel_a_first_step_calls_after_the_forward(case
 
 
 def test_a_warm_cache_starts_no_helper(tmp_path, monkeypatch):
-    """Once a run has compiled (here or in an earlier process), a run of the same cell and dtype
-    finds the layer-0 backward kernel in the cache (cold() False) and starts nothing."""
+    """Once a run has compiled (here or in an earlier process), a run of the same model finds its
+    layer-0 backward kernel in the cache (cold() False) and starts nothing."""
     import lstm_engine as le
     from lstm_engine.backends import numba_ahead
     kw = dict(backend="numba", embed_size=8, hidden_size=16, layers=2, batch_size=4, seq_len=8, steps=1,
@@ -114,6 +114,23 @@ def test_a_warm_cache_starts_no_helper(tmp_path, monkeypatch):
     monkeypatch.setattr(numba_ahead, "start", lambda spec: started.append(spec))
     le.Trainer(le.TrainConfig(**kw, out=str(tmp_path / "b")), text=text).run()
     assert started == []
+
+
+def test_cold_reads_the_dtype_and_the_thread_plan_of_each_cached_signature(monkeypatch):
+    from types import SimpleNamespace
+
+    from numba import types
+    from lstm_engine.backends import numba_ahead
+    f32, tokens = types.Array(types.float32, 3, "C"), types.Array(types.int64, 2, "C")
+    index = {((f32, tokens, types.int64, types.int64, types.none), "target", "stamp"): "file"}   # ... prod, rows, units
+    fake = SimpleNamespace(_cache=SimpleNamespace(_cache_file=SimpleNamespace(_load_index=lambda: index)))
+    monkeypatch.setattr(importlib.import_module("lstm_engine.kernels.numba.lstm_layer"),
+                        "embed_lstm_backward_kernel", fake)
+
+    def cold(dtype, plan=None):
+        return numba_ahead.cold("lstm_layer", "embed_lstm_backward_kernel", dtype, plan)
+    assert not cold("float32") and not cold("float32", (2, 2, None))
+    assert cold("float64") and cold("float32", (2, None, 2)) and cold("float32", (None, None, None))
 
 
 def test_eval_chunk_lengths_are_those_evaluate_ids_calls():
