@@ -42,9 +42,21 @@ class _Skipped:
         return 0.0
 
 
-def skip_forward_kernels():
-    """Replace the forward kernels in their modules by _Skipped ones (in the helper only)."""
+def import_kernels():
+    """Import every module of kernels/numba, so that none binds a replaced kernel by name later."""
     import importlib
+    import pkgutil
+
+    from ..kernels import numba as package
+    for info in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{package.__name__}.{info.name}")
+
+
+def skip_forward_kernels():
+    """Replace the forward kernels in their modules by _Skipped ones (in the helper only), every
+    kernels module imported first."""
+    import importlib
+    import_kernels()
     for module, names in FORWARD_KERNELS.items():
         mod = importlib.import_module(f"lstm_engine.kernels.numba.{module}")
         for name in names:

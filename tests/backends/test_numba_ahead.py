@@ -41,7 +41,10 @@ class Recorder:
 
 
 def record_kernels(monkeypatch, log):
-    """Every jitted function defined in the kernel modules, replaced by a Recorder into log."""
+    """Every jitted function defined in the kernel modules, replaced by a Recorder into log.  Every
+    kernels module is imported first: one imported meanwhile would bind a Recorder by
+    `from .lstm_layer import mm` for good, and compile against it once the cache is cold."""
+    helper_process.import_kernels()
     for m in MODULES:
         mod = importlib.import_module(f"lstm_engine.kernels.numba.{m}")
         for name, fn in list(vars(mod).items()):
