@@ -8,6 +8,7 @@ from click.testing import CliRunner
 
 import lstm_engine as le
 from lstm_engine import parallel
+from lstm_engine.backends import numba_ahead
 from lstm_engine.cli import main
 from lstm_engine.core.train import resolve_products
 from lstm_engine.storage import checkpoint
@@ -293,7 +294,7 @@ def test_a_helper_where_mpi4py_is_merely_imported(pays_state, monkeypatch):
     try:
         assert child is not None and started and started[0][-1] == "2"
     finally:
-        pays_state._stop(child)
+        numba_ahead.stop(child)
 
 
 @pytest.mark.skipif(not _bf16_here()[0], reason=f"bfloat16 products: {_bf16_here()[1]}")
@@ -308,7 +309,7 @@ def test_the_helper_compiles_the_bf16_layer_into_numbas_cache(pays_state, tmp_pa
     try:
         assert child.wait(timeout=600) == 0
     finally:
-        pays_state._stop(child)
+        numba_ahead.stop(child)
     cached = [f for _, _, files in os.walk(tmp_path / "numba") for f in files if f.endswith(".nbi")]
     assert any(f.startswith(("lstm_layer_amx.", "lstm_layer_bf16.")) for f in cached), sorted(cached)[:20]
     assert not os.path.exists(child.tmp)
