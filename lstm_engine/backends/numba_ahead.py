@@ -93,21 +93,30 @@ def start(spec):
     """The helper process for spec (its model, and a training step's shapes or the characters to
     generate), or None where it would not help: one usable core, an MPI job, no JIT."""
     import numba
+    if numba.config.DISABLE_JIT:
+        return None
+    return launch(HELPER_MODULE, [json.dumps(dict(spec, threads=numba.get_num_threads()))], copy_tune=True)
 
+
+def launch(module, args, copy_tune):
+    """`python -m module *args` with its own tune file in a temporary directory (a copy of this
+    process's when copy_tune: the same choices, written apart; else empty: nothing it times is
+    kept) -> the child (.tmp: that directory), or None on one usable core or in an MPI job (a rank
+    does not fork: parallel.in_mpi_job)."""
     from ..parallel import in_mpi_job
     from . import numba_tune
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if cores < 2 or in_mpi_job() or numba.config.DISABLE_JIT:
+    if cores < 2 or in_mpi_job():
         return None
-    tmp = tempfile.mkdtemp(prefix="lstm-engine-ahead-")
+    tmp = tempfile.mkdtemp(prefix="lstm-engine-helper-")
     tune = os.path.join(tmp, numba_tune.FILE_NAME)
-    with contextlib.suppress(OSError):               # the same choices as this process's, written apart
-        shutil.copyfile(numba_tune.tune_file(), tune)
-    spec = dict(spec, threads=numba.get_num_threads())
+    if copy_tune:
+        with contextlib.suppress(OSError):
+            shutil.copyfile(numba_tune.tune_file(), tune)
     env = dict(os.environ, LSTM_ENGINE_TUNE_FILE=tune)
     try:
-        child = subprocess.Popen([sys.executable, "-m", HELPER_MODULE, json.dumps(spec)], env=env,
-                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        child = subprocess.Popen([sys.executable, "-m", module, *args], env=env, stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
         return None

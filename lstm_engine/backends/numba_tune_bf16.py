@@ -17,16 +17,12 @@ Dimension legend: T window, B batch, H hidden; nt numba's threads.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
 
-from ..parallel import in_mpi_job
 from . import numba_ahead, numba_tune
 
 SHAPE = (20, 64, 384)        # T, B, H: a ten-minute candidate's layer (docs/time-budget.md) on a shorter window
@@ -114,19 +110,7 @@ def start_helper(nt):
     in numba's disk cache, or None where it cannot help: one usable core, or in an MPI job (a rank
     does not fork: parallel.in_mpi_job).  Its tune file is its own, in a temporary directory:
     nothing it times is kept."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if cores < 2 or in_mpi_job():
-        return None
-    tmp = tempfile.mkdtemp(prefix="lstm-engine-bf16-")
-    env = dict(os.environ, LSTM_ENGINE_TUNE_FILE=os.path.join(tmp, "tune.json"))
-    try:
-        child = subprocess.Popen([sys.executable, "-m", HELPER_MODULE, str(nt)], env=env, stdin=subprocess.DEVNULL,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        return None
-    child.tmp = tmp
-    return child
+    return numba_ahead.launch(HELPER_MODULE, [str(nt)], copy_tune=False)
 
 
 def _join(child):
