@@ -46,6 +46,8 @@ SHAPES = (
     ("medium: h W_h (64 rows, one thread's columns)", 64, 512, 1024, False, False),
     ("medium: dz W_h^T (64 rows, one thread's units)", 64, 2048, 256, False, True),
     ("seed: dW_h = H^T dZ (1600 rows)", 128, 1600, 512, True, False),
+    ("karpathy: dW_h = H^T dZ (2500 rows, one thread's columns)", 128, 2500, 256, True, False),
+    ("medium: dW_h = H^T dZ (6400 rows, one thread's columns)", 512, 6400, 1024, True, False),
     ("seed: dx = dZ W_x^T", 1600, 512, 128, False, True),
     ("H384: x W_x (3200 rows)", 3200, 384, 1536, False, False),
     ("output: x Wy (1600 x 128 x 65)", 1600, 128, 65, False, False),

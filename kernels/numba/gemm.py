@@ -51,6 +51,7 @@ PAD_MIN_ROWS = 256      # ... and gemm copies them with padded rows when m is at
 NARROW_MAX = 4          # a last column panel this narrow is done as dot products, not padded to NR
 TILE_ROWS, TILE_COLS = 16, 64   # padded_t's tile of W: 16 cache lines read along, written across
 LINE = 64               # bytes: a cache line, where panel buffers start (panel_buffer)
+TN_MIN_PANELS = 8       # op(A) = A^T is packed (_gemm_tn) when C has this many NR-wide panels to share the copy
 
 
 def _stack_array(n):
@@ -370,12 +371,65 @@ def _gemm_nn(Af, sai, sak, Bf, ldb, Cf, ldc, m, n, k, alpha, overwrite):
 
 
 @numba.njit(**JIT)
+def pack_a_t(Af, lda, k0, k1, m, Ap, mr_max, last):
+    """Ap = op(A)[:, k0:k1] for op(A) = A^T (A's rows lda apart), one register block after another
+    (rows as _block_rows cuts them: mr_max, or all of the last `last`): the block of rows i0..i0+mr
+    starts at i0*kc and holds its mr values of each k side by side (at i0*kc + kk*mr).  Read in
+    place, a block's k would each lie in a row of A of its own: kc cache lines a block."""
+    kc = k1 - k0
+    i0 = 0
+    while i0 < m:
+        mr = m - i0 if m - i0 == last else min(mr_max, m - i0)
+        base = i0 * kc
+        for kk in range(kc):
+            src, dst = (k0 + kk) * lda + i0, base + kk * mr
+            for r in range(mr):
+                Ap[_u(dst + r)] = Af[_u(src + r)]
+        i0 += mr
+
+
+@numba.njit(**JIT)
+def _gemm_tn(Af, lda, Bf, ldb, Cf, ldc, m, n, k, alpha, overwrite):
+    """C (m,n) (+)= alpha * A^T (m,k) @ op(B) (k,n) for A (k,m) (the weight gradients, x^T dz):
+    per k block, op(A)^T packed by register blocks (pack_a_t) and each (KC, NR) column panel of
+    op(B) packed once, then every row block passes over the panel while it is in L1.  Read in
+    place, op(B)'s rows (4H floats apart: a multiple of SET_STRIDE bytes) share a few L1 sets."""
+    full = n - n % NR
+    if 0 < n - full <= NARROW_MAX:                                   # a few last columns: axpys
+        _few_columns(Af, 1, lda, Bf, ldb, Cf, ldc, m, full, n, k, alpha, overwrite)
+        n = full
+    kb = min(k, KC)
+    Ap = np.empty(m * kb, Cf.dtype)                                  # (m, kc) op(A)'s k block, by blocks
+    P = np.empty(kb * NR, Cf.dtype)                                  # (kc, NR) one panel of op(B)
+    for k0 in range(0, k, KC):
+        k1 = min(k0 + KC, k)
+        kc, add = k1 - k0, k0 > 0 or not overwrite
+        pack_a_t(Af, lda, k0, k1, m, Ap, MR, LAST)
+        for j0 in range(0, n, NR):
+            nr = min(NR, n - j0)
+            _pack(Bf, ldb, k0, k1, j0, nr, P)
+            i0 = 0
+            while i0 < m:
+                mr = _block_rows(m - i0)                             # block i0: Ap[i0*kc + kk*mr + r]
+                _rows(Ap[i0 * kc - i0:], 1, mr, P, NR, 0, Cf, ldc, i0, mr, j0, nr, 0, kc, alpha, add)
+                i0 += mr
+
+
+@numba.njit(**JIT)
+def _gemm_tn_view(A, lda, Bk, C, ldc, m, n, k, alpha, overwrite):
+    """_gemm_tn on the flat data of the views (Bk an argument: see _gemm_view)."""
+    _gemm_tn(_flat(A), lda, _flat(Bk), row_stride(Bk), _flat(C), ldc, m, n, k, alpha, overwrite)
+
+
+@numba.njit(**JIT)
 def gemm(A, B, C, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
     """C (m,n) = alpha * op(A) @ op(B) + beta * C, row-major 2-D views with contiguous rows.
 
     op(A) is (m,k): A itself (m,k) or, with trans_a, A.T for A (k,m); likewise op(B) (k,n).
     With many rows (m >= PAD_MIN_ROWS) an op(B) whose rows lie a multiple of SET_STRIDE bytes
-    apart is read from a copy with padded rows (padded: an L1 cache-set conflict).
+    apart is read from a copy with padded rows (padded: an L1 cache-set conflict).  op(A) = A^T
+    with at least TN_MIN_PANELS column panels runs _gemm_tn, which packs both operands by blocks
+    (fewer panels, as the output layer's V = 65, share the copy of A too little).
     """
     m, n, k = gemm_sizes(A, B, C, trans_a, trans_b)
     if m == 0 or n == 0:
@@ -386,7 +440,12 @@ def gemm(A, B, C, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
     check_rows_contiguous(A, B, C)
     lda, ldc = row_stride(A), row_stride(C)
     sai, sak = (1, lda) if trans_a else (lda, 1)                      # op(A)[i, k] = Af[i*sai + k*sak]
-    if trans_b:
+    packs_a = trans_a and n >= TN_MIN_PANELS * NR                   # else op(A) = A^T read in place
+    if packs_a and trans_b:
+        _gemm_tn_view(A, lda, padded_t(B), C, ldc, m, n, k, alpha, overwrite)     # both packed by blocks
+    elif packs_a:
+        _gemm_tn_view(A, lda, B, C, ldc, m, n, k, alpha, overwrite)
+    elif trans_b:
         _gemm_view(A, sai, sak, padded_t(B), C, ldc, m, n, k, alpha, overwrite)   # (k,n) op(B), rows padded
     elif pads_b(m, row_stride(B) * B.itemsize):
         _gemm_view(A, sai, sak, padded(B), C, ldc, m, n, k, alpha, overwrite)     # rows padded: see padded()

@@ -83,6 +83,34 @@ def _gemm_nn_{t}(Af, sai, sak, Bf, ldb, Cf, ldc, m, n, k, alpha, overwrite):
                     i0 += mr
 
 
+def _gemm_tn_{t}(Af, lda, Bf, ldb, Cf, ldc, m, n, k, alpha, overwrite):
+    """gemm._gemm_tn (op(A) = A^T, both operands packed) with the {MR} x {NR} register blocks."""
+    full = n - n % {NR}
+    if 0 < n - full <= NARROW_MAX:
+        _few_columns(Af, 1, lda, Bf, ldb, Cf, ldc, m, full, n, k, alpha, overwrite)
+        n = full
+    kb = min(k, KC)
+    Ap = np.empty(m * kb, Cf.dtype)                                  # (m, kc) op(A)'s k block, by blocks
+    P = np.empty(kb * {NR}, Cf.dtype)                                # (kc, NR) one panel of op(B)
+    for k0 in range(0, k, KC):
+        k1 = min(k0 + KC, k)
+        kc, add = k1 - k0, k0 > 0 or not overwrite
+        pack_a_t(Af, lda, k0, k1, m, Ap, {MR}, 0)
+        for j0 in range(0, n, {NR}):
+            nr = min({NR}, n - j0)
+            _pack_{t}(Bf, ldb, k0, k1, j0, nr, P)
+            i0 = 0
+            while i0 < m:
+                mr = min({MR}, m - i0)
+                _rows_{t}(Ap[i0 * kc - i0:], 1, mr, P, {NR}, 0, Cf, ldc, i0, mr, j0, nr, 0, kc, alpha, add)
+                i0 += mr
+
+
+def _tn_view_{t}(A, lda, Bk, C, ldc, m, n, k, alpha, overwrite):
+    """gemm._gemm_tn_view."""
+    _gemm_tn_{t}(_flat(A), lda, _flat(Bk), row_stride(Bk), _flat(C), ldc, m, n, k, alpha, overwrite)
+
+
 def _view_{t}(A, sai, sak, Bk, C, ldc, m, n, k, alpha, overwrite):
     """gemm._gemm_view: Bk arrives as an argument, so a copy made for the call stays alive."""
     _gemm_nn_{t}(_flat(A), sai, sak, _flat(Bk), row_stride(Bk), _flat(C), ldc, m, n, k, alpha, overwrite)
@@ -99,7 +127,12 @@ def gemm_{t}(A, B, C, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
     check_rows_contiguous(A, B, C)
     lda, ldc = row_stride(A), row_stride(C)
     sai, sak = (1, lda) if trans_a else (lda, 1)
-    if trans_b:
+    packs_a = trans_a and n >= TN_MIN_PANELS * {NR}
+    if packs_a and trans_b:
+        _tn_view_{t}(A, lda, padded_t(B), C, ldc, m, n, k, alpha, overwrite)
+    elif packs_a:
+        _tn_view_{t}(A, lda, B, C, ldc, m, n, k, alpha, overwrite)
+    elif trans_b:
         _view_{t}(A, sai, sak, padded_t(B), C, ldc, m, n, k, alpha, overwrite)
     elif pads_b(m, row_stride(B) * B.itemsize):
         _view_{t}(A, sai, sak, padded(B), C, ldc, m, n, k, alpha, overwrite)

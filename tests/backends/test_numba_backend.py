@@ -94,7 +94,9 @@ def test_gemm_on_strided_blocks_with_beta(trans_a, trans_b, impl):
     strided blocks of bigger arrays, alpha and beta (beta = 0 overwrites NaN), shapes that
     leave short row blocks (m % 8: the 4- and 2-row kernels, odd k for the 2-row kernel's split
     sums; the 9-row kernel for the last nine rows, also in a second pass of MC rows: m = 73),
-    narrow column panels (n % 32) and several k blocks (k > 256); nothing outside C is written."""
+    narrow column panels (n % 32) and several k blocks (k > 256); op(A) = A^T both read in place
+    (few column panels) and packed (n >= TN_MIN_PANELS * NR: 264, 259 with a few last columns as
+    dot products, 300); nothing outside C is written."""
     import importlib.util
     from pathlib import Path
 
@@ -116,7 +118,8 @@ def test_gemm_on_strided_blocks_with_beta(trans_a, trans_b, impl):
     p = Parity(f"{impl} trans_a={trans_a} trans_b={trans_b}", backend="numba")
     for dtype in DTYPES:
         for m, k, n in ((3, 5, 7), (1, 1, 1), (1, 9, 4), (6, 1, 2), (4, 0, 3), (8, 32, 32), (9, 33, 65),
-                        (25, 300, 100), (17, 520, 64), (10, 7, 33), (2, 257, 40), (73, 40, 70)):
+                        (25, 300, 100), (17, 520, 64), (10, 7, 33), (2, 257, 40), (73, 40, 70),
+                        (25, 300, 264), (9, 40, 259), (73, 520, 300)):
             for alpha, beta in ((0.5, 1.0), (1.0, 0.0), (-2.0, 0.5)):
                 big_a = rng.standard_normal((k + 2, m + 3) if trans_a else (m + 2, k + 3)).astype(dtype)
                 A = big_a[1:1 + (k if trans_a else m), 2:2 + (m if trans_a else k)]      # strided block
@@ -131,6 +134,46 @@ def test_gemm_on_strided_blocks_with_beta(trans_a, trans_b, impl):
                 p.check(f"m{m} k{k} n{n} alpha{alpha} beta{beta}", C, want, dtype, "wide")
                 np.testing.assert_array_equal(big_c[:, [0, -3, -2, -1]], outside)     # nothing else written
     p.done()
+
+
+def _blocks(m, mr_max, last):
+    """The register blocks (first row, rows) of m rows: mr_max rows each, or all of the last `last`."""
+    out, i0 = [], 0
+    while i0 < m:
+        mr = m - i0 if m - i0 == last else min(mr_max, m - i0)
+        out.append((i0, mr))
+        i0 += mr
+    return out
+
+
+@pytest.mark.parametrize("mr_max, last", [(8, 9), (5, 0), (12, 0), (6, 0)])
+def test_a_transposed_operand_is_packed_by_register_blocks(mr_max, last):
+    """pack_a_t lays op(A) = A^T out block by block as _gemm_tn's register blocks read it, for the
+    AVX-512 rule (8-row blocks, the last 9 rows as one) as well as the others, whatever this CPU
+    runs: the block of rows i0..i0+mr at i0*kc, its mr values of each k side by side."""
+    from lstm_engine.kernels.numba.gemm import pack_a_t
+    rng = np.random.default_rng(0)
+    for m in (1, 2, 5, 9, 16, 17, 25, 26, 73):
+        for k0, k1 in ((0, 1), (3, 40), (0, 256)):
+            big = rng.standard_normal((k1 + 2, m + 7)).astype(np.float32)    # A (k, m): rows m + 7 apart
+            Ap = np.full(m * (k1 - k0) + 3, np.nan, np.float32)
+            pack_a_t(big.reshape(-1), big.shape[1], k0, k1, m, Ap, mr_max, last)
+            kc = k1 - k0
+            want = np.concatenate([big[k0:k1, i0:i0 + mr].reshape(-1) for i0, mr in _blocks(m, mr_max, last)])
+            np.testing.assert_array_equal(Ap[:m * kc], want, err_msg=f"m{m} k{k0}:{k1}")
+            assert np.isnan(Ap[m * kc:]).all()                                  # nothing past the blocks
+
+
+def test_the_packed_blocks_are_the_blocks_gemm_runs():
+    """gemm._gemm_tn reads each block where pack_a_t put it only if both cut the rows alike."""
+    from lstm_engine.kernels.numba import gemm as G
+    for m in range(1, 80):
+        runs, i0 = [], 0
+        while i0 < m:
+            mr = G._block_rows(m - i0)
+            runs.append((i0, mr))
+            i0 += mr
+        assert runs == _blocks(m, G.MR, G.LAST), m
 
 
 _PADDED_GEMM = """

@@ -384,7 +384,7 @@ def test_forced_candidates_pass_the_backend_parity_tests(candidate, threads, mon
     product_fn = nt.product_fn
     monkeypatch.setattr(nt, "product_fn", lambda kind, name: called.append(name) or product_fn(kind, name))
     dtype = "float32"
-    for T, B, I, H in ((5, 3, 7, 13), (3, 4, 40, 33)):
+    for T, B, I, H in ((5, 3, 7, 13), (3, 4, 40, 33), (3, 5, 24, 70)):     # 4H = 280: dW packs op(A)
         compare_layer(f"{candidate} lstm layer T{T} B{B} I{I} H{H}", layer_inputs(rng, T, B, I, H, dtype), dtype)
     a = layer_inputs(rng, 4, 3, 6, 9, dtype)
     for V in (5, 40):                                               # table path, gathered path
