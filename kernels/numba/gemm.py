@@ -51,7 +51,8 @@ PAD_MIN_ROWS = 256      # ... and gemm copies them with padded rows when m is at
 NARROW_MAX = 4          # a last column panel this narrow is done as dot products, not padded to NR
 TILE_ROWS, TILE_COLS = 16, 64   # padded_t's tile of W: 16 cache lines read along, written across
 LINE = 64               # bytes: a cache line, where panel buffers start (panel_buffer)
-TN_MIN_PANELS = 8       # op(A) = A^T is packed (_gemm_tn) when C has this many NR-wide panels to share the copy
+TN_MIN_PANELS = 8       # op(A) = A^T is packed (_gemm_tn) when C has this many NR-wide panels to share the copy ...
+TN_MAX_ROWS = 255       # ... and at most this many rows (more: behind BLAS by less than the tuner's margin; docs/numba.md)
 
 
 def _stack_array(n):
@@ -428,8 +429,9 @@ def gemm(A, B, C, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
     op(A) is (m,k): A itself (m,k) or, with trans_a, A.T for A (k,m); likewise op(B) (k,n).
     With many rows (m >= PAD_MIN_ROWS) an op(B) whose rows lie a multiple of SET_STRIDE bytes
     apart is read from a copy with padded rows (padded: an L1 cache-set conflict).  op(A) = A^T
-    with at least TN_MIN_PANELS column panels runs _gemm_tn, which packs both operands by blocks
-    (fewer panels, as the output layer's V = 65, share the copy of A too little).
+    with at least TN_MIN_PANELS column panels and at most TN_MAX_ROWS rows runs _gemm_tn, which
+    packs both operands by blocks (fewer panels, as the output layer's V = 65, share the copy of A
+    too little; docs/numba.md, "The GEMM", on the rows).
     """
     m, n, k = gemm_sizes(A, B, C, trans_a, trans_b)
     if m == 0 or n == 0:
@@ -440,7 +442,7 @@ def gemm(A, B, C, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
     check_rows_contiguous(A, B, C)
     lda, ldc = row_stride(A), row_stride(C)
     sai, sak = (1, lda) if trans_a else (lda, 1)                      # op(A)[i, k] = Af[i*sai + k*sak]
-    packs_a = trans_a and n >= TN_MIN_PANELS * NR                   # else op(A) = A^T read in place
+    packs_a = trans_a and n >= TN_MIN_PANELS * NR and m <= TN_MAX_ROWS   # else op(A) = A^T read in place
     if packs_a and trans_b:
         _gemm_tn_view(A, lda, padded_t(B), C, ldc, m, n, k, alpha, overwrite)     # both packed by blocks
     elif packs_a:

@@ -127,7 +127,7 @@ def gemm_{t}(A, B, C, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
     check_rows_contiguous(A, B, C)
     lda, ldc = row_stride(A), row_stride(C)
     sai, sak = (1, lda) if trans_a else (lda, 1)
-    packs_a = trans_a and n >= TN_MIN_PANELS * {NR}
+    packs_a = trans_a and n >= TN_MIN_PANELS * {NR} and m <= TN_MAX_ROWS
     if packs_a and trans_b:
         _tn_view_{t}(A, lda, padded_t(B), C, ldc, m, n, k, alpha, overwrite)
     elif packs_a:

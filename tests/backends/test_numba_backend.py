@@ -96,7 +96,7 @@ def test_gemm_on_strided_blocks_with_beta(trans_a, trans_b, impl):
     sums; the 9-row kernel for the last nine rows, also in a second pass of MC rows: m = 73),
     narrow column panels (n % 32) and several k blocks (k > 256); op(A) = A^T both read in place
     (few column panels) and packed (n >= TN_MIN_PANELS * NR: 264, 259 with a few last columns as
-    dot products, 300); nothing outside C is written."""
+    dot products, 300; m <= TN_MAX_ROWS); nothing outside C is written."""
     import importlib.util
     from pathlib import Path
 
