@@ -402,6 +402,7 @@ def _gemm_tn(Af, lda, Bf, ldb, Cf, ldc, m, n, k, alpha, overwrite):
     kb = min(k, KC)
     Ap = np.empty(m * kb, Cf.dtype)                                  # (m, kc) op(A)'s k block, by blocks
     P = np.empty(kb * NR, Cf.dtype)                                  # (kc, NR) one panel of op(B)
+    one, zero = np.int64(1), np.int64(0)     # not literals: the blocks then compile for _gemm_nn's types only
     for k0 in range(0, k, KC):
         k1 = min(k0 + KC, k)
         kc, add = k1 - k0, k0 > 0 or not overwrite
@@ -409,10 +410,10 @@ def _gemm_tn(Af, lda, Bf, ldb, Cf, ldc, m, n, k, alpha, overwrite):
         for j0 in range(0, n, NR):
             nr = min(NR, n - j0)
             _pack(Bf, ldb, k0, k1, j0, nr, P)
-            i0 = 0
+            i0 = zero
             while i0 < m:
                 mr = _block_rows(m - i0)                             # block i0: Ap[i0*kc + kk*mr + r]
-                _rows(Ap[i0 * kc - i0:], 1, mr, P, NR, 0, Cf, ldc, i0, mr, j0, nr, 0, kc, alpha, add)
+                _rows(Ap[i0 * kc - i0:], one, mr, P, NR, 0, Cf, ldc, i0, mr, j0, nr, zero, kc, alpha, add)
                 i0 += mr
 
 

@@ -92,6 +92,7 @@ def _gemm_tn_{t}(Af, lda, Bf, ldb, Cf, ldc, m, n, k, alpha, overwrite):
     kb = min(k, KC)
     Ap = np.empty(m * kb, Cf.dtype)                                  # (m, kc) op(A)'s k block, by blocks
     P = np.empty(kb * {NR}, Cf.dtype)                                # (kc, NR) one panel of op(B)
+    one, zero = np.int64(1), np.int64(0)
     for k0 in range(0, k, KC):
         k1 = min(k0 + KC, k)
         kc, add = k1 - k0, k0 > 0 or not overwrite
@@ -99,10 +100,10 @@ def _gemm_tn_{t}(Af, lda, Bf, ldb, Cf, ldc, m, n, k, alpha, overwrite):
         for j0 in range(0, n, {NR}):
             nr = min({NR}, n - j0)
             _pack_{t}(Bf, ldb, k0, k1, j0, nr, P)
-            i0 = 0
+            i0 = zero
             while i0 < m:
                 mr = min({MR}, m - i0)
-                _rows_{t}(Ap[i0 * kc - i0:], 1, mr, P, {NR}, 0, Cf, ldc, i0, mr, j0, nr, 0, kc, alpha, add)
+                _rows_{t}(Ap[i0 * kc - i0:], one, mr, P, {NR}, 0, Cf, ldc, i0, mr, j0, nr, zero, kc, alpha, add)
                 i0 += mr
 
 
