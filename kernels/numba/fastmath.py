@@ -6,6 +6,9 @@ loop over them compiles to vector code (docs/numba.md has their cost per element
 
     fexp(x)      Cephes-style exp: x = n ln2 + r, polynomial (float32) or Pade (float64)
                  for e^r, then 2^n built from its exponent bits.  About 1 ulp.
+    fexp_nonpos(x)  fexp for x <= 0 (a softmax's shifted logits): float32 builds 2^n with one
+                 factor and gives 0 where e^x is below the normal range (x < -87.3), so it
+                 skips fexp's upper clamp and second factor
     fsigmoid(x)  1/(1+e^-x) split by sign like the reference (e = exp(-|x|) <= 1); float32
                  builds e with one 2^n factor (e below float32's normal range is 0)
     ftanh(x)     float32: Eigen's [13/6] rational polynomial, one division and no exp;
@@ -51,6 +54,11 @@ def _pow2(typingctx, n):
 
 def fexp(x):
     """exp(x) that vectorises (see module docstring)."""
+    return np.exp(x)
+
+
+def fexp_nonpos(x):
+    """exp(x) for x <= 0 (see module docstring)."""
     return np.exp(x)
 
 
@@ -134,13 +142,22 @@ def _tanh32(x):
     return x if abs(x) < F32(0.0004) else r     # tanh x = x to rounding there (and -0.0 stays -0.0)
 
 
-def _sigmoid32(x):
-    # fexp's polynomial on a = -|x| <= 0 with one 2^n factor: below -87.3 (where e^a is no
-    # longer a normal float) the result is 0 - the sigmoid is then e^a ~ 0 to float32 anyway.
-    a = -abs(x)
+@numba.njit(inline="always", **JIT)
+def _exp_nonpos32(a):
+    """e^a for a <= 0 (or NaN): fexp's polynomial with one 2^n factor; below -87.3, where e^a is
+    no longer a normal float, 0."""
     n, er = _exp32_parts(max(a, F32(-87.3)))   # a first: NaN stays NaN
-    e = er * _pow2(n)                           # e^a, n >= -126
-    e = F32(0.0) if a < F32(-87.3) else e
+    e = er * _pow2(n)                           # n >= -126
+    return F32(0.0) if a < F32(-87.3) else e
+
+
+def _fexp_nonpos32(x):
+    return _exp_nonpos32(x)
+
+
+def _sigmoid32(x):
+    # the sigmoid of x < -87.3 is e^x ~ 0 to float32 anyway
+    e = _exp_nonpos32(-abs(x))
     s = F32(1.0) / (F32(1.0) + e)
     return s if x >= F32(0.0) else e * s
 
@@ -190,5 +207,6 @@ def _pick(f32, f64, name):
 
 
 overload(fexp)(_pick(_exp32, _exp64, "fexp"))
+overload(fexp_nonpos)(_pick(_fexp_nonpos32, _exp64, "fexp_nonpos"))
 overload(ftanh)(_pick(_tanh32, _tanh64, "ftanh"))
 overload(fsigmoid)(_pick(_sigmoid32, _sigmoid64, "fsigmoid"))

@@ -17,10 +17,9 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .fastmath import fexp, like
+from .fastmath import fexp_nonpos, like
 from .gemm import MR, gemm, padded_t
 from .jit import JIT, PAR, REASSOC
-from .lstm_layer import column_sums
 
 
 @numba.njit(**REASSOC)
@@ -45,7 +44,7 @@ def softmax_xent_rows(logits, targets, dlogits, need_grad, r0, r1, scratch):
         for j in range(1, V):
             m = max(m, z[j])
         for j in range(V):
-            e[j] = fexp(z[j] - m)
+            e[j] = fexp_nonpos(z[j] - m)                     # z - m <= 0
         s = row_sum(e)
         total += np.log(np.float64(s)) - np.float64(z[targets[n]] - m)   # -log softmax_y
         if need_grad:
@@ -103,22 +102,69 @@ def mm_rows(A, B, C, trans_a, trans_b, nt):
 
 
 @numba.njit(**JIT)
-def linear_forward_kernel(x, W, b, y, nt):
-    """y (N,V) = x (N,H) @ W (H,V) + b (V,)."""
-    mm_rows(x, W, y, False, False, nt)
-    for n in range(y.shape[0]):
+def add_bias_rows(y, b, r0, r1):
+    """y[r0:r1] (rows of (N,V)) += b (V,)."""
+    for n in range(r0, r1):
         row = y[n]
         for j in range(y.shape[1]):
             row[j] += b[j]
+
+
+@numba.njit(**PAR)
+def add_bias_par(y, b, nt):
+    """add_bias_rows on nt threads, a block of rows each."""
+    N = y.shape[0]
+    for k in numba.prange(nt):
+        add_bias_rows(y, b, np.int64(k * N // nt), np.int64((k + 1) * N // nt))
 
 
 @numba.njit(**JIT)
-def add_bias(y, b):
-    """y (N,V) += b (V,) on every row (after a product numba_tune chose)."""
-    for n in range(y.shape[0]):
-        row = y[n]
-        for j in range(y.shape[1]):
-            row[j] += b[j]
+def add_bias(y, b, nt):
+    """y (N,V) += b (V,) on every row: the calling thread (nt None) or nt threads by rows
+    (at a large vocabulary y is tens of megabytes, one pass through memory)."""
+    if nt is None:
+        add_bias_rows(y, b, np.int64(0), np.int64(y.shape[0]))
+    else:
+        add_bias_par(y, b, np.int64(nt))
+
+
+@numba.njit(**JIT)
+def linear_forward_kernel(x, W, b, y, nt):
+    """y (N,V) = x (N,H) @ W (H,V) + b (V,)."""
+    mm_rows(x, W, y, False, False, nt)
+    add_bias(y, b, nt)
+
+
+@numba.njit(**JIT)
+def column_sums_rows(X, out, r0, r1):
+    """out (n,) = X[r0:r1] (rows of (m,n)) summed over rows."""
+    out[:] = 0
+    for r in range(r0, r1):
+        row = X[r]
+        for j in range(X.shape[1]):
+            out[j] += row[j]
+
+
+@numba.njit(**PAR)
+def column_sums_par(X, parts):
+    """column_sums_rows on len(parts) threads, a block of rows each -> parts (nt,n)."""
+    m, nt = X.shape[0], parts.shape[0]
+    for k in numba.prange(nt):
+        column_sums_rows(X, parts[k], np.int64(k * m // nt), np.int64((k + 1) * m // nt))
+
+
+@numba.njit(**JIT)
+def bias_grad(dy, db, nt):
+    """db (V,) = dy (N,V) summed over rows: the calling thread (nt None) or nt threads' partial
+    sums, added in thread order."""
+    if nt is None:
+        column_sums_rows(dy, db, np.int64(0), np.int64(dy.shape[0]))
+    else:
+        parts = np.empty((nt, db.shape[0]), db.dtype)                  # (nt,V) one row of sums a thread
+        column_sums_par(dy, parts)
+        db[:] = parts[0]
+        for k in range(1, nt):
+            db += parts[k]
 
 
 @numba.njit(**JIT)
@@ -126,4 +172,4 @@ def linear_backward_kernel(x, dy, W, dx, dW, db, nt):
     """dy (N,V) -> dx (N,H) = dy W^T, dW (H,V) = x^T dy, db (V,) = column sums of dy."""
     mm_rows(dy, padded_t(W), dx, False, False, nt)                   # W^T (V,H) copied once, not per thread
     mm_rows(x, dy, dW, True, False, nt)
-    column_sums(dy, db)
+    bias_grad(dy, db, nt)

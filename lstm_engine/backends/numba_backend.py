@@ -729,7 +729,7 @@ def linear_forward(x, W, b):
         _kernels().out.linear_forward_kernel(_c(x), _c(W), _c(b), y, nt)
     else:
         fns[0](_c(x), _c(W), y, False, False, 1.0, 0.0, nt)
-        _kernels().out.add_bias(y, _c(b))
+        _kernels().out.add_bias(y, _c(b), nt)
     return y
 
 
@@ -752,10 +752,19 @@ def linear_backward(x, dy, W):
         _kernels().out.linear_backward_kernel(_c(x), _c(dy), _c(W), dx, dW, db, nt)
     else:
         x, dy = _c(x), _c(dy)
-        fns[0](dy, np.ascontiguousarray(W.T), dx, False, False, 1.0, 0.0, nt)    # dx = dy W^T (W^T copied once)
+        if _is_blas(fns[0]):                       # BLAS packs op(B) = W^T itself
+            fns[0](dy, _c(W), dx, False, True, 1.0, 0.0, nt)                     # dx = dy W^T
+        else:
+            fns[0](dy, np.ascontiguousarray(W.T), dx, False, False, 1.0, 0.0, nt)  # dx = dy W^T (W^T copied once)
         fns[1](x, dy, dW, True, False, 1.0, 0.0, nt)                             # dW = x^T dy
-        _kernels().lstm.column_sums(dy, db)
+        _kernels().out.bias_grad(dy, db, nt)
     return dx, dW, db
+
+
+def _is_blas(fn):
+    """True for numba_tune's BLAS candidate (it takes a transposed op(B) at no extra cost)."""
+    from ..kernels.numba import blas
+    return fn is blas.mm_blas
 
 
 def softmax_xent(logits, targets, need_grad=True):

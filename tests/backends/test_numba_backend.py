@@ -55,34 +55,39 @@ def layer_inputs(rng, T, B, I, H, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_activation_functions_match_numpy(dtype):
-    """fexp / fsigmoid / ftanh (the vectorisable ones) within a few ulp, NaN stays NaN."""
+    """fexp / fsigmoid / ftanh (the vectorisable ones) within a few ulp, NaN stays NaN; fexp_nonpos
+    as fexp on x <= 0, 0 where e^x is below float32's normal range."""
     import numba
-    from lstm_engine.kernels.numba.fastmath import fexp, fsigmoid, ftanh
+    from lstm_engine.kernels.numba.fastmath import fexp, fexp_nonpos, fsigmoid, ftanh
 
     @numba.njit(error_model="numpy")
     def apply(z, out):
         for i in range(z.size):
             out[0, i], out[1, i], out[2, i] = fexp(z[i]), fsigmoid(z[i]), ftanh(z[i])
+            out[3, i] = fexp_nonpos(-abs(z[i]))
 
     lim = 85.0 if dtype == "float32" else 700.0
     z = np.concatenate([np.linspace(-lim, lim, 20001), np.random.default_rng(0).standard_normal(5000) * 4,
                         [0.0, -0.0, 1e-30, -1e-30, 0.625, -0.625]]).astype(dtype)
-    out = np.empty((3, z.size), dtype)
+    out = np.empty((4, z.size), dtype)
     apply(z, out)
     z64 = z.astype(np.float64)
-    want = np.stack([np.exp(z64), ref.sigmoid(z64), np.tanh(z64)])
+    want = np.stack([np.exp(z64), ref.sigmoid(z64), np.tanh(z64), np.exp(-np.abs(z64))])
     eps = np.finfo(dtype).eps
-    for k, name in enumerate(("exp", "sigmoid", "tanh")):
+    for k, name in enumerate(("exp", "sigmoid", "tanh", "exp_nonpos")):
         normal = np.abs(want[k]) > np.finfo(dtype).tiny
         rel = np.abs(out[k][normal] - want[k][normal]) / np.abs(want[k][normal])
         print(f"  {name:8s} {dtype}: max rel {rel.max():.2e} = {rel.max() / eps:.2f} eps")
         assert rel.max() <= 4 * eps, name
         assert np.abs(out[k] - want[k]).max() <= 4 * eps * np.abs(want[k]).max()
     edge = np.array([np.nan, np.inf, -np.inf, 1000.0, -1000.0], dtype)
-    out = np.empty((3, edge.size), dtype)
+    out = np.empty((4, edge.size), dtype)
     apply(edge, out)
     assert np.isnan(out[:, 0]).all()
-    np.testing.assert_array_equal(out[:, 1:], [[np.inf, 0, np.inf, 0], [1, 0, 1, 0], [1, -1, 1, -1]])
+    np.testing.assert_array_equal(out[:, 1:], [[np.inf, 0, np.inf, 0], [1, 0, 1, 0], [1, -1, 1, -1], [0, 0, 0, 0]])
+    if dtype == "float32":                 # e^x below the normal range (x < -87.3): 0, not a subnormal
+        apply(np.array([-87.0, -87.5, -100.0], dtype), out[:, :3])
+        assert out[3, 0] > 0 and out[3, 1] == 0 and out[3, 2] == 0
 
 
 @pytest.mark.parametrize("impl", ["numba_gemm", "dev_blas"])

@@ -15,8 +15,9 @@ lstm_forward / lstm_backward
         (kernels/numba/lstm_layer_columns.py).
 softmax_xent
     v1  the row sum accumulated in the exp loop: a sequential reduction, not vectorised.
-    v2  kernels/numba/output_layer.py on the calling thread: the exps in one loop, then a
-        reassociated sum that vectorises.
+    v2  the exps in one loop (fexp), then a reassociated sum that vectorises.
+    v3  kernels/numba/output_layer.py on the calling thread: v2 with fexp_nonpos (the shifted
+        logits are <= 0: one 2^n factor, no upper clamp).
 
 The current versions are called as kernels with the thread plan each wants (the backend's
 own choice is the "numba" row).  The earlier ones compile without an on-disk cache.
@@ -34,7 +35,7 @@ import numpy as np
 
 from lstm_engine.backends.numba_backend import LayerCache
 from lstm_engine.kernels.numba import lstm_layer, output_layer
-from lstm_engine.kernels.numba.fastmath import fexp, fsigmoid, ftanh
+from lstm_engine.kernels.numba.fastmath import fexp, fsigmoid, ftanh, like
 from lstm_engine.kernels.numba.jit import JIT
 
 BACKEND = "numba"
@@ -154,6 +155,30 @@ def softmax_xent_kernel_v1(logits, targets, dlogits, need_grad, nt):
     return total / N
 
 
+@numba.njit(**DEV)
+def softmax_xent_kernel_v2(logits, targets, dlogits, need_grad, nt):
+    """v2 of output_layer.softmax_xent_kernel: the row sum apart from the exp loop, whose exps are
+    fexp's (two 2^n factors, both clamps), one thread (nt is ignored)."""
+    N, V = logits.shape
+    total = 0.0
+    for n in range(N):
+        z = logits[n]
+        e = dlogits[n] if need_grad else dlogits[0]
+        m = z[0]
+        for j in range(1, V):
+            m = max(m, z[j])
+        for j in range(V):
+            e[j] = fexp(z[j] - m)
+        s = output_layer.row_sum(e)
+        total += np.log(np.float64(s)) - np.float64(z[targets[n]] - m)
+        if need_grad:
+            inv = like(s, 1 / (s * N))
+            for j in range(V):
+                e[j] = e[j] * inv
+            e[targets[n]] -= 1 / N
+    return total / N
+
+
 # ----------------------------------------------------------------------------
 # The versions as backend functions: each calls its kernel with the thread plan it wants
 # ----------------------------------------------------------------------------
@@ -195,10 +220,17 @@ def _backward(kernel, mode=0):
 
 
 def _softmax(kernel):
-    """softmax_xent (the backend's signature) through kernel (softmax_xent_kernel's), on the calling thread."""
+    """softmax_xent (the backend's signature) through kernel (softmax_xent_kernel's), on the calling thread.
+    The gradient buffer is kept between calls, as the backend's pool keeps it: a fresh (N,V) array at a
+    large vocabulary is a fresh mmap whose page faults would outweigh the kernel."""
+    kept = {}
+
     def softmax_xent(logits, targets, need_grad=True):
         logits, targets = np.ascontiguousarray(logits), np.ascontiguousarray(targets, dtype=np.int64)
-        d = np.empty(logits.shape if need_grad else (1, logits.shape[1]), logits.dtype)    # (N,V) or scratch
+        shape = logits.shape if need_grad else (1, logits.shape[1])
+        d = kept.get((shape, logits.dtype))
+        if d is None:
+            d = kept[shape, logits.dtype] = np.empty(shape, logits.dtype)                # (N,V) or scratch
         loss = kernel(logits, targets, d, bool(need_grad), None)
         return float(loss), (d if need_grad else None)
     return softmax_xent
@@ -211,5 +243,6 @@ KERNEL_VERSIONS = {
     "lstm_backward": {"v1": _backward(lstm_backward_kernel_v1), "v2": _backward(lstm_layer.lstm_backward_kernel),
                       "v3": _backward(lstm_layer.lstm_backward_kernel, mode=1),
                       "v4": _backward(lstm_layer.lstm_backward_kernel, mode=2)},
-    "softmax_xent": {"v1": _softmax(softmax_xent_kernel_v1), "v2": _softmax(output_layer.softmax_xent_kernel)},
+    "softmax_xent": {"v1": _softmax(softmax_xent_kernel_v1), "v2": _softmax(softmax_xent_kernel_v2),
+                     "v3": _softmax(output_layer.softmax_xent_kernel)},
 }
