@@ -349,7 +349,7 @@ def _gemm_nn(Af, sai, sak, Bf, ldb, Cf, ldc, m, n, k, alpha, overwrite):
     if 0 < n - full <= NARROW_MAX:                                   # a few last columns: dot products
         _few_columns(Af, sai, sak, Bf, ldb, Cf, ldc, m, full, n, k, alpha, overwrite)
         n = full
-    P = np.zeros(k * NR if full < n else 0, Cf.dtype)               # the narrow last panel, zero-padded (k,NR)
+    P = line_buffer(k * NR if full < n else 0, Cf)                  # the narrow last panel, zero-padded (k,NR)
     if full < n:
         _pack(Bf, ldb, 0, k, full, n - full, P)
     for k0 in range(0, k, KC):
@@ -401,7 +401,7 @@ def _gemm_tn(Af, lda, Bf, ldb, Cf, ldc, m, n, k, alpha, overwrite):
         n = full
     kb = min(k, KC)
     Ap = np.empty(m * kb, Cf.dtype)                                  # (m, kc) op(A)'s k block, by blocks
-    P = np.empty(kb * NR, Cf.dtype)                                  # (kc, NR) one panel of op(B)
+    P = line_buffer(kb * NR, Cf)                                     # (kc, NR) one panel of op(B)
     one, zero = np.int64(1), np.int64(0)     # not literals: the blocks then compile for _gemm_nn's types only
     for k0 in range(0, k, KC):
         k1 = min(k0 + KC, k)
@@ -560,13 +560,19 @@ def panels_t(W):
 
 
 @numba.njit(**JIT)
-def panel_buffer(nt, npanels, k, like):
-    """An uninitialised (nt, npanels, k, NR) array of like's dtype starting on a cache line: np.empty
-    starts 32 bytes into one here, and every NR-wide row load of a panel then splits two lines."""
-    size = nt * npanels * k * NR
-    raw = np.empty(size + LINE // like.itemsize, like.dtype)        # (size + one line,)
+def line_buffer(n, like):
+    """An uninitialised (n,) array of like's dtype starting on a cache line: numba's np.empty starts
+    on 32 bytes, half the time 32 bytes into a line, and every NR-wide row load of a packed panel
+    then splits two lines (with AVX-512 each of a row's two zmm loads)."""
+    raw = np.empty(n + LINE // like.itemsize, like.dtype)           # (n + one line,)
     off = (LINE - raw.ctypes.data % LINE) % LINE // like.itemsize
-    return raw[off:off + size].reshape((nt, npanels, k, NR))
+    return raw[off:off + n]
+
+
+@numba.njit(**JIT)
+def panel_buffer(nt, npanels, k, like):
+    """An uninitialised (nt, npanels, k, NR) array of like's dtype starting on a cache line (line_buffer)."""
+    return line_buffer(nt * npanels * k * NR, like).reshape((nt, npanels, k, NR))
 
 
 @numba.njit(**JIT)

@@ -61,7 +61,7 @@ def _gemm_nn_{t}(Af, sai, sak, Bf, ldb, Cf, ldc, m, n, k, alpha, overwrite):
     if 0 < n - full <= NARROW_MAX:
         _few_columns(Af, sai, sak, Bf, ldb, Cf, ldc, m, full, n, k, alpha, overwrite)
         n = full
-    P = np.zeros(k * {NR} if full < n else 0, Cf.dtype)              # (k,NR) the narrow last panel
+    P = line_buffer(k * {NR} if full < n else 0, Cf)                 # (k,NR) the narrow last panel
     if full < n:
         _pack_{t}(Bf, ldb, 0, k, full, n - full, P)
     for k0 in range(0, k, KC):
@@ -91,7 +91,7 @@ def _gemm_tn_{t}(Af, lda, Bf, ldb, Cf, ldc, m, n, k, alpha, overwrite):
         n = full
     kb = min(k, KC)
     Ap = np.empty(m * kb, Cf.dtype)                                  # (m, kc) op(A)'s k block, by blocks
-    P = np.empty(kb * {NR}, Cf.dtype)                                # (kc, NR) one panel of op(B)
+    P = line_buffer(kb * {NR}, Cf)                                   # (kc, NR) one panel of op(B)
     one, zero = np.int64(1), np.int64(0)
     for k0 in range(0, k, KC):
         k1 = min(k0 + KC, k)

@@ -181,6 +181,26 @@ def test_the_packed_blocks_are_the_blocks_gemm_runs():
         assert runs == _blocks(m, G.MR, G.LAST), m
 
 
+def test_packed_panels_start_on_a_cache_line():
+    """The buffers the GEMM packs panels of op(B) into begin on a 64-byte line whatever numba's
+    allocator returns (np.empty there starts on 32 bytes, half the time mid-line), for every size
+    and dtype, each element of the (n,) view its own."""
+    import numba
+    from lstm_engine.kernels.numba import gemm as G
+
+    @numba.njit
+    def starts(n, like):
+        a = G.line_buffer(n, like)
+        p = G.panel_buffer(np.int64(2), np.int64(3), n, like)
+        a[:] = 1
+        return a.ctypes.data % G.LINE, p.ctypes.data % G.LINE, a.shape[0], p.shape, a.sum()
+
+    for like in (np.zeros(1, np.float32), np.zeros(1, np.float64)):
+        for n in (1, 7, 16, 33, 256 * G.NR, 1000, 4099):
+            a_off, p_off, size, shape, total = starts(np.int64(n), like)
+            assert (a_off, p_off, size, shape, total) == (0, 0, n, (2, 3, n, G.NR), n)
+
+
 _PADDED_GEMM = """
 import numpy as np
 from lstm_engine.kernels.numba import gemm as G
