@@ -37,7 +37,6 @@ from .gemm import gemm_panels, padded, panels, panels_t, pads_b
 from .jit import JIT, PAR
 from .lstm_layer import (
     accumulate_step,
-    column_sums,
     gather_rows,
     gather_step,
     mm,
@@ -47,6 +46,7 @@ from .lstm_layer import (
     scatter_add_rows,
     weight_grads,
 )
+from .sums import column_sums
 
 
 @numba.njit(**JIT)
@@ -133,7 +133,7 @@ def run_backward_steps(cell, dhs, Wh, wc, c0, cs, acts, dzs, dh, dc, rows, units
     elif units is not None:
         backward_steps_cols(cell, dhs, Wh, wc, c0, cs, acts, dzs, dh, dc, dwc, units)
         T, B, G = dzs.shape
-        column_sums(dzs.reshape(T * B, G), db)
+        column_sums(dzs.reshape(T * B, G), db, np.int64(0), np.int64(T * B))
         if dtable.shape[0] > 0:
             scatter_add_rows(tokens.reshape(T * B), dzs.reshape(T * B, G), dtable)
     else:

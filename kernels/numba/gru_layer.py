@@ -31,7 +31,6 @@ from .gru_layer_columns import backward_steps_cols, forward_steps_cols
 from .jit import JIT, PAR
 from .lstm_layer import (
     accumulate_step,
-    column_sums,
     gather_rows,
     gather_step,
     mm,
@@ -40,6 +39,7 @@ from .lstm_layer import (
     recurrent_weight_grads,
     scatter_add_rows,
 )
+from .sums import column_sums
 
 
 @numba.njit(**JIT)
@@ -119,8 +119,8 @@ def run_backward_steps(dhs, Wh, h0, hs, acts, hn, dzx, dzh, dh, rows, units, tok
     elif units is not None:
         backward_steps_cols(dhs, Wh, h0, hs, acts, hn, dzx, dzh, dh, units)
         T, B, G = dzx.shape
-        column_sums(dzx.reshape(T * B, G), dbx)
-        column_sums(dzh.reshape(T * B, G), dbh)
+        column_sums(dzx.reshape(T * B, G), dbx, np.int64(0), np.int64(T * B))
+        column_sums(dzh.reshape(T * B, G), dbh, np.int64(0), np.int64(T * B))
         if dtable.shape[0] > 0:
             scatter_add_rows(tokens.reshape(T * B), dzx.reshape(T * B, G), dtable)
     else:

@@ -31,6 +31,7 @@ from .gemm import gemm, gemm_panels, padded, panels, panels_t, pads_b
 from .gates import gates_backward, gates_forward
 from .jit import JIT, PAR
 from .lstm_layer_columns import backward_steps_cols, forward_steps_cols
+from .sums import column_sums
 
 # How a layer uses threads: the entry kernels take (prod, rows, units), each None or a
 # thread count.  prod: threads for the big products (None: the calling thread); rows: the
@@ -211,7 +212,7 @@ def run_backward_steps(dhs, Wh, c0, cs, acts, dzs, dh, dc, rows, units, tokens, 
     elif units is not None:
         backward_steps_cols(dhs, Wh, c0, cs, acts, dzs, dh, dc, units)
         T, B, G = dzs.shape
-        column_sums(dzs.reshape(T * B, G), db)
+        column_sums(dzs.reshape(T * B, G), db, np.int64(0), np.int64(T * B))
         if dtable.shape[0] > 0:
             scatter_add_rows(tokens.reshape(T * B), dzs.reshape(T * B, G), dtable)
     else:
@@ -239,15 +240,6 @@ def embed_lstm_forward_kernel(tokens, Emb, W, b, h0, c0, hs, cs, acts, table, pr
     H = h0.shape[1]
     mm(Emb, W[H:], table, False, False, 1.0, 0.0, prod)             # (V,G) = Emb @ W_x
     run_forward_steps(W[:H], b, h0, c0, hs, cs, acts, rows, units, tokens, table)   # rows gathered per step
-
-
-@numba.njit(**JIT)
-def column_sums(X, out):
-    """out (n,) = X (m,n) summed over rows."""
-    out[:] = 0
-    for r in range(X.shape[0]):
-        for j in range(X.shape[1]):
-            out[j] += X[r, j]
 
 
 @numba.njit(**JIT)

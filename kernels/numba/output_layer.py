@@ -5,7 +5,8 @@ Dimension legend: N = T*B rows, H hidden (input of the layer), V vocabulary.
 
 The linear layer's products go through gemm on `nt` threads, each owning a block of C's
 rows (V = 65 columns split in two would leave each thread an NR-wide panel and a narrow one:
-rows split evenly).
+rows split evenly).  The bias is added and its gradient summed by the same blocks of rows on
+the same threads (sums.py): at a large vocabulary each is a pass through memory.
 
 One pass per row: the row maximum, the shifted exponentials (written straight into the
 gradient row), their sum, the log-sum-exp loss of the target, then the gradient
@@ -20,6 +21,7 @@ import numpy as np
 from .fastmath import fexp_nonpos, like
 from .gemm import MR, gemm, padded_t
 from .jit import JIT, PAR, REASSOC
+from .sums import column_sums, column_sums_par
 
 
 @numba.njit(**REASSOC)
@@ -136,29 +138,11 @@ def linear_forward_kernel(x, W, b, y, nt):
 
 
 @numba.njit(**JIT)
-def column_sums_rows(X, out, r0, r1):
-    """out (n,) = X[r0:r1] (rows of (m,n)) summed over rows."""
-    out[:] = 0
-    for r in range(r0, r1):
-        row = X[r]
-        for j in range(X.shape[1]):
-            out[j] += row[j]
-
-
-@numba.njit(**PAR)
-def column_sums_par(X, parts):
-    """column_sums_rows on len(parts) threads, a block of rows each -> parts (nt,n)."""
-    m, nt = X.shape[0], parts.shape[0]
-    for k in numba.prange(nt):
-        column_sums_rows(X, parts[k], np.int64(k * m // nt), np.int64((k + 1) * m // nt))
-
-
-@numba.njit(**JIT)
 def bias_grad(dy, db, nt):
     """db (V,) = dy (N,V) summed over rows: the calling thread (nt None) or nt threads' partial
     sums, added in thread order."""
     if nt is None:
-        column_sums_rows(dy, db, np.int64(0), np.int64(dy.shape[0]))
+        column_sums(dy, db, np.int64(0), np.int64(dy.shape[0]))
     else:
         parts = np.empty((nt, db.shape[0]), db.dtype)                  # (nt,V) one row of sums a thread
         column_sums_par(dy, parts)
