@@ -525,6 +525,13 @@ def busy():
     return f"load {load:.1f} on {cores} cores" if load > BUSY_LOAD_PER_CORE * cores else ""
 
 
+def new_budget():
+    """FIRST_USE_SECONDS anew for what follows: `bench` gives each config what a training run of
+    it would have in a process of its own."""
+    _spent[0] = 0.0
+    _said.discard("budget")
+
+
 def forget():
     """Drop what this process remembers (tests; the file stays)."""
     global _file_cache

@@ -247,6 +247,14 @@ def prepare_entry(entry, cfg, batch, ref, whats):
         return None, None, [_row(name, cfg, w, device, "error", False, f"{type(e).__name__}: {e}") for w in whats]
 
 
+def _new_tune_budget():
+    """Each config's numba rows start with the first-use tuning budget (numba_tune.FIRST_USE_SECONDS)
+    that a training run of that config would have: one config's tuning does not leave the next
+    config's products untuned."""
+    from ..backends import numba_tune
+    numba_tune.new_budget()
+
+
 def _numba_mode():
     """The numba backend's products ('bf16' under LSTM_ENGINE_TUNE=bf16 or set_products), as it runs them."""
     from ..backends import numba_tune
@@ -386,6 +394,8 @@ def run_bench(backends=DEFAULT_BACKENDS, configs=DEFAULT_CONFIGS, what="train,fo
         machine.update(sgemm_cpu_gflops=peaks["cpu"], sgemm_gpu_gflops=peaks["gpu"])
         rows = []
         for cfg in cfgs:
+            if "numba" in names:
+                _new_tune_budget()
             if whats:
                 batch = make_batch(cfg)
                 say(f"{cfg.name}: reference loss (numpy) ...")

@@ -129,6 +129,24 @@ def test_a_wrong_gradient_makes_train_invalid_but_not_forward(monkeypatch):
     assert by["train"]["valid"] is False and "grad_norm" in by["train"]["reason"]
 
 
+def test_each_config_starts_the_numba_tuner_with_a_fresh_first_use_budget(monkeypatch):
+    """A config whose first-use tuning spends the whole budget leaves the next config's products to
+    be measured: each config gets what a training run of it would have in a process of its own."""
+    from lstm_engine.backends import numba_tune
+    seen = []
+
+    def spend_it_all(entries, cfg, *args, **kw):
+        seen.append((cfg.shape, numba_tune._spent[0]))
+        numba_tune._spent[0] += 2 * numba_tune.FIRST_USE_SECONDS
+        return []
+    monkeypatch.setattr(bench, "bench_config", spend_it_all)
+    monkeypatch.setattr(bench, "references", lambda *a, **k: None)
+    monkeypatch.setattr(numba_tune, "_spent", [2 * numba_tune.FIRST_USE_SECONDS])   # spent before the bench
+    run_bench("numba", "E8,H16,L1,B2,T5,E8,H16,L1,B2,T6", what="train", **FAST)
+    assert [spent for _, spent in seen] == [0.0, 0.0] and len({shape for shape, _ in seen}) == 2
+    assert numba_tune._spent[0] == 2 * numba_tune.FIRST_USE_SECONDS     # the last config's spending stands
+
+
 def test_unusable_and_crashing_backends_give_rows_not_crashes(monkeypatch):
     fake_backend(monkeypatch, "nogpu", is_available=lambda: (False, "no CUDA device found"))
 
