@@ -5,7 +5,8 @@ Dimension legend: m rows, n columns, nt threads.
 The output layer's bias gradient sums (N,V) logits' gradients, tens of megabytes at a large
 vocabulary: split by blocks of rows, each thread sums its block into a row of its own, and the
 rows are added in thread order (the result does not depend on the threads' timing).  The
-recurrent layers' bias gradients sum (T*B,G) on the calling thread.
+recurrent layers split by hidden units sum their (T*B,G) gate gradients after the time loop on the
+calling thread (split by batch rows, each thread sums its rows inside the loop instead).
 """
 from __future__ import annotations
 
