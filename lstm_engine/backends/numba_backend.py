@@ -159,7 +159,9 @@ def compile_ahead(model_cfg, batch, seq_len, eval_lengths=()):
     """A context manager: on a cold numba cache, a helper process compiles what a first training
     step of this model (windows (seq_len, batch)) needs after its forward, and what evaluation
     chunks of eval_lengths need beyond it, while this process compiles the forward (numba_ahead.py);
-    nothing where the cache holds them, on one core, in an MPI job."""
+    nothing where the cache holds them, on one core, in an MPI job.  Before that, numba_tune is asked
+    about the model's products biggest first (tune_first_use), before a helper takes the other core."""
+    tune_first_use(model_cfg, batch, seq_len)
     table = model_cfg.vocab_size <= seq_len * batch                 # embed_lstm_forward's test
     plan = _threads(seq_len, batch, model_cfg.hidden_size)          # the rule's (a measured plan is not yet)
     return numba_ahead.session(model_cfg, batch, seq_len, eval_lengths, table, plan)
@@ -252,6 +254,21 @@ def tune_products(E, H, L, B, T, V, cells=("lstm",)):
             items += [(p, prod) for p in _layer_products(T, B, E if l == 0 else H, H, table, G)]
     items += [(p, _linear_threads(T * B, H, V)) for p in output_products(T * B, H, V)]
     return list(dict.fromkeys(items))
+
+
+def tune_first_use(model_cfg, batch, seq_len):
+    """Ask numba_tune about this model's products (windows (seq_len, batch)) before its first step,
+    the biggest first, so that the first-use budget goes to the products a step spends most of its
+    time in (at a large vocabulary, the output layer's), not to those the first layers happen to
+    call first; the layers' calls then find their choices made.  Each is asked as the step asks it:
+    a cached choice is read, a measurement stays within the budget."""
+    from . import numba_tune
+    if numba_tune.mode() != "auto":
+        return
+    c = model_cfg
+    items = tune_products(c.embed_size, c.hidden_size, c.layers, batch, seq_len, c.vocab_size, (c.cell,))
+    for product, prod in sorted(items, key=lambda item: -item[0].m * item[0].k * item[0].n):
+        numba_tune.choose(product, np.dtype(c.dtype), prod)
 
 
 def bf16_products():

@@ -75,6 +75,9 @@ class EngineRunner:
         self.sample_state, self.token = self.model.zero_state(1), 0
         self.rng = np.random.default_rng(0)
         self.sample_cache = {"chars": math.inf}   # as generate_text keeps one per text; reset when weights change
+        tune_first = getattr(be, "tune_first_use", None)    # the numba backend: as a training run's first step
+        if tune_first is not None:
+            tune_first(cfg.model_config(), cfg.B, cfg.T)
 
     def sync(self):
         self.be.synchronize()

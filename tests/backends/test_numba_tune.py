@@ -242,6 +242,38 @@ def test_the_first_use_budget_is_kept(auto, monkeypatch, capsys):
     assert len(json.loads(auto.read_text())["entries"]) == 3
 
 
+def _first_measured(monkeypatch, tmp_path, first_use=True):
+    """The products a one-step numba training run measures when the first-use budget buys one
+    measurement (a fake clock: 1 s each, 1 s of budget); first_use False: without tune_first_use,
+    as the step's own calls ask."""
+    ticks = iter(range(10_000))
+    monkeypatch.setattr(nt, "_clock", lambda: float(next(ticks)))
+    monkeypatch.setattr(nt, "FIRST_USE_SECONDS", 1.0)
+    use(monkeypatch, Stubs(own="slow", fast="fast"))
+    if not first_use:
+        monkeypatch.setattr(nb, "tune_first_use", lambda *args: None)
+    measured, measure = [], nt.measure
+    monkeypatch.setattr(nt, "measure", lambda product, *a, **k: measured.append(product) or measure(product, *a, **k))
+    import lstm_engine as le
+    kw = dict(backend="numba", embed_size=8, hidden_size=16, layers=2, batch_size=4, seq_len=8, steps=1,
+              eval_every=0, sample_every=0, save_every=0, log_every=0, out=str(tmp_path / "run"))
+    text = "".join(chr(0x4e00 + (i * 7) % 300) for i in range(3000))            # V 300 > T*B: no table
+    le.Trainer(le.TrainConfig(**kw), text=text).run()
+    return measured
+
+
+def test_a_training_run_spends_the_first_use_budget_on_its_biggest_products_first(auto, monkeypatch, tmp_path):
+    """At V 300 the output layer's products (32 x 16 x 300) outweigh the layers' (32 x 16 x 64):
+    the run measures one of them before its first step, where the step's own order would measure
+    layer 0's input projection first and leave the output layer on `own`."""
+    macs = [p.m * p.k * p.n for p, _ in nb.tune_products(8, 16, 2, 4, 8, 300)]
+    biggest = [p.m * p.k * p.n for p in _first_measured(monkeypatch, tmp_path)]
+    assert biggest == [max(macs)]
+    nt.forget()
+    lazy = [p.m * p.k * p.n for p in _first_measured(monkeypatch, tmp_path / "lazy", first_use=False)]
+    assert len(lazy) == 1 and lazy[0] < max(macs)                   # what the order changes
+
+
 _COLD_KERNEL = """
 import numba
 

@@ -147,6 +147,18 @@ def test_each_config_starts_the_numba_tuner_with_a_fresh_first_use_budget(monkey
     assert numba_tune._spent[0] == 2 * numba_tune.FIRST_USE_SECONDS     # the last config's spending stands
 
 
+def test_the_numba_runner_asks_about_its_models_products_before_its_first_step(monkeypatch):
+    """As a training run does (numba_backend.compile_ahead): the bench's numba rows run with the choices
+    a run of the config would make, its first-use budget spent on the biggest products first."""
+    from lstm_engine.backends import numba_backend
+    from lstm_engine.bench.harness import EngineRunner, make_batch
+    asked = []
+    monkeypatch.setattr(numba_backend, "tune_first_use", lambda cfg, B, T: asked.append((cfg, B, T)))
+    cfg = parse_configs("E8,H16,L2,B3,T5,V40")[0]
+    EngineRunner(numba_backend, cfg, make_batch(cfg))
+    assert asked == [(cfg.model_config(), 3, 5)]
+
+
 def test_unusable_and_crashing_backends_give_rows_not_crashes(monkeypatch):
     fake_backend(monkeypatch, "nogpu", is_available=lambda: (False, "no CUDA device found"))
 
