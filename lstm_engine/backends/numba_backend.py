@@ -267,7 +267,7 @@ def tune_first_use(model_cfg, batch, seq_len):
         return
     c = model_cfg
     items = tune_products(c.embed_size, c.hidden_size, c.layers, batch, seq_len, c.vocab_size, (c.cell,))
-    for product, prod in sorted(items, key=lambda item: -item[0].m * item[0].k * item[0].n):
+    for product, prod in sorted(items, key=lambda item: -item[0].macs):
         numba_tune.choose(product, np.dtype(c.dtype), prod)
 
 

@@ -68,6 +68,11 @@ class Product:
     def shape(self):
         return f"{self.m}x{self.k}x{self.n}"
 
+    @property
+    def macs(self):
+        """Multiply-adds of one call: its size for TUNE_MIN_MACS and the first-use order."""
+        return self.m * self.k * self.n
+
 
 def layer_products(T, B, I, H, table, G=None):
     """The tuned products of one layer (T,B) I -> H with G gate columns (4H: lstm, peephole; 3H:
@@ -117,7 +122,7 @@ def active(products):
     """True when the backend must ask `choose` about these products: tuning on and one of them
     big enough, or a candidate forced (whatever the size: tests run forced candidates on small shapes)."""
     m = mode()
-    return m != "off" and m != "own" and (m != "auto" or max(p.m * p.k * p.n for p in products) >= TUNE_MIN_MACS)
+    return m != "off" and m != "own" and (m != "auto" or max(p.macs for p in products) >= TUNE_MIN_MACS)
 
 
 # ----------------------------------------------------------------------------
@@ -402,7 +407,7 @@ def choose(product, dtype, prod):
         return "own"                                   # rounding to bfloat16 would undo a float64 model
     if m != "auto":
         return _forced(m, product.kind)
-    if product.m * product.k * product.n < TUNE_MIN_MACS:
+    if product.macs < TUNE_MIN_MACS:
         return "own"
     nt = prod or 1
     mem_key = (product, np.dtype(dtype).name, nt)

@@ -266,11 +266,11 @@ def test_a_training_run_spends_the_first_use_budget_on_its_biggest_products_firs
     """At V 300 the output layer's products (32 x 16 x 300) outweigh the layers' (32 x 16 x 64):
     the run measures one of them before its first step, where the step's own order would measure
     layer 0's input projection first and leave the output layer on `own`."""
-    macs = [p.m * p.k * p.n for p, _ in nb.tune_products(8, 16, 2, 4, 8, 300)]
-    biggest = [p.m * p.k * p.n for p in _first_measured(monkeypatch, tmp_path)]
+    macs = [p.macs for p, _ in nb.tune_products(8, 16, 2, 4, 8, 300)]
+    biggest = [p.macs for p in _first_measured(monkeypatch, tmp_path)]
     assert biggest == [max(macs)]
     nt.forget()
-    lazy = [p.m * p.k * p.n for p in _first_measured(monkeypatch, tmp_path / "lazy", first_use=False)]
+    lazy = [p.macs for p in _first_measured(monkeypatch, tmp_path / "lazy", first_use=False)]
     assert len(lazy) == 1 and lazy[0] < max(macs)                   # what the order changes
 
 
