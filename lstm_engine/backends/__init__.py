@@ -54,6 +54,14 @@ def compile_ahead(backend, model_cfg, batch, seq_len, eval_lengths=()):
     return ahead(model_cfg, batch, seq_len, eval_lengths)
 
 
+def tune_first_use(backend, model_cfg, batch, seq_len):
+    """Let the backend's per-machine tuner choose for this model's products (windows (seq_len, batch))
+    before a first training step, the biggest first (the numba backend's); a no-op elsewhere."""
+    ask = getattr(backend, "tune_first_use", None)           # the numba backend only
+    if ask is not None:
+        ask(model_cfg, batch, seq_len)
+
+
 def sample_ahead(backend, model_cfg, chars):
     """A context in which a first generation from this model may compile its other way of sampling
     in another process (the numba backend's sample_ahead, on a cold cache); a no-op elsewhere."""

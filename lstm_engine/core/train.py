@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .. import parallel
-from ..backends import compile_ahead, get_backend
+from ..backends import compile_ahead, get_backend, tune_first_use
 from ..errors import UserError
 from ..storage import checkpoint
 from ..storage.rundir import RunDir, default_run_dir
@@ -98,6 +98,7 @@ class Trainer:
         self.stop_requested = False
         self._stop_agreed = False          # a stop every rank has seen (in the step's all-reduce)
         self._gathered = (None, None)      # (step, every stream's carried state on rank 0)
+        self._first_use_asked = False      # the backend's tuner asked about this model's products (tune_first_use)
         self.be = get_backend(cfg.backend)
         tensors, meta = (None, None)
         if resume:
@@ -245,6 +246,9 @@ class Trainer:
     def train_step(self):
         """One window: forward, BPTT, clip, Adam.  -> (loss, grad norm)."""
         cfg, be, b = self.cfg, self.be, self.batcher
+        if not self._first_use_asked and self.dist.size == 1:     # a first step outside run(): from a notebook
+            self._first_use_asked = True
+            tune_first_use(be, self.model_cfg, self._local_batch(), cfg.seq_len)
         k = self.st.position % b.windows
         if k == 0:
             self.state = self.model.zero_state(self._local_batch())   # a new epoch starts from zero state
@@ -315,6 +319,7 @@ class Trainer:
             if root:
                 self.rundir.reset_logs(self.st.step)
             self._join()
+            self._announce()                              # before compile_ahead's tuning reports its choices
             with self._compile_ahead():
                 return self._run()
         except BaseException as e:
@@ -327,10 +332,20 @@ class Trainer:
             if root:
                 self.rundir.release()
 
+    def _announce(self):
+        """The 'start' event: what trains, on what, from which step."""
+        self.on_event("start", {"out": self.out, "vocab": len(self.vocab), "entropy": self.entropy,
+                                "train_chars": len(self.train_ids), "val_chars": len(self.val_ids),
+                                "backend": self.be.NAME, "model": self.model_cfg.to_dict(), "step": self.st.step,
+                                "products": self.cfg.products,
+                                "params": sum(int(np.prod(p.shape)) for p in self.model.params.values()),
+                                **({"ranks": self.members} if self.members else {})})
+
     def _compile_ahead(self):
         """The backend's compile_ahead for this run's first step and evaluation (one process only)."""
         if self.dist.size > 1:
             return contextlib.nullcontext()
+        self._first_use_asked = True                      # compile_ahead asks the tuner itself
         cfg = self.cfg
         evals = eval_chunk_lengths(len(self.val_ids)) if cfg.eval_every or cfg.time_budget else []
         return compile_ahead(self.be, self.model_cfg, self._local_batch(), cfg.seq_len, evals)
@@ -381,12 +396,6 @@ class Trainer:
         self._t0 = time.perf_counter()
         self._setup_s = self._t0 - self._clock0           # this process's time before its first step
         self._elapsed_before = st.elapsed
-        self.on_event("start", {"out": self.out, "vocab": len(self.vocab), "entropy": self.entropy,
-                                "train_chars": len(self.train_ids), "val_chars": len(self.val_ids),
-                                "backend": self.be.NAME, "model": self.model_cfg.to_dict(), "step": st.step,
-                                "products": cfg.products,
-                                "params": sum(int(np.prod(p.shape)) for p in self.model.params.values()),
-                                **({"ranks": self.members} if self.members else {})})
         start_step, t_log, last_loss, n_chars = st.step, time.perf_counter(), float("nan"), 0
         saved_at, step_time, root = None, 0.0, self.dist.root
         self._reduce_mark = self.dist.reduce_seconds

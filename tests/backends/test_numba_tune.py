@@ -274,6 +274,37 @@ def test_a_training_run_spends_the_first_use_budget_on_its_biggest_products_firs
     assert len(lazy) == 1 and lazy[0] < max(macs)                   # what the order changes
 
 
+def _trainer(tmp_path, on_event=None):
+    """A numba Trainer of one step at V 300 (the tests below replace tune_first_use by a recorder)."""
+    import lstm_engine as le
+    kw = dict(backend="numba", embed_size=8, hidden_size=16, layers=2, batch_size=4, seq_len=8, steps=1,
+              eval_every=0, sample_every=0, save_every=0, log_every=0, out=str(tmp_path / "run"))
+    text = "".join(chr(0x4e00 + (i * 7) % 300) for i in range(3000))
+    return le.Trainer(le.TrainConfig(**kw), text=text, on_event=on_event)
+
+
+def test_a_run_reports_its_start_before_the_tuner_reports_its_choices(monkeypatch, tmp_path):
+    """The tuner's lines follow the run's header, and it is asked once: by compile_ahead, not again
+    by the first step."""
+    events = []
+    monkeypatch.setattr(nb, "tune_first_use", lambda *args: events.append("tune"))
+    _trainer(tmp_path, on_event=lambda kind, info: events.append(kind)).run()
+    assert events.count("tune") == 1
+    assert events.index("start") < events.index("tune")
+
+
+def test_a_first_train_step_outside_run_asks_the_tuner_first(monkeypatch, tmp_path):
+    """From a notebook, Trainer.train_step() without run(): the first step asks about the model's
+    products as run() would, once, with this run's windows; the later steps do not ask."""
+    asked, steps = [], []
+    monkeypatch.setattr(nb, "tune_first_use", lambda *args: asked.append((args, len(steps))))
+    trainer = _trainer(tmp_path)
+    for _ in range(2):
+        trainer.train_step()
+        steps.append(1)
+    assert asked == [((trainer.model_cfg, 4, 8), 0)]
+
+
 _COLD_KERNEL = """
 import numba
 

@@ -66,7 +66,9 @@ def test_the_schedule_spans_the_training_not_the_setup(tmp_path, monkeypatch):
     trainer.run()
     peak = trainer.cfg.lr
     assert len(lrs) > 20, len(lrs)
-    assert lrs[0] < 0.3 * peak, (lrs[:3], peak)         # with the setup spent it would start near the peak
+    # with the setup's 2 s counted the schedule would be past its warm-up (2% of the training time)
+    # at the first step and the rate already falling; a step's time decides how far up the ramp it is
+    assert lrs[0] < lrs[1] < 0.9 * peak, (lrs[:3], peak)
     assert max(lrs) > 0.9 * peak and lrs[-1] < 0.15 * peak, (max(lrs), lrs[-1], peak)
 
 
