@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import UserError
+from . import numba_generate as gen
 
 CELLS = ("peephole", "coupled", "gru")
 GATES = {"peephole": 4, "coupled": 3, "gru": 3}            # G / H
@@ -307,12 +308,12 @@ def generate(nb, weights, state, token, n, temperature, top_k, top_p, greedy, rn
     """numba_backend.generate for `cell` (sample_cells.py): n token ids after `token`, state
     [h (1,H), c (1,H)] per layer carried and updated; the layer-0 table Emb @ W_x + b0 (V,G)
     (GRU: + bx0) is kept in `cache` as the LSTM's, and so is the team of threads the LSTM's
-    sizes would use (numba_backend._sample_team) -> ids (n,) int64."""
+    sizes would use (numba_generate.sample_team) -> ids (n,) int64."""
     if cell not in CELLS:
         raise UserError(f"the numba cell kernels know {', '.join(CELLS)}, not {cell!r}")
     L = len(state)
-    Ws, bs, extras, Emb, Wy, by = nb._sample_inputs(weights, L, cell, cache,
-                                                     lambda w, L: _sample_arrays(nb, w, L, cell))
+    Ws, bs, extras, Emb, Wy, by = gen.sample_inputs(weights, L, cell, cache,
+                                                    lambda w, L: _sample_arrays(nb, w, L, cell))
     dt = Wy.dtype
     V = Emb.shape[0]
     if not 0 <= int(token) < V:
@@ -323,11 +324,11 @@ def generate(nb, weights, state, token, n, temperature, top_k, top_p, greedy, rn
     us = np.zeros(0) if greedy else rng.random(n)                             # one uniform per token
     if n:
         K = _kernels(nb)
-        X0 = _layer0_table(nb, Emb, Ws[0], bs[0], h.shape[1], n, cache)          # (V,G) or (0,G)
+        X0 = gen.layer0_table(nb, Emb, Ws[0], bs[0], h.shape[1], n, cache)       # (V,G) or (0,G)
         arrays = (Emb, X0, Ws, bs, Wy, by, extras, K.code[cell])
-        Wps, Wyp = nb._sample_panels(Ws, Wy, h.shape[1], cache)                # the one-thread kernel's W, Wy
+        Wps, Wyp = gen.sample_panels(nb, Ws, Wy, h.shape[1], cache)            # the one-thread kernel's W, Wy
         run = _sample_run(K, arrays, (Wps, Wyp), (temperature, top_k, top_p, greedy))
-        team = nb._sample_team(arrays, h.shape, n, cache, run, (h, c, token), cell)
+        team = gen.sample_team(nb, arrays, h.shape, n, cache, run, (h, c, token), cell)
         if team is None:
             K.sample.generate_cells_kernel(K.code[cell], Emb, X0, Wps, bs, extras, Wyp, by, h, c, int(token),
                                            float(temperature), int(top_k), float(top_p), bool(greedy), us, out)
@@ -357,7 +358,7 @@ def _sample_arrays(nb, weights, L, cell):
 
 def _sample_run(K, arrays, panels, opts):
     """run(team or None, h, c, token, us) -> ids for numba_tune_sample: this model (panels: its
-    W and Wy as the one-thread kernel's, _sample_panels) and the settings opts = (temperature,
+    W and Wy as the one-thread kernel's, numba_generate.sample_panels) and the settings opts = (temperature,
     top_k, top_p, greedy) from another state and uniforms."""
     Wps, Wyp = panels
     Emb, X0, Ws, bs, Wy, by, extras, code = arrays
@@ -371,20 +372,3 @@ def _sample_run(K, arrays, panels, opts):
                                        top_k, top_p, greedy, us, ids)
         return ids
     return run
-
-
-def _layer0_table(nb, Emb, W0, b0, H, n, cache):
-    """numba_backend._layer0_table for a layer of any gate count: X0 = Emb (V,E) @ W0_x (E,G)
-    + b0 (G,) -> (V,G), kept in `cache` under the same key; (0,G) when it would not pay."""
-    key = ("X0", id(Emb), id(W0), id(b0))
-    if cache is not None and key in cache:
-        return cache[key]
-    chars = cache.get("chars", n) if cache is not None else n
-    if chars < nb.V_TABLE_MIN_CHARS_PER_ROW * Emb.shape[0]:
-        return np.empty((0, W0.shape[1]), W0.dtype)
-    X0 = np.ascontiguousarray(Emb @ W0[H:] + b0)                               # (V,G)
-    if cache is not None:
-        for k in [k for k in cache if isinstance(k, tuple) and k[0] == "X0"]:
-            del cache[k]                                # another model's table
-        cache[key] = X0
-    return X0

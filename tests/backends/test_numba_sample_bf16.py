@@ -15,7 +15,7 @@ from helpers import force_sampler_path, tiny_numba_checkpoints
 
 nb = pytest.importorskip("lstm_engine.backends.numba_backend")
 numba = pytest.importorskip("numba")
-from lstm_engine.backends import numba_team, numba_tune  # noqa: E402
+from lstm_engine.backends import numba_generate, numba_team, numba_tune  # noqa: E402
 from lstm_engine.kernels.numba import sample  # noqa: E402
 
 
@@ -176,7 +176,7 @@ def test_generate_auto_follows_the_products_the_model_trained_with(tmp_path, mon
     before = open(ckpt, "rb").read()
     try:
         api.load_for_generation(ckpt, "numba")
-        assert nb._sample_weights(np.float32) is None                               # trained float32
+        assert numba_generate.sample_weights(np.float32) is None                 # trained float32
         real_load = api.load_model
 
         def trained_bf16(path, backend="auto"):
@@ -185,11 +185,11 @@ def test_generate_auto_follows_the_products_the_model_trained_with(tmp_path, mon
 
         monkeypatch.setattr(api, "load_model", trained_bf16)
         api.load_for_generation(ckpt, "numba")
-        assert nb._sample_weights(np.float32) == "bf16"
+        assert numba_generate.sample_weights(np.float32) == "bf16"
         api.load_for_generation(ckpt, "numba", products="float32")
-        assert nb._sample_weights(np.float32) is None
+        assert numba_generate.sample_weights(np.float32) is None
         model, _, _ = api.load_for_generation(ckpt, "numpy")                       # no error: float32 there
-        assert model.be.NAME == "numpy" and nb._sample_weights(np.float32) is None
+        assert model.be.NAME == "numpy" and numba_generate.sample_weights(np.float32) is None
         texts = {}
         for products in ("auto", "bf16", "float32"):
             r = run(["generate", ckpt, "--products", products, "--backend", "numba", "--length", "60", "--seed", "4",
@@ -216,7 +216,7 @@ def test_generate_bf16_on_a_cpu_without_bf16_products(tmp_path, monkeypatch):
     before = open(ckpt, "rb").read()
     try:
         api.load_for_generation(ckpt, "numba", products="bf16")
-        assert nb._sample_weights(np.float32) == "bf16" and numba_tune.mode() != "bf16"
+        assert numba_generate.sample_weights(np.float32) == "bf16" and numba_tune.mode() != "bf16"
         texts = {}
         for products in ("bf16", "float32"):
             r = run(["generate", ckpt, "--products", products, "--backend", "numba", "--length", "200", "--seed", "5",

@@ -12,7 +12,7 @@ from helpers import assert_one_line_error, force_sampler_path, peaky_model, run_
 
 nb = pytest.importorskip("lstm_engine.backends.numba_backend")
 numba = pytest.importorskip("numba")
-from lstm_engine.backends import numba_team, numba_tune  # noqa: E402
+from lstm_engine.backends import numba_generate, numba_team, numba_tune  # noqa: E402
 from lstm_engine.kernels.numba import sample  # noqa: E402
 from lstm_engine.kernels.numba.jit import JIT  # noqa: E402
 
@@ -146,7 +146,7 @@ def test_cli_generate_with_int8_weights(tmp_path):
                      "--prime", "the"])
         assert r.exit_code == 0, r.output
         assert r.stdout.startswith("the") and len(r.stdout.rstrip("\n")) == 43
-        assert nb._sample_weights(np.float32) == "int8" and numba_tune.mode() != "bf16"
+        assert numba_generate.sample_weights(np.float32) == "int8" and numba_tune.mode() != "bf16"
     finally:
         numba_tune.set_products(None)
     assert_one_line_error(run_cli(["generate", ckpt, "--length", 5, "--products", "int8", "--backend", "numpy"]),
