@@ -358,8 +358,8 @@ def _sample_arrays(nb, weights, L, cell):
 
 def _sample_run(K, arrays, panels, opts):
     """run(team or None, h, c, token, us) -> ids for numba_tune_sample: this model (panels: its
-    W and Wy as the one-thread kernel's, numba_generate.sample_panels) and the settings opts = (temperature,
-    top_k, top_p, greedy) from another state and uniforms."""
+    W and Wy as the one-thread kernel's, numba_generate.sample_panels) and the settings
+    opts = (temperature, top_k, top_p, greedy) from another state and uniforms."""
     Wps, Wyp = panels
     Emb, X0, Ws, bs, Wy, by, extras, code = arrays
     temperature, top_k, top_p, greedy = float(opts[0]), int(opts[1]), float(opts[2]), bool(opts[3])

@@ -242,6 +242,15 @@ def test_the_first_use_budget_is_kept(auto, monkeypatch, capsys):
     assert len(json.loads(auto.read_text())["entries"]) == 3
 
 
+def _trainer(tmp_path, on_event=None):
+    """A numba Trainer of one step at V 300 > T*B (no layer-0 table)."""
+    import lstm_engine as le
+    kw = dict(backend="numba", embed_size=8, hidden_size=16, layers=2, batch_size=4, seq_len=8, steps=1,
+              eval_every=0, sample_every=0, save_every=0, log_every=0, out=str(tmp_path / "run"))
+    text = "".join(chr(0x4e00 + (i * 7) % 300) for i in range(3000))
+    return le.Trainer(le.TrainConfig(**kw), text=text, on_event=on_event)
+
+
 def _first_measured(monkeypatch, tmp_path, first_use=True):
     """The products a one-step numba training run measures when the first-use budget buys one
     measurement (a fake clock: 1 s each, 1 s of budget); first_use False: without tune_first_use,
@@ -254,11 +263,7 @@ def _first_measured(monkeypatch, tmp_path, first_use=True):
         monkeypatch.setattr(nb, "tune_first_use", lambda *args: None)
     measured, measure = [], nt.measure
     monkeypatch.setattr(nt, "measure", lambda product, *a, **k: measured.append(product) or measure(product, *a, **k))
-    import lstm_engine as le
-    kw = dict(backend="numba", embed_size=8, hidden_size=16, layers=2, batch_size=4, seq_len=8, steps=1,
-              eval_every=0, sample_every=0, save_every=0, log_every=0, out=str(tmp_path / "run"))
-    text = "".join(chr(0x4e00 + (i * 7) % 300) for i in range(3000))            # V 300 > T*B: no table
-    le.Trainer(le.TrainConfig(**kw), text=text).run()
+    _trainer(tmp_path).run()
     return measured
 
 
@@ -272,15 +277,6 @@ def test_a_training_run_spends_the_first_use_budget_on_its_biggest_products_firs
     nt.forget()
     lazy = [p.macs for p in _first_measured(monkeypatch, tmp_path / "lazy", first_use=False)]
     assert len(lazy) == 1 and lazy[0] < max(macs)                   # what the order changes
-
-
-def _trainer(tmp_path, on_event=None):
-    """A numba Trainer of one step at V 300 (the tests below replace tune_first_use by a recorder)."""
-    import lstm_engine as le
-    kw = dict(backend="numba", embed_size=8, hidden_size=16, layers=2, batch_size=4, seq_len=8, steps=1,
-              eval_every=0, sample_every=0, save_every=0, log_every=0, out=str(tmp_path / "run"))
-    text = "".join(chr(0x4e00 + (i * 7) % 300) for i in range(3000))
-    return le.Trainer(le.TrainConfig(**kw), text=text, on_event=on_event)
 
 
 def test_a_run_reports_its_start_before_the_tuner_reports_its_choices(monkeypatch, tmp_path):
