@@ -261,10 +261,13 @@ def tune_first_use(model_cfg, batch, seq_len):
     the biggest first, so that the first-use budget goes to the products a step spends most of its
     time in (at a large vocabulary, the output layer's), not to those the first layers happen to
     call first; the layers' calls then find their choices made.  Each is asked as the step asks it:
-    a cached choice is read, a measurement stays within the budget."""
+    a cached choice is read, a measurement stays within the budget.  The model about to train gets
+    the whole budget (new_budget): a time-budget run's calibration may have spent it on candidates
+    it then did not take."""
     from . import numba_tune
     if numba_tune.mode() != "auto":
         return
+    numba_tune.new_budget()
     c = model_cfg
     items = tune_products(c.embed_size, c.hidden_size, c.layers, batch, seq_len, c.vocab_size, (c.cell,))
     for product, prod in sorted(items, key=lambda item: -item[0].macs):

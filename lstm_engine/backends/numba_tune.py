@@ -532,7 +532,8 @@ def busy():
 
 def new_budget():
     """FIRST_USE_SECONDS anew for what follows: `bench` gives each config what a training run of
-    it would have in a process of its own."""
+    it would have in a process of its own, and a training run its model what the calibration of a
+    time budget spent on the candidates it timed."""
     _spent[0] = 0.0
     _said.discard("budget")
 

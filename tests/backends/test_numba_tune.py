@@ -251,13 +251,14 @@ def _trainer(tmp_path, on_event=None):
     return le.Trainer(le.TrainConfig(**kw), text=text, on_event=on_event)
 
 
-def _first_measured(monkeypatch, tmp_path, first_use=True):
+def _first_measured(monkeypatch, tmp_path, first_use=True, spent=0.0):
     """The products a one-step numba training run measures when the first-use budget buys one
     measurement (a fake clock: 1 s each, 1 s of budget); first_use False: without tune_first_use,
-    as the step's own calls ask."""
+    as the step's own calls ask; spent: seconds of the budget gone before the run (a calibration)."""
     ticks = iter(range(10_000))
     monkeypatch.setattr(nt, "_clock", lambda: float(next(ticks)))
     monkeypatch.setattr(nt, "FIRST_USE_SECONDS", 1.0)
+    monkeypatch.setattr(nt, "_spent", [spent])
     use(monkeypatch, Stubs(own="slow", fast="fast"))
     if not first_use:
         monkeypatch.setattr(nb, "tune_first_use", lambda *args: None)
@@ -277,6 +278,13 @@ def test_a_training_run_spends_the_first_use_budget_on_its_biggest_products_firs
     nt.forget()
     lazy = [p.macs for p in _first_measured(monkeypatch, tmp_path / "lazy", first_use=False)]
     assert len(lazy) == 1 and lazy[0] < max(macs)                   # what the order changes
+
+
+def test_the_model_a_run_trains_gets_the_first_use_budget_a_calibration_spent(auto, monkeypatch, tmp_path):
+    """A time-budget run's calibration times candidate models, and their first uses may spend the
+    whole budget: the model the run then trains still has its biggest product measured."""
+    macs = [p.macs for p, _ in nb.tune_products(8, 16, 2, 4, 8, 300)]
+    assert [p.macs for p in _first_measured(monkeypatch, tmp_path, spent=1.0)] == [max(macs)]
 
 
 def test_a_run_reports_its_start_before_the_tuner_reports_its_choices(monkeypatch, tmp_path):
