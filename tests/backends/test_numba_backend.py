@@ -8,6 +8,8 @@ generation the same text, greedy and sampled.
 
 Dimension legend: T time, B batch, I input, E embedding, H hidden, G = 4H, V vocab, L layers.
 """
+import functools
+
 import numpy as np
 import pytest
 
@@ -90,6 +92,18 @@ def test_activation_functions_match_numpy(dtype):
         assert out[3, 0] > 0 and out[3, 1] == 0 and out[3, 2] == 0
 
 
+@functools.cache
+def _dev_blas():
+    """benchmarks/dev/numba/blas.py, loaded once (its gemm is not cached on disk: one compile per dtype)."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "dev" / "numba" / "blas.py"
+    spec = importlib.util.spec_from_file_location("dev_numba_blas", path)
+    blas = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(blas)
+    return blas
+
+
 @pytest.mark.parametrize("impl", ["numba_gemm", "dev_blas"])
 @pytest.mark.parametrize("trans_a", [False, True])
 @pytest.mark.parametrize("trans_b", [False, True])
@@ -101,24 +115,13 @@ def test_gemm_on_strided_blocks_with_beta(trans_a, trans_b, impl):
     sums; the 9-row kernel for the last nine rows, also in a second pass of MC rows: m = 73),
     narrow column panels (n % 32) and several k blocks (k > 256); op(A) = A^T both read in place
     (few column panels) and packed (n >= TN_MIN_PANELS * NR: 264, 259 with a few last columns as
-    dot products, 300; m <= TN_MAX_ROWS); nothing outside C is written."""
-    import importlib.util
-    from pathlib import Path
-
-    import numba
+    dot products, 300; m <= TN_MAX_ROWS); nothing outside C is written.
+    Each is called as Python calls it: a dtype compiles once for all four transposes (a jitted
+    wrapper per test compiled the whole GEMM into each)."""
     if impl == "numba_gemm":
         from lstm_engine.kernels.numba.gemm import gemm
     else:
-        path = Path(__file__).resolve().parents[2] / "benchmarks" / "dev" / "numba" / "blas.py"
-        spec = importlib.util.spec_from_file_location("dev_numba_blas", path)
-        blas = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(blas)
-        gemm = blas.gemm
-
-    @numba.njit
-    def run(A, B, C, ta, tb, alpha, beta):
-        gemm(A, B, C, ta, tb, alpha, beta)
-
+        gemm = _dev_blas().gemm
     rng = np.random.default_rng(0)
     p = Parity(f"{impl} trans_a={trans_a} trans_b={trans_b}", backend="numba")
     for dtype in DTYPES:
@@ -133,7 +136,7 @@ def test_gemm_on_strided_blocks_with_beta(trans_a, trans_b, impl):
                 C, C0, outside = big_c[:, 1:1 + n], big_c[:, 1:1 + n].copy(), big_c[:, [0, -3, -2, -1]].copy()
                 if beta == 0.0:
                     C[...] = np.nan                                               # BLAS: beta 0 ignores C
-                run(A, Bm, C, trans_a, trans_b, alpha, beta)
+                gemm(A, Bm, C, trans_a, trans_b, alpha, beta)
                 want = alpha * (A.T if trans_a else A).astype(np.float64) @ (Bm.T if trans_b else Bm) \
                     + (beta * C0 if beta else 0.0)
                 p.check(f"m{m} k{k} n{n} alpha{alpha} beta{beta}", C, want, dtype, "wide")
