@@ -259,13 +259,7 @@ def test_gemm_on_panels_packed_once():
     strided blocks: n not a multiple of NR (a zero-padded last panel), C narrower than the
     panels (a thread's units), short and 9-row blocks, a second pass of MC rows, k over KC,
     alpha and beta (beta = 0 over NaN); nothing outside C is written."""
-    import numba
-
     from lstm_engine.kernels.numba.gemm import NR, gemm_panels, panels, panels_t
-
-    @numba.njit
-    def run(A, P, C, alpha, beta):
-        gemm_panels(A, P, C, alpha, beta)
 
     rng = np.random.default_rng(0)
     p = Parity("gemm_panels", backend="numba")
@@ -285,7 +279,7 @@ def test_gemm_on_panels_packed_once():
                     outside = big_c[:, [0, -3, -2, -1]].copy()
                     if beta == 0.0:
                         C[...] = np.nan
-                    run(A, P, C, alpha, beta)
+                    gemm_panels(A, P, C, alpha, beta)
                     op_b = (Bm.T if transposed else Bm)[:, :n_c].astype(np.float64)
                     want = alpha * A.astype(np.float64) @ op_b + (beta * C0 if beta else 0.0)
                     p.check(f"m{m} k{k} n{n}->{n_c} alpha{alpha} beta{beta} t{int(transposed)}", C, want,
