@@ -116,8 +116,7 @@ def test_gemm_on_strided_blocks_with_beta(trans_a, trans_b, impl):
     narrow column panels (n % 32) and several k blocks (k > 256); op(A) = A^T both read in place
     (few column panels) and packed (n >= TN_MIN_PANELS * NR: 264, 259 with a few last columns as
     dot products, 300; m <= TN_MAX_ROWS); nothing outside C is written.
-    Each is called as Python calls it: a dtype compiles once for all four transposes (a jitted
-    wrapper per test compiled the whole GEMM into each)."""
+    Each is called as Python calls it, so a dtype compiles once for all four transposes."""
     if impl == "numba_gemm":
         from lstm_engine.kernels.numba.gemm import gemm
     else:
