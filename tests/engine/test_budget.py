@@ -172,6 +172,24 @@ def test_choose_does_not_count_jit_warm_up_against_the_calibration_cap(monkeypat
     assert warm == budget.choose(budget_s, train_chars, V, speed_warm)[0] != budget.CANDIDATES[0]
 
 
+def test_a_candidates_first_use_tuning_counts_as_one_time_setup(monkeypatch):
+    """The tuner's first-use measurements as compile_ahead starts (numba: up to FIRST_USE_SECONDS a
+    candidate, once per machine and shape) come back with the warm-up's seconds, which the 5% cap
+    does not count, so a first run's calibration reaches the candidates a warm run reaches."""
+    import contextlib
+
+    import lstm_engine.backends as backends
+    from lstm_engine.backends import numpy_backend
+
+    def tuning_ahead(backend, model_cfg, batch, seq_len, eval_lengths=()):
+        time.sleep(0.3)                                  # the tuner measuring this model's products
+        return contextlib.nullcontext()
+    monkeypatch.setattr(backends, "compile_ahead", tuning_ahead)
+    ids = np.arange(5000) % 20
+    speed, one_time = budget.measure_train_speed(numpy_backend, 20, budget.CANDIDATES[0], "float32", ids)
+    assert speed > 0 and one_time >= 0.3
+
+
 def test_candidates_grow_and_calibrated_speeds_pick_h448_or_h512():
     """choose() stops at the first candidate that misses, so the list must grow in parameters.  At ten
     minutes, speeds calibrated on the Intel Xeon model 207 with AMX: H512 at 21.0k chars/s misses the
